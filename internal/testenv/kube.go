@@ -1,0 +1,229 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Address ranges of the test cluster. Everything lives in 198.18.0.0/15, a
+// range reserved for benchmarking networks; no other addresses are used.
+const (
+	ServiceCIDR = "198.19.0.0/16"
+	PodCIDR     = "198.18.0.0/16"
+)
+
+// Env is a running etcd + kube-apiserver on 127.0.0.1, shared by the tests of
+// one test binary. It is stopped by Main after all tests ran.
+type Env struct {
+	// Client is an admin (system:masters) clientset.
+	Client kubernetes.Interface
+	// Config is the admin REST config; copy it before changing it.
+	Config *rest.Config
+	// Kubeconfig is the path of an admin kubeconfig file.
+	Kubeconfig string
+	// URL is the apiserver's https URL.
+	URL string
+	// Dir holds PKI, data and logs of this environment.
+	Dir string
+
+	pki   *testPKI
+	mu    sync.Mutex
+	procs []*process // in start order; stopped in reverse
+	kcm   *process
+	cm    *process
+}
+
+var (
+	shared    *Env
+	sharedErr error
+	sharedMu  sync.Mutex
+	mainUsed  bool
+)
+
+// Main runs the tests of a package that uses Kube and stops what they
+// started, in reverse order, also on SIGINT/SIGTERM. Use it as
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func Main(m *testing.M) int {
+	mainUsed = true
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sigs; ok {
+			stopShared()
+			os.Exit(2)
+		}
+	}()
+	code := m.Run()
+	signal.Stop(sigs)
+	close(sigs)
+	stopShared()
+	return code
+}
+
+func stopShared() {
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if shared != nil {
+		shared.stop()
+		if os.Getenv("MESHD_TESTENV_KEEP") == "" {
+			_ = os.RemoveAll(shared.Dir)
+		}
+		shared = nil
+	}
+}
+
+// Kube returns the test binary's etcd + kube-apiserver, starting them on the
+// first call. The package must run its tests through Main.
+func Kube(t testing.TB) *Env {
+	t.Helper()
+	if !mainUsed {
+		t.Fatal("testenv.Kube needs `func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }` in the test package")
+	}
+	for _, tool := range []string{"etcd", "kube-apiserver"} {
+		Need(t, tool)
+	}
+	sharedMu.Lock()
+	defer sharedMu.Unlock()
+	if shared == nil && sharedErr == nil {
+		shared, sharedErr = startEnv()
+	}
+	if sharedErr != nil {
+		t.Fatalf("start kube-apiserver: %v", sharedErr)
+	}
+	return shared
+}
+
+func startEnv() (*Env, error) {
+	dir, err := os.MkdirTemp("", "meshd-testenv-")
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{Dir: dir}
+	if e.pki, err = newTestPKI(dir); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	etcdURL, err := e.startEtcd(ctx)
+	if err == nil {
+		err = e.startAPIServer(ctx, etcdURL)
+	}
+	if err != nil {
+		e.stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+func (e *Env) track(p *process) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.procs = append(e.procs, p)
+}
+
+// stop ends every process in reverse start order (apiserver before etcd).
+func (e *Env) stop() {
+	e.mu.Lock()
+	procs := e.procs
+	e.procs = nil
+	e.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		procs[i].stop(10 * time.Second)
+	}
+}
+
+func (e *Env) startEtcd(ctx context.Context) (string, error) {
+	bin, err := ToolPath("etcd")
+	if err != nil {
+		return "", err
+	}
+	clientPort, err := FreePort()
+	if err != nil {
+		return "", err
+	}
+	peerPort, err := FreePort()
+	if err != nil {
+		return "", err
+	}
+	url := "http://127.0.0.1:" + strconv.Itoa(clientPort)
+	p, err := startProcess("etcd", e.Dir, nil, bin,
+		"--data-dir", filepath.Join(e.Dir, "etcd"),
+		"--listen-client-urls", url, "--advertise-client-urls", url,
+		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(peerPort),
+		"--initial-advertise-peer-urls", "http://127.0.0.1:"+strconv.Itoa(peerPort),
+		"--initial-cluster", "default=http://127.0.0.1:"+strconv.Itoa(peerPort),
+		"--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", strconv.Itoa(4<<30))
+	if err != nil {
+		return "", err
+	}
+	e.track(p)
+	return url, p.waitFor(ctx, "etcd health", httpOK(url+"/health", nil))
+}
+
+func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
+	bin, err := ToolPath("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	e.URL = "https://127.0.0.1:" + strconv.Itoa(port)
+	pk := e.pki
+	p, err := startProcess("kube-apiserver", e.Dir, nil, bin,
+		"--etcd-servers", etcdURL,
+		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
+		"--cert-dir", filepath.Join(e.Dir, "apiserver-certs"),
+		"--tls-cert-file", pk.serverCert, "--tls-private-key-file", pk.serverKey,
+		"--client-ca-file", pk.caCert,
+		"--service-account-issuer", "https://kubernetes.default.svc",
+		"--service-account-key-file", pk.saPub, "--service-account-signing-key-file", pk.saKey,
+		"--service-cluster-ip-range", ServiceCIDR,
+		"--authorization-mode", "RBAC", "--endpoint-reconciler-type", "none",
+		"--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
+		"--enable-priority-and-fairness=false", "--v", "1")
+	if err != nil {
+		return err
+	}
+	e.track(p)
+	if err := e.writeKubeconfig(); err != nil {
+		return err
+	}
+	client := e.adminHTTPClient()
+	return p.waitFor(ctx, "apiserver /readyz", httpOK(e.URL+"/readyz", client))
+}
+
+func (e *Env) writeKubeconfig() error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["testenv"] = &clientcmdapi.Cluster{Server: e.URL, CertificateAuthorityData: e.pki.caPEM}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: e.pki.adminPEM, ClientKeyData: e.pki.adminKeyPEM}
+	cfg.Contexts["testenv"] = &clientcmdapi.Context{Cluster: "testenv", AuthInfo: "admin"}
+	cfg.CurrentContext = "testenv"
+	e.Kubeconfig = filepath.Join(e.Dir, "admin.kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, e.Kubeconfig); err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", e.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("testenv: kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = 500, 1000
+	e.Config = rc
+	e.Client, err = kubernetes.NewForConfig(rc)
+	return err
+}
