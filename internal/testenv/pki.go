@@ -19,11 +19,11 @@ import (
 // testPKI is the throw-away PKI of one test environment: a CA, the apiserver's
 // serving certificate, an admin client certificate and the service-account key.
 type testPKI struct {
-	dir                         string
-	caCert, caKey               string
-	serverCert, serverKey       string
-	adminCert, adminKey         string
-	saKey, saPub                string
+	dir                          string
+	caCert, caKey                string
+	serverCert, serverKey        string
+	adminCert, adminKey          string
+	saKey, saPub                 string
 	caPEM, adminPEM, adminKeyPEM []byte
 }
 
