@@ -1,0 +1,229 @@
+// Package bootstrap renders the Envoy bootstrap of a sidecar from typed
+// protos: node identity, ADS over mutual TLS to meshd, and the xDS client
+// certificate and trust bundle read from files through path-based SDS with a
+// watched directory, so a rewritten Secret volume rotates them without a
+// restart.
+//
+// Where it sits: the injector (and `meshd bootstrap`) call Render; nothing
+// here does I/O. The files it describes are written by the caller.
+package bootstrap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"strconv"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// APIType selects the ADS flavour.
+type APIType string
+
+const (
+	// Delta (incremental) ADS is the default: a proxy gets only what changed,
+	// which matters once endpoints churn in a large mesh.
+	Delta APIType = "delta"
+	SotW  APIType = "sotw"
+)
+
+// File names inside the sidecar's credentials directory.
+const (
+	FileCertChain = "cert-chain.pem" // xDS client certificate chain
+	FileKey       = "key.pem"        // its private key
+	FileRootCert  = "root-cert.pem"  // mesh trust bundle (verifies meshd)
+	FileClientSDS = "xds-client.sds.yaml"
+	FileCASDS     = "xds-ca.sds.yaml"
+)
+
+// Secret names of the xDS connection's own credentials (not served by meshd).
+const (
+	secretXDSClient = "xds-client"
+	secretXDSCA     = "xds-ca"
+	xdsClusterName  = "meshd-xds"
+)
+
+// Config describes one sidecar.
+type Config struct {
+	Namespace, Pod, ServiceAccount, PodUID string
+	// NodeID defaults to "<pod>.<namespace>", the CN of the client certificate.
+	NodeID string
+	// XDSAddress is meshd's host:port.
+	XDSAddress string
+	// XDSServerSAN is the SPIFFE ID meshd's serving certificate must carry.
+	XDSServerSAN string
+	// API defaults to Delta.
+	API APIType
+	// CredsDir is where the credential files live in the sidecar.
+	CredsDir string
+	// AdminPort defaults to 15000 (bound to 127.0.0.1).
+	AdminPort uint32
+	// InitialFetchTimeout for mesh resources. Default 0 (wait for ever): a
+	// listener that references a workload secret must not go live without it,
+	// and meshd publishes secrets first, so waiting is never long.
+	InitialFetchTimeout time.Duration
+}
+
+func (c *Config) defaults() error {
+	if c.Namespace == "" || c.Pod == "" || c.ServiceAccount == "" {
+		return errors.New("bootstrap: namespace, pod and service account are required")
+	}
+	if _, _, err := net.SplitHostPort(c.XDSAddress); err != nil {
+		return fmt.Errorf("bootstrap: xds address %q: %w", c.XDSAddress, err)
+	}
+	if c.CredsDir == "" || !path.IsAbs(c.CredsDir) {
+		return fmt.Errorf("bootstrap: credentials directory %q must be an absolute path", c.CredsDir)
+	}
+	if c.XDSServerSAN == "" {
+		return errors.New("bootstrap: the SAN expected of meshd is required")
+	}
+	if c.NodeID == "" {
+		c.NodeID = c.Pod + "." + c.Namespace
+	}
+	if c.API == "" {
+		c.API = Delta
+	}
+	if c.API != Delta && c.API != SotW {
+		return fmt.Errorf("bootstrap: api %q: want %q or %q", c.API, Delta, SotW)
+	}
+	if c.AdminPort == 0 {
+		c.AdminPort = 15000
+	}
+	return nil
+}
+
+// Render builds the bootstrap.
+func Render(cfg Config) (*bootstrapv3.Bootstrap, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	md, err := structpb.NewStruct(map[string]any{
+		"NAMESPACE": cfg.Namespace, "POD_NAME": cfg.Pod, "SERVICE_ACCOUNT": cfg.ServiceAccount, "POD_UID": cfg.PodUID,
+	})
+	if err != nil {
+		return nil, err
+	}
+	xdsCluster, err := xdsCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	api := corev3.ApiConfigSource_DELTA_GRPC
+	if cfg.API == SotW {
+		api = corev3.ApiConfigSource_GRPC
+	}
+	ads := func() *corev3.ConfigSource {
+		return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
+			InitialFetchTimeout:   durationpb.New(cfg.InitialFetchTimeout),
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	}
+	return &bootstrapv3.Bootstrap{
+		Node:  &corev3.Node{Id: cfg.NodeID, Cluster: cfg.ServiceAccount + "." + cfg.Namespace, Metadata: md},
+		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", cfg.AdminPort)},
+		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+			AdsConfig: &corev3.ApiConfigSource{ApiType: api, TransportApiVersion: corev3.ApiVersion_V3,
+				SetNodeOnFirstMessageOnly: true,
+				GrpcServices: []*corev3.GrpcService{{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
+					EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: xdsClusterName}}}}},
+			LdsConfig: ads(),
+			CdsConfig: ads(),
+		},
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xdsCluster}},
+	}, nil
+}
+
+// xdsCluster is the static cluster to meshd: HTTP/2, mutual TLS with the
+// client certificate and bundle from path-based SDS, meshd's SAN checked.
+func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
+	host, portStr, _ := net.SplitHostPort(cfg.XDSAddress)
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: xds port %q: %w", portStr, err)
+	}
+	tlsCtx := &tlsv3.UpstreamTlsContext{
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{pathSDS(cfg.CredsDir, secretXDSClient, FileClientSDS)},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
+					SanType: tlsv3.SubjectAltNameMatcher_URI,
+					Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: cfg.XDSServerSAN}},
+				}}},
+				ValidationContextSdsSecretConfig: pathSDS(cfg.CredsDir, secretXDSCA, FileCASDS),
+			}},
+		},
+	}
+	if net.ParseIP(host) == nil {
+		tlsCtx.Sni = host // SNI carries names only, never addresses
+	}
+	tlsAny, err := anypb.New(tlsCtx)
+	if err != nil {
+		return nil, err
+	}
+	h2, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+	if err != nil {
+		return nil, err
+	}
+	discovery := clusterv3.Cluster_STRICT_DNS
+	if net.ParseIP(host) != nil {
+		discovery = clusterv3.Cluster_STATIC
+	}
+	return &clusterv3.Cluster{
+		Name:                 xdsClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
+		ConnectTimeout:       durationpb.New(5 * time.Second),
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{
+			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2,
+		},
+		TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsAny}},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: xdsClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+				Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, uint32(port))}}}}}}},
+	}, nil
+}
+
+func pathSDS(dir, name, file string) *tlsv3.SdsSecretConfig {
+	return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_PathConfigSource{PathConfigSource: &corev3.PathConfigSource{
+			Path: path.Join(dir, file), WatchedDirectory: &corev3.WatchedDirectory{Path: dir}}}}}
+}
+
+func socketAddress(host string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: host, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+// SDSFiles returns the two path-based SDS documents (file name -> content)
+// that point Envoy at the credential files in dir. They never change; the
+// PEM files next to them do.
+func SDSFiles(dir string) (map[string][]byte, error) {
+	file := func(name string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: path.Join(dir, name)}}
+	}
+	client := &tlsv3.Secret{Name: secretXDSClient, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+		CertificateChain: file(FileCertChain), PrivateKey: file(FileKey)}}}
+	bundle := &tlsv3.Secret{Name: secretXDSCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		TrustedCa: file(FileRootCert)}}}
+	out := map[string][]byte{}
+	for name, msg := range map[string]proto.Message{FileClientSDS: client, FileCASDS: bundle} {
+		b, err := sdsDocument(msg)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = b
+	}
+	return out, nil
+}

@@ -1,0 +1,125 @@
+package bootstrap_test
+
+import (
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update)", err)
+	}
+	if d := cmp.Diff(string(want), string(got)); d != "" {
+		t.Errorf("%s differs (-want +got):\n%s", path, d)
+	}
+}
+
+func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
+	tests := map[string]bootstrap.Config{
+		"delta": {Namespace: "demo", Pod: "web-0", ServiceAccount: "web", PodUID: "0b7a6f9e-1111-4222-8333-944455556666",
+			XDSAddress: "198.19.0.12:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
+		"sotw-dns": {Namespace: "demo", Pod: "client-0", ServiceAccount: "client", API: bootstrap.SotW,
+			XDSAddress: "meshd.meshd-system.svc:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
+	}
+	envoy := testenv.Need(t, "envoy")
+	for name, cfg := range tests {
+		t.Run(name, func(t *testing.T) {
+			b, err := bootstrap.Render(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			y, err := bootstrap.YAML(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, name+".yaml", y)
+			// Envoy checks that the credential files exist: render again
+			// for a directory that has them.
+			path := writeWithCreds(t, cfg)
+			out, err := exec.Command(envoy, "--mode", "validate", "-c", path, "--log-level", "warn").CombinedOutput()
+			if err != nil {
+				t.Fatalf("envoy --mode validate rejected the bootstrap: %v\n%s", err, out)
+			}
+		})
+	}
+}
+
+func TestRenderRejectsBadConfig(t *testing.T) {
+	good := bootstrap.Config{Namespace: "n", Pod: "p", ServiceAccount: "s", XDSAddress: "127.0.0.1:1", XDSServerSAN: "spiffe://x/ns/a/sa/b", CredsDir: "/c"}
+	tests := map[string]func(*bootstrap.Config){
+		"no namespace":      func(c *bootstrap.Config) { c.Namespace = "" },
+		"no port":           func(c *bootstrap.Config) { c.XDSAddress = "meshd" },
+		"relative creds":    func(c *bootstrap.Config) { c.CredsDir = "creds" },
+		"unknown api":       func(c *bootstrap.Config) { c.API = "rest" },
+		"no server SAN":     func(c *bootstrap.Config) { c.XDSServerSAN = "" },
+		"port out of range": func(c *bootstrap.Config) { c.XDSAddress = "127.0.0.1:70000" },
+	}
+	if _, err := bootstrap.Render(good); err != nil {
+		t.Fatalf("good config rejected: %v", err)
+	}
+	for name, mutate := range tests {
+		t.Run(name, func(t *testing.T) {
+			c := good
+			mutate(&c)
+			if _, err := bootstrap.Render(c); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
+
+func TestSDSFilesGolden(t *testing.T) {
+	files, err := bootstrap.SDSFiles("/etc/meshd/xds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range files {
+		golden(t, name, b)
+	}
+}
+
+// writeWithCreds renders cfg with CredsDir pointing at a temporary directory
+// holding the SDS files and PEM files, and returns the bootstrap's path.
+func writeWithCreds(t *testing.T, cfg bootstrap.Config) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg.CredsDir = dir
+	files, err := bootstrap.SDSFiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{bootstrap.FileCertChain, bootstrap.FileKey, bootstrap.FileRootCert} {
+		files[name] = nil
+	}
+	b, err := bootstrap.Render(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files["bootstrap.yaml"], err = bootstrap.YAML(b); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, "bootstrap.yaml")
+}
