@@ -8,6 +8,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,9 +16,12 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -31,14 +35,28 @@ type Config struct {
 	MaxRecvMsgSize int
 	// DrainTimeout bounds graceful shutdown before streams are cut (default 5s).
 	DrainTimeout time.Duration
+	// TLS is the server's TLS configuration. It must require and verify client
+	// certificates against the mesh bundle (tls.RequireAndVerifyClientCert);
+	// use GetConfigForClient to follow rotations. Required.
+	TLS *tls.Config
+	// Hooks are told about proxies connecting and leaving (may be nil).
+	Hooks Hooks
+	// Registerer receives the server's metrics (may be nil).
+	Registerer prometheus.Registerer
+	// Now is the clock (default time.Now).
+	Now func() time.Time
 }
 
-// Server is the ADS gRPC server. Cache is where snapshots are published.
+// Server is the ADS gRPC server. Cache is where snapshots are published,
+// keyed by node ID; a stream only ever sees the snapshot of the node ID its
+// client certificate is bound to.
 type Server struct {
-	cfg   Config
-	Cache cachev3.SnapshotCache
-	lis   net.Listener
-	grpc  *grpc.Server
+	cfg     Config
+	Cache   cachev3.SnapshotCache
+	lis     net.Listener
+	grpc    *grpc.Server
+	streams *streams
+	metrics *metrics
 }
 
 // New listens on cfg.Addr and prepares the gRPC server; Start serves.
@@ -52,12 +70,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("xds: a TLS configuration is required: proxies are identified by their client certificates")
+	}
+	if cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert && cfg.TLS.GetConfigForClient == nil {
+		return nil, errors.New("xds: TLS must require and verify client certificates")
+	}
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
-	s := &Server{cfg: cfg, lis: lis, Cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)}
+	s := &Server{cfg: cfg, lis: lis, Cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
+		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer)}
 	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
@@ -68,10 +97,15 @@ func New(cfg Config) (*Server, error) {
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
+// Proxies returns the state of every open stream (copies).
+func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
+
 // Start serves ADS until ctx ends, then drains for at most DrainTimeout.
 func (s *Server) Start(ctx context.Context) error {
-	ads := serverv3.NewServer(ctx, s.Cache, nil)
+	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics}
+	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
+	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(s.lis) }()
 	s.cfg.Logger.Info("xds: serving ADS", "addr", s.lis.Addr().String())

@@ -1,0 +1,120 @@
+package xds
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/ca"
+)
+
+// Peer is what meshd knows about a connected proxy from its verified client
+// certificate, never from what the proxy claims.
+type Peer struct {
+	// Identity is the SPIFFE identity of the certificate's only URI SAN.
+	Identity ca.Identity
+	// NodeID is the node ID the certificate is bound to: its Subject
+	// CommonName, "<pod>.<namespace>".
+	NodeID string
+	// Serial is the client certificate's serial number (hex).
+	Serial string
+}
+
+// Pod returns the pod name the node ID names.
+func (p Peer) Pod() string {
+	pod, _, _ := strings.Cut(p.NodeID, ".")
+	return pod
+}
+
+// NodeID formats the node ID of a pod's sidecar, "<pod>.<namespace>".
+func NodeID(namespace, pod string) string { return pod + "." + namespace }
+
+// PeerFromContext extracts the authenticated proxy of a gRPC stream. The TLS
+// handshake has already verified the chain against the mesh bundle; this
+// checks the shape of the certificate. Errors are Unauthenticated statuses.
+func PeerFromContext(ctx context.Context) (Peer, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return Peer{}, status.Error(codes.Unauthenticated, "xds: no peer information")
+	}
+	tlsInfo, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return Peer{}, status.Error(codes.Unauthenticated, "xds: stream is not TLS")
+	}
+	chains := tlsInfo.State.VerifiedChains
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return Peer{}, status.Error(codes.Unauthenticated, "xds: no verified client certificate")
+	}
+	peerInfo, err := peerFromCert(chains[0][0])
+	if err != nil {
+		return Peer{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	return peerInfo, nil
+}
+
+func peerFromCert(cert *x509.Certificate) (Peer, error) {
+	if len(cert.URIs) != 1 {
+		return Peer{}, fmt.Errorf("xds: client certificate has %d URI SANs, want exactly one SPIFFE ID", len(cert.URIs))
+	}
+	id, err := ca.ParseSPIFFEID(cert.URIs[0].String())
+	if err != nil {
+		return Peer{}, fmt.Errorf("xds: client certificate: %w", err)
+	}
+	node := cert.Subject.CommonName
+	pod, ns, ok := strings.Cut(node, ".")
+	if !ok || pod == "" || ns != id.Namespace {
+		return Peer{}, fmt.Errorf("xds: client certificate CN %q is not <pod>.%s", node, id.Namespace)
+	}
+	return Peer{Identity: id, NodeID: node, Serial: cert.SerialNumber.Text(16)}, nil
+}
+
+// errDenied builds the PermissionDenied status a proxy gets for asking for
+// anything that is not its own.
+func errDenied(format string, args ...any) error {
+	return status.Errorf(codes.PermissionDenied, "xds: "+format, args...)
+}
+
+// authorizeNode checks the node a request names against the authenticated peer.
+func authorizeNode(p Peer, node *corev3.Node) error {
+	if node == nil {
+		return nil // later requests on a stream may omit the node
+	}
+	if node.GetId() != p.NodeID {
+		return errDenied("node ID %q does not match the client certificate (%s)", node.GetId(), p.NodeID)
+	}
+	if md := node.GetMetadata().GetFields(); md != nil {
+		for key, want := range map[string]string{"NAMESPACE": p.Identity.Namespace, "SERVICE_ACCOUNT": p.Identity.ServiceAccount} {
+			if v, ok := md[key]; ok && v.GetStringValue() != want {
+				return errDenied("node metadata %s=%q does not match the client certificate (%s)", key, v.GetStringValue(), want)
+			}
+		}
+	}
+	return nil
+}
+
+// SecretDefault and SecretRootCA are the only secret names a proxy may ask for:
+// its own certificate and the trust bundle.
+const (
+	SecretDefault = "default"
+	SecretRootCA  = "ROOTCA"
+)
+
+// authorizeSecrets refuses any secret name but the proxy's own two.
+func authorizeSecrets(names []string) error {
+	for _, n := range names {
+		if n != SecretDefault && n != SecretRootCA {
+			return errDenied("secret %q is not this proxy's (only %q and %q are served)", n, SecretDefault, SecretRootCA)
+		}
+	}
+	return nil
+}
+
+var errNoPeer = errors.New("xds: stream has no authenticated peer")

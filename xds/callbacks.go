@@ -1,0 +1,185 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Hooks are told when an authenticated proxy starts or stops asking for
+// configuration. OnConnect runs before the first request of the stream is
+// answered, so it may publish the proxy's snapshot (secrets first). Both must
+// be safe for concurrent use and return quickly.
+type Hooks interface {
+	// OnConnect prepares the proxy's configuration; an error fails the
+	// request with Unavailable, and the proxy's retry calls OnConnect again.
+	OnConnect(ctx context.Context, p Peer) error
+	OnDisconnect(p Peer)
+}
+
+// callbacks implements go-control-plane's server callbacks: it authenticates
+// every stream, authorizes every request against the stream's peer, and
+// records what was sent, ACKed and NACKed.
+type callbacks struct {
+	log     *slog.Logger
+	streams *streams
+	hooks   Hooks
+	ctx     context.Context
+	metrics *metrics
+}
+
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, id, false)
+}
+
+func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
+	return c.open(ctx, id, true)
+}
+
+func (c *callbacks) open(ctx context.Context, id int64, delta bool) error {
+	p, err := PeerFromContext(ctx)
+	if err != nil {
+		c.log.Warn("xds: stream refused", "stream", id, "error", err)
+		return err
+	}
+	c.streams.open(id, p, delta)
+	c.metrics.connected.Inc()
+	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "identity", p.Identity.String(), "delta", delta)
+	return nil
+}
+
+func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node)      { c.closed(id) }
+func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
+
+func (c *callbacks) closed(id int64) {
+	p, announced := c.streams.close(id)
+	if p.NodeID == "" {
+		return
+	}
+	c.metrics.connected.Dec()
+	c.log.Info("xds: stream closed", "stream", id, "proxy", p.NodeID)
+	if announced && c.hooks != nil {
+		c.hooks.OnDisconnect(p)
+	}
+}
+
+func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	var secrets []string
+	if req.GetTypeUrl() == resourcev3.SecretType {
+		secrets = req.GetResourceNames()
+	}
+	return c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), req.GetResourceNames())
+}
+
+func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	var secrets []string
+	if req.GetTypeUrl() == resourcev3.SecretType {
+		secrets = req.GetResourceNamesSubscribe()
+	}
+	return c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe())
+}
+
+// request authorizes one request and records its ACK or NACK.
+func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets []string, nonce, version string, nack *rpcstatus.Status, names []string) error {
+	var peer Peer
+	var announce bool
+	var err error
+	found := c.streams.with(id, func(s *stream) {
+		peer = s.peer
+		if err = authorizeNode(s.peer, node); err != nil {
+			return
+		}
+		if err = authorizeSecrets(secrets); err != nil {
+			return
+		}
+		announce = !s.announced
+		s.announced = true
+		c.record(s, typeURL, nonce, version, nack, names)
+	})
+	if !found {
+		return status.Error(codes.Unauthenticated, errNoPeer.Error())
+	}
+	if err != nil {
+		c.metrics.denied.Inc()
+		c.log.Warn("xds: request denied", "stream", id, "proxy", peer.NodeID, "type_url", typeURL, "error", err)
+		return err
+	}
+	if announce && c.hooks != nil {
+		if err := c.hooks.OnConnect(c.ctx, peer); err != nil {
+			c.streams.with(id, func(s *stream) { s.announced = false })
+			c.log.Error("xds: proxy not prepared", "proxy", peer.NodeID, "error", err)
+			return status.Errorf(codes.Unavailable, "xds: configuration for %s not ready: %v", peer.NodeID, err)
+		}
+	}
+	return nil
+}
+
+// record notes an ACK or a NACK; called under the streams lock.
+func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names []string) {
+	ts := s.typ(typeURL)
+	if len(names) > 0 {
+		ts.Subscribed = append(ts.Subscribed[:0], names...)
+	}
+	if nonce == "" {
+		return // first request of this type: neither ACK nor NACK
+	}
+	sentVersion := s.nonces[typeURL+"\x00"+nonce]
+	if nack != nil {
+		ts.NACKs++
+		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: nack.GetMessage(), At: c.streams.now()}
+		c.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+		c.log.Warn("xds: NACK", "proxy", s.peer.NodeID, "type_url", typeURL, "nonce", nonce, "version", sentVersion, "error", nack.GetMessage())
+		return
+	}
+	if version == "" {
+		version = sentVersion
+	}
+	ts.AckedVersion, ts.AckedNonce, ts.AckedAt = version, nonce, c.streams.now()
+}
+
+func (c *callbacks) OnStreamResponse(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	c.sent(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
+}
+
+func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	c.sent(id, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
+}
+
+func (c *callbacks) sent(id int64, typeURL, nonce, version string) {
+	c.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	c.streams.with(id, func(s *stream) {
+		ts := s.typ(typeURL)
+		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.now()
+		ts.Responses++
+		s.nonces[typeURL+"\x00"+nonce] = version
+		if len(s.nonces) > 64 { // keep only recent nonces
+			for k := range s.nonces {
+				if k != typeURL+"\x00"+nonce {
+					delete(s.nonces, k)
+					break
+				}
+			}
+		}
+	})
+}
+
+// The REST (fetch) API is not served: every proxy must hold a stream.
+func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, "xds: REST fetch is not served; use ADS")
+}
+func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+func shortType(url string) string {
+	for i := len(url) - 1; i >= 0; i-- {
+		if url[i] == '.' {
+			return url[i+1:]
+		}
+	}
+	return url
+}

@@ -1,0 +1,165 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Resources are xDS resources by type URL.
+type Resources map[resourcev3.Type][]types.Resource
+
+// versioned is one type's resources with their content-hash version.
+type versioned struct {
+	version string
+	items   []types.Resource
+}
+
+// Publisher composes each proxy's snapshot from the resources every proxy
+// shares (clusters, endpoints, routes: hashed once per change) and the
+// proxy's own (inbound listeners, secrets), and sets it in the cache only when
+// it is complete and consistent. A proxy's snapshot is published only once
+// its secrets are there, so nothing that references a secret goes out before
+// the secret (Envoy SDS warming stalls). Safe for concurrent use.
+type Publisher struct {
+	cache cachev3.SnapshotCache
+
+	mu      sync.Mutex
+	shared  map[resourcev3.Type]versioned
+	proxies map[string]map[resourcev3.Type]versioned
+}
+
+// NewPublisher publishes into cache.
+func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
+	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{}}
+}
+
+// SetShared replaces the shared resources and republishes every proxy whose
+// snapshot changes. The caller must not mutate res afterwards.
+func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
+	hashed, err := hashAll(res)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.shared = hashed
+	var errs []error
+	for node := range p.proxies {
+		if err := p.publishLocked(ctx, node); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("xds: publish: %v", errs)
+	}
+	return nil
+}
+
+// SetProxy replaces one proxy's own resources (its secrets and inbound
+// listeners) and republishes it. Types not in res keep their resources.
+func (p *Publisher) SetProxy(ctx context.Context, nodeID string, res Resources) error {
+	hashed, err := hashAll(res)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	own := p.proxies[nodeID]
+	if own == nil {
+		own = map[resourcev3.Type]versioned{}
+		p.proxies[nodeID] = own
+	}
+	for t, v := range hashed {
+		own[t] = v
+	}
+	return p.publishLocked(ctx, nodeID)
+}
+
+// RemoveProxy forgets a proxy and clears its snapshot.
+func (p *Publisher) RemoveProxy(nodeID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.proxies, nodeID)
+	p.cache.ClearSnapshot(nodeID)
+}
+
+// publishLocked merges shared and own resources and sets the snapshot once
+// the proxy has its secrets.
+func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
+	own := p.proxies[nodeID]
+	if len(own[resourcev3.SecretType].items) == 0 {
+		return nil // not before the secrets
+	}
+	snap := &cachev3.Snapshot{}
+	for _, t := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+		v := merge(p.shared[t], own[t])
+		if v.version == "" {
+			// An empty type still gets a version: a SotW client asking with
+			// version "" must be answered, or it waits for ever.
+			v.version = emptyVersion
+		}
+		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(v.version, v.items)
+	}
+	if err := snap.Consistent(); err != nil {
+		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
+	}
+	return p.cache.SetSnapshot(ctx, nodeID, snap)
+}
+
+// emptyVersion is the version of a type with no resources.
+const emptyVersion = "empty"
+
+func merge(shared, own versioned) versioned {
+	switch {
+	case len(own.items) == 0:
+		return shared
+	case len(shared.items) == 0:
+		return own
+	}
+	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
+	return versioned{version: hex.EncodeToString(h[:8]), items: slices.Concat(shared.items, own.items)}
+}
+
+// hashAll computes each type's content-hash version: the hash of the
+// deterministic encoding of its resources in name order. Two replicas with
+// the same input agree, and a reconnect sends nothing new.
+func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
+	out := make(map[resourcev3.Type]versioned, len(res))
+	opts := proto.MarshalOptions{Deterministic: true}
+	for t, items := range res {
+		sorted := slices.Clone(items)
+		slices.SortFunc(sorted, func(a, b types.Resource) int {
+			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
+		})
+		h := sha256.New()
+		for _, r := range sorted {
+			b, err := opts.Marshal(r)
+			if err != nil {
+				return nil, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
+			}
+			fmt.Fprintf(h, "%d:", len(b))
+			h.Write(b)
+		}
+		out[t] = versioned{version: hex.EncodeToString(h.Sum(nil)[:8]), items: sorted}
+	}
+	return out, nil
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,151 @@
+package xds
+
+import (
+	"maps"
+	"slices"
+	"sync"
+	"time"
+)
+
+// TypeStatus is the protocol state of one resource type on one stream.
+type TypeStatus struct {
+	SentVersion  string    `json:"sent_version,omitempty"`
+	SentNonce    string    `json:"sent_nonce,omitempty"`
+	SentAt       time.Time `json:"sent_at,omitzero"`
+	AckedVersion string    `json:"acked_version,omitempty"`
+	AckedNonce   string    `json:"acked_nonce,omitempty"`
+	AckedAt      time.Time `json:"acked_at,omitzero"`
+	Responses    int       `json:"responses"`
+	NACKs        int       `json:"nacks"`
+	LastNACK     *NACK     `json:"last_nack,omitempty"`
+	// Subscribed lists the names the proxy asked for (empty: wildcard).
+	Subscribed []string `json:"subscribed,omitempty"`
+}
+
+// NACK records a response the proxy rejected.
+type NACK struct {
+	Version string    `json:"version"`
+	Nonce   string    `json:"nonce"`
+	Error   string    `json:"error"`
+	At      time.Time `json:"at"`
+}
+
+// ProxyStatus is a copy of one connected stream's state, for the debug
+// endpoint and metrics.
+type ProxyStatus struct {
+	StreamID       int64                  `json:"stream_id"`
+	NodeID         string                 `json:"node_id"`
+	Identity       string                 `json:"identity"`
+	ClientSerial   string                 `json:"client_cert_serial"`
+	Delta          bool                   `json:"delta"`
+	ConnectedSince time.Time              `json:"connected_since"`
+	Types          map[string]*TypeStatus `json:"types"`
+}
+
+// stream is the live state of one stream; guarded by streams.mu.
+type stream struct {
+	peer      Peer
+	delta     bool
+	since     time.Time
+	announced bool // OnConnect was called
+	types     map[string]*TypeStatus
+	// nonces maps type URL + nonce to the version sent with it, so a NACK
+	// names the version it rejects.
+	nonces map[string]string
+}
+
+func (s *stream) typ(url string) *TypeStatus {
+	ts := s.types[url]
+	if ts == nil {
+		ts = &TypeStatus{}
+		s.types[url] = ts
+	}
+	return ts
+}
+
+// streams holds the state of every open stream. Safe for concurrent use.
+type streams struct {
+	mu   sync.Mutex
+	byID map[int64]*stream
+	now  func() time.Time
+}
+
+func newStreams(now func() time.Time) *streams {
+	return &streams{byID: map[int64]*stream{}, now: now}
+}
+
+func (ss *streams) open(id int64, p Peer, delta bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.byID[id] = &stream{peer: p, delta: delta, since: ss.now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
+}
+
+func (ss *streams) close(id int64) (Peer, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.byID[id]
+	delete(ss.byID, id)
+	if !ok {
+		return Peer{}, false
+	}
+	return s.peer, s.announced
+}
+
+// with runs f on the stream's state under the lock.
+func (ss *streams) with(id int64, f func(*stream)) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s, ok := ss.byID[id]
+	if ok {
+		f(s)
+	}
+	return ok
+}
+
+// nackedVersion returns the version a NACK of (node, type, nonce) rejects.
+func (ss *streams) nackedVersion(nodeID, typeURL, nonce string) (string, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, s := range ss.byID {
+		if s.peer.NodeID == nodeID {
+			if v, ok := s.nonces[typeURL+"\x00"+nonce]; ok {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
+
+// status returns copies of every stream's state, ordered by node ID.
+func (ss *streams) status() []ProxyStatus {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(ss.byID))
+	for id, s := range ss.byID {
+		ps := ProxyStatus{StreamID: id, NodeID: s.peer.NodeID, Identity: s.peer.Identity.String(), ClientSerial: s.peer.Serial,
+			Delta: s.delta, ConnectedSince: s.since, Types: make(map[string]*TypeStatus, len(s.types))}
+		for url, ts := range s.types {
+			c := *ts
+			c.Subscribed = slices.Clone(ts.Subscribed)
+			if ts.LastNACK != nil {
+				n := *ts.LastNACK
+				c.LastNACK = &n
+			}
+			ps.Types[url] = &c
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(a, b ProxyStatus) int {
+		if a.NodeID != b.NodeID {
+			if a.NodeID < b.NodeID {
+				return -1
+			}
+			return 1
+		}
+		return int(a.StreamID - b.StreamID)
+	})
+	return out
+}
+
+// keys is maps.Keys collected and sorted.
+func keys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
