@@ -109,7 +109,7 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		}
 		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(v.version, v.items)
 	}
-	if err := snap.Consistent(); err != nil {
+	if err := complete(snap); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 	}
 	return p.cache.SetSnapshot(ctx, nodeID, snap)
@@ -117,6 +117,23 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 
 // emptyVersion is the version of a type with no resources.
 const emptyVersion = "empty"
+
+// complete checks that every route and endpoint set a listener or cluster
+// names is in the snapshot. Unlike go-control-plane's Consistent it allows
+// resources nobody references that it can see (routes of proxyless gRPC API
+// listeners, shared routes a proxy's listeners do not use).
+func complete(snap *cachev3.Snapshot) error {
+	refs := cachev3.GetAllResourceReferences(snap.Resources)
+	for _, t := range []resourcev3.Type{resourcev3.EndpointType, resourcev3.RouteType} {
+		have := snap.GetResources(t)
+		for name := range refs[t] {
+			if _, ok := have[name]; !ok {
+				return fmt.Errorf("%s %q is referenced but missing", shortType(t), name)
+			}
+		}
+	}
+	return nil
+}
 
 func merge(shared, own versioned) versioned {
 	switch {
