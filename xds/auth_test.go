@@ -24,7 +24,7 @@ import (
 )
 
 // adsClient opens an ADS stream to meshd presenting cert (nil: none).
-func adsClient(t *testing.T, pki *testPKI, addr string, cert *ca.Certificate) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, func()) {
+func adsClient(t testing.TB, pki *testPKI, addr string, cert *ca.Certificate) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, func()) {
 	t.Helper()
 	stream, done, err := dialADS(t, pki, addr, cert)
 	if err != nil {
@@ -33,7 +33,7 @@ func adsClient(t *testing.T, pki *testPKI, addr string, cert *ca.Certificate) (d
 	return stream, done
 }
 
-func dialADS(t *testing.T, pki *testPKI, addr string, cert *ca.Certificate) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, func(), error) {
+func dialADS(t testing.TB, pki *testPKI, addr string, cert *ca.Certificate) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, func(), error) {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: pki.pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
 		InsecureSkipVerify: true} // the server's SAN is a SPIFFE ID; these tests are about the client side

@@ -48,14 +48,18 @@ type meshd struct {
 	done    chan error
 }
 
-func startMeshd(t *testing.T, pki *testPKI, addr string) *meshd {
+func startMeshd(t testing.TB, pki *testPKI, addr string) *meshd {
 	t.Helper()
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pki.pool(),
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
 	m := &meshd{renewer: &testRenewer{pki: pki}, done: make(chan error, 1)}
+	logger := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	if _, ok := t.(*testing.B); ok {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	var pub *xds.Publisher
-	mgr, err := sds.New(sds.Config{Renewer: m.renewer, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
+	mgr, err := sds.New(sds.Config{Renewer: m.renewer, Logger: logger, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
 		res := xds.Resources{resourcev3.SecretType: make([]types.Resource, 0, len(secrets))}
 		for _, s := range secrets {
 			res[resourcev3.SecretType] = append(res[resourcev3.SecretType], s)
@@ -68,7 +72,7 @@ func startMeshd(t *testing.T, pki *testPKI, addr string) *meshd {
 		t.Fatal(err)
 	}
 	var hooks xds.ProxyHooks
-	srv, err := xds.New(xds.Config{Addr: addr, TLS: tlsCfg, Hooks: &hooks, Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	srv, err := xds.New(xds.Config{Addr: addr, TLS: tlsCfg, Hooks: &hooks, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +85,7 @@ func startMeshd(t *testing.T, pki *testPKI, addr string) *meshd {
 	return m
 }
 
-func (m *meshd) stop(t *testing.T) {
+func (m *meshd) stop(t testing.TB) {
 	m.cancel()
 	if err := <-m.done; err != nil {
 		t.Errorf("meshd: %v", err)
@@ -184,7 +188,7 @@ func get(conn *tls.Conn) (string, error) {
 	return string(buf[:n]), err
 }
 
-func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+func mustAny(t testing.TB, m proto.Message) *anypb.Any {
 	t.Helper()
 	a, err := anypb.New(m)
 	if err != nil {
@@ -193,7 +197,7 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 	return a
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -203,7 +207,7 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
