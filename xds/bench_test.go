@@ -77,5 +77,3 @@ func fetchSecrets(b *testing.B, pki *testPKI, addr string, cert *ca.Certificate)
 	}
 	return nil
 }
-
-
