@@ -1,0 +1,40 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func TestSubcommands(t *testing.T) {
+	tests := map[string]struct {
+		args    []string
+		wantOut string
+		wantErr string
+	}{
+		"version":           {args: []string{"version"}, wantOut: "meshd "},
+		"unknown":           {args: []string{"frobnicate"}, wantErr: "unknown command"},
+		"iptables dry-run":  {args: []string{"iptables", "--dry-run", "--exclude-inbound-ports", "22"}, wantOut: "--dport 22 -j RETURN"},
+		"iptables bad port": {args: []string{"iptables", "--dry-run", "--exclude-outbound-ports", "x"}, wantErr: "port"},
+		"serve bad config":  {args: []string{"serve", "--cert-ttl", "1s"}, wantErr: "--cert-ttl"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			err := run(context.Background(), tc.args, &out, &errOut)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out.String(), tc.wantOut) {
+				t.Errorf("output %q lacks %q", out.String(), tc.wantOut)
+			}
+		})
+	}
+}
