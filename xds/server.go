@@ -17,7 +17,9 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -125,4 +127,21 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("xds: serve: %w", err)
 	}
 	return nil
+}
+
+// Published returns what the cache holds for a node, by type URL. Secrets
+// are returned as published, keys included: callers that show them must
+// redact (sds.Redact).
+func (s *Server) Published(nodeID string) (map[string][]types.Resource, bool) {
+	snap, err := s.Cache.GetSnapshot(nodeID)
+	if err != nil {
+		return nil, false
+	}
+	out := map[string][]types.Resource{}
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+		for _, r := range snap.GetResources(t) {
+			out[t] = append(out[t], r)
+		}
+	}
+	return out, true
 }

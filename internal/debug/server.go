@@ -1,0 +1,245 @@
+// Package debug serves meshd's operator HTTP API: health and readiness
+// probes, Prometheus metrics, and JSON views of connected proxies and the
+// configuration sent to each (private keys redacted).
+//
+// Where it sits: a leaf wired by cmd/meshd; it reads state through the
+// function fields of Config and never changes anything.
+package debug
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/meshd/meshd/xds"
+)
+
+// Config wires the debug server to the state it shows.
+type Config struct {
+	// Proxies lists connected proxies.
+	Proxies func() []xds.ProxyStatus
+	// Resources returns what meshd last published for a node, by type URL,
+	// with secrets already redacted; ok is false for an unknown node.
+	Resources func(nodeID string) (res map[string][]types.Resource, ok bool)
+	// Ready reports nil once meshd can serve (informers synced, CA loaded).
+	Ready func() error
+	// Gatherer serves /metrics (default: a fresh empty registry).
+	Gatherer prometheus.Gatherer
+	// Token, when set, is required as "Authorization: Bearer <token>" on
+	// /debug/ paths. Required when the server listens beyond loopback.
+	Token string
+	// StaleAfter marks a type stale when sent but not ACKed for this long (default 30s).
+	StaleAfter time.Duration
+	Logger     *slog.Logger
+	Now        func() time.Time
+}
+
+// Handler returns the HTTP handler.
+func Handler(cfg Config) http.Handler {
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.NewRegistry()
+	}
+	if cfg.StaleAfter == 0 {
+		cfg.StaleAfter = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &server{cfg: cfg}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /debug/proxies", s.auth(http.HandlerFunc(s.proxies)))
+	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
+	return mux
+}
+
+// CheckExposure refuses a debug address beyond loopback without a token.
+func CheckExposure(addr, token string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("debug: address %q: %w", addr, err)
+	}
+	ip := net.ParseIP(host)
+	loopback := host == "localhost" || (ip != nil && ip.IsLoopback())
+	if !loopback && token == "" {
+		return fmt.Errorf("debug: %s is not loopback; set a bearer token to expose the debug API", addr)
+	}
+	return nil
+}
+
+type server struct{ cfg Config }
+
+func (s *server) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Token != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
+				writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+// proxyView is one row of /debug/proxies.
+type proxyView struct {
+	xds.ProxyStatus
+	Stale []string `json:"stale_types,omitempty"`
+}
+
+func (s *server) proxies(w http.ResponseWriter, r *http.Request) {
+	if err := onlyParams(r, "node"); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	node := r.URL.Query().Get("node")
+	if node != "" {
+		if err := validNode(node); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	var out []proxyView
+	if s.cfg.Proxies != nil {
+		for _, p := range s.cfg.Proxies() {
+			if node == "" || p.NodeID == node {
+				out = append(out, proxyView{ProxyStatus: p, Stale: s.stale(p)})
+			}
+		}
+	}
+	writeJSON(w, map[string]any{"proxies": out})
+}
+
+func (s *server) stale(p xds.ProxyStatus) []string {
+	var out []string
+	for url, ts := range p.Types {
+		if ts.SentNonce != "" && ts.SentNonce != ts.AckedNonce && (ts.LastNACK == nil || ts.LastNACK.Nonce != ts.SentNonce) &&
+			s.cfg.Now().Sub(ts.SentAt) > s.cfg.StaleAfter {
+			out = append(out, url)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *server) configDump(w http.ResponseWriter, r *http.Request) {
+	if err := onlyParams(r, "proxy"); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	node := r.URL.Query().Get("proxy")
+	if err := validNode(node); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	res, ok := s.cfg.Resources(node)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no configuration for proxy %q", node))
+		return
+	}
+	out := map[string][]json.RawMessage{}
+	for url, items := range res {
+		for _, item := range items {
+			b, err := protojson.Marshal(item)
+			if err != nil {
+				writeError(w, http.StatusInternalServerError, "encode: "+err.Error())
+				return
+			}
+			out[url] = append(out[url], b)
+		}
+	}
+	writeJSON(w, map[string]any{"proxy": node, "resources": out})
+}
+
+var nodePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// validNode checks a node ID is "<pod>.<namespace>" in Kubernetes name syntax.
+func validNode(node string) error {
+	if node == "" {
+		return errors.New("query parameter proxy (a node ID, <pod>.<namespace>) is required")
+	}
+	if len(node) > 317 || !nodePattern.MatchString(node) {
+		return fmt.Errorf("%q is not a node ID of the form <pod>.<namespace>", node)
+	}
+	return nil
+}
+
+// onlyParams rejects unknown or repeated query parameters.
+func onlyParams(r *http.Request, allowed ...string) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return fmt.Errorf("malformed query: %v", err)
+	}
+	for k, v := range q {
+		known := false
+		for _, a := range allowed {
+			known = known || k == a
+		}
+		if !known {
+			return fmt.Errorf("unknown query parameter %q (allowed: %s)", k, strings.Join(allowed, ", "))
+		}
+		if len(v) > 1 {
+			return fmt.Errorf("query parameter %q given %d times", k, len(v))
+		}
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// Serve runs the handler on lis until ctx ends.
+func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("debug: serve: %w", err)
+	}
+	return nil
+}
