@@ -1,0 +1,75 @@
+// Package k8s watches Kubernetes (Services, EndpointSlices, Pods,
+// Namespaces) with client-go informers and hands the current state to the
+// next stage in batches: a change starts a hold-off timer, further changes
+// restart it, and a maximum delay bounds how long a stream of changes can
+// postpone a rebuild. Nothing is handed on before the informers have synced.
+//
+// Where it sits in the pipeline: first. It feeds model building; it knows
+// nothing about Envoy.
+package k8s
+
+import (
+	"context"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Batcher coalesces change notifications. Notify is safe for concurrent use;
+// Run calls fn from one goroutine only.
+type Batcher struct {
+	holdOff, maxDelay time.Duration
+	clock             clock.WithTicker
+	notify            chan struct{}
+}
+
+// NewBatcher returns a batcher; clk nil means the real clock.
+func NewBatcher(holdOff, maxDelay time.Duration, clk clock.WithTicker) *Batcher {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	if maxDelay < holdOff {
+		maxDelay = holdOff
+	}
+	return &Batcher{holdOff: holdOff, maxDelay: maxDelay, clock: clk, notify: make(chan struct{}, 1)}
+}
+
+// Notify records that something changed.
+func (b *Batcher) Notify() {
+	select {
+	case b.notify <- struct{}{}:
+	default: // one pending notification is enough
+	}
+}
+
+// Run calls fn once per batch until ctx ends: HoldOff after the last change,
+// or MaxDelay after the first change of the batch, whichever comes first.
+func (b *Batcher) Run(ctx context.Context, fn func(context.Context)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-b.notify:
+		}
+		deadline := b.clock.Now().Add(b.maxDelay)
+		quiet := b.clock.NewTimer(b.holdOff)
+	batch:
+		for {
+			select {
+			case <-ctx.Done():
+				quiet.Stop()
+				return
+			case <-b.notify:
+				quiet.Stop()
+				wait := min(b.holdOff, deadline.Sub(b.clock.Now()))
+				if wait <= 0 {
+					break batch
+				}
+				quiet = b.clock.NewTimer(wait)
+			case <-quiet.C():
+				break batch
+			}
+		}
+		fn(ctx)
+	}
+}

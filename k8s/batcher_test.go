@@ -1,0 +1,91 @@
+package k8s
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+// waitWaiters waits until the batcher's goroutine has armed a timer.
+func waitWaiters(t *testing.T, fc *clocktesting.FakeClock) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !fc.HasWaiters() {
+		if time.Now().After(deadline) {
+			t.Fatal("batcher never armed a timer")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func expectCalls(t *testing.T, calls <-chan time.Time, want int) {
+	t.Helper()
+	got := 0
+	timeout := time.After(200 * time.Millisecond)
+	for {
+		select {
+		case <-calls:
+			got++
+		case <-timeout:
+			if got != want {
+				t.Fatalf("fn called %d times, want %d", got, want)
+			}
+			return
+		}
+	}
+}
+
+func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Unix(0, 0))
+	b := NewBatcher(100*time.Millisecond, 300*time.Millisecond, fc)
+	calls := make(chan time.Time, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.Run(ctx, func(context.Context) { calls <- fc.Now() })
+
+	// One change: fn runs after the hold-off, not before.
+	b.Notify()
+	waitWaiters(t, fc)
+	fc.Step(90 * time.Millisecond)
+	expectCalls(t, calls, 0)
+	fc.Step(10 * time.Millisecond)
+	expectCalls(t, calls, 1)
+
+	// A steady stream of changes every 50ms: the max delay forces a run.
+	start := fc.Now()
+	b.Notify()
+	waitWaiters(t, fc)
+	var ran time.Time
+	for i := 0; i < 10 && ran.IsZero(); i++ {
+		fc.Step(50 * time.Millisecond)
+		select {
+		case ran = <-calls:
+		case <-time.After(50 * time.Millisecond):
+			b.Notify()
+			waitWaiters(t, fc)
+		}
+	}
+	if ran.IsZero() {
+		t.Fatal("a steady stream of changes postponed fn for ever")
+	}
+	if d := ran.Sub(start); d > 300*time.Millisecond {
+		t.Errorf("fn ran %s after the first change, want <= max delay 300ms", d)
+	}
+}
+
+func TestBatcherCoalesces(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Unix(0, 0))
+	b := NewBatcher(100*time.Millisecond, time.Second, fc)
+	calls := make(chan time.Time, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 50 {
+		b.Notify()
+	}
+	go b.Run(ctx, func(context.Context) { calls <- fc.Now() })
+	waitWaiters(t, fc)
+	fc.Step(100 * time.Millisecond)
+	expectCalls(t, calls, 1)
+}
