@@ -1,0 +1,134 @@
+package k8s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+)
+
+// State is the Kubernetes state the mesh is built from. The objects are the
+// informers' cached copies: readers must not mutate them.
+type State struct {
+	Services   []*corev1.Service
+	Slices     []*discoveryv1.EndpointSlice
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+}
+
+// Config configures a Watcher.
+type Config struct {
+	Client kubernetes.Interface
+	// OnState receives the full current state after every batch of changes
+	// (and once after the initial sync). Called from one goroutine.
+	OnState func(context.Context, *State)
+	// HoldOff and MaxDelay batch changes (defaults 100ms and 1s).
+	HoldOff, MaxDelay time.Duration
+	// Resync is the informers' resync period (default 0: none).
+	Resync time.Duration
+	Logger *slog.Logger
+	Clock  clock.WithTicker
+}
+
+// Watcher runs the informers. Start it with Start; Synced reports whether
+// the initial lists have arrived.
+type Watcher struct {
+	cfg     Config
+	synced  atomic.Bool
+	batcher *Batcher
+}
+
+// New returns a Watcher.
+func New(cfg Config) (*Watcher, error) {
+	if cfg.Client == nil || cfg.OnState == nil {
+		return nil, errors.New("k8s: Client and OnState are required")
+	}
+	if cfg.HoldOff == 0 {
+		cfg.HoldOff = 100 * time.Millisecond
+	}
+	if cfg.MaxDelay == 0 {
+		cfg.MaxDelay = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Watcher{cfg: cfg, batcher: NewBatcher(cfg.HoldOff, cfg.MaxDelay, cfg.Clock)}, nil
+}
+
+// Synced reports whether the informers have synced.
+func (w *Watcher) Synced() bool { return w.synced.Load() }
+
+// Start runs the informers until ctx ends. It hands on nothing before they
+// have synced.
+func (w *Watcher) Start(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactory(w.cfg.Client, w.cfg.Resync)
+	svc := factory.Core().V1().Services()
+	slices := factory.Discovery().V1().EndpointSlices()
+	pods := factory.Core().V1().Pods()
+	nss := factory.Core().V1().Namespaces()
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { w.batcher.Notify() },
+		UpdateFunc: func(any, any) { w.batcher.Notify() },
+		DeleteFunc: func(any) { w.batcher.Notify() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{svc.Informer(), slices.Informer(), pods.Informer(), nss.Informer()} {
+		if err := inf.SetTransform(stripManagedFields); err != nil {
+			return fmt.Errorf("k8s: informer transform: %w", err)
+		}
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("k8s: informer handler: %w", err)
+		}
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("k8s: %v informer did not sync", typ)
+		}
+	}
+	w.synced.Store(true)
+	w.cfg.Logger.Info("k8s: informers synced")
+	list := func(ctx context.Context) {
+		st := &State{}
+		var errs []error
+		var err error
+		st.Services, err = svc.Lister().List(labels.Everything())
+		errs = append(errs, err)
+		st.Slices, err = slices.Lister().List(labels.Everything())
+		errs = append(errs, err)
+		st.Pods, err = pods.Lister().List(labels.Everything())
+		errs = append(errs, err)
+		st.Namespaces, err = nss.Lister().List(labels.Everything())
+		errs = append(errs, err)
+		if err := errors.Join(errs...); err != nil {
+			w.cfg.Logger.Error("k8s: list from cache", "error", err)
+			return
+		}
+		w.cfg.OnState(ctx, st)
+	}
+	w.batcher.Notify() // the initial state
+	w.batcher.Run(ctx, list)
+	return nil
+}
+
+// stripManagedFields drops what meshd never reads, to keep the caches small.
+func stripManagedFields(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}

@@ -1,0 +1,74 @@
+package k8s
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshd/meshd/internal/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+// TestWatcherAgainstAPIServer: the watcher hands on nothing before sync,
+// then the full state, then a new state after a change.
+func TestWatcherAgainstAPIServer(t *testing.T) {
+	env := testenv.Kube(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ns := "watcher-test"
+	if err := env.EnsureNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	states := make(chan *State, 16)
+	w, err := New(Config{Client: env.Client, HoldOff: 20 * time.Millisecond, MaxDelay: 200 * time.Millisecond,
+		OnState: func(_ context.Context, s *State) { states <- s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Start(wctx) }()
+	defer func() { wcancel(); <-done }()
+
+	first := <-states
+	if !w.Synced() {
+		t.Fatal("state handed on before the informers synced")
+	}
+	if !hasService(first, ns, "web") {
+		t.Fatalf("initial state lacks service %s/web", ns)
+	}
+	svc2 := svc.DeepCopy()
+	svc2.Name = "db"
+	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, svc2, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case s := <-states:
+			if hasService(s, ns, "db") {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("no state with the new service")
+		}
+	}
+}
+
+func hasService(s *State, ns, name string) bool {
+	for _, svc := range s.Services {
+		if svc.Namespace == ns && svc.Name == name {
+			return len(svc.ManagedFields) == 0
+		}
+	}
+	return false
+}
