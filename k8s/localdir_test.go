@@ -1,0 +1,116 @@
+package k8s
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const localMesh = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 198.19.0.10
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: nginx}]
+status: {podIP: 198.18.0.10}
+`
+
+func TestLocalDirDrivesWatcherAndReloads(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "mesh.yaml")
+	if err := os.WriteFile(file, []byte(localMesh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocalDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states := make(chan *State, 16)
+	w, err := New(Config{Client: l.Client(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		OnState: func(_ context.Context, s *State) { states <- s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = w.Start(ctx) }()
+	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
+
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 && len(s.Pods) == 1 && len(s.Namespaces) == 1 })
+
+	// A broken file is reported and changes nothing.
+	writeLater(t, file, localMesh+"\n---\nkind: [broken\n")
+	time.Sleep(200 * time.Millisecond)
+	if pods, err := l.Client().CoreV1().Pods("demo").List(ctx, metav1.ListOptions{}); err != nil || len(pods.Items) != 1 {
+		t.Fatalf("a broken file changed the served state: %v, %v", pods, err)
+	}
+	// Remove the pod, add a service: the watcher sees exactly that.
+	changed := strings.Replace(localMesh, "kind: Pod", "kind: Service", 1)
+	changed = strings.Replace(changed, "name: web-0", "name: db", 1)
+	changed = strings.Replace(changed, "  serviceAccountName: web\n  containers: [{name: app, image: nginx}]\nstatus: {podIP: 198.18.0.10}\n", "  ports: [{name: tcp, port: 5432}]\n", 1)
+	writeLater(t, file, changed)
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 2 && len(s.Pods) == 0 })
+}
+
+func TestLocalDirRejectsBadInput(t *testing.T) {
+	tests := map[string]string{
+		"not yaml":     "kind: [broken",
+		"unknown kind": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+		"duplicate":    "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n",
+	}
+	for name, content := range tests {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "x.yaml"), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := NewLocalDir(dir, nil); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
+
+func waitState(ctx context.Context, t *testing.T, states <-chan *State, ok func(*State) bool) {
+	t.Helper()
+	for {
+		select {
+		case s := <-states:
+			if ok(s) {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatal("expected state never arrived")
+		}
+	}
+}
+
+// writeLater rewrites a file with a later modification time.
+func writeLater(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Second)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+}
