@@ -26,6 +26,9 @@ type Request struct {
 	TTL time.Duration
 	// DNSNames are optional extra SANs (used for meshd's own serving certificate).
 	DNSNames []string
+	// CommonName is an optional Subject CN (the node ID of an xDS client
+	// certificate binds it to one pod).
+	CommonName string
 	// Pod names the pod the certificate is for (namespace/name); used for labels,
 	// events and audit, never for the identity itself.
 	Pod string

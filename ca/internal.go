@@ -1,0 +1,192 @@
+package ca
+
+import (
+	"context"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	randInt    = crand.Int
+	cryptoRand = crand.Reader
+)
+
+// InternalConfig configures the internal CA.
+type InternalConfig struct {
+	// Authority signs; swap it with SetAuthority (root rotation).
+	Authority *Authority
+	// TTL is the default leaf lifetime (default 24h).
+	TTL time.Duration
+	// KeyType is used when a Request carries no key (default ECDSA P-256).
+	KeyType KeyType
+	// Rand and Now are injected for tests (defaults crypto/rand, time.Now).
+	Rand io.Reader
+	Now  func() time.Time
+	// Metrics may be nil.
+	Metrics *Metrics
+}
+
+// Internal is the internal CA: it signs leaves with its Authority. Safe for
+// concurrent use.
+type Internal struct {
+	cfg  InternalConfig
+	auth atomic.Pointer[Authority]
+}
+
+// NewInternal returns the internal CA.
+func NewInternal(cfg InternalConfig) (*Internal, error) {
+	if cfg.Authority == nil {
+		return nil, errors.New("ca: internal CA needs an authority")
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = 24 * time.Hour
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = crand.Reader
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	in := &Internal{cfg: cfg}
+	in.auth.Store(cfg.Authority)
+	cfg.Metrics.observeRoots(cfg.Authority.Roots)
+	return in, nil
+}
+
+// SetAuthority replaces the signing material (root rotation).
+func (in *Internal) SetAuthority(a *Authority) {
+	in.auth.Store(a)
+	in.cfg.Metrics.observeRoots(a.Roots)
+}
+
+// Authority returns the current signing material.
+func (in *Internal) Authority() *Authority { return in.auth.Load() }
+
+// Bundle implements Issuer.
+func (in *Internal) Bundle(context.Context) ([]byte, error) { return in.auth.Load().BundlePEM, nil }
+
+// Issue implements Issuer: template, sign, validate.
+func (in *Internal) Issue(ctx context.Context, req Request) (*Certificate, error) {
+	start := in.cfg.Now()
+	c, err := in.issue(ctx, req)
+	in.cfg.Metrics.observeIssue(in.cfg.Now().Sub(start), c, err)
+	if err != nil {
+		return nil, fmt.Errorf("ca: issue %s: %w", req.Identity, err)
+	}
+	return c, nil
+}
+
+func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := req.Identity.Validate(); err != nil {
+		return nil, err
+	}
+	key := req.Key
+	if key == nil {
+		var err error
+		if key, err = GenerateKey(in.cfg.Rand, in.cfg.KeyType); err != nil {
+			return nil, err
+		}
+	}
+	a := in.auth.Load()
+	ttl := req.TTL
+	if ttl <= 0 {
+		ttl = in.cfg.TTL
+	}
+	req.Key = key
+	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Now(), ttl, a.Cert.NotAfter)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(in.cfg.Rand, tmpl, a.Cert, key.Public(), a.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.validate(leaf, req, in.cfg.Now()); err != nil {
+		return nil, err
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Certificate{Identity: req.Identity, Leaf: leaf, KeyPEM: keyPEM, BundlePEM: a.BundlePEM, Backend: "internal",
+		ChainPEM: append(encodeCert(der), a.ChainPEM...)}, nil
+}
+
+// leafTemplate is the template of a workload certificate: the SPIFFE ID as
+// the only URI SAN, usable for both ends of mTLS, a random serial, clamped to
+// the CA's own validity.
+func leafTemplate(rand io.Reader, req Request, now time.Time, ttl time.Duration, caNotAfter time.Time) (*x509.Certificate, error) {
+	serial, err := randomSerial(rand)
+	if err != nil {
+		return nil, err
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(caNotAfter) {
+		notAfter = caNotAfter
+	}
+	usage := x509.KeyUsageDigitalSignature
+	if _, rsaKey := req.Key.Public().(interface{ Size() int }); rsaKey {
+		usage |= x509.KeyUsageKeyEncipherment
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{req.Identity.TrustDomain}},
+		URIs:                  []*url.URL{req.Identity.SPIFFEID()},
+		NotBefore:             now.Add(-time.Minute), // tolerate small clock skew between pods
+		NotAfter:              notAfter,
+		KeyUsage:              usage,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	for _, n := range req.DNSNames {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	if req.CommonName != "" {
+		tmpl.Subject.CommonName = req.CommonName
+	}
+	return tmpl, nil
+}
+
+// validate checks an issued leaf before anyone may serve it.
+func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time) error {
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != req.Identity.String() {
+		return fmt.Errorf("validate: URI SANs %v, want exactly %s", leaf.URIs, req.Identity)
+	}
+	if leaf.IsCA {
+		return errors.New("validate: leaf is a CA")
+	}
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+		return errors.New("validate: no digitalSignature key usage")
+	}
+	if !leaf.NotAfter.After(now) || leaf.NotAfter.After(a.Cert.NotAfter) {
+		return fmt.Errorf("validate: lifetime %s..%s is outside now..CA expiry", leaf.NotBefore, leaf.NotAfter)
+	}
+	if req.Key != nil && !publicKeysEqual(leaf, req.Key) {
+		return errors.New("validate: certificate does not bind the request's key")
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: a.pool, Intermediates: a.intermediates, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("validate: chain: %w", err)
+	}
+	return nil
+}
