@@ -1,0 +1,125 @@
+package ca_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/meshd/meshd/ca"
+)
+
+// flakyIssuer wraps an issuer and fails while fail is set.
+type flakyIssuer struct {
+	ca.Issuer
+	mu   sync.Mutex
+	fail bool
+	n    int
+}
+
+func (f *flakyIssuer) Issue(ctx context.Context, r ca.Request) (*ca.Certificate, error) {
+	f.mu.Lock()
+	f.n++
+	fail := f.fail
+	f.mu.Unlock()
+	if fail {
+		return nil, errors.New("issuer down")
+	}
+	return f.Issuer.Issue(ctx, r)
+}
+
+func (f *flakyIssuer) setFail(v bool) { f.mu.Lock(); f.fail = v; f.mu.Unlock() }
+func (f *flakyIssuer) calls() int     { f.mu.Lock(); defer f.mu.Unlock(); return f.n }
+
+func TestRenewerFakeClock(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Now())
+	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Now: fc.Now})
+	flaky := &flakyIssuer{Issuer: in}
+	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: flaky, Clock: fc, Random: func() float64 { return 0.5 }, MinBackoff: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := make(chan *ca.Certificate, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+
+	first := <-certs
+	waitTimer(t, fc)
+	// u=0.5 means no jitter: renewal at exactly half the lifetime (from
+	// NotBefore, which is one minute before issuance).
+	fc.Step(29 * time.Minute)
+	select {
+	case <-certs:
+		t.Fatal("renewed before half-life")
+	case <-time.After(50 * time.Millisecond):
+	}
+	fc.Step(time.Minute)
+	second := <-certs
+	if second.Leaf.SerialNumber.Cmp(first.Leaf.SerialNumber) == 0 || second.KeyPEM == nil || string(second.KeyPEM) == string(first.KeyPEM) {
+		t.Fatal("renewal did not bring a new certificate with a fresh key")
+	}
+
+	// Failures back off and retry; the old certificate stays in use meanwhile.
+	flaky.setFail(true)
+	waitTimer(t, fc)
+	fc.Step(30 * time.Minute)
+	waitCalls(t, flaky, 3)
+	waitTimer(t, fc)
+	fc.Step(time.Second) // first backoff
+	waitCalls(t, flaky, 4)
+	flaky.setFail(false)
+	waitTimer(t, fc)
+	fc.Step(2 * time.Second) // doubled backoff
+	<-certs
+
+	// Reissue (bundle changed) issues at once.
+	waitTimer(t, fc)
+	r.Reissue()
+	select {
+	case <-certs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Reissue did not issue")
+	}
+}
+
+func TestRenewDelayJitterBand(t *testing.T) {
+	nb := time.Unix(0, 0)
+	na := nb.Add(24 * time.Hour)
+	for _, u := range []float64{0, 0.25, 0.5, 0.75, 0.9999} {
+		d := ca.RenewDelay(nb, na, nb, 0.5, 0.1, u)
+		if d < 10*time.Hour+48*time.Minute || d > 13*time.Hour+12*time.Minute {
+			t.Errorf("u=%v: renew after %s, want within 12h ±10%%", u, d)
+		}
+	}
+	if d := ca.RenewDelay(nb, na, na, 0.5, 0.1, 0.5); d != 0 {
+		t.Errorf("past renewal time: delay %s, want 0", d)
+	}
+}
+
+func waitTimer(t *testing.T, fc *clocktesting.FakeClock) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !fc.HasWaiters() {
+		if time.Now().After(deadline) {
+			t.Fatal("renewer armed no timer")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func waitCalls(t *testing.T, f *flakyIssuer, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.calls() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("issuer called %d times, want %d", f.calls(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
