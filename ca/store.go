@@ -71,6 +71,15 @@ func createRoot(ctx context.Context, secrets SecretClient, name, trustDomain str
 	return a, nil
 }
 
+// LoadRoot reads the CA kept in Secret name; it never creates one.
+func LoadRoot(ctx context.Context, secrets SecretClient, name string, now time.Time) (*Authority, error) {
+	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("ca: read CA secret %s: %w", name, err)
+	}
+	return authorityFromSecret(s, now)
+}
+
 // authorityFromSecret reads either layout: an internal root (root-cert.pem +
 // ca-key.pem) or a plug-in CA (ca-cert.pem present).
 func authorityFromSecret(s *corev1.Secret, now time.Time) (*Authority, error) {

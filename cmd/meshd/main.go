@@ -23,6 +23,7 @@ const usage = `meshd: an Envoy xDS control plane with per-pod identities and tra
 Usage:
   meshd serve [flags]    run the control plane
   meshd iptables [flags] set up traffic interception in a pod's network namespace
+  meshd bootstrap [flags] render a sidecar's Envoy bootstrap and credentials
   meshd version          print the version
 `
 
@@ -46,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stderr)
+	case "bootstrap":
+		return bootstrapCmd(ctx, args[1:], stdout, stderr)
 	case "iptables":
 		return iptablesCmd(ctx, args[1:], stdout, stderr)
 	case "version":

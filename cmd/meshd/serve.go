@@ -2,17 +2,32 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
-	"net/http"
+	"sync/atomic"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
+	"github.com/meshd/meshd/internal/debug"
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -27,40 +42,181 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
+	if err := debug.CheckExposure(cfg.DebugAddr, cfg.DebugToken); err != nil {
+		return err
+	}
 	log := newLogger(stderr)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 
-	// xds: consumes snapshots from the translator, produces ADS streams.
-	xdsServer, err := xds.New(xds.Config{Addr: cfg.XDSAddr, Logger: log})
+	// Kubernetes source: a cluster, or a directory of YAML served in memory.
+	client, local, err := kubeClient(cfg, log)
 	if err != nil {
 		return err
 	}
-	// debug HTTP: health and readiness probes.
+	// CA: root from the CA Secret (created once, shared by replicas), or files.
+	issuer, renewer, err := startCA(ctx, cfg, client, reg, log)
+	if err != nil {
+		return err
+	}
+	// xds: consumes the Publisher's snapshots, produces ADS streams over mTLS.
+	serving := &atomic.Pointer[tls.Certificate]{}
+	// (The Publisher also takes the translated mesh once translation lands.)
+	srv, _, err := newXDS(cfg, issuer, renewer, serving, reg, log)
+	if err != nil {
+		return err
+	}
+	if err := waitServingCert(ctx, cfg, renewer, serving); err != nil {
+		return err
+	}
+	// k8s: informers -> batched state (the translator consumes it).
+	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
+		OnState: func(_ context.Context, st *k8s.State) {
+			log.Info("k8s: state", "services", len(st.Services), "endpointslices", len(st.Slices), "pods", len(st.Pods))
+		}})
+	if err != nil {
+		return err
+	}
 	debugLis, err := net.Listen("tcp", cfg.DebugAddr)
 	if err != nil {
 		return fmt.Errorf("debug: listen %s: %w", cfg.DebugAddr, err)
 	}
-	log.Info("meshd serving", "xds", xdsServer.Addr().String(), "debug", debugLis.Addr().String())
+	handler := debug.Handler(debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
+		Token: cfg.DebugToken, Logger: log, Ready: func() error {
+			if !watcher.Synced() {
+				return errors.New("informers not synced")
+			}
+			return nil
+		}})
+	log.Info("meshd serving", "xds", srv.Addr().String(), "debug", debugLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return xdsServer.Start(ctx) })
-	g.Go(func() error { return serveDebug(ctx, debugLis) })
+	g.Go(func() error { return srv.Start(ctx) })
+	g.Go(func() error { return watcher.Start(ctx) })
+	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
+	if local != nil {
+		g.Go(func() error { return local.Poll(ctx, time.Second) })
+	}
 	return g.Wait()
 }
 
-func serveDebug(ctx context.Context, lis net.Listener) error {
-	mux := http.NewServeMux()
-	ok := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }
-	mux.HandleFunc("GET /healthz", ok)
-	mux.HandleFunc("GET /readyz", ok)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(shutdown)
-	}()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("debug: serve: %w", err)
+func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *k8s.LocalDir, error) {
+	if cfg.LocalDir != "" {
+		local, err := k8s.NewLocalDir(cfg.LocalDir, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return local.Client(), local, nil
 	}
-	return nil
+	var rc *rest.Config
+	var err error
+	if cfg.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w (use --kubeconfig, or --local-dir without a cluster)", err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	return client, nil, err
+}
+
+func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretClient {
+	if cfg.CADir != "" {
+		return ca.FileSecrets{Dir: cfg.CADir}
+	}
+	return client.CoreV1().Secrets(cfg.Namespace)
+}
+
+func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface, reg prometheus.Registerer, log *slog.Logger) (*ca.Internal, *ca.Renewer, error) {
+	root, err := ca.LoadOrCreateRoot(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: cfg.CertTTL, Metrics: ca.NewMetrics(reg)})
+	if err != nil {
+		return nil, nil, err
+	}
+	renewer, err := ca.NewRenewer(ca.RenewerConfig{Issuer: issuer, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("ca: internal CA ready", "root_serial", root.Cert.SerialNumber.Text(16), "root_expiry", root.Cert.NotAfter)
+	return issuer, renewer, nil
+}
+
+// newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
+// kept fresh by the renewer, client certificates checked against the current
+// bundle), the Publisher, and the SDS manager between streams and secrets.
+func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Publisher, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"},
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(issuer.Authority().BundlePEM) {
+				return nil, errors.New("xds: empty trust bundle")
+			}
+			c := serving.Load()
+			if c == nil {
+				return nil, errors.New("xds: no serving certificate yet")
+			}
+			return &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}, Certificates: []tls.Certificate{*c},
+				ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}, nil
+		}}
+	hooks := &xds.ProxyHooks{}
+	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	pub := xds.NewPublisher(srv.Cache)
+	mgr, err := sds.New(sds.Config{Renewer: renewer, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
+		res := make([]types.Resource, len(secrets))
+		for i, s := range secrets {
+			res[i] = s
+		}
+		if err := pub.SetProxy(context.Background(), node, xds.Resources{resourcev3.SecretType: res}); err != nil {
+			log.Error("xds: publish secrets", "proxy", node, "error", err)
+		}
+	}})
+	if err != nil {
+		return nil, nil, err
+	}
+	hooks.Secrets, hooks.Publisher = mgr, pub
+	return srv, pub, nil
+}
+
+// meshdIdentity is the SPIFFE identity of meshd's own serving certificate.
+func meshdIdentity(cfg config.Config) ca.Identity {
+	return ca.Identity{TrustDomain: cfg.TrustDomain, Namespace: cfg.Namespace, ServiceAccount: "meshd"}
+}
+
+// waitServingCert starts keeping meshd's serving certificate fresh and waits
+// for the first one.
+func waitServingCert(ctx context.Context, cfg config.Config, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate]) error {
+	host, _, _ := net.SplitHostPort(cfg.XDSAddr)
+	names := []string{"meshd." + cfg.Namespace + ".svc", "meshd." + cfg.Namespace + ".svc.cluster.local", "localhost", "127.0.0.1"}
+	if host != "" && host != "0.0.0.0" && host != "::" {
+		names = append(names, host)
+	}
+	first := make(chan struct{})
+	var once bool
+	renewer.Watch(ctx, "meshd-serving", ca.Request{Identity: meshdIdentity(cfg), DNSNames: names, CommonName: "meshd"}, func(c *ca.Certificate) {
+		kp, err := tls.X509KeyPair(c.ChainPEM, c.KeyPEM)
+		if err != nil {
+			return
+		}
+		serving.Store(&kp)
+		if !once {
+			once = true
+			close(first)
+		}
+	})
+	select {
+	case <-first:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("ca: no serving certificate within 30s")
+	}
 }

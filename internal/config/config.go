@@ -30,6 +30,12 @@ type Config struct {
 	TrustDomain string
 	// CertTTL is the lifetime of workload certificates.
 	CertTTL time.Duration
+	// CASecret names the Secret (in Namespace) holding the CA.
+	CASecret string
+	// CADir keeps the CA as files instead of a Secret (for --local-dir).
+	CADir string
+	// DebugToken protects /debug/ when DebugAddr is not loopback.
+	DebugToken string
 	// HoldOff and MaxDelay batch Kubernetes events before a rebuild.
 	HoldOff  time.Duration
 	MaxDelay time.Duration
@@ -43,6 +49,7 @@ func Default() Config {
 		Namespace:   "meshd-system",
 		TrustDomain: "cluster.local",
 		CertTTL:     24 * time.Hour,
+		CASecret:    "meshd-ca",
 		HoldOff:     100 * time.Millisecond,
 		MaxDelay:    time.Second,
 	}
@@ -57,6 +64,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "meshd's own namespace")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
 	fs.DurationVar(&c.CertTTL, "cert-ttl", c.CertTTL, "lifetime of workload certificates")
+	fs.StringVar(&c.CASecret, "ca-secret", c.CASecret, "Secret in --namespace that holds the CA")
+	fs.StringVar(&c.CADir, "ca-dir", c.CADir, "keep the CA in this directory instead of a Secret (local use)")
+	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
 }
@@ -71,6 +81,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kubeconfig != "" && c.LocalDir != "" {
 		errs = append(errs, errors.New("--kubeconfig and --local-dir exclude each other"))
+	}
+	if c.LocalDir != "" && c.CADir == "" {
+		errs = append(errs, errors.New("--local-dir needs --ca-dir: without a cluster the CA is kept in files"))
 	}
 	if c.Namespace == "" {
 		errs = append(errs, errors.New("--namespace must not be empty"))
