@@ -53,7 +53,7 @@ func startMeshd(t testing.TB, pki *testPKI, addr string) *meshd {
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pki.pool(),
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
-	m := &meshd{renewer: &testRenewer{pki: pki}, done: make(chan error, 1)}
+	m := &meshd{renewer: newTestRenewer(t, pki), done: make(chan error, 1)}
 	logger := slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	if _, ok := t.(*testing.B); ok {
 		logger = slog.New(slog.DiscardHandler)
