@@ -88,10 +88,6 @@ kube() {
 
 cert_manager() {
 	local src=$ROOT/tools/certmanager dir
-	if [ ! -f "$src/build.sh" ]; then
-		log "tools/certmanager/build.sh not in this tree; cert-manager not installed"
-		return
-	fi
 	dir=$TOOLS/$(key cert-manager "$src/go.mod" "$src/go.sum" "$src"/*.go "$src/build.sh")
 	if [ ! -x "$dir/bin/cert-manager-controller" ] || [ -z "$(ls "$dir"/crds/*.yaml 2>/dev/null)" ]; then
 		log "building the cert-manager controller runner and its CRDs"
