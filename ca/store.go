@@ -116,6 +116,19 @@ func AuthorityFromPEM(data map[string][]byte, now time.Time) (*Authority, error)
 		}
 		intermediates = withoutRoots(intermediates, roots, signing)
 	}
+	if nextPEM, rotating := data[KeyNextRootCert]; rotating {
+		next, err := ParseCertsPEM(nextPEM)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", KeyNextRootCert, err)
+		}
+		roots = append(roots, next[0])
+		if Phase(data[KeyPhase]) == PhaseSigning {
+			if key, err = ParseKeyPEM(data[KeyNextCAKey]); err != nil {
+				return nil, fmt.Errorf("%s: %w", KeyNextCAKey, err)
+			}
+			signing = next[0]
+		}
+	}
 	return NewAuthority(signing, key, intermediates, roots, now)
 }
 
