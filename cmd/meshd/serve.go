@@ -96,6 +96,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
 	if local != nil {
 		g.Go(func() error { return local.Poll(ctx, time.Second) })
+	} else if cfg.CADir == "" {
+		secrets := client.CoreV1().Secrets(cfg.Namespace)
+		g.Go(func() error { return followRoot(ctx, cfg, secrets, issuer, renewer, 30*time.Second, log) })
 	}
 	return g.Wait()
 }

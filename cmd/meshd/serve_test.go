@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/meshd/meshd/internal/testenv"
 )
 
@@ -155,4 +157,41 @@ func getBody(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestServeAgainstAPIServer runs `meshd serve --kubeconfig` against the real
+// apiserver: it creates the CA Secret, syncs its informers (ready), and a
+// second instance started on the same cluster uses the same root.
+func TestServeAgainstAPIServer(t *testing.T) {
+	env := testenv.Kube(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+		t.Fatal(err)
+	}
+	start := func() (string, chan error) {
+		debugAddr := freeAddr(t)
+		done := make(chan error, 1)
+		go func() {
+			done <- run(ctx, []string{"serve", "--kubeconfig", env.Kubeconfig, "--xds-addr", freeAddr(t), "--debug-addr", debugAddr}, io.Discard, io.Discard)
+		}()
+		waitHTTP(t, "http://"+debugAddr+"/readyz")
+		return debugAddr, done
+	}
+	_, done1 := start()
+	s1, err := env.Client.CoreV1().Secrets("meshd-system").Get(ctx, "meshd-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("CA secret not created: %v", err)
+	}
+	_, done2 := start()
+	s2, _ := env.Client.CoreV1().Secrets("meshd-system").Get(ctx, "meshd-ca", metav1.GetOptions{})
+	if string(s1.Data["root-cert.pem"]) != string(s2.Data["root-cert.pem"]) || s1.ResourceVersion != s2.ResourceVersion {
+		t.Error("a second replica changed the CA secret")
+	}
+	cancel()
+	for _, d := range []chan error{done1, done2} {
+		if err := <-d; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}
 }
