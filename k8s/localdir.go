@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -212,3 +214,28 @@ func dirStamp(dir string) (string, error) {
 }
 
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
+
+// StateFromYAML decodes Kubernetes YAML documents (Services, EndpointSlices,
+// Pods, Namespaces) into a State, as a local dir would serve them. For tests
+// and offline tools.
+func StateFromYAML(data []byte) (*State, error) {
+	objs := map[string]runtime.Object{}
+	if err := decodeInto(objs, data); err != nil {
+		return nil, fmt.Errorf("k8s: %w", err)
+	}
+	st := &State{}
+	keys := slices.Sorted(maps.Keys(objs))
+	for _, k := range keys {
+		switch o := objs[k].(type) {
+		case *corev1.Service:
+			st.Services = append(st.Services, o)
+		case *discoveryv1.EndpointSlice:
+			st.Slices = append(st.Slices, o)
+		case *corev1.Pod:
+			st.Pods = append(st.Pods, o)
+		case *corev1.Namespace:
+			st.Namespaces = append(st.Namespaces, o)
+		}
+	}
+	return st, nil
+}

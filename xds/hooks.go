@@ -14,21 +14,38 @@ type SecretKeeper interface {
 	Remove(nodeID string) bool
 }
 
-// ProxyHooks connects streams to secrets and snapshots: a proxy that connects
-// gets its secrets (and so its snapshot) before its first response; the last
-// stream of a proxy that leaves takes its snapshot along.
+// ProxyHooks connects streams to the mesh config, secrets and snapshots: a
+// proxy that connects gets its own resources and its secrets (and so its
+// snapshot) before its first response; the last stream of a proxy that
+// leaves takes its snapshot along.
 type ProxyHooks struct {
 	Secrets   SecretKeeper
 	Publisher *Publisher
+	// Mesh, if set, gives each proxy its own resources (inbound side).
+	Mesh *Mesh
 }
 
 // OnConnect implements Hooks.
 func (h ProxyHooks) OnConnect(ctx context.Context, p Peer) error {
-	return h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod())
+	if h.Mesh != nil {
+		if err := h.Mesh.AddProxy(ctx, p); err != nil {
+			h.Mesh.RemoveProxy(p.NodeID)
+			return err
+		}
+	}
+	if err := h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod()); err != nil {
+		// The stream fails and OnDisconnect will not come: undo the Add.
+		h.OnDisconnect(p)
+		return err
+	}
+	return nil
 }
 
 // OnDisconnect implements Hooks.
 func (h ProxyHooks) OnDisconnect(p Peer) {
+	if h.Mesh != nil {
+		h.Mesh.RemoveProxy(p.NodeID)
+	}
 	if h.Secrets.Remove(p.NodeID) {
 		h.Publisher.RemoveProxy(p.NodeID)
 	}

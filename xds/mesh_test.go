@@ -77,6 +77,9 @@ func startMeshd(t testing.TB, pki *testPKI, addr string) *meshd {
 		t.Fatal(err)
 	}
 	pub = xds.NewPublisher(srv.Cache)
+	if err := pub.SetShared(context.Background(), xds.Resources{}); err != nil {
+		t.Fatal(err)
+	}
 	hooks.Secrets, hooks.Publisher = mgr, pub
 	m.srv, m.pub = srv, pub
 	ctx, cancel := context.WithCancel(context.Background())

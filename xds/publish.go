@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -33,6 +34,7 @@ type Publisher struct {
 	cache cachev3.SnapshotCache
 
 	mu      sync.Mutex
+	started bool // SetShared has been called: the mesh config is known
 	shared  map[resourcev3.Type]versioned
 	proxies map[string]map[resourcev3.Type]versioned
 }
@@ -43,15 +45,35 @@ func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
 }
 
 // SetShared replaces the shared resources and republishes every proxy whose
-// snapshot changes. The caller must not mutate res afterwards.
+// snapshot changes. Nothing is published before the first SetShared: a
+// proxy that connects before the mesh config is known (informers not yet
+// synced after a restart) keeps what it has instead of getting an empty
+// config. The caller must not mutate res afterwards.
 func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
-	hashed, err := hashAll(res)
+	return p.SetAll(ctx, res, nil)
+}
+
+// SetAll replaces the shared resources and, for the proxies in own, the
+// types given there, then publishes every proxy once. This is how a model
+// change goes out: shared and per-proxy resources of the same model
+// together, never a mix of two models.
+func (p *Publisher) SetAll(ctx context.Context, shared Resources, own map[string]Resources) error {
+	hashed, err := hashAll(shared)
 	if err != nil {
 		return err
 	}
+	ownHashed := make(map[string]map[resourcev3.Type]versioned, len(own))
+	for node, res := range own {
+		if ownHashed[node], err = hashAll(res); err != nil {
+			return err
+		}
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.shared = hashed
+	p.shared, p.started = hashed, true
+	for node, h := range ownHashed {
+		p.setOwnLocked(node, h)
+	}
 	var errs []error
 	for node := range p.proxies {
 		if err := p.publishLocked(ctx, node); err != nil {
@@ -59,9 +81,20 @@ func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("xds: publish: %v", errs)
+		return fmt.Errorf("xds: publish: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+func (p *Publisher) setOwnLocked(nodeID string, hashed map[resourcev3.Type]versioned) {
+	own := p.proxies[nodeID]
+	if own == nil {
+		own = map[resourcev3.Type]versioned{}
+		p.proxies[nodeID] = own
+	}
+	for t, v := range hashed {
+		own[t] = v
+	}
 }
 
 // SetProxy replaces one proxy's own resources (its secrets and inbound
@@ -73,14 +106,7 @@ func (p *Publisher) SetProxy(ctx context.Context, nodeID string, res Resources) 
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	own := p.proxies[nodeID]
-	if own == nil {
-		own = map[resourcev3.Type]versioned{}
-		p.proxies[nodeID] = own
-	}
-	for t, v := range hashed {
-		own[t] = v
-	}
+	p.setOwnLocked(nodeID, hashed)
 	return p.publishLocked(ctx, nodeID)
 }
 
@@ -96,8 +122,8 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 // the proxy has its secrets.
 func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	own := p.proxies[nodeID]
-	if len(own[resourcev3.SecretType].items) == 0 {
-		return nil // not before the secrets
+	if !p.started || len(own[resourcev3.SecretType].items) == 0 {
+		return nil // not before the mesh config and the secrets
 	}
 	snap := &cachev3.Snapshot{}
 	for _, t := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {

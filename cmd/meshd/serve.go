@@ -61,18 +61,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// xds: consumes the Publisher's snapshots, produces ADS streams over mTLS.
 	serving := &atomic.Pointer[tls.Certificate]{}
-	// (The Publisher also takes the translated mesh once translation lands.)
-	srv, _, err := newXDS(cfg, issuer, renewer, serving, reg, log)
+	srv, mesh, err := newXDS(cfg, issuer, renewer, serving, reg, log)
 	if err != nil {
 		return err
 	}
 	if err := waitServingCert(ctx, cfg, renewer, serving); err != nil {
 		return err
 	}
-	// k8s: informers -> batched state (the translator consumes it).
+	// k8s: informers -> batched state -> model (bad objects reported as
+	// Events) -> mesh: translated and published to every proxy.
+	problems := k8s.NewProblemReporter(ctx, client, log)
+	defer problems.Shutdown()
+	var published atomic.Bool
 	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
-		OnState: func(_ context.Context, st *k8s.State) {
-			log.Info("k8s: state", "services", len(st.Services), "endpointslices", len(st.Slices), "pods", len(st.Pods))
+		OnState: func(ctx context.Context, st *k8s.State) {
+			snap, probs := k8s.Convert(st, cfg.TrustDomain)
+			problems.Report(probs)
+			if _, err := mesh.Update(ctx, snap); err != nil {
+				log.Error("xds: publish mesh config", "error", err)
+				return
+			}
+			published.Store(true)
+			log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
 		}})
 	if err != nil {
 		return err
@@ -85,6 +95,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Token: cfg.DebugToken, Logger: log, Ready: func() error {
 			if !watcher.Synced() {
 				return errors.New("informers not synced")
+			}
+			if !published.Load() {
+				return errors.New("mesh config not yet published")
 			}
 			return nil
 		}})
@@ -152,7 +165,7 @@ func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface
 // newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
 // kept fresh by the renewer, client certificates checked against the current
 // bundle), the Publisher, and the SDS manager between streams and secrets.
-func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Publisher, error) {
+func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			pool := x509.NewCertPool()
@@ -184,8 +197,9 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 	if err != nil {
 		return nil, nil, err
 	}
-	hooks.Secrets, hooks.Publisher = mgr, pub
-	return srv, pub, nil
+	mesh := xds.NewMesh(pub, log)
+	hooks.Secrets, hooks.Publisher, hooks.Mesh = mgr, pub, mesh
+	return srv, mesh, nil
 }
 
 // meshdIdentity is the SPIFFE identity of meshd's own serving certificate.

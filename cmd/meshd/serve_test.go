@@ -21,10 +21,13 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 
+// demoMesh: web-0 (the sidecar under test) behind an HTTP service, a TCP
+// service elsewhere, a PERMISSIVE pod behind a headless service. %s is
+// where a second web endpoint goes.
 const demoMesh = `
 apiVersion: v1
 kind: Namespace
-metadata: {name: demo}
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
 ---
 apiVersion: v1
 kind: Service
@@ -32,6 +35,64 @@ metadata: {name: web, namespace: demo}
 spec:
   clusterIP: 198.19.0.10
   ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo}
+spec: {serviceAccountName: web}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.0.10]
+  targetRef: {kind: Pod, namespace: demo, name: web-0}
+%s---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec:
+  clusterIP: 198.19.0.20
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: demo, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+- addresses: [198.18.0.20]
+  targetRef: {kind: Pod, namespace: demo, name: db-0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-0, namespace: demo, labels: {meshd.io/mtls-mode: PERMISSIVE}}
+spec: {serviceAccountName: db}
+status: {podIP: 198.18.0.20}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db-headless, namespace: demo}
+spec:
+  clusterIP: None
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-headless-1, namespace: demo, labels: {kubernetes.io/service-name: db-headless}}
+addressType: IPv4
+ports: [{name: pg, port: 5432}]
+endpoints:
+- addresses: [198.18.0.20]
+  targetRef: {kind: Pod, namespace: demo, name: db-0}
+`
+
+// secondWeb is a second web endpoint for demoMesh.
+const secondWeb = `- addresses: [198.18.0.11]
+  targetRef: {kind: Pod, namespace: demo, name: web-1}
 `
 
 func freeAddr(t *testing.T) string {
@@ -47,7 +108,10 @@ func freeAddr(t *testing.T) string {
 // TestServeLocalWithRealEnvoy runs `meshd serve` on a local directory and
 // connects a real Envoy whose bootstrap `meshd bootstrap` rendered: the
 // stream is authenticated by the client certificate, the debug API shows the
-// proxy with its identity and ACKs, and no key material leaks.
+// proxy with its identity and ACKs, and no key material leaks. Envoy accepts
+// the translated config (every type ACKed, nothing NACKed, the outbound and
+// inbound listeners active), and a new endpoint in the directory reaches it
+// as an EDS-only update.
 func TestServeLocalWithRealEnvoy(t *testing.T) {
 	testenv.Need(t, "envoy")
 	dir := t.TempDir()
@@ -55,7 +119,7 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	if err := os.MkdirAll(localDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(demoMesh), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	xdsAddr, debugAddr := freeAddr(t), freeAddr(t)
@@ -91,31 +155,9 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	}
 	var port int
 	fmt.Sscan(adminPort, &port)
-	testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(b), AdminPort: port})
+	envoy := testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(b), AdminPort: port})
 
-	var proxies struct {
-		Proxies []struct {
-			NodeID   string `json:"node_id"`
-			Identity string `json:"identity"`
-			Types    map[string]struct {
-				AckedVersion string `json:"acked_version"`
-			} `json:"types"`
-		} `json:"proxies"`
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		body := getBody(t, base+"/debug/proxies")
-		if err := json.Unmarshal([]byte(body), &proxies); err != nil {
-			t.Fatal(err)
-		}
-		if len(proxies.Proxies) == 1 && proxies.Proxies[0].Types["type.googleapis.com/envoy.config.cluster.v3.Cluster"].AckedVersion != "" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Envoy never connected and ACKed clusters: %s", body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	proxies := waitProxies(t, base, func(p proxyView) bool { return p.acked(xdsTypes...) })
 	p := proxies.Proxies[0]
 	if p.NodeID != "web-0.demo" || p.Identity != "spiffe://cluster.local/ns/demo/sa/web" {
 		t.Errorf("proxy %s with identity %s, want web-0.demo as spiffe://cluster.local/ns/demo/sa/web", p.NodeID, p.Identity)
@@ -127,6 +169,124 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	}
 	if m := getBody(t, base+"/metrics"); !strings.Contains(m, "meshd_xds_connected_streams 1") || !strings.Contains(m, `meshd_ca_certificates_issued_total{backend="internal"}`) {
 		t.Errorf("metrics lack the connected stream or issued certificates")
+	}
+	checkEnvoyConfig(ctx, t, envoy, p)
+
+	// A second web endpoint: only the endpoints version moves.
+	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, secondWeb)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	after := waitProxies(t, base, func(q proxyView) bool {
+		return q.Types[endpointType].AckedVersion != p.Types[endpointType].AckedVersion && q.acked(xdsTypes...)
+	}).Proxies[0]
+	for _, typ := range xdsTypes {
+		if moved := after.Types[typ].AckedVersion != p.Types[typ].AckedVersion; moved != (typ == endpointType) {
+			t.Errorf("after an endpoint change %s moved=%v", typ, moved)
+		}
+	}
+	waitEnvoy(ctx, t, envoy, "/clusters", "outbound|80|web.demo::198.18.0.11:8080::")
+}
+
+const (
+	clusterType  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	endpointType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+	listenerType = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	routeType    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	secretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+)
+
+var xdsTypes = []string{clusterType, endpointType, listenerType, routeType, secretType}
+
+type proxyView struct {
+	NodeID   string `json:"node_id"`
+	Identity string `json:"identity"`
+	Types    map[string]struct {
+		SentVersion  string `json:"sent_version"`
+		AckedVersion string `json:"acked_version"`
+		NACK         any    `json:"last_nack"`
+	} `json:"types"`
+}
+
+// acked reports whether every type's sent version is ACKed.
+func (p proxyView) acked(types ...string) bool {
+	for _, typ := range types {
+		s := p.Types[typ]
+		if s.AckedVersion == "" || s.AckedVersion != s.SentVersion {
+			return false
+		}
+	}
+	return true
+}
+
+type proxiesView struct {
+	Proxies []proxyView `json:"proxies"`
+}
+
+// waitProxies polls /debug/proxies until exactly one proxy satisfies ok;
+// a NACK fails the test at once.
+func waitProxies(t *testing.T, base string, ok func(proxyView) bool) proxiesView {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var v proxiesView
+		body := getBody(t, base+"/debug/proxies")
+		if err := json.Unmarshal([]byte(body), &v); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range v.Proxies {
+			for typ, s := range p.Types {
+				if s.NACK != nil {
+					t.Fatalf("Envoy NACKed %s: %v", typ, s.NACK)
+				}
+			}
+		}
+		if len(v.Proxies) == 1 && ok(v.Proxies[0]) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy never reached the expected state: %s", body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkEnvoyConfig reads Envoy's own view: both listeners active, the
+// clusters with the endpoints and SPIFFE checks meshd translated.
+func checkEnvoyConfig(ctx context.Context, t *testing.T, envoy *testenv.Envoy, p proxyView) {
+	t.Helper()
+	dump := waitEnvoy(ctx, t, envoy, "/config_dump?include_eds", `"name": "inbound"`)
+	for _, want := range []string{
+		`"name": "outbound"`,
+		`"name": "outbound|80|web.demo"`,
+		`"name": "outbound|5432|db.demo"`,
+		`"name": "outbound-direct|5432|db-headless.demo"`,
+		`"exact": "spiffe://cluster.local/ns/demo/sa/db"`,
+		`"prefix": "spiffe://cluster.local/"`,
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("Envoy's config_dump lacks %s", want)
+		}
+	}
+	listeners := waitEnvoy(ctx, t, envoy, "/listeners", "inbound::0.0.0.0:15006")
+	if !strings.Contains(listeners, "outbound::0.0.0.0:15001") {
+		t.Errorf("Envoy's active listeners: %s", listeners)
+	}
+	waitEnvoy(ctx, t, envoy, "/clusters", "outbound|80|web.demo::198.18.0.10:8080::")
+}
+
+// waitEnvoy polls an admin path until its body contains want.
+func waitEnvoy(ctx context.Context, t *testing.T, envoy *testenv.Envoy, path, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := envoy.Admin(ctx, path)
+		if err == nil && strings.Contains(string(b), want) {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Envoy %s never showed %q (err %v):\n%.3000s\nEnvoy log:\n%s", path, want, err, b, envoy.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

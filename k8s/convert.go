@@ -1,0 +1,308 @@
+package k8s
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/meshd/meshd/model"
+)
+
+// Labels that put workloads into the mesh and choose their mode.
+const (
+	// LabelInject on a namespace ("enabled") puts its pods into the mesh; on
+	// a pod, "false" keeps it out and "true" puts it in.
+	LabelInject = "meshd.io/inject"
+	// LabelMTLSMode on a namespace or pod chooses STRICT (default) or
+	// PERMISSIVE; the pod's label wins.
+	LabelMTLSMode = "meshd.io/mtls-mode"
+)
+
+// Problem is an object that was skipped (wholly or in part) because it is
+// invalid for the mesh. It is reported as a Kubernetes Event and a log line.
+type Problem struct {
+	Kind, Namespace, Name string
+	Reason, Message       string
+}
+
+func (p Problem) String() string {
+	return fmt.Sprintf("%s %s/%s: %s: %s", p.Kind, p.Namespace, p.Name, p.Reason, p.Message)
+}
+
+// Convert builds the mesh model from Kubernetes state. Invalid objects are
+// skipped alone and reported as Problems; everything else goes into the
+// snapshot. Convert is pure: it reads st and never mutates it.
+func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
+	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{}}
+	for _, ns := range st.Namespaces {
+		c.namespaces[ns.Name] = ns
+	}
+	snap := &model.Snapshot{TrustDomain: trustDomain}
+	for _, p := range st.Pods {
+		if w := c.workload(p); w != nil {
+			c.pods[w.Key()] = w
+			snap.Workloads = append(snap.Workloads, w)
+		}
+	}
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range st.Slices {
+		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+			key := name + "." + s.Namespace
+			slicesBySvc[key] = append(slicesBySvc[key], s)
+		}
+	}
+	for _, s := range st.Services {
+		if svc := c.service(s, slicesBySvc[s.Name+"."+s.Namespace]); svc != nil {
+			snap.Services = append(snap.Services, svc)
+		}
+	}
+	for _, w := range snap.Workloads {
+		w.Ports = uniquePorts(w.Ports)
+	}
+	slices.SortFunc(snap.Services, func(a, b *model.Service) int { return cmp.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(snap.Workloads, func(a, b *model.Workload) int { return cmp.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(c.problems, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })
+	return snap, c.problems
+}
+
+type converter struct {
+	trustDomain string
+	namespaces  map[string]*corev1.Namespace
+	pods        map[string]*model.Workload
+	problems    []Problem
+}
+
+func (c *converter) problem(kind, ns, name, reason, format string, args ...any) {
+	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: fmt.Sprintf(format, args...)})
+}
+
+// workload converts a pod; finished pods are left out.
+func (c *converter) workload(p *corev1.Pod) *model.Workload {
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
+	w := &model.Workload{
+		Namespace: p.Namespace, Name: p.Name, ServiceAccount: sa,
+		Identity: model.SPIFFEID(c.trustDomain, p.Namespace, sa),
+		Meshed:   c.meshed(p),
+		Mode:     c.mode(p),
+	}
+	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
+		w.IP = ip.String()
+	}
+	for _, ctr := range p.Spec.Containers {
+		for _, cp := range ctr.Ports {
+			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP || cp.ContainerPort <= 0 {
+				continue
+			}
+			w.Ports = append(w.Ports, model.Port{Name: cp.Name, Port: uint32(cp.ContainerPort), Protocol: protocolFromName(cp.Name)})
+		}
+	}
+	return w
+}
+
+func (c *converter) meshed(p *corev1.Pod) bool {
+	switch p.Labels[LabelInject] {
+	case "false":
+		return false
+	case "true":
+		return true
+	}
+	ns := c.namespaces[p.Namespace]
+	return ns != nil && ns.Labels[LabelInject] == "enabled"
+}
+
+func (c *converter) mode(p *corev1.Pod) model.Mode {
+	kind, name, v := "Pod", p.Name, p.Labels[LabelMTLSMode]
+	if v == "" {
+		if ns := c.namespaces[p.Namespace]; ns != nil {
+			kind, name, v = "Namespace", "", ns.Labels[LabelMTLSMode]
+		}
+	}
+	switch m := model.Mode(strings.ToUpper(v)); m {
+	case "":
+		return model.ModeStrict
+	case model.ModeStrict, model.ModePermissive:
+		return m
+	}
+	if kind == "Pod" {
+		c.problem(kind, p.Namespace, name, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
+	} else if !c.reported(kind, p.Namespace) {
+		c.problem(kind, "", p.Namespace, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
+	}
+	return model.ModeStrict
+}
+
+func (c *converter) reported(kind, name string) bool {
+	return slices.ContainsFunc(c.problems, func(p Problem) bool { return p.Kind == kind && p.Name == name })
+}
+
+// service converts a Service and its EndpointSlices. ExternalName services
+// are not part of the mesh.
+func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSlice) *model.Service {
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	svc := &model.Service{Namespace: s.Namespace, Name: s.Name}
+	if ip, err := netip.ParseAddr(s.Spec.ClusterIP); err == nil && ip.Is4() {
+		svc.ClusterIP = ip.String()
+	}
+	if len(s.Spec.Ports) == 0 {
+		c.problem("Service", s.Namespace, s.Name, "NoPorts", "the service has no ports; skipped")
+		return nil
+	}
+	seenNum, seenName := map[int32]bool{}, map[string]bool{}
+	for _, p := range s.Spec.Ports {
+		if seenNum[p.Port] || seenName[p.Name] {
+			c.problem("Service", s.Namespace, s.Name, "ConflictingPorts", "port %d (%q) is declared twice; service skipped", p.Port, p.Name)
+			return nil
+		}
+		seenNum[p.Port], seenName[p.Name] = true, true
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP || p.Port <= 0 || p.Port > 65535 {
+			continue // UDP and SCTP are not proxied
+		}
+		proto, ok := protocol(p)
+		if !ok {
+			c.problem("Service", s.Namespace, s.Name, "UnknownAppProtocol", "port %d: appProtocol %q is not one of http, http2, grpc, tcp, kubernetes.io/h2c, kubernetes.io/ws; port skipped", p.Port, *p.AppProtocol)
+			continue
+		}
+		svc.Ports = append(svc.Ports, model.Port{Name: p.Name, Port: uint32(p.Port), Protocol: proto})
+	}
+	if len(svc.Ports) == 0 {
+		return nil
+	}
+	slicesSortPorts(svc.Ports)
+	svc.Endpoints = c.endpoints(svc, slices)
+	return svc
+}
+
+// endpoints collects the IPv4 endpoints of a service's slices for its ports,
+// and records the resolved target ports on the workloads behind them.
+func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.EndpointSlice) []model.Endpoint {
+	protos := map[string]model.Protocol{}
+	for _, p := range svc.Ports {
+		protos[p.Name] = p.Protocol
+	}
+	seen := map[string]bool{}
+	var out []model.Endpoint
+	for _, sl := range slices {
+		if sl.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		for _, sp := range sl.Ports {
+			name := ptrOr(sp.Name, "")
+			proto, ok := protos[name]
+			if !ok || sp.Port == nil || *sp.Port <= 0 || *sp.Port > 65535 {
+				continue
+			}
+			for _, e := range sl.Endpoints {
+				for _, ep := range c.endpoint(e, name, uint32(*sp.Port), proto) {
+					if k := ep.Address + "|" + name; !seen[k] {
+						seen[k] = true
+						out = append(out, ep)
+					}
+				}
+			}
+		}
+	}
+	sortEndpoints(out)
+	return out
+}
+
+func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint32, proto model.Protocol) []model.Endpoint {
+	var w *model.Workload
+	if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" {
+		w = c.pods[ref.Name+"."+ref.Namespace]
+	}
+	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true)}
+	if w != nil {
+		base.Workload = w.Key()
+		if w.Meshed {
+			base.Identity = w.Identity
+		}
+		w.Ports = append(w.Ports, model.Port{Name: portName, Port: port, Protocol: proto})
+	}
+	var out []model.Endpoint
+	for _, a := range e.Addresses {
+		if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+			ep := base
+			ep.Address = ip.String()
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// protocol derives a port's protocol from appProtocol, else from its name
+// (http*, http2*, grpc*, as Istio does); unknown appProtocols are refused.
+func protocol(p corev1.ServicePort) (model.Protocol, bool) {
+	if p.AppProtocol == nil {
+		return protocolFromName(p.Name), true
+	}
+	switch strings.ToLower(*p.AppProtocol) {
+	case "http", "kubernetes.io/ws":
+		return model.ProtocolHTTP, true
+	case "http2", "kubernetes.io/h2c":
+		return model.ProtocolHTTP2, true
+	case "grpc":
+		return model.ProtocolGRPC, true
+	case "tcp", "https", "tls", "kubernetes.io/wss":
+		return model.ProtocolTCP, true
+	}
+	return "", false
+}
+
+func protocolFromName(name string) model.Protocol {
+	n := strings.ToLower(name)
+	switch {
+	case strings.HasPrefix(n, "http2"):
+		return model.ProtocolHTTP2
+	case strings.HasPrefix(n, "grpc"):
+		return model.ProtocolGRPC
+	case strings.HasPrefix(n, "https"):
+		return model.ProtocolTCP
+	case strings.HasPrefix(n, "http"):
+		return model.ProtocolHTTP
+	}
+	return model.ProtocolTCP
+}
+
+// uniquePorts sorts ports by number and keeps one per number; a number
+// reached with two protocols becomes TCP, which carries either.
+func uniquePorts(ports []model.Port) []model.Port {
+	slicesSortPorts(ports)
+	var out []model.Port
+	for _, p := range ports {
+		if n := len(out); n > 0 && out[n-1].Port == p.Port {
+			if out[n-1].Protocol != p.Protocol {
+				out[n-1].Protocol = model.ProtocolTCP
+			}
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func slicesSortPorts(ports []model.Port) {
+	slices.SortStableFunc(ports, func(a, b model.Port) int { return cmp.Compare(a.Port, b.Port) })
+}
+
+func sortEndpoints(eps []model.Endpoint) {
+	slices.SortFunc(eps, func(a, b model.Endpoint) int {
+		return cmp.Or(cmp.Compare(a.Address, b.Address), cmp.Compare(a.PortName, b.PortName))
+	})
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}

@@ -1,0 +1,150 @@
+// Package model is meshd's neutral mesh model: services with their ports,
+// protocols and endpoints, and workloads with their identities and mesh
+// settings.
+//
+// Where it sits in the pipeline: k8s converts informer state into a
+// Snapshot; the xds translator turns a Snapshot into Envoy resources. The
+// model imports neither client-go nor Envoy protos, and a Snapshot is never
+// mutated once handed on: readers share it without locks.
+package model
+
+import "cmp"
+
+// Protocol is how a port's traffic is handled.
+type Protocol string
+
+// Protocols. HTTP, HTTP2 and GRPC go through an HTTP connection manager;
+// TCP is proxied as bytes.
+const (
+	ProtocolTCP   Protocol = "TCP"
+	ProtocolHTTP  Protocol = "HTTP"
+	ProtocolHTTP2 Protocol = "HTTP2"
+	ProtocolGRPC  Protocol = "GRPC"
+)
+
+// IsHTTP reports whether p is handled by an HTTP connection manager.
+func (p Protocol) IsHTTP() bool {
+	return p == ProtocolHTTP || p == ProtocolHTTP2 || p == ProtocolGRPC
+}
+
+// Mode is what a workload's inbound side accepts.
+type Mode string
+
+// Modes. STRICT accepts only mutual TLS from the mesh; PERMISSIVE also
+// accepts plaintext (for migrating workloads into the mesh).
+const (
+	ModeStrict     Mode = "STRICT"
+	ModePermissive Mode = "PERMISSIVE"
+)
+
+// Snapshot is the whole mesh at one moment. Services and Workloads are
+// sorted by Key; nothing in a Snapshot may be mutated after it is built.
+type Snapshot struct {
+	// TrustDomain is the SPIFFE trust domain of every mesh identity.
+	TrustDomain string
+	Services    []*Service
+	Workloads   []*Workload
+}
+
+// Service is a Kubernetes Service in the mesh.
+type Service struct {
+	Namespace, Name string
+	// ClusterIP is the virtual IP, "" for headless services.
+	ClusterIP string
+	// Ports are sorted by Port.
+	Ports []Port
+	// Endpoints are sorted by address, then port name.
+	Endpoints []Endpoint
+}
+
+// Key returns "name.namespace".
+func (s *Service) Key() string { return s.Name + "." + s.Namespace }
+
+// Port is one service port.
+type Port struct {
+	Name     string
+	Port     uint32
+	Protocol Protocol
+}
+
+// Endpoint is one address behind one service port, as EndpointSlices report
+// it (named target ports already resolved).
+type Endpoint struct {
+	// PortName names the service port this endpoint serves.
+	PortName string
+	Address  string
+	// Port is the workload's port (the resolved target port).
+	Port  uint32
+	Ready bool
+	// Identity is the SPIFFE ID of the workload behind the address when it
+	// is in the mesh (has a sidecar), "" otherwise: traffic to it stays
+	// plaintext.
+	Identity string
+	// Workload is the Key of the pod behind the address, "" if unknown.
+	Workload string
+}
+
+// Workload is a pod.
+type Workload struct {
+	Namespace, Name string
+	ServiceAccount  string
+	// IP is the pod IP, "" before it has one.
+	IP string
+	// Identity is the pod's SPIFFE ID.
+	Identity string
+	// Meshed reports whether the pod has a sidecar.
+	Meshed bool
+	// Mode is what its inbound side accepts.
+	Mode Mode
+	// Ports are the pod's inbound ports (service target ports that resolve
+	// to this pod, and declared container ports), sorted by Port, unique.
+	Ports []Port
+}
+
+// Key returns "name.namespace", which is also the proxy's node ID.
+func (w *Workload) Key() string { return w.Name + "." + w.Namespace }
+
+// Workload returns the workload with the given key (a proxy's node ID), or
+// nil.
+func (s *Snapshot) Workload(key string) *Workload {
+	if s == nil {
+		return nil
+	}
+	i, ok := binarySearch(s.Workloads, key, (*Workload).Key)
+	if !ok {
+		return nil
+	}
+	return s.Workloads[i]
+}
+
+// Service returns the service with the given key, or nil.
+func (s *Snapshot) Service(key string) *Service {
+	if s == nil {
+		return nil
+	}
+	i, ok := binarySearch(s.Services, key, (*Service).Key)
+	if !ok {
+		return nil
+	}
+	return s.Services[i]
+}
+
+// binarySearch finds key in items sorted by keyOf.
+func binarySearch[T any](items []T, key string, keyOf func(T) string) (int, bool) {
+	lo, hi := 0, len(items)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if cmp.Less(keyOf(items[mid]), key) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, lo < len(items) && keyOf(items[lo]) == key
+}
+
+// SPIFFEID returns the identity of a service account:
+// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
+	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
+}

@@ -1,0 +1,112 @@
+package xds
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/xds/translate"
+)
+
+// Mesh turns model snapshots into published configuration: the shared
+// resources are translated once per model change, and each connected
+// proxy's own resources (inbound listener and local clusters) from the same
+// model, published together. Safe for concurrent use.
+type Mesh struct {
+	pub *Publisher
+	log *slog.Logger
+
+	mu       sync.Mutex // held through a whole update, so no proxy sees two models mixed
+	snap     *model.Snapshot
+	proxies  map[string]proxyRef
+	problems []string
+}
+
+type proxyRef struct {
+	peer Peer
+	refs int
+}
+
+// NewMesh returns a Mesh publishing into pub.
+func NewMesh(pub *Publisher, log *slog.Logger) *Mesh {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Mesh{pub: pub, log: log, proxies: map[string]proxyRef{}}
+}
+
+// Update publishes a new model. It returns the translation's problems
+// (addresses claimed twice); each is logged once, when it first appears.
+func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	shared, problems := translate.Shared(snap)
+	for _, p := range problems {
+		if !slices.Contains(m.problems, p) {
+			m.log.Warn("xds: translation problem", "problem", p)
+		}
+	}
+	m.snap, m.problems = snap, problems
+	own := make(map[string]Resources, len(m.proxies))
+	for node, ref := range m.proxies {
+		own[node] = m.own(ref.peer)
+	}
+	return problems, m.pub.SetAll(ctx, shared, own)
+}
+
+// Snapshot returns the model last published (nil before the first).
+func (m *Mesh) Snapshot() *model.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap
+}
+
+// AddProxy sets a connecting proxy's own resources from the current model.
+// A second stream of the same proxy shares them.
+func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ref := m.proxies[p.NodeID]
+	ref.peer, ref.refs = p, ref.refs+1
+	m.proxies[p.NodeID] = ref
+	return m.pub.SetProxy(ctx, p.NodeID, m.own(p))
+}
+
+// RemoveProxy forgets a proxy's stream; the last one takes its resources.
+func (m *Mesh) RemoveProxy(nodeID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ref := m.proxies[nodeID]
+	if ref.refs <= 1 {
+		delete(m.proxies, nodeID)
+		return
+	}
+	ref.refs--
+	m.proxies[nodeID] = ref
+}
+
+// own translates a proxy's own resources. Both types are always present, so
+// a workload that lost its ports loses its inbound listener. A proxy whose
+// pod is unknown, or runs under another service account than its
+// certificate says, gets no inbound side.
+func (m *Mesh) own(p Peer) Resources {
+	res := Resources{resourcev3.ListenerType: nil, resourcev3.ClusterType: nil}
+	w := m.snap.Workload(p.NodeID)
+	switch {
+	case w == nil:
+		if m.snap != nil {
+			m.log.Info("xds: proxy has no pod in the mesh model yet", "proxy", p.NodeID)
+		}
+	case w.Identity != p.Identity.String():
+		m.log.Warn("xds: proxy's certificate identity differs from its pod's; no inbound config", "proxy", p.NodeID, "identity", p.Identity.String(), "pod_identity", w.Identity)
+	default:
+		for t, items := range translate.Proxy(m.snap, w) {
+			res[t] = items
+		}
+	}
+	return res
+}

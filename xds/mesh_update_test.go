@@ -1,0 +1,118 @@
+package xds_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds"
+)
+
+// meshYAML is a ClusterIP service with one endpoint; %s is the readiness of
+// a second endpoint line, %p the extra endpoint.
+const meshYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 198.19.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo}
+spec: {serviceAccountName: web}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: demo}
+spec: {serviceAccountName: web}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.0.10]
+  targetRef: {kind: Pod, namespace: demo, name: web-0}
+`
+
+func modelFrom(t *testing.T, extra string) *model.Snapshot {
+	t.Helper()
+	st, err := k8s.StateFromYAML([]byte(meshYAML + extra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, problems := k8s.Convert(st, "cluster.local")
+	if len(problems) > 0 {
+		t.Fatalf("problems: %v", problems)
+	}
+	return snap
+}
+
+// TestEndpointChangeIsEDSOnly: a second endpoint (ready, then not ready) of
+// a ClusterIP service moves only the endpoints version of a connected
+// proxy; clusters, listeners and routes keep theirs, so Envoy gets an
+// EDS-only update.
+func TestEndpointChangeIsEDSOnly(t *testing.T) {
+	pki := newTestPKI(t)
+	cert := pki.issue(webID, webNode)
+	ctx := context.Background()
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := xds.NewPublisher(cache)
+	mesh := xds.NewMesh(pub, nil)
+	if err := mesh.AddProxy(ctx, xds.Peer{NodeID: webNode, Identity: webID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.SetProxy(ctx, webNode, xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cache.GetSnapshot(webNode); err == nil {
+		t.Fatal("published before the mesh config was known")
+	}
+	versions := func(extra string) map[string]string {
+		t.Helper()
+		if _, err := mesh.Update(ctx, modelFrom(t, extra)); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := cache.GetSnapshot(webNode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, typ := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+			out[typ] = snap.GetVersion(typ)
+		}
+		return out
+	}
+	second := "- addresses: [198.18.0.11]\n  conditions: {ready: %s}\n  targetRef: {kind: Pod, namespace: demo, name: web-1}\n"
+	one := versions("")
+	two := versions(strings.Replace(second, "%s", "true", 1))
+	notReady := versions(strings.Replace(second, "%s", "false", 1))
+	for name, next := range map[string]map[string]string{"endpoint added": two, "endpoint not ready": notReady} {
+		prev := one
+		if name == "endpoint not ready" {
+			prev = two
+		}
+		for typ, v := range next {
+			moved := v != prev[typ]
+			if want := typ == resourcev3.EndpointType; moved != want {
+				t.Errorf("%s: %s version moved=%v, want %v", name, typ, moved, want)
+			}
+		}
+	}
+}

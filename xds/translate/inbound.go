@@ -1,0 +1,104 @@
+package translate
+
+import (
+	"fmt"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshd/meshd/model"
+)
+
+// inboundListener receives connections redirected to the workload: per port
+// a chain that requires a mesh client certificate, and in PERMISSIVE mode a
+// second one that takes plaintext (told apart by TLS inspection). Ports the
+// mesh does not know, and plaintext in STRICT mode, match no chain and are
+// closed.
+func inboundListener(trustDomain string, w *model.Workload) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:             InboundListener,
+		Address:          socketAddress("0.0.0.0", InboundPort),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter(), tlsInspectorFilter()},
+	}
+	if w.Mode == model.ModePermissive {
+		// Server-speaks-first protocols send nothing to inspect: after the
+		// timeout they continue as plaintext instead of being closed.
+		l.ContinueOnListenerFiltersTimeout = true
+	}
+	for _, p := range w.Ports {
+		tls := inboundChain(w, p, "tls")
+		tls.TransportSocket = downstreamTLS(trustDomain)
+		l.FilterChains = append(l.FilterChains, tls)
+		if w.Mode == model.ModePermissive {
+			l.FilterChains = append(l.FilterChains, inboundChain(w, p, "raw_buffer"))
+		}
+	}
+	return l
+}
+
+func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3.FilterChain {
+	cluster := InboundClusterName(p.Port)
+	name := fmt.Sprintf("%s|%s", cluster, transport)
+	var filter *listenerv3.Filter
+	if p.Protocol.IsHTTP() {
+		filter = hcmFilter(&hcmv3.HttpConnectionManager{
+			StatPrefix: name,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+				Name: cluster,
+				VirtualHosts: []*routev3.VirtualHost{{
+					Name: cluster, Domains: []string{"*"},
+					Routes: []*routev3.Route{{
+						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+							Timeout:          durationpb.New(0),
+						}},
+					}},
+				}},
+			}},
+			// The app sees the authenticated peer's SPIFFE ID in
+			// x-forwarded-client-cert; a value the client sent is dropped.
+			ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
+			SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
+			AccessLog:                   inboundAccessLog(w),
+		})
+	} else {
+		filter = tcpProxy(name, cluster, inboundAccessLog(w)...)
+	}
+	return &listenerv3.FilterChain{
+		Name: name,
+		FilterChainMatch: &listenerv3.FilterChainMatch{
+			DestinationPort:   wrapperspb.UInt32(p.Port),
+			TransportProtocol: transport,
+		},
+		Filters: []*listenerv3.Filter{filter},
+	}
+}
+
+// inboundCluster reaches the app on 127.0.0.1:<port>. The sidecar runs as
+// the proxy uid, whose connections the iptables rules do not redirect.
+func inboundCluster(p model.Port) *clusterv3.Cluster {
+	name := InboundClusterName(p.Port)
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: socketAddress("127.0.0.1", p.Port),
+				}},
+			}}}},
+		},
+	}
+	setProtocol(c, p.Protocol)
+	return c
+}

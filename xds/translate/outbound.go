@@ -1,0 +1,201 @@
+package translate
+
+import (
+	"fmt"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshd/meshd/model"
+)
+
+// connectTimeout bounds upstream connection set-up (TCP and TLS).
+const connectTimeout = 5 * time.Second
+
+// transportSocketMatch is the endpoint metadata that selects mutual TLS
+// for an endpoint with a sidecar; endpoints without one stay plaintext.
+var transportSocketMatch = map[string]any{"tls": "mtls"}
+
+// chainSet collects outbound filter chains, one per destination address and
+// port: a second service claiming one is reported and left out (Envoy
+// refuses a listener with two identical matches).
+type chainSet struct {
+	owners   map[string]string
+	chains   []*listenerv3.FilterChain
+	problems []string
+}
+
+func (c *chainSet) add(ip string, port uint32, svc *model.Service, chain *listenerv3.FilterChain) bool {
+	key := fmt.Sprintf("%s:%d", ip, port)
+	if c.owners == nil {
+		c.owners = map[string]string{}
+	}
+	if owner, taken := c.owners[key]; taken {
+		c.problems = append(c.problems, fmt.Sprintf("service %s: destination %s is already served by %s; left out", svc.Key(), key, owner))
+		return false
+	}
+	c.owners[key] = svc.Key()
+	c.chains = append(c.chains, chain)
+	return true
+}
+
+// outboundListener is the virtual listener that redirected outbound
+// connections reach: matched by original destination, unknown destinations
+// pass through untouched.
+func outboundListener(chains []*listenerv3.FilterChain) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:             OutboundListener,
+		Address:          socketAddress("0.0.0.0", OutboundPort),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter()},
+		FilterChains:     chains,
+		DefaultFilterChain: &listenerv3.FilterChain{
+			Name:    PassthroughCluster,
+			Filters: []*listenerv3.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)},
+		},
+	}
+}
+
+// outboundChain matches a service's ClusterIP and port.
+func outboundChain(cluster, ip string, p model.Port) *listenerv3.FilterChain {
+	var filter *listenerv3.Filter
+	if p.Protocol.IsHTTP() {
+		filter = hcmFilter(&hcmv3.HttpConnectionManager{
+			StatPrefix: cluster,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+				ConfigSource: adsConfig(), RouteConfigName: cluster,
+			}},
+		})
+	} else {
+		filter = tcpProxy(cluster, cluster)
+	}
+	return &listenerv3.FilterChain{
+		Name:             cluster,
+		FilterChainMatch: destinationMatch(ip, p.Port),
+		Filters:          []*listenerv3.Filter{filter},
+	}
+}
+
+// directChains adds a chain per mesh endpoint of a headless service port,
+// so connections to a pod's own address get mutual TLS too. It reports
+// whether it added any.
+func directChains(svc *model.Service, p model.Port, chains *chainSet) bool {
+	added := false
+	cluster := directClusterName(svc, p.Port)
+	for _, e := range svc.Endpoints {
+		if e.PortName != p.Name || e.Identity == "" {
+			continue
+		}
+		chain := &listenerv3.FilterChain{
+			Name:             fmt.Sprintf("%s|%s", cluster, e.Address),
+			FilterChainMatch: destinationMatch(e.Address, e.Port),
+			Filters:          []*listenerv3.Filter{tcpProxy(cluster, cluster)},
+		}
+		if chains.add(e.Address, e.Port, svc, chain) {
+			added = true
+		}
+	}
+	return added
+}
+
+func destinationMatch(ip string, port uint32) *listenerv3.FilterChainMatch {
+	return &listenerv3.FilterChainMatch{
+		PrefixRanges:    []*corev3.CidrRange{{AddressPrefix: ip, PrefixLen: wrapperspb.UInt32(32)}},
+		DestinationPort: wrapperspb.UInt32(port),
+	}
+}
+
+// routeConfig sends every request of a service port to its cluster.
+func routeConfig(name, cluster string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: name,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    name,
+			Domains: []string{"*"},
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+					// Streams (gRPC, long polls) are not cut by a route timeout.
+					Timeout: durationpb.New(0),
+				}},
+			}},
+		}},
+	}
+}
+
+// edsCluster is a service port's cluster: endpoints over EDS; those with a
+// sidecar get mutual TLS with the service's identities checked.
+func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfig(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+	setProtocol(c, proto)
+	if len(ids) > 0 {
+		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{{
+			Name:            "mtls",
+			Match:           mustStruct(transportSocketMatch),
+			TransportSocket: upstreamTLS(sni, ids),
+		}}
+	}
+	return c
+}
+
+// directCluster reaches a headless service's mesh endpoint at the original
+// destination, with mutual TLS and the service's identities checked.
+func directCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		TransportSocket:      upstreamTLS(sni, ids),
+	}
+	setProtocol(c, proto)
+	return c
+}
+
+func passthroughCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 PassthroughCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+	}
+}
+
+// loadAssignment lists a service port's ready endpoints; each endpoint with
+// a sidecar carries the metadata that selects mutual TLS.
+func loadAssignment(name string, svc *model.Service, p model.Port) *endpointv3.ClusterLoadAssignment {
+	var lbs []*endpointv3.LbEndpoint
+	for _, e := range svc.Endpoints {
+		if e.PortName != p.Name || !e.Ready {
+			continue
+		}
+		lb := &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(e.Address, e.Port),
+		}}}
+		if e.Identity != "" {
+			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+				"envoy.transport_socket_match": mustStruct(transportSocketMatch),
+			}}
+		}
+		lbs = append(lbs, lb)
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
