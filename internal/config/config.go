@@ -91,8 +91,8 @@ func (c *Config) Validate() error {
 	if c.TrustDomain == "" {
 		errs = append(errs, errors.New("--trust-domain must not be empty"))
 	}
-	if c.CertTTL < 10*time.Minute {
-		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 10m", c.CertTTL))
+	if c.CertTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 1m (renewal runs at half the lifetime)", c.CertTTL))
 	}
 	if c.HoldOff <= 0 || c.MaxDelay < c.HoldOff {
 		errs = append(errs, fmt.Errorf("--hold-off %s / --max-delay %s: need 0 < hold-off <= max-delay", c.HoldOff, c.MaxDelay))

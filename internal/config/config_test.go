@@ -22,7 +22,7 @@ func TestValidate(t *testing.T) {
 		"defaults":           {},
 		"bad xds addr":       {args: []string{"-xds-addr", "nohostport"}, wantErr: "--xds-addr"},
 		"both sources":       {args: []string{"-kubeconfig", "k", "-local-dir", "d"}, wantErr: "exclude each other"},
-		"short ttl":          {args: []string{"-cert-ttl", "1m"}, wantErr: "--cert-ttl"},
+		"short ttl":          {args: []string{"-cert-ttl", "30s"}, wantErr: "--cert-ttl"},
 		"hold-off > max":     {args: []string{"-hold-off", "2s", "-max-delay", "1s"}, wantErr: "hold-off"},
 		"empty trust domain": {args: []string{"-trust-domain", ""}, wantErr: "--trust-domain"},
 	}

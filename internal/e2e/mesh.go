@@ -1,0 +1,254 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/meshd/meshd/internal/netlab"
+)
+
+// meshYAML describes the lab to meshd as Kubernetes objects: the demo
+// namespace in the mesh, the web Service with its EndpointSlice, both pods.
+const meshYAML = `apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: %[1]s
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [%[2]s]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, namespace: demo, name: web-0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: nginx, image: nginx, ports: [{name: http, containerPort: 8080}]}]
+status: {podIP: %[2]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: demo}
+spec:
+  serviceAccountName: client
+  containers: [{name: curl, image: curl}]
+status: {podIP: %[3]s}
+`
+
+// xdsPort is where meshd serves xDS on the lab's gateway address.
+const xdsPort = 15012
+
+// startMesh starts meshd on the lab's description, then gives each pod its
+// interception rules and its sidecar, and waits until both sidecars have
+// ACKed their whole configuration.
+func (s *seed) startMesh(ctx context.Context) error {
+	dir := filepath.Join(s.lab.Dir, "meshd")
+	localDir, caDir := filepath.Join(dir, "mesh"), filepath.Join(dir, "ca")
+	if err := os.MkdirAll(localDir, 0o755); err != nil {
+		return err
+	}
+	desc := fmt.Sprintf(meshYAML, s.serviceIP, s.server.IP, s.client.IP)
+	if err := os.WriteFile(filepath.Join(localDir, "lab.yaml"), []byte(desc), 0o644); err != nil {
+		return err
+	}
+	debugPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	xdsAddr := fmt.Sprintf("%s:%d", s.lab.Gateway, xdsPort)
+	s.debugURL = fmt.Sprintf("http://127.0.0.1:%d", debugPort)
+	args := []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", xdsAddr,
+		"--debug-addr", fmt.Sprintf("127.0.0.1:%d", debugPort), "--hold-off", "20ms"}
+	if s.opts.CertTTL > 0 {
+		args = append(args, "--cert-ttl", s.opts.CertTTL.String())
+	}
+	if s.meshd, err = s.lab.Start("meshd", netlab.ProcOptions{}, s.opts.Meshd, args...); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 30*time.Second, "meshd /readyz", func() error {
+		if s.meshd.Exited() {
+			return fmt.Errorf("meshd exited: %s", s.meshd.LogTail(2000))
+		}
+		_, err := getBody(ctx, s.debugURL+"/readyz")
+		return err
+	}); err != nil {
+		return err
+	}
+	s.progress("meshd: serving xDS on %s (local dir %s)", xdsAddr, localDir)
+	s.envoys = map[string]*netlab.Proc{}
+	for _, p := range []struct {
+		pod *netlab.Pod
+		sa  string
+	}{{s.server, "web"}, {s.client, "client"}} {
+		if err := s.addSidecar(ctx, p.pod, p.sa, caDir, xdsAddr); err != nil {
+			return err
+		}
+	}
+	return waitFor(ctx, 60*time.Second, "both sidecars ACKing their config", s.allAcked)
+}
+
+// addSidecar does what injection and the kubelet would: render the
+// bootstrap, apply the iptables rules in the pod, start Envoy as the proxy
+// uid.
+func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAddr string) error {
+	out := filepath.Join(s.lab.Dir, "sidecar-"+pod.Name)
+	run := func(name string, args ...string) error {
+		if b, err := runCmd(ctx, name, args...); err != nil {
+			return fmt.Errorf("e2e: %s: %w: %s", name, err, b)
+		}
+		return nil
+	}
+	if err := run(s.opts.Meshd, "bootstrap", "--ca-dir", caDir, "--namespace", "demo", "--pod", pod.Name,
+		"--service-account", sa, "--xds-addr", xdsAddr, "--api", s.opts.API, "--out", out); err != nil {
+		return err
+	}
+	if pod == s.server {
+		var err error
+		if s.bootstrapSerial, err = readSerial(filepath.Join(out, "cert-chain.pem")); err != nil {
+			return err
+		}
+	}
+	if err := run("chown", "-R", fmt.Sprintf("%d:%d", ProxyUID, ProxyUID), out); err != nil {
+		return err
+	}
+	if _, err := pod.Run(ctx, s.opts.Meshd, "iptables"); err != nil {
+		return err
+	}
+	envoy, err := s.lab.Start("envoy-"+pod.Name, netlab.ProcOptions{Pod: pod, UID: ProxyUID, GID: ProxyUID}, s.opts.Envoy,
+		"-c", filepath.Join(out, "bootstrap.yaml"), "--concurrency", "1", "--disable-hot-restart",
+		"--base-id", strconv.Itoa(s.lab.Index*100+len(s.envoys)), "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	s.envoys[pod.Name] = envoy
+	s.progress("sidecar: %s: Envoy as uid %d, iptables applied, identity spiffe://cluster.local/ns/demo/sa/%s", pod.Name, ProxyUID, sa)
+	return nil
+}
+
+// allAcked checks meshd's view: two proxies, every type ACKed at the
+// version sent, no NACK.
+func (s *seed) allAcked() error {
+	for name, e := range s.envoys {
+		if e.Exited() {
+			return fmt.Errorf("envoy %s exited: %s", name, e.LogTail(2000))
+		}
+	}
+	var v struct {
+		Proxies []struct {
+			NodeID string `json:"node_id"`
+			Types  map[string]struct {
+				Sent     string `json:"sent_version"`
+				Acked    string `json:"acked_version"`
+				LastNACK *struct {
+					Error string `json:"error"`
+				} `json:"last_nack"`
+			} `json:"types"`
+		} `json:"proxies"`
+	}
+	if err := getJSON(context.Background(), s.debugURL+"/debug/proxies", &v); err != nil {
+		return err
+	}
+	if len(v.Proxies) != 2 {
+		return fmt.Errorf("%d proxies connected", len(v.Proxies))
+	}
+	for _, p := range v.Proxies {
+		if len(p.Types) < 5 {
+			return fmt.Errorf("%s subscribed to %d types", p.NodeID, len(p.Types))
+		}
+		for typ, st := range p.Types {
+			if st.LastNACK != nil {
+				return fmt.Errorf("%s NACKed %s: %s", p.NodeID, typ, st.LastNACK.Error)
+			}
+			if st.Acked == "" || st.Acked != st.Sent {
+				return fmt.Errorf("%s: %s not ACKed", p.NodeID, typ)
+			}
+		}
+	}
+	return nil
+}
+
+// watchOnce records the serials of the workload certificates the server
+// sidecar holds (Envoy's /certs), leaving out the xDS client certificate
+// from its bootstrap.
+func (s *seed) watchOnce(ctx context.Context) {
+	if s.envoys == nil {
+		return
+	}
+	out, err := s.server.Run(ctx, "curl", "-s", "-m", "2", "http://127.0.0.1:15000/certs")
+	if err != nil {
+		return
+	}
+	var certs struct {
+		Certificates []struct {
+			CertChain []struct {
+				Serial string `json:"serial_number"`
+			} `json:"cert_chain"`
+		} `json:"certificates"`
+	}
+	if json.Unmarshal([]byte(out), &certs) != nil {
+		return
+	}
+	for _, c := range certs.Certificates {
+		for _, leaf := range c.CertChain {
+			n, ok := new(big.Int).SetString(leaf.Serial, 16)
+			if !ok || n.Cmp(s.bootstrapSerial) == 0 {
+				continue
+			}
+			if serial := n.Text(16); !slices.Contains(s.res.ServerSerials, serial) {
+				s.res.ServerSerials = append(s.res.ServerSerials, serial)
+			}
+		}
+	}
+}
+
+// readSerial returns the serial of the first certificate in a PEM file.
+func readSerial(path string) (*big.Int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, fmt.Errorf("e2e: %s holds no PEM", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("e2e: %s: %w", path, err)
+	}
+	return c.SerialNumber, nil
+}
+
+func (s *seed) watchSerials(ctx context.Context, stop <-chan struct{}) {
+	for {
+		s.watchOnce(ctx)
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
