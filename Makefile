@@ -38,9 +38,12 @@ unit:
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 
-## demo: the control plane on its embedded default with a real Envoy connected
-demo: tools build
-	bash hack/demo.sh
+## demo: the seed experiment: nginx and curl pods (network namespaces) with tcpdump on the
+## link, without a mesh and then with meshd and real Envoy sidecars (root needed)
+demo: build
+	bash hack/deps.sh
+	bash hack/tools.sh envoy
+	$(GO) run ./internal/e2e/demo -meshd bin/meshd -envoy .tools/bin/envoy
 
 clean:
 	rm -rf bin

@@ -122,12 +122,20 @@ func (r *Renewer) once(ctx context.Context, req Request, onCert func(*Certificat
 		return 0, err
 	}
 	req.Key = k
+	asked := r.cfg.Clock.Now()
 	c, err := r.cfg.Issuer.Issue(ctx, req)
 	if err != nil {
 		return 0, err
 	}
 	onCert(c)
-	return RenewDelay(c.Leaf.NotBefore, c.Leaf.NotAfter, r.cfg.Clock.Now(), r.cfg.RenewAt, r.cfg.Jitter, r.cfg.Random()), nil
+	// The lifetime counts from issuance, not from a NotBefore that issuers
+	// backdate for clock skew: with a short lifetime, a backdated start
+	// would put the renewal at once, and renew in a loop.
+	start := c.Leaf.NotBefore
+	if asked.After(start) {
+		start = asked
+	}
+	return RenewDelay(start, c.Leaf.NotAfter, r.cfg.Clock.Now(), r.cfg.RenewAt, r.cfg.Jitter, r.cfg.Random()), nil
 }
 
 // RenewDelay is how long from now to wait before renewing a certificate

@@ -51,8 +51,8 @@ func TestRenewerFakeClock(t *testing.T) {
 
 	first := <-certs
 	waitTimer(t, fc)
-	// u=0.5 means no jitter: renewal at exactly half the lifetime (from
-	// NotBefore, which is one minute before issuance).
+	// u=0.5 means no jitter: renewal at exactly half the lifetime, counted
+	// from issuance (NotBefore is backdated one minute for clock skew).
 	fc.Step(29 * time.Minute)
 	select {
 	case <-certs:
@@ -121,5 +121,36 @@ func waitCalls(t *testing.T, f *flakyIssuer, n int) {
 			t.Fatalf("issuer called %d times, want %d", f.calls(), n)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRenewerShortLifetime: with a lifetime not much longer than the issuer's
+// one-minute backdating, renewal still comes at half the lifetime after
+// issuance, not at once (a renewal loop seen with 1-minute certificates).
+func TestRenewerShortLifetime(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Now())
+	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Minute, Now: fc.Now})
+	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := make(chan *ca.Certificate, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	<-certs
+	waitTimer(t, fc)
+	fc.Step(29 * time.Second)
+	select {
+	case <-certs:
+		t.Fatal("renewed before half the lifetime")
+	case <-time.After(100 * time.Millisecond):
+	}
+	fc.Step(time.Second)
+	select {
+	case <-certs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no renewal at half the lifetime")
 	}
 }

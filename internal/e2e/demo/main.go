@@ -1,0 +1,69 @@
+// Command demo is `make demo`: the seed experiment, twice. A client pod
+// curls a server pod (nginx) through its Service every 200 ms while tcpdump
+// listens on the bridge between them: first without a mesh, then with
+// meshd on its embedded default (a local directory of Kubernetes YAML, the
+// CA in files) and real Envoy sidecars. It prints what the eavesdropper
+// saw each time. Needs root (network namespaces); removes all it made.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/meshd/meshd/internal/e2e"
+)
+
+func main() {
+	var opts e2e.Options
+	flag.StringVar(&opts.Meshd, "meshd", "bin/meshd", "meshd binary")
+	flag.StringVar(&opts.Envoy, "envoy", ".tools/bin/envoy", "Envoy binary")
+	flag.DurationVar(&opts.Duration, "duration", 10*time.Second, "how long the client sends requests in each run")
+	flag.DurationVar(&opts.CertTTL, "cert-ttl", 0, "workload certificate lifetime in the mesh run (e.g. 1m to watch renewals; default meshd's 24h)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts.Progress = os.Stdout
+	if err := demo(ctx, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func demo(ctx context.Context, opts e2e.Options) error {
+	fmt.Println("== 1. without a mesh")
+	plain, err := e2e.Run(ctx, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Println("\n== 2. with meshd and Envoy sidecars (STRICT mutual TLS)")
+	opts.Mesh = true
+	meshed, err := e2e.Run(ctx, opts)
+	if err != nil {
+		if meshed != nil {
+			fmt.Fprintf(os.Stderr, "meshd log:\n%s\n", meshed.MeshdLog)
+		}
+		return err
+	}
+	fmt.Println("\n== meshd demo report")
+	fmt.Printf("%-44s %-24s %s\n", "", "without mesh", "with meshd")
+	row := func(name string, a, b any) { fmt.Printf("%-44s %-24v %v\n", name, a, b) }
+	row("requests (curl http://<service>/)", fmt.Sprintf("%d, %d failed", plain.Requests, plain.Failures), fmt.Sprintf("%d, %d failed", meshed.Requests, meshed.Failures))
+	row("client received the page", plain.BodyHasMarker, meshed.BodyHasMarker)
+	row("tcpdump: page content in clear", plain.PlaintextSeen, meshed.PlaintextSeen)
+	row("tcpdump: nginx's headers in clear", plain.HeadersSeen, meshed.HeadersSeen)
+	row("tcpdump: TLS ClientHellos", plain.ClientHellos, meshed.ClientHellos)
+	row("server sidecar authenticated peer", "-", meshed.PeerIdentities)
+	row("server sidecar certificate serials", "-", meshed.ServerSerials)
+	ok := plain.PlaintextSeen && plain.Failures == 0 && !meshed.PlaintextSeen && !meshed.HeadersSeen &&
+		meshed.Failures == 0 && meshed.Requests > 0 && meshed.ClientHellos > 0
+	if !ok {
+		return fmt.Errorf("the experiment did not show what it should (see the table)")
+	}
+	fmt.Println("\nverdict: without the mesh the eavesdropper reads the page; with meshd it reads nothing, and every request succeeded.")
+	return nil
+}
