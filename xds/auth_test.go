@@ -104,8 +104,13 @@ func TestRogueClientsAreRefused(t *testing.T) {
 					t.Fatalf("got response %v; want the stream refused", resp)
 				}
 			}
-			if !strings.Contains(err.Error(), "certificate") {
-				t.Fatalf("refused with %v; want a certificate error", err)
+			// The TLS alert names the certificate; with TLS 1.3 the client
+			// may first see the closed connection (its write races the
+			// server's alert). Either way: refused at the transport.
+			msg := err.Error()
+			if !strings.Contains(msg, "certificate") && (status.Code(err) != codes.Unavailable ||
+				!(strings.Contains(msg, "broken pipe") || strings.Contains(msg, "connection reset") || strings.Contains(msg, "EOF"))) {
+				t.Fatalf("refused with %v; want a certificate error or the connection closed at the transport", err)
 			}
 		})
 	}

@@ -89,12 +89,12 @@ func (m *Mesh) RemoveProxy(nodeID string) {
 	m.proxies[nodeID] = ref
 }
 
-// own translates a proxy's own resources. Both types are always present, so
-// a workload that lost its ports loses its inbound listener. A proxy whose
+// own translates a proxy's own resources. The listener type is always
+// present, so a workload that lost its ports loses its inbound listener. A proxy whose
 // pod is unknown, or runs under another service account than its
 // certificate says, gets no inbound side.
 func (m *Mesh) own(p Peer) Resources {
-	res := Resources{resourcev3.ListenerType: nil, resourcev3.ClusterType: nil}
+	res := Resources{resourcev3.ListenerType: nil}
 	w := m.snap.Workload(p.NodeID)
 	switch {
 	case w == nil:

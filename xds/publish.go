@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -18,10 +19,17 @@ import (
 // Resources are xDS resources by type URL.
 type Resources map[resourcev3.Type][]types.Resource
 
-// versioned is one type's resources with their content-hash version.
+// versioned is one type's resources, prepared once when the set is built
+// and then shared by every proxy that gets it unchanged: the content-hash
+// version, the go-control-plane resource index, the per-resource versions
+// delta xDS compares, and the names the set references (routes, endpoint
+// sets). Nothing in it is mutated after hashAll.
 type versioned struct {
-	version string
-	items   []types.Resource
+	version    string
+	items      []types.Resource
+	resources  cachev3.Resources
+	versionMap map[string]string
+	refs       map[resourcev3.Type]map[string]bool
 }
 
 // Publisher composes each proxy's snapshot from the resources every proxy
@@ -67,6 +75,9 @@ func (p *Publisher) SetAll(ctx context.Context, shared Resources, own map[string
 		if ownHashed[node], err = hashAll(res); err != nil {
 			return err
 		}
+	}
+	if err := selfComplete(hashed); err != nil {
+		return fmt.Errorf("xds: shared resources are inconsistent: %w", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -118,43 +129,64 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 	p.cache.ClearSnapshot(nodeID)
 }
 
+// snapshotTypes are the types every snapshot holds.
+var snapshotTypes = []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
+
+// emptySet is the prepared form of a type with no resources. It still has a
+// version: a SotW client asking with version "" must be answered, or it
+// waits for ever.
+var emptySet = versioned{version: "empty", resources: cachev3.NewResources("empty", nil), versionMap: map[string]string{}}
+
 // publishLocked merges shared and own resources and sets the snapshot once
-// the proxy has its secrets.
+// the proxy has its secrets. A type the proxy has nothing of its own in
+// reuses the shared set as prepared; only merged types cost per proxy.
 func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	own := p.proxies[nodeID]
 	if !p.started || len(own[resourcev3.SecretType].items) == 0 {
 		return nil // not before the mesh config and the secrets
 	}
-	snap := &cachev3.Snapshot{}
-	for _, t := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))}
+	for _, t := range snapshotTypes {
 		v := merge(p.shared[t], own[t])
-		if v.version == "" {
-			// An empty type still gets a version: a SotW client asking with
-			// version "" must be answered, or it waits for ever.
-			v.version = emptyVersion
-		}
-		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(v.version, v.items)
+		snap.Resources[cachev3.GetResponseType(t)] = v.resources
+		snap.VersionMap[t] = v.versionMap
 	}
-	if err := complete(snap); err != nil {
+	if err := p.completeLocked(own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 	}
 	return p.cache.SetSnapshot(ctx, nodeID, snap)
 }
 
-// emptyVersion is the version of a type with no resources.
-const emptyVersion = "empty"
+// completeLocked checks that every route and endpoint set the proxy's own
+// resources name is in its snapshot (the shared set was checked alone by
+// SetAll). Unlike go-control-plane's Consistent it allows resources nobody
+// references (routes of proxyless gRPC API listeners, shared routes a
+// proxy's listeners do not use).
+func (p *Publisher) completeLocked(own map[resourcev3.Type]versioned) error {
+	for _, v := range own {
+		for t, names := range v.refs {
+			for name := range names {
+				if _, ok := p.shared[t].resources.Items[name]; ok {
+					continue
+				}
+				if _, ok := own[t].resources.Items[name]; !ok {
+					return fmt.Errorf("%s %q is referenced but missing", shortType(t), name)
+				}
+			}
+		}
+	}
+	return nil
+}
 
-// complete checks that every route and endpoint set a listener or cluster
-// names is in the snapshot. Unlike go-control-plane's Consistent it allows
-// resources nobody references that it can see (routes of proxyless gRPC API
-// listeners, shared routes a proxy's listeners do not use).
-func complete(snap *cachev3.Snapshot) error {
-	refs := cachev3.GetAllResourceReferences(snap.Resources)
-	for _, t := range []resourcev3.Type{resourcev3.EndpointType, resourcev3.RouteType} {
-		have := snap.GetResources(t)
-		for name := range refs[t] {
-			if _, ok := have[name]; !ok {
-				return fmt.Errorf("%s %q is referenced but missing", shortType(t), name)
+// selfComplete checks that a set of resources has every route and endpoint
+// set it references.
+func selfComplete(set map[resourcev3.Type]versioned) error {
+	for _, v := range set {
+		for t, names := range v.refs {
+			for name := range names {
+				if _, ok := set[t].resources.Items[name]; !ok {
+					return fmt.Errorf("%s %q is referenced but missing", shortType(t), name)
+				}
 			}
 		}
 	}
@@ -163,13 +195,20 @@ func complete(snap *cachev3.Snapshot) error {
 
 func merge(shared, own versioned) versioned {
 	switch {
+	case len(own.items) == 0 && len(shared.items) == 0:
+		return emptySet
 	case len(own.items) == 0:
 		return shared
 	case len(shared.items) == 0:
 		return own
 	}
 	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
-	return versioned{version: hex.EncodeToString(h[:8]), items: slices.Concat(shared.items, own.items)}
+	version := hex.EncodeToString(h[:8])
+	items := slices.Concat(shared.items, own.items)
+	vm := make(map[string]string, len(shared.versionMap)+len(own.versionMap))
+	maps.Copy(vm, shared.versionMap)
+	maps.Copy(vm, own.versionMap)
+	return versioned{version: version, items: items, resources: cachev3.NewResources(version, items), versionMap: vm}
 }
 
 // hashAll computes each type's content-hash version: the hash of the
@@ -184,6 +223,7 @@ func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
 			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
 		})
 		h := sha256.New()
+		vm := make(map[string]string, len(sorted))
 		for _, r := range sorted {
 			b, err := opts.Marshal(r)
 			if err != nil {
@@ -191,8 +231,19 @@ func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
 			}
 			fmt.Fprintf(h, "%d:", len(b))
 			h.Write(b)
+			rh := sha256.Sum256(b)
+			vm[cachev3.GetResourceName(r)] = hex.EncodeToString(rh[:8])
 		}
-		out[t] = versioned{version: hex.EncodeToString(h.Sum(nil)[:8]), items: sorted}
+		version := hex.EncodeToString(h.Sum(nil)[:8])
+		v := versioned{version: version, items: sorted, resources: cachev3.NewResources(version, sorted), versionMap: vm}
+		if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
+			named := make(map[string]types.ResourceWithTTL, len(sorted))
+			for _, r := range sorted {
+				named[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+			}
+			v.refs = cachev3.GetResourceReferences(named)
+		}
+		out[t] = v
 	}
 	return out, nil
 }

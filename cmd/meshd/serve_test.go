@@ -141,21 +141,7 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	base := "http://" + debugAddr
 	waitHTTP(t, base+"/readyz")
 
-	adminAddr := freeAddr(t)
-	_, adminPort, _ := net.SplitHostPort(adminAddr)
-	var out bytes.Buffer
-	err := run(ctx, []string{"bootstrap", "--ca-dir", caDir, "--namespace", "demo", "--pod", "web-0", "--service-account", "web",
-		"--xds-addr", xdsAddr, "--out", filepath.Join(dir, "web-0"), "--admin-port", adminPort}, &out, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "web-0", "bootstrap.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var port int
-	fmt.Sscan(adminPort, &port)
-	envoy := testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(b), AdminPort: port})
+	envoy := startSidecar(ctx, t, caDir, xdsAddr, "demo", "web-0", "web")
 
 	proxies := waitProxies(t, base, func(p proxyView) bool { return p.acked(xdsTypes...) })
 	p := proxies.Proxies[0]
@@ -288,6 +274,26 @@ func waitEnvoy(ctx context.Context, t *testing.T, envoy *testenv.Envoy, path, wa
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// startSidecar renders a pod's bootstrap with `meshd bootstrap` and starts
+// a real Envoy with it.
+func startSidecar(ctx context.Context, t *testing.T, caDir, xdsAddr, ns, pod, sa string) *testenv.Envoy {
+	t.Helper()
+	dir := t.TempDir()
+	_, adminPort, _ := net.SplitHostPort(freeAddr(t))
+	err := run(ctx, []string{"bootstrap", "--ca-dir", caDir, "--namespace", ns, "--pod", pod, "--service-account", sa,
+		"--xds-addr", xdsAddr, "--out", dir, "--admin-port", adminPort}, io.Discard, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "bootstrap.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	fmt.Sscan(adminPort, &port)
+	return testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(b), AdminPort: port})
 }
 
 func waitHTTP(t *testing.T, url string) {

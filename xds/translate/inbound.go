@@ -44,8 +44,8 @@ func inboundListener(trustDomain string, w *model.Workload) *listenerv3.Listener
 }
 
 func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3.FilterChain {
-	cluster := InboundClusterName(p.Port)
-	name := fmt.Sprintf("%s|%s", cluster, transport)
+	cluster := InboundClusterName(p)
+	name := fmt.Sprintf("inbound|%d|%s", p.Port, transport)
 	var filter *listenerv3.Filter
 	if p.Protocol.IsHTTP() {
 		filter = hcmFilter(&hcmv3.HttpConnectionManager{
@@ -85,7 +85,7 @@ func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3
 // inboundCluster reaches the app on 127.0.0.1:<port>. The sidecar runs as
 // the proxy uid, whose connections the iptables rules do not redirect.
 func inboundCluster(p model.Port) *clusterv3.Cluster {
-	name := InboundClusterName(p.Port)
+	name := InboundClusterName(p)
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},

@@ -53,12 +53,20 @@ func directClusterName(svc *model.Service, port uint32) string {
 	return fmt.Sprintf("outbound-direct|%d|%s", port, svc.Key())
 }
 
-// InboundClusterName returns the cluster that reaches the app on a port.
-func InboundClusterName(port uint32) string { return fmt.Sprintf("inbound|%d", port) }
+// InboundClusterName returns the cluster that reaches the app on a port of
+// the proxy's own pod (127.0.0.1:<port>): inbound|<port>, or
+// inbound-h2|<port> for HTTP/2 and gRPC ports.
+func InboundClusterName(p model.Port) string {
+	if p.Protocol == model.ProtocolHTTP2 || p.Protocol == model.ProtocolGRPC {
+		return fmt.Sprintf("inbound-h2|%d", p.Port)
+	}
+	return fmt.Sprintf("inbound|%d", p.Port)
+}
 
-// Shared returns the resources every proxy shares: the outbound listener,
-// and per service port a cluster, its endpoints and (for HTTP ports) its
-// route configuration. Problems it finds in the model (two services claiming
+// Shared returns the resources every proxy shares: the outbound listener;
+// per service port a cluster, its endpoints and (for HTTP ports) its route
+// configuration; and the local clusters the inbound listeners forward to
+// (127.0.0.1:<port>, the same for every pod with that port). Problems it finds in the model (two services claiming
 // one address and port) are returned; the first service in key order keeps
 // the address.
 func Shared(snap *model.Snapshot) (Resources, []string) {
@@ -85,24 +93,29 @@ func Shared(snap *model.Snapshot) (Resources, []string) {
 		}
 	}
 	add(resourcev3.ListenerType, outboundListener(chains.chains))
+	seen := map[string]bool{}
+	for _, w := range snap.Workloads {
+		for _, p := range w.Ports {
+			if name := InboundClusterName(p); !seen[name] {
+				seen[name] = true
+				add(resourcev3.ClusterType, inboundCluster(p))
+			}
+		}
+	}
 	sortResources(res)
 	return res, chains.problems
 }
 
 // Proxy returns a proxy's own resources: the inbound listener with a filter
-// chain per port of its workload, and a cluster per port to the app. A
-// workload without ports gets no inbound listener (Envoy refuses one without
-// filter chains): connections redirected to it are refused.
+// chain per port of its workload (forwarding to the shared local clusters).
+// A workload without ports gets no inbound listener (Envoy refuses one
+// without filter chains): connections redirected to it are refused.
 func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 	res := Resources{}
 	if len(w.Ports) == 0 {
 		return res
 	}
-	for _, p := range w.Ports {
-		res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], inboundCluster(p))
-	}
 	res[resourcev3.ListenerType] = []types.Resource{inboundListener(snap.TrustDomain, w)}
-	sortResources(res)
 	return res
 }
 
