@@ -109,7 +109,9 @@ func (l *Lab) setUp(ctx context.Context) error {
 }
 
 // Addr returns 198.18.<k>.<host>.
-func (l *Lab) Addr(host byte) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, byte(l.Index), host}) }
+func (l *Lab) Addr(host byte) netip.Addr {
+	return netip.AddrFrom4([4]byte{198, 18, byte(l.Index), host})
+}
 
 // AddPod creates a network namespace with eth0 on the bridge, the next free
 // address (from .10 up), loopback up and a default route via the gateway.
