@@ -24,7 +24,18 @@ func TestRootRotationAgainstAPIServer(t *testing.T) {
 	if err := env.EnsureNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
-	secrets := env.Client.CoreV1().Secrets(ns)
+	walkRotation(ctx, t, env.Client.CoreV1().Secrets(ns))
+}
+
+// TestRootRotationWithFileSecrets walks the same rotation with the CA kept
+// in files (meshd serve --ca-dir), which `meshd ca rotate-root --ca-dir`
+// triggers.
+func TestRootRotationWithFileSecrets(t *testing.T) {
+	walkRotation(context.Background(), t, ca.FileSecrets{Dir: t.TempDir()})
+}
+
+func walkRotation(ctx context.Context, t *testing.T, secrets ca.SecretUpdater) {
+	t.Helper()
 	t0 := time.Now()
 	old, err := ca.LoadOrCreateRoot(ctx, secrets, "meshd-ca", "cluster.local", rand.Reader, t0)
 	if err != nil {

@@ -24,6 +24,11 @@ Usage:
   meshd serve [flags]    run the control plane
   meshd iptables [flags] set up traffic interception in a pod's network namespace
   meshd bootstrap [flags] render a sidecar's Envoy bootstrap and credentials
+  meshd ca status|rotate-root [flags]  show the CA, or ask meshd to rotate the root
+  meshd proxy-status     connected proxies and their sync state (reads the debug API)
+  meshd proxy-config <pod>.<ns> [--type clusters|listeners|routes|endpoints|secrets]
+  meshd certs [<pod>.<ns>]  issued certificates, CA roots, rotation state
+  meshd explain --from <pod>.<ns> --to <svc>.<ns>  why traffic does or does not get mTLS
   meshd version          print the version
 `
 
@@ -51,6 +56,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return bootstrapCmd(ctx, args[1:], stdout, stderr)
 	case "iptables":
 		return iptablesCmd(ctx, args[1:], stdout, stderr)
+	case "ca":
+		return caCmd(ctx, args[1:], stdout, stderr)
+	case "proxy-status":
+		return proxyStatusCmd(ctx, args[1:], stdout, stderr)
+	case "proxy-config":
+		return proxyConfigCmd(ctx, args[1:], stdout, stderr)
+	case "certs":
+		return certsCmd(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return explainCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "meshd", version.Version)
 		return nil

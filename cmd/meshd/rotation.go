@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"sync/atomic"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
@@ -15,10 +18,10 @@ import (
 // replicas safe; leader election comes with the HA work) and, when the
 // signing certificate or the bundle changed, swaps the authority and
 // re-issues every certificate: bundle first, then leaves, then the old root
-// goes. Cluster mode only (file CAs do not rotate).
-func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration, log *slog.Logger) error {
+// goes. The CA may be a Secret or files (--ca-dir).
+func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration, phase *atomic.Pointer[[2]string], log *slog.Logger) error {
 	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
-		Rand: rand.Reader, LeafTTL: cfg.CertTTL})
+		Rand: rand.Reader, LeafTTL: cfg.CertTTL, Grace: cfg.RootRotationGrace})
 	if err != nil {
 		return err
 	}
@@ -34,6 +37,9 @@ func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater
 			log.Warn("ca: root rotation step", "error", err)
 		} else if changed {
 			log.Info("ca: root rotation advanced", "phase", string(phase))
+		}
+		if s, err := secrets.Get(ctx, cfg.CASecret, metav1.GetOptions{}); err == nil && phase != nil {
+			phase.Store(&[2]string{string(s.Data[ca.KeyPhase]), string(s.Data[ca.KeyPhaseSince])})
 		}
 		a, err := ca.LoadRoot(ctx, secrets, cfg.CASecret, time.Now())
 		if err != nil {

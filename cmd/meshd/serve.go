@@ -61,7 +61,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// xds: consumes the Publisher's snapshots, produces ADS streams over mTLS.
 	serving := &atomic.Pointer[tls.Certificate]{}
-	srv, mesh, err := newXDS(cfg, issuer, renewer, serving, reg, log)
+	srv, mesh, secrets, err := newXDS(cfg, issuer, renewer, serving, reg, log)
 	if err != nil {
 		return err
 	}
@@ -91,7 +91,27 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("debug: listen %s: %w", cfg.DebugAddr, err)
 	}
+	var phase atomic.Pointer[[2]string] // root rotation phase and since, as followRoot last read them
 	handler := debug.Handler(debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
+		Certs: func() []debug.CertView {
+			var out []debug.CertView
+			for node, c := range secrets.Certificates() {
+				out = append(out, debug.NewCertView(node, "internal", c.Leaf))
+			}
+			return out
+		},
+		CA: func() debug.CAView {
+			a := issuer.Authority()
+			v := debug.CAView{Backend: "internal", Signing: debug.NewRootView(a.Cert), RotationPhase: "steady"}
+			for _, r := range a.Roots {
+				v.Roots = append(v.Roots, debug.NewRootView(r))
+			}
+			if p := phase.Load(); p != nil && p[0] != "" {
+				v.RotationPhase, v.PhaseSince = p[0], p[1]
+			}
+			return v
+		},
+		Explain: func(from, to string) (any, error) { return xds.Explain(mesh.Snapshot(), srv.Proxies(), from, to) },
 		Token: cfg.DebugToken, Logger: log, Ready: func() error {
 			if !watcher.Synced() {
 				return errors.New("informers not synced")
@@ -109,10 +129,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
 	if local != nil {
 		g.Go(func() error { return local.Poll(ctx, time.Second) })
-	} else if cfg.CADir == "" {
-		secrets := client.CoreV1().Secrets(cfg.Namespace)
-		g.Go(func() error { return followRoot(ctx, cfg, secrets, issuer, renewer, 30*time.Second, log) })
 	}
+	// ca: the CA Secret (or files) -> root rotation steps, authority swaps.
+	every := min(30*time.Second, cfg.RootRotationGrace/3)
+	g.Go(func() error { return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, &phase, log) })
 	return g.Wait()
 }
 
@@ -138,7 +158,7 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *k8s
 	return client, nil, err
 }
 
-func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretClient {
+func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {
 	if cfg.CADir != "" {
 		return ca.FileSecrets{Dir: cfg.CADir}
 	}
@@ -165,7 +185,7 @@ func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface
 // newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
 // kept fresh by the renewer, client certificates checked against the current
 // bundle), the Publisher, and the SDS manager between streams and secrets.
-func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, error) {
+func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, *sds.Manager, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			pool := x509.NewCertPool()
@@ -182,7 +202,7 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 	hooks := &xds.ProxyHooks{}
 	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	pub := xds.NewPublisher(srv.Cache)
 	mgr, err := sds.New(sds.Config{Renewer: renewer, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
@@ -195,11 +215,11 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 		}
 	}})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	mesh := xds.NewMesh(pub, log)
 	hooks.Secrets, hooks.Publisher, hooks.Mesh = mgr, pub, mesh
-	return srv, mesh, nil
+	return srv, mesh, mgr, nil
 }
 
 // meshdIdentity is the SPIFFE identity of meshd's own serving certificate.

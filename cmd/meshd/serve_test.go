@@ -148,7 +148,7 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	if p.NodeID != "web-0.demo" || p.Identity != "spiffe://cluster.local/ns/demo/sa/web" {
 		t.Errorf("proxy %s with identity %s, want web-0.demo as spiffe://cluster.local/ns/demo/sa/web", p.NodeID, p.Identity)
 	}
-	for _, path := range []string{"/debug/proxies", "/debug/config_dump?proxy=web-0.demo", "/metrics"} {
+	for _, path := range []string{"/debug/proxies", "/debug/config_dump?proxy=web-0.demo", "/debug/certs", "/debug/explain?from=web-0.demo&to=db.demo", "/metrics"} {
 		if body := getBody(t, base+path); strings.Contains(body, "PRIVATE KEY") {
 			t.Errorf("%s shows key material", path)
 		}
@@ -157,6 +157,7 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 		t.Errorf("metrics lack the connected stream or issued certificates")
 	}
 	checkEnvoyConfig(ctx, t, envoy, p)
+	checkOperatorCommands(ctx, t, debugAddr)
 
 	// A second web endpoint: only the endpoints version moves.
 	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, secondWeb)), 0o644); err != nil {
@@ -359,5 +360,41 @@ func TestServeAgainstAPIServer(t *testing.T) {
 		if err := <-d; err != nil {
 			t.Errorf("serve: %v", err)
 		}
+	}
+}
+
+// checkOperatorCommands runs the CLI against the debug API of the running
+// meshd: web-0's sidecar is connected and synced, its certificate listed,
+// and explain finds that db-0 (expected in the mesh) has no sidecar.
+func checkOperatorCommands(ctx context.Context, t *testing.T, debugAddr string) {
+	t.Helper()
+	cmds := map[string]struct {
+		args []string
+		want []string
+	}{
+		"proxy-status": {[]string{"proxy-status", "--debug-addr", debugAddr}, []string{"web-0.demo", "spiffe://cluster.local/ns/demo/sa/web", "SYNCED"}},
+		"certs":        {[]string{"certs", "--debug-addr", debugAddr}, []string{"rotation steady", "web-0.demo", "spiffe://cluster.local/ns/demo/sa/web"}},
+		"explain": {[]string{"explain", "--debug-addr", debugAddr, "--from", "web-0.demo", "--to", "db.demo"},
+			[]string{"web-0.demo -> db.demo: MTLS", "cluster outbound|5432|db.demo", "spiffe://cluster.local/ns/demo/sa/db", "! server db-0.demo should have a sidecar but none is connected"}},
+		"proxy-config": {[]string{"proxy-config", "web-0.demo", "--debug-addr", debugAddr, "--type", "listeners"}, []string{`"name": "inbound"`, `"name": "outbound"`}},
+	}
+	for name, c := range cmds {
+		var out bytes.Buffer
+		if err := run(ctx, c.args, &out, io.Discard); err != nil {
+			t.Errorf("meshd %s: %v", name, err)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("meshd %s output lacks %q:\n%s", name, w, out.String())
+			}
+		}
+		if strings.Contains(out.String(), "PRIVATE KEY") {
+			t.Errorf("meshd %s shows key material", name)
+		}
+	}
+	var out bytes.Buffer
+	if err := run(ctx, []string{"explain", "--debug-addr", debugAddr, "--from", "nobody.demo", "--to", "db.demo"}, &out, io.Discard); err == nil || !strings.Contains(err.Error(), "no pod") {
+		t.Errorf("explain from an unknown pod: %v, want a clear error", err)
 	}
 }

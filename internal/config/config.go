@@ -34,6 +34,9 @@ type Config struct {
 	CASecret string
 	// CADir keeps the CA as files instead of a Secret (for --local-dir).
 	CADir string
+	// RootRotationGrace is how long each phase of a root rotation waits for
+	// the change to reach every proxy before the next one.
+	RootRotationGrace time.Duration
 	// DebugToken protects /debug/ when DebugAddr is not loopback.
 	DebugToken string
 	// HoldOff and MaxDelay batch Kubernetes events before a rebuild.
@@ -52,6 +55,8 @@ func Default() Config {
 		CASecret:    "meshd-ca",
 		HoldOff:     100 * time.Millisecond,
 		MaxDelay:    time.Second,
+
+		RootRotationGrace: 10 * time.Minute,
 	}
 }
 
@@ -66,6 +71,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CertTTL, "cert-ttl", c.CertTTL, "lifetime of workload certificates")
 	fs.StringVar(&c.CASecret, "ca-secret", c.CASecret, "Secret in --namespace that holds the CA")
 	fs.StringVar(&c.CADir, "ca-dir", c.CADir, "keep the CA in this directory instead of a Secret (local use)")
+	fs.DurationVar(&c.RootRotationGrace, "root-rotation-grace", c.RootRotationGrace, "how long each root rotation phase waits for proxies to catch up")
 	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
@@ -93,6 +99,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CertTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 1m (renewal runs at half the lifetime)", c.CertTTL))
+	}
+	if c.RootRotationGrace < 5*time.Second {
+		errs = append(errs, fmt.Errorf("--root-rotation-grace %s: must be at least 5s", c.RootRotationGrace))
 	}
 	if c.HoldOff <= 0 || c.MaxDelay < c.HoldOff {
 		errs = append(errs, fmt.Errorf("--hold-off %s / --max-delay %s: need 0 < hold-off <= max-delay", c.HoldOff, c.MaxDelay))

@@ -36,6 +36,12 @@ type Config struct {
 	// Resources returns what meshd last published for a node, by type URL,
 	// with secrets already redacted; ok is false for an unknown node.
 	Resources func(nodeID string) (res map[string][]types.Resource, ok bool)
+	// Certs lists the proxies' current certificates; CA describes the CA
+	// (both optional).
+	Certs func() []CertView
+	CA    func() CAView
+	// Explain answers /debug/explain (optional).
+	Explain func(from, to string) (any, error)
 	// Ready reports nil once meshd can serve (informers synced, CA loaded).
 	Ready func() error
 	// Gatherer serves /metrics (default: a fresh empty registry).
@@ -70,6 +76,8 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	mux.Handle("GET /debug/proxies", s.auth(http.HandlerFunc(s.proxies)))
 	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
+	mux.Handle("GET /debug/certs", s.auth(http.HandlerFunc(s.certs)))
+	mux.Handle("GET /debug/explain", s.auth(http.HandlerFunc(s.explain)))
 	return mux
 }
 
@@ -180,6 +188,30 @@ func (s *server) configDump(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, map[string]any{"proxy": node, "resources": out})
+}
+
+func (s *server) explain(w http.ResponseWriter, r *http.Request) {
+	if err := onlyParams(r, "from", "to"); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	from, to := r.URL.Query().Get("from"), r.URL.Query().Get("to")
+	for name, v := range map[string]string{"from": from, "to": to} {
+		if err := validNode(v); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: want <pod>.<namespace> (or <service>.<namespace> for to): %v", name, err))
+			return
+		}
+	}
+	if s.cfg.Explain == nil {
+		writeError(w, http.StatusNotImplemented, "explain is not available")
+		return
+	}
+	out, err := s.cfg.Explain(from, to)
+	if err != nil {
+		writeError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	writeJSON(w, out)
 }
 
 var nodePattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)

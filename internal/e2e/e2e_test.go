@@ -69,8 +69,8 @@ func run(t *testing.T, opts e2e.Options) *e2e.Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("result: %d requests, %d failed %v; plaintext seen %v, headers seen %v, %d ClientHellos, %d packets, peers %v, server serials %v",
-		res.Requests, res.Failures, res.FirstFailures, res.PlaintextSeen, res.HeadersSeen, res.ClientHellos, res.Packets, res.PeerIdentities, res.ServerSerials)
+	t.Logf("result: %d requests, %d failed %v; plaintext seen %v, headers seen %v, %d ClientHellos, %d packets, peers %v, server serials %v, trusted roots over time %v",
+		res.Requests, res.Failures, res.FirstFailures, res.PlaintextSeen, res.HeadersSeen, res.ClientHellos, res.Packets, res.PeerIdentities, res.ServerSerials, res.RootSets)
 	return res
 }
 
@@ -117,21 +117,33 @@ func checkMesh(t *testing.T, res *e2e.Result) {
 }
 
 // TestRotationUnderTraffic: with 1-minute certificates, several renewals
-// happen during continuous requests; none fails and the server sidecar
-// shows each new serial.
+// happen during continuous requests, and a root rotation is asked for
+// (meshd ca rotate-root) and walked through (bundle, signing, done) while
+// the harness, as the kubelet, refreshes the sidecars' xDS credentials.
+// No request fails; the server sidecar shows each new serial, and its
+// trusted roots go old -> old+new -> new (the bundle first).
 func TestRotationUnderTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("2 minutes of traffic; not in -short")
+	}
 	opts := options(t, true)
 	opts.CertTTL = time.Minute
-	opts.Duration = 100 * time.Second
-	if testing.Short() {
-		t.Skip("100 s of traffic; not in -short")
-	}
+	opts.Duration = 120 * time.Second
+	opts.RotateRoot, opts.RotateAfter, opts.RootGrace = true, 10*time.Second, 10*time.Second
 	res := run(t, opts)
 	checkMesh(t, res)
-	// Renewal at half the lifetime (±10%): about every 30 s. At least two
-	// renewals; more than one per 27 s would be a renewal loop.
-	maxSerials := 1 + int(opts.Duration/(27*time.Second)) + 1
+	// Renewal at half the lifetime (±10%): about every 30 s, plus one
+	// re-issue per rotation phase (3). More would be a renewal loop.
+	maxSerials := 1 + int(opts.Duration/(27*time.Second)) + 3
 	if n := len(res.ServerSerials); n < 3 || n > maxSerials {
-		t.Errorf("the server sidecar showed %d serials %v; want the first and 2 to %d renewals", n, res.ServerSerials, maxSerials-1)
+		t.Errorf("the server sidecar showed %d serials %v; want the first and 2 to %d more", n, res.ServerSerials, maxSerials-1)
+	}
+	sets := res.RootSets
+	if len(sets) != 3 || strings.Contains(sets[0], ",") || strings.Count(sets[1], ",") != 1 || strings.Contains(sets[2], ",") ||
+		sets[0] == sets[2] || !strings.Contains(sets[1], sets[0]) || !strings.Contains(sets[1], sets[2]) {
+		t.Errorf("trusted roots over time %v; want old, old+new, new", sets)
+	}
+	if res.CredentialRefreshes < 2 {
+		t.Errorf("xDS credentials refreshed %d times; want one per CA change (at least 2)", res.CredentialRefreshes)
 	}
 }

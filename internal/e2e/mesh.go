@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshd/meshd/internal/netlab"
@@ -84,6 +85,10 @@ func (s *seed) startMesh(ctx context.Context) error {
 	if s.opts.CertTTL > 0 {
 		args = append(args, "--cert-ttl", s.opts.CertTTL.String())
 	}
+	if s.opts.RootGrace > 0 {
+		args = append(args, "--root-rotation-grace", s.opts.RootGrace.String())
+	}
+	s.caDir, s.xdsAddr = caDir, xdsAddr
 	if s.meshd, err = s.lab.Start("meshd", netlab.ProcOptions{}, s.opts.Meshd, args...); err != nil {
 		return err
 	}
@@ -114,23 +119,7 @@ func (s *seed) startMesh(ctx context.Context) error {
 // uid.
 func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAddr string) error {
 	out := filepath.Join(s.lab.Dir, "sidecar-"+pod.Name)
-	run := func(name string, args ...string) error {
-		if b, err := runCmd(ctx, name, args...); err != nil {
-			return fmt.Errorf("e2e: %s: %w: %s", name, err, b)
-		}
-		return nil
-	}
-	if err := run(s.opts.Meshd, "bootstrap", "--ca-dir", caDir, "--namespace", "demo", "--pod", pod.Name,
-		"--service-account", sa, "--xds-addr", xdsAddr, "--api", s.opts.API, "--out", out); err != nil {
-		return err
-	}
-	if pod == s.server {
-		var err error
-		if s.bootstrapSerial, err = readSerial(filepath.Join(out, "cert-chain.pem")); err != nil {
-			return err
-		}
-	}
-	if err := run("chown", "-R", fmt.Sprintf("%d:%d", ProxyUID, ProxyUID), out); err != nil {
+	if err := s.renderCreds(ctx, pod, sa, out); err != nil {
 		return err
 	}
 	if _, err := pod.Run(ctx, s.opts.Meshd, "iptables"); err != nil {
@@ -143,6 +132,7 @@ func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAd
 		return err
 	}
 	s.envoys[pod.Name] = envoy
+	s.sidecars = append(s.sidecars, sidecar{pod: pod, sa: sa, dir: out})
 	s.progress("sidecar: %s: Envoy as uid %d, iptables applied, identity spiffe://cluster.local/ns/demo/sa/%s", pod.Name, ProxyUID, sa)
 	return nil
 }
@@ -200,25 +190,38 @@ func (s *seed) watchOnce(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	type cert struct {
+		Serial string `json:"serial_number"`
+	}
 	var certs struct {
 		Certificates []struct {
-			CertChain []struct {
-				Serial string `json:"serial_number"`
-			} `json:"cert_chain"`
+			CA        []cert `json:"ca_cert"`
+			CertChain []cert `json:"cert_chain"`
 		} `json:"certificates"`
 	}
 	if json.Unmarshal([]byte(out), &certs) != nil {
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, c := range certs.Certificates {
-		for _, leaf := range c.CertChain {
-			n, ok := new(big.Int).SetString(leaf.Serial, 16)
-			if !ok || n.Cmp(s.bootstrapSerial) == 0 {
-				continue
-			}
-			if serial := n.Text(16); !slices.Contains(s.res.ServerSerials, serial) {
-				s.res.ServerSerials = append(s.res.ServerSerials, serial)
-			}
+		if len(c.CertChain) == 0 {
+			continue
+		}
+		n, ok := new(big.Int).SetString(c.CertChain[0].Serial, 16)
+		if !ok || slices.ContainsFunc(s.bootstrapSerials, func(b *big.Int) bool { return b.Cmp(n) == 0 }) {
+			continue // the xDS client certificate, not a workload one
+		}
+		if serial := n.Text(16); !slices.Contains(s.res.ServerSerials, serial) {
+			s.res.ServerSerials = append(s.res.ServerSerials, serial)
+		}
+		var roots []string
+		for _, r := range c.CA {
+			roots = append(roots, r.Serial)
+		}
+		slices.Sort(roots)
+		if set := strings.Join(roots, ","); len(roots) > 0 && (len(s.res.RootSets) == 0 || s.res.RootSets[len(s.res.RootSets)-1] != set) {
+			s.res.RootSets = append(s.res.RootSets, set)
 		}
 	}
 }
@@ -251,4 +254,92 @@ func (s *seed) watchSerials(ctx context.Context, stop <-chan struct{}) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// sidecar is what the kubelet part of the harness keeps up to date.
+type sidecar struct {
+	pod *netlab.Pod
+	sa  string
+	dir string
+}
+
+// renderCreds runs `meshd bootstrap` for a pod into dir, readable by the
+// proxy uid. The server sidecar's xDS client certificate serial is kept
+// to tell it apart from its workload certificates.
+func (s *seed) renderCreds(ctx context.Context, pod *netlab.Pod, sa, dir string) error {
+	if b, err := runCmd(ctx, s.opts.Meshd, "bootstrap", "--ca-dir", s.caDir, "--namespace", "demo", "--pod", pod.Name,
+		"--service-account", sa, "--xds-addr", s.xdsAddr, "--api", s.opts.API, "--out", dir); err != nil {
+		return fmt.Errorf("e2e: meshd bootstrap: %w: %s", err, b)
+	}
+	if pod == s.server {
+		serial, err := readSerial(filepath.Join(dir, "cert-chain.pem"))
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.bootstrapSerials = append(s.bootstrapSerials, serial)
+		s.mu.Unlock()
+	}
+	if b, err := runCmd(ctx, "chown", "-R", fmt.Sprintf("%d:%d", ProxyUID, ProxyUID), dir); err != nil {
+		return fmt.Errorf("e2e: chown: %w: %s", err, b)
+	}
+	return nil
+}
+
+// kubelet plays the kubelet's part for the sidecars' credential Secrets:
+// when the CA changes (a root rotation step), it renders fresh xDS
+// credentials and moves them into each sidecar's watched directory, file by
+// file with atomic renames, as a Secret volume update would.
+func (s *seed) kubelet(ctx context.Context, stop <-chan struct{}) {
+	link := filepath.Join(s.caDir, "meshd-ca")
+	last, _ := os.Readlink(link)
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		cur, err := os.Readlink(link)
+		if err != nil || cur == last {
+			continue
+		}
+		last = cur
+		for _, sc := range s.sidecars {
+			staging := sc.dir + ".next"
+			if err := s.renderCreds(ctx, sc.pod, sc.sa, staging); err != nil {
+				s.progress("kubelet: %s: %v", sc.pod.Name, err)
+				continue
+			}
+			for _, f := range []string{"root-cert.pem", "cert-chain.pem", "key.pem"} {
+				if err := os.Rename(filepath.Join(staging, f), filepath.Join(sc.dir, f)); err != nil {
+					s.progress("kubelet: %s: %v", sc.pod.Name, err)
+				}
+			}
+			os.RemoveAll(staging)
+		}
+		s.res.CredentialRefreshes++
+		s.progress("kubelet: CA changed; sidecar xDS credentials refreshed")
+	}
+}
+
+// rotateRoot asks meshd for a root rotation after RotateAfter.
+func (s *seed) rotateRoot(ctx context.Context, stop <-chan struct{}) {
+	select {
+	case <-stop:
+		return
+	case <-ctx.Done():
+		return
+	case <-time.After(s.opts.RotateAfter):
+	}
+	out, err := runCmd(ctx, s.opts.Meshd, "ca", "rotate-root", "--ca-dir", s.caDir)
+	s.progress("meshd ca rotate-root: %s%v", out, errOrEmpty(err))
+}
+
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

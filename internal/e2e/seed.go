@@ -47,6 +47,11 @@ type Options struct {
 	Interval time.Duration
 	// API is the sidecars' ADS flavour: "delta" (default) or "sotw".
 	API string
+	// RotateRoot asks meshd for a root rotation (meshd ca rotate-root)
+	// RotateAfter into the traffic; the phases wait RootGrace each.
+	RotateRoot  bool
+	RotateAfter time.Duration
+	RootGrace   time.Duration
 	// Progress, if set, receives a line per step.
 	Progress io.Writer
 }
@@ -71,6 +76,13 @@ type Result struct {
 	// ServerSerials are the distinct serials of the server sidecar's
 	// certificate seen in Envoy's /certs during the run, in order.
 	ServerSerials []string
+	// RootSets are the distinct sets of trusted roots (serials, sorted,
+	// comma-joined) the server sidecar held during the run, in order: a
+	// root rotation shows old, old+new, new.
+	RootSets []string
+	// CredentialRefreshes counts how often the harness (as the kubelet)
+	// rewrote the sidecars' xDS credentials after the CA changed.
+	CredentialRefreshes int
 	// MeshdLog, EnvoyLogs: for diagnosis.
 	MeshdLog  string
 	EnvoyLogs map[string]string
@@ -110,8 +122,11 @@ type seed struct {
 	meshd          *netlab.Proc
 	envoys         map[string]*netlab.Proc
 	debugURL       string
-	// bootstrapSerial is the server sidecar's xDS client certificate.
-	bootstrapSerial *big.Int
+	caDir, xdsAddr string
+	sidecars       []sidecar
+	mu             sync.Mutex
+	// bootstrapSerials are the server sidecar's xDS client certificates.
+	bootstrapSerials []*big.Int
 }
 
 func (s *seed) progress(format string, args ...any) {
@@ -203,10 +218,21 @@ func (s *seed) traffic(ctx context.Context) error {
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	if s.opts.Mesh {
-		wg.Add(1)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
 			s.watchSerials(ctx, stop)
+		}()
+		go func() {
+			defer wg.Done()
+			s.kubelet(ctx, stop)
+		}()
+	}
+	if s.opts.RotateRoot {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.rotateRoot(ctx, stop)
 		}()
 	}
 	end := time.Now().Add(s.opts.Duration)

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Operator commands: they read a running meshd's debug API.
+//
+//	meshd proxy-status [--debug-addr A] [--debug-token T]
+//	meshd proxy-config <pod>.<ns> [--type clusters|listeners|routes|endpoints|secrets]
+//	meshd certs [<pod>.<ns>]
+//	meshd explain --from <pod>.<ns> --to <svc>.<ns>|<pod>.<ns>
+type opsFlags struct {
+	addr, token string
+	raw         bool
+}
+
+func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*opsFlags, []string, error) {
+	o := &opsFlags{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.addr, "debug-addr", "127.0.0.1:15014", "meshd's debug API address")
+	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API")
+	fs.BoolVar(&o.raw, "json", false, "print the JSON answer as is")
+	if extra != nil {
+		extra(fs)
+	}
+	// Flags may come after the positional argument.
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, nil, err
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			pos, args = append(pos, args[0]), args[1:]
+		}
+	}
+	return o, pos, nil
+}
+
+func (o *opsFlags) get(ctx context.Context, path string, q url.Values, v any) ([]byte, error) {
+	u := "http://" + o.addr + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	if o.token != "" {
+		req.Header.Set("Authorization", "Bearer "+o.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("meshd debug API at %s: %w", o.addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("meshd: %s", e.Error)
+		}
+		return nil, fmt.Errorf("meshd: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			return nil, fmt.Errorf("meshd: decode %s: %w", path, err)
+		}
+	}
+	return b, nil
+}
+
+func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, _, err := parseOps("proxy-status", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	var v struct {
+		Proxies []struct {
+			NodeID         string    `json:"node_id"`
+			Identity       string    `json:"identity"`
+			Delta          bool      `json:"delta"`
+			ConnectedSince time.Time `json:"connected_since"`
+			Types          map[string]struct {
+				Sent     string `json:"sent_version"`
+				Acked    string `json:"acked_version"`
+				NACKs    int    `json:"nacks"`
+				LastNACK *struct {
+					Error string `json:"error"`
+				} `json:"last_nack"`
+			}
+			Stale []string `json:"stale_types"`
+		}
+	}
+	b, err := o.get(ctx, "/debug/proxies", nil, &v)
+	if err != nil || o.raw {
+		stdout.Write(b)
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tIDENTITY\tAPI\tCDS\tLDS\tEDS\tRDS\tSDS\tSINCE")
+	for _, p := range v.Proxies {
+		api := "sotw"
+		if p.Delta {
+			api = "delta"
+		}
+		row := []string{p.NodeID, p.Identity, api}
+		for _, t := range []string{"cluster.v3.Cluster", "listener.v3.Listener", "endpoint.v3.ClusterLoadAssignment", "route.v3.RouteConfiguration", "tls.v3.Secret"} {
+			row = append(row, syncState(p.Types, t, p.Stale))
+		}
+		row = append(row, p.ConnectedSince.Format(time.RFC3339))
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	return tw.Flush()
+}
+
+// syncState is SYNCED (sent = ACKed), NACKED, STALE or NOT SENT for a type.
+func syncState[T interface{}](types map[string]T, suffix string, stale []string) string {
+	for url, st := range types {
+		if !strings.HasSuffix(url, suffix) {
+			continue
+		}
+		b, _ := json.Marshal(st)
+		var s struct {
+			Sent     string `json:"sent_version"`
+			Acked    string `json:"acked_version"`
+			LastNACK *struct {
+				Nonce string `json:"nonce"`
+			} `json:"last_nack"`
+		}
+		_ = json.Unmarshal(b, &s)
+		switch {
+		case contains(stale, url):
+			return "STALE"
+		case s.Sent != "" && s.Sent == s.Acked:
+			return "SYNCED"
+		case s.LastNACK != nil:
+			return "NACKED"
+		case s.Sent == "":
+			return "NOT SENT"
+		}
+		return "SENT"
+	}
+	return "-"
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func proxyConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var typ string
+	o, pos, err := parseOps("proxy-config", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&typ, "type", "", "only this type: clusters, listeners, routes, endpoints, secrets")
+	})
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: meshd proxy-config <pod>.<namespace> [--type clusters|listeners|routes|endpoints|secrets]")
+	}
+	var v struct {
+		Resources map[string][]json.RawMessage `json:"resources"`
+	}
+	b, err := o.get(ctx, "/debug/config_dump", url.Values{"proxy": {pos[0]}}, &v)
+	if err != nil {
+		return err
+	}
+	if typ == "" {
+		_, err = stdout.Write(b)
+		return err
+	}
+	suffix := map[string]string{"clusters": "Cluster", "listeners": "Listener", "routes": "RouteConfiguration",
+		"endpoints": "ClusterLoadAssignment", "secrets": "Secret"}[typ]
+	if suffix == "" {
+		return fmt.Errorf("--type %q: want clusters, listeners, routes, endpoints or secrets", typ)
+	}
+	keys := make([]string, 0, len(v.Resources))
+	for k := range v.Resources {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if strings.HasSuffix(k, "."+suffix) {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v.Resources[k])
+		}
+	}
+	fmt.Fprintln(stdout, "[]")
+	return nil
+}
+
+func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, pos, err := parseOps("certs", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if len(pos) == 1 {
+		q.Set("proxy", pos[0])
+	}
+	var v struct {
+		CA struct {
+			Signing struct{ Subject, Serial string } `json:"signing"`
+			Roots   []struct {
+				Subject, Serial string
+				NotAfter        time.Time `json:"not_after"`
+			} `json:"trusted_roots"`
+			Phase string `json:"rotation_phase"`
+		} `json:"ca"`
+		Certificates []struct {
+			Proxy, Identity, Serial string
+			NotAfter                time.Time `json:"not_after"`
+		} `json:"certificates"`
+	}
+	b, err := o.get(ctx, "/debug/certs", q, &v)
+	if err != nil || o.raw {
+		stdout.Write(b)
+		return err
+	}
+	fmt.Fprintf(stdout, "CA: signing serial %s, rotation %s\n", v.CA.Signing.Serial, v.CA.Phase)
+	for _, r := range v.CA.Roots {
+		fmt.Fprintf(stdout, "  trusted root %s (expires %s)\n", r.Serial, r.NotAfter.Format(time.DateOnly))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROXY\tIDENTITY\tSERIAL\tEXPIRES")
+	for _, c := range v.Certificates {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.Proxy, c.Identity, c.Serial, c.NotAfter.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var from, to string
+	o, _, err := parseOps("explain", args, stderr, func(fs *flag.FlagSet) {
+		fs.StringVar(&from, "from", "", "client pod, <pod>.<namespace>")
+		fs.StringVar(&to, "to", "", "server service or pod, <name>.<namespace>")
+	})
+	if err != nil {
+		return err
+	}
+	if from == "" || to == "" {
+		return errors.New("usage: meshd explain --from <pod>.<ns> --to <service>.<ns>|<pod>.<ns>")
+	}
+	var v struct {
+		Verdict  string   `json:"verdict"`
+		Findings []string `json:"findings"`
+		Ports    []struct {
+			Port         uint32   `json:"port"`
+			Protocol     string   `json:"protocol"`
+			Chain        string   `json:"filter_chain"`
+			Cluster      string   `json:"cluster"`
+			ExpectedSANs []string `json:"expected_server_sans"`
+			Client       string   `json:"client_presents"`
+			Endpoints    []struct {
+				Address string `json:"address"`
+				Port    uint32 `json:"port"`
+				Ready   bool   `json:"ready"`
+				MTLS    bool   `json:"mtls"`
+				Server  struct {
+					Workload  string `json:"workload"`
+					Connected bool   `json:"proxy_connected"`
+					Mode      string `json:"mode"`
+				} `json:"server"`
+			} `json:"endpoints"`
+		} `json:"ports"`
+	}
+	b, err := o.get(ctx, "/debug/explain", url.Values{"from": {from}, "to": {to}}, &v)
+	if err != nil || o.raw {
+		stdout.Write(b)
+		return err
+	}
+	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
+	for _, p := range v.Ports {
+		fmt.Fprintf(stdout, "port %d (%s): listener outbound, chain %s, cluster %s\n", p.Port, p.Protocol, p.Chain, p.Cluster)
+		fmt.Fprintf(stdout, "  client presents %s; expects server SANs %v (secrets default, ROOTCA over SDS)\n", orDash(p.Client), p.ExpectedSANs)
+		for _, e := range p.Endpoints {
+			fmt.Fprintf(stdout, "  endpoint %s:%d ready=%v mtls=%v server=%s sidecar-connected=%v mode=%s\n",
+				e.Address, e.Port, e.Ready, e.MTLS, e.Server.Workload, e.Server.Connected, orDash(e.Server.Mode))
+		}
+	}
+	for _, f := range v.Findings {
+		fmt.Fprintln(stdout, "! "+f)
+	}
+	return nil
+}

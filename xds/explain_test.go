@@ -1,0 +1,119 @@
+package xds_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/xds"
+)
+
+const explainYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.0.10]
+  targetRef: {kind: Pod, namespace: demo, name: web-0}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo}
+spec: {serviceAccountName: web}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: demo}
+spec: {serviceAccountName: client}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: old-0, namespace: legacy}
+status: {podIP: 198.18.0.12}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: old, namespace: legacy}
+spec: {clusterIP: 198.19.0.12, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: old-1, namespace: legacy, labels: {kubernetes.io/service-name: old}}
+addressType: IPv4
+ports: [{name: http, port: 80}]
+endpoints:
+- addresses: [198.18.0.12]
+  targetRef: {kind: Pod, namespace: legacy, name: old-0}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: demo}
+spec: {clusterIP: 198.19.0.13, ports: [{name: tcp, port: 9000}]}
+`
+
+// TestExplain: the verdict and findings for the usual cases.
+func TestExplain(t *testing.T) {
+	st, err := k8s.StateFromYAML([]byte(explainYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, _ := k8s.Convert(st, "cluster.local")
+	both := []xds.ProxyStatus{{NodeID: "web-0.demo"}, {NodeID: "client-0.demo"}}
+	cases := map[string]struct {
+		from, to    string
+		proxies     []xds.ProxyStatus
+		verdict     string
+		findingLike string
+	}{
+		"both sidecars connected":   {"client-0.demo", "web.demo", both, "mtls", ""},
+		"to a pod":                  {"client-0.demo", "web-0.demo", both, "mtls", ""},
+		"client sidecar missing":    {"client-0.demo", "web.demo", both[:1], "plaintext", "STRICT and the client sends plaintext"},
+		"server sidecar missing":    {"client-0.demo", "web.demo", both[1:], "mtls", "none is connected"},
+		"server outside the mesh":   {"client-0.demo", "old.legacy", both, "plaintext", "has no sidecar"},
+		"service without endpoints": {"client-0.demo", "empty.demo", both, "broken", "no ready endpoint"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			e, err := xds.Explain(snap, c.proxies, c.from, c.to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Verdict != c.verdict {
+				t.Errorf("verdict %s, want %s (findings %v)", e.Verdict, c.verdict, e.Finds)
+			}
+			if c.findingLike == "" && len(e.Finds) > 0 {
+				t.Errorf("findings %v, want none", e.Finds)
+			}
+			if c.findingLike != "" && !slices.ContainsFunc(e.Finds, func(f string) bool { return strings.Contains(f, c.findingLike) }) {
+				t.Errorf("findings %v, want one containing %q", e.Finds, c.findingLike)
+			}
+			if c.verdict == "mtls" && (len(e.Ports) != 1 || !slices.Equal(e.Ports[0].ExpectedSANs, []string{"spiffe://cluster.local/ns/demo/sa/web"})) {
+				t.Errorf("ports %+v: want one port expecting the web identity", e.Ports)
+			}
+		})
+	}
+	if _, err := xds.Explain(snap, both, "nobody.demo", "web.demo"); err == nil {
+		t.Error("unknown client: no error")
+	}
+	if _, err := xds.Explain(snap, both, "client-0.demo", "nothing.demo"); err == nil {
+		t.Error("unknown target: no error")
+	}
+}
