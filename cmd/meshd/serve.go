@@ -112,7 +112,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return v
 		},
 		Explain: func(from, to string) (any, error) { return xds.Explain(mesh.Snapshot(), srv.Proxies(), from, to) },
-		Token: cfg.DebugToken, Logger: log, Ready: func() error {
+		Token:   cfg.DebugToken, Logger: log, Ready: func() error {
 			if !watcher.Synced() {
 				return errors.New("informers not synced")
 			}
