@@ -44,14 +44,17 @@ func (b *Batcher) Notify() {
 
 // Run calls fn once per batch until ctx ends: HoldOff after the last change,
 // or MaxDelay after the first change of the batch, whichever comes first.
-func (b *Batcher) Run(ctx context.Context, fn func(context.Context)) {
+// fn gets the time the batch's first change was noticed (the start of the
+// convergence meshd measures).
+func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first time.Time)) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-b.notify:
 		}
-		deadline := b.clock.Now().Add(b.maxDelay)
+		first := b.clock.Now()
+		deadline := first.Add(b.maxDelay)
 		quiet := b.clock.NewTimer(b.holdOff)
 	batch:
 		for {
@@ -70,6 +73,6 @@ func (b *Batcher) Run(ctx context.Context, fn func(context.Context)) {
 				break batch
 			}
 		}
-		fn(ctx)
+		fn(ctx, first)
 	}
 }

@@ -43,7 +43,7 @@ func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
 	calls := make(chan time.Time, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go b.Run(ctx, func(context.Context) { calls <- fc.Now() })
+	go b.Run(ctx, func(context.Context, time.Time) { calls <- fc.Now() })
 
 	// One change: fn runs after the hold-off, not before.
 	b.Notify()
@@ -84,7 +84,7 @@ func TestBatcherCoalesces(t *testing.T) {
 	for range 50 {
 		b.Notify()
 	}
-	go b.Run(ctx, func(context.Context) { calls <- fc.Now() })
+	go b.Run(ctx, func(context.Context, time.Time) { calls <- fc.Now() })
 	waitWaiters(t, fc)
 	fc.Step(100 * time.Millisecond)
 	expectCalls(t, calls, 1)

@@ -42,7 +42,7 @@ func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
 	for _, ns := range st.Namespaces {
 		c.namespaces[ns.Name] = ns
 	}
-	snap := &model.Snapshot{TrustDomain: trustDomain}
+	snap := &model.Snapshot{TrustDomain: trustDomain, ChangedAt: st.ChangedAt}
 	for _, p := range st.Pods {
 		if w := c.workload(p); w != nil {
 			c.pods[w.Key()] = w

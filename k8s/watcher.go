@@ -25,6 +25,9 @@ type State struct {
 	Slices     []*discoveryv1.EndpointSlice
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
+	// ChangedAt is when the first change of the batch that produced this
+	// state was noticed.
+	ChangedAt time.Time
 }
 
 // Config configures a Watcher.
@@ -102,8 +105,8 @@ func (w *Watcher) Start(ctx context.Context) error {
 	}
 	w.synced.Store(true)
 	w.cfg.Logger.Info("k8s: informers synced")
-	list := func(ctx context.Context) {
-		st := &State{}
+	list := func(ctx context.Context, first time.Time) {
+		st := &State{ChangedAt: first}
 		var errs []error
 		var err error
 		st.Services, err = svc.Lister().List(labels.Everything())

@@ -8,7 +8,10 @@
 // mutated once handed on: readers share it without locks.
 package model
 
-import "cmp"
+import (
+	"cmp"
+	"time"
+)
 
 // Protocol is how a port's traffic is handled.
 type Protocol string
@@ -44,6 +47,9 @@ type Snapshot struct {
 	TrustDomain string
 	Services    []*Service
 	Workloads   []*Workload
+	// ChangedAt is when the Kubernetes change this snapshot reflects was
+	// first noticed; proxy convergence is measured from it.
+	ChangedAt time.Time
 }
 
 // Service is a Kubernetes Service in the mesh.

@@ -23,6 +23,12 @@ type Hooks interface {
 	OnDisconnect(p Peer)
 }
 
+// ACKHook, when the Hooks implement it too, hears every ACK: the version a
+// proxy now holds of a type. Called outside any lock of the server.
+type ACKHook interface {
+	OnACK(nodeID, typeURL, version string)
+}
+
 // callbacks implements go-control-plane's server callbacks: it authenticates
 // every stream, authorizes every request against the stream's peer, and
 // records what was sent, ACKed and NACKed.
@@ -90,6 +96,7 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 	var peer Peer
 	var announce bool
 	var err error
+	var acked string
 	found := c.streams.with(id, func(s *stream) {
 		peer = s.peer
 		if err = authorizeNode(s.peer, node); err != nil {
@@ -100,7 +107,7 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 		}
 		announce = !s.announced
 		s.announced = true
-		c.record(s, typeURL, nonce, version, nack, names)
+		acked = c.record(s, typeURL, nonce, version, nack, names)
 	})
 	if !found {
 		return status.Error(codes.Unauthenticated, errNoPeer.Error())
@@ -109,6 +116,9 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 		c.metrics.denied.Inc()
 		c.log.Warn("xds: request denied", "stream", id, "proxy", peer.NodeID, "type_url", typeURL, "error", err)
 		return err
+	}
+	if h, ok := c.hooks.(ACKHook); ok && acked != "" {
+		h.OnACK(peer.NodeID, typeURL, acked)
 	}
 	if announce && c.hooks != nil {
 		if err := c.hooks.OnConnect(c.ctx, peer); err != nil {
@@ -120,14 +130,15 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 	return nil
 }
 
-// record notes an ACK or a NACK; called under the streams lock.
-func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names []string) {
+// record notes an ACK or a NACK and returns the ACKed version ("" for a
+// NACK or a first request); called under the streams lock.
+func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names []string) string {
 	ts := s.typ(typeURL)
 	if len(names) > 0 {
 		ts.Subscribed = append(ts.Subscribed[:0], names...)
 	}
 	if nonce == "" {
-		return // first request of this type: neither ACK nor NACK
+		return "" // first request of this type: neither ACK nor NACK
 	}
 	sentVersion := s.nonces[typeURL+"\x00"+nonce]
 	if nack != nil {
@@ -135,12 +146,17 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: nack.GetMessage(), At: c.streams.now()}
 		c.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
 		c.log.Warn("xds: NACK", "proxy", s.peer.NodeID, "type_url", typeURL, "nonce", nonce, "version", sentVersion, "error", nack.GetMessage())
-		return
+		return ""
 	}
 	if version == "" {
 		version = sentVersion
 	}
-	ts.AckedVersion, ts.AckedNonce, ts.AckedAt = version, nonce, c.streams.now()
+	now := c.streams.now()
+	if ts.SentNonce == nonce && !ts.SentAt.IsZero() {
+		c.metrics.ackLatency.WithLabelValues(shortType(typeURL)).Observe(now.Sub(ts.SentAt).Seconds())
+	}
+	ts.AckedVersion, ts.AckedNonce, ts.AckedAt = version, nonce, now
+	return version
 }
 
 func (c *callbacks) OnStreamResponse(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {

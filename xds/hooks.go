@@ -50,3 +50,10 @@ func (h ProxyHooks) OnDisconnect(p Peer) {
 		h.Publisher.RemoveProxy(p.NodeID)
 	}
 }
+
+// OnACK implements ACKHook: the Publisher measures convergence.
+func (h ProxyHooks) OnACK(nodeID, typeURL, version string) {
+	if h.Publisher != nil {
+		h.Publisher.OnACK(nodeID, typeURL, version)
+	}
+}

@@ -55,7 +55,7 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]string, erro
 	for node, ref := range m.proxies {
 		own[node] = m.own(ref.peer)
 	}
-	return problems, m.pub.SetAll(ctx, shared, own)
+	return problems, m.pub.SetAll(ctx, snap.ChangedAt, shared, own)
 }
 
 // Snapshot returns the model last published (nil before the first).

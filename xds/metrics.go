@@ -8,6 +8,8 @@ type metrics struct {
 	pushes    *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
 	denied    prometheus.Counter
+	// ackLatency: from sending a response to its ACK, by type.
+	ackLatency *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -19,9 +21,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "xDS responses rejected by proxies, by resource type."}, []string{"type"}),
 		denied: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_xds_denied_total",
 			Help: "xDS requests refused with PermissionDenied."}),
+		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshd_xds_push_ack_seconds",
+			Help: "Time from sending an xDS response to the proxy's ACK of it, by resource type.", Buckets: latencyBuckets}, []string{"type"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied)
+		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied, m.ackLatency)
 	}
 	return m
 }
+
+// latencyBuckets span 1 ms to about 33 s.
+var latencyBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)

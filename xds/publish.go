@@ -9,10 +9,12 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -45,11 +47,49 @@ type Publisher struct {
 	started bool // SetShared has been called: the mesh config is known
 	shared  map[resourcev3.Type]versioned
 	proxies map[string]map[resourcev3.Type]versioned
+
+	// Convergence: from a Kubernetes change being noticed to a proxy
+	// ACKing every type that change moved.
+	changedAt   time.Time // of the model being published by SetAll
+	conv        map[string]*convergence
+	convergence prometheus.Histogram
+	now         func() time.Time
+}
+
+type convergence struct {
+	published map[resourcev3.Type]string // versions in the proxy's snapshot
+	pending   map[resourcev3.Type]string // moved by a model change, not yet ACKed
+	changedAt time.Time                  // the earliest change still pending
 }
 
 // NewPublisher publishes into cache.
 func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
-	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{}}
+	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{},
+		conv: map[string]*convergence{}, now: time.Now,
+		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshd_xds_convergence_seconds",
+			Help:    "Time from a Kubernetes change being noticed to a proxy ACKing every resource type it moved.",
+			Buckets: latencyBuckets})}
+}
+
+// RegisterMetrics registers the publisher's collectors.
+func (p *Publisher) RegisterMetrics(reg prometheus.Registerer) error {
+	return reg.Register(p.convergence)
+}
+
+// OnACK records that a proxy holds a version of a type; when it holds every
+// type a model change moved, its convergence time is observed.
+func (p *Publisher) OnACK(nodeID, typeURL, version string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.conv[nodeID]
+	if c == nil || c.pending[typeURL] != version {
+		return
+	}
+	delete(c.pending, typeURL)
+	if len(c.pending) == 0 && !c.changedAt.IsZero() {
+		p.convergence.Observe(p.now().Sub(c.changedAt).Seconds())
+		c.changedAt = time.Time{}
+	}
 }
 
 // SetShared replaces the shared resources and republishes every proxy whose
@@ -58,14 +98,15 @@ func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
 // synced after a restart) keeps what it has instead of getting an empty
 // config. The caller must not mutate res afterwards.
 func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
-	return p.SetAll(ctx, res, nil)
+	return p.SetAll(ctx, time.Time{}, res, nil)
 }
 
 // SetAll replaces the shared resources and, for the proxies in own, the
 // types given there, then publishes every proxy once. This is how a model
 // change goes out: shared and per-proxy resources of the same model
-// together, never a mix of two models.
-func (p *Publisher) SetAll(ctx context.Context, shared Resources, own map[string]Resources) error {
+// together, never a mix of two models. changedAt, if set, is when the
+// change was noticed; proxies' convergence is measured from it.
+func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Resources, own map[string]Resources) error {
 	hashed, err := hashAll(shared)
 	if err != nil {
 		return err
@@ -81,7 +122,8 @@ func (p *Publisher) SetAll(ctx context.Context, shared Resources, own map[string
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.shared, p.started = hashed, true
+	p.shared, p.started, p.changedAt = hashed, true, changedAt
+	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
 	}
@@ -126,6 +168,7 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.proxies, nodeID)
+	delete(p.conv, nodeID)
 	p.cache.ClearSnapshot(nodeID)
 }
 
@@ -154,7 +197,33 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if err := p.completeLocked(own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 	}
-	return p.cache.SetSnapshot(ctx, nodeID, snap)
+	if err := p.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		return err
+	}
+	p.trackLocked(nodeID, snap)
+	return nil
+}
+
+// trackLocked notes which types a model change moved for the proxy.
+func (p *Publisher) trackLocked(nodeID string, snap *cachev3.Snapshot) {
+	c := p.conv[nodeID]
+	if c == nil {
+		c = &convergence{published: map[resourcev3.Type]string{}, pending: map[resourcev3.Type]string{}}
+		p.conv[nodeID] = c
+	}
+	for _, t := range snapshotTypes {
+		v := snap.GetVersion(t)
+		if c.published[t] == v {
+			continue
+		}
+		c.published[t] = v
+		if !p.changedAt.IsZero() && t != resourcev3.SecretType {
+			c.pending[t] = v
+		}
+	}
+	if len(c.pending) > 0 && c.changedAt.IsZero() && !p.changedAt.IsZero() {
+		c.changedAt = p.changedAt
+	}
 }
 
 // completeLocked checks that every route and endpoint set the proxy's own

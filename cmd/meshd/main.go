@@ -29,7 +29,9 @@ Usage:
   meshd proxy-config <pod>.<ns> [--type clusters|listeners|routes|endpoints|secrets]
   meshd certs [<pod>.<ns>]  issued certificates, CA roots, rotation state
   meshd explain --from <pod>.<ns> --to <svc>.<ns>  why traffic does or does not get mTLS
+  meshd check            pre-flight and health: ready, CA, issuer, proxies in sync
   meshd version          print the version
+  (operator commands take --debug-addr, --debug-token and -o table|json|yaml)
 `
 
 func main() {
@@ -66,6 +68,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return certsCmd(ctx, args[1:], stdout, stderr)
 	case "explain":
 		return explainCmd(ctx, args[1:], stdout, stderr)
+	case "check":
+		return checkCmd(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "meshd", version.Version)
 		return nil

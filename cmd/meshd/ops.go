@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"sigs.k8s.io/yaml"
 )
 
 // Operator commands: they read a running meshd's debug API.
@@ -21,9 +23,13 @@ import (
 //	meshd proxy-config <pod>.<ns> [--type clusters|listeners|routes|endpoints|secrets]
 //	meshd certs [<pod>.<ns>]
 //	meshd explain --from <pod>.<ns> --to <svc>.<ns>|<pod>.<ns>
+//	meshd check
+//
+// Every one takes -o table|json|yaml.
 type opsFlags struct {
 	addr, token string
-	raw         bool
+	output      string
+	raw         bool // -o json or yaml: print the answer, not a table
 }
 
 func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*opsFlags, []string, error) {
@@ -32,7 +38,7 @@ func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.Fla
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.addr, "debug-addr", "127.0.0.1:15014", "meshd's debug API address")
 	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API")
-	fs.BoolVar(&o.raw, "json", false, "print the JSON answer as is")
+	fs.StringVar(&o.output, "o", "table", "output: table, json or yaml")
 	if extra != nil {
 		extra(fs)
 	}
@@ -47,7 +53,27 @@ func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.Fla
 			pos, args = append(pos, args[0]), args[1:]
 		}
 	}
+	switch o.output {
+	case "table":
+	case "json", "yaml":
+		o.raw = true
+	default:
+		return nil, nil, fmt.Errorf("-o %q: want table, json or yaml", o.output)
+	}
 	return o, pos, nil
+}
+
+// print writes a raw answer as JSON or YAML.
+func (o *opsFlags) print(w io.Writer, b []byte) error {
+	if o.output == "yaml" {
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return err
+		}
+		b = y
+	}
+	_, err := w.Write(b)
+	return err
 }
 
 func (o *opsFlags) get(ctx context.Context, path string, q url.Values, v any) ([]byte, error) {
@@ -112,8 +138,7 @@ func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	b, err := o.get(ctx, "/debug/proxies", nil, &v)
 	if err != nil || o.raw {
-		stdout.Write(b)
-		return err
+		return errors.Join(err, o.print(stdout, b))
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROXY\tIDENTITY\tAPI\tCDS\tLDS\tEDS\tRDS\tSDS\tSINCE")
@@ -190,8 +215,7 @@ func proxyConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	if typ == "" {
-		_, err = stdout.Write(b)
-		return err
+		return o.print(stdout, b)
 	}
 	suffix := map[string]string{"clusters": "Cluster", "listeners": "Listener", "routes": "RouteConfiguration",
 		"endpoints": "ClusterLoadAssignment", "secrets": "Secret"}[typ]
@@ -239,8 +263,7 @@ func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	b, err := o.get(ctx, "/debug/certs", q, &v)
 	if err != nil || o.raw {
-		stdout.Write(b)
-		return err
+		return errors.Join(err, o.print(stdout, b))
 	}
 	fmt.Fprintf(stdout, "CA: signing serial %s, rotation %s\n", v.CA.Signing.Serial, v.CA.Phase)
 	for _, r := range v.CA.Roots {
@@ -291,8 +314,7 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	b, err := o.get(ctx, "/debug/explain", url.Values{"from": {from}, "to": {to}}, &v)
 	if err != nil || o.raw {
-		stdout.Write(b)
-		return err
+		return errors.Join(err, o.print(stdout, b))
 	}
 	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
 	for _, p := range v.Ports {
@@ -307,4 +329,136 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stdout, "! "+f)
 	}
 	return nil
+}
+
+// checkResult is one line of `meshd check`.
+type checkResult struct {
+	Check  string `json:"check"`
+	Status string `json:"status"` // OK, WARN, FAIL, SKIP
+	Detail string `json:"detail"`
+}
+
+// checkCmd is the pre-flight and health check: meshd ready, CA valid and
+// not near expiry, issuer, proxies in sync. It fails if any check fails.
+func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, _, err := parseOps("check", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	var results []checkResult
+	add := func(check, status, format string, a ...any) {
+		results = append(results, checkResult{check, status, fmt.Sprintf(format, a...)})
+	}
+	if _, err := o.get(ctx, "/readyz", nil, nil); err != nil {
+		add("ready", "FAIL", "%v", err)
+	} else {
+		add("ready", "OK", "informers synced, CA loaded, mesh config published")
+	}
+	checkCA(ctx, o, add)
+	checkProxies(ctx, o, add)
+	add("webhook", "SKIP", "sidecar injection is not part of this meshd yet; sidecars are bootstrapped with `meshd bootstrap`")
+	failed := 0
+	for _, r := range results {
+		if r.Status == "FAIL" {
+			failed++
+		}
+	}
+	if o.raw {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := o.print(stdout, append(b, '\n')); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		for _, r := range results {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Status, r.Check, r.Detail)
+		}
+		tw.Flush()
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed", failed)
+	}
+	return nil
+}
+
+func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
+	var v struct {
+		CA struct {
+			Backend string `json:"backend"`
+			Signing struct {
+				Serial   string    `json:"serial"`
+				NotAfter time.Time `json:"not_after"`
+			} `json:"signing"`
+			Roots []struct {
+				NotAfter time.Time `json:"not_after"`
+			} `json:"trusted_roots"`
+			Phase string `json:"rotation_phase"`
+		} `json:"ca"`
+		Earliest time.Time `json:"earliest_expiry"`
+	}
+	if _, err := o.get(ctx, "/debug/certs", nil, &v); err != nil {
+		add("ca", "FAIL", "%v", err)
+		return
+	}
+	left := time.Until(v.CA.Signing.NotAfter)
+	switch {
+	case left <= 0:
+		add("ca", "FAIL", "the signing certificate %s expired at %s", v.CA.Signing.Serial, v.CA.Signing.NotAfter)
+	case left < 30*24*time.Hour:
+		add("ca", "WARN", "the signing certificate %s expires in %s; a root rotation starts 30 days before expiry", v.CA.Signing.Serial, left.Round(time.Hour))
+	default:
+		add("ca", "OK", "%s CA, signing serial %s valid until %s, %d trusted root(s), rotation %s",
+			v.CA.Backend, v.CA.Signing.Serial, v.CA.Signing.NotAfter.Format(time.DateOnly), len(v.CA.Roots), v.CA.Phase)
+	}
+	add("issuer", "OK", "%s backend answers (certificates are issued in-process)", v.CA.Backend)
+	if !v.Earliest.IsZero() && time.Until(v.Earliest) <= 0 {
+		add("certificates", "FAIL", "a proxy certificate expired at %s: renewal is failing", v.Earliest)
+	}
+}
+
+func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
+	var v struct {
+		Proxies []struct {
+			NodeID string `json:"node_id"`
+			Types  map[string]struct {
+				Sent     string `json:"sent_version"`
+				Acked    string `json:"acked_version"`
+				LastNACK *struct {
+					Nonce string `json:"nonce"`
+					Error string `json:"error"`
+				} `json:"last_nack"`
+				SentNonce string `json:"sent_nonce"`
+			} `json:"types"`
+			Stale []string `json:"stale_types"`
+		} `json:"proxies"`
+	}
+	if _, err := o.get(ctx, "/debug/proxies", nil, &v); err != nil {
+		add("proxies", "FAIL", "%v", err)
+		return
+	}
+	var nacked, stale []string
+	synced := 0
+	for _, p := range v.Proxies {
+		ok := len(p.Stale) == 0
+		for typ, t := range p.Types {
+			if t.LastNACK != nil && t.LastNACK.Nonce == t.SentNonce {
+				nacked = append(nacked, fmt.Sprintf("%s rejects %s: %s", p.NodeID, typ[strings.LastIndex(typ, ".")+1:], t.LastNACK.Error))
+				ok = false
+			}
+		}
+		if len(p.Stale) > 0 {
+			stale = append(stale, p.NodeID)
+		}
+		if ok {
+			synced++
+		}
+	}
+	switch {
+	case len(nacked) > 0:
+		add("proxies", "FAIL", "%d of %d in sync; %s", synced, len(v.Proxies), strings.Join(nacked, "; "))
+	case len(stale) > 0:
+		add("proxies", "WARN", "%d of %d in sync; no ACK for a while from %s", synced, len(v.Proxies), strings.Join(stale, ", "))
+	default:
+		add("proxies", "OK", "%d connected, all in sync", len(v.Proxies))
+	}
 }

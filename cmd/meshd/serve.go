@@ -65,6 +65,19 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshd_ca_earliest_leaf_expiry_timestamp_seconds",
+		Help: "Expiry (Unix time) of the proxy certificate that expires first; 0 with no proxy."}, func() float64 {
+		var earliest time.Time
+		for _, c := range secrets.Certificates() {
+			if earliest.IsZero() || c.Leaf.NotAfter.Before(earliest) {
+				earliest = c.Leaf.NotAfter
+			}
+		}
+		if earliest.IsZero() {
+			return 0
+		}
+		return float64(earliest.Unix())
+	}))
 	if err := waitServingCert(ctx, cfg, renewer, serving); err != nil {
 		return err
 	}
@@ -205,6 +218,9 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 		return nil, nil, nil, err
 	}
 	pub := xds.NewPublisher(srv.Cache)
+	if err := pub.RegisterMetrics(reg); err != nil {
+		return nil, nil, nil, err
+	}
 	mgr, err := sds.New(sds.Config{Renewer: renewer, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
 		res := make([]types.Resource, len(secrets))
 		for i, s := range secrets {

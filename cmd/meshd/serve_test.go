@@ -153,8 +153,12 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 			t.Errorf("%s shows key material", path)
 		}
 	}
-	if m := getBody(t, base+"/metrics"); !strings.Contains(m, "meshd_xds_connected_streams 1") || !strings.Contains(m, `meshd_ca_certificates_issued_total{backend="internal"}`) {
-		t.Errorf("metrics lack the connected stream or issued certificates")
+	m := getBody(t, base+"/metrics")
+	for _, want := range []string{"meshd_xds_connected_streams 1", `meshd_ca_certificates_issued_total{backend="internal"}`,
+		`meshd_xds_push_ack_seconds_count{type="Cluster"}`, "meshd_ca_earliest_leaf_expiry_timestamp_seconds 1"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 	checkEnvoyConfig(ctx, t, envoy, p)
 	checkOperatorCommands(ctx, t, debugAddr)
@@ -172,6 +176,20 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 		}
 	}
 	waitEnvoy(ctx, t, envoy, "/clusters", "outbound|80|web.demo::198.18.0.11:8080::")
+	// That change's convergence (noticed -> every moved type ACKed) was measured.
+	if m := getBody(t, base+"/metrics"); !strings.Contains(m, "meshd_xds_convergence_seconds_count 1") {
+		t.Errorf("no convergence observed for the endpoint change:\n%s", grepLines(m, "convergence"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 const (
@@ -377,6 +395,8 @@ func checkOperatorCommands(ctx context.Context, t *testing.T, debugAddr string) 
 		"explain": {[]string{"explain", "--debug-addr", debugAddr, "--from", "web-0.demo", "--to", "db.demo"},
 			[]string{"web-0.demo -> db.demo: MTLS", "cluster outbound|5432|db.demo", "spiffe://cluster.local/ns/demo/sa/db", "! server db-0.demo should have a sidecar but none is connected"}},
 		"proxy-config": {[]string{"proxy-config", "web-0.demo", "--debug-addr", debugAddr, "--type", "listeners"}, []string{`"name": "inbound"`, `"name": "outbound"`}},
+		"check":        {[]string{"check", "--debug-addr", debugAddr}, []string{"OK    ready", "OK    ca", "OK    proxies  1 connected, all in sync", "SKIP  webhook"}},
+		"status yaml":  {[]string{"proxy-status", "--debug-addr", debugAddr, "-o", "yaml"}, []string{"node_id: web-0.demo"}},
 	}
 	for name, c := range cmds {
 		var out bytes.Buffer
