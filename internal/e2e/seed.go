@@ -52,6 +52,9 @@ type Options struct {
 	RotateRoot  bool
 	RotateAfter time.Duration
 	RootGrace   time.Duration
+	// Operator runs meshd's operator commands at the end of the traffic and
+	// keeps their output in Result.Operator.
+	Operator bool
 	// Progress, if set, receives a line per step.
 	Progress io.Writer
 }
@@ -83,6 +86,8 @@ type Result struct {
 	// CredentialRefreshes counts how often the harness (as the kubelet)
 	// rewrote the sidecars' xDS credentials after the CA changed.
 	CredentialRefreshes int
+	// Operator holds the output of each operator command (Options.Operator).
+	Operator [][2]string
 	// MeshdLog, EnvoyLogs: for diagnosis.
 	MeshdLog  string
 	EnvoyLogs map[string]string
@@ -249,6 +254,9 @@ func (s *seed) traffic(ctx context.Context) error {
 	close(stop)
 	wg.Wait()
 	s.watchOnce(ctx) // the last serial
+	if s.opts.Operator && s.opts.Mesh {
+		s.operatorCommands(ctx)
+	}
 	pcap, err := capture.Stop()
 	if err != nil {
 		return err
@@ -362,4 +370,23 @@ func getJSON(ctx context.Context, url string, v any) error {
 // runCmd runs a host command and returns its combined output.
 func runCmd(ctx context.Context, name string, args ...string) ([]byte, error) {
 	return exec.CommandContext(ctx, name, args...).CombinedOutput()
+}
+
+// operatorCommands runs what an operator would against this meshd.
+func (s *seed) operatorCommands(ctx context.Context) {
+	addr := strings.TrimPrefix(s.debugURL, "http://")
+	for _, args := range [][]string{
+		{"proxy-status"},
+		{"explain", "--from", "client-0.demo", "--to", "web.demo"},
+		{"explain", "--from", "client-0.demo", "--to", "web.demo", "-o", "json"},
+		{"certs"},
+		{"check"},
+	} {
+		out, err := runCmd(ctx, s.opts.Meshd, append(args, "--debug-addr", addr)...)
+		text := string(out)
+		if err != nil {
+			text += err.Error() + "\n"
+		}
+		s.res.Operator = append(s.res.Operator, [2]string{"meshd " + strings.Join(args, " "), text})
+	}
 }

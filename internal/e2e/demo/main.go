@@ -41,7 +41,7 @@ func demo(ctx context.Context, opts e2e.Options) error {
 		return err
 	}
 	fmt.Println("\n== 2. with meshd and Envoy sidecars (STRICT mutual TLS)")
-	opts.Mesh = true
+	opts.Mesh, opts.Operator = true, true
 	meshed, err := e2e.Run(ctx, opts)
 	if err != nil {
 		if meshed != nil {
@@ -59,6 +59,10 @@ func demo(ctx context.Context, opts e2e.Options) error {
 	row("tcpdump: TLS ClientHellos", plain.ClientHellos, meshed.ClientHellos)
 	row("server sidecar authenticated peer", "-", meshed.PeerIdentities)
 	row("server sidecar certificate serials", "-", meshed.ServerSerials)
+	fmt.Println("\n== what an operator sees (run at the end of the mesh run)")
+	for _, o := range meshed.Operator {
+		fmt.Printf("$ %s\n%s\n", o[0], o[1])
+	}
 	ok := plain.PlaintextSeen && plain.Failures == 0 && !meshed.PlaintextSeen && !meshed.HeadersSeen &&
 		meshed.Failures == 0 && meshed.Requests > 0 && meshed.ClientHellos > 0
 	if !ok {
