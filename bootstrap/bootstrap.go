@@ -70,6 +70,10 @@ type Config struct {
 	CredsDir string
 	// AdminPort defaults to 15000 (bound to 127.0.0.1).
 	AdminPort uint32
+	// ReadinessPort, if set, adds a listener on 0.0.0.0:<port> answering
+	// /healthz/ready from Envoy's own /ready (the kubelet probes it; the
+	// admin API stays on loopback).
+	ReadinessPort uint32
 	// InitialFetchTimeout for mesh resources. Default 0 (wait for ever): a
 	// listener that references a workload secret must not go live without it,
 	// and meshd publishes secrets first, so waiting is never long.
@@ -77,8 +81,8 @@ type Config struct {
 }
 
 func (c *Config) defaults() error {
-	if c.Namespace == "" || c.Pod == "" || c.ServiceAccount == "" {
-		return errors.New("bootstrap: namespace, pod and service account are required")
+	if c.Namespace == "" || c.ServiceAccount == "" || (c.Pod == "" && c.NodeID == "") {
+		return errors.New("bootstrap: namespace, service account and the pod (or a node ID) are required")
 	}
 	if _, _, err := net.SplitHostPort(c.XDSAddress); err != nil {
 		return fmt.Errorf("bootstrap: xds address %q: %w", c.XDSAddress, err)
@@ -128,7 +132,7 @@ func Render(cfg Config) (*bootstrapv3.Bootstrap, error) {
 			InitialFetchTimeout:   durationpb.New(cfg.InitialFetchTimeout),
 			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
 	}
-	return &bootstrapv3.Bootstrap{
+	b := &bootstrapv3.Bootstrap{
 		Node:  &corev3.Node{Id: cfg.NodeID, Cluster: cfg.ServiceAccount + "." + cfg.Namespace, Metadata: md},
 		Admin: &bootstrapv3.Admin{Address: socketAddress("127.0.0.1", cfg.AdminPort)},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
@@ -140,7 +144,16 @@ func Render(cfg Config) (*bootstrapv3.Bootstrap, error) {
 			CdsConfig: ads(),
 		},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xdsCluster}},
-	}, nil
+	}
+	if cfg.ReadinessPort != 0 {
+		l, c, err := readiness(cfg)
+		if err != nil {
+			return nil, err
+		}
+		b.StaticResources.Listeners = append(b.StaticResources.Listeners, l)
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
+	}
+	return b, nil
 }
 
 // xdsCluster is the static cluster to meshd: HTTP/2, mutual TLS with the

@@ -3,6 +3,8 @@ package bootstrap
 import (
 	"fmt"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -10,6 +12,8 @@ import (
 
 	// Register the Envoy types that appear inside Any fields, so protojson can
 	// write them out.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 )
@@ -43,3 +47,22 @@ func sdsDocument(m proto.Message) ([]byte, error) {
 	}
 	return y, nil
 }
+
+// Files returns everything a sidecar's credentials directory holds: the
+// bootstrap (as "bootstrap.yaml"), the path-based SDS files, and the xDS
+// client certificate chain, key and trust bundle. The map holds a private
+// key: never log it.
+func Files(b *bootstrapv3.Bootstrap, credsDir string, chainPEM, keyPEM, bundlePEM []byte) (map[string][]byte, error) {
+	files, err := SDSFiles(credsDir)
+	if err != nil {
+		return nil, err
+	}
+	if files[FileBootstrap], err = YAML(b); err != nil {
+		return nil, err
+	}
+	files[FileCertChain], files[FileKey], files[FileRootCert] = chainPEM, keyPEM, bundlePEM
+	return files, nil
+}
+
+// FileBootstrap is the bootstrap's file name in the credentials directory.
+const FileBootstrap = "bootstrap.yaml"

@@ -21,6 +21,10 @@ const (
 	// LabelMTLSMode on a namespace or pod chooses STRICT (default) or
 	// PERMISSIVE; the pod's label wins.
 	LabelMTLSMode = "meshd.io/mtls-mode"
+	// AnnotationProxyID on a pod is the ID of its injected sidecar.
+	AnnotationProxyID = "meshd.io/proxy-id"
+	// AnnotationStatus on a pod says it was injected ("injected").
+	AnnotationStatus = "meshd.io/status"
 )
 
 // Problem is an object that was skipped (wholly or in part) because it is
@@ -92,6 +96,7 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		Identity: model.SPIFFEID(c.trustDomain, p.Namespace, sa),
 		Meshed:   c.meshed(p),
 		Mode:     c.mode(p),
+		ProxyID:  p.Annotations[AnnotationProxyID],
 	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
@@ -108,6 +113,9 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 }
 
 func (c *converter) meshed(p *corev1.Pod) bool {
+	if p.Annotations[AnnotationStatus] == "injected" {
+		return true
+	}
 	switch p.Labels[LabelInject] {
 	case "false":
 		return false

@@ -100,6 +100,9 @@ type Workload struct {
 	Identity string
 	// Meshed reports whether the pod has a sidecar.
 	Meshed bool
+	// ProxyID is the ID of the sidecar injected into the pod (its xDS client
+	// certificate is bound to it), "" if not injected.
+	ProxyID string
 	// Mode is what its inbound side accepts.
 	Mode Mode
 	// Ports are the pod's inbound ports (service target ports that resolve

@@ -26,7 +26,16 @@ type Peer struct {
 	NodeID string
 	// Serial is the client certificate's serial number (hex).
 	Serial string
+	// ProxyID is set for certificates issued at injection, which are bound
+	// to a proxy ID recorded on the pod (annotation meshd.io/proxy-id)
+	// because the pod's name is not known yet then. NodeID is empty until
+	// the stream's first request names a pod that carries this proxy ID.
+	ProxyID string
 }
+
+// ProxyCommonName is the Subject CommonName of a client certificate bound
+// to a proxy ID rather than to a node ID. Pod names cannot hold ':'.
+func ProxyCommonName(proxyID string) string { return "proxy:" + proxyID }
 
 // Pod returns the pod name the node ID names.
 func (p Peer) Pod() string {
@@ -69,6 +78,12 @@ func peerFromCert(cert *x509.Certificate) (Peer, error) {
 		return Peer{}, fmt.Errorf("xds: client certificate: %w", err)
 	}
 	node := cert.Subject.CommonName
+	if proxyID, ok := strings.CutPrefix(node, "proxy:"); ok {
+		if !validProxyID(proxyID) {
+			return Peer{}, fmt.Errorf("xds: client certificate CN %q: malformed proxy ID", node)
+		}
+		return Peer{Identity: id, ProxyID: proxyID, Serial: cert.SerialNumber.Text(16)}, nil
+	}
 	pod, ns, ok := strings.Cut(node, ".")
 	if !ok || pod == "" || ns != id.Namespace {
 		return Peer{}, fmt.Errorf("xds: client certificate CN %q is not <pod>.%s", node, id.Namespace)
@@ -80,6 +95,50 @@ func peerFromCert(cert *x509.Certificate) (Peer, error) {
 // anything that is not its own.
 func errDenied(format string, args ...any) error {
 	return status.Errorf(codes.PermissionDenied, "xds: "+format, args...)
+}
+
+// validProxyID accepts 8 to 64 lowercase hex digits and dashes.
+func validProxyID(id string) bool {
+	if len(id) < 8 || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// ProxyResolver tells which proxy ID the pod behind a node ID carries;
+// known is false while the pod is not (yet) in meshd's view.
+type ProxyResolver func(nodeID string) (proxyID string, known bool)
+
+// bindNode resolves the node ID of a peer whose certificate is bound to a
+// proxy ID: the node must name a pod of the certificate's namespace that
+// carries that proxy ID. A pod meshd does not know yet is Unavailable (the
+// proxy retries); a pod with another proxy ID is PermissionDenied.
+func bindNode(p *Peer, node *corev3.Node, resolve ProxyResolver) error {
+	if node == nil || node.GetId() == "" {
+		return status.Error(codes.InvalidArgument, "xds: the first request must carry the node ID")
+	}
+	id := node.GetId()
+	pod, ns, ok := strings.Cut(id, ".")
+	if !ok || pod == "" || ns != p.Identity.Namespace {
+		return errDenied("node ID %q is not <pod>.%s", id, p.Identity.Namespace)
+	}
+	if resolve == nil {
+		return errDenied("proxy-ID certificates are not accepted by this server")
+	}
+	got, known := resolve(id)
+	if !known {
+		return status.Errorf(codes.Unavailable, "xds: pod %s is not known yet; retry", id)
+	}
+	if got != p.ProxyID {
+		return errDenied("pod %s does not carry proxy ID %s", id, p.ProxyID)
+	}
+	p.NodeID = id
+	return nil
 }
 
 // authorizeNode checks the node a request names against the authenticated peer.

@@ -38,6 +38,7 @@ type callbacks struct {
 	hooks   Hooks
 	ctx     context.Context
 	metrics *metrics
+	resolve ProxyResolver
 }
 
 func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
@@ -56,7 +57,7 @@ func (c *callbacks) open(ctx context.Context, id int64, delta bool) error {
 	}
 	c.streams.open(id, p, delta)
 	c.metrics.connected.Inc()
-	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "identity", p.Identity.String(), "delta", delta)
+	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "proxy_id", p.ProxyID, "identity", p.Identity.String(), "delta", delta)
 	return nil
 }
 
@@ -97,6 +98,9 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 	var announce bool
 	var err error
 	var acked string
+	if err := c.bind(id, node); err != nil {
+		return err
+	}
 	found := c.streams.with(id, func(s *stream) {
 		peer = s.peer
 		if err = authorizeNode(s.peer, node); err != nil {
@@ -113,8 +117,10 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 		return status.Error(codes.Unauthenticated, errNoPeer.Error())
 	}
 	if err != nil {
-		c.metrics.denied.Inc()
-		c.log.Warn("xds: request denied", "stream", id, "proxy", peer.NodeID, "type_url", typeURL, "error", err)
+		if status.Code(err) == codes.PermissionDenied {
+			c.metrics.denied.Inc()
+		}
+		c.log.Warn("xds: request denied", "stream", id, "proxy", peer.NodeID, "proxy_id", peer.ProxyID, "type_url", typeURL, "error", err)
 		return err
 	}
 	if h, ok := c.hooks.(ACKHook); ok && acked != "" {
@@ -127,6 +133,29 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 			return status.Errorf(codes.Unavailable, "xds: configuration for %s not ready: %v", peer.NodeID, err)
 		}
 	}
+	return nil
+}
+
+// bind resolves the node of a stream authenticated by a proxy-ID
+// certificate, on its first request (outside the streams lock: the
+// resolver reads the mesh model).
+func (c *callbacks) bind(id int64, node *corev3.Node) error {
+	var p Peer
+	if !c.streams.with(id, func(s *stream) { p = s.peer }) || p.ProxyID == "" || p.NodeID != "" {
+		return nil
+	}
+	if err := bindNode(&p, node, c.resolve); err != nil {
+		if status.Code(err) == codes.PermissionDenied {
+			c.metrics.denied.Inc()
+		}
+		c.log.Warn("xds: proxy not bound to a pod", "stream", id, "proxy_id", p.ProxyID, "node", node.GetId(), "error", err)
+		return err
+	}
+	c.streams.with(id, func(s *stream) {
+		if s.peer.NodeID == "" {
+			s.peer.NodeID = p.NodeID
+		}
+	})
 	return nil
 }
 

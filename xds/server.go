@@ -47,6 +47,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ResolveProxy binds streams of injected sidecars (proxy-ID client
+	// certificates) to their pods; nil refuses such certificates.
+	ResolveProxy ProxyResolver
 }
 
 // Server is the ADS gRPC server. Cache is where snapshots are published,
@@ -104,7 +107,7 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 
 // Start serves ADS until ctx ends, then drains for at most DrainTimeout.
 func (s *Server) Start(ctx context.Context) error {
-	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics}
+	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy}
 	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)

@@ -70,14 +70,10 @@ func bootstrapCmd(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	files, err := bootstrap.SDSFiles(bc.CredsDir)
+	files, err := bootstrap.Files(b, bc.CredsDir, cert.ChainPEM, cert.KeyPEM, cert.BundlePEM)
 	if err != nil {
 		return err
 	}
-	if files["bootstrap.yaml"], err = bootstrap.YAML(b); err != nil {
-		return err
-	}
-	files[bootstrap.FileCertChain], files[bootstrap.FileKey], files[bootstrap.FileRootCert] = cert.ChainPEM, cert.KeyPEM, cert.BundlePEM
 	if err := os.MkdirAll(out, 0o700); err != nil {
 		return err
 	}

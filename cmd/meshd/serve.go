@@ -105,7 +105,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("debug: listen %s: %w", cfg.DebugAddr, err)
 	}
 	var phase atomic.Pointer[[2]string] // root rotation phase and since, as followRoot last read them
-	handler := debug.Handler(debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
+	dcfg := debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
 		Certs: func() []debug.CertView {
 			var out []debug.CertView
 			for node, c := range secrets.Certificates() {
@@ -133,19 +133,33 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				return errors.New("mesh config not yet published")
 			}
 			return nil
-		}})
+		}}
+	handler := debug.Handler(dcfg)
 	log.Info("meshd serving", "xds", srv.Addr().String(), "debug", debugLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Start(ctx) })
 	g.Go(func() error { return watcher.Start(ctx) })
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
+	if cfg.HealthAddr != "" {
+		healthLis, err := net.Listen("tcp", cfg.HealthAddr)
+		if err != nil {
+			return fmt.Errorf("health: listen %s: %w", cfg.HealthAddr, err)
+		}
+		g.Go(func() error { return debug.Serve(ctx, healthLis, debug.HealthHandler(dcfg)) })
+	}
 	if local != nil {
 		g.Go(func() error { return local.Poll(ctx, time.Second) })
 	}
 	// ca: the CA Secret (or files) -> root rotation steps, authority swaps.
 	every := min(30*time.Second, cfg.RootRotationGrace/3)
 	g.Go(func() error { return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, &phase, log) })
+	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
+	if cfg.WebhookAddr != "" {
+		if _, err := startInjection(ctx, g, cfg, client, issuer, serving, mesh, &published, log); err != nil {
+			return err
+		}
+	}
 	return g.Wait()
 }
 
@@ -213,7 +227,16 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 				ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}, nil
 		}}
 	hooks := &xds.ProxyHooks{}
-	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log})
+	var mesh *xds.Mesh
+	// Injected sidecars' certificates are bound to a proxy ID on their pod.
+	resolve := func(nodeID string) (string, bool) {
+		w := mesh.Snapshot().Workload(nodeID)
+		if w == nil {
+			return "", false
+		}
+		return w.ProxyID, true
+	}
+	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log, ResolveProxy: resolve})
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -233,7 +256,7 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	mesh := xds.NewMesh(pub, log)
+	mesh = xds.NewMesh(pub, log)
 	hooks.Secrets, hooks.Publisher, hooks.Mesh = mgr, pub, mesh
 	return srv, mesh, mgr, nil
 }

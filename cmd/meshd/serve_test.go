@@ -122,12 +122,13 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	xdsAddr, debugAddr := freeAddr(t), freeAddr(t)
+	xdsAddr, debugAddr, healthAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var logs bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr}, io.Discard, &syncWriter{w: &logs})
+		done <- run(ctx, []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
+			"--health-addr", healthAddr}, io.Discard, &syncWriter{w: &logs})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -140,6 +141,10 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	})
 	base := "http://" + debugAddr
 	waitHTTP(t, base+"/readyz")
+	waitHTTP(t, "http://"+healthAddr+"/readyz") // the probe address: health only
+	if resp, err := http.Get("http://" + healthAddr + "/debug/proxies"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the health address serves debug views: %v %v", resp, err)
+	}
 
 	envoy := startSidecar(ctx, t, caDir, xdsAddr, "demo", "web-0", "web")
 

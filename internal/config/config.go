@@ -37,8 +37,19 @@ type Config struct {
 	// RootRotationGrace is how long each phase of a root rotation waits for
 	// the change to reach every proxy before the next one.
 	RootRotationGrace time.Duration
+	// HealthAddr, if set, serves /healthz, /readyz and /metrics only (for
+	// the kubelet and Prometheus on the pod address; no token needed).
+	HealthAddr string
 	// DebugToken protects /debug/ when DebugAddr is not loopback.
 	DebugToken string
+	// Injection: the webhook's listen address ("" turns injection off), the
+	// MutatingWebhookConfiguration whose caBundle meshd keeps, the images
+	// injected, and meshd's xDS address as sidecars reach it.
+	WebhookAddr, WebhookName string
+	ProxyImage, InitImage    string
+	SidecarXDSAddr           string
+	// SidecarCredsDir is where the credentials Secret is mounted in sidecars.
+	SidecarCredsDir string
 	// HoldOff and MaxDelay batch Kubernetes events before a rebuild.
 	HoldOff  time.Duration
 	MaxDelay time.Duration
@@ -57,6 +68,11 @@ func Default() Config {
 		MaxDelay:    time.Second,
 
 		RootRotationGrace: 10 * time.Minute,
+
+		WebhookName:     "meshd-sidecar-injector",
+		ProxyImage:      "envoyproxy/envoy:v1.40.0",
+		InitImage:       "ghcr.io/meshd/meshd:latest",
+		SidecarCredsDir: "/etc/meshd/proxy",
 	}
 }
 
@@ -72,7 +88,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CASecret, "ca-secret", c.CASecret, "Secret in --namespace that holds the CA")
 	fs.StringVar(&c.CADir, "ca-dir", c.CADir, "keep the CA in this directory instead of a Secret (local use)")
 	fs.DurationVar(&c.RootRotationGrace, "root-rotation-grace", c.RootRotationGrace, "how long each root rotation phase waits for proxies to catch up")
+	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address serving only /healthz, /readyz and /metrics (empty: none)")
 	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
+	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
+	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
+	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar")
+	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container (runs meshd iptables)")
+	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc:15012)")
+	fs.StringVar(&c.SidecarCredsDir, "sidecar-creds-dir", c.SidecarCredsDir, "where injected sidecars mount their credentials Secret")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
 }
@@ -80,7 +103,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 // Validate reports every problem of c, joined.
 func (c *Config) Validate() error {
 	var errs []error
-	for name, addr := range map[string]string{"xds-addr": c.XDSAddr, "debug-addr": c.DebugAddr} {
+	for name, addr := range map[string]string{"xds-addr": c.XDSAddr, "debug-addr": c.DebugAddr, "health-addr": orLoopback(c.HealthAddr)} {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("--%s %q: %w", name, addr, err))
 		}
@@ -100,6 +123,14 @@ func (c *Config) Validate() error {
 	if c.CertTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 1m (renewal runs at half the lifetime)", c.CertTTL))
 	}
+	if c.WebhookAddr != "" {
+		if _, _, err := net.SplitHostPort(c.WebhookAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--webhook-addr %q: %w", c.WebhookAddr, err))
+		}
+		if c.LocalDir != "" {
+			errs = append(errs, errors.New("--webhook-addr needs a cluster (not --local-dir)"))
+		}
+	}
 	if c.RootRotationGrace < 5*time.Second {
 		errs = append(errs, fmt.Errorf("--root-rotation-grace %s: must be at least 5s", c.RootRotationGrace))
 	}
@@ -107,4 +138,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--hold-off %s / --max-delay %s: need 0 < hold-off <= max-delay", c.HoldOff, c.MaxDelay))
 	}
 	return errors.Join(errs...)
+}
+
+func orLoopback(addr string) string {
+	if addr == "" {
+		return "127.0.0.1:0"
+	}
+	return addr
 }

@@ -81,6 +81,21 @@ func Handler(cfg Config) http.Handler {
 	return mux
 }
 
+// HealthHandler serves only /healthz, /readyz and /metrics: what the
+// kubelet and Prometheus reach on the pod's address, without the debug
+// views.
+func HealthHandler(cfg Config) http.Handler {
+	if cfg.Gatherer == nil {
+		cfg.Gatherer = prometheus.NewRegistry()
+	}
+	s := &server{cfg: cfg}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // CheckExposure refuses a debug address beyond loopback without a token.
 func CheckExposure(addr, token string) error {
 	host, _, err := net.SplitHostPort(addr)

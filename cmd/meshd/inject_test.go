@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/testenv"
+)
+
+// TestInjectionWithEnvoy: the real apiserver calls meshd's webhook (its
+// caBundle set by meshd) for a pod created with generateName in a labelled
+// namespace; the stored pod has the sidecar and the init container, its
+// credentials Secret exists; a real Envoy started as the kubelet would
+// (the Secret's files, --service-node <pod>.<ns>) connects with the
+// proxy-ID certificate, is bound to its pod and gets its inbound listener.
+func TestInjectionWithEnvoy(t *testing.T) {
+	testenv.Need(t, "envoy")
+	env := testenv.Kube(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const ns = "inject-demo"
+	for _, n := range []string{"meshd-system", ns} {
+		if err := env.EnsureNamespace(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := env.Client
+	nsObj, _ := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	nsObj.Labels["meshd.io/inject"] = "enabled"
+	if _, err := c.CoreV1().Namespaces().Update(ctx, nsObj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	webhookAddr, xdsAddr, debugAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	creds := t.TempDir()
+	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun, "https://"+webhookAddr+"/inject"
+	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-injector-test"},
+		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
+			SideEffects: &sideEffects, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &path},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"meshd.io/inject": "enabled"}},
+			Rules: []admissionregv1.RuleWithOperations{{Operations: []admissionregv1.OperationType{admissionregv1.Create},
+				Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}}}}}
+	if _, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), mwc.Name, metav1.DeleteOptions{})
+	})
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(sctx, []string{"serve", "--kubeconfig", env.Kubeconfig, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
+			"--webhook-addr", webhookAddr, "--webhook-name", mwc.Name, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds}, io.Discard, io.Discard)
+	}()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	waitHTTP(t, "http://"+debugAddr+"/readyz")
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		got, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mwc.Name, metav1.GetOptions{})
+		return err == nil && len(got.Webhooks[0].ClientConfig.CABundle) > 0, nil
+	})
+	if err != nil {
+		t.Fatal("meshd never set the webhook's caBundle")
+	}
+
+	pod, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "nginx", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}}},
+		metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create pod through the webhook: %v", err)
+	}
+	id := pod.Annotations[inject.AnnotationProxyID]
+	if len(pod.Spec.Containers) != 2 || pod.Spec.Containers[1].Name != inject.ContainerProxy || len(pod.Spec.InitContainers) != 1 || id == "" {
+		t.Fatalf("stored pod not injected: %d containers, %d init, annotations %v", len(pod.Spec.Containers), len(pod.Spec.InitContainers), pod.Annotations)
+	}
+	secret, err := c.CoreV1().Secrets(ns).Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("credentials Secret: %v", err)
+	}
+	// Play kubelet: the pod runs with an IP; the Secret volume's files.
+	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.30", PodIPs: []corev1.PodIP{{IP: "198.18.0.30"}}}
+	if _, err := c.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range secret.Data {
+		if err := os.WriteFile(filepath.Join(creds, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(creds, "bootstrap.yaml"))
+	port, _ := testenv.FreePort()
+	bootstrapYAML := strings.Replace(string(b), "port_value: 15000", "port_value: "+itoa(port), 1)
+	nodeID := pod.Name + "." + ns
+	envoy := testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: bootstrapYAML, AdminPort: port, Args: []string{"--service-node", nodeID}})
+
+	v := waitProxies(t, "http://"+debugAddr, func(p proxyView) bool {
+		return p.NodeID == nodeID && p.acked(clusterType, listenerType, secretType) // no service: no routes
+	})
+	if got := v.Proxies[0].Identity; got != "spiffe://cluster.local/ns/inject-demo/sa/default" {
+		t.Errorf("bound proxy identity %s", got)
+	}
+	waitEnvoy(ctx, t, envoy, "/listeners", "inbound::0.0.0.0:15006")
+	waitEnvoy(ctx, t, envoy, "/ready", "LIVE")
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

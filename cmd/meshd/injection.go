@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/config"
+	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/xds"
+)
+
+// startInjection serves the sidecar injection webhook over TLS (meshd's
+// serving certificate from the mesh CA) and runs the reconciler of the
+// sidecars' credentials Secrets and of the webhook's caBundle. It consumes
+// the mesh model (which proxy IDs pods carry) and produces Secrets and
+// patched pods.
+func startInjection(ctx context.Context, g *errgroup.Group, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
+	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
+	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
+		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: cfg.ProxyImage, InitImage: cfg.InitImage, CredsDir: cfg.SidecarCredsDir, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", cfg.WebhookAddr)
+	if err != nil {
+		return nil, fmt.Errorf("webhook: listen %s: %w", cfg.WebhookAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/inject", inj)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c := serving.Load(); c != nil {
+				return c, nil
+			}
+			return nil, errors.New("webhook: no serving certificate yet")
+		}}}
+	g.Go(func() error {
+		go func() {
+			<-ctx.Done()
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(shutdown)
+		}()
+		if err := srv.ServeTLS(lis, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("webhook: %w", err)
+		}
+		return nil
+	})
+	rc := inject.ReconcileConfig{
+		WebhookName: cfg.WebhookName,
+		Bundle:      func() []byte { return issuer.Authority().BundlePEM },
+		InUse: func() (map[string]bool, bool) {
+			snap := mesh.Snapshot()
+			if snap == nil || !published.Load() {
+				return nil, false
+			}
+			ids := map[string]bool{}
+			for _, w := range snap.Workloads {
+				if w.ProxyID != "" {
+					ids[w.ProxyID] = true
+				}
+			}
+			return ids, true
+		},
+	}
+	g.Go(func() error { return inj.Run(ctx, rc, 30*time.Second) })
+	log.Info("inject: webhook serving", "addr", lis.Addr().String(), "webhook_configuration", cfg.WebhookName)
+	return lis.Addr(), nil
+}

@@ -1,0 +1,160 @@
+// Package inject is meshd's sidecar injector: a mutating admission webhook
+// that adds the Envoy sidecar, the interception init container and the
+// per-pod credentials Secret to pods of meshed namespaces, and the
+// reconciler that keeps those Secrets fresh and removes orphans.
+//
+// Where it sits: beside the pipeline. It issues xDS client certificates
+// through the ca Issuer and renders bootstraps with package bootstrap; cmd
+// wires it to the apiserver and the mesh model.
+//
+// A pod's name is not known at admission (generateName), so the client
+// certificate is bound to a random proxy ID recorded on the pod (annotation
+// meshd.io/proxy-id) and the sidecar names its node "<pod>.<namespace>" at
+// run time (--service-node from the downward API); meshd accepts the stream
+// once the pod with that proxy ID is in its view.
+package inject
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/xds"
+)
+
+// Names the injector puts on pods and Secrets.
+const (
+	AnnotationStatus  = "meshd.io/status" // "injected"
+	AnnotationProxyID = "meshd.io/proxy-id"
+	LabelProxyID      = "meshd.io/proxy-id" // on the credentials Secret
+	LabelInject       = "meshd.io/inject"
+	ContainerProxy    = "meshd-proxy"
+	ContainerInit     = "meshd-init"
+	VolumeCreds       = "meshd-proxy-creds"
+	SecretPrefix      = "meshd-proxy-"
+	ReadinessPort     = 15021
+	ProxyUID          = 1337
+
+	annotationSA  = "meshd.io/service-account"
+	annotationPod = "meshd.io/pod"
+)
+
+// Config configures an Injector.
+type Config struct {
+	Client kubernetes.Interface
+	Issuer ca.Issuer
+	// TrustDomain and MeshdNamespace name identities (the sidecar checks
+	// meshd's serving certificate against spiffe://<td>/ns/<meshd ns>/sa/meshd).
+	TrustDomain, MeshdNamespace string
+	// XDSAddress is meshd's xDS address as sidecars reach it
+	// (default meshd.<MeshdNamespace>.svc:15012).
+	XDSAddress string
+	// ProxyImage runs Envoy; InitImage runs `meshd iptables`.
+	ProxyImage, InitImage string
+	// CredsDir is where the credentials Secret is mounted in the sidecar
+	// (default /etc/meshd/proxy).
+	CredsDir string
+	// CertTTL is the xDS client certificate's lifetime (default 24h).
+	CertTTL time.Duration
+	API     bootstrap.APIType
+	Logger  *slog.Logger
+	Now     func() time.Time
+	Rand    io.Reader
+}
+
+// Injector mutates pods and keeps their credentials Secrets.
+type Injector struct{ cfg Config }
+
+// New returns an Injector.
+func New(cfg Config) (*Injector, error) {
+	if cfg.Client == nil || cfg.Issuer == nil || cfg.TrustDomain == "" || cfg.MeshdNamespace == "" {
+		return nil, errors.New("inject: Client, Issuer, TrustDomain and MeshdNamespace are required")
+	}
+	if cfg.ProxyImage == "" || cfg.InitImage == "" {
+		return nil, errors.New("inject: ProxyImage and InitImage are required")
+	}
+	if cfg.XDSAddress == "" {
+		cfg.XDSAddress = "meshd." + cfg.MeshdNamespace + ".svc:15012"
+	}
+	if cfg.CredsDir == "" {
+		cfg.CredsDir = "/etc/meshd/proxy"
+	}
+	if cfg.CertTTL == 0 {
+		cfg.CertTTL = 24 * time.Hour
+	}
+	if cfg.API == "" {
+		cfg.API = bootstrap.Delta
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	return &Injector{cfg: cfg}, nil
+}
+
+// newProxyID returns 32 random hex digits.
+func (i *Injector) newProxyID() (string, error) {
+	b := make([]byte, 16)
+	if _, err := io.ReadFull(i.cfg.Rand, b); err != nil {
+		return "", fmt.Errorf("inject: proxy ID: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// credentials renders a sidecar's Secret data: bootstrap, path-based SDS
+// files, and a fresh xDS client certificate bound to the proxy ID.
+func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string) (map[string][]byte, *ca.Certificate, error) {
+	nodeID := pod + "." + ns
+	if pod == "" {
+		nodeID = "pending." + ns // replaced at run time by --service-node
+	}
+	b, err := bootstrap.Render(bootstrap.Config{
+		Namespace: ns, Pod: pod, ServiceAccount: sa, NodeID: nodeID,
+		XDSAddress:    i.cfg.XDSAddress,
+		XDSServerSAN:  ca.Identity{TrustDomain: i.cfg.TrustDomain, Namespace: i.cfg.MeshdNamespace, ServiceAccount: "meshd"}.String(),
+		API:           i.cfg.API,
+		CredsDir:      i.cfg.CredsDir,
+		ReadinessPort: ReadinessPort,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	id := ca.Identity{TrustDomain: i.cfg.TrustDomain, Namespace: ns, ServiceAccount: sa}
+	cert, err := i.cfg.Issuer.Issue(ctx, ca.Request{Identity: id, TTL: i.cfg.CertTTL, CommonName: xds.ProxyCommonName(proxyID), Pod: ns + "/" + pod})
+	if err != nil {
+		return nil, nil, fmt.Errorf("inject: xDS client certificate for %s: %w", id, err)
+	}
+	files, err := bootstrap.Files(b, i.cfg.CredsDir, cert.ChainPEM, cert.KeyPEM, cert.BundlePEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	return files, cert, nil
+}
+
+// secretFor builds the credentials Secret of a proxy. Its annotations keep
+// what a refresh needs to render it again.
+func secretFor(ns, sa, pod, proxyID string, data map[string][]byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: SecretPrefix + proxyID, Namespace: ns,
+			Labels:      map[string]string{LabelProxyID: proxyID, "app.kubernetes.io/managed-by": "meshd"},
+			Annotations: map[string]string{annotationSA: sa, annotationPod: pod}},
+		Type: corev1.SecretTypeOpaque,
+		Data: data,
+	}
+}

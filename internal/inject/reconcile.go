@@ -1,0 +1,161 @@
+package inject
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/ca"
+)
+
+// ReconcileConfig says what the reconciler compares against.
+type ReconcileConfig struct {
+	// InUse returns the proxy IDs pods carry; ok is false while that view is
+	// not complete (informers not synced): then nothing is deleted.
+	InUse func() (ids map[string]bool, ok bool)
+	// Bundle returns the current trust bundle; a Secret holding another one
+	// is refreshed (root rotation).
+	Bundle func() []byte
+	// WebhookName is the MutatingWebhookConfiguration whose caBundle is
+	// kept on Bundle ("" to leave it alone).
+	WebhookName string
+	// OrphanGrace protects a Secret created at admission whose pod is not
+	// in view yet (default 2m).
+	OrphanGrace time.Duration
+}
+
+// ReconcileResult counts what one pass did.
+type ReconcileResult struct {
+	Refreshed, Deleted int
+	WebhookPatched     bool
+}
+
+// Reconcile makes one pass over the credentials Secrets: a certificate past
+// two thirds of its lifetime, or a bundle other than the current one, is
+// re-issued; a Secret no pod uses (past the grace period) is deleted; the
+// webhook's caBundle follows the bundle. It runs as a singleton (leader).
+func (i *Injector) Reconcile(ctx context.Context, rc ReconcileConfig) (ReconcileResult, error) {
+	var res ReconcileResult
+	if rc.OrphanGrace == 0 {
+		rc.OrphanGrace = 2 * time.Minute
+	}
+	list, err := i.cfg.Client.CoreV1().Secrets("").List(ctx, metav1.ListOptions{LabelSelector: LabelProxyID})
+	if err != nil {
+		return res, fmt.Errorf("inject: list sidecar Secrets: %w", err)
+	}
+	inUse, complete := rc.InUse()
+	bundle := rc.Bundle()
+	now := i.cfg.Now()
+	var errs []error
+	for idx := range list.Items {
+		s := &list.Items[idx]
+		id := s.Labels[LabelProxyID]
+		age := now.Sub(s.CreationTimestamp.Time)
+		if complete && !inUse[id] && !s.CreationTimestamp.IsZero() && age > rc.OrphanGrace {
+			err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})
+			if err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, err)
+				continue
+			}
+			res.Deleted++
+			i.cfg.Logger.Info("inject: removed the Secret of a gone proxy", "secret", s.Namespace+"/"+s.Name)
+			continue
+		}
+		if due, why := i.refreshDue(s, bundle, now); due {
+			if err := i.refresh(ctx, s); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			res.Refreshed++
+			i.cfg.Logger.Info("inject: sidecar credentials refreshed", "secret", s.Namespace+"/"+s.Name, "reason", why)
+		}
+	}
+	if rc.WebhookName != "" {
+		patched, err := i.patchCABundle(ctx, rc.WebhookName, bundle)
+		res.WebhookPatched = patched
+		errs = append(errs, err)
+	}
+	return res, errors.Join(errs...)
+}
+
+// refreshDue: past two thirds of the certificate's lifetime, unreadable,
+// or another bundle than the current one.
+func (i *Injector) refreshDue(s *corev1.Secret, bundle []byte, now time.Time) (bool, string) {
+	certs, err := ca.ParseCertsPEM(s.Data[bootstrap.FileCertChain])
+	if err != nil || len(certs) == 0 {
+		return true, "certificate unreadable"
+	}
+	leaf := certs[0]
+	if life := leaf.NotAfter.Sub(leaf.NotBefore); now.After(leaf.NotBefore.Add(life * 2 / 3)) {
+		return true, "certificate past two thirds of its lifetime"
+	}
+	if len(bundle) > 0 && !bytes.Equal(s.Data[bootstrap.FileRootCert], bundle) {
+		return true, "trust bundle changed"
+	}
+	return false, ""
+}
+
+// refresh re-renders a Secret's credentials for the same proxy ID.
+func (i *Injector) refresh(ctx context.Context, s *corev1.Secret) error {
+	sa := s.Annotations[annotationSA]
+	if sa == "" {
+		return fmt.Errorf("inject: Secret %s/%s lacks %s", s.Namespace, s.Name, annotationSA)
+	}
+	data, _, err := i.credentials(ctx, s.Namespace, sa, s.Annotations[annotationPod], s.Labels[LabelProxyID])
+	if err != nil {
+		return err
+	}
+	s.Data = data
+	if _, err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("inject: update Secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return nil
+}
+
+// patchCABundle sets every webhook's caBundle of the configuration to the
+// bundle; it reports whether it changed anything.
+func (i *Injector) patchCABundle(ctx context.Context, name string, bundle []byte) (bool, error) {
+	api := i.cfg.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	mwc, err := api.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, fmt.Errorf("inject: webhook configuration %s: %w", name, err)
+	}
+	changed := false
+	for k := range mwc.Webhooks {
+		if !bytes.Equal(mwc.Webhooks[k].ClientConfig.CABundle, bundle) {
+			mwc.Webhooks[k].ClientConfig.CABundle = bundle
+			changed = true
+		}
+	}
+	if !changed {
+		return false, nil
+	}
+	if _, err := api.Update(ctx, mwc, metav1.UpdateOptions{}); err != nil {
+		return false, fmt.Errorf("inject: patch caBundle of %s: %w", name, err)
+	}
+	i.cfg.Logger.Info("inject: webhook caBundle set", "webhook", name)
+	return true, nil
+}
+
+// Run reconciles every period until ctx ends.
+func (i *Injector) Run(ctx context.Context, rc ReconcileConfig, every time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if _, err := i.Reconcile(ctx, rc); err != nil && ctx.Err() == nil {
+			i.cfg.Logger.Warn("inject: reconcile", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
