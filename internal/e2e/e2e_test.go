@@ -100,6 +100,21 @@ func TestStrictMTLS(t *testing.T) {
 	}
 }
 
+// TestStrictMTLSThroughKubernetes: the same experiment through the real
+// kube-apiserver: meshd watches it, the pods are created through meshd's
+// injection webhook (sidecar, init container, credentials Secret), the
+// controller-manager writes the EndpointSlice, and the harness plays kubelet
+// with what the webhook injected.
+func TestStrictMTLSThroughKubernetes(t *testing.T) {
+	opts := options(t, true)
+	env := testenv.Kube(t)
+	env.StartControllerManager(t)
+	opts.Kube = &e2e.Kube{Kubeconfig: env.Kubeconfig, Client: env.Client, NodeName: testenv.NodeName}
+	opts.Duration = 5 * time.Second
+	res := run(t, opts)
+	checkMesh(t, res)
+}
+
 func checkMesh(t *testing.T, res *e2e.Result) {
 	t.Helper()
 	if res.Requests == 0 || res.Failures > 0 || !res.BodyHasMarker {
@@ -111,7 +126,7 @@ func checkMesh(t *testing.T, res *e2e.Result) {
 	if res.ClientHellos == 0 || res.Packets == 0 {
 		t.Errorf("the capture holds %d packets between the pods and %d TLS ClientHellos; want both > 0", res.Packets, res.ClientHellos)
 	}
-	if want := "spiffe://cluster.local/ns/demo/sa/client"; !slices.Equal(res.PeerIdentities, []string{want}) {
+	if want := "spiffe://cluster.local/ns/" + res.Namespace + "/sa/client"; !slices.Equal(res.PeerIdentities, []string{want}) {
 		t.Errorf("the server sidecar saw peers %v, want only %s", res.PeerIdentities, want)
 	}
 }

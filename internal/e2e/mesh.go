@@ -261,6 +261,9 @@ type sidecar struct {
 	pod *netlab.Pod
 	sa  string
 	dir string
+	// secret and version: the credentials Secret (cluster mode) and the
+	// resourceVersion last written to dir.
+	secret, version string
 }
 
 // renderCreds runs `meshd bootstrap` for a pod into dir, readable by the
@@ -333,7 +336,11 @@ func (s *seed) rotateRoot(ctx context.Context, stop <-chan struct{}) {
 		return
 	case <-time.After(s.opts.RotateAfter):
 	}
-	out, err := runCmd(ctx, s.opts.Meshd, "ca", "rotate-root", "--ca-dir", s.caDir)
+	args := []string{"ca", "rotate-root", "--ca-dir", s.caDir}
+	if s.opts.Kube != nil {
+		args = []string{"ca", "rotate-root", "--kubeconfig", s.opts.Kube.Kubeconfig}
+	}
+	out, err := runCmd(ctx, s.opts.Meshd, args...)
 	s.progress("meshd ca rotate-root: %s%v", out, errOrEmpty(err))
 }
 

@@ -52,6 +52,10 @@ type Options struct {
 	RotateRoot  bool
 	RotateAfter time.Duration
 	RootGrace   time.Duration
+	// Kube, if set, runs meshd against this cluster and creates the pods
+	// through its injection webhook; otherwise meshd serves a local
+	// directory describing the lab and the harness bootstraps the sidecars.
+	Kube *Kube
 	// Operator runs meshd's operator commands at the end of the traffic and
 	// keeps their output in Result.Operator.
 	Operator bool
@@ -86,6 +90,8 @@ type Result struct {
 	// CredentialRefreshes counts how often the harness (as the kubelet)
 	// rewrote the sidecars' xDS credentials after the CA changed.
 	CredentialRefreshes int
+	// Namespace is where the pods ran.
+	Namespace string
 	// Operator holds the output of each operator command (Options.Operator).
 	Operator [][2]string
 	// MeshdLog, EnvoyLogs: for diagnosis.
@@ -111,7 +117,8 @@ func Run(ctx context.Context, opts Options) (res *Result, err error) {
 			err = fmt.Errorf("e2e: clean-up: %w", cerr)
 		}
 	}()
-	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}}
+	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo"}
+	defer s.cleanupKube()
 	defer s.collectLogs()
 	err = s.run(ctx)
 	return s.res, err
@@ -128,6 +135,8 @@ type seed struct {
 	envoys         map[string]*netlab.Proc
 	debugURL       string
 	caDir, xdsAddr string
+	namespace      string
+	webhook        string
 	sidecars       []sidecar
 	mu             sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
@@ -152,15 +161,21 @@ func (s *seed) run(ctx context.Context) error {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	s.marker = "meshd-secret-page-" + hex.EncodeToString(b)
-	s.progress("lab: bridge %s, web-0 %s, client-0 %s, service web %s:80", s.lab.Bridge, s.server.IP, s.client.IP, s.serviceIP)
+	s.progress("lab: bridge %s, web-0 %s, client-0 %s", s.lab.Bridge, s.server.IP, s.client.IP)
 	if err := s.startNginx(ctx); err != nil {
 		return err
 	}
-	if s.opts.Mesh {
+	switch {
+	case s.opts.Mesh && s.opts.Kube != nil:
+		if err := s.startKubeMesh(ctx); err != nil {
+			return err
+		}
+	case s.opts.Mesh:
 		if err := s.startMesh(ctx); err != nil {
 			return err
 		}
 	}
+	s.res.Namespace = s.namespace
 	// kube-proxy's part: the Service's ClusterIP reaches the pod. In the mesh
 	// the sidecar's rules come first and the sidecar picks the endpoint.
 	if _, err := s.client.Run(ctx, "iptables", "-t", "nat", "-A", "OUTPUT", "-d", s.serviceIP, "-p", "tcp", "--dport", "80",
@@ -230,7 +245,11 @@ func (s *seed) traffic(ctx context.Context) error {
 		}()
 		go func() {
 			defer wg.Done()
-			s.kubelet(ctx, stop)
+			if s.opts.Kube != nil {
+				s.kubeKubelet(ctx, stop)
+			} else {
+				s.kubelet(ctx, stop)
+			}
 		}()
 	}
 	if s.opts.RotateRoot {
@@ -377,8 +396,8 @@ func (s *seed) operatorCommands(ctx context.Context) {
 	addr := strings.TrimPrefix(s.debugURL, "http://")
 	for _, args := range [][]string{
 		{"proxy-status"},
-		{"explain", "--from", "client-0.demo", "--to", "web.demo"},
-		{"explain", "--from", "client-0.demo", "--to", "web.demo", "-o", "json"},
+		{"explain", "--from", "client-0." + s.namespace, "--to", "web." + s.namespace},
+		{"explain", "--from", "client-0." + s.namespace, "--to", "web." + s.namespace, "-o", "json"},
 		{"certs"},
 		{"check"},
 	} {
