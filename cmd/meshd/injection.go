@@ -25,7 +25,7 @@ import (
 // sidecars' credentials Secrets and of the webhook's caBundle. It consumes
 // the mesh model (which proxy IDs pods carry) and produces Secrets and
 // patched pods.
-func startInjection(ctx context.Context, g *errgroup.Group, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
+func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
 	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
 		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: cfg.ProxyImage, InitImage: cfg.InitImage, CredsDir: cfg.SidecarCredsDir, Logger: log})
@@ -74,7 +74,8 @@ func startInjection(ctx context.Context, g *errgroup.Group, cfg config.Config, c
 			return ids, true
 		},
 	}
-	g.Go(func() error { return inj.Run(ctx, rc, 30*time.Second) })
+	// A singleton: only the leader writes Secrets and the caBundle.
+	lead.Add(func(ctx context.Context) error { return inj.Run(ctx, rc, 30*time.Second) })
 	log.Info("inject: webhook serving", "addr", lis.Addr().String(), "webhook_configuration", cfg.WebhookName)
 	return lis.Addr(), nil
 }

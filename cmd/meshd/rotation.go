@@ -19,7 +19,10 @@ import (
 // signing certificate or the bundle changed, swaps the authority and
 // re-issues every certificate: bundle first, then leaves, then the old root
 // goes. The CA may be a Secret or files (--ca-dir).
-func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration, phase *atomic.Pointer[[2]string], log *slog.Logger) error {
+//
+// Every replica follows; only the leader (isLeader) steps the rotation.
+func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration,
+	isLeader func() bool, phase *atomic.Pointer[[2]string], log *slog.Logger) error {
 	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
 		Rand: rand.Reader, LeafTTL: cfg.CertTTL, Grace: cfg.RootRotationGrace})
 	if err != nil {
@@ -33,10 +36,12 @@ func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater
 			return nil
 		case <-t.C:
 		}
-		if phase, changed, err := rot.Step(ctx, time.Now()); err != nil {
-			log.Warn("ca: root rotation step", "error", err)
-		} else if changed {
-			log.Info("ca: root rotation advanced", "phase", string(phase))
+		if isLeader() {
+			if phase, changed, err := rot.Step(ctx, time.Now()); err != nil {
+				log.Warn("ca: root rotation step", "error", err)
+			} else if changed {
+				log.Info("ca: root rotation advanced", "phase", string(phase))
+			}
 		}
 		if s, err := secrets.Get(ctx, cfg.CASecret, metav1.GetOptions{}); err == nil && phase != nil {
 			phase.Store(&[2]string{string(s.Data[ca.KeyPhase]), string(s.Data[ca.KeyPhaseSince])})

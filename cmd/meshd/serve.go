@@ -153,13 +153,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// ca: the CA Secret (or files) -> root rotation steps, authority swaps.
 	every := min(30*time.Second, cfg.RootRotationGrace/3)
-	g.Go(func() error { return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, &phase, log) })
+	// leader: singletons under a Lease (always this replica without a cluster).
+	var electionClient kubernetes.Interface
+	if local == nil {
+		electionClient = client
+	}
+	lead := newSingletons(electionClient, cfg.Namespace, cfg.LeaseDuration, reg, log)
+	g.Go(func() error { return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, log) })
 	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {
-		if _, err := startInjection(ctx, g, cfg, client, issuer, serving, mesh, &published, log); err != nil {
+		if _, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, log); err != nil {
 			return err
 		}
 	}
+	g.Go(func() error { return lead.Run(ctx) })
 	return g.Wait()
 }
 

@@ -37,6 +37,8 @@ type Config struct {
 	// RootRotationGrace is how long each phase of a root rotation waits for
 	// the change to reach every proxy before the next one.
 	RootRotationGrace time.Duration
+	// LeaseDuration is the singleton Lease's duration (renewal at 2/3).
+	LeaseDuration time.Duration
 	// HealthAddr, if set, serves /healthz, /readyz and /metrics only (for
 	// the kubelet and Prometheus on the pod address; no token needed).
 	HealthAddr string
@@ -68,6 +70,7 @@ func Default() Config {
 		MaxDelay:    time.Second,
 
 		RootRotationGrace: 10 * time.Minute,
+		LeaseDuration:     15 * time.Second,
 
 		WebhookName:     "meshd-sidecar-injector",
 		ProxyImage:      "envoyproxy/envoy:v1.40.0",
@@ -88,6 +91,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CASecret, "ca-secret", c.CASecret, "Secret in --namespace that holds the CA")
 	fs.StringVar(&c.CADir, "ca-dir", c.CADir, "keep the CA in this directory instead of a Secret (local use)")
 	fs.DurationVar(&c.RootRotationGrace, "root-rotation-grace", c.RootRotationGrace, "how long each root rotation phase waits for proxies to catch up")
+	fs.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "duration of the Lease that elects the replica running the singletons")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address serving only /healthz, /readyz and /metrics (empty: none)")
 	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
@@ -130,6 +134,9 @@ func (c *Config) Validate() error {
 		if c.LocalDir != "" {
 			errs = append(errs, errors.New("--webhook-addr needs a cluster (not --local-dir)"))
 		}
+	}
+	if c.LeaseDuration < 3*time.Second {
+		errs = append(errs, fmt.Errorf("--lease-duration %s: must be at least 3s", c.LeaseDuration))
 	}
 	if c.RootRotationGrace < 5*time.Second {
 		errs = append(errs, fmt.Errorf("--root-rotation-grace %s: must be at least 5s", c.RootRotationGrace))
