@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -104,6 +105,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("debug: listen %s: %w", cfg.DebugAddr, err)
 	}
+	api := &apiProbe{client: client}
 	var phase atomic.Pointer[[2]string] // root rotation phase and since, as followRoot last read them
 	dcfg := debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
 		Certs: func() []debug.CertView {
@@ -132,6 +134,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			if !published.Load() {
 				return errors.New("mesh config not yet published")
 			}
+			if local == nil {
+				return api.reachable()
+			}
 			return nil
 		}}
 	handler := debug.Handler(dcfg)
@@ -159,7 +164,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		electionClient = client
 	}
 	lead := newSingletons(electionClient, cfg.Namespace, cfg.LeaseDuration, reg, log)
-	g.Go(func() error { return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, log) })
+	g.Go(func() error {
+		return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, log)
+	})
 	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {
 		if _, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, log); err != nil {
@@ -302,4 +309,30 @@ func waitServingCert(ctx context.Context, cfg config.Config, renewer *ca.Renewer
 	case <-time.After(30 * time.Second):
 		return errors.New("ca: no serving certificate within 30s")
 	}
+}
+
+// apiProbe reports whether the apiserver answers /readyz (checked at most
+// every 2 s). While it does not, meshd keeps serving the last config and
+// issuing certificates, but reports not ready for new config.
+type apiProbe struct {
+	client kubernetes.Interface
+	mu     sync.Mutex
+	at     time.Time
+	err    error
+}
+
+func (p *apiProbe) reachable() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.at) < 2*time.Second {
+		return p.err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	p.err = nil
+	if err := p.client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
+		p.err = fmt.Errorf("kubernetes API unreachable (serving the last config): %w", err)
+	}
+	p.at = time.Now()
+	return p.err
 }

@@ -284,10 +284,12 @@ func checkEnvoyConfig(ctx context.Context, t *testing.T, envoy *testenv.Envoy, p
 	waitEnvoy(ctx, t, envoy, "/clusters", "outbound|80|web.demo::198.18.0.10:8080::")
 }
 
-// waitEnvoy polls an admin path until its body contains want.
+// waitEnvoy polls an admin path until its body contains want (up to 60 s:
+// after an apiserver outage client-go's informers retry with a backoff of
+// up to 30 s).
 func waitEnvoy(ctx context.Context, t *testing.T, envoy *testenv.Envoy, path, want string) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		b, err := envoy.Admin(ctx, path)
 		if err == nil && strings.Contains(string(b), want) {

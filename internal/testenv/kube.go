@@ -42,8 +42,12 @@ type Env struct {
 	pki   *testPKI
 	mu    sync.Mutex
 	procs []*process // in start order; stopped in reverse
-	kcm   *process
-	cm    *process
+	// what a restart needs (fault tests)
+	etcdProc, apiProc *process
+	etcdArgs, apiArgs []string
+	etcdURL           string
+	kcm               *process
+	cm                *process
 }
 
 var (
@@ -135,12 +139,17 @@ func (e *Env) track(p *process) {
 	e.procs = append(e.procs, p)
 }
 
-// stop ends every process in reverse start order (apiserver before etcd).
+// stop ends every process in reverse start order, the apiserver before
+// etcd (also after a restart changed the order).
 func (e *Env) stop() {
 	e.mu.Lock()
 	procs := e.procs
 	e.procs = nil
+	api := e.apiProc
 	e.mu.Unlock()
+	if api != nil {
+		api.stop(10 * time.Second)
+	}
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(10 * time.Second)
 	}
@@ -160,18 +169,24 @@ func (e *Env) startEtcd(ctx context.Context) (string, error) {
 		return "", err
 	}
 	url := "http://127.0.0.1:" + strconv.Itoa(clientPort)
-	p, err := startProcess("etcd", e.Dir, nil, bin,
-		"--data-dir", filepath.Join(e.Dir, "etcd"),
+	e.etcdURL = url
+	e.etcdArgs = []string{"--data-dir", filepath.Join(e.Dir, "etcd"),
 		"--listen-client-urls", url, "--advertise-client-urls", url,
-		"--listen-peer-urls", "http://127.0.0.1:"+strconv.Itoa(peerPort),
-		"--initial-advertise-peer-urls", "http://127.0.0.1:"+strconv.Itoa(peerPort),
-		"--initial-cluster", "default=http://127.0.0.1:"+strconv.Itoa(peerPort),
-		"--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", strconv.Itoa(4<<30))
+		"--listen-peer-urls", "http://127.0.0.1:" + strconv.Itoa(peerPort),
+		"--initial-advertise-peer-urls", "http://127.0.0.1:" + strconv.Itoa(peerPort),
+		"--initial-cluster", "default=http://127.0.0.1:" + strconv.Itoa(peerPort),
+		"--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", strconv.Itoa(4 << 30)}
+	return url, e.runEtcd(ctx, bin)
+}
+
+func (e *Env) runEtcd(ctx context.Context, bin string) error {
+	p, err := startProcess("etcd", e.Dir, nil, bin, e.etcdArgs...)
 	if err != nil {
-		return "", err
+		return err
 	}
 	e.track(p)
-	return url, p.waitFor(ctx, "etcd health", httpOK(url+"/health", nil))
+	e.etcdProc = p
+	return p.waitFor(ctx, "etcd health", httpOK(e.etcdURL+"/health", nil))
 }
 
 func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
@@ -185,8 +200,7 @@ func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
 	}
 	e.URL = "https://127.0.0.1:" + strconv.Itoa(port)
 	pk := e.pki
-	p, err := startProcess("kube-apiserver", e.Dir, nil, bin,
-		"--etcd-servers", etcdURL,
+	e.apiArgs = []string{"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(port),
 		"--cert-dir", filepath.Join(e.Dir, "apiserver-certs"),
 		"--tls-cert-file", pk.serverCert, "--tls-private-key-file", pk.serverKey,
@@ -196,16 +210,63 @@ func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--service-cluster-ip-range", ServiceCIDR,
 		"--authorization-mode", "RBAC", "--endpoint-reconciler-type", "none",
 		"--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
-		"--enable-priority-and-fairness=false", "--v", "1")
+		"--enable-priority-and-fairness=false", "--v", "1"}
+	if err := e.writeKubeconfig(); err != nil {
+		return err
+	}
+	return e.runAPIServer(ctx, bin)
+}
+
+func (e *Env) runAPIServer(ctx context.Context, bin string) error {
+	p, err := startProcess("kube-apiserver", e.Dir, nil, bin, e.apiArgs...)
 	if err != nil {
 		return err
 	}
 	e.track(p)
-	if err := e.writeKubeconfig(); err != nil {
+	e.apiProc = p
+	return p.waitFor(ctx, "apiserver /readyz", httpOK(e.URL+"/readyz", e.adminHTTPClient()))
+}
+
+// untrack forgets a process stopped on purpose.
+func (e *Env) untrack(p *process) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, q := range e.procs {
+		if q == p {
+			e.procs = append(e.procs[:i], e.procs[i+1:]...)
+			return
+		}
+	}
+}
+
+// RestartAPIServer stops kube-apiserver (SIGTERM), keeps it down for down,
+// and starts it again on the same address, waiting until it is ready. Every
+// test of the binary sees the outage: for fault tests only.
+func (e *Env) RestartAPIServer(ctx context.Context, down time.Duration) error {
+	bin, err := ToolPath("kube-apiserver")
+	if err != nil {
 		return err
 	}
-	client := e.adminHTTPClient()
-	return p.waitFor(ctx, "apiserver /readyz", httpOK(e.URL+"/readyz", client))
+	e.apiProc.stop(10 * time.Second)
+	e.untrack(e.apiProc)
+	time.Sleep(down)
+	return e.runAPIServer(ctx, bin)
+}
+
+// RestartEtcd does the same with etcd (its data kept); the apiserver
+// reconnects by itself.
+func (e *Env) RestartEtcd(ctx context.Context, down time.Duration) error {
+	bin, err := ToolPath("etcd")
+	if err != nil {
+		return err
+	}
+	e.etcdProc.stop(10 * time.Second)
+	e.untrack(e.etcdProc)
+	time.Sleep(down)
+	if err := e.runEtcd(ctx, bin); err != nil {
+		return err
+	}
+	return e.apiProc.waitFor(ctx, "apiserver /readyz after etcd restart", httpOK(e.URL+"/readyz", e.adminHTTPClient()))
 }
 
 func (e *Env) writeKubeconfig() error {
