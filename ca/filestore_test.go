@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -70,7 +71,38 @@ func TestFileSecretsUpdate(t *testing.T) {
 		t.Errorf("root after updates: %v", err)
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 2 { // the symlink and one version directory
-		t.Errorf("%d entries left in the CA dir, want 2 (old versions removed)", len(entries))
+	if len(entries) != 4 { // CA and trust record: a symlink and one version directory each
+		t.Errorf("%d entries left in the CA dir, want 4 (old versions removed)", len(entries))
+	}
+}
+
+// TestDeletedCAIsRefused: once a mesh has a root, a missing CA Secret is
+// an error naming the way out, not a reason to mint a new root; removing
+// the trust record too starts a new mesh on purpose.
+func TestDeletedCAIsRefused(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	store := ca.FileSecrets{Dir: dir}
+	first, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	if err != nil || !again.Cert.Equal(first.Cert) {
+		t.Fatalf("restart: %v", err)
+	}
+	if err := os.Remove(dir + "/meshd-ca"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	if err == nil || !strings.Contains(err.Error(), "restore meshd-ca from a backup") {
+		t.Fatalf("deleted CA secret: %v, want a refusal naming the way out", err)
+	}
+	if err := os.Remove(dir + "/meshd-ca-trust"); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	if err != nil || fresh.Cert.Equal(first.Cert) {
+		t.Fatalf("new mesh on purpose: %v", err)
 	}
 }

@@ -35,15 +35,53 @@ type SecretClient interface {
 // several replicas race, the one whose Create wins defines the root and the
 // others read it back. An existing Secret that does not hold valid, matching
 // material is an error: the root is never silently replaced.
+//
+// A mesh remembers that it has a root: next to the CA Secret, a record
+// (Secret <name>-trust, public data only) holds the trust bundle. A CA
+// Secret that is missing while the record exists was deleted: that is an
+// error, not a first start, because a new root would silently cut every
+// sidecar off.
 func LoadOrCreateRoot(ctx context.Context, secrets SecretClient, name, trustDomain string, rand io.Reader, now time.Time) (*Authority, error) {
 	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return createRoot(ctx, secrets, name, trustDomain, rand, now)
+		if rec, rerr := secrets.Get(ctx, TrustRecordName(name), metav1.GetOptions{}); rerr == nil {
+			return nil, fmt.Errorf("ca: the CA secret %s is gone but this mesh trusts a root (recorded in %s, %d bytes of bundle): "+
+				"restore %s from a backup; only to start a new mesh root on purpose (every sidecar must then be re-injected), delete %s",
+				name, TrustRecordName(name), len(rec.Data[KeyRootCert]), name, TrustRecordName(name))
+		} else if !apierrors.IsNotFound(rerr) {
+			return nil, fmt.Errorf("ca: read trust record %s: %w", TrustRecordName(name), rerr)
+		}
+		a, err := createRoot(ctx, secrets, name, trustDomain, rand, now)
+		if err != nil {
+			return nil, err
+		}
+		return a, recordTrust(ctx, secrets, name, a)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ca: read CA secret %s: %w", name, err)
 	}
-	return authorityFromSecret(s, now)
+	a, err := authorityFromSecret(s, now)
+	if err != nil {
+		return nil, err
+	}
+	return a, recordTrust(ctx, secrets, name, a)
+}
+
+// TrustRecordName is the Secret that records a mesh's trust bundle.
+func TrustRecordName(caSecret string) string { return caSecret + "-trust" }
+
+// recordTrust creates the trust record if it is missing (a mesh created
+// before records existed gets one at its next start).
+func recordTrust(ctx context.Context, secrets SecretClient, name string, a *Authority) error {
+	rec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: TrustRecordName(name), Labels: map[string]string{"app.kubernetes.io/managed-by": "meshd"}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       map[string][]byte{KeyRootCert: a.BundlePEM},
+	}
+	if _, err := secrets.Create(ctx, rec, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("ca: create trust record %s: %w", rec.Name, err)
+	}
+	return nil
 }
 
 func createRoot(ctx context.Context, secrets SecretClient, name, trustDomain string, rand io.Reader, now time.Time) (*Authority, error) {
@@ -63,7 +101,7 @@ func createRoot(ctx context.Context, secrets SecretClient, name, trustDomain str
 	_, err = secrets.Create(ctx, s, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		// Another replica won the race: use its root.
-		return LoadOrCreateRoot(ctx, secrets, name, trustDomain, rand, now)
+		return LoadRoot(ctx, secrets, name, now)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ca: create CA secret %s: %w", name, err)

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/ca"
@@ -22,7 +23,7 @@ import (
 //
 // Every replica follows; only the leader (isLeader) steps the rotation.
 func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration,
-	isLeader func() bool, phase *atomic.Pointer[[2]string], log *slog.Logger) error {
+	isLeader func() bool, phase *atomic.Pointer[[2]string], caHealthy prometheus.Gauge, log *slog.Logger) error {
 	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
 		Rand: rand.Reader, LeafTTL: cfg.CertTTL, Grace: cfg.RootRotationGrace})
 	if err != nil {
@@ -30,6 +31,7 @@ func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	caHealthy.Set(1)
 	for {
 		select {
 		case <-ctx.Done():
@@ -48,9 +50,11 @@ func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater
 		}
 		a, err := ca.LoadRoot(ctx, secrets, cfg.CASecret, time.Now())
 		if err != nil {
+			caHealthy.Set(0)
 			log.Error("ca: CA secret unreadable; keeping the current CA", "error", err)
 			continue
 		}
+		caHealthy.Set(1)
 		cur := issuer.Authority()
 		if a.Cert.Equal(cur.Cert) && string(a.BundlePEM) == string(cur.BundlePEM) {
 			continue

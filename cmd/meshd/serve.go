@@ -164,8 +164,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		electionClient = client
 	}
 	lead := newSingletons(electionClient, cfg.Namespace, cfg.LeaseDuration, reg, log)
+	caHealthy := prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshd_ca_secret_readable",
+		Help: "1 while the CA Secret (or directory) reads as valid CA material; 0 when it is missing or corrupted (meshd keeps its CA in memory)."})
+	reg.MustRegister(caHealthy)
 	g.Go(func() error {
-		return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, log)
+		return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, caHealthy, log)
 	})
 	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {

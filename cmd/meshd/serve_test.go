@@ -386,6 +386,18 @@ func TestServeAgainstAPIServer(t *testing.T) {
 			t.Errorf("serve: %v", err)
 		}
 	}
+	// The CA Secret deleted: meshd refuses to start instead of minting a
+	// new root that no sidecar trusts.
+	if err := env.Client.CoreV1().Secrets("meshd-system").Delete(context.Background(), "meshd-ca", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = run(context.Background(), []string{"serve", "--kubeconfig", env.Kubeconfig, "--xds-addr", freeAddr(t), "--debug-addr", freeAddr(t)}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "restore meshd-ca from a backup") {
+		t.Errorf("serve with the CA Secret deleted: %v, want a refusal", err)
+	}
+	if _, err := env.Client.CoreV1().Secrets("meshd-system").Get(context.Background(), "meshd-ca", metav1.GetOptions{}); err == nil {
+		t.Error("a new CA Secret was created")
+	}
 }
 
 // checkOperatorCommands runs the CLI against the debug API of the running
