@@ -1,0 +1,140 @@
+package load_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/load"
+	"github.com/meshd/meshd/internal/testenv"
+)
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func freeAddr(tb testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// BenchmarkLoad runs meshd (its own process) on the real apiserver with a
+// workload of MESHD_LOAD_SERVICES services x MESHD_LOAD_ENDPOINTS endpoints
+// (default 100 x 10), connects MESHD_LOAD_SIDECARS fake sidecars (default
+// 100; MESHD_LOAD_API=sotw for state-of-the-world) and makes
+// MESHD_LOAD_CHANGES single endpoint writes (default 20). It reports the
+// time to full config, convergence p50/p99/max, meshd's RSS and CPU. One
+// run per invocation, whatever b.N.
+func BenchmarkLoad(b *testing.B) {
+	sidecars, services := envInt("MESHD_LOAD_SIDECARS", 100), envInt("MESHD_LOAD_SERVICES", 100)
+	endpoints, changes := envInt("MESHD_LOAD_ENDPOINTS", 10), envInt("MESHD_LOAD_CHANGES", 20)
+	delta := os.Getenv("MESHD_LOAD_API") != "sotw"
+	env := testenv.Kube(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "meshd")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/meshd/meshd/cmd/meshd").CombinedOutput(); err != nil {
+		b.Fatalf("build meshd: %v\n%s", err, out)
+	}
+	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+		b.Fatal(err)
+	}
+	ns := fmt.Sprintf("load%d", time.Now().UnixNano()%100000)
+	w := &load.Workload{Client: env.Client, Namespace: ns, Services: services, Endpoints: endpoints}
+	start := time.Now()
+	if err := w.Create(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("workload: %d services x %d endpoints written in %s", services, endpoints, time.Since(start).Round(time.Millisecond))
+
+	caDir, xdsAddr, debugAddr := filepath.Join(dir, "ca"), freeAddr(b), freeAddr(b)
+	cmd := exec.Command(bin, "serve", "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
+		"--hold-off", "10ms", "--max-delay", "100ms")
+	logFile, _ := os.Create(filepath.Join(dir, "meshd.log"))
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get("http://" + debugAddr + "/readyz"); err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("meshd not ready")
+		}
+	}
+	pid := cmd.Process.Pid
+	rssIdle, _, _ := load.Proc(pid)
+	root, err := ca.LoadRoot(ctx, ca.FileSecrets{Dir: caDir}, "meshd-ca", time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root})
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, cpu0, _ := load.Proc(pid)
+	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
+		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000})
+	if err != nil {
+		b.Fatalf("%v\nmeshd log: %s", err, tail(filepath.Join(dir, "meshd.log")))
+	}
+	defer fleet.Close()
+	rssConnected, cpu1, _ := load.Proc(pid)
+	var all []time.Duration
+	for range changes {
+		lat, err := fleet.Convergence(ctx, func() (string, string, error) { return w.AddEndpoint(ctx) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		all = append(all, lat...)
+	}
+	rssAfter, cpu2, _ := load.Proc(pid)
+	sortDurations(all)
+	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
+	b.ReportMetric(fleet.TimeToFull.Seconds(), "s-full-config")
+	b.ReportMetric(float64(Percentile(all, 50).Microseconds())/1000, "ms-conv-p50")
+	b.ReportMetric(float64(Percentile(all, 99).Microseconds())/1000, "ms-conv-p99")
+	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "ms-conv-max")
+	b.ReportMetric(mib(rssConnected-rssIdle)/float64(sidecars), "MiB-rss/sidecar")
+	b.ReportMetric(float64(fleet.Dropped()), "dropped")
+	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
+		mib(rssIdle), mib(rssConnected), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
+	b.Logf("%d sidecars (%s) x %d services x %d endpoints: full config in %s; convergence over %d changes: p50 %s p99 %s max %s; dropped %d",
+		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
+		Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
+}
+
+// Percentile aliases load.Percentile.
+var Percentile = load.Percentile
+
+func sortDurations(d []time.Duration) { slices.Sort(d) }
+
+func tail(path string) string {
+	b, _ := os.ReadFile(path)
+	if len(b) > 3000 {
+		b = b[len(b)-3000:]
+	}
+	return string(b)
+}

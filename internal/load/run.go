@@ -1,0 +1,215 @@
+package load
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"golang.org/x/time/rate"
+
+	"github.com/meshd/meshd/ca"
+)
+
+// Config configures a run.
+type Config struct {
+	XDSAddr string
+	// Issuer mints each sidecar's client certificate (the injector's job).
+	Issuer      ca.Issuer
+	Bundle      []byte
+	TrustDomain string
+	Namespace   string
+	Sidecars    int
+	// Rate is new connections per second (default 500).
+	Rate  float64
+	Delta bool
+}
+
+// Fleet is a set of connected sidecars.
+type Fleet struct {
+	cfg      Config
+	sidecars []*sidecar
+	cancel   context.CancelFunc
+	dropped  atomic.Int64
+	wg       sync.WaitGroup
+	// Figures of Connect.
+	CertsPerSecond float64
+	TimeToFull     time.Duration
+}
+
+// Connect mints certificates, connects every sidecar at the configured
+// rate and waits until each holds its full configuration and secrets.
+func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
+	if cfg.Rate == 0 {
+		cfg.Rate = 500
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(cfg.Bundle) {
+		return nil, errors.New("load: empty trust bundle")
+	}
+	certs := make([]*ca.Certificate, cfg.Sidecars)
+	start := time.Now()
+	for i := range certs {
+		id := ca.Identity{TrustDomain: cfg.TrustDomain, Namespace: cfg.Namespace, ServiceAccount: "load"}
+		c, err := cfg.Issuer.Issue(ctx, ca.Request{Identity: id, CommonName: nodeName(i, cfg.Namespace)})
+		if err != nil {
+			return nil, fmt.Errorf("load: certificate %d: %w", i, err)
+		}
+		certs[i] = c
+	}
+	f := &Fleet{cfg: cfg, CertsPerSecond: float64(len(certs)) / time.Since(start).Seconds()}
+	runCtx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	limiter := rate.NewLimiter(rate.Limit(cfg.Rate), 1)
+	start = time.Now()
+	for i, c := range certs {
+		if err := limiter.Wait(ctx); err != nil {
+			f.Close()
+			return nil, err
+		}
+		conn, err := dial(cfg.XDSAddr, c, roots)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		s := newSidecar(nodeName(i, cfg.Namespace), cfg.Delta, conn)
+		f.sidecars = append(f.sidecars, s)
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			if err := s.run(runCtx); err != nil && runCtx.Err() == nil {
+				f.dropped.Add(1)
+			}
+		}()
+	}
+	for _, s := range f.sidecars {
+		select {
+		case <-s.complete:
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("load: not every sidecar got its config: %w", ctx.Err())
+		}
+	}
+	f.TimeToFull = time.Since(start)
+	return f, nil
+}
+
+func nodeName(i int, ns string) string { return "load-" + strconv.Itoa(i) + "." + ns }
+
+// Dropped counts streams that ended while the fleet was up.
+func (f *Fleet) Dropped() int64 { return f.dropped.Load() }
+
+// Close ends every stream.
+func (f *Fleet) Close() {
+	f.cancel()
+	for _, s := range f.sidecars {
+		s.conn.Close()
+	}
+	f.wg.Wait()
+}
+
+// Convergence measures one endpoint change: write performs it and returns
+// the cluster name and address to look for; the result is, per sidecar,
+// the time from write's return to the first response holding the change.
+func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr string, err error)) ([]time.Duration, error) {
+	var mu sync.Mutex
+	var t0 time.Time
+	seen := map[*sidecar]time.Duration{}
+	var target, addrWanted string
+	all := make(chan struct{})
+	for _, s := range f.sidecars {
+		s.mu.Lock()
+		s.watch = func(cla *endpointv3.ClusterLoadAssignment, at time.Time) {
+			mu.Lock()
+			defer mu.Unlock()
+			if t0.IsZero() || cla.GetClusterName() != target || !hasAddr(cla, addrWanted) {
+				return
+			}
+			if _, ok := seen[s]; !ok {
+				seen[s] = max(at.Sub(t0), 0)
+				if len(seen) == len(f.sidecars) {
+					close(all)
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	defer func() {
+		for _, s := range f.sidecars {
+			s.mu.Lock()
+			s.watch = nil
+			s.mu.Unlock()
+		}
+	}()
+	mu.Lock()
+	cluster, addr, err := write()
+	target, addrWanted, t0 = cluster, addr, time.Now()
+	mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-all:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("load: %d of %d sidecars saw the change: %w", len(seen), len(f.sidecars), ctx.Err())
+	}
+	out := make([]time.Duration, 0, len(seen))
+	for _, d := range seen {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func hasAddr(cla *endpointv3.ClusterLoadAssignment, addr string) bool {
+	for _, l := range cla.GetEndpoints() {
+		for _, e := range l.GetLbEndpoints() {
+			if e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress() == addr {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Percentile of sorted durations (p in 0..100).
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+// Proc reads a process's resident memory and CPU time from /proc.
+func Proc(pid int) (rssBytes int64, cpu time.Duration, err error) {
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			rssBytes = kb * 1024
+		}
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	// Fields after the command name (which may hold spaces): utime is 14th
+	// and stime 15th of the whole line.
+	rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
+	f := strings.Fields(rest)
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return rssBytes, time.Duration(utime+stime) * (time.Second / 100), nil
+}
