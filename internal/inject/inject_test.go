@@ -23,7 +23,7 @@ import (
 	"github.com/meshd/meshd/internal/inject"
 )
 
-func newInjector(t *testing.T, objs ...runtime.Object) (*inject.Injector, *fake.Clientset, *ca.Internal) {
+func newInjector(t testing.TB, objs ...runtime.Object) (*inject.Injector, *fake.Clientset, *ca.Internal) {
 	t.Helper()
 	root, err := ca.NewRoot(rand.Reader, time.Now(), "cluster.local")
 	if err != nil {
