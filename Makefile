@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/meshd/meshd/internal/version.Version=$(VERSION)
 TEST_P ?= 2
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build tools test unit vet fmt-check bench demo clean
+.PHONY: all build tools test unit vet fmt-check bench demo image clean
 
 all: build
 
@@ -44,6 +44,13 @@ demo: build
 	bash hack/deps.sh
 	bash hack/tools.sh envoy
 	$(GO) run ./internal/e2e/demo -meshd bin/meshd -envoy .tools/bin/envoy
+
+## image: the OCI image (deploy/Dockerfile) with whichever builder this machine has; IMAGE=name:tag
+IMAGE ?= ghcr.io/meshd/meshd:$(VERSION)
+image:
+	@b=$$(command -v docker || command -v podman || command -v buildah || true); \
+	if [ -z "$$b" ]; then echo "make image: no docker, podman or buildah here; build deploy/Dockerfile where one exists, then load it into your cluster (kind load docker-image / ctr -n k8s.io images import)"; exit 1; fi; \
+	if [ "$${b##*/}" = buildah ]; then $$b bud -f deploy/Dockerfile -t $(IMAGE) .; else $$b build -f deploy/Dockerfile -t $(IMAGE) .; fi
 
 clean:
 	rm -rf bin
