@@ -14,6 +14,7 @@ import (
 	"net"
 	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -60,7 +61,8 @@ type Config struct {
 	Namespace, Pod, ServiceAccount, PodUID string
 	// NodeID defaults to "<pod>.<namespace>", the CN of the client certificate.
 	NodeID string
-	// XDSAddress is meshd's host:port.
+	// XDSAddress is meshd's host:port, or several comma-separated (replicas
+	// reached directly; Envoy fails over between them).
 	XDSAddress string
 	// XDSServerSAN is the SPIFFE ID meshd's serving certificate must carry.
 	XDSServerSAN string
@@ -84,8 +86,10 @@ func (c *Config) defaults() error {
 	if c.Namespace == "" || c.ServiceAccount == "" || (c.Pod == "" && c.NodeID == "") {
 		return errors.New("bootstrap: namespace, service account and the pod (or a node ID) are required")
 	}
-	if _, _, err := net.SplitHostPort(c.XDSAddress); err != nil {
-		return fmt.Errorf("bootstrap: xds address %q: %w", c.XDSAddress, err)
+	for _, a := range strings.Split(c.XDSAddress, ",") {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("bootstrap: xds address %q: %w", a, err)
+		}
 	}
 	if c.CredsDir == "" || !path.IsAbs(c.CredsDir) {
 		return fmt.Errorf("bootstrap: credentials directory %q must be an absolute path", c.CredsDir)
@@ -159,10 +163,19 @@ func Render(cfg Config) (*bootstrapv3.Bootstrap, error) {
 // xdsCluster is the static cluster to meshd: HTTP/2, mutual TLS with the
 // client certificate and bundle from path-based SDS, meshd's SAN checked.
 func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
-	host, portStr, _ := net.SplitHostPort(cfg.XDSAddress)
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return nil, fmt.Errorf("bootstrap: xds port %q: %w", portStr, err)
+	addrs := strings.Split(cfg.XDSAddress, ",")
+	host, _, _ := net.SplitHostPort(addrs[0])
+	allIPs := true
+	var lbs []*endpointv3.LbEndpoint
+	for _, a := range addrs {
+		h, portStr, _ := net.SplitHostPort(a)
+		port, err := strconv.ParseUint(portStr, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("bootstrap: xds port %q: %w", portStr, err)
+		}
+		allIPs = allIPs && net.ParseIP(h) != nil
+		lbs = append(lbs, &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+			Endpoint: &endpointv3.Endpoint{Address: socketAddress(h, uint32(port))}}})
 	}
 	tlsCtx := &tlsv3.UpstreamTlsContext{
 		CommonTlsContext: &tlsv3.CommonTlsContext{
@@ -190,7 +203,7 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	discovery := clusterv3.Cluster_STRICT_DNS
-	if net.ParseIP(host) != nil {
+	if allIPs {
 		discovery = clusterv3.Cluster_STATIC
 	}
 	return &clusterv3.Cluster{
@@ -203,8 +216,7 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 		TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
 			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsAny}},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: xdsClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
-			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
-				Endpoint: &endpointv3.Endpoint{Address: socketAddress(host, uint32(port))}}}}}}},
+			LbEndpoints: lbs}}},
 	}, nil
 }
 

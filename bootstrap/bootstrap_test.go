@@ -38,6 +38,9 @@ func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
 			XDSAddress: "198.19.0.12:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
 		"sotw-dns": {Namespace: "demo", Pod: "client-0", ServiceAccount: "client", API: bootstrap.SotW,
 			XDSAddress: "meshd.meshd-system.svc:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
+		// Two replicas reached directly: Envoy fails over between them.
+		"replicas": {Namespace: "demo", Pod: "web-0", ServiceAccount: "web",
+			XDSAddress: "198.18.0.1:15012,198.18.0.1:15013", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
 		// As injected: the pod's name is not known at admission (the node
 		// ID comes from --service-node), readiness on 15021.
 		"injected": {Namespace: "demo", NodeID: "pending.demo", ServiceAccount: "web", ReadinessPort: 15021,

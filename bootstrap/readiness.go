@@ -59,4 +59,3 @@ func readiness(cfg Config) (*listenerv3.Listener, *clusterv3.Cluster, error) {
 	}
 	return l, c, nil
 }
-

@@ -162,3 +162,33 @@ func TestRotationUnderTraffic(t *testing.T) {
 		t.Errorf("xDS credentials refreshed %d times; want one per CA change (at least 2)", res.CredentialRefreshes)
 	}
 }
+
+// TestMeshdRestartUnderTraffic: meshd is killed (SIGKILL) under traffic and
+// restarted: no request fails, and both sidecars reconnect and sync again,
+// over delta and state-of-the-world ADS.
+func TestMeshdRestartUnderTraffic(t *testing.T) {
+	for _, api := range []string{"delta", "sotw"} {
+		t.Run(api, func(t *testing.T) {
+			opts := options(t, true)
+			opts.API, opts.KillMeshd, opts.Duration = api, true, 9*time.Second
+			res := run(t, opts)
+			checkMesh(t, res)
+			if !res.Reconnected {
+				t.Error("the sidecars did not reconnect and sync after the restart")
+			}
+		})
+	}
+}
+
+// TestReplicaKilledUnderTraffic: two meshd replicas; the one holding the
+// streams is killed; the sidecars reconnect to the other and sync again,
+// and no request fails.
+func TestReplicaKilledUnderTraffic(t *testing.T) {
+	opts := options(t, true)
+	opts.Replicas, opts.KillMeshd, opts.Duration = 2, true, 9*time.Second
+	res := run(t, opts)
+	checkMesh(t, res)
+	if !res.Reconnected {
+		t.Error("the sidecars did not fail over to the other replica")
+	}
+}

@@ -74,33 +74,20 @@ func (s *seed) startMesh(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(localDir, "lab.yaml"), []byte(desc), 0o644); err != nil {
 		return err
 	}
-	debugPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	xdsAddr := fmt.Sprintf("%s:%d", s.lab.Gateway, xdsPort)
-	s.debugURL = fmt.Sprintf("http://127.0.0.1:%d", debugPort)
-	args := []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", xdsAddr,
-		"--debug-addr", fmt.Sprintf("127.0.0.1:%d", debugPort), "--hold-off", "20ms"}
-	if s.opts.CertTTL > 0 {
-		args = append(args, "--cert-ttl", s.opts.CertTTL.String())
-	}
-	if s.opts.RootGrace > 0 {
-		args = append(args, "--root-rotation-grace", s.opts.RootGrace.String())
-	}
-	s.caDir, s.xdsAddr = caDir, xdsAddr
-	if s.meshd, err = s.lab.Start("meshd", netlab.ProcOptions{}, s.opts.Meshd, args...); err != nil {
-		return err
-	}
-	if err := waitFor(ctx, 30*time.Second, "meshd /readyz", func() error {
-		if s.meshd.Exited() {
-			return fmt.Errorf("meshd exited: %s", s.meshd.LogTail(2000))
+	s.caDir = caDir
+	replicas := max(s.opts.Replicas, 1)
+	var addrs []string
+	for i := range replicas {
+		r, err := s.startReplica(ctx, i, localDir, caDir)
+		if err != nil {
+			return err
 		}
-		_, err := getBody(ctx, s.debugURL+"/readyz")
-		return err
-	}); err != nil {
-		return err
+		s.replicas = append(s.replicas, r)
+		addrs = append(addrs, r.xdsAddr)
 	}
+	s.meshd, s.debugURL = s.replicas[0].proc, s.replicas[0].debugURL
+	xdsAddr := strings.Join(addrs, ",")
+	s.xdsAddr = xdsAddr
 	s.progress("meshd: serving xDS on %s (local dir %s)", xdsAddr, localDir)
 	s.envoys = map[string]*netlab.Proc{}
 	for _, p := range []struct {
@@ -112,6 +99,48 @@ func (s *seed) startMesh(ctx context.Context) error {
 		}
 	}
 	return waitFor(ctx, 60*time.Second, "both sidecars ACKing their config", s.allAcked)
+}
+
+// replica is one meshd process of the lab.
+type replica struct {
+	proc              *netlab.Proc
+	debugURL, xdsAddr string
+	args              []string
+	name              string
+}
+
+// startReplica starts meshd replica i (xDS on the gateway, port 15012+i)
+// and waits until it is ready. Replicas share the local dir and the CA.
+func (s *seed) startReplica(ctx context.Context, i int, localDir, caDir string) (*replica, error) {
+	debugPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	r := &replica{xdsAddr: fmt.Sprintf("%s:%d", s.lab.Gateway, xdsPort+i), debugURL: fmt.Sprintf("http://127.0.0.1:%d", debugPort),
+		name: fmt.Sprintf("meshd-%d", i)}
+	r.args = []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", r.xdsAddr,
+		"--debug-addr", fmt.Sprintf("127.0.0.1:%d", debugPort), "--hold-off", "20ms"}
+	if s.opts.CertTTL > 0 {
+		r.args = append(r.args, "--cert-ttl", s.opts.CertTTL.String())
+	}
+	if s.opts.RootGrace > 0 {
+		r.args = append(r.args, "--root-rotation-grace", s.opts.RootGrace.String())
+	}
+	return r, s.runReplica(ctx, r)
+}
+
+func (s *seed) runReplica(ctx context.Context, r *replica) error {
+	var err error
+	if r.proc, err = s.lab.Start(r.name, netlab.ProcOptions{}, s.opts.Meshd, r.args...); err != nil {
+		return err
+	}
+	return waitFor(ctx, 30*time.Second, r.name+" /readyz", func() error {
+		if r.proc.Exited() {
+			return fmt.Errorf("meshd exited: %s", r.proc.LogTail(2000))
+		}
+		_, err := getBody(ctx, r.debugURL+"/readyz")
+		return err
+	})
 }
 
 // addSidecar does what injection and the kubelet would: render the
@@ -137,8 +166,8 @@ func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAd
 	return nil
 }
 
-// allAcked checks meshd's view: two proxies, every type ACKed at the
-// version sent, no NACK.
+// allAcked checks meshd's view (all live replicas together): two proxies,
+// every type ACKed at the version sent, no NACK.
 func (s *seed) allAcked() error {
 	for name, e := range s.envoys {
 		if e.Exited() {
@@ -157,8 +186,22 @@ func (s *seed) allAcked() error {
 			} `json:"types"`
 		} `json:"proxies"`
 	}
-	if err := getJSON(context.Background(), s.debugURL+"/debug/proxies", &v); err != nil {
-		return err
+	urls := []string{s.debugURL}
+	if len(s.replicas) > 0 {
+		urls = nil
+		for _, r := range s.replicas {
+			if !r.proc.Exited() {
+				urls = append(urls, r.debugURL)
+			}
+		}
+	}
+	for _, u := range urls {
+		part := v
+		part.Proxies = nil
+		if err := getJSON(context.Background(), u+"/debug/proxies", &part); err != nil {
+			return err
+		}
+		v.Proxies = append(v.Proxies, part.Proxies...)
 	}
 	if len(v.Proxies) != 2 {
 		return fmt.Errorf("%d proxies connected", len(v.Proxies))
@@ -349,4 +392,45 @@ func errOrEmpty(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// killMeshd kills (SIGKILL) the replica holding the most streams at
+// Duration/3, and restarts it 2 s later if it was the only one. Every
+// sidecar must then be connected again, to the other replica or to the
+// restarted one, and hold its whole config.
+func (s *seed) killMeshd(ctx context.Context, stop <-chan struct{}) {
+	select {
+	case <-stop:
+		return
+	case <-ctx.Done():
+		return
+	case <-time.After(s.opts.Duration / 3):
+	}
+	victim, most := s.replicas[0], -1
+	for _, r := range s.replicas {
+		var v struct{ Proxies []json.RawMessage }
+		if getJSON(ctx, r.debugURL+"/debug/proxies", &v) == nil && len(v.Proxies) > most {
+			victim, most = r, len(v.Proxies)
+		}
+	}
+	victim.proc.Kill()
+	s.progress("fault: %s killed (SIGKILL) while serving %d of the sidecars' streams", victim.name, most)
+	if len(s.replicas) == 1 {
+		time.Sleep(2 * time.Second)
+		if err := s.runReplica(ctx, victim); err != nil {
+			s.progress("fault: restart %s: %v", victim.name, err)
+			return
+		}
+		s.meshd = victim.proc
+		s.progress("fault: %s restarted", victim.name)
+	}
+	err := waitFor(ctx, 60*time.Second, "every sidecar reconnected and synced", s.allAcked)
+	s.mu.Lock()
+	s.res.Reconnected = err == nil
+	s.mu.Unlock()
+	if err != nil {
+		s.progress("fault: %v", err)
+	} else {
+		s.progress("fault: every sidecar reconnected and ACKed its config again")
+	}
 }

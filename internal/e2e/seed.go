@@ -52,6 +52,11 @@ type Options struct {
 	RotateRoot  bool
 	RotateAfter time.Duration
 	RootGrace   time.Duration
+	// Replicas of meshd (local mode, default 1); sidecars know them all.
+	Replicas int
+	// KillMeshd kills the busiest replica a third into the traffic (and
+	// restarts it when it is the only one).
+	KillMeshd bool
 	// Kube, if set, runs meshd against this cluster and creates the pods
 	// through its injection webhook; otherwise meshd serves a local
 	// directory describing the lab and the harness bootstraps the sidecars.
@@ -90,6 +95,9 @@ type Result struct {
 	// CredentialRefreshes counts how often the harness (as the kubelet)
 	// rewrote the sidecars' xDS credentials after the CA changed.
 	CredentialRefreshes int
+	// Reconnected: after KillMeshd, every sidecar was connected and synced
+	// again.
+	Reconnected bool
 	// Namespace is where the pods ran.
 	Namespace string
 	// Operator holds the output of each operator command (Options.Operator).
@@ -137,6 +145,7 @@ type seed struct {
 	caDir, xdsAddr string
 	namespace      string
 	webhook        string
+	replicas       []*replica
 	sidecars       []sidecar
 	mu             sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
@@ -250,6 +259,13 @@ func (s *seed) traffic(ctx context.Context) error {
 			} else {
 				s.kubelet(ctx, stop)
 			}
+		}()
+	}
+	if s.opts.KillMeshd && s.opts.Mesh && s.opts.Kube == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.killMeshd(ctx, stop)
 		}()
 	}
 	if s.opts.RotateRoot {
