@@ -192,3 +192,36 @@ func TestReplicaKilledUnderTraffic(t *testing.T) {
 		t.Error("the sidecars did not fail over to the other replica")
 	}
 }
+
+// TestIdentityEnforcement: a pod outside the mesh reaching web-0 directly
+// is refused when web-0 is STRICT and served when it is PERMISSIVE; an
+// impostor in the mesh (another service account) whose address is listed
+// as web-0's never gets a request: the client's sidecar checks the server's
+// SPIFFE ID and refuses it (SAN mismatch), while requests to the real web-0
+// succeed.
+func TestIdentityEnforcement(t *testing.T) {
+	for _, mode := range []string{"STRICT", "PERMISSIVE"} {
+		t.Run(mode, func(t *testing.T) {
+			opts := options(t, true)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			res, err := e2e.RunIdentity(ctx, opts, mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%+v", *res)
+			if wantOK := mode == "PERMISSIVE"; res.LegacyOK != wantOK {
+				t.Errorf("%s: a pod outside the mesh got through = %v (%s), want %v", mode, res.LegacyOK, res.LegacyError, wantOK)
+			}
+			if res.ImpostorServed != 0 {
+				t.Errorf("the impostor's app served %d requests", res.ImpostorServed)
+			}
+			if res.SANFailures == 0 || res.Failures == 0 {
+				t.Errorf("no refused handshake with the impostor: %d SAN failures, %d failed requests", res.SANFailures, res.Failures)
+			}
+			if res.Failures == res.Requests {
+				t.Errorf("every request failed; the real web-0 should have served some")
+			}
+		})
+	}
+}

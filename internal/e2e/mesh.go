@@ -203,7 +203,11 @@ func (s *seed) allAcked() error {
 		}
 		v.Proxies = append(v.Proxies, part.Proxies...)
 	}
-	if len(v.Proxies) != 2 {
+	want := 2
+	if s.wantProxies > 0 {
+		want = s.wantProxies
+	}
+	if len(v.Proxies) != want {
 		return fmt.Errorf("%d proxies connected", len(v.Proxies))
 	}
 	for _, p := range v.Proxies {

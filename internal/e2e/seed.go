@@ -146,6 +146,7 @@ type seed struct {
 	namespace      string
 	webhook        string
 	replicas       []*replica
+	wantProxies    int // sidecars allAcked expects (default 2)
 	sidecars       []sidecar
 	mu             sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
@@ -195,8 +196,12 @@ func (s *seed) run(ctx context.Context) error {
 }
 
 // startNginx serves a page holding the marker on 0.0.0.0:8080 in web-0.
-func (s *seed) startNginx(ctx context.Context) error {
-	dir := filepath.Join(s.lab.Dir, "nginx")
+func (s *seed) startNginx(ctx context.Context) error { return s.startNginxIn(ctx, s.server) }
+
+// startNginxIn serves the marker page on 0.0.0.0:8080 in a pod; its access
+// log is <lab>/nginx-<pod>/access.log.
+func (s *seed) startNginxIn(ctx context.Context, pod *netlab.Pod) error {
+	dir := filepath.Join(s.lab.Dir, "nginx-"+pod.Name)
 	if err := os.MkdirAll(filepath.Join(dir, "html"), 0o755); err != nil {
 		return err
 	}
@@ -227,11 +232,11 @@ http {
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		return err
 	}
-	if _, err := s.lab.Start("nginx", netlab.ProcOptions{Pod: s.server}, "nginx", "-c", filepath.Join(dir, "nginx.conf"), "-p", dir); err != nil {
+	if _, err := s.lab.Start("nginx-"+pod.Name, netlab.ProcOptions{Pod: pod}, "nginx", "-c", filepath.Join(dir, "nginx.conf"), "-p", dir); err != nil {
 		return err
 	}
-	return waitFor(ctx, 10*time.Second, "nginx on web-0:8080", func() error {
-		_, err := s.server.Run(ctx, "curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:8080/")
+	return waitFor(ctx, 10*time.Second, "nginx on "+pod.Name+":8080", func() error {
+		_, err := pod.Run(ctx, "curl", "-sf", "-o", "/dev/null", "http://127.0.0.1:8080/")
 		return err
 	})
 }
