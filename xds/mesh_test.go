@@ -48,7 +48,7 @@ type meshd struct {
 	done    chan error
 }
 
-func startMeshd(t testing.TB, pki *testPKI, addr string) *meshd {
+func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
 	t.Helper()
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pki.pool(),
@@ -72,7 +72,11 @@ func startMeshd(t testing.TB, pki *testPKI, addr string) *meshd {
 		t.Fatal(err)
 	}
 	var hooks xds.ProxyHooks
-	srv, err := xds.New(xds.Config{Addr: addr, TLS: tlsCfg, Hooks: &hooks, Logger: logger})
+	cfg := xds.Config{Addr: addr, TLS: tlsCfg, Hooks: &hooks, Logger: logger}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := xds.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ type metrics struct {
 	pushes    *prometheus.CounterVec
 	nacks     *prometheus.CounterVec
 	denied    prometheus.Counter
+	limited   *prometheus.CounterVec
 	// ackLatency: from sending a response to its ACK, by type.
 	ackLatency *prometheus.HistogramVec
 }
@@ -21,11 +22,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "xDS responses rejected by proxies, by resource type."}, []string{"type"}),
 		denied: prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_xds_denied_total",
 			Help: "xDS requests refused with PermissionDenied."}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_xds_limited_total",
+			Help: "Streams refused or requests throttled by a per-client limit, by limit."}, []string{"limit"}),
 		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshd_xds_push_ack_seconds",
 			Help: "Time from sending an xDS response to the proxy's ACK of it, by resource type.", Buckets: latencyBuckets}, []string{"type"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied, m.ackLatency)
+		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied, m.limited, m.ackLatency)
 	}
 	return m
 }

@@ -50,6 +50,8 @@ type Config struct {
 	// ResolveProxy binds streams of injected sidecars (proxy-ID client
 	// certificates) to their pods; nil refuses such certificates.
 	ResolveProxy ProxyResolver
+	// Limits bound each client (zero values: defaults).
+	Limits Limits
 }
 
 // Server is the ADS gRPC server. Cache is where snapshots are published,
@@ -88,11 +90,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
+	cfg.Limits.setDefaults()
 	s := &Server{cfg: cfg, lis: lis, Cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
 		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer)}
+	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
+		grpc.StreamInterceptor(lim.intercept),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	)

@@ -1,0 +1,97 @@
+package xds
+
+import (
+	"sync"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Limits bound what one client can take from meshd, so a misbehaving or
+// compromised sidecar cannot starve the others.
+type Limits struct {
+	// StreamsPerIdentity bounds the open streams of one proxy identity
+	// (what its client certificate is bound to: SPIFFE ID and pod or proxy
+	// ID) across all its connections (default 8; a sidecar needs one, a few
+	// more cover reconnect overlap).
+	StreamsPerIdentity int
+	// RequestsPerSecond and Burst throttle the requests read from one
+	// stream (default 50/s, burst 100); a flood waits, it is not served
+	// faster.
+	RequestsPerSecond float64
+	Burst             int
+	// StreamsPerConnection bounds concurrent HTTP/2 streams on one
+	// connection (default 16).
+	StreamsPerConnection uint32
+}
+
+func (l *Limits) setDefaults() {
+	if l.StreamsPerIdentity == 0 {
+		l.StreamsPerIdentity = 8
+	}
+	if l.RequestsPerSecond == 0 {
+		l.RequestsPerSecond, l.Burst = 50, 100
+	}
+	if l.Burst == 0 {
+		l.Burst = int(l.RequestsPerSecond) + 1
+	}
+	if l.StreamsPerConnection == 0 {
+		l.StreamsPerConnection = 16
+	}
+}
+
+// limiter enforces Limits as a gRPC stream interceptor.
+type limiter struct {
+	limits  Limits
+	limited func(reason string)
+
+	mu   sync.Mutex
+	open map[string]int // identity -> open streams
+}
+
+func newLimiter(l Limits, limited func(reason string)) *limiter {
+	return &limiter{limits: l, limited: limited, open: map[string]int{}}
+}
+
+func (l *limiter) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	p, err := PeerFromContext(ss.Context())
+	if err != nil {
+		return err // the handler would refuse it the same way
+	}
+	key := p.Identity.String() + "|" + p.NodeID + "|" + p.ProxyID
+	l.mu.Lock()
+	if l.open[key] >= l.limits.StreamsPerIdentity {
+		l.mu.Unlock()
+		l.limited("streams_per_identity")
+		return status.Errorf(codes.ResourceExhausted, "xds: %s (%s%s) already has %d open streams (the limit)", p.Identity, p.NodeID, p.ProxyID, l.limits.StreamsPerIdentity)
+	}
+	l.open[key]++
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		if l.open[key]--; l.open[key] <= 0 {
+			delete(l.open, key)
+		}
+		l.mu.Unlock()
+	}()
+	return handler(srv, &throttledStream{ServerStream: ss, rate: rate.NewLimiter(rate.Limit(l.limits.RequestsPerSecond), l.limits.Burst), limited: l.limited})
+}
+
+// throttledStream reads requests no faster than its rate.
+type throttledStream struct {
+	grpc.ServerStream
+	rate    *rate.Limiter
+	limited func(reason string)
+}
+
+func (s *throttledStream) RecvMsg(m any) error {
+	if !s.rate.Allow() {
+		s.limited("request_rate")
+		if err := s.rate.Wait(s.Context()); err != nil {
+			return status.FromContextError(s.Context().Err()).Err()
+		}
+	}
+	return s.ServerStream.RecvMsg(m)
+}
