@@ -26,6 +26,9 @@ type RenewerConfig struct {
 	Clock  clock.WithTicker
 	Random func() float64
 	Logger *slog.Logger
+	// OnError (optional) hears every failed issuance after it is logged
+	// (meshd puts an Event on the pod); the current certificate stays.
+	OnError func(key string, req Request, err error)
 }
 
 // Renewer keeps certificates fresh: for each watched key it issues at once,
@@ -98,6 +101,9 @@ func (r *Renewer) loop(ctx context.Context, key string, req Request, onCert func
 				return
 			}
 			r.cfg.Logger.Warn("ca: issuance failed; retrying", "proxy", key, "identity", req.Identity.String(), "retry_in", backoff, "error", err)
+			if r.cfg.OnError != nil {
+				r.cfg.OnError(key, req, err)
+			}
 			wait = backoff
 			backoff = min(2*backoff, r.cfg.MaxBackoff)
 		} else {
