@@ -44,10 +44,16 @@ func (r *ProblemReporter) Report(problems []Problem) {
 			continue
 		}
 		r.log.Warn("k8s: object skipped", "kind", p.Kind, "namespace", p.Namespace, "name", p.Name, "reason", p.Reason, "problem", p.Message)
-		ref := &corev1.ObjectReference{Kind: p.Kind, APIVersion: "v1", Namespace: p.Namespace, Name: p.Name}
-		r.recorder.Event(ref, corev1.EventTypeWarning, p.Reason, p.Message)
+		r.Warn(p)
 	}
 	r.last = now
+}
+
+// Warn sends one Warning Event now (the recorder aggregates repeats); safe
+// from any goroutine.
+func (r *ProblemReporter) Warn(p Problem) {
+	ref := &corev1.ObjectReference{Kind: p.Kind, APIVersion: "v1", Namespace: p.Namespace, Name: p.Name}
+	r.recorder.Event(ref, corev1.EventTypeWarning, p.Reason, p.Message)
 }
 
 // Shutdown stops sending events.

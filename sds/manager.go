@@ -62,7 +62,8 @@ func New(cfg Config) (*Manager, error) {
 	return &Manager{cfg: cfg, proxies: map[string]*proxy{}}, nil
 }
 
-// Add starts keeping secrets for a proxy and waits until its first
+// Add starts keeping secrets for a proxy (pod: its pod's name, in the
+// identity's namespace) and waits until its first
 // certificate has been handed to OnSecrets (or the timeout). A second Add
 // for the same node (a second stream) shares the first one's certificate.
 // ctx bounds the proxy's lifetime in the manager, along with Remove.
@@ -101,6 +102,9 @@ func (m *Manager) watch(ctx context.Context, p *proxy, nodeID string, id ca.Iden
 		return
 	}
 	var once sync.Once
+	if pod != "" {
+		pod = id.Namespace + "/" + pod // ca.Request.Pod is namespace/name
+	}
 	m.cfg.Renewer.Watch(wctx, nodeID, ca.Request{Identity: id, Pod: pod}, func(c *ca.Certificate) {
 		m.mu.Lock()
 		p.last = c

@@ -36,7 +36,7 @@ func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.CADir != "" {
 		secrets = ca.FileSecrets{Dir: cfg.CADir}
 	} else {
-		client, _, err := kubeClient(cfg, newLogger(stderr))
+		client, _, _, err := kubeClient(cfg, newLogger(stderr))
 		if err != nil {
 			return err
 		}

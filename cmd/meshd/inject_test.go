@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/testenv"
@@ -87,6 +88,9 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	id := pod.Annotations[inject.AnnotationProxyID]
 	if len(pod.Spec.Containers) != 2 || pod.Spec.Containers[1].Name != inject.ContainerProxy || len(pod.Spec.InitContainers) != 1 || id == "" {
 		t.Fatalf("stored pod not injected: %d containers, %d init, annotations %v", len(pod.Spec.Containers), len(pod.Spec.InitContainers), pod.Annotations)
+	}
+	if y, err := yaml.Marshal(pod.Spec); err == nil {
+		t.Logf("injected pod %s/%s, annotations %v, spec:\n%s", ns, pod.Name, pod.Annotations, y)
 	}
 	secret, err := c.CoreV1().Secrets(ns).Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
 	if err != nil {

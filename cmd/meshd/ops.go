@@ -384,8 +384,9 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
 	var v struct {
 		CA struct {
-			Backend string `json:"backend"`
-			Signing struct {
+			Backend        string `json:"backend"`
+			WorkloadIssuer string `json:"workload_issuer"`
+			Signing        struct {
 				Serial   string    `json:"serial"`
 				NotAfter time.Time `json:"not_after"`
 			} `json:"signing"`
@@ -410,7 +411,11 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 		add("ca", "OK", "%s CA, signing serial %s valid until %s, %d trusted root(s), rotation %s",
 			v.CA.Backend, v.CA.Signing.Serial, v.CA.Signing.NotAfter.Format(time.DateOnly), len(v.CA.Roots), v.CA.Phase)
 	}
-	add("issuer", "OK", "%s backend answers (certificates are issued in-process)", v.CA.Backend)
+	if v.CA.WorkloadIssuer != "" {
+		add("issuer", "OK", "workload certificates from %s (failures: Warning Events on the pods, meshd_ca_issue_failures_total); the %s CA signs meshd's own", v.CA.WorkloadIssuer, v.CA.Backend)
+	} else {
+		add("issuer", "OK", "%s backend answers (certificates are issued in-process)", v.CA.Backend)
+	}
 	if !v.Earliest.IsZero() && time.Until(v.Earliest) <= 0 {
 		add("certificates", "FAIL", "a proxy certificate expired at %s: renewal is failing", v.Earliest)
 	}

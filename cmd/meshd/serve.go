@@ -51,18 +51,30 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 
 	// Kubernetes source: a cluster, or a directory of YAML served in memory.
-	client, local, err := kubeClient(cfg, log)
+	client, rc, local, err := kubeClient(cfg, log)
 	if err != nil {
 		return err
 	}
+	problems := k8s.NewProblemReporter(ctx, client, log)
+	defer problems.Shutdown()
 	// CA: root from the CA Secret (created once, shared by replicas), or files.
-	issuer, renewer, err := startCA(ctx, cfg, client, reg, log)
+	caMetrics := ca.NewMetrics(reg)
+	issuer, renewer, err := startCA(ctx, cfg, client, caMetrics, log)
 	if err != nil {
 		return err
+	}
+	// Workload certificates: the internal CA, or cert-manager (--issuer-ref).
+	workloads, workloadIssuer := renewer, ""
+	var cmCA *certManagerCA
+	if cfg.IssuerRef != "" {
+		if cmCA, err = newCertManagerCA(cfg, rc, client, caMetrics, problems, log); err != nil {
+			return err
+		}
+		workloads, workloadIssuer = cmCA.renewer, "cert-manager "+cfg.IssuerRef
 	}
 	// xds: consumes the Publisher's snapshots, produces ADS streams over mTLS.
 	serving := &atomic.Pointer[tls.Certificate]{}
-	srv, mesh, secrets, err := newXDS(cfg, issuer, renewer, serving, reg, log)
+	srv, mesh, secrets, err := newXDS(cfg, issuer, workloads, serving, reg, log)
 	if err != nil {
 		return err
 	}
@@ -84,8 +96,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// k8s: informers -> batched state -> model (bad objects reported as
 	// Events) -> mesh: translated and published to every proxy.
-	problems := k8s.NewProblemReporter(ctx, client, log)
-	defer problems.Shutdown()
 	var published atomic.Bool
 	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
@@ -111,13 +121,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Certs: func() []debug.CertView {
 			var out []debug.CertView
 			for node, c := range secrets.Certificates() {
-				out = append(out, debug.NewCertView(node, "internal", c.Leaf))
+				out = append(out, debug.NewCertView(node, c.Backend, c.Leaf))
 			}
 			return out
 		},
 		CA: func() debug.CAView {
 			a := issuer.Authority()
-			v := debug.CAView{Backend: "internal", Signing: debug.NewRootView(a.Cert), RotationPhase: "steady"}
+			v := debug.CAView{Backend: "internal", WorkloadIssuer: workloadIssuer, Signing: debug.NewRootView(a.Cert), RotationPhase: "steady"}
 			for _, r := range a.Roots {
 				v.Roots = append(v.Roots, debug.NewRootView(r))
 			}
@@ -144,6 +154,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Start(ctx) })
+	if cmCA != nil {
+		g.Go(func() error { return cmCA.run(ctx) })
+	}
 	g.Go(func() error { return watcher.Start(ctx) })
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
 	if cfg.HealthAddr != "" {
@@ -180,13 +193,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	return g.Wait()
 }
 
-func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *k8s.LocalDir, error) {
+func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *rest.Config, *k8s.LocalDir, error) {
 	if cfg.LocalDir != "" {
 		local, err := k8s.NewLocalDir(cfg.LocalDir, log)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return local.Client(), local, nil
+		return local.Client(), nil, local, nil
 	}
 	var rc *rest.Config
 	var err error
@@ -196,10 +209,10 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *k8s
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("kubernetes client: %w (use --kubeconfig, or --local-dir without a cluster)", err)
+		return nil, nil, nil, fmt.Errorf("kubernetes client: %w (use --kubeconfig, or --local-dir without a cluster)", err)
 	}
 	client, err := kubernetes.NewForConfig(rc)
-	return client, nil, err
+	return client, rc, nil, err
 }
 
 func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {
@@ -209,12 +222,12 @@ func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater 
 	return client.CoreV1().Secrets(cfg.Namespace)
 }
 
-func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface, reg prometheus.Registerer, log *slog.Logger) (*ca.Internal, *ca.Renewer, error) {
+func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface, metrics *ca.Metrics, log *slog.Logger) (*ca.Internal, *ca.Renewer, error) {
 	root, err := ca.LoadOrCreateRoot(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}
-	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: cfg.CertTTL, Metrics: ca.NewMetrics(reg)})
+	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: cfg.CertTTL, Metrics: metrics})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -229,7 +242,7 @@ func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface
 // newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
 // kept fresh by the renewer, client certificates checked against the current
 // bundle), the Publisher, and the SDS manager between streams and secrets.
-func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, *sds.Manager, error) {
+func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, *sds.Manager, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			pool := x509.NewCertPool()
@@ -261,7 +274,7 @@ func newXDS(cfg config.Config, issuer *ca.Internal, renewer *ca.Renewer, serving
 	if err := pub.RegisterMetrics(reg); err != nil {
 		return nil, nil, nil, err
 	}
-	mgr, err := sds.New(sds.Config{Renewer: renewer, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
+	mgr, err := sds.New(sds.Config{Renewer: workloads, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
 		res := make([]types.Resource, len(secrets))
 		for i, s := range secrets {
 			res[i] = s

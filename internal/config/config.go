@@ -11,7 +11,10 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"strings"
 	"time"
+
+	"github.com/meshd/meshd/ca/certmanager"
 )
 
 // Config is the configuration of `meshd serve`.
@@ -52,6 +55,17 @@ type Config struct {
 	SidecarXDSAddr           string
 	// SidecarCredsDir is where the credentials Secret is mounted in sidecars.
 	SidecarCredsDir string
+	// IssuerRef, if set ("kind/name[/group]"), makes workload certificates
+	// cert-manager CertificateRequests against that Issuer (in Namespace)
+	// or ClusterIssuer; the internal CA keeps meshd's own and the xDS
+	// client certificates. IssuerApprove: meshd approves its own requests.
+	// TrustBundle ("configmap/name/key" or "secret/name/key" in Namespace)
+	// replaces the issuer's status.ca as the bundle served to proxies.
+	IssuerRef     string
+	IssuerApprove bool
+	TrustBundle   string
+	// IssuerTimeout bounds one CertificateRequest (then retried with backoff).
+	IssuerTimeout time.Duration
 	// HoldOff and MaxDelay batch Kubernetes events before a rebuild.
 	HoldOff  time.Duration
 	MaxDelay time.Duration
@@ -71,6 +85,7 @@ func Default() Config {
 
 		RootRotationGrace: 10 * time.Minute,
 		LeaseDuration:     15 * time.Second,
+		IssuerTimeout:     30 * time.Second,
 
 		WebhookName:     "meshd-sidecar-injector",
 		ProxyImage:      "envoyproxy/envoy:v1.40.0",
@@ -100,6 +115,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container (runs meshd iptables)")
 	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc:15012)")
 	fs.StringVar(&c.SidecarCredsDir, "sidecar-creds-dir", c.SidecarCredsDir, "where injected sidecars mount their credentials Secret")
+	fs.StringVar(&c.IssuerRef, "issuer-ref", c.IssuerRef, "issue workload certificates through this cert-manager issuer: Issuer/<name> (in --namespace), ClusterIssuer/<name>, or kind/name/group for an external issuer (empty: internal CA)")
+	fs.BoolVar(&c.IssuerApprove, "issuer-approve", c.IssuerApprove, "approve meshd's own CertificateRequests (needs the approve verb on the issuer's signer)")
+	fs.DurationVar(&c.IssuerTimeout, "issuer-timeout", c.IssuerTimeout, "with --issuer-ref: how long one CertificateRequest may take before it counts as failed (then retried with backoff)")
+	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "with --issuer-ref: serve this bundle instead of the issuer's CA: configmap/<name>/<key> or secret/<name>/<key> in --namespace")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
 }
@@ -135,6 +154,25 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("--webhook-addr needs a cluster (not --local-dir)"))
 		}
 	}
+	if c.IssuerRef != "" {
+		if _, err := certmanager.ParseRef(c.IssuerRef); err != nil {
+			errs = append(errs, fmt.Errorf("--issuer-ref: %w", err))
+		}
+		if c.LocalDir != "" {
+			errs = append(errs, errors.New("--issuer-ref needs a cluster with cert-manager (not --local-dir)"))
+		}
+		if c.IssuerTimeout < time.Second {
+			errs = append(errs, fmt.Errorf("--issuer-timeout %s: must be at least 1s", c.IssuerTimeout))
+		}
+	}
+	if c.TrustBundle != "" {
+		if _, _, _, err := ParseBundleRef(c.TrustBundle); err != nil {
+			errs = append(errs, err)
+		}
+		if c.IssuerRef == "" {
+			errs = append(errs, errors.New("--trust-bundle needs --issuer-ref"))
+		}
+	}
 	if c.LeaseDuration < 3*time.Second {
 		errs = append(errs, fmt.Errorf("--lease-duration %s: must be at least 3s", c.LeaseDuration))
 	}
@@ -152,4 +190,14 @@ func orLoopback(addr string) string {
 		return "127.0.0.1:0"
 	}
 	return addr
+}
+
+// ParseBundleRef parses --trust-bundle: configmap/<name>/<key> or
+// secret/<name>/<key>.
+func ParseBundleRef(s string) (kind, name, key string, err error) {
+	parts := strings.Split(s, "/")
+	if len(parts) != 3 || (parts[0] != "configmap" && parts[0] != "secret") || parts[1] == "" || parts[2] == "" {
+		return "", "", "", fmt.Errorf("--trust-bundle %q: want configmap/<name>/<key> or secret/<name>/<key>", s)
+	}
+	return parts[0], parts[1], parts[2], nil
 }

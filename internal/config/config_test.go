@@ -25,6 +25,12 @@ func TestValidate(t *testing.T) {
 		"short ttl":          {args: []string{"-cert-ttl", "30s"}, wantErr: "--cert-ttl"},
 		"hold-off > max":     {args: []string{"-hold-off", "2s", "-max-delay", "1s"}, wantErr: "hold-off"},
 		"empty trust domain": {args: []string{"-trust-domain", ""}, wantErr: "--trust-domain"},
+		"issuer ref":         {args: []string{"-issuer-ref", "ClusterIssuer/mesh-ca", "-trust-bundle", "configmap/mesh-roots/ca.crt"}},
+		"external issuer":    {args: []string{"-issuer-ref", "VaultIssuer/v/vault.example.com"}},
+		"bad issuer ref":     {args: []string{"-issuer-ref", "mesh-ca"}, wantErr: "kind/name[/group]"},
+		"issuer, no cluster": {args: []string{"-issuer-ref", "Issuer/x", "-local-dir", "d", "-ca-dir", "c"}, wantErr: "needs a cluster"},
+		"bad trust bundle":   {args: []string{"-issuer-ref", "Issuer/x", "-trust-bundle", "configmap/x"}, wantErr: "configmap/<name>/<key>"},
+		"bundle, no issuer":  {args: []string{"-trust-bundle", "secret/x/ca.crt"}, wantErr: "needs --issuer-ref"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -28,11 +28,15 @@ type RootView struct {
 // CAView is the CA's state: what signs, what is trusted, where a root
 // rotation stands.
 type CAView struct {
-	Backend       string     `json:"backend"`
-	Signing       RootView   `json:"signing"`
-	Roots         []RootView `json:"trusted_roots"`
-	RotationPhase string     `json:"rotation_phase"`
-	PhaseSince    string     `json:"rotation_phase_since,omitempty"`
+	Backend string `json:"backend"`
+	// WorkloadIssuer is where workload certificates come from when that is
+	// not this CA (cert-manager); this CA still signs meshd's own and the
+	// xDS client certificates.
+	WorkloadIssuer string     `json:"workload_issuer,omitempty"`
+	Signing        RootView   `json:"signing"`
+	Roots          []RootView `json:"trusted_roots"`
+	RotationPhase  string     `json:"rotation_phase"`
+	PhaseSince     string     `json:"rotation_phase_since,omitempty"`
 }
 
 // NewRootView summarizes a CA certificate.

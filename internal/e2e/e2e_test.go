@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/certmanager"
 	"github.com/meshd/meshd/internal/e2e"
 	"github.com/meshd/meshd/internal/testenv"
 )
@@ -113,6 +118,61 @@ func TestStrictMTLSThroughKubernetes(t *testing.T) {
 	opts.Duration = 5 * time.Second
 	res := run(t, opts)
 	checkMesh(t, res)
+}
+
+// TestCertManagerUnderTraffic: scenarios 2 and 3 with workload
+// certificates from the real cert-manager (a CA Issuer): the capture holds
+// no plaintext, the server sidecar sees the client's SPIFFE ID, 1-minute
+// certificates are renewed through CertificateRequests under traffic, the
+// sidecars trust exactly cert-manager's CA. Then cert-manager stops: no
+// request fails (the current certificates keep working), the next renewal
+// fails with a Warning Event on the pod saying why, and no
+// CertificateRequest is left behind.
+func TestCertManagerUnderTraffic(t *testing.T) {
+	if testing.Short() {
+		t.Skip("75 s of traffic; not in -short")
+	}
+	opts := options(t, true)
+	env := testenv.Kube(t)
+	env.StartControllerManager(t)
+	cm := env.CertManagerCAIssuer(t, "meshd-system", "mesh-ca")
+	opts.Kube = &e2e.Kube{Kubeconfig: env.Kubeconfig, Client: env.Client, NodeName: testenv.NodeName,
+		Args: []string{"--issuer-ref", "Issuer/mesh-ca", "--issuer-timeout", "3s"}}
+	// Certificates live 1m and renew at 27-33 s of their life: the first
+	// renewal goes through cert-manager, cert-manager stops 38 s into the
+	// traffic, the next renewal (54-66 s after the first certificate) fails
+	// within the end of traffic; the renewed certificate outlives it.
+	opts.CertTTL, opts.Duration = time.Minute, 75*time.Second
+	opts.Fault, opts.FaultAfter = env.StopCertManager, 38*time.Second
+	t.Cleanup(func() { env.StartCertManager(t) })
+	res := run(t, opts)
+	checkMesh(t, res)
+	if len(res.ServerSerials) != 2 {
+		t.Errorf("the server sidecar showed serials %v; want 2 (one renewal through cert-manager, then none while it is down)", res.ServerSerials)
+	}
+	ctx := context.Background()
+	sec, err := env.Client.CoreV1().Secrets("meshd-system").Get(ctx, "mesh-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCerts, err := ca.ParseCertsPEM(sec.Data["tls.crt"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := caCerts[0].SerialNumber
+	if got, ok := new(big.Int).SetString(strings.Join(res.RootSets, "+"), 16); !ok || got.Cmp(want) != 0 {
+		t.Errorf("the server sidecar trusted %v; want only cert-manager's CA %s", res.RootSets, want.Text(16))
+	}
+	evs, err := env.Client.CoreV1().Events(res.Namespace).List(ctx, metav1.ListOptions{FieldSelector: "reason=CertificateIssueFailed"})
+	if err != nil || len(evs.Items) == 0 {
+		t.Errorf("no CertificateIssueFailed Event in %s while cert-manager was down (%v)", res.Namespace, err)
+	} else {
+		t.Logf("Event on %s/%s: %s", evs.Items[0].InvolvedObject.Kind, evs.Items[0].InvolvedObject.Name, evs.Items[0].Message)
+	}
+	left, err := cm.CertmanagerV1().CertificateRequests("meshd-system").List(ctx, metav1.ListOptions{LabelSelector: certmanager.LabelManaged})
+	if err != nil || len(left.Items) != 0 {
+		t.Errorf("%d CertificateRequests left (%v)", len(left.Items), err)
+	}
 }
 
 func checkMesh(t *testing.T, res *e2e.Result) {

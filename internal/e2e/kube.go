@@ -29,6 +29,8 @@ type Kube struct {
 	Client     kubernetes.Interface
 	// NodeName is the Node pods are scheduled to (the harness is its kubelet).
 	NodeName string
+	// Args are added to meshd's (e.g. --issuer-ref for cert-manager).
+	Args []string
 }
 
 // credsMount is where injected sidecars find their credentials Secret; the
@@ -112,6 +114,7 @@ func (s *seed) startKubeMeshd(ctx context.Context) error {
 	if s.opts.RootGrace > 0 {
 		args = append(args, "--root-rotation-grace", s.opts.RootGrace.String())
 	}
+	args = append(args, k.Args...)
 	if s.meshd, err = s.lab.Start("meshd", netlab.ProcOptions{}, s.opts.Meshd, args...); err != nil {
 		return err
 	}

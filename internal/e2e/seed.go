@@ -61,6 +61,10 @@ type Options struct {
 	// through its injection webhook; otherwise meshd serves a local
 	// directory describing the lab and the harness bootstraps the sidecars.
 	Kube *Kube
+	// Fault, if set, runs FaultAfter into the traffic (e.g. stop a
+	// dependency) while requests go on.
+	Fault      func()
+	FaultAfter time.Duration
 	// Operator runs meshd's operator commands at the end of the traffic and
 	// keeps their output in Result.Operator.
 	Operator bool
@@ -278,6 +282,18 @@ func (s *seed) traffic(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			s.rotateRoot(ctx, stop)
+		}()
+	}
+	if s.opts.Fault != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			select {
+			case <-time.After(s.opts.FaultAfter):
+				s.progress("fault: %s into the traffic", s.opts.FaultAfter)
+				s.opts.Fault()
+			case <-stop:
+			}
 		}()
 	}
 	end := time.Now().Add(s.opts.Duration)
