@@ -45,7 +45,9 @@ const credsMount = netlab.StateDir + "/creds"
 // pod status (IP, Ready) so the controller-manager writes the EndpointSlice.
 func (s *seed) startKubeMesh(ctx context.Context) error {
 	k := s.opts.Kube
-	s.namespace = fmt.Sprintf("seed%d", s.lab.Index)
+	// Lab indexes are reused; an earlier run's namespace may still be
+	// terminating, so the time makes the name unique.
+	s.namespace = fmt.Sprintf("seed%d-%d", s.lab.Index, time.Now().UnixNano()%1e6)
 	if err := os.MkdirAll(credsMount, 0o755); err != nil {
 		return err
 	}
