@@ -27,20 +27,8 @@ func ValidateExternal(chain []*x509.Certificate, bundlePEM []byte, req Request, 
 		return errors.New("validate: empty chain")
 	}
 	leaf := chain[0]
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != req.Identity.String() {
-		return fmt.Errorf("validate: URI SANs %v, want exactly %s", leaf.URIs, req.Identity)
-	}
-	if leaf.IsCA {
-		return errors.New("validate: leaf is a CA")
-	}
-	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		return errors.New("validate: no digitalSignature key usage")
-	}
-	if !hasEKU(leaf, x509.ExtKeyUsageServerAuth) || !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
-		return errors.New("validate: want serverAuth and clientAuth extended key usage")
-	}
-	if req.Key != nil && !publicKeysEqual(leaf, req.Key) {
-		return errors.New("validate: certificate does not bind the request's key")
+	if err := checkLeaf(leaf, req); err != nil {
+		return err
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(bundlePEM) {

@@ -176,8 +176,10 @@ func hasEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
 	return false
 }
 
-// validate checks an issued leaf before anyone may serve it.
-func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time) error {
+// checkLeaf checks what every issued leaf must be, whoever signed it:
+// exactly the request's SPIFFE ID as URI SAN, not a CA, digitalSignature,
+// serverAuth and clientAuth, bound to the request's key.
+func checkLeaf(leaf *x509.Certificate, req Request) error {
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != req.Identity.String() {
 		return fmt.Errorf("validate: URI SANs %v, want exactly %s", leaf.URIs, req.Identity)
 	}
@@ -187,11 +189,22 @@ func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time)
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return errors.New("validate: no digitalSignature key usage")
 	}
-	if !leaf.NotAfter.After(now) || leaf.NotAfter.After(a.Cert.NotAfter) {
-		return fmt.Errorf("validate: lifetime %s..%s is outside now..CA expiry", leaf.NotBefore, leaf.NotAfter)
+	if !hasEKU(leaf, x509.ExtKeyUsageServerAuth) || !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
+		return errors.New("validate: want serverAuth and clientAuth extended key usage")
 	}
 	if req.Key != nil && !publicKeysEqual(leaf, req.Key) {
 		return errors.New("validate: certificate does not bind the request's key")
+	}
+	return nil
+}
+
+// validate checks an issued leaf before anyone may serve it.
+func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time) error {
+	if err := checkLeaf(leaf, req); err != nil {
+		return err
+	}
+	if !leaf.NotAfter.After(now) || leaf.NotAfter.After(a.Cert.NotAfter) {
+		return fmt.Errorf("validate: lifetime %s..%s is outside now..CA expiry", leaf.NotBefore, leaf.NotAfter)
 	}
 	// The chain: x509.CreateCertificate has already checked the signature
 	// against the CA key, which NewAuthority checked belongs to a.Cert, and
@@ -204,9 +217,6 @@ func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time)
 	}
 	if now.Before(a.Cert.NotBefore) || now.After(a.Cert.NotAfter) {
 		return errors.New("validate: chain: the signing CA is not valid now")
-	}
-	if !hasEKU(leaf, x509.ExtKeyUsageServerAuth) || !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
-		return errors.New("validate: want serverAuth and clientAuth extended key usage")
 	}
 	return nil
 }

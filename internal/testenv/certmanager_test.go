@@ -13,8 +13,6 @@ import (
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
-	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -23,50 +21,14 @@ import (
 
 // TestCertManagerSignsSPIFFERequest: the real cert-manager controller, run
 // out of cluster, brings up SelfSigned ClusterIssuer -> CA Certificate -> CA
-// Issuer, approves a CertificateRequest with a SPIFFE URI SAN and signs it.
+// Issuer (Env.CertManagerCAIssuer), approves a CertificateRequest with a
+// SPIFFE URI SAN and signs it.
 func TestCertManagerSignsSPIFFERequest(t *testing.T) {
 	env := testenv.Kube(t)
-	env.StartCertManager(t)
+	ns := "cm-smoke"
+	cm := env.CertManagerCAIssuer(t, ns, "mesh-ca")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cm, err := cmclient.NewForConfig(env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := "cm-smoke"
-	if err := env.EnsureNamespace(ctx, ns); err != nil {
-		t.Fatal(err)
-	}
-	// The CRDs were just applied: retry creates until the API serves them.
-	create := func(what string, f func() error) {
-		t.Helper()
-		if err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(context.Context) (bool, error) { return f() == nil, nil }); err != nil {
-			t.Fatalf("create %s: %v (last: %v)", what, err, f())
-		}
-	}
-	create("ClusterIssuer selfsigned", func() error {
-		_, err := cm.CertmanagerV1().ClusterIssuers().Create(ctx, &cmapi.ClusterIssuer{ObjectMeta: metav1.ObjectMeta{Name: "selfsigned"},
-			Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{SelfSigned: &cmapi.SelfSignedIssuer{}}}}, metav1.CreateOptions{})
-		return ignoreExists(err)
-	})
-	create("CA Certificate", func() error {
-		_, err := cm.CertmanagerV1().Certificates(ns).Create(ctx, &cmapi.Certificate{ObjectMeta: metav1.ObjectMeta{Name: "mesh-ca"},
-			Spec: cmapi.CertificateSpec{IsCA: true, CommonName: "mesh ca", SecretName: "mesh-ca",
-				PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
-				IssuerRef:  cmmeta.IssuerReference{Name: "selfsigned", Kind: "ClusterIssuer", Group: "cert-manager.io"}}}, metav1.CreateOptions{})
-		return ignoreExists(err)
-	})
-	create("CA Issuer", func() error {
-		_, err := cm.CertmanagerV1().Issuers(ns).Create(ctx, &cmapi.Issuer{ObjectMeta: metav1.ObjectMeta{Name: "mesh-ca"},
-			Spec: cmapi.IssuerSpec{IssuerConfig: cmapi.IssuerConfig{CA: &cmapi.CAIssuer{SecretName: "mesh-ca"}}}}, metav1.CreateOptions{})
-		return ignoreExists(err)
-	})
-	if err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		iss, err := cm.CertmanagerV1().Issuers(ns).Get(ctx, "mesh-ca", metav1.GetOptions{})
-		return err == nil && ready(iss.Status.Conditions), nil
-	}); err != nil {
-		t.Fatalf("CA Issuer never became Ready: %v", err)
-	}
 
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	spiffe, _ := url.Parse("spiffe://cluster.local/ns/demo/sa/default")
@@ -103,20 +65,4 @@ func TestCertManagerSignsSPIFFERequest(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Errorf("certificate does not verify against status.ca: %v", err)
 	}
-}
-
-func ready(conds []cmapi.IssuerCondition) bool {
-	for _, c := range conds {
-		if c.Type == cmapi.IssuerConditionReady && c.Status == cmmeta.ConditionTrue {
-			return true
-		}
-	}
-	return false
-}
-
-func ignoreExists(err error) error {
-	if err != nil && apierrors.IsAlreadyExists(err) {
-		return nil
-	}
-	return err
 }
