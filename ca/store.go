@@ -45,6 +45,13 @@ func LoadOrCreateRoot(ctx context.Context, secrets SecretClient, name, trustDoma
 	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		if rec, rerr := secrets.Get(ctx, TrustRecordName(name), metav1.GetOptions{}); rerr == nil {
+			// A replica starting at the same time may have created both
+			// since our first read: the CA Secret is there now.
+			if s, err = secrets.Get(ctx, name, metav1.GetOptions{}); err == nil {
+				return loadAndRecord(ctx, secrets, name, s, now)
+			} else if !apierrors.IsNotFound(err) {
+				return nil, fmt.Errorf("ca: read CA secret %s: %w", name, err)
+			}
 			return nil, fmt.Errorf("ca: the CA secret %s is gone but this mesh trusts a root (recorded in %s, %d bytes of bundle): "+
 				"restore %s from a backup; only to start a new mesh root on purpose (every sidecar must then be re-injected), delete %s",
 				name, TrustRecordName(name), len(rec.Data[KeyRootCert]), name, TrustRecordName(name))
@@ -60,6 +67,10 @@ func LoadOrCreateRoot(ctx context.Context, secrets SecretClient, name, trustDoma
 	if err != nil {
 		return nil, fmt.Errorf("ca: read CA secret %s: %w", name, err)
 	}
+	return loadAndRecord(ctx, secrets, name, s, now)
+}
+
+func loadAndRecord(ctx context.Context, secrets SecretClient, name string, s *corev1.Secret, now time.Time) (*Authority, error) {
 	a, err := authorityFromSecret(s, now)
 	if err != nil {
 		return nil, err
