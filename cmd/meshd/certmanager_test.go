@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/testenv"
+)
+
+// TestTrustBundleSource: --trust-bundle configmap/<name>/<key> follows the
+// ConfigMap on the real apiserver: the bundle is served once it exists, a
+// change triggers re-issuance, and a key without a certificate is refused
+// while the previous bundle stays.
+func TestTrustBundleSource(t *testing.T) {
+	env := testenv.Kube(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const ns = "bundle-test"
+	if err := env.EnsureNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	root := func() string {
+		a, err := ca.NewRoot(rand.Reader, time.Now(), "cluster.local")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(a.BundlePEM)
+	}
+	var changes atomic.Int32
+	b := &bundleSource{client: env.Client, namespace: ns, kind: "configmap", name: "mesh-roots", key: "ca.crt",
+		log: slog.Default(), onChange: func() { changes.Add(1) }}
+	go b.run(ctx)
+	waitBundle := func(want string) {
+		t.Helper()
+		if err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
+			return string(b.get()) == want, nil
+		}); err != nil {
+			t.Fatalf("bundle never became the ConfigMap's (%d bytes now)", len(b.get()))
+		}
+	}
+	first, second := root(), root()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "mesh-roots"}, Data: map[string]string{"ca.crt": first}}
+	cm, err := env.Client.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitBundle(first)
+	if n := changes.Load(); n != 0 {
+		t.Errorf("%d re-issues for the first bundle; want none", n)
+	}
+	cm.Data["ca.crt"] = second
+	if cm, err = env.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitBundle(second)
+	if n := changes.Load(); n != 1 {
+		t.Errorf("%d re-issues after one change; want 1", n)
+	}
+	cm.Data["ca.crt"] = "not a certificate"
+	if cm, err = env.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Events arrive in order: when the good update after the bad one is
+	// served, the bad one was seen; it must not have counted as a change.
+	third := root()
+	cm.Data["ca.crt"] = third
+	if _, err = env.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitBundle(third)
+	if n := changes.Load(); n != 2 {
+		t.Errorf("%d re-issues after a bad and a good change; want 2 (the bad one ignored)", n)
+	}
+}
