@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"regexp"
 	"sort"
@@ -78,6 +79,9 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
 	mux.Handle("GET /debug/certs", s.auth(http.HandlerFunc(s.certs)))
 	mux.Handle("GET /debug/explain", s.auth(http.HandlerFunc(s.explain)))
+	// Go profiles (CPU, heap, goroutines), behind the same token.
+	mux.Handle("GET /debug/pprof/", s.auth(http.HandlerFunc(pprof.Index)))
+	mux.Handle("GET /debug/pprof/profile", s.auth(http.HandlerFunc(pprof.Profile)))
 	return mux
 }
 

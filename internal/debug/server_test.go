@@ -81,6 +81,8 @@ func TestEndpoints(t *testing.T) {
 		"repeated parameter": {"/debug/config_dump?proxy=a.b&proxy=c.d", 400, "given 2 times"},
 		"malformed query":    {"/debug/proxies?node=%zz", 400, "malformed query"},
 		"not found":          {"/debug/nothing", 404, ""},
+		"profiles":           {"/debug/pprof/", 200, "goroutine"},
+		"heap profile":       {"/debug/pprof/heap?debug=1", 200, "heap profile"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -102,6 +104,9 @@ func TestTokenRequiredWhenSet(t *testing.T) {
 	}
 	if code, _ := get(t, srv.URL+"/debug/proxies", "wrong"); code != http.StatusUnauthorized {
 		t.Errorf("wrong token: %d, want 401", code)
+	}
+	if code, _ := get(t, srv.URL+"/debug/pprof/heap", ""); code != http.StatusUnauthorized {
+		t.Errorf("profile without token: %d, want 401", code)
 	}
 	if code, _ := get(t, srv.URL+"/debug/proxies", "s3cret"); code != http.StatusOK {
 		t.Errorf("right token: %d, want 200", code)

@@ -3,6 +3,7 @@ package load_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -94,6 +95,18 @@ func BenchmarkLoad(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// MESHD_LOAD_PROFILE=<dir>: meshd's CPU profile over the connect phase
+	// (MESHD_LOAD_PROFILE_SECONDS, default 20) and its heap once connected.
+	profDir := os.Getenv("MESHD_LOAD_PROFILE")
+	profDone := make(chan struct{})
+	if profDir != "" {
+		go func() {
+			defer close(profDone)
+			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(envInt("MESHD_LOAD_PROFILE_SECONDS", 20)), filepath.Join(profDir, "cpu.pprof"))
+		}()
+	} else {
+		close(profDone)
+	}
 	_, cpu0, _ := load.Proc(pid)
 	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
 		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000})
@@ -102,6 +115,10 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	defer fleet.Close()
 	rssConnected, cpu1, _ := load.Proc(pid)
+	if profDir != "" {
+		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap", filepath.Join(profDir, "heap.pprof"))
+	}
+	<-profDone
 	var all []time.Duration
 	for range changes {
 		lat, err := fleet.Convergence(ctx, func() (string, string, error) { return w.AddEndpoint(ctx) })
@@ -137,4 +154,23 @@ func tail(path string) string {
 		b = b[len(b)-3000:]
 	}
 	return string(b)
+}
+
+func saveProfile(b *testing.B, url, path string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Errorf("profile %s: %v", url, err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Error(err)
+	}
+	b.Logf("profile written: %s", path)
 }
