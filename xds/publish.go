@@ -32,6 +32,9 @@ type versioned struct {
 	resources  cachev3.Resources
 	versionMap map[string]string
 	refs       map[resourcev3.Type]map[string]bool
+	// raw holds each resource's deterministic encoding, by name (shared
+	// sets only): delta responses to every stream reuse it.
+	raw map[string][]byte
 }
 
 // Publisher composes each proxy's snapshot from the resources every proxy
@@ -54,6 +57,20 @@ type Publisher struct {
 	conv        map[string]*convergence
 	convergence prometheus.Histogram
 	now         func() time.Time
+
+	// encoded, if set (ShareEncodings), is told the shared sets so the
+	// server's delta responses need not marshal them per stream.
+	encoded *encodings
+}
+
+// ShareEncodings lets srv's delta responses use the encodings of the
+// shared resources this publisher computed once per change, instead of
+// marshalling every resource again for every stream.
+func (p *Publisher) ShareEncodings(srv *Server) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.encoded = srv.encoded
+	p.encoded.set(p.shared)
 }
 
 type convergence struct {
@@ -107,13 +124,13 @@ func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
 // together, never a mix of two models. changedAt, if set, is when the
 // change was noticed; proxies' convergence is measured from it.
 func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Resources, own map[string]Resources) error {
-	hashed, err := hashAll(shared)
+	hashed, err := hashAll(shared, true)
 	if err != nil {
 		return err
 	}
 	ownHashed := make(map[string]map[resourcev3.Type]versioned, len(own))
 	for node, res := range own {
-		if ownHashed[node], err = hashAll(res); err != nil {
+		if ownHashed[node], err = hashAll(res, false); err != nil {
 			return err
 		}
 	}
@@ -123,6 +140,7 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.shared, p.started, p.changedAt = hashed, true, changedAt
+	p.encoded.set(hashed)
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
@@ -153,7 +171,7 @@ func (p *Publisher) setOwnLocked(nodeID string, hashed map[resourcev3.Type]versi
 // SetProxy replaces one proxy's own resources (its secrets and inbound
 // listeners) and republishes it. Types not in res keep their resources.
 func (p *Publisher) SetProxy(ctx context.Context, nodeID string, res Resources) error {
-	hashed, err := hashAll(res)
+	hashed, err := hashAll(res, false)
 	if err != nil {
 		return err
 	}
@@ -283,7 +301,7 @@ func merge(shared, own versioned) versioned {
 // hashAll computes each type's content-hash version: the hash of the
 // deterministic encoding of its resources in name order. Two replicas with
 // the same input agree, and a reconnect sends nothing new.
-func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
+func hashAll(res Resources, keepRaw bool) (map[resourcev3.Type]versioned, error) {
 	out := make(map[resourcev3.Type]versioned, len(res))
 	opts := proto.MarshalOptions{Deterministic: true}
 	for t, items := range res {
@@ -293,6 +311,10 @@ func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
 		})
 		h := sha256.New()
 		vm := make(map[string]string, len(sorted))
+		var raw map[string][]byte
+		if keepRaw {
+			raw = make(map[string][]byte, len(sorted))
+		}
 		for _, r := range sorted {
 			b, err := opts.Marshal(r)
 			if err != nil {
@@ -301,10 +323,14 @@ func hashAll(res Resources) (map[resourcev3.Type]versioned, error) {
 			fmt.Fprintf(h, "%d:", len(b))
 			h.Write(b)
 			rh := sha256.Sum256(b)
-			vm[cachev3.GetResourceName(r)] = hex.EncodeToString(rh[:8])
+			name := cachev3.GetResourceName(r)
+			vm[name] = hex.EncodeToString(rh[:8])
+			if keepRaw {
+				raw[name] = b
+			}
 		}
 		version := hex.EncodeToString(h.Sum(nil)[:8])
-		v := versioned{version: version, items: sorted, resources: cachev3.NewResources(version, sorted), versionMap: vm}
+		v := versioned{version: version, items: sorted, resources: cachev3.NewResources(version, sorted), versionMap: vm, raw: raw}
 		if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
 			named := make(map[string]types.ResourceWithTTL, len(sorted))
 			for _, r := range sorted {
