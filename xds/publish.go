@@ -35,6 +35,34 @@ type versioned struct {
 	// raw holds each resource's deterministic encoding, by name (shared
 	// sets only): delta responses to every stream reuse it.
 	raw map[string][]byte
+	// plain is the resources by name, built once: go-control-plane's
+	// Snapshot.GetResources would build it again for every proxy and type
+	// on every change.
+	plain map[string]types.Resource
+}
+
+// snapshot is a go-control-plane Snapshot whose GetResources returns the
+// prepared name index of each set instead of building one per call.
+type snapshot struct {
+	*cachev3.Snapshot
+	plain map[resourcev3.Type]map[string]types.Resource
+}
+
+func (s *snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
+	if m, ok := s.plain[typeURL]; ok {
+		return m
+	}
+	return s.Snapshot.GetResources(typeURL)
+}
+
+// newVersioned prepares a set: the go-control-plane index and the plain one.
+func newVersioned(version string, items []types.Resource, versionMap map[string]string) versioned {
+	res := cachev3.NewResources(version, items)
+	plain := make(map[string]types.Resource, len(res.Items))
+	for name, r := range res.Items {
+		plain[name] = r.Resource
+	}
+	return versioned{version: version, items: items, resources: res, versionMap: versionMap, plain: plain}
 }
 
 // Publisher composes each proxy's snapshot from the resources every proxy
@@ -196,7 +224,7 @@ var snapshotTypes = []resourcev3.Type{resourcev3.ClusterType, resourcev3.Endpoin
 // emptySet is the prepared form of a type with no resources. It still has a
 // version: a SotW client asking with version "" must be answered, or it
 // waits for ever.
-var emptySet = versioned{version: "empty", resources: cachev3.NewResources("empty", nil), versionMap: map[string]string{}}
+var emptySet = newVersioned("empty", nil, map[string]string{})
 
 // publishLocked merges shared and own resources and sets the snapshot once
 // the proxy has its secrets. A type the proxy has nothing of its own in
@@ -206,11 +234,13 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if !p.started || len(own[resourcev3.SecretType].items) == 0 {
 		return nil // not before the mesh config and the secrets
 	}
-	snap := &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))}
+	snap := &snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))},
+		plain: make(map[resourcev3.Type]map[string]types.Resource, len(snapshotTypes))}
 	for _, t := range snapshotTypes {
 		v := merge(p.shared[t], own[t])
 		snap.Resources[cachev3.GetResponseType(t)] = v.resources
 		snap.VersionMap[t] = v.versionMap
+		snap.plain[t] = v.plain
 	}
 	if err := p.completeLocked(own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
@@ -218,7 +248,7 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if err := p.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
 		return err
 	}
-	p.trackLocked(nodeID, snap)
+	p.trackLocked(nodeID, snap.Snapshot)
 	return nil
 }
 
@@ -295,7 +325,7 @@ func merge(shared, own versioned) versioned {
 	vm := make(map[string]string, len(shared.versionMap)+len(own.versionMap))
 	maps.Copy(vm, shared.versionMap)
 	maps.Copy(vm, own.versionMap)
-	return versioned{version: version, items: items, resources: cachev3.NewResources(version, items), versionMap: vm}
+	return newVersioned(version, items, vm)
 }
 
 // hashAll computes each type's content-hash version: the hash of the
@@ -330,7 +360,8 @@ func hashAll(res Resources, keepRaw bool) (map[resourcev3.Type]versioned, error)
 			}
 		}
 		version := hex.EncodeToString(h.Sum(nil)[:8])
-		v := versioned{version: version, items: sorted, resources: cachev3.NewResources(version, sorted), versionMap: vm, raw: raw}
+		v := newVersioned(version, sorted, vm)
+		v.raw = raw
 		if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
 			named := make(map[string]types.ResourceWithTTL, len(sorted))
 			for _, r := range sorted {
