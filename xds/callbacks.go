@@ -3,9 +3,11 @@ package xds
 import (
 	"context"
 	"log/slog"
+	"slices"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -39,6 +41,8 @@ type callbacks struct {
 	ctx     context.Context
 	metrics *metrics
 	resolve ProxyResolver
+	// snapshot returns a node's published snapshot (the cache's).
+	snapshot func(node string) (cachev3.ResourceSnapshot, error)
 }
 
 func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
@@ -89,7 +93,62 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 	if req.GetTypeUrl() == resourcev3.SecretType {
 		secrets = req.GetResourceNamesSubscribe()
 	}
-	return c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe())
+	if err := c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe()); err != nil {
+		return err
+	}
+	if len(req.GetInitialResourceVersions()) > 0 {
+		c.resumed(id, req.GetTypeUrl(), req.GetInitialResourceVersions(), req.GetResourceNamesSubscribe())
+	}
+	return nil
+}
+
+// resumed handles a delta stream that starts a type already holding
+// resources (a proxy reconnecting, e.g. after meshd restarted): when it
+// holds the published version of every resource it subscribes to, nothing
+// is sent (the versions are content hashes), yet the type is in sync, and is
+// recorded so: sent and ACKed at the published version.
+func (c *callbacks) resumed(id int64, typeURL string, initial map[string]string, names []string) {
+	if c.snapshot == nil {
+		return
+	}
+	var nodeID string
+	c.streams.with(id, func(s *stream) { nodeID = s.peer.NodeID })
+	snap, err := c.snapshot(nodeID)
+	if err != nil {
+		return
+	}
+	published := snap.GetVersionMap(typeURL)
+	wildcard := len(names) == 0 || slices.Contains(names, "*")
+	if wildcard {
+		if len(initial) != len(published) {
+			return
+		}
+		for name, v := range published {
+			if initial[name] != v {
+				return
+			}
+		}
+	} else {
+		for _, name := range names {
+			if v, ok := published[name]; !ok || initial[name] != v {
+				return
+			}
+		}
+	}
+	version := snap.GetVersion(typeURL)
+	var acked bool
+	c.streams.with(id, func(s *stream) {
+		ts := s.typ(typeURL)
+		if ts.SentVersion != "" {
+			return // a response went out meanwhile: it is tracked as usual
+		}
+		now := c.streams.now()
+		ts.SentVersion, ts.SentAt, ts.AckedVersion, ts.AckedAt = version, now, version, now
+		acked = true
+	})
+	if h, ok := c.hooks.(ACKHook); ok && acked {
+		h.OnACK(nodeID, typeURL, version)
+	}
 }
 
 // request authorizes one request and records its ACK or NACK.

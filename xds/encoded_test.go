@@ -39,13 +39,13 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 	if err := m.pub.SetShared(ctx, staticClusters("a", "b", "c")); err != nil {
 		t.Fatal(err)
 	}
-	open := func(initial map[string]string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	open := func(initial map[string]string, names ...string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
 		stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialConn(t, pki, addr, pki.issue(webID, webNode))).DeltaAggregatedResources(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node(webNode, nil), TypeUrl: resourcev3.ClusterType,
-			InitialResourceVersions: initial}); err != nil {
+			InitialResourceVersions: initial, ResourceNamesSubscribe: names}); err != nil {
 			t.Fatal(err)
 		}
 		return stream
@@ -94,7 +94,27 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 	if err := m.pub.SetShared(ctx, changed); err != nil {
 		t.Fatal(err)
 	}
-	if third, _ := recv(again); len(third) != 1 || third["a"] == "" || third["a"] == first["a"] {
+	third, _ := recv(again)
+	if len(third) != 1 || third["a"] == "" || third["a"] == first["a"] {
 		t.Fatalf("then a change of a: sent %v; want only a, at a new version", third)
 	}
+	// Subscribing by name with the current versions: nothing is sent, and
+	// meshd shows the type in sync (sent and ACKed at the published version).
+	named := open(map[string]string{"a": third["a"], "d": second["d"]}, "a", "d")
+	defer func() { _ = named.CloseSend() }()
+	eventually(t, "the resumed stream shown in sync", func() error {
+		n := 0
+		for _, p := range m.srv.Proxies() {
+			if ts := p.Types[resourcev3.ClusterType]; p.NodeID == webNode && ts != nil && ts.Responses == 0 {
+				if ts.AckedVersion == "" || ts.AckedVersion != ts.SentVersion {
+					return fmt.Errorf("resumed stream: sent %q acked %q", ts.SentVersion, ts.AckedVersion)
+				}
+				n++
+			}
+		}
+		if n != 1 {
+			return fmt.Errorf("%d streams without responses", n)
+		}
+		return nil
+	})
 }

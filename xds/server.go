@@ -114,7 +114,8 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 
 // Start serves ADS until ctx ends, then drains for at most DrainTimeout.
 func (s *Server) Start(ctx context.Context) error {
-	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy}
+	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy,
+		snapshot: s.Cache.GetSnapshot}
 	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams, enc: s.encoded}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
