@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshd/meshd/internal/debug"
 )
 
 // Operator commands: they read a running meshd's debug API.
@@ -422,21 +424,7 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 }
 
 func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
-	var v struct {
-		Proxies []struct {
-			NodeID string `json:"node_id"`
-			Types  map[string]struct {
-				Sent     string `json:"sent_version"`
-				Acked    string `json:"acked_version"`
-				LastNACK *struct {
-					Nonce string `json:"nonce"`
-					Error string `json:"error"`
-				} `json:"last_nack"`
-				SentNonce string `json:"sent_nonce"`
-			} `json:"types"`
-			Stale []string `json:"stale_types"`
-		} `json:"proxies"`
-	}
+	var v debug.Proxies
 	if _, err := o.get(ctx, "/debug/proxies", nil, &v); err != nil {
 		add("proxies", "FAIL", "%v", err)
 		return
@@ -446,7 +434,7 @@ func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, form
 	for _, p := range v.Proxies {
 		ok := len(p.Stale) == 0
 		for typ, t := range p.Types {
-			if t.LastNACK != nil && t.LastNACK.Nonce == t.SentNonce {
+			if t != nil && t.LastNACK != nil && t.LastNACK.Nonce == t.SentNonce {
 				nacked = append(nacked, fmt.Sprintf("%s rejects %s: %s", p.NodeID, typ[strings.LastIndex(typ, ".")+1:], t.LastNACK.Error))
 				ok = false
 			}

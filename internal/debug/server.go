@@ -139,8 +139,14 @@ func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ok\n"))
 }
 
-// proxyView is one row of /debug/proxies.
-type proxyView struct {
+// Proxies is the body of /debug/proxies (operator commands and tests
+// decode it).
+type Proxies struct {
+	Proxies []ProxyView `json:"proxies"`
+}
+
+// ProxyView is one row of /debug/proxies.
+type ProxyView struct {
 	xds.ProxyStatus
 	Stale []string `json:"stale_types,omitempty"`
 }
@@ -157,15 +163,15 @@ func (s *server) proxies(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var out []proxyView
+	var out []ProxyView
 	if s.cfg.Proxies != nil {
 		for _, p := range s.cfg.Proxies() {
 			if node == "" || p.NodeID == node {
-				out = append(out, proxyView{ProxyStatus: p, Stale: s.stale(p)})
+				out = append(out, ProxyView{ProxyStatus: p, Stale: s.stale(p)})
 			}
 		}
 	}
-	writeJSON(w, map[string]any{"proxies": out})
+	writeJSON(w, Proxies{Proxies: out})
 }
 
 func (s *server) stale(p xds.ProxyStatus) []string {

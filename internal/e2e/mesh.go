@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/netlab"
 )
 
@@ -174,18 +175,7 @@ func (s *seed) allAcked() error {
 			return fmt.Errorf("envoy %s exited: %s", name, e.LogTail(2000))
 		}
 	}
-	var v struct {
-		Proxies []struct {
-			NodeID string `json:"node_id"`
-			Types  map[string]struct {
-				Sent     string `json:"sent_version"`
-				Acked    string `json:"acked_version"`
-				LastNACK *struct {
-					Error string `json:"error"`
-				} `json:"last_nack"`
-			} `json:"types"`
-		} `json:"proxies"`
-	}
+	var v debug.Proxies
 	urls := []string{s.debugURL}
 	if len(s.replicas) > 0 {
 		urls = nil
@@ -215,10 +205,10 @@ func (s *seed) allAcked() error {
 			return fmt.Errorf("%s subscribed to %d types", p.NodeID, len(p.Types))
 		}
 		for typ, st := range p.Types {
-			if st.LastNACK != nil {
+			if st != nil && st.LastNACK != nil {
 				return fmt.Errorf("%s NACKed %s: %s", p.NodeID, typ, st.LastNACK.Error)
 			}
-			if st.Acked == "" || st.Acked != st.Sent {
+			if st == nil || st.AckedVersion == "" || st.AckedVersion != st.SentVersion {
 				return fmt.Errorf("%s: %s not ACKed", p.NodeID, typ)
 			}
 		}
