@@ -120,6 +120,30 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	}
 	waitEnvoy(ctx, t, envoy, "/listeners", "inbound::0.0.0.0:15006")
 	waitEnvoy(ctx, t, envoy, "/ready", "LIVE")
+
+	// meshd check sees the webhook as the apiserver uses it; a caBundle
+	// that is not the mesh's fails the check.
+	check := func() string {
+		var out strings.Builder
+		if err := run(ctx, []string{"check", "--debug-addr", debugAddr}, &out, &out); err != nil {
+			out.WriteString("error: " + err.Error())
+		}
+		return strings.Join(strings.Fields(out.String()), " ") // column widths vary
+	}
+	if out := check(); !strings.Contains(out, "OK webhook "+webhookAddr+" answers TLS") {
+		t.Errorf("meshd check:\n%s\nwant the webhook OK", out)
+	}
+	got, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mwc.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.Webhooks[0].ClientConfig.CABundle = []byte("-----BEGIN CERTIFICATE-----\nbm90IG91cnM=\n-----END CERTIFICATE-----\n")
+	if _, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if out := check(); !strings.Contains(out, "FAIL webhook webhook sidecar-injector.meshd.io: caBundle is not the mesh's current bundle") {
+		t.Errorf("meshd check after the caBundle was replaced:\n%s\nwant the webhook FAIL", out)
+	}
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

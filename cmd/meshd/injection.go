@@ -14,10 +14,15 @@ import (
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 
+	"bytes"
+	"crypto/x509"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
+	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/xds"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"strings"
 )
 
 // startInjection serves the sidecar injection webhook over TLS (meshd's
@@ -78,4 +83,42 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 	lead.Add(func(ctx context.Context) error { return inj.Run(ctx, rc, 30*time.Second) })
 	log.Info("inject: webhook serving", "addr", lis.Addr().String(), "webhook_configuration", cfg.WebhookName)
 	return lis.Addr(), nil
+}
+
+// webhookStatus checks the injection webhook as the apiserver would use it:
+// its configuration's caBundle is the current bundle, and a TLS handshake to
+// addr verifies with that bundle for the Service name meshd serves.
+func webhookStatus(ctx context.Context, cfg config.Config, client kubernetes.Interface, bundle []byte, addr string) debug.WebhookView {
+	v := debug.WebhookView{Enabled: true, Address: addr, Configuration: cfg.WebhookName}
+	var problems []string
+	mwc, err := client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, cfg.WebhookName, metav1.GetOptions{})
+	switch {
+	case err != nil:
+		problems = append(problems, fmt.Sprintf("configuration %s: %v", cfg.WebhookName, err))
+	case len(mwc.Webhooks) == 0:
+		problems = append(problems, fmt.Sprintf("configuration %s has no webhooks", cfg.WebhookName))
+	default:
+		v.CABundleCurrent = true
+		for _, w := range mwc.Webhooks {
+			if !bytes.Equal(w.ClientConfig.CABundle, bundle) {
+				v.CABundleCurrent = false
+				problems = append(problems, fmt.Sprintf("webhook %s: caBundle is not the mesh's current bundle", w.Name))
+			}
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(bundle)
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	d := tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "meshd." + cfg.Namespace + ".svc", MinVersion: tls.VersionTLS12}}
+	if conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, port)); err != nil {
+		problems = append(problems, fmt.Sprintf("TLS to %s: %v", addr, err))
+	} else {
+		v.Reachable = true
+		conn.Close()
+	}
+	v.Problem = strings.Join(problems, "; ")
+	return v
 }

@@ -358,7 +358,7 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	checkCA(ctx, o, add)
 	checkProxies(ctx, o, add)
-	add("webhook", "SKIP", "not checked here: the debug API does not report the injection webhook yet (see the MutatingWebhookConfiguration's caBundle and meshd's log)")
+	checkWebhook(ctx, o, add)
 	failed := 0
 	for _, r := range results {
 		if r.Status == "FAIL" {
@@ -453,5 +453,21 @@ func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, form
 		add("proxies", "WARN", "%d of %d in sync; no ACK for a while from %s", synced, len(v.Proxies), strings.Join(stale, ", "))
 	default:
 		add("proxies", "OK", "%d connected, all in sync", len(v.Proxies))
+	}
+}
+
+func checkWebhook(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
+	var v debug.WebhookView
+	if _, err := o.get(ctx, "/debug/webhook", nil, &v); err != nil {
+		add("webhook", "FAIL", "%v", err)
+		return
+	}
+	switch {
+	case !v.Enabled:
+		add("webhook", "SKIP", "injection is off in this meshd (no --webhook-addr); sidecars are bootstrapped with `meshd bootstrap`")
+	case v.Problem != "":
+		add("webhook", "FAIL", "%s", v.Problem)
+	default:
+		add("webhook", "OK", "%s answers TLS verified with the mesh CA; %s's caBundle is current", v.Address, v.Configuration)
 	}
 }

@@ -116,7 +116,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("debug: listen %s: %w", cfg.DebugAddr, err)
 	}
 	api := &apiProbe{client: client}
-	var phase atomic.Pointer[[2]string] // root rotation phase and since, as followRoot last read them
+	var phase atomic.Pointer[[2]string]    // root rotation phase and since, as followRoot last read them
+	var webhookAddr atomic.Pointer[string] // where the injection webhook listens, once it does
 	dcfg := debug.Config{Proxies: srv.Proxies, Resources: debug.Redacted(srv.Published), Gatherer: reg,
 		Certs: func() []debug.CertView {
 			var out []debug.CertView
@@ -137,7 +138,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return v
 		},
 		Explain: func(from, to string) (any, error) { return xds.Explain(mesh.Snapshot(), srv.Proxies(), from, to) },
-		Token:   cfg.DebugToken, Logger: log, Ready: func() error {
+		Webhook: func(ctx context.Context) debug.WebhookView {
+			if cfg.WebhookAddr == "" {
+				return debug.WebhookView{}
+			}
+			addr := webhookAddr.Load()
+			if addr == nil {
+				return debug.WebhookView{Enabled: true, Configuration: cfg.WebhookName, Problem: "the webhook server has not started yet"}
+			}
+			return webhookStatus(ctx, cfg, client, issuer.Authority().BundlePEM, *addr)
+		},
+		Token: cfg.DebugToken, Logger: log, Ready: func() error {
 			if !watcher.Synced() {
 				return errors.New("informers not synced")
 			}
@@ -185,9 +196,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	})
 	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {
-		if _, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, log); err != nil {
+		addr, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, log)
+		if err != nil {
 			return err
 		}
+		a := addr.String()
+		webhookAddr.Store(&a)
 	}
 	g.Go(func() error { return lead.Run(ctx) })
 	return g.Wait()

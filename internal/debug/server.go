@@ -43,6 +43,9 @@ type Config struct {
 	CA    func() CAView
 	// Explain answers /debug/explain (optional).
 	Explain func(from, to string) (any, error)
+	// Webhook reports the injection webhook for /debug/webhook (optional:
+	// without it the webhook is reported disabled).
+	Webhook func(ctx context.Context) WebhookView
 	// Ready reports nil once meshd can serve (informers synced, CA loaded).
 	Ready func() error
 	// Gatherer serves /metrics (default: a fresh empty registry).
@@ -79,6 +82,7 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
 	mux.Handle("GET /debug/certs", s.auth(http.HandlerFunc(s.certs)))
 	mux.Handle("GET /debug/explain", s.auth(http.HandlerFunc(s.explain)))
+	mux.Handle("GET /debug/webhook", s.auth(http.HandlerFunc(s.webhook)))
 	// Go profiles (CPU, heap, goroutines), behind the same token.
 	mux.Handle("GET /debug/pprof/", s.auth(http.HandlerFunc(pprof.Index)))
 	mux.Handle("GET /debug/pprof/profile", s.auth(http.HandlerFunc(pprof.Profile)))
@@ -299,4 +303,29 @@ func Serve(ctx context.Context, lis net.Listener, h http.Handler) error {
 		return fmt.Errorf("debug: serve: %w", err)
 	}
 	return nil
+}
+
+// WebhookView is /debug/webhook: whether meshd serves the injection
+// webhook, whether its configuration trusts meshd's CA, and whether it
+// answers a TLS handshake verified with that CA.
+type WebhookView struct {
+	Enabled       bool   `json:"enabled"`
+	Address       string `json:"address,omitempty"`
+	Configuration string `json:"configuration,omitempty"`
+	// CABundleCurrent: the MutatingWebhookConfiguration's caBundle is the
+	// mesh's current trust bundle (the apiserver can verify the webhook).
+	CABundleCurrent bool `json:"ca_bundle_current"`
+	// Reachable: a TLS handshake to the webhook, verified with the bundle.
+	Reachable bool   `json:"reachable"`
+	Problem   string `json:"problem,omitempty"`
+}
+
+func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Webhook == nil {
+		writeJSON(w, WebhookView{})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	writeJSON(w, s.cfg.Webhook(ctx))
 }
