@@ -102,9 +102,6 @@ func removedResources(sub cachev3.Subscription, next map[string]string) []string
 // forwarder never sends after the watch is cancelled: the stream closes its
 // channel right after cancelling its watches.
 func (g *nackGuard) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	if g.enc == nil {
-		return g.SnapshotCache.CreateDeltaWatch(req, sub, ch)
-	}
 	inner := make(chan cachev3.DeltaResponse, 1)
 	cancelInner, err := g.SnapshotCache.CreateDeltaWatch(req, sub, inner)
 	if err != nil {

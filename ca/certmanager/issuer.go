@@ -424,17 +424,13 @@ func (i *Issuer) result(cr *cmapi.CertificateRequest, req ca.Request) (*ca.Certi
 	return &ca.Certificate{Identity: req.Identity, Leaf: chain[0], ChainPEM: chainPEM, KeyPEM: keyPEM, BundlePEM: served, Backend: "cert-manager"}, nil
 }
 
-// forget stops routing informer events to a finished request.
-func (i *Issuer) forget(name string) {
+// finish ends a request, issued or not (its reason went into the error):
+// informer events stop going to it, and it is deleted so nothing piles up
+// with churn.
+func (i *Issuer) finish(name string) {
 	i.mu.Lock()
 	delete(i.waiters, name)
 	i.mu.Unlock()
-}
-
-// finish ends a request, issued or not (its reason went into the error):
-// it is deleted so nothing piles up with churn.
-func (i *Issuer) finish(name string) {
-	i.forget(name)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := i.cfg.Client.CertmanagerV1().CertificateRequests(i.cfg.Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
