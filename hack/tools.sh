@@ -51,7 +51,11 @@ envoy() {
 		ln -sfn "$path" "$dir/bin/envoy"
 	fi
 	link "$dir" envoy
-	"$TOOLS/bin/envoy" --version | grep -q "/$ENVOY_VERSION/" || { log "envoy is not $ENVOY_VERSION"; exit 1; }
+	# Read the whole output first: grep -q would quit at the match and the
+	# SIGPIPE on Envoy's last line would fail the pipe (pipefail).
+	local version
+	version=$("$TOOLS/bin/envoy" --version)
+	[[ $version == *"/$ENVOY_VERSION/"* ]] || { log "envoy is not $ENVOY_VERSION: $version"; exit 1; }
 }
 
 gobuild() { # gobuild MODULE_DIR OUT_DIR [go build args...]
