@@ -1,142 +1,295 @@
 package xds
 
 import (
+	"context"
+	"log/slog"
+	"maps"
+	"slices"
 	"sync"
-	"sync/atomic"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// encodings are the shared resource sets currently published, with each
-// resource's encoding computed once per change (Publisher.hashAll).
-// go-control-plane's delta cache marshals (and hashes) every resource it
-// sends again for every stream; with 1,000 proxies that is 1,000 encodings
-// of each shared cluster and endpoint set per change. Delta responses are
-// built from these encodings instead; a resource whose version is not the
-// current shared one (a proxy's own, or a response racing a change) is
-// marshalled as before.
-type encodings struct {
-	sets atomic.Pointer[map[resourcev3.Type]versioned]
+// meshCache is the cache the ADS server answers from. SotW watches are
+// go-control-plane's snapshot cache's; delta watches are answered here.
+//
+// Why: on every snapshot of a node, go-control-plane's cache recomputes, for
+// each delta watch of that node (each type, changed or not), the full
+// per-resource version map of the type: with 1,000 proxies holding 1,000
+// clusters and endpoint sets, an endpoint change costs millions of map
+// operations and hundreds of megabytes of garbage. Here a watch is only
+// looked at when its type's version changed, and a stream that holds
+// exactly the set a change replaced gets the change's difference, computed
+// once for every proxy sharing that set (Publisher.SetAll). The resources
+// sent are the encodings computed once per change (versioned.raw), not
+// marshalled again per stream.
+type meshCache struct {
+	cachev3.SnapshotCache
+	log *slog.Logger
+
+	mu      sync.Mutex
+	snaps   map[string]*snapshot
+	watches map[string]map[*deltaWatch]struct{} // by node ID
 }
 
-func (e *encodings) set(shared map[resourcev3.Type]versioned) {
-	if e != nil {
-		e.sets.Store(&shared)
+func newMeshCache(log *slog.Logger) *meshCache {
+	return &meshCache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
+		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{}}
+}
+
+// heldKey is an entry meshd adds to the versions a delta stream holds
+// (the map go-control-plane keeps per stream and type, given back with each
+// watch): the version of the set the stream holds exactly. It is not a
+// resource name (no resource is named with a NUL) and is never sent.
+const heldKey = "\x00meshd/set"
+
+type deltaWatch struct {
+	node string
+	req  *cachev3.DeltaRequest
+	sub  cachev3.Subscription
+	ch   chan cachev3.DeltaResponse
+	// held is the version of the set the stream holds exactly, "" when not
+	// known (then the next answer compares every resource).
+	held string
+}
+
+// SetSnapshot publishes a node's snapshot: SotW watches through
+// go-control-plane, delta watches of the types whose version changed here.
+func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
+	if err := c.SnapshotCache.SetSnapshot(ctx, node, snap); err != nil {
+		return err
 	}
-}
-
-// lookup returns the encoding of name at version, or nil.
-func (e *encodings) lookup(typeURL, name, version string) []byte {
-	sets := e.sets.Load()
-	if sets == nil {
+	s, ok := snap.(*snapshot)
+	if !ok {
+		return nil // only the Publisher's snapshots are served over delta
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.snaps[node] = s
+	ws := c.watches[node]
+	if len(ws) == 0 {
 		return nil
 	}
-	v, ok := (*sets)[typeURL]
-	if !ok || v.versionMap[name] != version {
-		return nil
+	// In ADS order (clusters before endpoints, listeners before routes):
+	// one stream reads its responses in the order they are queued.
+	ordered := slices.SortedFunc(maps.Keys(ws), func(a, b *deltaWatch) int {
+		return typeOrder(a.req.GetTypeUrl()) - typeOrder(b.req.GetTypeUrl())
+	})
+	for _, w := range ordered {
+		if c.answerLocked(w, s) {
+			delete(ws, w)
+		}
 	}
-	return v.raw[name]
+	return nil
 }
 
-// encodedDelta is a delta response whose shared resources come from
-// encodings. The versions it sends are meshd's per-resource content hashes
-// (the same the cache compares), so a reconnecting Envoy's
-// initial_resource_versions match and nothing is resent.
-type encodedDelta struct {
-	*cachev3.RawDeltaResponse
+// ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.
+func (c *meshCache) ClearSnapshot(node string) {
+	c.SnapshotCache.ClearSnapshot(node)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.snaps, node)
+}
+
+func typeOrder(typeURL string) int {
+	if i := slices.Index(snapshotTypes, typeURL); i >= 0 {
+		return i
+	}
+	return len(snapshotTypes)
+}
+
+// CreateDeltaWatch answers at once when the stream lacks something of its
+// node's current snapshot, or waits for a snapshot that changes the type.
+func (c *meshCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
+	// What the stream was last sent is what it holds, unless this request
+	// changed its subscriptions (go-control-plane then edits the versions)
+	// or starts the stream (its versions are the client's word).
+	if req.GetResponseNonce() != "" && len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0 {
+		w.held = sub.ReturnedResources()[heldKey]
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s) {
+		return func() {}, nil
+	}
+	ws := c.watches[w.node]
+	if ws == nil {
+		ws = map[*deltaWatch]struct{}{}
+		c.watches[w.node] = ws
+	}
+	ws[w] = struct{}{}
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if ws := c.watches[w.node]; ws != nil {
+			delete(ws, w)
+			if len(ws) == 0 {
+				delete(c.watches, w.node)
+			}
+		}
+	}, nil
+}
+
+// answerLocked sends the watch what its stream lacks of snapshot s, if
+// anything, and reports whether it did (the watch is then done).
+func (c *meshCache) answerLocked(w *deltaWatch, s *snapshot) bool {
+	typeURL := w.req.GetTypeUrl()
+	set, ok := s.sets[typeURL]
+	if !ok {
+		set = emptySet
+	}
+	first := w.sub.IsWildcard() && w.req.GetResponseNonce() == ""
+	if w.held == set.version && !first {
+		return false
+	}
+	var names, removed []string
+	var next map[string]string
+	if w.held != "" && w.held == set.from {
+		names, removed, next = difference(w.sub, set)
+	} else {
+		names, removed, next = compare(w.sub, set)
+	}
+	w.held = set.version
+	if len(names) == 0 && len(removed) == 0 && !first {
+		return false
+	}
+	resp := &deltaResponse{req: w.req, set: set, names: names, removed: removed, next: next}
+	select {
+	case w.ch <- resp:
+	default:
+		// The stream's channel holds two responses per type and a type has
+		// one watch answering once: this does not happen.
+		c.log.Error("xds: delta response dropped: the stream's queue is full", "node", w.node, "type", typeURL)
+	}
+	return true
+}
+
+// sends reports whether a stream subscribed this way gets name.
+func sends(sub cachev3.Subscription, name string) bool {
+	if sub.IsWildcard() {
+		return true
+	}
+	_, ok := sub.SubscribedResources()[name]
+	return ok
+}
+
+// difference is what a stream holding exactly the set set replaced lacks:
+// the set's changes, as its subscription selects them.
+func difference(sub cachev3.Subscription, set versioned) (names, removed []string, next map[string]string) {
+	next = maps.Clone(sub.ReturnedResources())
+	for _, name := range set.changed {
+		if sends(sub, name) {
+			names = append(names, name)
+			next[name] = set.versionMap[name]
+		}
+	}
+	for _, name := range set.removed {
+		if _, ok := next[name]; ok && sends(sub, name) {
+			removed = append(removed, name)
+			delete(next, name)
+		}
+	}
+	next[heldKey] = set.version
+	return names, removed, next
+}
+
+// compare is what a stream lacks, resource by resource, as go-control-plane's
+// delta cache computes it: for a wildcard subscription every resource of the
+// set at another version than the stream holds, and every held one no
+// longer in the set; otherwise the same among the subscribed names.
+func compare(sub cachev3.Subscription, set versioned) (names, removed []string, next map[string]string) {
+	held := sub.ReturnedResources()
+	if sub.IsWildcard() {
+		next = make(map[string]string, len(set.versionMap)+1)
+		for name, v := range set.versionMap {
+			next[name] = v
+			if held[name] != v {
+				names = append(names, name)
+			}
+		}
+		for name := range held {
+			if _, ok := set.versionMap[name]; !ok && name != heldKey {
+				removed = append(removed, name)
+			}
+		}
+	} else {
+		next = make(map[string]string, len(sub.SubscribedResources())+1)
+		for name := range sub.SubscribedResources() {
+			v, ok := set.versionMap[name]
+			_, had := held[name]
+			switch {
+			case ok:
+				next[name] = v
+				if held[name] != v {
+					names = append(names, name)
+				}
+			case had:
+				removed = append(removed, name)
+			}
+		}
+	}
+	slices.Sort(names) // a stable order, as the versions are
+	next[heldKey] = set.version
+	return names, removed, next
+}
+
+// deltaResponse is built when the stream sends it (in the stream's
+// goroutine), from the set's encodings where it has them.
+type deltaResponse struct {
+	req     *cachev3.DeltaRequest
+	set     versioned
+	names   []string
 	removed []string
-	enc     *encodings
+	next    map[string]string
 
 	once sync.Once
 	resp *discoveryv3.DeltaDiscoveryResponse
 	err  error
 }
 
-func (r *encodedDelta) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscoveryResponse, error) {
+func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscoveryResponse, error) {
 	r.once.Do(func() {
-		typeURL := r.GetDeltaRequest().GetTypeUrl()
-		versions := r.GetReturnedResources()
-		raw := r.GetRawResources()
-		out := make([]*discoveryv3.Resource, 0, len(raw))
-		for _, res := range raw {
-			name := cachev3.GetResourceName(res.Resource)
-			version := versions[name]
-			b := r.enc.lookup(typeURL, name, version)
+		typeURL := r.req.GetTypeUrl()
+		out := make([]*discoveryv3.Resource, 0, len(r.names))
+		for _, name := range r.names {
+			b := r.set.raw[name]
 			if b == nil {
-				if b, r.err = cachev3.MarshalResource(res.Resource); r.err != nil {
+				if b, r.err = cachev3.MarshalResource(r.set.plain[name]); r.err != nil {
 					return
 				}
 			}
-			out = append(out, &discoveryv3.Resource{Name: name, Version: version, Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
+			out = append(out, &discoveryv3.Resource{Name: name, Version: r.set.versionMap[name], Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
 		}
 		r.resp = &discoveryv3.DeltaDiscoveryResponse{Resources: out, RemovedResources: r.removed, TypeUrl: typeURL,
-			SystemVersionInfo: r.SystemVersionInfo}
+			SystemVersionInfo: r.set.version}
 	})
 	return r.resp, r.err
 }
 
-// removedResources is what go-control-plane's createDeltaResponse removes:
-// for a wildcard subscription every returned resource no longer in the
-// set, otherwise every subscribed and returned one no longer in it.
-func removedResources(sub cachev3.Subscription, next map[string]string) []string {
-	var out []string
-	for name := range sub.ReturnedResources() {
-		if _, ok := next[name]; ok {
-			continue
-		}
-		if !sub.IsWildcard() {
-			if _, ok := sub.SubscribedResources()[name]; !ok {
-				continue
-			}
-		}
-		out = append(out, name)
-	}
-	return out
-}
+func (r *deltaResponse) GetDeltaRequest() *discoveryv3.DeltaDiscoveryRequest { return r.req }
+func (r *deltaResponse) GetSystemVersion() (string, error)                   { return r.set.version, nil }
+func (r *deltaResponse) GetResponseVersion() string                          { return r.set.version }
+func (r *deltaResponse) GetNextVersionMap() map[string]string                { return r.next }
+func (r *deltaResponse) GetReturnedResources() map[string]string             { return r.next }
+func (r *deltaResponse) GetContext() context.Context                         { return context.Background() }
 
-// CreateDeltaWatch hands the cache a channel of its own and forwards the
-// response, built from the shared encodings, to the stream's channel. The
-// forwarder never sends after the watch is cancelled: the stream closes its
-// channel right after cancelling its watches.
-func (g *nackGuard) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	inner := make(chan cachev3.DeltaResponse, 1)
-	cancelInner, err := g.SnapshotCache.CreateDeltaWatch(req, sub, inner)
-	if err != nil {
-		return cancelInner, err
-	}
-	var mu sync.Mutex
-	cancelled := false
-	done := make(chan struct{})
-	go func() {
-		select {
-		case resp := <-inner:
-			// Under mu: once cancel has returned, the stream may change
-			// sub and close ch; until then neither happens.
-			mu.Lock()
-			defer mu.Unlock()
-			if cancelled {
-				return
-			}
-			if raw, ok := resp.(*cachev3.RawDeltaResponse); ok {
-				resp = &encodedDelta{RawDeltaResponse: raw, removed: removedResources(sub, raw.GetReturnedResources()), enc: g.enc}
-			}
-			ch <- resp // buffered for one response per type: never blocks
-		case <-done:
+// setDifference fills in what set changed from old: the names added or
+// at a new version, and the names gone.
+func setDifference(old versioned, set *versioned) {
+	set.from = old.version
+	for name, v := range set.versionMap {
+		if old.versionMap[name] != v {
+			set.changed = append(set.changed, name)
 		}
-	}()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			mu.Lock()
-			cancelled = true
-			mu.Unlock()
-			close(done)
-			if cancelInner != nil {
-				cancelInner()
-			}
-		})
-	}, nil
+	}
+	for name := range old.versionMap {
+		if _, ok := set.versionMap[name]; !ok {
+			set.removed = append(set.removed, name)
+		}
+	}
+	slices.Sort(set.changed)
+	slices.Sort(set.removed)
 }

@@ -118,3 +118,79 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDeltaByNameAcrossChanges: a stream subscribed by name gets, change
+// after change, only the changes of its names (the shared difference of
+// each change), a removal of one of them, and a name subscribed later at
+// its current version; a name it unsubscribed is no longer sent.
+func TestDeltaByNameAcrossChanges(t *testing.T) {
+	pki := newTestPKI(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	m := startMeshd(t, pki, addr)
+	t.Cleanup(func() { m.stop(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	set := func(alt map[string]string, names ...string) {
+		t.Helper()
+		res := staticClusters(names...)
+		for _, r := range res[resourcev3.ClusterType] {
+			c := r.(*clusterv3.Cluster)
+			c.AltStatName = alt[c.Name]
+		}
+		if err := m.pub.SetShared(ctx, res); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(nil, "a", "b", "c")
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialConn(t, pki, addr, pki.issue(webID, webNode))).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(req *discoveryv3.DeltaDiscoveryRequest) {
+		t.Helper()
+		req.TypeUrl = resourcev3.ClusterType
+		if err := stream.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type got struct {
+		sent    map[string]string // name -> alt stat name
+		removed []string
+	}
+	recv := func() got {
+		t.Helper()
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := got{sent: map[string]string{}, removed: resp.RemovedResources}
+		for _, r := range resp.Resources {
+			var c clusterv3.Cluster
+			if err := proto.Unmarshal(r.Resource.Value, &c); err != nil {
+				t.Fatal(err)
+			}
+			g.sent[r.Name] = c.AltStatName
+		}
+		send(&discoveryv3.DeltaDiscoveryRequest{ResponseNonce: resp.Nonce})
+		return g
+	}
+	want := func(step string, g got, sent map[string]string, removed ...string) {
+		t.Helper()
+		slices.Sort(g.removed)
+		if fmt.Sprint(g.sent) != fmt.Sprint(sent) || !slices.Equal(g.removed, removed) {
+			t.Fatalf("%s: sent %v removed %v; want sent %v removed %v", step, g.sent, g.removed, sent, removed)
+		}
+	}
+	send(&discoveryv3.DeltaDiscoveryRequest{Node: node(webNode, nil), ResourceNamesSubscribe: []string{"a", "b"}})
+	want("subscribe a, b", recv(), map[string]string{"a": "", "b": ""})
+	set(map[string]string{"b": "1", "c": "1"}, "a", "b", "c")
+	want("b and c change", recv(), map[string]string{"b": "1"})
+	set(map[string]string{"a": "2", "b": "1", "c": "1"}, "a", "b", "c")
+	want("a changes", recv(), map[string]string{"a": "2"})
+	send(&discoveryv3.DeltaDiscoveryRequest{ResourceNamesSubscribe: []string{"c"}, ResourceNamesUnsubscribe: []string{"b"}})
+	want("swap b for c", recv(), map[string]string{"c": "1"})
+	set(map[string]string{"b": "3", "c": "3"}, "b", "c", "d")
+	want("a goes, b and c change", recv(), map[string]string{"c": "3"}, "a")
+	set(map[string]string{"b": "3", "c": "4"}, "b", "c", "d")
+	want("c changes again", recv(), map[string]string{"c": "4"})
+}

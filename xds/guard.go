@@ -15,7 +15,6 @@ import (
 type nackGuard struct {
 	cachev3.SnapshotCache
 	streams *streams
-	enc     *encodings // what delta responses are built from (see encoded.go)
 }
 
 func (g *nackGuard) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {

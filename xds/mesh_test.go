@@ -81,7 +81,6 @@ func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Confi
 		t.Fatal(err)
 	}
 	pub = xds.NewPublisher(srv.Cache)
-	pub.ShareEncodings(srv)
 	if err := pub.SetShared(context.Background(), xds.Resources{}); err != nil {
 		t.Fatal(err)
 	}

@@ -39,13 +39,21 @@ type versioned struct {
 	// Snapshot.GetResources would build it again for every proxy and type
 	// on every change.
 	plain map[string]types.Resource
+	// from, changed, removed: the set this one replaced (shared sets only;
+	// from is "" when there was none), and the names added or changed and
+	// the names gone since. A stream holding exactly that set needs only
+	// these (see meshCache).
+	from             string
+	changed, removed []string
 }
 
 // snapshot is a go-control-plane Snapshot whose GetResources returns the
-// prepared name index of each set instead of building one per call.
+// prepared name index of each set instead of building one per call; sets
+// are what meshCache answers delta streams from.
 type snapshot struct {
 	*cachev3.Snapshot
 	plain map[resourcev3.Type]map[string]types.Resource
+	sets  map[resourcev3.Type]versioned
 }
 
 func (s *snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
@@ -85,20 +93,6 @@ type Publisher struct {
 	conv        map[string]*convergence
 	convergence prometheus.Histogram
 	now         func() time.Time
-
-	// encoded, if set (ShareEncodings), is told the shared sets so the
-	// server's delta responses need not marshal them per stream.
-	encoded *encodings
-}
-
-// ShareEncodings lets srv's delta responses use the encodings of the
-// shared resources this publisher computed once per change, instead of
-// marshalling every resource again for every stream.
-func (p *Publisher) ShareEncodings(srv *Server) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.encoded = srv.encoded
-	p.encoded.set(p.shared)
 }
 
 type convergence struct {
@@ -167,8 +161,15 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.started {
+		for t, v := range hashed {
+			if old, ok := p.shared[t]; ok {
+				setDifference(old, &v)
+				hashed[t] = v
+			}
+		}
+	}
 	p.shared, p.started, p.changedAt = hashed, true, changedAt
-	p.encoded.set(hashed)
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
@@ -235,12 +236,14 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		return nil // not before the mesh config and the secrets
 	}
 	snap := &snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))},
-		plain: make(map[resourcev3.Type]map[string]types.Resource, len(snapshotTypes))}
+		plain: make(map[resourcev3.Type]map[string]types.Resource, len(snapshotTypes)),
+		sets:  make(map[resourcev3.Type]versioned, len(snapshotTypes))}
 	for _, t := range snapshotTypes {
 		v := merge(p.shared[t], own[t])
 		snap.Resources[cachev3.GetResponseType(t)] = v.resources
 		snap.VersionMap[t] = v.versionMap
 		snap.plain[t] = v.plain
+		snap.sets[t] = v
 	}
 	if err := p.completeLocked(own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)

@@ -64,7 +64,6 @@ type Server struct {
 	grpc    *grpc.Server
 	streams *streams
 	metrics *metrics
-	encoded *encodings
 }
 
 // New listens on cfg.Addr and prepares the gRPC server; Start serves.
@@ -92,8 +91,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
 	cfg.Limits.setDefaults()
-	s := &Server{cfg: cfg, lis: lis, Cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
-		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer), encoded: &encodings{}}
+	s := &Server{cfg: cfg, lis: lis, Cache: newMeshCache(cfg.Logger),
+		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
@@ -116,7 +115,7 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy,
 		snapshot: s.Cache.GetSnapshot}
-	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams, enc: s.encoded}, cb)
+	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
 	errc := make(chan error, 1)

@@ -285,7 +285,6 @@ func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, servi
 		return nil, nil, nil, err
 	}
 	pub := xds.NewPublisher(srv.Cache)
-	pub.ShareEncodings(srv)
 	if err := pub.RegisterMetrics(reg); err != nil {
 		return nil, nil, nil, err
 	}
