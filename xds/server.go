@@ -98,6 +98,11 @@ func New(cfg Config) (*Server, error) {
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
+		// A proxy's connection is idle most of its life: its write buffer
+		// is released after each flush, and requests are small.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(8<<10),
+		grpc.ForceServerCodecV2(unpooledCodec{}),
 		grpc.StreamInterceptor(lim.intercept),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),

@@ -95,8 +95,9 @@ func BenchmarkLoad(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	// MESHD_LOAD_PROFILE=<dir>: meshd's CPU profile over the connect phase
-	// (MESHD_LOAD_PROFILE_SECONDS, default 20) and its heap once connected.
+	// MESHD_LOAD_PROFILE=<dir>: meshd's CPU profiles over the connect phase
+	// and the churn phase (MESHD_LOAD_PROFILE_SECONDS each, default 20) and
+	// its heap once connected.
 	profDir := os.Getenv("MESHD_LOAD_PROFILE")
 	profDone := make(chan struct{})
 	if profDir != "" {
@@ -115,10 +116,24 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	defer fleet.Close()
 	rssConnected, cpu1, _ := load.Proc(pid)
+	// Once the connect storm's garbage is collected and returned: the RSS a
+	// connected fleet costs (MESHD_LOAD_SETTLE seconds later, default 10).
+	time.Sleep(time.Duration(envInt("MESHD_LOAD_SETTLE", 10)) * time.Second)
+	rssSettled, _, _ := load.Proc(pid)
 	if profDir != "" {
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap", filepath.Join(profDir, "heap.pprof"))
 	}
 	<-profDone
+	// And over the churn phase (the changes take at least as long).
+	churnDone := make(chan struct{})
+	if profDir != "" {
+		go func() {
+			defer close(churnDone)
+			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(envInt("MESHD_LOAD_PROFILE_SECONDS", 20)), filepath.Join(profDir, "churn.pprof"))
+		}()
+	} else {
+		close(churnDone)
+	}
 	var all []time.Duration
 	for range changes {
 		lat, err := fleet.Convergence(ctx, func() (string, string, error) { return w.AddEndpoint(ctx) })
@@ -128,6 +143,7 @@ func BenchmarkLoad(b *testing.B) {
 		all = append(all, lat...)
 	}
 	rssAfter, cpu2, _ := load.Proc(pid)
+	<-churnDone
 	sortDurations(all)
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 	b.ReportMetric(fleet.TimeToFull.Seconds(), "s-full-config")
@@ -135,9 +151,10 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(float64(Percentile(all, 99).Microseconds())/1000, "ms-conv-p99")
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "ms-conv-max")
 	b.ReportMetric(mib(rssConnected-rssIdle)/float64(sidecars), "MiB-rss/sidecar")
+	b.ReportMetric(mib(rssSettled-rssIdle)/float64(sidecars), "MiB-settled/sidecar")
 	b.ReportMetric(float64(fleet.Dropped()), "dropped")
-	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
-		mib(rssIdle), mib(rssConnected), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
+	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
+		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
 	b.Logf("%d sidecars (%s) x %d services x %d endpoints: full config in %s; convergence over %d changes: p50 %s p99 %s max %s; dropped %d",
 		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
 		Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())

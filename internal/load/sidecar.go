@@ -36,7 +36,7 @@ type sidecar struct {
 
 	mu        sync.Mutex
 	clusters  map[string]bool // EDS clusters named by CDS
-	endpoints map[string]*endpointv3.ClusterLoadAssignment
+	endpoints map[string]bool // endpoint sets received
 	listeners int
 	routes    map[string]bool // named by listeners
 	gotRoutes map[string]bool
@@ -84,63 +84,100 @@ func (s *sidecar) run(ctx context.Context) error {
 
 func (s *sidecar) nodeProto() *corev3.Node { return &corev3.Node{Id: s.node} }
 
-// handle records one response's resources and returns the names to
-// subscribe for EDS and RDS.
-func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// decoded is what the fleet needs of one resource encoding. Sidecars
+// receive the same encodings (the same resource at the same version), so
+// each is decoded once for the whole fleet: the load tool shares the
+// machine with meshd, and its time is better spent reading streams.
+type decoded struct {
+	name   string
+	eds    string                            // clusters: the EDS service name, "" if not EDS
+	routes []string                          // listeners: the RDS route configurations named
+	cla    *endpointv3.ClusterLoadAssignment // endpoints (read-only)
+}
+
+var decodings sync.Map // string(encoding) -> *decoded
+
+func decode(typeURL string, a *anypb.Any) (*decoded, error) {
+	if d, ok := decodings.Load(string(a.GetValue())); ok {
+		return d.(*decoded), nil
+	}
+	d := &decoded{}
 	switch typeURL {
 	case resourcev3.ClusterType:
-		for _, a := range resources {
-			var c clusterv3.Cluster
-			if err := a.UnmarshalTo(&c); err != nil {
-				return err
-			}
-			if c.GetType() == clusterv3.Cluster_EDS {
-				name := c.GetEdsClusterConfig().GetServiceName()
-				if name == "" {
-					name = c.GetName()
-				}
-				s.clusters[name] = true
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			return nil, err
+		}
+		d.name = c.GetName()
+		if c.GetType() == clusterv3.Cluster_EDS {
+			d.eds = c.GetEdsClusterConfig().GetServiceName()
+			if d.eds == "" {
+				d.eds = c.GetName()
 			}
 		}
 	case resourcev3.EndpointType:
-		for _, a := range resources {
-			var cla endpointv3.ClusterLoadAssignment
-			if err := a.UnmarshalTo(&cla); err != nil {
-				return err
-			}
-			s.endpoints[cla.GetClusterName()] = &cla
-			if s.watch != nil {
-				s.watch(&cla, at)
-			}
+		var cla endpointv3.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			return nil, err
 		}
+		d.name, d.cla = cla.GetClusterName(), &cla
 	case resourcev3.ListenerType:
-		s.listeners += len(resources)
-		for _, a := range resources {
-			var l listenerv3.Listener
-			if err := a.UnmarshalTo(&l); err != nil {
-				return err
-			}
-			for _, fc := range l.GetFilterChains() {
-				for _, f := range fc.GetFilters() {
-					if f.GetTypedConfig().MessageIs(&hcmv3.HttpConnectionManager{}) {
-						var h hcmv3.HttpConnectionManager
-						if err := f.GetTypedConfig().UnmarshalTo(&h); err == nil && h.GetRds() != nil {
-							s.routes[h.GetRds().GetRouteConfigName()] = true
-						}
+		var l listenerv3.Listener
+		if err := a.UnmarshalTo(&l); err != nil {
+			return nil, err
+		}
+		d.name = l.GetName()
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				if f.GetTypedConfig().MessageIs(&hcmv3.HttpConnectionManager{}) {
+					var h hcmv3.HttpConnectionManager
+					if err := f.GetTypedConfig().UnmarshalTo(&h); err == nil && h.GetRds() != nil {
+						d.routes = append(d.routes, h.GetRds().GetRouteConfigName())
 					}
 				}
 			}
 		}
 	case resourcev3.RouteType:
-		for _, a := range resources {
-			name := routeName(a)
-			s.gotRoutes[name] = true
-		}
+		d.name = routeName(a)
 	case resourcev3.SecretType:
-		for _, a := range resources {
-			s.secrets[secretName(a)] = true
+		return &decoded{name: secretName(a)}, nil // per sidecar: not shared
+	}
+	decodings.Store(string(a.GetValue()), d)
+	return d, nil
+}
+
+// handle records one response's resources.
+func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) error {
+	ds := make([]*decoded, 0, len(resources))
+	for _, a := range resources {
+		d, err := decode(typeURL, a)
+		if err != nil {
+			return err
+		}
+		ds = append(ds, d)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range ds {
+		switch typeURL {
+		case resourcev3.ClusterType:
+			if d.eds != "" {
+				s.clusters[d.eds] = true
+			}
+		case resourcev3.EndpointType:
+			s.endpoints[d.name] = true
+			if s.watch != nil {
+				s.watch(d.cla, at)
+			}
+		case resourcev3.ListenerType:
+			s.listeners++
+			for _, r := range d.routes {
+				s.routes[r] = true
+			}
+		case resourcev3.RouteType:
+			s.gotRoutes[d.name] = true
+		case resourcev3.SecretType:
+			s.secrets[d.name] = true
 		}
 	}
 	s.checkComplete()
@@ -154,7 +191,7 @@ func (s *sidecar) checkComplete() {
 		return
 	}
 	for c := range s.clusters {
-		if s.endpoints[c] == nil {
+		if !s.endpoints[c] {
 			return
 		}
 	}
@@ -185,7 +222,7 @@ func (s *sidecar) names(typeURL string) []string {
 }
 
 func newSidecar(node string, delta bool, conn *grpc.ClientConn) *sidecar {
-	return &sidecar{node: node, delta: delta, conn: conn, clusters: map[string]bool{}, endpoints: map[string]*endpointv3.ClusterLoadAssignment{},
+	return &sidecar{node: node, delta: delta, conn: conn, clusters: map[string]bool{}, endpoints: map[string]bool{},
 		routes: map[string]bool{}, gotRoutes: map[string]bool{}, secrets: map[string]bool{}, complete: make(chan struct{})}
 }
 
