@@ -70,6 +70,9 @@ func BenchmarkLoad(b *testing.B) {
 	caDir, xdsAddr, debugAddr := filepath.Join(dir, "ca"), freeAddr(b), freeAddr(b)
 	cmd := exec.Command(bin, "serve", "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
 		"--hold-off", "10ms", "--max-delay", "100ms")
+	if lim := os.Getenv("MESHD_LOAD_MESHD_GOMEMLIMIT"); lim != "" {
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+lim) // meshd's soft memory limit, as deploy/ sets it
+	}
 	logFile, _ := os.Create(filepath.Join(dir, "meshd.log"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
@@ -121,7 +124,8 @@ func BenchmarkLoad(b *testing.B) {
 	time.Sleep(time.Duration(envInt("MESHD_LOAD_SETTLE", 10)) * time.Second)
 	rssSettled, _, _ := load.Proc(pid)
 	if profDir != "" {
-		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap", filepath.Join(profDir, "heap.pprof"))
+		// gc=1: what is live, not what awaits collection.
+		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?gc=1", filepath.Join(profDir, "heap.pprof"))
 	}
 	<-profDone
 	// And over the churn phase (the changes take at least as long).

@@ -7,6 +7,7 @@
 package load
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -34,12 +35,15 @@ type sidecar struct {
 	delta bool
 	conn  *grpc.ClientConn
 
-	mu        sync.Mutex
-	clusters  map[string]bool // EDS clusters named by CDS
-	endpoints map[string]bool // endpoint sets received
+	mu sync.Mutex
+	// Sets of interned names (see nameTable): a fleet of 10,000 sidecars
+	// each holding 1,000 names in maps of strings would cost the load tool
+	// more memory than the meshd it measures.
+	clusters  nameSet // EDS clusters named by CDS
+	endpoints nameSet // endpoint sets received
 	listeners int
-	routes    map[string]bool // named by listeners
-	gotRoutes map[string]bool
+	routes    nameSet // named by listeners
+	gotRoutes nameSet
 	secrets   map[string]bool
 	complete  chan struct{}
 	done      bool
@@ -89,10 +93,11 @@ func (s *sidecar) nodeProto() *corev3.Node { return &corev3.Node{Id: s.node} }
 // each is decoded once for the whole fleet: the load tool shares the
 // machine with meshd, and its time is better spent reading streams.
 type decoded struct {
-	name   string
-	eds    string                            // clusters: the EDS service name, "" if not EDS
-	routes []string                          // listeners: the RDS route configurations named
+	name   int                               // interned (secrets: -1)
+	eds    int                               // clusters: the EDS service name, -1 if not EDS
+	routes []int                             // listeners: the RDS route configurations named
 	cla    *endpointv3.ClusterLoadAssignment // endpoints (read-only)
+	secret string
 }
 
 var decodings sync.Map // string(encoding) -> *decoded
@@ -101,46 +106,43 @@ func decode(typeURL string, a *anypb.Any) (*decoded, error) {
 	if d, ok := decodings.Load(string(a.GetValue())); ok {
 		return d.(*decoded), nil
 	}
-	d := &decoded{}
+	d := &decoded{name: -1, eds: -1}
 	switch typeURL {
 	case resourcev3.ClusterType:
 		var c clusterv3.Cluster
 		if err := a.UnmarshalTo(&c); err != nil {
 			return nil, err
 		}
-		d.name = c.GetName()
+		d.name = names.id(c.GetName())
 		if c.GetType() == clusterv3.Cluster_EDS {
-			d.eds = c.GetEdsClusterConfig().GetServiceName()
-			if d.eds == "" {
-				d.eds = c.GetName()
-			}
+			d.eds = names.id(cmp.Or(c.GetEdsClusterConfig().GetServiceName(), c.GetName()))
 		}
 	case resourcev3.EndpointType:
 		var cla endpointv3.ClusterLoadAssignment
 		if err := a.UnmarshalTo(&cla); err != nil {
 			return nil, err
 		}
-		d.name, d.cla = cla.GetClusterName(), &cla
+		d.name, d.cla = names.id(cla.GetClusterName()), &cla
 	case resourcev3.ListenerType:
 		var l listenerv3.Listener
 		if err := a.UnmarshalTo(&l); err != nil {
 			return nil, err
 		}
-		d.name = l.GetName()
+		d.name = names.id(l.GetName())
 		for _, fc := range l.GetFilterChains() {
 			for _, f := range fc.GetFilters() {
 				if f.GetTypedConfig().MessageIs(&hcmv3.HttpConnectionManager{}) {
 					var h hcmv3.HttpConnectionManager
 					if err := f.GetTypedConfig().UnmarshalTo(&h); err == nil && h.GetRds() != nil {
-						d.routes = append(d.routes, h.GetRds().GetRouteConfigName())
+						d.routes = append(d.routes, names.id(h.GetRds().GetRouteConfigName()))
 					}
 				}
 			}
 		}
 	case resourcev3.RouteType:
-		d.name = routeName(a)
+		d.name = names.id(routeName(a))
 	case resourcev3.SecretType:
-		return &decoded{name: secretName(a)}, nil // per sidecar: not shared
+		return &decoded{secret: secretName(a)}, nil // per sidecar: not shared
 	}
 	decodings.Store(string(a.GetValue()), d)
 	return d, nil
@@ -161,23 +163,23 @@ func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) e
 	for _, d := range ds {
 		switch typeURL {
 		case resourcev3.ClusterType:
-			if d.eds != "" {
-				s.clusters[d.eds] = true
+			if d.eds >= 0 {
+				s.clusters.add(d.eds)
 			}
 		case resourcev3.EndpointType:
-			s.endpoints[d.name] = true
+			s.endpoints.add(d.name)
 			if s.watch != nil {
 				s.watch(d.cla, at)
 			}
 		case resourcev3.ListenerType:
 			s.listeners++
 			for _, r := range d.routes {
-				s.routes[r] = true
+				s.routes.add(r)
 			}
 		case resourcev3.RouteType:
-			s.gotRoutes[d.name] = true
+			s.gotRoutes.add(d.name)
 		case resourcev3.SecretType:
-			s.secrets[d.name] = true
+			s.secrets[d.secret] = true
 		}
 	}
 	s.checkComplete()
@@ -187,43 +189,108 @@ func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) e
 // checkComplete closes complete once the sidecar holds everything its
 // listeners and clusters reference, and its secrets.
 func (s *sidecar) checkComplete() {
-	if s.done || len(s.secrets) < 2 || s.listeners == 0 || len(s.clusters) == 0 {
+	if s.done || len(s.secrets) < 2 || s.listeners == 0 || s.clusters.empty() ||
+		!s.clusters.subsetOf(s.endpoints) || !s.routes.subsetOf(s.gotRoutes) {
 		return
-	}
-	for c := range s.clusters {
-		if !s.endpoints[c] {
-			return
-		}
-	}
-	for r := range s.routes {
-		if !s.gotRoutes[r] {
-			return
-		}
 	}
 	s.done = true
 	close(s.complete)
 }
 
+// names returns the names of the EDS or RDS resources the sidecar's
+// clusters and listeners reference.
 func (s *sidecar) names(typeURL string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var set map[string]bool
 	switch typeURL {
 	case resourcev3.EndpointType:
-		set = s.clusters
+		return s.clusters.names()
 	case resourcev3.RouteType:
-		set = s.routes
+		return s.routes.names()
 	}
-	out := make([]string, 0, len(set))
-	for n := range set {
-		out = append(out, n)
-	}
-	return out
+	return nil
 }
 
 func newSidecar(node string, delta bool, conn *grpc.ClientConn) *sidecar {
-	return &sidecar{node: node, delta: delta, conn: conn, clusters: map[string]bool{}, endpoints: map[string]bool{},
-		routes: map[string]bool{}, gotRoutes: map[string]bool{}, secrets: map[string]bool{}, complete: make(chan struct{})}
+	return &sidecar{node: node, delta: delta, conn: conn, secrets: map[string]bool{}, complete: make(chan struct{})}
 }
 
 func typeShort(t string) string { return t[strings.LastIndex(t, ".")+1:] }
+
+// nameTable interns resource names for the whole fleet.
+type nameTable struct {
+	mu  sync.RWMutex
+	ids map[string]int
+	all []string
+}
+
+var names = &nameTable{ids: map[string]int{}}
+
+func (t *nameTable) id(name string) int {
+	t.mu.RLock()
+	i, ok := t.ids[name]
+	t.mu.RUnlock()
+	if ok {
+		return i
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i, ok := t.ids[name]; ok {
+		return i
+	}
+	t.ids[name] = len(t.all)
+	t.all = append(t.all, name)
+	return len(t.all) - 1
+}
+
+func (t *nameTable) name(i int) string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.all[i]
+}
+
+// nameSet is a set of interned names, a bit each.
+type nameSet []uint64
+
+func (s *nameSet) add(i int) {
+	for len(*s) <= i/64 {
+		*s = append(*s, 0)
+	}
+	(*s)[i/64] |= 1 << (i % 64)
+}
+
+func (s nameSet) has(i int) bool { return i/64 < len(s) && s[i/64]&(1<<(i%64)) != 0 }
+
+func (s nameSet) empty() bool {
+	for _, w := range s {
+		if w != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (s nameSet) subsetOf(o nameSet) bool {
+	for i, w := range s {
+		var ow uint64
+		if i < len(o) {
+			ow = o[i]
+		}
+		if w&^ow != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (s nameSet) names() []string {
+	var out []string
+	for i, w := range s {
+		for b := range 64 {
+			if w&(1<<b) != 0 {
+				out = append(out, names.name(i*64+b))
+			}
+		}
+	}
+	return out
+}

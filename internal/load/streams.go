@@ -87,7 +87,7 @@ func (s *sidecar) runDelta(ctx context.Context, client discoveryv3.AggregatedDis
 	if err != nil {
 		return err
 	}
-	subscribed := map[string]map[string]bool{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
+	subscribed := map[string]*nameSet{resourcev3.EndpointType: {}, resourcev3.RouteType: {}}
 	first := true
 	send := func(req *discoveryv3.DeltaDiscoveryRequest) error {
 		if first {
@@ -122,8 +122,8 @@ func (s *sidecar) runDelta(ctx context.Context, client discoveryv3.AggregatedDis
 		if next, ok := follow[resp.GetTypeUrl()]; ok {
 			var add []string
 			for _, n := range s.names(next) {
-				if !subscribed[next][n] {
-					subscribed[next][n] = true
+				if id := names.id(n); !subscribed[next].has(id) {
+					subscribed[next].add(id)
 					add = append(add, n)
 				}
 			}
