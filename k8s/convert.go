@@ -25,6 +25,10 @@ const (
 	AnnotationProxyID = "meshd.io/proxy-id"
 	// AnnotationStatus on a pod says it was injected ("injected").
 	AnnotationStatus = "meshd.io/status"
+	// AnnotationInterception "none" on a pod: its traffic is not redirected
+	// to the sidecar (no init container); the app talks to the sidecar's
+	// listeners directly (model.Workload.NoInterception).
+	AnnotationInterception = "meshd.io/interception"
 )
 
 // Problem is an object that was skipped (wholly or in part) because it is
@@ -97,6 +101,8 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		Meshed:   c.meshed(p),
 		Mode:     c.mode(p),
 		ProxyID:  p.Annotations[AnnotationProxyID],
+
+		NoInterception: p.Annotations[AnnotationInterception] == "none",
 	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()

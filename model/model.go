@@ -105,6 +105,11 @@ type Workload struct {
 	ProxyID string
 	// Mode is what its inbound side accepts.
 	Mode Mode
+	// NoInterception: nothing redirects the pod's traffic to its sidecar
+	// (no iptables rules: no NET_ADMIN, or several sidecars sharing one
+	// host's network). The sidecar's listeners bind real addresses instead:
+	// see translate.Proxy.
+	NoInterception bool
 	// Ports are the pod's inbound ports (service target ports that resolve
 	// to this pod, and declared container ports), sorted by Port, unique.
 	Ports []Port

@@ -37,14 +37,17 @@ import (
 const (
 	AnnotationStatus  = "meshd.io/status" // "injected"
 	AnnotationProxyID = "meshd.io/proxy-id"
-	LabelProxyID      = "meshd.io/proxy-id" // on the credentials Secret
-	LabelInject       = "meshd.io/inject"
-	ContainerProxy    = "meshd-proxy"
-	ContainerInit     = "meshd-init"
-	VolumeCreds       = "meshd-proxy-creds"
-	SecretPrefix      = "meshd-proxy-"
-	ReadinessPort     = 15021
-	ProxyUID          = 1337
+	// AnnotationInterception "none": no init container (no iptables, no
+	// NET_ADMIN); the app talks to the sidecar's listeners itself.
+	AnnotationInterception = "meshd.io/interception"
+	LabelProxyID           = "meshd.io/proxy-id" // on the credentials Secret
+	LabelInject            = "meshd.io/inject"
+	ContainerProxy         = "meshd-proxy"
+	ContainerInit          = "meshd-init"
+	VolumeCreds            = "meshd-proxy-creds"
+	SecretPrefix           = "meshd-proxy-"
+	ReadinessPort          = 15021
+	ProxyUID               = 1337
 
 	annotationSA  = "meshd.io/service-account"
 	annotationPod = "meshd.io/pod"

@@ -85,8 +85,9 @@ func apply(t *testing.T, pod *corev1.Pod, resp *admissionv1.AdmissionResponse) *
 // TestAdmit: a pod gets the sidecar (uid 1337, readiness, credentials
 // volume), the init container and its proxy ID, and a Secret with a
 // bootstrap and a client certificate bound to that ID; admitting the
-// result again changes nothing; opted-out and hostNetwork pods pass
-// untouched; a dry run creates no Secret.
+// result again changes nothing; a pod without interception gets no init
+// container; opted-out and hostNetwork pods pass untouched; a dry run
+// creates no Secret.
 func TestAdmit(t *testing.T) {
 	ctx := context.Background()
 	inj, client, _ := newInjector(t)
@@ -116,6 +117,14 @@ func TestAdmit(t *testing.T) {
 	}
 	if !strings.Contains(string(s.Data[bootstrap.FileBootstrap]), "/etc/meshd/proxy/xds-client.sds.yaml") {
 		t.Error("bootstrap does not read its credentials from the mount")
+	}
+
+	direct := appPod()
+	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	direct = apply(t, direct, inj.Admit(ctx, review(t, direct, false)))
+	if len(direct.Spec.Containers) != 2 || len(direct.Spec.InitContainers) != 0 || direct.Annotations[inject.AnnotationInterception] != "none" {
+		t.Errorf("interception none: containers %d (+%d init), annotations %v; want the sidecar and no init container",
+			len(direct.Spec.Containers), len(direct.Spec.InitContainers), direct.Annotations)
 	}
 
 	again := inj.Admit(ctx, review(t, pod, false))

@@ -150,7 +150,9 @@ func (i *Injector) patch(pod *corev1.Pod, proxyID string) []patchOp {
 		}
 		ops = append(ops, patchOp{"add", path + "/-", v})
 	}
-	appendTo("/spec/initContainers", len(pod.Spec.InitContainers) > 0, i.initContainer())
+	if pod.Annotations[AnnotationInterception] != "none" {
+		appendTo("/spec/initContainers", len(pod.Spec.InitContainers) > 0, i.initContainer())
+	}
 	appendTo("/spec/containers", true, i.proxyContainer())
 	appendTo("/spec/volumes", len(pod.Spec.Volumes) > 0, corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{
 		Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}})

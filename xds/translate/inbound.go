@@ -27,20 +27,24 @@ func inboundListener(trustDomain string, w *model.Workload) *listenerv3.Listener
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter(), tlsInspectorFilter()},
 	}
+	for _, p := range w.Ports {
+		addInboundChains(l, trustDomain, w, p)
+	}
+	return l
+}
+
+// addInboundChains adds a port's chains: mutual TLS, and in PERMISSIVE
+// mode plaintext too.
+func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workload, p model.Port) {
+	tls := inboundChain(w, p, "tls")
+	tls.TransportSocket = downstreamTLS(trustDomain)
+	l.FilterChains = append(l.FilterChains, tls)
 	if w.Mode == model.ModePermissive {
 		// Server-speaks-first protocols send nothing to inspect: after the
 		// timeout they continue as plaintext instead of being closed.
+		l.FilterChains = append(l.FilterChains, inboundChain(w, p, "raw_buffer"))
 		l.ContinueOnListenerFiltersTimeout = true
 	}
-	for _, p := range w.Ports {
-		tls := inboundChain(w, p, "tls")
-		tls.TransportSocket = downstreamTLS(trustDomain)
-		l.FilterChains = append(l.FilterChains, tls)
-		if w.Mode == model.ModePermissive {
-			l.FilterChains = append(l.FilterChains, inboundChain(w, p, "raw_buffer"))
-		}
-	}
-	return l
 }
 
 func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3.FilterChain {

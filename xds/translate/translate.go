@@ -110,8 +110,17 @@ func Shared(snap *model.Snapshot) (Resources, []string) {
 // chain per port of its workload (forwarding to the shared local clusters).
 // A workload without ports gets no inbound listener (Envoy refuses one
 // without filter chains): connections redirected to it are refused.
+//
+// A workload without interception gets, instead, listeners on real
+// addresses (directListeners).
 func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 	res := Resources{}
+	if w.NoInterception {
+		if ls := directListeners(snap, w); len(ls) > 0 {
+			res[resourcev3.ListenerType] = ls
+		}
+		return res
+	}
 	if len(w.Ports) == 0 {
 		return res
 	}
