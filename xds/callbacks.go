@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"unique"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -81,6 +82,7 @@ func (c *callbacks) closed(id int64) {
 }
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	intern(req.ResourceNames)
 	var secrets []string
 	if req.GetTypeUrl() == resourcev3.SecretType {
 		secrets = req.GetResourceNames()
@@ -89,6 +91,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	intern(req.ResourceNamesSubscribe)
 	var secrets []string
 	if req.GetTypeUrl() == resourcev3.SecretType {
 		secrets = req.GetResourceNamesSubscribe()
@@ -286,4 +289,15 @@ func shortType(url string) string {
 		}
 	}
 	return url
+}
+
+// intern replaces names by their canonical copies. The names a proxy
+// subscribes to live as long as its stream (go-control-plane's subscription
+// keeps them), and thousands of proxies name the same resources: one copy
+// of each instead of one per proxy (about 60 KB per proxy subscribing to
+// 1,000 endpoint sets).
+func intern(names []string) {
+	for i, n := range names {
+		names[i] = unique.Make(n).Value()
+	}
 }

@@ -162,6 +162,9 @@ func BenchmarkLoad(b *testing.B) {
 	b.Logf("%d sidecars (%s) x %d services x %d endpoints: full config in %s; convergence over %d changes: p50 %s p99 %s max %s; dropped %d",
 		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
 		Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
+	for reason, n := range fleet.DropReasons() {
+		b.Logf("dropped: %d streams: %s", n, reason)
+	}
 }
 
 // Percentile aliases load.Percentile.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -40,6 +41,8 @@ type Fleet struct {
 	cancel   context.CancelFunc
 	dropped  atomic.Int64
 	wg       sync.WaitGroup
+	mu       sync.Mutex
+	reasons  map[string]int // why streams ended, by error text
 	// Figures of Connect.
 	CertsPerSecond float64
 	TimeToFull     time.Duration
@@ -65,7 +68,7 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 		}
 		certs[i] = c
 	}
-	f := &Fleet{cfg: cfg, CertsPerSecond: float64(len(certs)) / time.Since(start).Seconds()}
+	f := &Fleet{cfg: cfg, CertsPerSecond: float64(len(certs)) / time.Since(start).Seconds(), reasons: map[string]int{}}
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	limiter := rate.NewLimiter(rate.Limit(cfg.Rate), 1)
@@ -85,14 +88,22 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
-			if err := s.run(runCtx); err != nil && runCtx.Err() == nil {
+			err := s.run(runCtx)
+			close(s.ended)
+			if err != nil && runCtx.Err() == nil {
 				f.dropped.Add(1)
+				f.mu.Lock()
+				f.reasons[err.Error()]++
+				f.mu.Unlock()
 			}
 		}()
 	}
+	// Every sidecar complete, or its stream ended (a dropped stream is
+	// counted, not waited for: Envoy would reconnect, this tool does not).
 	for _, s := range f.sidecars {
 		select {
 		case <-s.complete:
+		case <-s.ended:
 		case <-ctx.Done():
 			f.Close()
 			return nil, fmt.Errorf("load: not every sidecar got its config: %w", ctx.Err())
@@ -106,6 +117,26 @@ func nodeName(i int, ns string) string { return "load-" + strconv.Itoa(i) + "." 
 
 // Dropped counts streams that ended while the fleet was up.
 func (f *Fleet) Dropped() int64 { return f.dropped.Load() }
+
+// DropReasons are the errors dropped streams ended with, with counts.
+func (f *Fleet) DropReasons() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.reasons)
+}
+
+// live returns the sidecars whose stream is up.
+func (f *Fleet) live() []*sidecar {
+	var out []*sidecar
+	for _, s := range f.sidecars {
+		select {
+		case <-s.ended:
+		default:
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // Close ends every stream.
 func (f *Fleet) Close() {
@@ -125,7 +156,8 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 	seen := map[*sidecar]time.Duration{}
 	var target, addrWanted string
 	all := make(chan struct{})
-	for _, s := range f.sidecars {
+	live := f.live()
+	for _, s := range live {
 		s.mu.Lock()
 		s.watch = func(cla *endpointv3.ClusterLoadAssignment, at time.Time) {
 			mu.Lock()
@@ -135,7 +167,7 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 			}
 			if _, ok := seen[s]; !ok {
 				seen[s] = max(at.Sub(t0), 0)
-				if len(seen) == len(f.sidecars) {
+				if len(seen) == len(live) {
 					close(all)
 				}
 			}
@@ -159,7 +191,7 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 	select {
 	case <-all:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("load: %d of %d sidecars saw the change: %w", len(seen), len(f.sidecars), ctx.Err())
+		return nil, fmt.Errorf("load: %d of %d sidecars saw the change: %w", len(seen), len(live), ctx.Err())
 	}
 	out := make([]time.Duration, 0, len(seen))
 	for _, d := range seen {

@@ -46,6 +46,7 @@ type sidecar struct {
 	gotRoutes nameSet
 	secrets   map[string]bool
 	complete  chan struct{}
+	ended     chan struct{} // closed when the stream ends
 	done      bool
 	// watch, if set, is called with every ClusterLoadAssignment received.
 	watch func(cla *endpointv3.ClusterLoadAssignment, at time.Time)
@@ -212,7 +213,8 @@ func (s *sidecar) names(typeURL string) []string {
 }
 
 func newSidecar(node string, delta bool, conn *grpc.ClientConn) *sidecar {
-	return &sidecar{node: node, delta: delta, conn: conn, secrets: map[string]bool{}, complete: make(chan struct{})}
+	return &sidecar{node: node, delta: delta, conn: conn, secrets: map[string]bool{}, complete: make(chan struct{}),
+		ended: make(chan struct{})}
 }
 
 func typeShort(t string) string { return t[strings.LastIndex(t, ".")+1:] }
