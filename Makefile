@@ -39,9 +39,10 @@ bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 
 ## demo: the seed experiment: nginx and curl pods (network namespaces) with tcpdump on the
-## link, without a mesh and then with meshd and real Envoy sidecars (root needed)
+## link, without a mesh and then with meshd and real Envoy sidecars; without root, a reduced
+## demo on loopback addresses (no interception, no capture) that says so
 demo: build
-	bash hack/deps.sh
+	@if [ "$$(id -u)" = 0 ]; then bash hack/deps.sh; else echo "demo: not root: the reduced demo (no apt packages needed)"; fi
 	bash hack/tools.sh envoy
 	$(GO) run ./internal/e2e/demo -meshd bin/meshd -envoy .tools/bin/envoy
 

@@ -285,3 +285,41 @@ func TestIdentityEnforcement(t *testing.T) {
 		})
 	}
 }
+
+// TestReducedDemo is the experiment as `make demo` runs it without root:
+// two loopback pods whose sidecars have no interception
+// (meshd.io/interception: none). Requests through the client's sidecar all
+// succeed; the app behind the server sidecar sees the client's SPIFFE ID;
+// plaintext and certificate-less TLS to the server sidecar are refused.
+// Needs no root (it runs as root too). Renewal under traffic is scenario 3's.
+func TestReducedDemo(t *testing.T) {
+	opts := e2e.Options{Meshd: meshdBin, Envoy: testenv.Need(t, "envoy"), Duration: 8 * time.Second, Operator: true, Progress: testWriter{t}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := e2e.RunLocal(ctx, opts)
+	if err != nil || t.Failed() {
+		if res != nil {
+			t.Logf("meshd log:\n%s", res.MeshdLog)
+			for name, l := range res.EnvoyLogs {
+				t.Logf("envoy %s log:\n%s", name, l)
+			}
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("result: %+v", *res)
+	client := "spiffe://cluster.local/ns/demo/sa/client"
+	if res.Requests == 0 || res.Failures != 0 || !res.BodyHasMarker {
+		t.Errorf("%d requests, %d failed %v, page received %v; want all through", res.Requests, res.Failures, res.FirstFailures, res.BodyHasMarker)
+	}
+	if !slices.Equal(res.AppSawPeers, []string{client}) || !slices.Equal(res.SidecarPeers, []string{client}) {
+		t.Errorf("the app saw peers %v, the server sidecar logged %v; want %s", res.AppSawPeers, res.SidecarPeers, client)
+	}
+	if !res.PlaintextRefused || !res.NoCertRefused || res.ServerIdentity != "spiffe://cluster.local/ns/demo/sa/web" {
+		t.Errorf("server sidecar: plaintext refused %v, no-certificate TLS refused %v, identity %q", res.PlaintextRefused, res.NoCertRefused, res.ServerIdentity)
+	}
+	if len(res.ServerSerials) != 1 {
+		t.Errorf("server certificate serials %v: want its one workload certificate", res.ServerSerials)
+	}
+}
