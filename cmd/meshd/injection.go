@@ -1,28 +1,29 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"bytes"
-	"crypto/x509"
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/xds"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"strings"
 )
 
 // startInjection serves the sidecar injection webhook over TLS (meshd's
@@ -33,7 +34,8 @@ import (
 func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
 	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
-		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: cfg.ProxyImage, InitImage: cfg.InitImage, CredsDir: cfg.SidecarCredsDir, Logger: log})
+		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: cfg.ProxyImage, InitImage: cfg.InitImage, CredsDir: cfg.SidecarCredsDir,
+		API: bootstrap.APIType(cfg.SidecarAPI), Logger: log})
 	if err != nil {
 		return nil, err
 	}

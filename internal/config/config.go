@@ -55,6 +55,9 @@ type Config struct {
 	SidecarXDSAddr           string
 	// SidecarCredsDir is where the credentials Secret is mounted in sidecars.
 	SidecarCredsDir string
+	// SidecarAPI is the ADS flavour injected bootstraps use: "delta"
+	// (default) or "sotw".
+	SidecarAPI string
 	// IssuerRef, if set ("kind/name[/group]"), makes workload certificates
 	// cert-manager CertificateRequests against that Issuer (in Namespace)
 	// or ClusterIssuer; the internal CA keeps meshd's own and the xDS
@@ -80,6 +83,7 @@ func Default() Config {
 		TrustDomain: "cluster.local",
 		CertTTL:     24 * time.Hour,
 		CASecret:    "meshd-ca",
+		SidecarAPI:  "delta",
 		HoldOff:     100 * time.Millisecond,
 		MaxDelay:    time.Second,
 
@@ -115,6 +119,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container (runs meshd iptables)")
 	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc:15012)")
 	fs.StringVar(&c.SidecarCredsDir, "sidecar-creds-dir", c.SidecarCredsDir, "where injected sidecars mount their credentials Secret")
+	fs.StringVar(&c.SidecarAPI, "sidecar-api", c.SidecarAPI, "ADS flavour of injected sidecars: delta or sotw")
 	fs.StringVar(&c.IssuerRef, "issuer-ref", c.IssuerRef, "issue workload certificates through this cert-manager issuer: Issuer/<name> (in --namespace), ClusterIssuer/<name>, or kind/name/group for an external issuer (empty: internal CA)")
 	fs.BoolVar(&c.IssuerApprove, "issuer-approve", c.IssuerApprove, "approve meshd's own CertificateRequests (needs the approve verb on the issuer's signer)")
 	fs.DurationVar(&c.IssuerTimeout, "issuer-timeout", c.IssuerTimeout, "with --issuer-ref: how long one CertificateRequest may take before it counts as failed (then retried with backoff)")
@@ -142,6 +147,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TrustDomain == "" {
 		errs = append(errs, errors.New("--trust-domain must not be empty"))
+	}
+	if c.SidecarAPI != "delta" && c.SidecarAPI != "sotw" {
+		errs = append(errs, fmt.Errorf("--sidecar-api %q: want delta or sotw", c.SidecarAPI))
 	}
 	if c.CertTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 1m (renewal runs at half the lifetime)", c.CertTTL))

@@ -109,15 +109,25 @@ func TestStrictMTLS(t *testing.T) {
 // kube-apiserver: meshd watches it, the pods are created through meshd's
 // injection webhook (sidecar, init container, credentials Secret), the
 // controller-manager writes the EndpointSlice, and the harness plays kubelet
-// with what the webhook injected.
+// with what the webhook injected. meshd is killed (SIGKILL) a third into
+// the traffic and restarted: no request fails, and the sidecars reconnect
+// and sync again from what meshd rebuilds out of the apiserver, over delta
+// and state-of-the-world ADS.
 func TestStrictMTLSThroughKubernetes(t *testing.T) {
-	opts := options(t, true)
 	env := testenv.Kube(t)
 	env.StartControllerManager(t)
-	opts.Kube = &e2e.Kube{Kubeconfig: env.Kubeconfig, Client: env.Client, NodeName: testenv.NodeName}
-	opts.Duration = 5 * time.Second
-	res := run(t, opts)
-	checkMesh(t, res)
+	for _, api := range []string{"delta", "sotw"} {
+		t.Run(api, func(t *testing.T) {
+			opts := options(t, true)
+			opts.Kube = &e2e.Kube{Kubeconfig: env.Kubeconfig, Client: env.Client, NodeName: testenv.NodeName}
+			opts.API, opts.Duration, opts.KillMeshd = api, 9*time.Second, true
+			res := run(t, opts)
+			checkMesh(t, res)
+			if !res.Reconnected {
+				t.Error("the sidecars did not reconnect and sync after the restart")
+			}
+		})
+	}
 }
 
 // TestCertManagerUnderTraffic: scenarios 2 and 3 with workload

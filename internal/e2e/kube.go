@@ -109,7 +109,7 @@ func (s *seed) startKubeMeshd(ctx context.Context) error {
 	}
 	args := []string{"serve", "--kubeconfig", k.Kubeconfig, "--xds-addr", s.xdsAddr, "--debug-addr", fmt.Sprintf("127.0.0.1:%d", debugPort),
 		"--webhook-addr", fmt.Sprintf("127.0.0.1:%d", hookPort), "--webhook-name", s.webhook, "--sidecar-xds-addr", s.xdsAddr,
-		"--sidecar-creds-dir", credsMount, "--hold-off", "20ms"}
+		"--sidecar-creds-dir", credsMount, "--sidecar-api", s.opts.API, "--hold-off", "20ms"}
 	if s.opts.CertTTL > 0 {
 		args = append(args, "--cert-ttl", s.opts.CertTTL.String())
 	}
@@ -117,18 +117,11 @@ func (s *seed) startKubeMeshd(ctx context.Context) error {
 		args = append(args, "--root-rotation-grace", s.opts.RootGrace.String())
 	}
 	args = append(args, k.Args...)
-	if s.meshd, err = s.lab.Start("meshd", netlab.ProcOptions{}, s.opts.Meshd, args...); err != nil {
+	r := &replica{debugURL: s.debugURL, xdsAddr: s.xdsAddr, args: args, name: "meshd"}
+	if err := s.runReplica(ctx, r); err != nil {
 		return err
 	}
-	if err := waitFor(ctx, 30*time.Second, "meshd /readyz", func() error {
-		if s.meshd.Exited() {
-			return fmt.Errorf("meshd exited: %s", s.meshd.LogTail(2000))
-		}
-		_, err := getBody(ctx, s.debugURL+"/readyz")
-		return err
-	}); err != nil {
-		return err
-	}
+	s.replicas, s.meshd = []*replica{r}, r.proc
 	// Pods are admitted only once meshd has put its CA into the webhook.
 	return waitFor(ctx, 60*time.Second, "the webhook's caBundle", func() error {
 		got, err := k.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, s.webhook, metav1.GetOptions{})

@@ -55,7 +55,7 @@ type Options struct {
 	// Replicas of meshd (local mode, default 1); sidecars know them all.
 	Replicas int
 	// KillMeshd kills the busiest replica a third into the traffic (and
-	// restarts it when it is the only one).
+	// restarts it when it is the only one, as with Kube).
 	KillMeshd bool
 	// Kube, if set, runs meshd against this cluster and creates the pods
 	// through its injection webhook; otherwise meshd serves a local
@@ -270,7 +270,7 @@ func (s *seed) traffic(ctx context.Context) error {
 			}
 		}()
 	}
-	if s.opts.KillMeshd && s.opts.Mesh && s.opts.Kube == nil {
+	if s.opts.KillMeshd && s.opts.Mesh {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
