@@ -58,19 +58,19 @@ type deltaWatch struct {
 // SetSnapshot publishes a node's snapshot: SotW watches through
 // go-control-plane, delta watches of the types whose version changed here.
 func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
-	if err := c.SnapshotCache.SetSnapshot(ctx, node, snap); err != nil {
-		return err
-	}
+	// go-control-plane keeps the snapshot and fails only answering a SotW
+	// watch: the delta watches get it all the same.
+	sotwErr := c.SnapshotCache.SetSnapshot(ctx, node, snap)
 	s, ok := snap.(*snapshot)
 	if !ok {
-		return nil // only the Publisher's snapshots are served over delta
+		return sotwErr // only the Publisher's snapshots are served over delta
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.snaps[node] = s
 	ws := c.watches[node]
 	if len(ws) == 0 {
-		return nil
+		return sotwErr
 	}
 	// In ADS order (clusters before endpoints, listeners before routes):
 	// one stream reads its responses in the order they are queued.
@@ -82,7 +82,7 @@ func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.R
 			delete(ws, w)
 		}
 	}
-	return nil
+	return sotwErr
 }
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.

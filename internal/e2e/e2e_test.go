@@ -58,18 +58,27 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// logsOnFailure logs meshd's and the sidecars' logs at the end of a test
+// that failed.
+func logsOnFailure(t *testing.T, meshd string, envoys map[string]string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		t.Logf("meshd log:\n%s", meshd)
+		for name, l := range envoys {
+			t.Logf("envoy %s log:\n%s", name, l)
+		}
+	})
+}
+
 func run(t *testing.T, opts e2e.Options) *e2e.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opts.Duration+3*time.Minute)
 	defer cancel()
 	res, err := e2e.Run(ctx, opts)
-	if err != nil || t.Failed() {
-		if res != nil {
-			t.Logf("meshd log:\n%s", res.MeshdLog)
-			for name, l := range res.EnvoyLogs {
-				t.Logf("envoy %s log:\n%s", name, l)
-			}
-		}
+	if res != nil {
+		logsOnFailure(t, res.MeshdLog, res.EnvoyLogs)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -307,13 +316,8 @@ func TestReducedDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	res, err := e2e.RunLocal(ctx, opts)
-	if err != nil || t.Failed() {
-		if res != nil {
-			t.Logf("meshd log:\n%s", res.MeshdLog)
-			for name, l := range res.EnvoyLogs {
-				t.Logf("envoy %s log:\n%s", name, l)
-			}
-		}
+	if res != nil {
+		logsOnFailure(t, res.MeshdLog, res.EnvoyLogs)
 	}
 	if err != nil {
 		t.Fatal(err)

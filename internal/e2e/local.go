@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,8 +20,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/meshd/meshd/internal/debug"
 )
 
 // The reduced experiment, for a machine where the harness is not root:
@@ -290,22 +287,8 @@ func (l *local) allAcked() error {
 			return fmt.Errorf("envoy %s exited: %s", name, tailString(e.log(), 2000))
 		}
 	}
-	var v debug.Proxies
-	if err := getJSON(context.Background(), l.debugURL+"/debug/proxies", &v); err != nil {
+	if err := proxiesInSync([]string{l.debugURL}, 2); err != nil {
 		return err
-	}
-	if len(v.Proxies) != 2 {
-		return fmt.Errorf("%d proxies connected", len(v.Proxies))
-	}
-	for _, p := range v.Proxies {
-		for typ, st := range p.Types {
-			if st != nil && st.LastNACK != nil {
-				return fmt.Errorf("%s NACKed %s: %s", p.NodeID, typ, st.LastNACK.Error)
-			}
-			if st == nil || st.AckedVersion == "" || st.AckedVersion != st.SentVersion {
-				return fmt.Errorf("%s: %s not ACKed", p.NodeID, typ)
-			}
-		}
 	}
 	// And the client's listener is up.
 	c, err := net.DialTimeout("tcp", fmt.Sprintf("%s:%d", localClientIP, l.svcPort), time.Second)
@@ -395,27 +378,17 @@ func (l *local) get(ctx context.Context, client *http.Client) (string, error) {
 // watchSerials notes web-0's workload certificate serials (Envoy's /certs
 // on its admin port), leaving out its xDS client certificate.
 func (l *local) watchSerials(ctx context.Context) {
-	var certs struct {
-		Certificates []struct {
-			CertChain []struct {
-				Serial string `json:"serial_number"`
-			} `json:"cert_chain"`
-		} `json:"certificates"`
-	}
 	b, err := getBody(ctx, fmt.Sprintf("http://127.0.0.1:%d/certs", l.admin["web-0"]))
-	if err != nil || json.Unmarshal(b, &certs) != nil {
+	if err != nil {
 		return
 	}
-	for _, c := range certs.Certificates {
-		if len(c.CertChain) == 0 {
-			continue
-		}
-		n, ok := new(big.Int).SetString(c.CertChain[0].Serial, 16)
-		if !ok || (l.bootstrapSerial != nil && n.Cmp(l.bootstrapSerial) == 0) {
-			continue
-		}
-		if s := n.Text(16); !slices.Contains(l.res.ServerSerials, s) {
-			l.res.ServerSerials = append(l.res.ServerSerials, s)
+	certs, err := workloadCerts(b, l.bootstrapSerial)
+	if err != nil {
+		return
+	}
+	for _, c := range certs {
+		if !slices.Contains(l.res.ServerSerials, c.serial) {
+			l.res.ServerSerials = append(l.res.ServerSerials, c.serial)
 		}
 	}
 }

@@ -175,7 +175,6 @@ func (s *seed) allAcked() error {
 			return fmt.Errorf("envoy %s exited: %s", name, e.LogTail(2000))
 		}
 	}
-	var v debug.Proxies
 	urls := []string{s.debugURL}
 	if len(s.replicas) > 0 {
 		urls = nil
@@ -185,17 +184,23 @@ func (s *seed) allAcked() error {
 			}
 		}
 	}
+	want := 2
+	if s.wantProxies > 0 {
+		want = s.wantProxies
+	}
+	return proxiesInSync(urls, want)
+}
+
+// proxiesInSync checks meshd's view (the debug API of every live replica
+// together): want proxies, every type ACKed at the version sent, no NACK.
+func proxiesInSync(urls []string, want int) error {
+	var v debug.Proxies
 	for _, u := range urls {
-		part := v
-		part.Proxies = nil
+		var part debug.Proxies
 		if err := getJSON(context.Background(), u+"/debug/proxies", &part); err != nil {
 			return err
 		}
 		v.Proxies = append(v.Proxies, part.Proxies...)
-	}
-	want := 2
-	if s.wantProxies > 0 {
-		want = s.wantProxies
 	}
 	if len(v.Proxies) != want {
 		return fmt.Errorf("%d proxies connected", len(v.Proxies))
@@ -227,6 +232,35 @@ func (s *seed) watchOnce(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	s.mu.Lock()
+	exclude := slices.Clone(s.bootstrapSerials)
+	s.mu.Unlock()
+	certs, err := workloadCerts([]byte(out), exclude...)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range certs {
+		if !slices.Contains(s.res.ServerSerials, c.serial) {
+			s.res.ServerSerials = append(s.res.ServerSerials, c.serial)
+		}
+		if set := strings.Join(c.roots, ","); len(c.roots) > 0 && (len(s.res.RootSets) == 0 || s.res.RootSets[len(s.res.RootSets)-1] != set) {
+			s.res.RootSets = append(s.res.RootSets, set)
+		}
+	}
+}
+
+// envoyCert is a workload certificate in Envoy's /certs: its serial (hex)
+// and the serials of the roots it is checked against, sorted.
+type envoyCert struct {
+	serial string
+	roots  []string
+}
+
+// workloadCerts decodes Envoy's /certs, leaving out the certificates with
+// the given serials (the xDS client certificate of the bootstrap).
+func workloadCerts(body []byte, exclude ...*big.Int) ([]envoyCert, error) {
 	type cert struct {
 		Serial string `json:"serial_number"`
 	}
@@ -236,31 +270,26 @@ func (s *seed) watchOnce(ctx context.Context) {
 			CertChain []cert `json:"cert_chain"`
 		} `json:"certificates"`
 	}
-	if json.Unmarshal([]byte(out), &certs) != nil {
-		return
+	if err := json.Unmarshal(body, &certs); err != nil {
+		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	var out []envoyCert
 	for _, c := range certs.Certificates {
 		if len(c.CertChain) == 0 {
 			continue
 		}
 		n, ok := new(big.Int).SetString(c.CertChain[0].Serial, 16)
-		if !ok || slices.ContainsFunc(s.bootstrapSerials, func(b *big.Int) bool { return b.Cmp(n) == 0 }) {
-			continue // the xDS client certificate, not a workload one
+		if !ok || slices.ContainsFunc(exclude, func(b *big.Int) bool { return b != nil && b.Cmp(n) == 0 }) {
+			continue
 		}
-		if serial := n.Text(16); !slices.Contains(s.res.ServerSerials, serial) {
-			s.res.ServerSerials = append(s.res.ServerSerials, serial)
-		}
-		var roots []string
+		ec := envoyCert{serial: n.Text(16)}
 		for _, r := range c.CA {
-			roots = append(roots, r.Serial)
+			ec.roots = append(ec.roots, r.Serial)
 		}
-		slices.Sort(roots)
-		if set := strings.Join(roots, ","); len(roots) > 0 && (len(s.res.RootSets) == 0 || s.res.RootSets[len(s.res.RootSets)-1] != set) {
-			s.res.RootSets = append(s.res.RootSets, set)
-		}
+		slices.Sort(ec.roots)
+		out = append(out, ec)
 	}
+	return out, nil
 }
 
 // readSerial returns the serial of the first certificate in a PEM file.
