@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -12,14 +13,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/meshd/meshd/internal/netlab"
 )
 
 // The reduced experiment, for a machine where the harness is not root:
@@ -136,9 +137,10 @@ type local struct {
 	opts            Options
 	dir             string
 	res             *LocalResult
-	procs           []*localProc
-	meshd           *localProc
-	envoys          map[string]*localProc
+	procs           []*netlab.Proc
+	app             *http.Server
+	meshd           *netlab.Proc
+	envoys          map[string]*netlab.Proc
 	admin           map[string]int
 	marker          string
 	svcPort         int
@@ -172,7 +174,7 @@ func (l *local) run(ctx context.Context) error {
 	if err := l.startMeshd(ctx); err != nil {
 		return err
 	}
-	l.envoys, l.admin = map[string]*localProc{}, map[string]int{}
+	l.envoys, l.admin = map[string]*netlab.Proc{}, map[string]int{}
 	for _, p := range []struct{ pod, sa string }{{"web-0", "web"}, {"client-0", "client"}} {
 		if err := l.startSidecar(ctx, p.pod, p.sa); err != nil {
 			return err
@@ -187,7 +189,7 @@ func (l *local) run(ctx context.Context) error {
 	if l.opts.Operator {
 		l.operatorCommands(ctx)
 	}
-	l.res.SidecarPeers = inboundPeers(l.envoys["web-0"].log())
+	l.res.SidecarPeers = inboundPeers(l.envoys["web-0"].Log())
 	return nil
 }
 
@@ -212,7 +214,7 @@ func (l *local) startApp() error {
 		fmt.Fprintf(w, "<html><body><h1>%s</h1></body></html>\n", l.marker)
 	})}
 	go func() { _ = srv.Serve(lis) }()
-	l.procs = append(l.procs, &localProc{name: "app", stop: func() { _ = srv.Close() }})
+	l.app = srv
 	l.progress("app: web-0 serves on 127.0.0.1:%d", l.appPort)
 	return nil
 }
@@ -245,8 +247,8 @@ func (l *local) startMeshd(ctx context.Context) error {
 	}
 	l.progress("meshd: serving xDS on %s (local dir %s)", l.xds, localDir)
 	return waitFor(ctx, 30*time.Second, "meshd /readyz", func() error {
-		if l.meshd.exited() {
-			return fmt.Errorf("meshd exited: %s", tailString(l.meshd.log(), 2000))
+		if l.meshd.Exited() {
+			return fmt.Errorf("meshd exited: %s", l.meshd.LogTail(2000))
 		}
 		_, err := getBody(ctx, l.debugURL+"/readyz")
 		return err
@@ -262,7 +264,7 @@ func (l *local) startSidecar(ctx context.Context, pod, sa string) error {
 		return err
 	}
 	if b, err := runCmd(ctx, l.opts.Meshd, "bootstrap", "--ca-dir", l.caDir, "--namespace", "demo", "--pod", pod,
-		"--service-account", sa, "--xds-addr", l.xds, "--api", cmpOr(l.opts.API, "delta"), "--admin-port", strconv.Itoa(admin), "--out", out); err != nil {
+		"--service-account", sa, "--xds-addr", l.xds, "--api", cmp.Or(l.opts.API, "delta"), "--admin-port", strconv.Itoa(admin), "--out", out); err != nil {
 		return fmt.Errorf("e2e: meshd bootstrap: %w: %s", err, b)
 	}
 	if pod == "web-0" {
@@ -283,8 +285,8 @@ func (l *local) startSidecar(ctx context.Context, pod, sa string) error {
 
 func (l *local) allAcked() error {
 	for name, e := range l.envoys {
-		if e.exited() {
-			return fmt.Errorf("envoy %s exited: %s", name, tailString(e.log(), 2000))
+		if e.Exited() {
+			return fmt.Errorf("envoy %s exited: %s", name, e.LogTail(2000))
 		}
 	}
 	if err := proxiesInSync([]string{l.debugURL}, 2); err != nil {
@@ -405,74 +407,31 @@ func (l *local) operatorCommands(ctx context.Context) {
 	}
 }
 
-// localProc is a process of the reduced experiment (or the app server).
-type localProc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	stop    func()
-}
-
-func (l *local) start(name, bin string, args ...string) (*localProc, error) {
-	p := &localProc{name: name, logPath: filepath.Join(l.dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.logPath)
+func (l *local) start(name, bin string, args ...string) (*netlab.Proc, error) {
+	p, err := netlab.StartProc(l.dir, name, netlab.ProcOptions{}, bin, args...)
 	if err != nil {
 		return nil, err
 	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("e2e: start %s: %w", name, err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
 	l.procs = append(l.procs, p)
 	return p, nil
 }
 
-func (p *localProc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *localProc) log() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-// stopAll ends every process (SIGTERM, then SIGKILL after 5 s) and keeps
-// the logs' tails in the result.
+// stopAll ends every process and the app server, keeping the logs' tails
+// in the result.
 func (l *local) stopAll() {
 	for i := len(l.procs) - 1; i >= 0; i-- {
 		p := l.procs[i]
-		if p.stop != nil {
-			p.stop()
-			continue
-		}
-		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.done
-		}
+		p.Stop()
 		if p == l.meshd {
-			l.res.MeshdLog = tailString(p.log(), 20000)
-		} else if strings.HasPrefix(p.name, "envoy-") {
-			l.res.EnvoyLogs[strings.TrimPrefix(p.name, "envoy-")] = tailString(p.log(), 20000)
+			l.res.MeshdLog = p.LogTail(20000)
+		} else if pod, ok := strings.CutPrefix(p.Name, "envoy-"); ok {
+			l.res.EnvoyLogs[pod] = p.LogTail(20000)
 		}
 	}
 	l.procs = nil
+	if l.app != nil {
+		_ = l.app.Close()
+	}
 }
 
 // freePortOn returns a port free on every given address.
@@ -496,18 +455,4 @@ func freePortOn(addrs ...string) (int, error) {
 		}
 	}
 	return 0, errors.New("e2e: no port free on " + strings.Join(addrs, ", "))
-}
-
-func tailString(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

@@ -35,6 +35,20 @@ type ProcOptions struct {
 
 // Start runs bin with args as a lab process; Close stops it.
 func (l *Lab) Start(name string, opts ProcOptions, bin string, args ...string) (*Proc, error) {
+	p, err := StartProc(l.Dir, name, opts, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return p, nil
+}
+
+// StartProc runs bin with args, its output in <dir>/<name>.log; the caller
+// stops it (Stop or Kill). No lab is needed for a process on the host
+// without privileges to drop.
+func StartProc(dir, name string, opts ProcOptions, bin string, args ...string) (*Proc, error) {
 	argv := []string{bin}
 	argv = append(argv, args...)
 	if opts.UID != 0 {
@@ -44,7 +58,7 @@ func (l *Lab) Start(name string, opts ProcOptions, bin string, args ...string) (
 	if opts.Pod != nil {
 		argv = append([]string{"ip", "netns", "exec", opts.Pod.NetNS}, argv...)
 	}
-	logPath := filepath.Join(l.Dir, name+".log")
+	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("netlab: %s log: %w", name, err)
@@ -63,9 +77,6 @@ func (l *Lab) Start(name string, opts ProcOptions, bin string, args ...string) (
 		logFile.Close()
 		close(p.done)
 	}()
-	l.mu.Lock()
-	l.procs = append(l.procs, p)
-	l.mu.Unlock()
 	return p, nil
 }
 
