@@ -49,16 +49,15 @@ type versioned struct {
 
 // snapshot is a go-control-plane Snapshot whose GetResources returns the
 // prepared name index of each set instead of building one per call; sets
-// are what meshCache answers delta streams from.
+// are also what meshCache answers delta streams from.
 type snapshot struct {
 	*cachev3.Snapshot
-	plain map[resourcev3.Type]map[string]types.Resource
-	sets  map[resourcev3.Type]versioned
+	sets map[resourcev3.Type]versioned
 }
 
 func (s *snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
-	if m, ok := s.plain[typeURL]; ok {
-		return m
+	if v, ok := s.sets[typeURL]; ok {
+		return v.plain
 	}
 	return s.Snapshot.GetResources(typeURL)
 }
@@ -236,13 +235,11 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		return nil // not before the mesh config and the secrets
 	}
 	snap := &snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))},
-		plain: make(map[resourcev3.Type]map[string]types.Resource, len(snapshotTypes)),
-		sets:  make(map[resourcev3.Type]versioned, len(snapshotTypes))}
+		sets: make(map[resourcev3.Type]versioned, len(snapshotTypes))}
 	for _, t := range snapshotTypes {
 		v := merge(p.shared[t], own[t])
 		snap.Resources[cachev3.GetResponseType(t)] = v.resources
 		snap.VersionMap[t] = v.versionMap
-		snap.plain[t] = v.plain
 		snap.sets[t] = v
 	}
 	if err := p.completeLocked(own); err != nil {
