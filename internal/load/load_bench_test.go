@@ -102,15 +102,7 @@ func BenchmarkLoad(b *testing.B) {
 	// and the churn phase (MESHD_LOAD_PROFILE_SECONDS each, default 20) and
 	// its heap once connected.
 	profDir := os.Getenv("MESHD_LOAD_PROFILE")
-	profDone := make(chan struct{})
-	if profDir != "" {
-		go func() {
-			defer close(profDone)
-			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(envInt("MESHD_LOAD_PROFILE_SECONDS", 20)), filepath.Join(profDir, "cpu.pprof"))
-		}()
-	} else {
-		close(profDone)
-	}
+	connectProfiled := profileCPU(b, debugAddr, profDir, "cpu.pprof")
 	_, cpu0, _ := load.Proc(pid)
 	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
 		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000})
@@ -127,17 +119,9 @@ func BenchmarkLoad(b *testing.B) {
 		// gc=1: what is live, not what awaits collection.
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?gc=1", filepath.Join(profDir, "heap.pprof"))
 	}
-	<-profDone
+	connectProfiled()
 	// And over the churn phase (the changes take at least as long).
-	churnDone := make(chan struct{})
-	if profDir != "" {
-		go func() {
-			defer close(churnDone)
-			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(envInt("MESHD_LOAD_PROFILE_SECONDS", 20)), filepath.Join(profDir, "churn.pprof"))
-		}()
-	} else {
-		close(churnDone)
-	}
+	churnProfiled := profileCPU(b, debugAddr, profDir, "churn.pprof")
 	var all []time.Duration
 	for range changes {
 		lat, err := fleet.Convergence(ctx, func() (string, string, error) { return w.AddEndpoint(ctx) })
@@ -147,7 +131,7 @@ func BenchmarkLoad(b *testing.B) {
 		all = append(all, lat...)
 	}
 	rssAfter, cpu2, _ := load.Proc(pid)
-	<-churnDone
+	churnProfiled()
 	sortDurations(all)
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 	b.ReportMetric(fleet.TimeToFull.Seconds(), "s-full-config")
@@ -178,6 +162,21 @@ func tail(path string) string {
 		b = b[len(b)-3000:]
 	}
 	return string(b)
+}
+
+// profileCPU starts a CPU profile of meshd (MESHD_LOAD_PROFILE_SECONDS)
+// into dir/name unless dir is empty; the returned func waits for it.
+func profileCPU(b *testing.B, debugAddr, dir, name string) (wait func()) {
+	done := make(chan struct{})
+	if dir == "" {
+		close(done)
+	} else {
+		go func() {
+			defer close(done)
+			saveProfile(b, "http://"+debugAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(envInt("MESHD_LOAD_PROFILE_SECONDS", 20)), filepath.Join(dir, name))
+		}()
+	}
+	return func() { <-done }
 }
 
 func saveProfile(b *testing.B, url, path string) {

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -39,7 +38,6 @@ type Fleet struct {
 	cfg      Config
 	sidecars []*sidecar
 	cancel   context.CancelFunc
-	dropped  atomic.Int64
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	reasons  map[string]int // why streams ended, by error text
@@ -91,7 +89,6 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 			err := s.run(runCtx)
 			close(s.ended)
 			if err != nil && runCtx.Err() == nil {
-				f.dropped.Add(1)
 				f.mu.Lock()
 				f.reasons[err.Error()]++
 				f.mu.Unlock()
@@ -116,7 +113,15 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 func nodeName(i int, ns string) string { return "load-" + strconv.Itoa(i) + "." + ns }
 
 // Dropped counts streams that ended while the fleet was up.
-func (f *Fleet) Dropped() int64 { return f.dropped.Load() }
+func (f *Fleet) Dropped() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var n int64
+	for _, c := range f.reasons {
+		n += int64(c)
+	}
+	return n
+}
 
 // DropReasons are the errors dropped streams ended with, with counts.
 func (f *Fleet) DropReasons() map[string]int {
