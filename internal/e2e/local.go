@@ -3,9 +3,7 @@ package e2e
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -158,9 +156,7 @@ func (l *local) progress(format string, args ...any) {
 }
 
 func (l *local) run(ctx context.Context) error {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	l.marker = "meshd-secret-page-" + hex.EncodeToString(b)
+	l.marker = newMarker()
 	var err error
 	if l.appPort, err = freePortOn(localWebIP, "127.0.0.1"); err != nil {
 		return err

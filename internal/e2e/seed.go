@@ -172,9 +172,7 @@ func (s *seed) run(ctx context.Context) error {
 		return err
 	}
 	s.serviceIP = fmt.Sprintf("198.19.%d.10", s.lab.Index)
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	s.marker = "meshd-secret-page-" + hex.EncodeToString(b)
+	s.marker = newMarker()
 	s.progress("lab: bridge %s, web-0 %s, client-0 %s", s.lab.Bridge, s.server.IP, s.client.IP)
 	if err := s.startNginx(ctx); err != nil {
 		return err
@@ -362,6 +360,14 @@ func inboundPeers(log string) []string {
 		}
 	}
 	return ids
+}
+
+// newMarker is the random text of the served page: seen in a capture, it
+// means the page crossed in clear.
+func newMarker() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "meshd-secret-page-" + hex.EncodeToString(b)
 }
 
 func waitFor(ctx context.Context, timeout time.Duration, what string, check func() error) error {
