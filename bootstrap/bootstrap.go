@@ -21,6 +21,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	caresv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/network/dns_resolver/cares/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -76,6 +77,9 @@ type Config struct {
 	// /healthz/ready from Envoy's own /ready (the kubelet probes it; the
 	// admin API stays on loopback).
 	ReadinessPort uint32
+	// AppProbes are the app's HTTP probes the kubelet sends to the readiness
+	// port instead, by path on that port (needs ReadinessPort).
+	AppProbes map[string]AppProbe
 	// InitialFetchTimeout for mesh resources. Default 0 (wait for ever): a
 	// listener that references a workload secret must not go live without it,
 	// and meshd publishes secrets first, so waiting is never long.
@@ -150,12 +154,12 @@ func Render(cfg Config) (*bootstrapv3.Bootstrap, error) {
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: []*clusterv3.Cluster{xdsCluster}},
 	}
 	if cfg.ReadinessPort != 0 {
-		l, c, err := readiness(cfg)
+		l, cs, err := readiness(cfg)
 		if err != nil {
 			return nil, err
 		}
 		b.StaticResources.Listeners = append(b.StaticResources.Listeners, l)
-		b.StaticResources.Clusters = append(b.StaticResources.Clusters, c)
+		b.StaticResources.Clusters = append(b.StaticResources.Clusters, cs...)
 	}
 	return b, nil
 }
@@ -203,13 +207,17 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 		return nil, err
 	}
 	discovery := clusterv3.Cluster_STRICT_DNS
+	var resolver *corev3.TypedExtensionConfig
 	if allIPs {
 		discovery = clusterv3.Cluster_STATIC
+	} else if resolver, err = exactNameResolver(); err != nil {
+		return nil, err
 	}
 	return &clusterv3.Cluster{
-		Name:                 xdsClusterName,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: discovery},
-		ConnectTimeout:       durationpb.New(5 * time.Second),
+		TypedDnsResolverConfig: resolver,
+		Name:                   xdsClusterName,
+		ClusterDiscoveryType:   &clusterv3.Cluster_Type{Type: discovery},
+		ConnectTimeout:         durationpb.New(5 * time.Second),
 		TypedExtensionProtocolOptions: map[string]*anypb.Any{
 			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2,
 		},
@@ -218,6 +226,18 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: xdsClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 			LbEndpoints: lbs}}},
 	}, nil
+}
+
+// exactNameResolver resolves meshd's name as given, without the pod's
+// search domains: with a fully qualified name and the kubelet's ndots:5,
+// each lookup is one query instead of one per search domain.
+func exactNameResolver() (*corev3.TypedExtensionConfig, error) {
+	cfg, err := anypb.New(&caresv3.CaresDnsResolverConfig{
+		DnsResolverOptions: &corev3.DnsResolverOptions{NoDefaultSearchDomain: true}})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TypedExtensionConfig{Name: "envoy.network.dns_resolver.cares", TypedConfig: cfg}, nil
 }
 
 func pathSDS(dir, name, file string) *tlsv3.SdsSecretConfig {

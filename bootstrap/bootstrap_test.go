@@ -42,9 +42,15 @@ func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
 		"replicas": {Namespace: "demo", Pod: "web-0", ServiceAccount: "web",
 			XDSAddress: "198.18.0.1:15012,198.18.0.1:15013", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
 		// As injected: the pod's name is not known at admission (the node
-		// ID comes from --service-node), readiness on 15021.
+		// ID comes from --service-node), readiness on 15021 with the app's
+		// HTTP probes rewritten to it.
 		"injected": {Namespace: "demo", NodeID: "pending.demo", ServiceAccount: "web", ReadinessPort: 15021,
-			XDSAddress: "meshd.meshd-system.svc:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/proxy"},
+			AppProbes: map[string]bootstrap.AppProbe{
+				"/app-health/app/readyz":  {Port: 8080, Path: "/ready?full=1"},
+				"/app-health/app/livez":   {Port: 8080, Path: "/healthz"},
+				"/app-health/admin/livez": {Port: 9090, Path: "live"},
+			},
+			XDSAddress: "meshd.meshd-system.svc.cluster.local:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/proxy"},
 	}
 	envoy := testenv.Need(t, "envoy")
 	for name, cfg := range tests {
@@ -78,6 +84,12 @@ func TestRenderRejectsBadConfig(t *testing.T) {
 		"unknown api":       func(c *bootstrap.Config) { c.API = "rest" },
 		"no server SAN":     func(c *bootstrap.Config) { c.XDSServerSAN = "" },
 		"port out of range": func(c *bootstrap.Config) { c.XDSAddress = "127.0.0.1:70000" },
+		"probe path outside /app-health/": func(c *bootstrap.Config) {
+			c.ReadinessPort, c.AppProbes = 15021, map[string]bootstrap.AppProbe{"/healthz/ready": {Port: 8080, Path: "/"}}
+		},
+		"probe without port": func(c *bootstrap.Config) {
+			c.ReadinessPort, c.AppProbes = 15021, map[string]bootstrap.AppProbe{"/app-health/app/livez": {Path: "/"}}
+		},
 	}
 	if _, err := bootstrap.Render(good); err != nil {
 		t.Fatalf("good config rejected: %v", err)

@@ -86,7 +86,7 @@ func TestInjectionWithEnvoy(t *testing.T) {
 		t.Fatalf("create pod through the webhook: %v", err)
 	}
 	id := pod.Annotations[inject.AnnotationProxyID]
-	if len(pod.Spec.Containers) != 2 || pod.Spec.Containers[1].Name != inject.ContainerProxy || len(pod.Spec.InitContainers) != 1 || id == "" {
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || inject.FindProxy(pod) == nil || id == "" {
 		t.Fatalf("stored pod not injected: %d containers, %d init, annotations %v", len(pod.Spec.Containers), len(pod.Spec.InitContainers), pod.Annotations)
 	}
 	if y, err := yaml.Marshal(pod.Spec); err == nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/deploy"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/inject"
@@ -33,8 +36,9 @@ import (
 // patched pods.
 func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
 	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
+	initImage, proxyImage := injectedImages(ctx, cfg, client, log)
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
-		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: cfg.ProxyImage, InitImage: cfg.InitImage, CredsDir: cfg.SidecarCredsDir,
+		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: proxyImage, InitImage: initImage, CredsDir: cfg.SidecarCredsDir,
 		API: bootstrap.APIType(cfg.SidecarAPI), Logger: log})
 	if err != nil {
 		return nil, err
@@ -85,6 +89,31 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 	lead.Add(func(ctx context.Context) error { return inj.Run(ctx, rc, 30*time.Second) })
 	log.Info("inject: webhook serving", "addr", lis.Addr().String(), "webhook_configuration", cfg.WebhookName)
 	return lis.Addr(), nil
+}
+
+// injectedImages picks the images to inject: the flags, else those meshd's
+// own pod runs (POD_NAME/POD_NAMESPACE from the downward API), else
+// deploy/images.env's.
+func injectedImages(ctx context.Context, cfg config.Config, client kubernetes.Interface, log *slog.Logger) (initImage, proxyImage string) {
+	initImage, proxyImage = cfg.InitImage, cfg.ProxyImage
+	source := "flags"
+	if name, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE"); (initImage == "" || proxyImage == "") && name != "" && ns != "" {
+		pod, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			log.Warn("inject: cannot read meshd's own pod for the images to inject; using the defaults", "pod", ns+"/"+name, "err", err)
+		} else {
+			fromInit, fromProxy := inject.ImagesFromPod(pod)
+			initImage, proxyImage = cmp.Or(initImage, fromInit), cmp.Or(proxyImage, fromProxy)
+			source = "meshd's pod " + ns + "/" + name
+		}
+	}
+	def := deploy.DefaultImages()
+	if initImage == "" || proxyImage == "" {
+		source += ", defaults"
+	}
+	initImage, proxyImage = cmp.Or(initImage, def.Meshd), cmp.Or(proxyImage, def.Proxy)
+	log.Info("inject: images", "init", initImage, "proxy", proxyImage, "from", source)
+	return initImage, proxyImage
 }
 
 // webhookStatus checks the injection webhook as the apiserver would use it:

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/meshd/meshd/internal/iptables"
 )
@@ -51,5 +52,16 @@ func iptablesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 		return nil
 	}
-	return iptables.Apply(ctx, iptables.Exec{}, cfg)
+	if err := iptables.Apply(ctx, iptables.Exec{}, cfg); err != nil {
+		return err
+	}
+	// The init container's log is where an operator looks: say what is in
+	// force.
+	fmt.Fprintf(stdout, "meshd iptables: interception set up (outbound -> %d, inbound -> %d, uid %d not redirected); rules applied:\n",
+		cfg.OutboundPort, cfg.InboundPort, cfg.ProxyUID)
+	fmt.Fprint(stdout, iptables.Restore(cfg))
+	for _, j := range iptables.Jumps() {
+		fmt.Fprintf(stdout, "-A %s\n", strings.Join(j, " "))
+	}
+	return nil
 }

@@ -92,8 +92,6 @@ func Default() Config {
 		IssuerTimeout:     30 * time.Second,
 
 		WebhookName:     "meshd-sidecar-injector",
-		ProxyImage:      "envoyproxy/envoy:v1.40.0",
-		InitImage:       "ghcr.io/meshd/meshd:latest",
 		SidecarCredsDir: "/etc/meshd/proxy",
 	}
 }
@@ -115,9 +113,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
 	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
-	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar")
-	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container (runs meshd iptables)")
-	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc:15012)")
+	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar (default: the image of the proxy-image init container of meshd's own pod, else deploy/images.env's)")
+	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container, which runs meshd iptables (default: the image meshd's own pod runs, else deploy/images.env's)")
+	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc.cluster.local:15012)")
 	fs.StringVar(&c.SidecarCredsDir, "sidecar-creds-dir", c.SidecarCredsDir, "where injected sidecars mount their credentials Secret")
 	fs.StringVar(&c.SidecarAPI, "sidecar-api", c.SidecarAPI, "ADS flavour of injected sidecars: delta or sotw")
 	fs.StringVar(&c.IssuerRef, "issuer-ref", c.IssuerRef, "issue workload certificates through this cert-manager issuer: Issuer/<name> (in --namespace), ClusterIssuer/<name>, or kind/name/group for an external issuer (empty: internal CA)")

@@ -143,12 +143,8 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 	if err != nil {
 		return fmt.Errorf("e2e: create pod %s: %w", pod.Name, err)
 	}
-	var proxy, initC *corev1.Container
-	for i := range obj.Spec.Containers {
-		if obj.Spec.Containers[i].Name == inject.ContainerProxy {
-			proxy = &obj.Spec.Containers[i]
-		}
-	}
+	proxy := inject.FindProxy(obj)
+	var initC *corev1.Container
 	for i := range obj.Spec.InitContainers {
 		if obj.Spec.InitContainers[i].Name == inject.ContainerInit {
 			initC = &obj.Spec.InitContainers[i]

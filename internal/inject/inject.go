@@ -18,6 +18,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -49,8 +50,9 @@ const (
 	ReadinessPort          = 15021
 	ProxyUID               = 1337
 
-	annotationSA  = "meshd.io/service-account"
-	annotationPod = "meshd.io/pod"
+	annotationSA     = "meshd.io/service-account"
+	annotationPod    = "meshd.io/pod"
+	annotationProbes = "meshd.io/app-probes" // JSON: readiness-port path -> app port and path
 )
 
 // Config configures an Injector.
@@ -60,9 +62,12 @@ type Config struct {
 	// TrustDomain and MeshdNamespace name identities (the sidecar checks
 	// meshd's serving certificate against spiffe://<td>/ns/<meshd ns>/sa/meshd).
 	TrustDomain, MeshdNamespace string
-	// XDSAddress is meshd's xDS address as sidecars reach it
-	// (default meshd.<MeshdNamespace>.svc:15012).
+	// XDSAddress is meshd's xDS address as sidecars reach it (default
+	// meshd.<MeshdNamespace>.svc.<ClusterDomain>:15012, fully qualified:
+	// the sidecar resolves it without the pod's search domains).
 	XDSAddress string
+	// ClusterDomain is the cluster's DNS domain (default cluster.local).
+	ClusterDomain string
 	// ProxyImage runs Envoy; InitImage runs `meshd iptables`.
 	ProxyImage, InitImage string
 	// CredsDir is where the credentials Secret is mounted in the sidecar
@@ -87,8 +92,11 @@ func New(cfg Config) (*Injector, error) {
 	if cfg.ProxyImage == "" || cfg.InitImage == "" {
 		return nil, errors.New("inject: ProxyImage and InitImage are required")
 	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = "cluster.local"
+	}
 	if cfg.XDSAddress == "" {
-		cfg.XDSAddress = "meshd." + cfg.MeshdNamespace + ".svc:15012"
+		cfg.XDSAddress = "meshd." + cfg.MeshdNamespace + ".svc." + cfg.ClusterDomain + ":15012"
 	}
 	if cfg.CredsDir == "" {
 		cfg.CredsDir = "/etc/meshd/proxy"
@@ -120,9 +128,10 @@ func (i *Injector) newProxyID() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// credentials renders a sidecar's Secret data: bootstrap, path-based SDS
-// files, and a fresh xDS client certificate bound to the proxy ID.
-func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string) (map[string][]byte, *ca.Certificate, error) {
+// credentials renders a sidecar's Secret data: bootstrap (with the app's
+// rewritten probes), path-based SDS files, and a fresh xDS client
+// certificate bound to the proxy ID.
+func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string, probes map[string]bootstrap.AppProbe) (map[string][]byte, *ca.Certificate, error) {
 	nodeID := pod + "." + ns
 	if pod == "" {
 		nodeID = "pending." + ns // replaced at run time by --service-node
@@ -134,6 +143,7 @@ func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string)
 		API:           i.cfg.API,
 		CredsDir:      i.cfg.CredsDir,
 		ReadinessPort: ReadinessPort,
+		AppProbes:     probes,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -152,12 +162,33 @@ func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string)
 
 // secretFor builds the credentials Secret of a proxy. Its annotations keep
 // what a refresh needs to render it again.
-func secretFor(ns, sa, pod, proxyID string, data map[string][]byte) *corev1.Secret {
+func secretFor(ns, sa, pod, proxyID string, probes map[string]bootstrap.AppProbe, data map[string][]byte) (*corev1.Secret, error) {
+	annotations := map[string]string{annotationSA: sa, annotationPod: pod}
+	if len(probes) > 0 {
+		b, err := json.Marshal(probes)
+		if err != nil {
+			return nil, fmt.Errorf("inject: app probes: %w", err)
+		}
+		annotations[annotationProbes] = string(b)
+	}
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: SecretPrefix + proxyID, Namespace: ns,
 			Labels:      map[string]string{LabelProxyID: proxyID, "app.kubernetes.io/managed-by": "meshd"},
-			Annotations: map[string]string{annotationSA: sa, annotationPod: pod}},
+			Annotations: annotations},
 		Type: corev1.SecretTypeOpaque,
 		Data: data,
+	}, nil
+}
+
+// secretProbes reads back the app probes a Secret was rendered with.
+func secretProbes(s *corev1.Secret) (map[string]bootstrap.AppProbe, error) {
+	raw := s.Annotations[annotationProbes]
+	if raw == "" {
+		return nil, nil
 	}
+	var probes map[string]bootstrap.AppProbe
+	if err := json.Unmarshal([]byte(raw), &probes); err != nil {
+		return nil, fmt.Errorf("inject: Secret %s/%s: annotation %s: %w", s.Namespace, s.Name, annotationProbes, err)
+	}
+	return probes, nil
 }

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshd/meshd/bootstrap"
@@ -96,10 +97,16 @@ func TestAdmit(t *testing.T) {
 	if pod.Annotations[inject.AnnotationStatus] != "injected" || len(id) != 32 {
 		t.Fatalf("annotations %v", pod.Annotations)
 	}
-	if len(pod.Spec.Containers) != 2 || pod.Spec.Containers[1].Name != inject.ContainerProxy || len(pod.Spec.InitContainers) != 1 {
+	// init containers: iptables, then the proxy as a native sidecar
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || pod.Spec.InitContainers[0].Name != inject.ContainerInit ||
+		pod.Spec.InitContainers[1].Name != inject.ContainerProxy {
 		t.Fatalf("containers %d (+%d init)", len(pod.Spec.Containers), len(pod.Spec.InitContainers))
 	}
-	proxy := pod.Spec.Containers[1]
+	proxy := pod.Spec.InitContainers[1]
+	if proxy.RestartPolicy == nil || *proxy.RestartPolicy != corev1.ContainerRestartPolicyAlways || proxy.StartupProbe == nil ||
+		proxy.StartupProbe.HTTPGet.Port.IntValue() != inject.ReadinessPort {
+		t.Errorf("sidecar is not a native sidecar with a startup probe: %+v", proxy)
+	}
 	if *proxy.SecurityContext.RunAsUser != 1337 || proxy.ReadinessProbe.HTTPGet.Port.IntValue() != inject.ReadinessPort ||
 		!strings.Contains(strings.Join(proxy.Args, " "), "--service-node $(POD_NAME).$(POD_NAMESPACE)") {
 		t.Errorf("sidecar %+v", proxy)
@@ -122,7 +129,8 @@ func TestAdmit(t *testing.T) {
 	direct := appPod()
 	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
 	direct = apply(t, direct, inj.Admit(ctx, review(t, direct, false)))
-	if len(direct.Spec.Containers) != 2 || len(direct.Spec.InitContainers) != 0 || direct.Annotations[inject.AnnotationInterception] != "none" {
+	if len(direct.Spec.Containers) != 1 || len(direct.Spec.InitContainers) != 1 || direct.Spec.InitContainers[0].Name != inject.ContainerProxy ||
+		direct.Annotations[inject.AnnotationInterception] != "none" {
 		t.Errorf("interception none: containers %d (+%d init), annotations %v; want the sidecar and no init container",
 			len(direct.Spec.Containers), len(direct.Spec.InitContainers), direct.Annotations)
 	}
@@ -135,10 +143,14 @@ func TestAdmit(t *testing.T) {
 	optOut.Labels = map[string]string{"meshd.io/inject": "false"}
 	host := appPod()
 	host.Spec.HostNetwork = true
-	for name, p := range map[string]*corev1.Pod{"opted out": optOut, "hostNetwork": host} {
-		if r := inj.Admit(ctx, review(t, p, false)); !r.Allowed || r.Patch != nil {
-			t.Errorf("%s: %+v", name, r)
-		}
+	if r := inj.Admit(ctx, review(t, optOut, false)); !r.Allowed || r.Patch != nil {
+		t.Errorf("opted out: %+v", r)
+	}
+	// hostNetwork: allowed, not injected, and the creator is told why
+	hostOut := apply(t, host, inj.Admit(ctx, review(t, host, false)))
+	if r := inj.Admit(ctx, review(t, host, false)); !r.Allowed || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "hostNetwork") ||
+		len(hostOut.Spec.InitContainers) != 0 || !strings.HasPrefix(hostOut.Annotations[inject.AnnotationStatus], "skipped: hostNetwork") {
+		t.Errorf("hostNetwork: %+v, annotations %v", r, hostOut.Annotations)
 	}
 	before, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
 	if r := inj.Admit(ctx, review(t, appPod(), true)); !r.Allowed || r.Patch == nil {
@@ -227,5 +239,92 @@ func TestReconcile(t *testing.T) {
 	certs, err := ca.ParseCertsPEM(s.Data[bootstrap.FileCertChain])
 	if err != nil || certs[0].Subject.CommonName != "proxy:"+usedID {
 		t.Errorf("refreshed certificate not bound to the same proxy ID: %v %v", certs, err)
+	}
+}
+
+// TestProbesRewritten: HTTP probes of app containers go to the readiness
+// port under /app-health/<container>/, the Secret's bootstrap forwards them
+// to the original port and path (named ports resolved), and probes that
+// are not plain HTTP to the pod itself are left alone.
+func TestProbesRewritten(t *testing.T) {
+	ctx := context.Background()
+	inj, client, _ := newInjector(t)
+	pod := appPod()
+	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+	pod.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path: "/ready", Port: intstr.FromString("http"), HTTPHeaders: []corev1.HTTPHeader{{Name: "X-Probe", Value: "1"}}}}, PeriodSeconds: 3}
+	pod.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+		Path: "/healthz", Port: intstr.FromInt32(8080)}}}
+	pod.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "tls", Image: "x",
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8443), Scheme: corev1.URISchemeHTTPS}}}})
+	got := apply(t, pod, inj.Admit(ctx, review(t, pod, false)))
+	app := got.Spec.Containers[0]
+	if g := app.ReadinessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/readyz" ||
+		len(g.HTTPHeaders) != 1 || app.ReadinessProbe.PeriodSeconds != 3 {
+		t.Errorf("readiness probe %+v", app.ReadinessProbe)
+	}
+	if g := app.LivenessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/livez" {
+		t.Errorf("liveness probe %+v", app.LivenessProbe)
+	}
+	if app.StartupProbe.TCPSocket == nil || got.Spec.Containers[1].ReadinessProbe.HTTPGet.Port.IntValue() != 8443 {
+		t.Errorf("tcp or https probe rewritten: %+v %+v", app.StartupProbe, got.Spec.Containers[1].ReadinessProbe)
+	}
+	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[inject.AnnotationProxyID], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := string(s.Data[bootstrap.FileBootstrap])
+	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|8080"} {
+		if !strings.Contains(b, want) {
+			t.Errorf("bootstrap lacks %q", want)
+		}
+	}
+	if strings.Contains(b, "8443") {
+		t.Error("the HTTPS probe got a route")
+	}
+}
+
+// TestRefused: a pod with a container or volume named like the injected
+// ones is denied with the clash named; a namespace enforcing the baseline
+// Pod Security level denies a pod that needs the init container, with the
+// way out, and no Secret is created for either.
+func TestRefused(t *testing.T) {
+	ctx := context.Background()
+	inj, client, _ := newInjector(t)
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "locked",
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "baseline"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clashC := appPod()
+	clashC.Spec.Containers = append(clashC.Spec.Containers, corev1.Container{Name: inject.ContainerProxy, Image: "mine"})
+	clashV := appPod()
+	clashV.Spec.Volumes = []corev1.Volume{{Name: inject.VolumeCreds}}
+	locked := appPod()
+	locked.Namespace = "locked"
+	for name, tc := range map[string]struct {
+		pod  *corev1.Pod
+		want string
+	}{
+		"container": {clashC, `container named "meshd-proxy"`},
+		"volume":    {clashV, `volume named "meshd-proxy-creds"`},
+		"baseline":  {locked, `enforces Pod Security level "baseline"`},
+	} {
+		r := inj.Admit(ctx, review(t, tc.pod, false))
+		if r.Allowed || !strings.Contains(r.Result.Message, tc.want) {
+			t.Errorf("%s: %+v", name, r.Result)
+		}
+	}
+	for _, ns := range []string{"demo", "locked"} {
+		if l, _ := client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
+			t.Errorf("%d Secrets created in %s for refused pods", len(l.Items), ns)
+		}
+	}
+	// Without interception the pod needs no capability: injected.
+	direct := appPod()
+	direct.Namespace = "locked"
+	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	if r := inj.Admit(ctx, review(t, direct, false)); !r.Allowed || r.Patch == nil {
+		t.Errorf("interception none in a baseline namespace: %+v", r.Result)
 	}
 }

@@ -108,7 +108,11 @@ func (i *Injector) refresh(ctx context.Context, s *corev1.Secret) error {
 	if sa == "" {
 		return fmt.Errorf("inject: Secret %s/%s lacks %s", s.Namespace, s.Name, annotationSA)
 	}
-	data, _, err := i.credentials(ctx, s.Namespace, sa, s.Annotations[annotationPod], s.Labels[LabelProxyID])
+	probes, err := secretProbes(s)
+	if err != nil {
+		return err
+	}
+	data, _, err := i.credentials(ctx, s.Namespace, sa, s.Annotations[annotationPod], s.Labels[LabelProxyID], probes)
 	if err != nil {
 		return err
 	}

@@ -71,10 +71,18 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	}
 	if reason := skip(&pod); reason != "" {
 		i.cfg.Logger.Info("inject: not injected", "pod", ns+"/"+name, "reason", reason)
-		return &admissionv1.AdmissionResponse{Allowed: true}
+		return skipped(&pod, reason)
 	}
 	if len(pod.Spec.Containers) == 0 {
 		return deny(http.StatusBadRequest, "meshd: pod %s/%s has no containers", ns, name)
+	}
+	if clash := nameClash(&pod); clash != "" {
+		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, LabelInject)
+	}
+	if pod.Annotations[AnnotationInterception] != "none" {
+		if msg := i.podSecurity(ctx, ns); msg != "" {
+			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
+		}
 	}
 	proxyID, err := i.newProxyID()
 	if err != nil {
@@ -84,21 +92,26 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if sa == "" {
 		sa = "default"
 	}
-	data, cert, err := i.credentials(ctx, ns, sa, pod.Name, proxyID)
+	probeOps, probes := rewriteProbes(&pod)
+	data, cert, err := i.credentials(ctx, ns, sa, pod.Name, proxyID, probes)
 	if err != nil {
 		return deny(http.StatusInternalServerError, "meshd: sidecar credentials for %s/%s: %v", ns, name, err)
 	}
 	if req.DryRun == nil || !*req.DryRun {
-		if _, err := i.cfg.Client.CoreV1().Secrets(ns).Create(ctx, secretFor(ns, sa, pod.Name, proxyID, data), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		secret, err := secretFor(ns, sa, pod.Name, proxyID, probes, data)
+		if err == nil {
+			_, err = i.cfg.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return deny(http.StatusInternalServerError, "meshd: create the sidecar's Secret in %s: %v", ns, err)
 		}
 	}
-	patch, err := json.Marshal(i.patch(&pod, proxyID))
+	patch, err := json.Marshal(append(i.patch(&pod, proxyID), probeOps...))
 	if err != nil {
 		return deny(http.StatusInternalServerError, "meshd: patch: %v", err)
 	}
 	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "identity", cert.Leaf.URIs[0].String(),
-		"client_cert_serial", cert.Leaf.SerialNumber.Text(16))
+		"client_cert_serial", cert.Leaf.SerialNumber.Text(16), "probes_rewritten", len(probes))
 	pt := admissionv1.PatchTypeJSONPatch
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
 }
@@ -107,26 +120,88 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 // (re-admission), opted out, host networking (no own network namespace).
 func skip(pod *corev1.Pod) string {
 	switch {
-	case pod.Annotations[AnnotationStatus] == "injected":
+	case pod.Annotations[AnnotationStatus] == "injected" && findProxy(pod) != nil:
 		return "already injected"
-	case hasContainer(pod.Spec.Containers, ContainerProxy):
-		return "already has a " + ContainerProxy + " container"
 	case pod.Labels[LabelInject] == "false":
 		return "opted out (label " + LabelInject + "=false)"
 	case pod.Spec.HostNetwork:
-		return "hostNetwork pods share the node's network namespace"
+		return "hostNetwork pods share the node's network namespace: meshd cannot intercept their traffic without intercepting the node's"
 	}
 	return ""
 }
 
-func hasContainer(cs []corev1.Container, name string) bool {
-	for _, c := range cs {
-		if c.Name == name {
-			return true
+// skipped allows a pod that is not injected, saying why to whoever created
+// it (kubectl prints admission warnings) and on the pod itself, except for
+// a re-admission of an injected pod, which is left as it is.
+func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
+	resp := &admissionv1.AdmissionResponse{Allowed: true}
+	if pod.Annotations[AnnotationStatus] == "injected" || pod.Labels[LabelInject] == "false" {
+		return resp
+	}
+	resp.Warnings = []string{"meshd: no sidecar injected: " + reason}
+	var op patchOp
+	if pod.Annotations == nil {
+		op = patchOp{"add", "/metadata/annotations", map[string]string{AnnotationStatus: "skipped: " + reason}}
+	} else {
+		op = patchOp{"add", "/metadata/annotations/meshd.io~1status", "skipped: " + reason}
+	}
+	if patch, err := json.Marshal([]patchOp{op}); err == nil {
+		pt := admissionv1.PatchTypeJSONPatch
+		resp.Patch, resp.PatchType = patch, &pt
+	}
+	return resp
+}
+
+// nameClash names a container or volume of the pod that has a name the
+// injector adds ("" if none): injecting would make an invalid pod, or run
+// the pod's own container in the sidecar's place.
+func nameClash(pod *corev1.Pod) string {
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		if c.Name == ContainerProxy || c.Name == ContainerInit {
+			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{ContainerProxy: "sidecar", ContainerInit: "init container"}[c.Name])
 		}
 	}
-	return false
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == VolumeCreds {
+			return fmt.Sprintf("it already has a volume named %q, the name of the sidecar's credentials volume", v.Name)
+		}
+	}
+	return ""
 }
+
+// podSecurity returns why the namespace's Pod Security level would reject
+// the injected init container ("" if it would not): it needs NET_ADMIN and
+// NET_RAW, which the baseline and restricted levels forbid. Denying here
+// says so in meshd's words and creates no credentials for a pod that would
+// be rejected anyway.
+func (i *Injector) podSecurity(ctx context.Context, ns string) string {
+	n, err := i.cfg.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		return "" // the apiserver's own Pod Security check still applies
+	}
+	level := n.Labels["pod-security.kubernetes.io/enforce"]
+	if level != "baseline" && level != "restricted" {
+		return ""
+	}
+	return fmt.Sprintf("namespace %s enforces Pod Security level %q, which forbids the NET_ADMIN and NET_RAW capabilities meshd's init container needs to set up traffic interception; "+
+		"set the namespace to privileged (label pod-security.kubernetes.io/enforce=privileged), or annotate the pod %s=none (the app then talks to the sidecar's listeners itself), or opt it out with the label %s=false",
+		ns, level, AnnotationInterception, LabelInject)
+}
+
+func findProxy(pod *corev1.Pod) *corev1.Container {
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			if cs[i].Name == ContainerProxy {
+				return &cs[i]
+			}
+		}
+	}
+	return nil
+}
+
+// FindProxy returns the pod's injected sidecar (a native sidecar among the
+// init containers), or nil.
+func FindProxy(pod *corev1.Pod) *corev1.Container { return findProxy(pod) }
 
 func deny(code int32, format string, args ...any) *admissionv1.AdmissionResponse {
 	return &admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
@@ -139,8 +214,14 @@ type patchOp struct {
 	Value any    `json:"value,omitempty"`
 }
 
-// patch adds the sidecar, the init container, the credentials volume and
+// patch adds the init container and the sidecar in front of the pod's own
+// init containers (so those have the mesh too), the credentials volume and
 // the annotations, creating the arrays and maps the pod lacks.
+//
+// The sidecar is a native sidecar (an init container with restartPolicy
+// Always): the kubelet starts the app only once the proxy's startup probe
+// passes, stops the proxy after the app, and a Job's pod completes when
+// its app containers do.
 func (i *Injector) patch(pod *corev1.Pod, proxyID string) []patchOp {
 	var ops []patchOp
 	appendTo := func(path string, exists bool, v any) {
@@ -150,10 +231,18 @@ func (i *Injector) patch(pod *corev1.Pod, proxyID string) []patchOp {
 		}
 		ops = append(ops, patchOp{"add", path + "/-", v})
 	}
+	inits := []any{}
 	if pod.Annotations[AnnotationInterception] != "none" {
-		appendTo("/spec/initContainers", len(pod.Spec.InitContainers) > 0, i.initContainer())
+		inits = append(inits, i.initContainer())
 	}
-	appendTo("/spec/containers", true, i.proxyContainer())
+	inits = append(inits, i.proxyContainer())
+	if len(pod.Spec.InitContainers) == 0 {
+		ops = append(ops, patchOp{"add", "/spec/initContainers", inits})
+	} else {
+		for k := len(inits) - 1; k >= 0; k-- {
+			ops = append(ops, patchOp{"add", "/spec/initContainers/0", inits[k]})
+		}
+	}
 	appendTo("/spec/volumes", len(pod.Spec.Volumes) > 0, corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{
 		Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}})
 	if pod.Annotations == nil {
@@ -180,8 +269,14 @@ func (i *Injector) initContainer() corev1.Container {
 func (i *Injector) proxyContainer() corev1.Container {
 	uid := int64(ProxyUID)
 	yes, no := true, false
+	always := corev1.ContainerRestartPolicyAlways
+	ready := func(period, failures int32) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: bootstrap.ReadinessPath, Port: intstr.FromInt32(ReadinessPort)}}, PeriodSeconds: period, FailureThreshold: failures}
+	}
 	return corev1.Container{
 		Name: ContainerProxy, Image: i.cfg.ProxyImage,
+		RestartPolicy: &always,
 		Args: []string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
 			"--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"},
 		Env: []corev1.EnvVar{
@@ -189,11 +284,14 @@ func (i *Injector) proxyContainer() corev1.Container {
 			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 		},
 		Ports: []corev1.ContainerPort{{Name: "mesh-ready", ContainerPort: ReadinessPort}},
-		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: bootstrap.ReadinessPath, Port: intstr.FromInt32(ReadinessPort)}}, PeriodSeconds: 2, FailureThreshold: 30},
+		// The app starts once the proxy has its configuration and
+		// certificates (up to 10 minutes, e.g. while meshd restarts).
+		StartupProbe:   ready(1, 600),
+		ReadinessProbe: ready(2, 3),
 		SecurityContext: &corev1.SecurityContext{RunAsUser: &uid, RunAsGroup: &uid, RunAsNonRoot: &yes,
 			ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no,
-			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
 		Resources:    resources("10m", "40Mi", "256Mi"),
 		VolumeMounts: []corev1.VolumeMount{{Name: VolumeCreds, MountPath: i.cfg.CredsDir, ReadOnly: true}},
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshd/meshd/model"
 )
@@ -65,6 +66,9 @@ func tcpProxy(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) *liste
 			StatPrefix:       statPrefix,
 			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 			AccessLog:        logs,
+			// A refused connection (an endpoint going away) is tried again,
+			// on another endpoint where one exists.
+			MaxConnectAttempts: wrapperspb.UInt32(numRetries + 1),
 		})},
 	}
 }

@@ -125,7 +125,8 @@ func routeConfig(name, cluster string) *routev3.RouteConfiguration {
 				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
 					// Streams (gRPC, long polls) are not cut by a route timeout.
-					Timeout: durationpb.New(0),
+					Timeout:     durationpb.New(0),
+					RetryPolicy: outboundRetryPolicy(),
 				}},
 			}},
 		}},
