@@ -29,6 +29,10 @@ const (
 	// to the sidecar (no init container); the app talks to the sidecar's
 	// listeners directly (model.Workload.NoInterception).
 	AnnotationInterception = "meshd.io/interception"
+	// ContainerProxy and ContainerInit are the injected sidecar and init
+	// container (both among the pod's init containers).
+	ContainerProxy = "meshd-proxy"
+	ContainerInit  = "meshd-init"
 )
 
 // Problem is an object that was skipped (wholly or in part) because it is
@@ -96,7 +100,7 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 	}
 	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
 	w := &model.Workload{
-		Namespace: p.Namespace, Name: p.Name, ServiceAccount: sa,
+		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa,
 		Identity: model.SPIFFEID(c.trustDomain, p.Namespace, sa),
 		Meshed:   c.meshed(p),
 		Mode:     c.mode(p),
@@ -104,6 +108,7 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 
 		NoInterception: p.Annotations[AnnotationInterception] == "none",
 	}
+	c.sidecarImage(p)
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
 	}
@@ -116,6 +121,23 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		}
 	}
 	return w
+}
+
+// pullErrors are the kubelet's waiting reasons for an image it cannot get.
+var pullErrors = map[string]bool{"ErrImagePull": true, "ImagePullBackOff": true, "ErrImageNeverPull": true, "InvalidImageName": true}
+
+// sidecarImage reports an injected container whose image the node cannot
+// get: the pod never starts, and the kubelet's words do not say that the
+// image came from meshd.
+func (c *converter) sidecarImage(p *corev1.Pod) {
+	for _, st := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+		if st.Name != ContainerProxy && st.Name != ContainerInit || st.State.Waiting == nil || !pullErrors[st.State.Waiting.Reason] {
+			continue
+		}
+		c.problem("Pod", p.Namespace, p.Name, "SidecarImageUnavailable",
+			"meshd's injected container %s cannot start: the node cannot get image %s (%s: %s); meshd injects the images its own Deployment runs (container meshd, init container proxy-image; names in deploy/images.env): load them on the node or point meshd at images the node can pull",
+			st.Name, st.Image, st.State.Waiting.Reason, st.State.Waiting.Message)
+	}
 }
 
 func (c *converter) meshed(p *corev1.Pod) bool {

@@ -45,8 +45,12 @@ const (
 type Snapshot struct {
 	// TrustDomain is the SPIFFE trust domain of every mesh identity.
 	TrustDomain string
-	Services    []*Service
-	Workloads   []*Workload
+	// ConnectionMaxAge bounds how long a sidecar keeps an HTTP connection
+	// to another sidecar (0: no bound), so that a renewed or revoked
+	// certificate is soon the one every connection was made with.
+	ConnectionMaxAge time.Duration
+	Services         []*Service
+	Workloads        []*Workload
 	// ChangedAt is when the Kubernetes change this snapshot reflects was
 	// first noticed; proxy convergence is measured from it.
 	ChangedAt time.Time
@@ -93,7 +97,9 @@ type Endpoint struct {
 // Workload is a pod.
 type Workload struct {
 	Namespace, Name string
-	ServiceAccount  string
+	// UID is the pod's UID.
+	UID            string
+	ServiceAccount string
 	// IP is the pod IP, "" before it has one.
 	IP string
 	// Identity is the pod's SPIFFE ID.

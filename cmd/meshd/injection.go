@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshd/meshd/bootstrap"
@@ -71,15 +72,15 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 	rc := inject.ReconcileConfig{
 		WebhookName: cfg.WebhookName,
 		Bundle:      func() []byte { return issuer.Authority().BundlePEM },
-		InUse: func() (map[string]bool, bool) {
+		InUse: func() (map[string]inject.PodRef, bool) {
 			snap := mesh.Snapshot()
 			if snap == nil || !published.Load() {
 				return nil, false
 			}
-			ids := map[string]bool{}
+			ids := map[string]inject.PodRef{}
 			for _, w := range snap.Workloads {
 				if w.ProxyID != "" {
-					ids[w.ProxyID] = true
+					ids[w.ProxyID] = inject.PodRef{Name: w.Name, UID: types.UID(w.UID)}
 				}
 			}
 			return ids, true

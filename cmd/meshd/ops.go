@@ -27,9 +27,13 @@ import (
 //	meshd explain --from <pod>.<ns> --to <svc>.<ns>|<pod>.<ns>
 //	meshd check
 //
-// Every one takes -o table|json|yaml.
+// Every one takes -o table|json|yaml. --debug-addr may name several
+// replicas (comma-separated): each replica serves the sidecars connected to
+// it, so proxy-status and check ask every one, and the commands about one
+// proxy ask the replica it is connected to.
 type opsFlags struct {
 	addr, token string
+	addrs       []string
 	output      string
 	raw         bool // -o json or yaml: print the answer, not a table
 }
@@ -38,7 +42,7 @@ func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.Fla
 	o := &opsFlags{}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.addr, "debug-addr", "127.0.0.1:15014", "meshd's debug API address")
+	fs.StringVar(&o.addr, "debug-addr", "127.0.0.1:15014", "meshd's debug API address; several replicas comma-separated")
 	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API")
 	fs.StringVar(&o.output, "o", "table", "output: table, json or yaml")
 	if extra != nil {
@@ -62,7 +66,50 @@ func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.Fla
 	default:
 		return nil, nil, fmt.Errorf("-o %q: want table, json or yaml", o.output)
 	}
+	for _, a := range strings.Split(o.addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			o.addrs = append(o.addrs, a)
+		}
+	}
+	if len(o.addrs) == 0 {
+		return nil, nil, errors.New("--debug-addr: no address")
+	}
+	o.addr = o.addrs[0]
 	return o, pos, nil
+}
+
+// at returns the flags for one replica.
+func (o *opsFlags) at(addr string) *opsFlags {
+	c := *o
+	c.addr, c.addrs = addr, []string{addr}
+	return &c
+}
+
+// forNode returns the flags for the replica the proxy is connected to (the
+// first replica if none has it: its answer then says it is not connected).
+func (o *opsFlags) forNode(ctx context.Context, node string) *opsFlags {
+	if len(o.addrs) < 2 || node == "" {
+		return o
+	}
+	for _, a := range o.addrs {
+		var v debug.Proxies
+		if _, err := o.at(a).get(ctx, "/debug/proxies", url.Values{"node": {node}}, &v); err == nil && len(v.Proxies) > 0 {
+			return o.at(a)
+		}
+	}
+	return o
+}
+
+// replicaNote prefixes a detail with the replica when there are several
+// (no replica: says how many were asked).
+func (o *opsFlags) replicaNote(addr, detail string) string {
+	switch {
+	case len(o.addrs) < 2:
+		return detail
+	case addr == "":
+		return fmt.Sprintf("%s (over %d replicas)", detail, len(o.addrs))
+	}
+	return addr + ": " + detail
 }
 
 // print writes a raw answer as JSON or YAML.
@@ -121,42 +168,84 @@ func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	var v struct {
-		Proxies []struct {
-			NodeID         string    `json:"node_id"`
-			Identity       string    `json:"identity"`
-			Delta          bool      `json:"delta"`
-			ConnectedSince time.Time `json:"connected_since"`
-			Types          map[string]struct {
-				Sent     string `json:"sent_version"`
-				Acked    string `json:"acked_version"`
-				NACKs    int    `json:"nacks"`
-				LastNACK *struct {
-					Error string `json:"error"`
-				} `json:"last_nack"`
+	type row struct {
+		Replica        string    `json:"replica,omitempty"`
+		NodeID         string    `json:"node_id"`
+		Identity       string    `json:"identity"`
+		Delta          bool      `json:"delta"`
+		ConnectedSince time.Time `json:"connected_since"`
+		Types          map[string]struct {
+			Sent     string `json:"sent_version"`
+			Acked    string `json:"acked_version"`
+			NACKs    int    `json:"nacks"`
+			LastNACK *struct {
+				Error string `json:"error"`
+			} `json:"last_nack"`
+		} `json:"types"`
+		Stale []string `json:"stale_types,omitempty"`
+	}
+	var all []row
+	var raw []json.RawMessage
+	for _, a := range o.addrs {
+		var v struct {
+			Proxies []json.RawMessage `json:"proxies"`
+		}
+		if _, err := o.at(a).get(ctx, "/debug/proxies", nil, &v); err != nil {
+			return err
+		}
+		for _, p := range v.Proxies {
+			var r row
+			if err := json.Unmarshal(p, &r); err != nil {
+				return fmt.Errorf("meshd: decode /debug/proxies: %w", err)
 			}
-			Stale []string `json:"stale_types"`
+			if len(o.addrs) > 1 {
+				r.Replica = a
+				p = withReplica(p, a)
+			}
+			all = append(all, r)
+			raw = append(raw, p)
 		}
 	}
-	b, err := o.get(ctx, "/debug/proxies", nil, &v)
-	if err != nil || o.raw {
+	if o.raw {
+		b, err := json.Marshal(map[string]any{"proxies": raw})
 		return errors.Join(err, o.print(stdout, b))
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROXY\tIDENTITY\tAPI\tCDS\tLDS\tEDS\tRDS\tSDS\tSINCE")
-	for _, p := range v.Proxies {
+	head := "PROXY\tIDENTITY\tAPI\tCDS\tLDS\tEDS\tRDS\tSDS\tSINCE"
+	if len(o.addrs) > 1 {
+		head += "\tREPLICA"
+	}
+	fmt.Fprintln(tw, head)
+	for _, p := range all {
 		api := "sotw"
 		if p.Delta {
 			api = "delta"
 		}
-		row := []string{p.NodeID, p.Identity, api}
+		r := []string{p.NodeID, p.Identity, api}
 		for _, t := range []string{"cluster.v3.Cluster", "listener.v3.Listener", "endpoint.v3.ClusterLoadAssignment", "route.v3.RouteConfiguration", "tls.v3.Secret"} {
-			row = append(row, syncState(p.Types, t, p.Stale))
+			r = append(r, syncState(p.Types, t, p.Stale))
 		}
-		row = append(row, p.ConnectedSince.Format(time.RFC3339))
-		fmt.Fprintln(tw, strings.Join(row, "\t"))
+		r = append(r, p.ConnectedSince.Format(time.RFC3339))
+		if len(o.addrs) > 1 {
+			r = append(r, p.Replica)
+		}
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	return tw.Flush()
+}
+
+// withReplica adds "replica": addr to a JSON object.
+func withReplica(obj json.RawMessage, addr string) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(obj, &m) != nil {
+		return obj
+	}
+	m["replica"], _ = json.Marshal(addr)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return obj
+	}
+	return b
 }
 
 // syncState is SYNCED (sent = ACKed), NACKED, STALE or NOT SENT for a type.
@@ -209,6 +298,7 @@ func proxyConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	if len(pos) != 1 {
 		return errors.New("usage: meshd proxy-config <pod>.<namespace> [--type clusters|listeners|routes|endpoints|secrets]")
 	}
+	o = o.forNode(ctx, pos[0])
 	var v struct {
 		Resources map[string][]json.RawMessage `json:"resources"`
 	}
@@ -248,6 +338,7 @@ func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	q := url.Values{}
 	if len(pos) == 1 {
 		q.Set("proxy", pos[0])
+		o = o.forNode(ctx, pos[0])
 	}
 	var v struct {
 		CA struct {
@@ -314,6 +405,7 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			} `json:"endpoints"`
 		} `json:"ports"`
 	}
+	o = o.forNode(ctx, from)
 	b, err := o.get(ctx, "/debug/explain", url.Values{"from": {from}, "to": {to}}, &v)
 	if err != nil || o.raw {
 		return errors.Join(err, o.print(stdout, b))
@@ -351,14 +443,20 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	add := func(check, status, format string, a ...any) {
 		results = append(results, checkResult{check, status, fmt.Sprintf(format, a...)})
 	}
-	if _, err := o.get(ctx, "/readyz", nil, nil); err != nil {
-		add("ready", "FAIL", "%v", err)
-	} else {
-		add("ready", "OK", "informers synced, CA loaded, mesh config published")
+	for _, a := range o.addrs {
+		r := o.at(a)
+		note := func(check, status, format string, args ...any) {
+			add(check, status, "%s", o.replicaNote(a, fmt.Sprintf(format, args...)))
+		}
+		if _, err := r.get(ctx, "/readyz", nil, nil); err != nil {
+			note("ready", "FAIL", "%v", err)
+		} else {
+			note("ready", "OK", "informers synced, CA loaded, mesh config published")
+		}
+		checkCA(ctx, r, note)
+		checkWebhook(ctx, r, note)
 	}
-	checkCA(ctx, o, add)
 	checkProxies(ctx, o, add)
-	checkWebhook(ctx, o, add)
 	failed := 0
 	for _, r := range results {
 		if r.Status == "FAIL" {
@@ -423,11 +521,16 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 	}
 }
 
+// checkProxies looks at the proxies of every replica together.
 func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, format string, a ...any)) {
 	var v debug.Proxies
-	if _, err := o.get(ctx, "/debug/proxies", nil, &v); err != nil {
-		add("proxies", "FAIL", "%v", err)
-		return
+	for _, a := range o.addrs {
+		var part debug.Proxies
+		if _, err := o.at(a).get(ctx, "/debug/proxies", nil, &part); err != nil {
+			add("proxies", "FAIL", "%v", err)
+			return
+		}
+		v.Proxies = append(v.Proxies, part.Proxies...)
 	}
 	var nacked, stale []string
 	synced := 0
@@ -452,7 +555,7 @@ func checkProxies(ctx context.Context, o *opsFlags, add func(check, status, form
 	case len(stale) > 0:
 		add("proxies", "WARN", "%d of %d in sync; no ACK for a while from %s", synced, len(v.Proxies), strings.Join(stale, ", "))
 	default:
-		add("proxies", "OK", "%d connected, all in sync", len(v.Proxies))
+		add("proxies", "OK", "%d connected, all in sync%s", len(v.Proxies), o.replicaNote("", ""))
 	}
 }
 

@@ -100,6 +100,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
+			// A connection made just before a renewal (at about two thirds
+			// of a certificate's life) still ends before that certificate.
+			snap.ConnectionMaxAge = cfg.CertTTL / 3
 			problems.Report(probs)
 			if _, err := mesh.Update(ctx, snap); err != nil {
 				log.Error("xds: publish mesh config", "error", err)

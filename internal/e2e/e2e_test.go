@@ -276,8 +276,9 @@ func TestReplicaKilledUnderTraffic(t *testing.T) {
 // is refused when web-0 is STRICT and served when it is PERMISSIVE; an
 // impostor in the mesh (another service account) whose address is listed
 // as web-0's never gets a request: the client's sidecar checks the server's
-// SPIFFE ID and refuses it (SAN mismatch), while requests to the real web-0
-// succeed.
+// SPIFFE ID and refuses it (SAN mismatch) and retries the request on the
+// real web-0 (a refused handshake is a connect failure: the request never
+// left the client's sidecar), so every request succeeds.
 func TestIdentityEnforcement(t *testing.T) {
 	for _, mode := range []string{"STRICT", "PERMISSIVE"} {
 		t.Run(mode, func(t *testing.T) {
@@ -295,11 +296,11 @@ func TestIdentityEnforcement(t *testing.T) {
 			if res.ImpostorServed != 0 {
 				t.Errorf("the impostor's app served %d requests", res.ImpostorServed)
 			}
-			if res.SANFailures == 0 || res.Failures == 0 {
-				t.Errorf("no refused handshake with the impostor: %d SAN failures, %d failed requests", res.SANFailures, res.Failures)
+			if res.SANFailures == 0 {
+				t.Errorf("no refused handshake with the impostor: %d SAN failures", res.SANFailures)
 			}
-			if res.Failures == res.Requests {
-				t.Errorf("every request failed; the real web-0 should have served some")
+			if res.Failures != 0 {
+				t.Errorf("%d of %d requests failed; each refused one should have been retried on the real web-0", res.Failures, res.Requests)
 			}
 		})
 	}

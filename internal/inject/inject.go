@@ -31,6 +31,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -43,8 +44,8 @@ const (
 	AnnotationInterception = "meshd.io/interception"
 	LabelProxyID           = "meshd.io/proxy-id" // on the credentials Secret
 	LabelInject            = "meshd.io/inject"
-	ContainerProxy         = "meshd-proxy"
-	ContainerInit          = "meshd-init"
+	ContainerProxy         = k8s.ContainerProxy
+	ContainerInit          = k8s.ContainerInit
 	VolumeCreds            = "meshd-proxy-creds"
 	SecretPrefix           = "meshd-proxy-"
 	ReadinessPort          = 15021

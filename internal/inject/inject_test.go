@@ -207,21 +207,29 @@ func TestReconcile(t *testing.T) {
 	}
 	bundle := issuer.Authority().BundlePEM
 	rc := inject.ReconcileConfig{WebhookName: mwc.Name, Bundle: func() []byte { return bundle },
-		InUse: func() (map[string]bool, bool) { return map[string]bool{usedID: true}, true }, OrphanGrace: time.Hour}
+		InUse: func() (map[string]inject.PodRef, bool) {
+			return map[string]inject.PodRef{usedID: {Name: "web-1", UID: "uid-web-1"}}, true
+		}, OrphanGrace: time.Hour}
 	res, err := inj.Reconcile(ctx, rc)
-	if err != nil || res.Deleted != 0 || res.Refreshed != 0 || !res.WebhookPatched {
-		t.Fatalf("first pass: %+v %v (want nothing deleted within the grace period, caBundle set)", res, err)
+	if err != nil || res.Deleted != 0 || res.Refreshed != 0 || res.Owned != 1 || !res.WebhookPatched {
+		t.Fatalf("first pass: %+v %v (want nothing deleted within the grace period, the used Secret owned by its pod, caBundle set)", res, err)
+	}
+	if s, _ := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+usedID, metav1.GetOptions{}); len(s.OwnerReferences) != 1 ||
+		s.OwnerReferences[0].UID != "uid-web-1" || s.OwnerReferences[0].Kind != "Pod" {
+		t.Errorf("owner references %+v: want the pod, so the garbage collector deletes the Secret with it", s.OwnerReferences)
 	}
 	got, _ := client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mwc.Name, metav1.GetOptions{})
 	if string(got.Webhooks[0].ClientConfig.CABundle) != string(bundle) {
 		t.Error("caBundle not set")
 	}
 	rc.OrphanGrace = time.Second
-	rc.InUse = func() (map[string]bool, bool) { return nil, false }
+	rc.InUse = func() (map[string]inject.PodRef, bool) { return nil, false }
 	if res, _ := inj.Reconcile(ctx, rc); res.Deleted != 0 {
 		t.Error("deleted while the view of pods was incomplete")
 	}
-	rc.InUse = func() (map[string]bool, bool) { return map[string]bool{usedID: true}, true }
+	rc.InUse = func() (map[string]inject.PodRef, bool) {
+		return map[string]inject.PodRef{usedID: {Name: "web-1", UID: "uid-web-1"}}, true
+	}
 	other, _ := ca.NewRoot(rand.Reader, time.Now(), "cluster.local")
 	bundle = append(append([]byte{}, bundle...), other.BundlePEM...) // a rotation adds a root
 	res, err = inj.Reconcile(ctx, rc)

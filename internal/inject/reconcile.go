@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
@@ -17,9 +18,10 @@ import (
 
 // ReconcileConfig says what the reconciler compares against.
 type ReconcileConfig struct {
-	// InUse returns the proxy IDs pods carry; ok is false while that view is
-	// not complete (informers not synced): then nothing is deleted.
-	InUse func() (ids map[string]bool, ok bool)
+	// InUse returns the proxy IDs pods carry, with the pod carrying each;
+	// ok is false while that view is not complete (informers not synced):
+	// then nothing is deleted.
+	InUse func() (pods map[string]PodRef, ok bool)
 	// Bundle returns the current trust bundle; a Secret holding another one
 	// is refreshed (root rotation).
 	Bundle func() []byte
@@ -31,10 +33,16 @@ type ReconcileConfig struct {
 	OrphanGrace time.Duration
 }
 
+// PodRef names the pod that carries a proxy ID.
+type PodRef struct {
+	Name string
+	UID  types.UID
+}
+
 // ReconcileResult counts what one pass did.
 type ReconcileResult struct {
-	Refreshed, Deleted int
-	WebhookPatched     bool
+	Refreshed, Deleted, Owned int
+	WebhookPatched            bool
 }
 
 // Reconcile makes one pass over the credentials Secrets: a certificate past
@@ -58,7 +66,8 @@ func (i *Injector) Reconcile(ctx context.Context, rc ReconcileConfig) (Reconcile
 		s := &list.Items[idx]
 		id := s.Labels[LabelProxyID]
 		age := now.Sub(s.CreationTimestamp.Time)
-		if complete && !inUse[id] && !s.CreationTimestamp.IsZero() && age > rc.OrphanGrace {
+		pod, used := inUse[id]
+		if complete && !used && !s.CreationTimestamp.IsZero() && age > rc.OrphanGrace {
 			err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Delete(ctx, s.Name, metav1.DeleteOptions{})
 			if err != nil && !apierrors.IsNotFound(err) {
 				errs = append(errs, err)
@@ -76,6 +85,13 @@ func (i *Injector) Reconcile(ctx context.Context, rc ReconcileConfig) (Reconcile
 			res.Refreshed++
 			i.cfg.Logger.Info("inject: sidecar credentials refreshed", "secret", s.Namespace+"/"+s.Name, "reason", why)
 		}
+		if used && pod.UID != "" && !ownedBy(s, pod.UID) {
+			if err := i.own(ctx, s, pod); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			res.Owned++
+		}
 	}
 	if rc.WebhookName != "" {
 		patched, err := i.patchCABundle(ctx, rc.WebhookName, bundle)
@@ -83,6 +99,32 @@ func (i *Injector) Reconcile(ctx context.Context, rc ReconcileConfig) (Reconcile
 		errs = append(errs, err)
 	}
 	return res, errors.Join(errs...)
+}
+
+func ownedBy(s *corev1.Secret, uid types.UID) bool {
+	for _, o := range s.OwnerReferences {
+		if o.UID == uid {
+			return true
+		}
+	}
+	return false
+}
+
+// own makes the pod the owner of its credentials Secret: Kubernetes'
+// garbage collector deletes the Secret with the pod. (At admission the pod
+// has no UID yet; until it is owned, the orphan sweep covers it.)
+func (i *Injector) own(ctx context.Context, s *corev1.Secret, pod PodRef) error {
+	latest, err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("inject: Secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	no := false
+	latest.OwnerReferences = append(latest.OwnerReferences, metav1.OwnerReference{APIVersion: "v1", Kind: "Pod",
+		Name: pod.Name, UID: pod.UID, BlockOwnerDeletion: &no})
+	if _, err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Update(ctx, latest, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("inject: Secret %s/%s: owner pod %s: %w", s.Namespace, s.Name, pod.Name, err)
+	}
+	return nil
 }
 
 // refreshDue: past two thirds of the certificate's lifetime, unreadable,

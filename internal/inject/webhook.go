@@ -288,6 +288,10 @@ func (i *Injector) proxyContainer() corev1.Container {
 		// certificates (up to 10 minutes, e.g. while meshd restarts).
 		StartupProbe:   ready(1, 600),
 		ReadinessProbe: ready(2, 3),
+		// The kubelet stops the sidecar after the app. Its endpoint is
+		// already gone from the other sidecars' view by then; the pause lets
+		// requests they had under way finish before Envoy exits.
+		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}},
 		SecurityContext: &corev1.SecurityContext{RunAsUser: &uid, RunAsGroup: &uid, RunAsNonRoot: &yes,
 			ReadOnlyRootFilesystem: &yes, AllowPrivilegeEscalation: &no,
 			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},

@@ -21,7 +21,9 @@ type Capture struct {
 // Capture starts tcpdump on the bridge and waits until it listens.
 func (l *Lab) Capture(ctx context.Context, name string) (*Capture, error) {
 	path := filepath.Join(l.Dir, name+".pcap")
-	p, err := l.Start("tcpdump-"+name, ProcOptions{}, "tcpdump", "-i", l.Bridge, "-nn", "-U", "-s", "0", "-w", path, "tcp")
+	// Immediate mode hands every packet over as it comes (no batching in
+	// the kernel's ring that a stop would lose), with a ring of 16 MiB.
+	p, err := l.Start("tcpdump-"+name, ProcOptions{}, "tcpdump", "-i", l.Bridge, "-nn", "-U", "--immediate-mode", "-B", "16384", "-s", "0", "-w", path, "tcp")
 	if err != nil {
 		return nil, err
 	}
@@ -41,6 +43,7 @@ func (l *Lab) Capture(ctx context.Context, name string) (*Capture, error) {
 // Stop ends the capture (tcpdump flushes on SIGTERM) and returns the raw
 // pcap bytes.
 func (c *Capture) Stop() ([]byte, error) {
+	time.Sleep(300 * time.Millisecond) // packets still on their way to tcpdump
 	c.proc.Stop()
 	return os.ReadFile(c.Path)
 }

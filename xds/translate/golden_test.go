@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
@@ -114,6 +115,7 @@ func mustState(t *testing.T, in string) *k8s.State {
 func load(t *testing.T, in string) *model.Snapshot {
 	t.Helper()
 	snap, _ := k8s.Convert(mustState(t, in), "cluster.local")
+	snap.ConnectionMaxAge = 8 * time.Hour // as meshd serve sets it for 24 h certificates
 	return snap
 }
 

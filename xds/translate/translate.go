@@ -78,7 +78,7 @@ func Shared(snap *model.Snapshot) (Resources, []string) {
 		ids := identities(svc)
 		for _, p := range svc.Ports {
 			name := ClusterName(svc, p.Port)
-			add(resourcev3.ClusterType, edsCluster(name, sni(svc), p.Protocol, ids))
+			add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
 			add(resourcev3.EndpointType, loadAssignment(name, svc, p))
 			if p.Protocol.IsHTTP() {
 				add(resourcev3.RouteType, routeConfig(name, name))
@@ -88,7 +88,7 @@ func Shared(snap *model.Snapshot) (Resources, []string) {
 				continue
 			}
 			if direct := directChains(svc, p, &chains); direct {
-				add(resourcev3.ClusterType, directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids))
+				add(resourcev3.ClusterType, boundAge(directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
 			}
 		}
 	}
