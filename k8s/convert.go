@@ -109,6 +109,9 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		NoInterception: p.Annotations[AnnotationInterception] == "none",
 	}
 	c.sidecarImage(p)
+	if why, ok := strings.CutPrefix(p.Annotations[AnnotationStatus], "skipped: "); ok {
+		c.problem("Pod", p.Namespace, p.Name, "NotInjected", "meshd did not inject a sidecar: %s", why)
+	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
 	}
@@ -143,6 +146,11 @@ func (c *converter) sidecarImage(p *corev1.Pod) {
 func (c *converter) meshed(p *corev1.Pod) bool {
 	if p.Annotations[AnnotationStatus] == "injected" {
 		return true
+	}
+	// The injector left it out (host networking, ...): no sidecar answers
+	// for it, so nobody may expect mutual TLS from it.
+	if strings.HasPrefix(p.Annotations[AnnotationStatus], "skipped") || p.Spec.HostNetwork {
+		return false
 	}
 	switch p.Labels[LabelInject] {
 	case "false":
