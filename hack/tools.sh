@@ -6,10 +6,14 @@
 #   kube-apiserver, kube-controller-manager, kubelet, kube-scheduler,
 #   kube-proxy, kubectl      built from k8s.io/kubernetes via the Go module proxy
 #   cert-manager-controller  our runner of cert-manager's controllers (tools/certmanager)
+#   coredns                  the cluster DNS of `make cluster`: CoreDNS with only the
+#                            plugins it needs (tools/coredns), via the Go module proxy
+#   image, pause, probe      the daemonless image builder of `make image` / `make cluster`,
+#                            the pods' pause binary and an in-pod checker (tools/image)
 # Each part lives in .tools/<name>-<key>/, where the key hashes its pins, so a
 # pin change rebuilds it; .tools/bin/ holds symlinks to the current ones.
 #
-# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|all]...
+# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|coredns|image|all]...
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,6 +109,30 @@ cert_manager() {
 	link "$dir" cert-manager-controller
 }
 
+coredns() {
+	local src=$ROOT/tools/coredns dir
+	dir=$TOOLS/$(key coredns "$src/go.mod" "$src/go.sum" "$src"/*.go)
+	if [ ! -x "$dir/bin/coredns" ]; then
+		log "building coredns from the Go module proxy (a few minutes cold on 2 cores)"
+		rm -rf "$dir" && mkdir -p "$dir/bin"
+		# Static: it runs in a one-file image (hack/image.sh).
+		CGO_ENABLED=0 timed coredns gobuild "$src" "$dir" -ldflags "-s -w" .
+	fi
+	link "$dir" coredns
+}
+
+image() {
+	local src=$ROOT/tools/image dir
+	dir=$TOOLS/$(key image "$src/go.mod" "$src/go.sum" "$src"/*.go "$src"/pause/*.go "$src"/probe/*.go)
+	if [ ! -x "$dir/bin/image" ] || [ ! -x "$dir/bin/pause" ] || [ ! -x "$dir/bin/probe" ]; then
+		log "building the image builder, pause and probe from the Go module proxy"
+		rm -rf "$dir" && mkdir -p "$dir/bin"
+		# Static: pause and probe are the only files of their images.
+		CGO_ENABLED=0 timed image gobuild "$src" "$dir" -ldflags "-s -w" . ./pause ./probe
+	fi
+	link "$dir" image pause probe
+}
+
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
 	case $what in
@@ -112,7 +140,9 @@ for what in "$@"; do
 	etcd) etcd ;;
 	kube) kube ;;
 	cert-manager) cert_manager ;;
-	all) envoy; etcd; kube; cert_manager ;;
+	coredns) coredns ;;
+	image) image ;;
+	all) envoy; etcd; kube; cert_manager; coredns; image ;;
 	*) log "unknown tool $what"; exit 2 ;;
 	esac
 done
