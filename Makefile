@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/meshd/meshd/internal/version.Version=$(VERSION)
 TEST_P ?= 2
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build tools test unit vet fmt-check check-repo bench demo image clean
+.PHONY: all build tools test test-node unit vet fmt-check check-repo bench demo image cluster cluster-down clean
 
 all: build
 
@@ -30,9 +30,16 @@ fmt-check:
 check-repo:
 	bash hack/check-repo.sh
 
-## test: every test, against the real parts (installed first)
+## test: every test, against the real parts (installed first); the real-node test
+## (internal/node: a one-node cluster, meshd deployed from deploy/) runs alone after the
+## others, since its kubelet and kube-proxy add host-wide iptables rules while it runs
 test: check-repo tools fmt-check vet
-	$(GO) test -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/internal/node$$')
+	$(MAKE) test-node
+
+## test-node: the real-node end-to-end test alone (root; about 8 minutes)
+test-node:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run . ./internal/node 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 ## unit: tests that need no real part (they skip the others loudly outside CI)
 unit:
@@ -50,12 +57,23 @@ demo: build
 	bash hack/tools.sh envoy
 	$(GO) run ./internal/e2e/demo -meshd bin/meshd -envoy .tools/bin/envoy
 
-## image: the OCI image (deploy/Dockerfile) with whichever builder this machine has; IMAGE=name:tag
-IMAGE ?= ghcr.io/meshd/meshd:$(VERSION)
+## image: meshd's images without docker or a registry (hack/image.sh): docker-archive
+## tarballs in out/images/ (names in deploy/images.env; MESHD_IMAGE=... PROXY_IMAGE=...
+## override them), loaded into the running `make cluster`, else docker, and kind if it runs.
+## deploy/Dockerfile still builds the meshd image with docker.
 image:
-	@b=$$(command -v docker || command -v podman || command -v buildah || true); \
-	if [ -z "$$b" ]; then echo "make image: no docker, podman or buildah here; build deploy/Dockerfile where one exists, then load it into your cluster (kind load docker-image / ctr -n k8s.io images import)"; exit 1; fi; \
-	if [ "$${b##*/}" = buildah ]; then $$b bud -f deploy/Dockerfile -t $(IMAGE) .; else $$b build -f deploy/Dockerfile -t $(IMAGE) .; fi
+	VERSION=$(VERSION) bash hack/image.sh
+
+## cluster: a one-node Kubernetes cluster on this machine (root; docs/cluster.md):
+## prints the kubeconfig (out/cluster/admin.kubeconfig); `make cluster-down` undoes it all
+cluster:
+	@if [ "$$(id -u)" = 0 ]; then bash hack/deps.sh; else echo "make cluster: needs root"; exit 1; fi
+	bash hack/tools.sh etcd kube coredns envoy image
+	VERSION=$(VERSION) bash hack/image.sh --no-load
+	bash hack/cluster.sh up
+
+cluster-down:
+	bash hack/cluster.sh down
 
 clean:
 	rm -rf bin

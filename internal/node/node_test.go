@@ -1,0 +1,588 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshd/meshd/internal/inject"
+)
+
+const (
+	// certTTL is short so that the run sees several renewals.
+	certTTL = time.Minute
+	// rate of the client's requests, each on a new connection.
+	rate = 25
+	// minRun is how long the traffic runs at least (>= 5,000 requests).
+	minRun = 4 * time.Minute
+)
+
+// TestRealNode is what a user does, on a real node: meshd deployed from
+// deploy/base (two replicas, its RBAC, leader election, the webhook
+// reached through its Service), a namespace labelled for injection, an
+// nginx Deployment with HTTP readiness and liveness probes on its app port
+// and a client calling http://web by its DNS name; then, under that
+// traffic, scaling, a rolling update, a restart of meshd and certificate
+// renewals, with an eavesdropper on the node's bridge.
+func TestRealNode(t *testing.T) {
+	needNode(t)
+	c := startCluster(t)
+	marker := "page-" + randomHex(8)
+	c.buildImages(marker)
+	c.deployMeshd()
+
+	// The eavesdropper listens from the start: the workloads' first
+	// handshakes are on the record too.
+	capPath := filepath.Join(t.TempDir(), "bridge.pcap")
+	stopCapture := c.capture(capPath)
+	server, client := workloads(marker)
+	c.apply(server)
+	waitReady(t, c, "shop", "app=web", 3)
+	c.waitEndpoints("web", 3)
+	c.apply(client)
+	waitReady(t, c, "shop", "app=client", 1)
+	start := time.Now()
+	logf(t, "every pod Ready in STRICT mode, HTTP probes on the app port passing; client calling http://web/ %d times a second", rate)
+
+	time.Sleep(20 * time.Second)
+	c.scale("web", 6)
+	time.Sleep(10 * time.Second)
+	c.scale("web", 2)
+	time.Sleep(10 * time.Second)
+	logf(t, "rolling update of web")
+	c.mustKubectl("-n", "shop", "patch", "deployment/web", "-p", `{"spec":{"template":{"metadata":{"annotations":{"rollout":"`+randomHex(4)+`"}}}}}`)
+	c.mustKubectl("-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s")
+	logf(t, "rolling update of web done")
+	time.Sleep(10 * time.Second)
+	logf(t, "kubectl rollout restart deployment/meshd")
+	c.mustKubectl("-n", "meshd-system", "rollout", "restart", "deployment/meshd")
+	c.mustKubectl("-n", "meshd-system", "rollout", "status", "deployment/meshd", "--timeout=180s")
+	logf(t, "meshd rollout restart done")
+
+	c.outsiderRefused(t)
+	c.jobCompletes(t)
+	c.deletedPodLosesCredentials(t)
+	c.operatorsSeeEveryProxy(t)
+
+	if rest := minRun - time.Since(start); rest > 0 {
+		time.Sleep(rest)
+	}
+	ok, failed, failures := c.clientSummary()
+	elapsed := time.Since(start)
+	b := stopCapture()
+	capt, err := ReadPcap(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf(t, "traffic for %s: %d requests ok, %d failed", elapsed.Round(time.Second), ok, failed)
+	if failed != 0 {
+		t.Errorf("%d requests failed:\n%s", failed, strings.Join(failures, "\n"))
+	}
+	if ok+failed < 5000 {
+		t.Errorf("only %d requests made, want at least 5,000", ok+failed)
+	}
+	if capt.Contains(marker) {
+		t.Errorf("the page (marker %s) crossed the bridge in clear", marker)
+	}
+	checkHandshakes(t, capt)
+}
+
+// buildImages builds meshd's images from this tree and the test's
+// workload images, and imports them into the node's containerd.
+func (c *cluster) buildImages(marker string) {
+	c.t.Helper()
+	start := time.Now()
+	c.must("bash", "hack/image.sh", "meshd", "proxy")
+	dir := filepath.Join(c.t.TempDir(), "images")
+	c.must("bash", "internal/node/testdata/images.sh", dir, marker)
+	sock := filepath.Join(c.dir, "run", "containerd", "containerd.sock")
+	for _, img := range []string{"web.tar", "client.tar"} {
+		c.must("ctr", "--address", sock, "-n", "k8s.io", "images", "import", filepath.Join(dir, img))
+	}
+	c.bin = filepath.Join(c.t.TempDir(), "meshd")
+	c.must("go", "build", "-o", c.bin, "./cmd/meshd")
+	c.t.Logf("images built and imported in %s", time.Since(start).Round(time.Second))
+}
+
+// deployMeshd applies deploy/base through an overlay that only shortens
+// the certificate lifetime, and waits until injection works.
+func (c *cluster) deployMeshd() {
+	c.t.Helper()
+	overlay := filepath.Join(c.root, "out", "node-e2e-overlay")
+	if err := os.MkdirAll(overlay, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [../../deploy/base]
+patches:
+- target: {kind: Deployment, name: meshd}
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/0/args/-
+      value: --cert-ttl=` + certTTL.String() + "\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	start := time.Now()
+	c.mustKubectl("apply", "-k", overlay)
+	c.mustKubectl("-n", "meshd-system", "rollout", "status", "deployment/meshd", "--timeout=180s")
+	ctx := context.Background()
+	waitUntil(c.t, 2*time.Minute, "the webhook's caBundle", func() error {
+		mwc, err := c.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "meshd-sidecar-injector", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(mwc.Webhooks) == 0 || len(mwc.Webhooks[0].ClientConfig.CABundle) == 0 {
+			return fmt.Errorf("no caBundle yet")
+		}
+		return nil
+	})
+	c.t.Logf("meshd deployed from deploy/base (2 replicas) in %s", time.Since(start).Round(time.Second))
+}
+
+// logf logs with the wall time, to line steps up with failures.
+func logf(t *testing.T, format string, args ...any) {
+	t.Helper()
+	t.Logf("%s "+format, append([]any{time.Now().UTC().Format("15:04:05.000")}, args...)...)
+}
+
+// waitEndpoints waits until the Service's EndpointSlices list n ready
+// endpoints.
+func (c *cluster) waitEndpoints(svc string, n int) {
+	c.t.Helper()
+	waitUntil(c.t, time.Minute, fmt.Sprintf("%d ready endpoints of %s", n, svc), func() error {
+		slices, err := c.client.DiscoveryV1().EndpointSlices("shop").List(context.Background(), metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		if ready != n {
+			return fmt.Errorf("%d ready", ready)
+		}
+		return nil
+	})
+}
+
+// workloads: the meshed namespace, nginx with probes on its app port and
+// its Service; and the client calling it by name. (The liveness probe asks
+// /healthz, not the page: the kubelet's probes cross the bridge in
+// plaintext, as they do without a mesh.)
+func workloads(marker string) (server, client string) {
+	return `apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: nginx
+        image: localhost/meshd-test/web:dev
+        imagePullPolicy: Never
+        ports: [{name: http, containerPort: 80}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}
+        livenessProbe: {httpGet: {path: /healthz, port: 80}, periodSeconds: 5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+`, `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      serviceAccountName: default
+      containers:
+      - name: client
+        image: localhost/meshd-test/client:dev
+        imagePullPolicy: Never
+        args: [loop, "http://web/", "` + strconv.Itoa(rate) + `"]
+        env: [{name: MARKER, value: "` + marker + `"}]
+`
+}
+
+// waitReady waits until n pods with the label are Ready, each with the
+// sidecar among its init containers.
+func waitReady(t *testing.T, c *cluster, ns, selector string, n int) {
+	t.Helper()
+	waitUntil(t, 4*time.Minute, fmt.Sprintf("%d pods %s Ready in %s", n, selector, ns), func() error {
+		pods, err := c.client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return err
+		}
+		ready := 0
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.DeletionTimestamp != nil {
+				return fmt.Errorf("%s still terminating", p.Name)
+			}
+			if inject.FindProxy(p) == nil {
+				return fmt.Errorf("%s has no sidecar", p.Name)
+			}
+			for _, cond := range p.Status.Conditions {
+				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+					ready++
+				}
+			}
+		}
+		if ready != n || len(pods.Items) != n {
+			return fmt.Errorf("%d of %d Ready", ready, len(pods.Items))
+		}
+		return nil
+	})
+}
+
+func (c *cluster) scale(deploy string, n int) {
+	c.t.Helper()
+	logf(c.t, "scaling %s to %d", deploy, n)
+	c.mustKubectl("-n", "shop", "scale", "deployment/"+deploy, "--replicas="+strconv.Itoa(n))
+	waitReady(c.t, c, "shop", "app="+deploy, n)
+	logf(c.t, "%s scaled to %d", deploy, n)
+}
+
+// capture starts tcpdump on the node's bridge (every pod's traffic
+// crosses it) and returns the function that stops it and reads the file.
+func (c *cluster) capture(path string) func() []byte {
+	c.t.Helper()
+	cmd := exec.Command("tcpdump", "-i", Bridge, "-nn", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-w", path, "tcp")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	var seen []byte
+	for !strings.Contains(string(seen), "listening on") {
+		buf := make([]byte, 512)
+		n, err := stderr.Read(buf)
+		if err != nil {
+			c.t.Fatalf("tcpdump: %v: %s", err, seen)
+		}
+		seen = append(seen, buf[:n]...)
+	}
+	stopped := false
+	stop := func() []byte {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		time.Sleep(time.Second)
+		_ = cmd.Process.Signal(os.Interrupt)
+		rest := make([]byte, 1024)
+		n, _ := stderr.Read(rest)
+		_ = cmd.Wait()
+		c.t.Logf("tcpdump on %s: %s", Bridge, strings.ReplaceAll(strings.TrimSpace(string(rest[:n])), "\n", "; "))
+		b, err := os.ReadFile(path)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return b
+	}
+	c.t.Cleanup(func() { stop() })
+	return stop
+}
+
+var summaryRE = regexp.MustCompile(`SUMMARY ok=(\d+) fail=(\d+)`)
+
+// clientSummary reads the client's counters from its log.
+func (c *cluster) clientSummary() (ok, failed int, failures []string) {
+	c.t.Helper()
+	out := c.mustKubectl("-n", "shop", "logs", "deployment/client", "-c", "client")
+	m := summaryRE.FindAllStringSubmatch(out, -1)
+	if len(m) == 0 {
+		c.t.Fatalf("no SUMMARY in the client's log:\n%s", tail(out, 20))
+	}
+	ok, _ = strconv.Atoi(m[len(m)-1][1])
+	failed, _ = strconv.Atoi(m[len(m)-1][2])
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "FAIL ") {
+			failures = append(failures, l)
+		}
+	}
+	return ok, failed, failures
+}
+
+// checkHandshakes: mutual TLS between the sidecars, and every handshake
+// after a renewal presents the renewed certificate: no server certificate
+// is older at a handshake than the renewal point (half its lifetime, +10%
+// jitter) plus the time to push it, and each web pod presented several.
+func checkHandshakes(t *testing.T, capt *Capture) {
+	t.Helper()
+	perServer := map[string]map[string]bool{}
+	var seen, mutual int
+	var oldest time.Duration
+	for _, h := range capt.Handshakes {
+		if h.Server.Port() != 80 || h.ServerCert == nil {
+			continue
+		}
+		seen++
+		if h.ClientCert != nil && len(h.ClientCert.URIs) > 0 {
+			mutual++
+		}
+		if len(h.ServerCert.URIs) == 0 || h.ServerCert.URIs[0].String() != "spiffe://cluster.local/ns/shop/sa/default" {
+			t.Errorf("handshake %s -> %s: server certificate %v, want the web pods' SPIFFE ID", h.Client, h.Server, h.ServerCert.URIs)
+		}
+		// issued at NotAfter - lifetime (NotBefore is backdated for skew)
+		age := h.Time.Sub(h.ServerCert.NotAfter.Add(-certTTL))
+		if age > oldest {
+			oldest = age
+		}
+		if limit := certTTL*6/10 + 15*time.Second; age > limit {
+			t.Errorf("handshake at %s to %s presented a certificate issued %s earlier (serial %x): renewed ones should have replaced it (limit %s)",
+				h.Time.Format(time.TimeOnly), h.Server, age.Round(time.Second), h.ServerCert.SerialNumber, limit)
+		}
+		srv := h.Server.Addr().String()
+		if perServer[srv] == nil {
+			perServer[srv] = map[string]bool{}
+		}
+		perServer[srv][h.ServerCert.SerialNumber.Text(16)] = true
+	}
+	var counts []string
+	most := 0
+	for srv, serials := range perServer {
+		counts = append(counts, fmt.Sprintf("%s:%d", srv, len(serials)))
+		most = max(most, len(serials))
+	}
+	sort.Strings(counts)
+	t.Logf("eavesdropper: %d TLS handshakes in all, %d sidecar-to-sidecar on port 80 (%d with a client certificate), oldest certificate at a handshake %s; server certificates per pod %v",
+		len(capt.Handshakes), seen, mutual, oldest.Round(time.Second), counts)
+	if seen == 0 {
+		t.Fatal("no sidecar-to-sidecar handshake seen on the bridge")
+	}
+	if mutual != seen {
+		t.Errorf("%d of %d handshakes without a client certificate: not mutual TLS", seen-mutual, seen)
+	}
+	if most < 3 {
+		t.Errorf("no web pod presented more than %d certificates over the run: renewals not seen in handshakes", most)
+	}
+}
+
+// outsiderRefused: a pod in a namespace without injection calls web by
+// name; the STRICT server sidecar refuses it.
+func (c *cluster) outsiderRefused(t *testing.T) {
+	t.Helper()
+	c.apply(`apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: outside}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: localhost/meshd-test/client:dev
+    imagePullPolicy: Never
+    args: ["n", "http://web.shop.svc.cluster.local/", "3"]
+`)
+	var phase corev1.PodPhase
+	waitUntil(t, 2*time.Minute, "the outsider pod to finish", func() error {
+		p, err := c.client.CoreV1().Pods("outside").Get(context.Background(), "outsider", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		phase = p.Status.Phase
+		if phase != corev1.PodSucceeded && phase != corev1.PodFailed {
+			return fmt.Errorf("phase %s", phase)
+		}
+		return nil
+	})
+	out, _ := c.kubectl("-n", "outside", "logs", "outsider")
+	if phase != corev1.PodFailed || strings.Contains(out, "ok=1") || strings.Contains(out, "ok=2") || strings.Contains(out, "ok=3") {
+		t.Errorf("a pod outside the mesh got through to the STRICT server (phase %s):\n%s", phase, out)
+	} else {
+		logf(t, "pod outside the mesh refused: %s", tail(strings.TrimSpace(out), 1))
+	}
+}
+
+// jobCompletes: an injected Job pod runs to completion; its native sidecar
+// does not keep it alive.
+func (c *cluster) jobCompletes(t *testing.T) {
+	t.Helper()
+	c.apply(`apiVersion: batch/v1
+kind: Job
+metadata: {name: once, namespace: shop}
+spec:
+  backoffLimit: 0
+  activeDeadlineSeconds: 180
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: client
+        image: localhost/meshd-test/client:dev
+        imagePullPolicy: Never
+        args: ["n", "http://web/", "20"]
+`)
+	waitUntil(t, 3*time.Minute, "the injected Job to complete", func() error {
+		j, err := c.client.BatchV1().Jobs("shop").Get(context.Background(), "once", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, cond := range j.Status.Conditions {
+			if cond.Status != corev1.ConditionTrue {
+				continue
+			}
+			switch cond.Type {
+			case batchv1.JobComplete:
+				return nil
+			case batchv1.JobFailed:
+				out, _ := c.kubectl("-n", "shop", "logs", "job/once", "--all-containers")
+				t.Fatalf("the injected Job failed: %s: %s\n%s", cond.Reason, cond.Message, out)
+			}
+		}
+		return fmt.Errorf("active %d, succeeded %d", j.Status.Active, j.Status.Succeeded)
+	})
+	logf(t, "%s", "injected Job completed (20 requests through its sidecar, then the sidecar stopped)")
+}
+
+// deletedPodLosesCredentials: a deleted pod's credentials Secret goes with
+// it (the pod owns it).
+func (c *cluster) deletedPodLosesCredentials(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("web pods: %v", err)
+	}
+	victim := pods.Items[0]
+	secret := inject.SecretPrefix + victim.Annotations[inject.AnnotationProxyID]
+	waitUntil(t, 90*time.Second, "the credentials Secret owned by its pod", func() error {
+		s, err := c.client.CoreV1().Secrets("shop").Get(ctx, secret, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, o := range s.OwnerReferences {
+			if o.UID == victim.UID {
+				return nil
+			}
+		}
+		return fmt.Errorf("owners %v", s.OwnerReferences)
+	})
+	c.mustKubectl("-n", "shop", "delete", "pod", victim.Name, "--wait=true", "--timeout=90s")
+	waitUntil(t, 90*time.Second, "the deleted pod's Secret to be gone", func() error {
+		_, err := c.client.CoreV1().Secrets("shop").Get(ctx, secret, metav1.GetOptions{})
+		if err == nil {
+			return fmt.Errorf("%s still there", secret)
+		}
+		return nil
+	})
+	waitReady(t, c, "shop", "app=web", 2)
+	logf(t, "pod %s deleted: its Secret %s is gone, the Deployment replaced the pod", victim.Name, secret)
+}
+
+// operatorsSeeEveryProxy: meshd proxy-status and meshd check, run against
+// each replica through the apiserver's port-forward, together show every
+// sidecar synced.
+func (c *cluster) operatorsSeeEveryProxy(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pods, err := c.client.CoreV1().Pods("meshd-system").List(ctx, metav1.ListOptions{LabelSelector: "app=meshd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	shop, err := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range shop.Items {
+		if p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			want[p.Name+".shop"] = true
+		}
+	}
+	var addrs []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
+			addrs = append(addrs, c.portForward("meshd-system", p.Name, 15014))
+		}
+	}
+	waitUntil(t, time.Minute, "every sidecar synced on some replica", func() error {
+		synced := map[string]bool{}
+		for _, a := range addrs {
+			v, err := proxies(a)
+			if err != nil {
+				return err
+			}
+			for _, p := range v.Proxies {
+				ok := len(p.Types) >= 5
+				for _, st := range p.Types {
+					ok = ok && st != nil && st.AckedVersion != "" && st.AckedVersion == st.SentVersion
+				}
+				if ok {
+					synced[p.NodeID] = true
+				}
+			}
+		}
+		for n := range want {
+			if !synced[n] {
+				return fmt.Errorf("%s not synced (synced: %v)", n, synced)
+			}
+		}
+		return nil
+	})
+	all := strings.Join(addrs, ",")
+	out, err := c.run(c.bin, "proxy-status", "--debug-addr", all)
+	if err != nil {
+		t.Errorf("meshd proxy-status: %v\n%s", err, out)
+	}
+	t.Logf("meshd proxy-status --debug-addr %s:\n%s", all, strings.TrimSpace(out))
+	for n := range want {
+		if !regexp.MustCompile(regexp.QuoteMeta(n) + `\s.*SYNCED\s+SYNCED\s+SYNCED\s+SYNCED\s+SYNCED`).MatchString(out) {
+			t.Errorf("proxy-status does not show %s synced", n)
+		}
+	}
+	if out, err := c.run(c.bin, "check", "--debug-addr", all); err != nil {
+		t.Errorf("meshd check: %v\n%s", err, out)
+	} else {
+		t.Logf("meshd check:\n%s", strings.TrimSpace(out))
+	}
+	var client string
+	for n := range want {
+		if strings.HasPrefix(n, "client-") {
+			client = n
+		}
+	}
+	out, err = c.run(c.bin, "explain", "--from", client, "--to", "web.shop", "--debug-addr", all)
+	if err != nil || !strings.Contains(out, ": MTLS") || strings.Contains(out, "connected to this replica") || strings.Contains(out, "sidecar-connected=false") {
+		t.Errorf("meshd explain --from %s --to web.shop: %v\n%s", client, err, out)
+	} else {
+		t.Logf("meshd explain --from %s --to web.shop: %s", client, tail(out, 100))
+	}
+}
