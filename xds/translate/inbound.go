@@ -72,7 +72,7 @@ func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3
 			ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
 			SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
 			AccessLog:                   inboundAccessLog(w),
-			LocalReplyConfig:            unreachableAppReply(),
+			LocalReplyConfig:            appFailureReplies(),
 		})
 	} else {
 		filter = tcpProxy(name, cluster, inboundAccessLog(w)...)

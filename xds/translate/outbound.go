@@ -113,22 +113,21 @@ func destinationMatch(ip string, port uint32) *listenerv3.FilterChainMatch {
 	}
 }
 
-// routeConfig sends every request of a service port to its cluster.
+// routeConfig sends every request of a service port to its cluster, with
+// the retries of outboundRoutes.
 func routeConfig(name, cluster string) *routev3.RouteConfiguration {
 	return &routev3.RouteConfiguration{
 		Name: name,
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    name,
 			Domains: []string{"*"},
-			Routes: []*routev3.Route{{
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			Routes: outboundRoutes(cluster, func() *routev3.RouteAction {
+				return &routev3.RouteAction{
 					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
 					// Streams (gRPC, long polls) are not cut by a route timeout.
-					Timeout:     durationpb.New(0),
-					RetryPolicy: outboundRetryPolicy(),
-				}},
-			}},
+					Timeout: durationpb.New(0),
+				}
+			}),
 		}},
 	}
 }
