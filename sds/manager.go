@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"log/slog"
 	"sync"
 	"time"
@@ -42,6 +44,7 @@ type Manager struct {
 }
 
 type proxy struct {
+	id     ca.Identity // whose key this proxy's secrets carry
 	refs   int
 	cancel context.CancelFunc
 	issued chan struct{} // closed at the first certificate
@@ -65,13 +68,19 @@ func New(cfg Config) (*Manager, error) {
 // Add starts keeping secrets for a proxy (pod: its pod's name, in the
 // identity's namespace) and waits until its first
 // certificate has been handed to OnSecrets (or the timeout). A second Add
-// for the same node (a second stream) shares the first one's certificate.
-// ctx bounds the proxy's lifetime in the manager, along with Remove.
+// for the same node (a second stream) shares the first one's certificate
+// if it authenticated as the same identity, and gets ErrOtherIdentity
+// otherwise: secrets follow the authenticated identity, never the node ID
+// alone; the error is a PermissionDenied status, for the stream. ctx bounds the proxy's lifetime in the manager, along with Remove.
 func (m *Manager) Add(ctx context.Context, nodeID string, id ca.Identity, pod string) error {
 	m.mu.Lock()
 	p, existed := m.proxies[nodeID]
+	if existed && p.id != id {
+		m.mu.Unlock()
+		return status.Errorf(codes.PermissionDenied, "sds: the secrets of %s belong to %s; refused for %s", nodeID, p.id, id)
+	}
 	if !existed {
-		p = &proxy{issued: make(chan struct{})}
+		p = &proxy{id: id, issued: make(chan struct{})}
 		m.proxies[nodeID] = p
 	}
 	p.refs++

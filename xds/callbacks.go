@@ -99,6 +99,10 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 	if err := c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe()); err != nil {
 		return err
 	}
+	// After request: the stream is bound to its node by now.
+	if err := c.boundSubscriptions(id, req); err != nil {
+		return err
+	}
 	if len(req.GetInitialResourceVersions()) > 0 {
 		c.resumed(id, req.GetTypeUrl(), req.GetInitialResourceVersions(), req.GetResourceNamesSubscribe())
 	}
@@ -191,6 +195,11 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 	if announce && c.hooks != nil {
 		if err := c.hooks.OnConnect(c.ctx, peer); err != nil {
 			c.streams.with(id, func(s *stream) { s.announced = false })
+			if status.Code(err) == codes.PermissionDenied {
+				c.metrics.denied.Inc()
+				c.log.Warn("xds: proxy refused", "proxy", peer.NodeID, "identity", peer.Identity.String(), "error", err)
+				return err
+			}
 			c.log.Error("xds: proxy not prepared", "proxy", peer.NodeID, "error", err)
 			return status.Errorf(codes.Unavailable, "xds: configuration for %s not ready: %v", peer.NodeID, err)
 		}

@@ -3,6 +3,9 @@ package xds
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/meshd/meshd/ca"
 )
 
@@ -34,6 +37,13 @@ func (h ProxyHooks) OnConnect(ctx context.Context, p Peer) error {
 		}
 	}
 	if err := h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod()); err != nil {
+		if status.Code(err) == codes.PermissionDenied {
+			// Nothing was added to the secrets; undo only the mesh's part.
+			if h.Mesh != nil {
+				h.Mesh.RemoveProxy(p.NodeID)
+			}
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
 		// The stream fails and OnDisconnect will not come: undo the Add.
 		h.OnDisconnect(p)
 		return err

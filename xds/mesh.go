@@ -2,6 +2,8 @@ package xds
 
 import (
 	"context"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"log/slog"
 	"slices"
 	"sync"
@@ -70,6 +72,10 @@ func (m *Mesh) Snapshot() *model.Snapshot {
 func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if w := m.snap.Workload(p.NodeID); w != nil && w.Identity != p.Identity.String() {
+		m.log.Warn("xds: proxy's certificate identity differs from its pod's; refused", "proxy", p.NodeID, "identity", p.Identity.String(), "pod_identity", w.Identity)
+		return status.Errorf(codes.PermissionDenied, "xds: %s runs as %s; this certificate is %s", p.NodeID, w.Identity, p.Identity)
+	}
 	ref := m.proxies[p.NodeID]
 	ref.peer, ref.refs = p, ref.refs+1
 	m.proxies[p.NodeID] = ref

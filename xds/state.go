@@ -52,6 +52,9 @@ type stream struct {
 	// nonces maps type URL + nonce to the version sent with it, so a NACK
 	// names the version it rejects.
 	nonces map[string]string
+	// unknown are the subscribed names of resources that do not exist
+	// (bounded: see boundSubscriptions).
+	unknown unknownNames
 }
 
 func (s *stream) typ(url string) *TypeStatus {

@@ -1,0 +1,78 @@
+package xds
+
+import (
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Bounds on what one delta stream may subscribe to. Names of resources the
+// proxy's published configuration holds cost nothing extra (the mesh bounds
+// them); names of resources that do not exist are remembered per stream and
+// type, up to MaxUnknownNames. A real Envoy subscribes only to what its
+// configuration references, so it meets unknown names only in the moment a
+// resource is removed; a client that floods names is refused with
+// ResourceExhausted instead of growing meshd's memory.
+const (
+	MaxUnknownNames = 1024
+	MaxNameLength   = 1024
+)
+
+// unknownNames tracks, per type, the subscribed names a stream's snapshot
+// does not hold. Guarded by streams.mu (it lives in stream).
+type unknownNames map[string]map[string]struct{}
+
+// boundSubscriptions checks a delta request's subscriptions against the
+// node's published snapshot and the stream's allowance. It runs before the
+// request reaches go-control-plane, so a refused request subscribes to
+// nothing.
+func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	subscribe, unsubscribe := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+	if len(subscribe) == 0 && len(unsubscribe) == 0 {
+		return nil
+	}
+	typeURL := req.GetTypeUrl()
+	var node string
+	c.streams.with(id, func(s *stream) { node = s.peer.NodeID })
+	var known map[string]types.Resource // the snapshot's own index: shared, not copied
+	if node != "" && c.snapshot != nil {
+		if snap, err := c.snapshot(node); err == nil && snap != nil {
+			known = snap.GetResources(typeURL)
+		}
+	}
+	var err error
+	c.streams.with(id, func(s *stream) {
+		if s.unknown == nil {
+			s.unknown = unknownNames{}
+		}
+		set := s.unknown[typeURL]
+		for _, n := range unsubscribe {
+			delete(set, n)
+		}
+		for _, n := range subscribe {
+			if len(n) > MaxNameLength {
+				err = status.Errorf(codes.InvalidArgument, "xds: resource name of %d bytes (limit %d)", len(n), MaxNameLength)
+				return
+			}
+			if _, ok := known[n]; ok || n == "*" {
+				continue
+			}
+			if set == nil {
+				set = map[string]struct{}{}
+				s.unknown[typeURL] = set
+			}
+			set[n] = struct{}{}
+			if len(set) > MaxUnknownNames {
+				err = status.Errorf(codes.ResourceExhausted, "xds: stream subscribes to more than %d %s names that do not exist", MaxUnknownNames, shortType(typeURL))
+				return
+			}
+		}
+	})
+	if err != nil {
+		c.metrics.limited.WithLabelValues("subscribed_names").Inc()
+		c.log.Warn("xds: subscription refused", "stream", id, "proxy", node, "type_url", typeURL, "error", err)
+		return err
+	}
+	return nil
+}
