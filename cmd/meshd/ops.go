@@ -405,10 +405,33 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			} `json:"endpoints"`
 		} `json:"ports"`
 	}
+	all := o
 	o = o.forNode(ctx, from)
 	b, err := o.get(ctx, "/debug/explain", url.Values{"from": {from}, "to": {to}}, &v)
 	if err != nil || o.raw {
 		return errors.Join(err, o.print(stdout, b))
+	}
+	// A server sidecar connected to another replica is connected.
+	elsewhere := connectedElsewhere(ctx, all, o.addr)
+	var findings []string
+	for _, f := range v.Findings {
+		keep := true
+		for w := range elsewhere {
+			if strings.Contains(f, "server "+w+" ") && strings.Contains(f, "connected to this replica") {
+				keep = false
+			}
+		}
+		if keep {
+			findings = append(findings, f)
+		}
+	}
+	v.Findings = findings
+	for i := range v.Ports {
+		for j := range v.Ports[i].Endpoints {
+			if e := &v.Ports[i].Endpoints[j]; elsewhere[e.Server.Workload] {
+				e.Server.Connected = true
+			}
+		}
 	}
 	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
 	for _, p := range v.Ports {
@@ -423,6 +446,24 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stdout, "! "+f)
 	}
 	return nil
+}
+
+// connectedElsewhere returns the proxies connected to the replicas other
+// than addr.
+func connectedElsewhere(ctx context.Context, o *opsFlags, addr string) map[string]bool {
+	out := map[string]bool{}
+	for _, a := range o.addrs {
+		if a == addr {
+			continue
+		}
+		var v debug.Proxies
+		if _, err := o.at(a).get(ctx, "/debug/proxies", nil, &v); err == nil {
+			for _, p := range v.Proxies {
+				out[p.NodeID] = true
+			}
+		}
+	}
+	return out
 }
 
 // checkResult is one line of `meshd check`.
