@@ -44,23 +44,33 @@ type callbacks struct {
 	resolve ProxyResolver
 	// snapshot returns a node's published snapshot (the cache's).
 	snapshot func(node string) (cachev3.ResourceSnapshot, error)
+	// trustDomain, if set, is the only one whose certificates get a stream.
+	trustDomain string
 }
 
-func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id, false)
+// The type URL given to the open callbacks is the stream's service: "" for
+// ADS, the secret type for SDS, where a request may leave its type URL
+// empty; the checks apply to that effective type.
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.open(ctx, id, false, typeURL)
 }
 
-func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, _ string) error {
-	return c.open(ctx, id, true)
+func (c *callbacks) OnDeltaStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	return c.open(ctx, id, true, typeURL)
 }
 
-func (c *callbacks) open(ctx context.Context, id int64, delta bool) error {
+func (c *callbacks) open(ctx context.Context, id int64, delta bool, serviceType string) error {
 	p, err := PeerFromContext(ctx)
+	if err == nil && c.trustDomain != "" && p.Identity.TrustDomain != c.trustDomain {
+		c.metrics.denied.Inc()
+		err = errDenied("client certificate of trust domain %q; this mesh is %q", p.Identity.TrustDomain, c.trustDomain)
+	}
 	if err != nil {
 		c.log.Warn("xds: stream refused", "stream", id, "error", err)
 		return err
 	}
 	c.streams.open(id, p, delta)
+	c.streams.with(id, func(s *stream) { s.serviceType = serviceType })
 	c.metrics.connected.Inc()
 	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "proxy_id", p.ProxyID, "identity", p.Identity.String(), "delta", delta)
 	return nil
@@ -83,20 +93,22 @@ func (c *callbacks) closed(id int64) {
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	intern(req.ResourceNames)
+	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
-	if req.GetTypeUrl() == resourcev3.SecretType {
+	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNames()
 	}
-	return c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), req.GetResourceNames())
+	return c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), req.GetResourceNames())
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	intern(req.ResourceNamesSubscribe)
+	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
-	if req.GetTypeUrl() == resourcev3.SecretType {
+	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNamesSubscribe()
 	}
-	if err := c.request(id, req.GetNode(), req.GetTypeUrl(), secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe()); err != nil {
+	if err := c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe()); err != nil {
 		return err
 	}
 	// After request: the stream is bound to its node by now.
@@ -107,6 +119,16 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 		c.resumed(id, req.GetTypeUrl(), req.GetInitialResourceVersions(), req.GetResourceNamesSubscribe())
 	}
 	return nil
+}
+
+// effectiveType is the request's type URL, or the stream service's when the
+// request leaves it empty (SDS).
+func (c *callbacks) effectiveType(id int64, typeURL string) string {
+	if typeURL != "" {
+		return typeURL
+	}
+	c.streams.with(id, func(s *stream) { typeURL = s.serviceType })
+	return typeURL
 }
 
 // resumed handles a delta stream that starts a type already holding
@@ -169,6 +191,11 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 	}
 	found := c.streams.with(id, func(s *stream) {
 		peer = s.peer
+		if node == nil && !s.named {
+			err = status.Error(codes.InvalidArgument, "xds: the first request of a stream must carry the node")
+			return
+		}
+		s.named = true
 		if err = authorizeNode(s.peer, node); err != nil {
 			return
 		}

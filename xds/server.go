@@ -43,6 +43,10 @@ type Config struct {
 	TLS *tls.Config
 	// Hooks are told about proxies connecting and leaving (may be nil).
 	Hooks Hooks
+	// TrustDomain, if set, is the only trust domain whose client
+	// certificates get a stream (a certificate of another domain signed by
+	// a CA in the bundle is refused).
+	TrustDomain string
 	// Registerer receives the server's metrics (may be nil).
 	Registerer prometheus.Registerer
 	// Now is the clock (default time.Now).
@@ -118,7 +122,7 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 
 // Start serves ADS until ctx ends, then drains for at most DrainTimeout.
 func (s *Server) Start(ctx context.Context) error {
-	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy,
+	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
 		snapshot: s.Cache.GetSnapshot}
 	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)

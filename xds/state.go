@@ -55,6 +55,10 @@ type stream struct {
 	// unknown are the subscribed names of resources that do not exist
 	// (bounded: see boundSubscriptions).
 	unknown unknownNames
+	// serviceType is the type URL of the stream's service ("" for ADS).
+	serviceType string
+	// named: a request of the stream carried the node.
+	named bool
 }
 
 func (s *stream) typ(url string) *TypeStatus {

@@ -283,7 +283,7 @@ func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, servi
 		}
 		return w.ProxyID, true
 	}
-	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log, ResolveProxy: resolve})
+	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log, ResolveProxy: resolve, TrustDomain: cfg.TrustDomain})
 	if err != nil {
 		return nil, nil, nil, err
 	}
