@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"unique"
@@ -80,11 +81,14 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node)      { c.closed(id)
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
 
 func (c *callbacks) closed(id int64) {
-	p, announced := c.streams.close(id)
-	if p.NodeID == "" {
+	p, announced, opened := c.streams.close(id)
+	if !opened {
 		return
 	}
 	c.metrics.connected.Dec()
+	if p.NodeID == "" {
+		return // a proxy-ID stream that never bound to a pod
+	}
 	c.log.Info("xds: stream closed", "stream", id, "proxy", p.NodeID)
 	if announced && c.hooks != nil {
 		c.hooks.OnDisconnect(p)
@@ -270,9 +274,14 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	sentVersion := s.nonces[typeURL+"\x00"+nonce]
 	if nack != nil {
 		ts.NACKs++
-		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: nack.GetMessage(), At: c.streams.now()}
-		c.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
-		c.log.Warn("xds: NACK", "proxy", s.peer.NodeID, "type_url", typeURL, "nonce", nonce, "version", sentVersion, "error", nack.GetMessage())
+		msg := truncate(nack.GetMessage(), maxNACKText)
+		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: msg, At: c.streams.now()}
+		c.metrics.nacks.WithLabelValues(metricType(typeURL)).Inc()
+		// Envoy does not repeat a NACK; a client that does is logged at
+		// the 1st, 2nd, 4th, 8th... of each type.
+		if n := ts.NACKs; n&(n-1) == 0 {
+			c.log.Warn("xds: NACK", "proxy", s.peer.NodeID, "type_url", truncate(typeURL, 200), "nonce", truncate(nonce, 64), "version", sentVersion, "nacks", n, "error", msg)
+		}
 		return ""
 	}
 	if version == "" {
@@ -280,7 +289,7 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	}
 	now := c.streams.now()
 	if ts.SentNonce == nonce && !ts.SentAt.IsZero() {
-		c.metrics.ackLatency.WithLabelValues(shortType(typeURL)).Observe(now.Sub(ts.SentAt).Seconds())
+		c.metrics.ackLatency.WithLabelValues(metricType(typeURL)).Observe(now.Sub(ts.SentAt).Seconds())
 	}
 	ts.AckedVersion, ts.AckedNonce, ts.AckedAt = version, nonce, now
 	return version
@@ -317,6 +326,30 @@ func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryReques
 	return status.Error(codes.Unimplemented, "xds: REST fetch is not served; use ADS")
 }
 func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+// maxNACKText bounds the error text of a NACK that meshd keeps and logs.
+const maxNACKText = 1024
+
+// knownTypes are the types meshd serves; metric labels name only these.
+var knownTypes = map[string]bool{resourcev3.ClusterType: true, resourcev3.ListenerType: true, resourcev3.EndpointType: true,
+	resourcev3.RouteType: true, resourcev3.SecretType: true}
+
+// metricType is a type URL's metric label: its short name for the types
+// meshd serves, "other" for whatever else a client sends (the label set
+// stays bounded).
+func metricType(url string) string {
+	if !knownTypes[url] {
+		return "other"
+	}
+	return shortType(url)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + fmt.Sprintf("... (%d bytes)", len(s))
+}
 
 func shortType(url string) string {
 	for i := len(url) - 1; i >= 0; i-- {

@@ -2,13 +2,19 @@ package xds_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,5 +61,102 @@ func TestChecksThatCouldBeSkipped(t *testing.T) {
 	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType})
 	if _, err := delta.Recv(); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("delta stream whose first request has no node: %v; want InvalidArgument", err)
+	}
+}
+
+// metricValue returns a metric's value (counter or gauge) with the given
+// label, or -1 if there is none.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := label == ""
+			for _, l := range m.GetLabel() {
+				match = match || l.GetName() == label && l.GetValue() == value
+			}
+			if match {
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+	}
+	return -1
+}
+
+// TestBoundedCostOfClientValues: a NACK's type URL becomes the metric label
+// "other" unless meshd serves that type, and its error text is kept
+// truncated; a stream that never binds to a pod leaves the connected gauge
+// as it found it; a connection that never finishes its handshake is closed.
+func TestBoundedCostOfClientValues(t *testing.T) {
+	pki := newTestPKI(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	reg := prometheus.NewRegistry()
+	m := startMeshd(t, pki, addr, func(c *xds.Config) { c.Registerer, c.Limits.HandshakeTimeout = reg, 500*time.Millisecond })
+	t.Cleanup(func() { m.stop(t) })
+	stream, done := adsClient(t, pki, addr, pki.issue(webID, webNode))
+	if err := stream.Send(secretsRequest(webNode)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := strings.Repeat("x", 1<<20)
+	for i := range 3 {
+		_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: fmt.Sprintf("type.googleapis.com/evil.T%d", i), ResponseNonce: resp.Nonce,
+			ErrorDetail: &rpcstatus.Status{Message: huge}})
+	}
+	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResponseNonce: resp.Nonce,
+		ResourceNames: []string{"default", "ROOTCA"}, ErrorDetail: &rpcstatus.Status{Message: huge}})
+	eventually(t, "the NACKs counted", func() error {
+		if n := metricValue(t, reg, "meshd_xds_nacks_total", "type", "other"); n != 3 {
+			return fmt.Errorf("nacks{type=other} = %v", n)
+		}
+		return nil
+	})
+	for _, p := range m.srv.Proxies() {
+		for typ, st := range p.Types {
+			if st.LastNACK != nil && len(st.LastNACK.Error) > 2048 {
+				t.Errorf("%s: NACK text of %d bytes kept", typ, len(st.LastNACK.Error))
+			}
+		}
+	}
+	done()
+
+	// A proxy-ID certificate whose proxy is no pod's: refused, and the
+	// gauge is back where it was.
+	eventually(t, "the web stream closed", func() error {
+		if n := metricValue(t, reg, "meshd_xds_connected_streams", "", ""); n != 0 {
+			return fmt.Errorf("connected streams %v", n)
+		}
+		return nil
+	})
+	orphan, done2 := adsClient(t, pki, addr, pki.issue(webID, "proxy:0123456789abcdef0123456789abcdef"))
+	_ = orphan.Send(secretsRequest(webNode))
+	_, _ = orphan.Recv()
+	done2()
+	eventually(t, "the unbound stream uncounted", func() error {
+		if n := metricValue(t, reg, "meshd_xds_connected_streams", "", ""); n != 0 {
+			return fmt.Errorf("connected streams %v after an unbound stream closed", n)
+		}
+		return nil
+	})
+
+	// A TCP connection that says nothing is closed after the handshake timeout.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a silent connection still open after %s (read: %v)", time.Since(start).Round(time.Millisecond), err)
 	}
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -25,6 +26,9 @@ type Limits struct {
 	// StreamsPerConnection bounds concurrent HTTP/2 streams on one
 	// connection (default 16).
 	StreamsPerConnection uint32
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshake
+	// (default 10s; a connection that never finishes it is closed).
+	HandshakeTimeout time.Duration
 }
 
 func (l *Limits) setDefaults() {
@@ -39,6 +43,9 @@ func (l *Limits) setDefaults() {
 	}
 	if l.StreamsPerConnection == 0 {
 		l.StreamsPerConnection = 16
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = 10 * time.Second
 	}
 }
 

@@ -102,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.Creds(credentials.NewTLS(cfg.TLS)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
+		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout),
 		// A proxy's connection is idle most of its life: its write buffer
 		// is released after each flush, and requests are small.
 		grpc.SharedWriteBuffer(true),

@@ -87,15 +87,17 @@ func (ss *streams) open(id int64, p Peer, delta bool) {
 	ss.byID[id] = &stream{peer: p, delta: delta, since: ss.now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
 }
 
-func (ss *streams) close(id int64) (Peer, bool) {
+// close forgets a stream: its peer, whether it was announced to the hooks,
+// and whether it was open at all.
+func (ss *streams) close(id int64) (p Peer, announced, opened bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	s, ok := ss.byID[id]
 	delete(ss.byID, id)
 	if !ok {
-		return Peer{}, false
+		return Peer{}, false, false
 	}
-	return s.peer, s.announced
+	return s.peer, s.announced, true
 }
 
 // with runs f on the stream's state under the lock.
