@@ -135,9 +135,16 @@ func TestAdmit(t *testing.T) {
 			len(direct.Spec.Containers), len(direct.Spec.InitContainers), direct.Annotations)
 	}
 
+	// A pod that arrives already injected chose its own sidecar: refused.
 	again := inj.Admit(ctx, review(t, pod, false))
-	if !again.Allowed || again.Patch != nil {
-		t.Errorf("re-admission patched again: %s", again.Patch)
+	if again.Allowed || !strings.Contains(again.Result.Message, `already has a container named "meshd-`) {
+		t.Errorf("a pod arriving with a sidecar: %+v", again.Result)
+	}
+	// One that only carries the annotations gets its own proxy ID.
+	posing := appPod()
+	posing.Annotations = map[string]string{inject.AnnotationStatus: "injected", inject.AnnotationProxyID: id}
+	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[inject.AnnotationProxyID] == id || inject.FindProxy(got) == nil {
+		t.Errorf("a pod posing as injected kept the proxy ID it chose (%v)", got.Annotations)
 	}
 	optOut := appPod()
 	optOut.Labels = map[string]string{"meshd.io/inject": "false"}
@@ -310,6 +317,11 @@ func TestRefused(t *testing.T) {
 	clashV.Spec.Volumes = []corev1.Volume{{Name: inject.VolumeCreds}}
 	locked := appPod()
 	locked.Namespace = "locked"
+	mounts := appPod()
+	mounts.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: inject.VolumeCreds, MountPath: "/steal"}}
+	uid := int64(inject.ProxyUID)
+	asProxy := appPod()
+	asProxy.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid}
 	for name, tc := range map[string]struct {
 		pod  *corev1.Pod
 		want string
@@ -317,6 +329,8 @@ func TestRefused(t *testing.T) {
 		"container": {clashC, `container named "meshd-proxy"`},
 		"volume":    {clashV, `volume named "meshd-proxy-creds"`},
 		"baseline":  {locked, `enforces Pod Security level "baseline"`},
+		"mounts":    {mounts, `mounts "meshd-proxy-creds"`},
+		"uid 1337":  {asProxy, "runs as uid 1337"},
 	} {
 		r := inj.Admit(ctx, review(t, tc.pod, false))
 		if r.Allowed || !strings.Contains(r.Result.Message, tc.want) {

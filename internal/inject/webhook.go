@@ -116,12 +116,13 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
 }
 
-// skip says why a pod is not injected ("" to inject): already injected
-// (re-admission), opted out, host networking (no own network namespace).
+// skip says why a pod is not injected ("" to inject): opted out, host
+// networking (no own network namespace). A pod that arrives looking
+// injected is not skipped: the webhook sees each pod once, at creation
+// (reinvocationPolicy Never), so such a pod chose its own sidecar or proxy
+// ID; nameClash refuses the first, the patch overwrites the second.
 func skip(pod *corev1.Pod) string {
 	switch {
-	case pod.Annotations[AnnotationStatus] == "injected" && findProxy(pod) != nil:
-		return "already injected"
 	case pod.Labels[LabelInject] == "false":
 		return "opted out (label " + LabelInject + "=false)"
 	case pod.Spec.HostNetwork:
@@ -135,7 +136,7 @@ func skip(pod *corev1.Pod) string {
 // a re-admission of an injected pod, which is left as it is.
 func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{Allowed: true}
-	if pod.Annotations[AnnotationStatus] == "injected" || pod.Labels[LabelInject] == "false" {
+	if pod.Labels[LabelInject] == "false" {
 		return resp
 	}
 	resp.Warnings = []string{"meshd: no sidecar injected: " + reason}
@@ -152,13 +153,23 @@ func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 	return resp
 }
 
-// nameClash names a container or volume of the pod that has a name the
-// injector adds ("" if none): injecting would make an invalid pod, or run
-// the pod's own container in the sidecar's place.
+// nameClash says what of the pod collides with what the injector adds or
+// relies on ("" if nothing): a container or volume with an injected name
+// (an invalid pod, or the pod's own container in the sidecar's place), a
+// container mounting the sidecar's credentials, or one running as the
+// sidecar's uid (whose traffic is not intercepted).
 func nameClash(pod *corev1.Pod) string {
 	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		if c.Name == ContainerProxy || c.Name == ContainerInit {
 			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{ContainerProxy: "sidecar", ContainerInit: "init container"}[c.Name])
+		}
+		for _, m := range c.VolumeMounts {
+			if m.Name == VolumeCreds {
+				return fmt.Sprintf("container %q mounts %q, the sidecar's credentials", c.Name, VolumeCreds)
+			}
+		}
+		if uid := runAsUser(pod, &c); uid != nil && *uid == ProxyUID {
+			return fmt.Sprintf("container %q runs as uid %d, the sidecar's, whose traffic is not intercepted", c.Name, ProxyUID)
 		}
 	}
 	for _, v := range pod.Spec.Volumes {
@@ -186,6 +197,18 @@ func (i *Injector) podSecurity(ctx context.Context, ns string) string {
 	return fmt.Sprintf("namespace %s enforces Pod Security level %q, which forbids the NET_ADMIN and NET_RAW capabilities meshd's init container needs to set up traffic interception; "+
 		"set the namespace to privileged (label pod-security.kubernetes.io/enforce=privileged), or annotate the pod %s=none (the app then talks to the sidecar's listeners itself), or opt it out with the label %s=false",
 		ns, level, AnnotationInterception, LabelInject)
+}
+
+// runAsUser is the uid a container's spec sets (its own, else the pod's);
+// nil when the image decides.
+func runAsUser(pod *corev1.Pod, c *corev1.Container) *int64 {
+	if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+		return c.SecurityContext.RunAsUser
+	}
+	if pod.Spec.SecurityContext != nil {
+		return pod.Spec.SecurityContext.RunAsUser
+	}
+	return nil
 }
 
 func findProxy(pod *corev1.Pod) *corev1.Container {
