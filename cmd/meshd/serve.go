@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +44,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	if cfg.DebugTokenFile != "" {
+		b, err := os.ReadFile(cfg.DebugTokenFile)
+		if err != nil {
+			return fmt.Errorf("--debug-token-file: %w", err)
+		}
+		if cfg.DebugToken = strings.TrimSpace(string(b)); cfg.DebugToken == "" {
+			return fmt.Errorf("--debug-token-file %s is empty", cfg.DebugTokenFile)
+		}
 	}
 	if err := debug.CheckExposure(cfg.DebugAddr, cfg.DebugToken); err != nil {
 		return err

@@ -45,8 +45,10 @@ type Config struct {
 	// HealthAddr, if set, serves /healthz, /readyz and /metrics only (for
 	// the kubelet and Prometheus on the pod address; no token needed).
 	HealthAddr string
-	// DebugToken protects /debug/ when DebugAddr is not loopback.
-	DebugToken string
+	// DebugToken protects /debug/ when DebugAddr is not loopback;
+	// DebugTokenFile names a file holding it instead (a token on the
+	// command line is visible in ps).
+	DebugToken, DebugTokenFile string
 	// Injection: the webhook's listen address ("" turns injection off), the
 	// MutatingWebhookConfiguration whose caBundle meshd keeps, the images
 	// injected, and meshd's xDS address as sidecars reach it.
@@ -110,7 +112,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RootRotationGrace, "root-rotation-grace", c.RootRotationGrace, "how long each root rotation phase waits for proxies to catch up")
 	fs.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "duration of the Lease that elects the replica running the singletons")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address serving only /healthz, /readyz and /metrics (empty: none)")
-	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback)")
+	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback); prefer --debug-token-file")
+	fs.StringVar(&c.DebugTokenFile, "debug-token-file", c.DebugTokenFile, "file holding the bearer token of --debug-token (a mounted Secret; not visible in ps)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
 	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
 	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar (default: the image of the proxy-image init container of meshd's own pod, else deploy/images.env's)")

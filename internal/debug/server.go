@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -120,6 +121,10 @@ func CheckExposure(addr, token string) error {
 
 type server struct{ cfg Config }
 
+// auth guards /debug/: the bearer token when one is set; without one (the
+// loopback default) the Host header must name a loopback address or
+// localhost, so a web page whose name an attacker re-points at 127.0.0.1
+// (DNS rebinding) cannot read the API through a browser.
 func (s *server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Token != "" {
@@ -128,9 +133,26 @@ func (s *server) auth(next http.Handler) http.Handler {
 				writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
 				return
 			}
+		} else if !loopbackHost(r.Host) {
+			writeError(w, http.StatusForbidden, "without a token the debug API answers only requests for a loopback host (Host "+strconv.Quote(r.Host)+")")
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// loopbackHost reports whether a Host header names localhost or a
+// loopback IP, with or without a port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (s *server) readyz(w http.ResponseWriter, _ *http.Request) {

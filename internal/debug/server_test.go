@@ -127,6 +127,31 @@ func TestCheckExposure(t *testing.T) {
 	}
 }
 
+// TestDNSRebindingRefused: without a token, /debug/ answers only requests
+// for a loopback host; a page whose name was re-pointed at 127.0.0.1 sends
+// its own name and is refused. With a token the token decides.
+func TestDNSRebindingRefused(t *testing.T) {
+	h := debug.Handler(debug.Config{Resources: func(string) (map[string][]types.Resource, bool) { return nil, false }})
+	for host, want := range map[string]int{"127.0.0.1:15014": 200, "localhost:15014": 200, "[::1]:15014": 200, "evil.example:15014": 403, "198.18.0.1:15014": 403} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "/debug/proxies", nil)
+		req.Host = host
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("Host %s: status %d, want %d", host, rec.Code, want)
+		}
+	}
+	withToken := debug.Handler(debug.Config{Token: "s3cret", Resources: func(string) (map[string][]types.Resource, bool) { return nil, false }})
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/debug/proxies", nil)
+	req.Host = "meshd.meshd-system.svc:15014"
+	req.Header.Set("Authorization", "Bearer s3cret")
+	withToken.ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		t.Errorf("with the token, another Host: status %d", rec.Code)
+	}
+}
+
 func FuzzQueries(f *testing.F) {
 	h := debug.Handler(debug.Config{Resources: func(string) (map[string][]types.Resource, bool) { return nil, false }})
 	for _, s := range []string{"proxy=web-0.demo", "proxy=%zz", "node=a&node=b", "proxy=" + strings.Repeat("a", 400) + ".b", ""} {
@@ -136,7 +161,7 @@ func FuzzQueries(f *testing.F) {
 		for _, p := range []string{"/debug/config_dump", "/debug/proxies"} {
 			rec := httptest.NewRecorder()
 			req := httptest.NewRequest(http.MethodGet, "/", nil)
-			req.URL.Path, req.URL.RawQuery = p, q
+			req.URL.Path, req.URL.RawQuery, req.Host = p, q, "127.0.0.1:15014"
 			h.ServeHTTP(rec, req)
 			if rec.Code != 200 && rec.Code != 400 && rec.Code != 404 {
 				t.Fatalf("%s?%s: status %d", p, q, rec.Code)
