@@ -18,35 +18,66 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/testing"
 )
 
 // LocalDir serves a directory of Kubernetes YAML (Services, EndpointSlices,
 // Pods, Namespaces) as an in-memory API, so `meshd serve --local-dir` drives
-// the very same informer path as a cluster. Poll reloads it on change; a file
-// that does not parse is reported and the previous state is kept.
+// the very same informer path as a cluster. Poll reloads it on change.
+//
+// Bad input is skipped alone and reported once: a document that does not
+// decode, is of another kind, repeats an object or names it as the
+// apiserver would refuse is left out, and a file with such a problem
+// deletes nothing it served before (its other documents still apply). Only objects that changed are
+// written, paced so that the in-memory API's watch buffers never overflow.
 type LocalDir struct {
 	dir    string
 	client *fake.Clientset
 	log    *slog.Logger
 	stamp  string
+	// files are each file's objects at its last good load; written are the
+	// objects as last written to the in-memory API; reported are the
+	// problems already logged (each once).
+	files    map[string]map[string]runtime.Object
+	written  map[string]runtime.Object
+	reported map[string]bool
 }
 
+// writesPerPause bounds the writes between two pauses of a reload; with
+// the watch buffer below, informers drain them long before it fills.
+const (
+	writesPerPause = 500
+	writePause     = 20 * time.Millisecond
+	watchBuffer    = 4096
+)
+
 // NewLocalDir loads dir; an error in it is returned (nothing is served
-// half-loaded).
+// half-loaded at start).
 func NewLocalDir(dir string, log *slog.Logger) (*LocalDir, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	l := &LocalDir{dir: dir, client: fake.NewClientset(), log: log}
-	if err := l.reload(); err != nil {
+	// The in-memory API's watches buffer DefaultChanSize events and panic
+	// beyond; a directory change may well be larger than the default 100.
+	if watch.DefaultChanSize < watchBuffer {
+		watch.DefaultChanSize = watchBuffer
+	}
+	l := &LocalDir{dir: dir, client: fake.NewClientset(), log: log, files: map[string]map[string]runtime.Object{},
+		written: map[string]runtime.Object{}, reported: map[string]bool{}}
+	problems, err := l.reload()
+	if err != nil {
 		return nil, err
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("k8s: local dir %s: %w", dir, errors.Join(problems...))
 	}
 	return l, nil
 }
@@ -67,8 +98,15 @@ func (l *LocalDir) Poll(ctx context.Context, every time.Duration) error {
 		if stamp, err := dirStamp(l.dir); err == nil && stamp == l.stamp {
 			continue
 		}
-		if err := l.reload(); err != nil {
+		problems, err := l.reload()
+		if err != nil {
 			l.log.Error("k8s: local dir not reloaded; keeping the previous state", "dir", l.dir, "error", err)
+		}
+		for _, p := range problems {
+			if !l.reported[p.Error()] {
+				l.reported[p.Error()] = true
+				l.log.Error("k8s: local dir: skipped", "dir", l.dir, "problem", p)
+			}
 		}
 	}
 }
@@ -81,101 +119,189 @@ var localKinds = map[schema.GroupVersionKind]schema.GroupVersionResource{
 }
 
 // reload parses every file, then makes the in-memory API hold exactly that.
-func (l *LocalDir) reload() error {
+// reload reads every file; it returns the problems of the bad ones (each
+// skipped alone) and an error only when the directory cannot be read.
+func (l *LocalDir) reload() ([]error, error) {
 	stamp, err := dirStamp(l.dir)
-	if err != nil {
-		return err
-	}
-	want, err := loadDir(l.dir)
-	if err != nil {
-		return err
-	}
-	tracker := l.client.Tracker()
-	for key, obj := range want {
-		gvr := localKinds[obj.GetObjectKind().GroupVersionKind()]
-		m, _ := meta.Accessor(obj)
-		if _, err := tracker.Get(gvr, m.GetNamespace(), m.GetName()); err == nil {
-			err = tracker.Update(gvr, obj, m.GetNamespace())
-			if err != nil {
-				return fmt.Errorf("k8s: local %s: %w", key, err)
-			}
-			continue
-		}
-		if err := tracker.Add(obj); err != nil {
-			return fmt.Errorf("k8s: local %s: %w", key, err)
-		}
-	}
-	l.deleteMissing(tracker, want)
-	l.stamp = stamp
-	l.log.Info("k8s: local dir loaded", "dir", l.dir, "objects", len(want))
-	return nil
-}
-
-func (l *LocalDir) deleteMissing(tracker testing.ObjectTracker, want map[string]runtime.Object) {
-	for gvk, gvr := range localKinds {
-		list, err := tracker.List(gvr, gvk, "")
-		if err != nil {
-			continue
-		}
-		items, _ := meta.ExtractList(list)
-		for _, item := range items {
-			m, _ := meta.Accessor(item)
-			if _, ok := want[objectKey(gvk.Kind, m.GetNamespace(), m.GetName())]; !ok {
-				_ = tracker.Delete(gvr, m.GetNamespace(), m.GetName())
-			}
-		}
-	}
-}
-
-// loadDir decodes every *.yaml / *.yml / *.json file of dir.
-func loadDir(dir string) (map[string]runtime.Object, error) {
-	files, err := yamlFiles(dir)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]runtime.Object{}
+	files, err := yamlFiles(l.dir)
+	if err != nil {
+		return nil, err
+	}
+	var problems []error
+	want := map[string]runtime.Object{}
+	seen := map[string]bool{}
 	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("k8s: local %s: %w", f, err)
+		seen[f] = true
+		objs, errs := loadFile(f)
+		problems = append(problems, errs...)
+		if len(errs) > 0 {
+			// A file with a problem deletes nothing: what it had and no
+			// longer has in a good document stays as it was.
+			for key, obj := range l.files[f] {
+				if _, ok := objs[key]; !ok {
+					objs[key] = obj
+				}
+			}
 		}
-		if err := decodeInto(out, data); err != nil {
-			return nil, fmt.Errorf("k8s: local %s: %w", f, err)
+		l.files[f] = objs
+		for key, obj := range objs {
+			if _, dup := want[key]; dup {
+				problems = append(problems, fmt.Errorf("%s: %s is defined in another file too; the first one is kept", f, key))
+				continue
+			}
+			want[key] = obj
 		}
 	}
-	return out, nil
+	for f := range l.files {
+		if !seen[f] {
+			delete(l.files, f)
+		}
+	}
+	if err := l.apply(want); err != nil {
+		return problems, err
+	}
+	l.stamp = stamp
+	l.log.Info("k8s: local dir loaded", "dir", l.dir, "objects", len(want), "skipped", len(problems))
+	return problems, nil
 }
 
-func decodeInto(out map[string]runtime.Object, data []byte) error {
+// apply writes what changed since the last load, pausing every
+// writesPerPause writes, and deletes what is gone.
+func (l *LocalDir) apply(want map[string]runtime.Object) error {
+	tracker := l.client.Tracker()
+	writes := 0
+	pace := func() {
+		if writes++; writes%writesPerPause == 0 {
+			time.Sleep(writePause)
+		}
+	}
+	for _, key := range slices.Sorted(maps.Keys(want)) {
+		obj := want[key]
+		if prev, ok := l.written[key]; ok && equality.Semantic.DeepEqual(prev, obj) {
+			continue
+		}
+		gvr := localKinds[obj.GetObjectKind().GroupVersionKind()]
+		m, _ := meta.Accessor(obj)
+		var err error
+		if _, getErr := tracker.Get(gvr, m.GetNamespace(), m.GetName()); getErr == nil {
+			err = tracker.Update(gvr, obj.DeepCopyObject(), m.GetNamespace())
+		} else {
+			err = tracker.Add(obj.DeepCopyObject())
+		}
+		if err != nil {
+			return fmt.Errorf("k8s: local %s: %w", key, err)
+		}
+		l.written[key] = obj
+		pace()
+	}
+	for key, obj := range l.written {
+		if _, ok := want[key]; ok {
+			continue
+		}
+		gvr := localKinds[obj.GetObjectKind().GroupVersionKind()]
+		m, _ := meta.Accessor(obj)
+		_ = tracker.Delete(gvr, m.GetNamespace(), m.GetName())
+		delete(l.written, key)
+		pace()
+	}
+	return nil
+}
+
+// loadFile decodes one file's good documents; the bad ones are returned as
+// problems.
+func loadFile(f string) (map[string]runtime.Object, []error) {
+	objs := map[string]runtime.Object{}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return objs, []error{fmt.Errorf("%s: %w", f, err)}
+	}
+	problems := decodeDocs(objs, data)
+	for i, p := range problems {
+		problems[i] = fmt.Errorf("%s: %w", f, p)
+	}
+	return objs, problems
+}
+
+// decodeDocs decodes YAML documents into out, skipping the bad ones (their
+// problems returned); a stream that cannot be split ends there.
+func decodeDocs(out map[string]runtime.Object, data []byte) (problems []error) {
 	reader := utilyaml.NewYAMLReader(bufioReader(data))
 	for i := 1; ; i++ {
 		doc, err := reader.Read()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return problems
 		}
 		if err != nil {
-			return fmt.Errorf("document %d: %w", i, err)
+			return append(problems, fmt.Errorf("document %d: %w", i, err))
 		}
 		if len(bytes.TrimSpace(doc)) == 0 {
 			continue
 		}
-		obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		key, obj, err := decodeDoc(doc)
+		if err == nil {
+			if _, dup := out[key]; dup {
+				err = fmt.Errorf("%s defined twice", key)
+			}
+		}
 		if err != nil {
-			return fmt.Errorf("document %d: %w", i, err)
-		}
-		if _, ok := localKinds[*gvk]; !ok {
-			return fmt.Errorf("document %d: kind %s is not served from a local dir (want Service, EndpointSlice, Pod, Namespace)", i, gvk)
-		}
-		m, _ := meta.Accessor(obj)
-		if gvk.Kind != "Namespace" && m.GetNamespace() == "" {
-			m.SetNamespace("default")
-		}
-		key := objectKey(gvk.Kind, m.GetNamespace(), m.GetName())
-		if _, dup := out[key]; dup {
-			return fmt.Errorf("document %d: %s defined twice", i, key)
+			problems = append(problems, fmt.Errorf("document %d: %w", i, err))
+			continue
 		}
 		out[key] = obj
 	}
+}
+
+// decodeDoc decodes one document of a served kind, with the names the
+// apiserver would accept.
+func decodeDoc(doc []byte) (string, runtime.Object, error) {
+	obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	if _, ok := localKinds[*gvk]; !ok {
+		return "", nil, fmt.Errorf("kind %s is not served from a local dir (want Service, EndpointSlice, Pod, Namespace)", gvk)
+	}
+	m, _ := meta.Accessor(obj)
+	if gvk.Kind != "Namespace" && m.GetNamespace() == "" {
+		m.SetNamespace("default")
+	}
+	key := objectKey(gvk.Kind, m.GetNamespace(), m.GetName())
+	if err := validNames(gvk.Kind, obj); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", key, err)
+	}
+	return key, obj, nil
+}
+
+// validNames checks names as the apiserver does: namespaces and services
+// are DNS labels, pods and EndpointSlices DNS subdomains, and so is a pod's
+// service account.
+func validNames(kind string, obj runtime.Object) error {
+	m, _ := meta.Accessor(obj)
+	check := func(what, v string, f func(string) []string) error {
+		if msgs := f(v); len(msgs) > 0 {
+			return fmt.Errorf("%s %q is not valid: %s", what, v, strings.Join(msgs, "; "))
+		}
+		return nil
+	}
+	var errs []error
+	if kind != "Namespace" {
+		errs = append(errs, check("namespace", m.GetNamespace(), validation.IsDNS1123Label))
+	}
+	switch kind {
+	case "Namespace":
+		errs = append(errs, check("name", m.GetName(), validation.IsDNS1123Label))
+	case "Service":
+		errs = append(errs, check("name", m.GetName(), validation.IsDNS1035Label))
+	default:
+		errs = append(errs, check("name", m.GetName(), validation.IsDNS1123Subdomain))
+	}
+	if p, ok := obj.(*corev1.Pod); ok && p.Spec.ServiceAccountName != "" {
+		errs = append(errs, check("serviceAccountName", p.Spec.ServiceAccountName, validation.IsDNS1123Subdomain))
+	}
+	return errors.Join(errs...)
 }
 
 func objectKey(kind, ns, name string) string { return kind + " " + ns + "/" + name }
@@ -220,8 +346,8 @@ func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReade
 // and offline tools.
 func StateFromYAML(data []byte) (*State, error) {
 	objs := map[string]runtime.Object{}
-	if err := decodeInto(objs, data); err != nil {
-		return nil, fmt.Errorf("k8s: %w", err)
+	if problems := decodeDocs(objs, data); len(problems) > 0 {
+		return nil, fmt.Errorf("k8s: %w", errors.Join(problems...))
 	}
 	st := &State{}
 	keys := slices.Sorted(maps.Keys(objs))

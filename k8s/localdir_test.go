@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,4 +114,78 @@ func writeLater(t *testing.T, path, content string) {
 	if err := os.Chtimes(path, later, later); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestLocalDirSurvivesBadAndBigChanges: one change adding 300 Services and
+// 300 EndpointSlices is served (it used to overflow the in-memory watch and
+// panic); a file that is not YAML keeps its previous objects while another
+// file's change goes through; objects with names the apiserver would refuse
+// are left out, each alone.
+func TestLocalDirSurvivesBadAndBigChanges(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(localMesh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocalDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	states := make(chan *State, 64)
+	w, err := New(Config{Client: l.Client(), HoldOff: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+		OnState: func(_ context.Context, s *State) {
+			select {
+			case states <- s:
+			default:
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = w.Start(ctx) }()
+	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 })
+
+	var big strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&big, "---\napiVersion: v1\nkind: Service\nmetadata: {name: s%d, namespace: demo}\nspec: {clusterIP: 198.19.%d.%d, ports: [{name: http, port: 80}]}\n", i, 100+i/200, 1+i%200)
+		fmt.Fprintf(&big, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s%d-1, namespace: demo, labels: {kubernetes.io/service-name: s%d}}\naddressType: IPv4\nendpoints: [{addresses: [198.18.%d.%d]}]\nports: [{name: http, port: 80}]\n", i, i, 100+i/200, 1+i%200)
+	}
+	writeLater(t, filepath.Join(dir, "b.yaml"), big.String())
+	waitState(ctx, t, states, func(s *State) bool {
+		return len(s.Services) == 301 && len(s.Slices) == 300
+	})
+
+	// a.yaml turns to garbage (its objects stay) while c.yaml adds a
+	// namespace, and d.yaml has one good and three bad names.
+	writeLater(t, filepath.Join(dir, "a.yaml"), "\x00\x01 this is: [not yaml\n\t- at all")
+	writeLater(t, filepath.Join(dir, "c.yaml"), "apiVersion: v1\nkind: Namespace\nmetadata: {name: extra}\n")
+	writeLater(t, filepath.Join(dir, "d.yaml"), `apiVersion: v1
+kind: Pod
+metadata: {name: "a.b", namespace: demo}
+spec: {serviceAccountName: "x/../../y", containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: "Ünicode", namespace: demo}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: "", namespace: demo}
+spec: {containers: [{name: app, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: good-0, namespace: demo}
+spec: {containers: [{name: app, image: x}]}
+`)
+	waitState(ctx, t, states, func(s *State) bool {
+		names := map[string]bool{}
+		for _, p := range s.Pods {
+			names[p.Name] = true
+		}
+		return len(s.Namespaces) == 2 && names["web-0"] && names["good-0"] && len(s.Pods) == 2 && len(s.Services) == 301
+	})
 }
