@@ -39,7 +39,7 @@ test: check-repo tools fmt-check vet
 
 ## test-node: the real-node end-to-end test alone (root; about 8 minutes)
 test-node:
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run . ./internal/node 2>&1 | grep -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v -run . ./internal/node 2>&1 | grep --line-buffered -Ev '^=== (RUN|PAUSE|CONT)'; exit $${PIPESTATUS[0]}
 
 ## unit: tests that need no real part (they skip the others loudly outside CI)
 unit:

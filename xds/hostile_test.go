@@ -30,10 +30,7 @@ import (
 //   - A delta stream whose first request carries no node is InvalidArgument
 //     (it used to be accepted and never answered).
 func TestChecksThatCouldBeSkipped(t *testing.T) {
-	pki := newTestPKI(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	m := startMeshd(t, pki, addr, func(c *xds.Config) { c.TrustDomain = "cluster.local" })
-	t.Cleanup(func() { m.stop(t) })
+	pki, addr, _ := serveMeshd(t, func(c *xds.Config) { c.TrustDomain = "cluster.local" })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -94,11 +91,8 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 // truncated; a stream that never binds to a pod leaves the connected gauge
 // as it found it; a connection that never finishes its handshake is closed.
 func TestBoundedCostOfClientValues(t *testing.T) {
-	pki := newTestPKI(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	reg := prometheus.NewRegistry()
-	m := startMeshd(t, pki, addr, func(c *xds.Config) { c.Registerer, c.Limits.HandshakeTimeout = reg, 500*time.Millisecond })
-	t.Cleanup(func() { m.stop(t) })
+	pki, addr, m := serveMeshd(t, func(c *xds.Config) { c.Registerer, c.Limits.HandshakeTimeout = reg, 500*time.Millisecond })
 	stream, done := adsClient(t, pki, addr, pki.issue(webID, webNode))
 	if err := stream.Send(secretsRequest(webNode)); err != nil {
 		t.Fatal(err)

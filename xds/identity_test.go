@@ -2,7 +2,6 @@ package xds_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -21,11 +20,8 @@ import (
 // gets PermissionDenied and no secret, over SotW and delta; web-0 keeps
 // its certificate.
 func TestSecretsFollowTheIdentity(t *testing.T) {
-	pki := newTestPKI(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	pki, addr, m := serveMeshd(t)
 	inPort := freePort(t)
-	m := startMeshd(t, pki, addr)
-	t.Cleanup(func() { m.stop(t) })
 	publishListener(t, m, inPort)
 	envoy := startSidecar(t, pki, addr, bootstrap.Delta)
 	conn := waitHandshake(t, pki, inPort)

@@ -48,6 +48,17 @@ type meshd struct {
 	done    chan error
 }
 
+// serveMeshd starts a meshd with a fresh PKI on a free port, stopped when
+// the test ends.
+func serveMeshd(t *testing.T, opts ...func(*xds.Config)) (*testPKI, string, *meshd) {
+	t.Helper()
+	pki := newTestPKI(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	m := startMeshd(t, pki, addr, opts...)
+	t.Cleanup(func() { m.stop(t) })
+	return pki, addr, m
+}
+
 func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
 	t.Helper()
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))

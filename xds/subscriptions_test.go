@@ -21,11 +21,8 @@ import (
 // ResourceExhausted (counted), while another proxy is served. Unsubscribing
 // frees the allowance; an oversized name is InvalidArgument.
 func TestSubscriptionFloodRefused(t *testing.T) {
-	pki := newTestPKI(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	reg := prometheus.NewRegistry()
-	m := startMeshd(t, pki, addr, func(c *xds.Config) { c.Registerer = reg })
-	t.Cleanup(func() { m.stop(t) })
+	pki, addr, m := serveMeshd(t, func(c *xds.Config) { c.Registerer = reg })
 	publishListener(t, m, freePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -72,6 +72,7 @@ func TestRealNode(t *testing.T) {
 	logf(t, "meshd rollout restart done")
 
 	c.outsiderRefused(t)
+	c.refusedAndSkipped(t)
 	c.jobCompletes(t)
 	c.deletedPodLosesCredentials(t)
 	c.operatorsSeeEveryProxy(t)
@@ -428,6 +429,64 @@ spec:
 		t.Errorf("a pod outside the mesh got through to the STRICT server (phase %s):\n%s", phase, out)
 	} else {
 		logf(t, "pod outside the mesh refused: %s", tail(strings.TrimSpace(out), 1))
+	}
+}
+
+// refusedAndSkipped: what the injector refuses or leaves out, as a user
+// meets it: a pod in a namespace enforcing Pod Security "baseline" is
+// refused with meshd's reason (and no credentials are made); a hostNetwork
+// pod runs without a sidecar and gets a NotInjected Event; the init
+// container's log shows the rules it applied.
+func (c *cluster) refusedAndSkipped(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	c.apply(`apiVersion: v1
+kind: Namespace
+metadata: {name: locked, labels: {meshd.io/inject: enabled, pod-security.kubernetes.io/enforce: baseline}}
+`)
+	out, err := c.kubectl("-n", "locked", "run", "app", "--image=localhost/meshd-test/client:dev", "--image-pull-policy=Never", "--restart=Never", "--", "n", "http://web.shop/", "1")
+	if err == nil || !strings.Contains(out, `enforces Pod Security level "baseline"`) {
+		t.Errorf("a pod in a baseline namespace: %v\n%s", err, out)
+	} else {
+		logf(t, "pod in a Pod Security baseline namespace refused: %s", strings.TrimSpace(tail(out, 1)))
+	}
+	if s, err := c.client.CoreV1().Secrets("locked").List(ctx, metav1.ListOptions{LabelSelector: inject.LabelProxyID}); err != nil || len(s.Items) != 0 {
+		t.Errorf("credentials made for a refused pod: %v %v", s, err)
+	}
+	c.apply(`apiVersion: v1
+kind: Pod
+metadata: {name: hostnet, namespace: shop}
+spec:
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: localhost/meshd-test/client:dev
+    imagePullPolicy: Never
+    args: ["n", "http://127.0.0.1:1/", "1"]
+`)
+	p, err := c.client.CoreV1().Pods("shop").Get(ctx, "hostnet", metav1.GetOptions{})
+	if err != nil || inject.FindProxy(p) != nil || !strings.HasPrefix(p.Annotations[inject.AnnotationStatus], "skipped: hostNetwork") {
+		t.Errorf("hostNetwork pod: %v, annotations %v", err, p.Annotations)
+	}
+	waitUntil(t, time.Minute, "a NotInjected Event on the hostNetwork pod", func() error {
+		ev, err := c.client.CoreV1().Events("shop").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=hostnet,reason=NotInjected"})
+		if err != nil {
+			return err
+		}
+		if len(ev.Items) == 0 {
+			return fmt.Errorf("no Event yet")
+		}
+		logf(t, "hostNetwork pod not injected, Event: %s", ev.Items[0].Message)
+		return nil
+	})
+	pods, err := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("web pods: %v", err)
+	}
+	out = c.mustKubectl("-n", "shop", "logs", pods.Items[0].Name, "-c", inject.ContainerInit)
+	if !strings.Contains(out, "interception set up") || !strings.Contains(out, "REDIRECT") {
+		t.Errorf("meshd-init's log does not show the rules:\n%s", out)
 	}
 }
 
