@@ -27,6 +27,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		ackLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "meshd_xds_push_ack_seconds",
 			Help: "Time from sending an xDS response to the proxy's ACK of it, by resource type.", Buckets: latencyBuckets}, []string{"type"}),
 	}
+	// Every series a dashboard asks for exists from the start, at 0.
+	for url := range knownTypes {
+		t := metricType(url)
+		m.pushes.WithLabelValues(t)
+		m.nacks.WithLabelValues(t)
+		m.ackLatency.WithLabelValues(t)
+	}
+	for _, l := range []string{"streams_per_identity", "request_rate", "subscribed_names"} {
+		m.limited.WithLabelValues(l)
+	}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied, m.limited, m.ackLatency)
 	}
