@@ -132,8 +132,9 @@ func skip(pod *corev1.Pod) string {
 }
 
 // skipped allows a pod that is not injected, saying why to whoever created
-// it (kubectl prints admission warnings) and on the pod itself, except for
-// a re-admission of an injected pod, which is left as it is.
+// it (kubectl prints admission warnings) and on the pod itself (annotation
+// meshd.io/status, which also makes meshd emit a NotInjected Event); a pod
+// opted out on purpose is left as it is.
 func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{Allowed: true}
 	if pod.Labels[LabelInject] == "false" {
