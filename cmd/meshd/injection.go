@@ -39,7 +39,7 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
 	initImage, proxyImage := injectedImages(ctx, cfg, client, log)
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
-		XDSAddress: cfg.SidecarXDSAddr, ProxyImage: proxyImage, InitImage: initImage, CredsDir: cfg.SidecarCredsDir,
+		XDSAddress: cfg.SidecarXDSAddr, ClusterDomain: cfg.ClusterDomain, ProxyImage: proxyImage, InitImage: initImage, CredsDir: cfg.SidecarCredsDir,
 		API: bootstrap.APIType(cfg.SidecarAPI), Logger: log})
 	if err != nil {
 		return nil, err

@@ -55,6 +55,8 @@ type Config struct {
 	WebhookAddr, WebhookName string
 	ProxyImage, InitImage    string
 	SidecarXDSAddr           string
+	// ClusterDomain is the cluster's DNS domain (default cluster.local).
+	ClusterDomain string
 	// SidecarCredsDir is where the credentials Secret is mounted in sidecars.
 	SidecarCredsDir string
 	// SidecarAPI is the ADS flavour injected bootstraps use: "delta"
@@ -95,6 +97,7 @@ func Default() Config {
 
 		WebhookName:     "meshd-sidecar-injector",
 		SidecarCredsDir: "/etc/meshd/proxy",
+		ClusterDomain:   "cluster.local",
 	}
 }
 
@@ -118,7 +121,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
 	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar (default: the image of the proxy-image init container of meshd's own pod, else deploy/images.env's)")
 	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container, which runs meshd iptables (default: the image meshd's own pod runs, else deploy/images.env's)")
-	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc.cluster.local:15012)")
+	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc.<cluster-domain>:15012)")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "the cluster's DNS domain, for the default --sidecar-xds-addr")
 	fs.StringVar(&c.SidecarCredsDir, "sidecar-creds-dir", c.SidecarCredsDir, "where injected sidecars mount their credentials Secret")
 	fs.StringVar(&c.SidecarAPI, "sidecar-api", c.SidecarAPI, "ADS flavour of injected sidecars: delta or sotw")
 	fs.StringVar(&c.IssuerRef, "issuer-ref", c.IssuerRef, "issue workload certificates through this cert-manager issuer: Issuer/<name> (in --namespace), ClusterIssuer/<name>, or kind/name/group for an external issuer (empty: internal CA)")
