@@ -289,11 +289,31 @@ pki() {
 		cert kube-proxy "/CN=system:kube-proxy" clientAuth
 		cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
 		cert kubelet-serving "/CN=$NODE_NAME" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
+		# presented by the apiserver to admission webhooks (meshd's
+		# --webhook-client-ca / --webhook-client-name check it)
+		cert webhook-client "/CN=kube-apiserver-webhook-client" clientAuth
 		key sa
 		openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
 		rm -f ca.srl
 	)
 	kubeconfig "$KUBECONFIG_ADMIN" admin
+	# The apiserver's identity towards every admission webhook.
+	cat >"$ETC/webhook.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: "*"
+  user: {client-certificate: $PKI/webhook-client.crt, client-key: $PKI/webhook-client.key}
+EOF
+	cat >"$ETC/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration: {apiVersion: apiserver.config.k8s.io/v1, kind: WebhookAdmissionConfiguration, kubeConfigFile: $ETC/webhook.kubeconfig}
+- name: ValidatingAdmissionWebhook
+  configuration: {apiVersion: apiserver.config.k8s.io/v1, kind: WebhookAdmissionConfiguration, kubeConfigFile: $ETC/webhook.kubeconfig}
+EOF
 	local n
 	for n in kube-controller-manager kube-scheduler kube-proxy kubelet; do kubeconfig "$ETC/$n.kubeconfig" "$n"; done
 }
@@ -424,6 +444,7 @@ up() {
 		--service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
 		--service-cluster-ip-range "$SERVICE_CIDR" --service-node-port-range 30000-32767 \
 		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+		--admission-control-config-file "$ETC/admission.yaml" \
 		--allow-privileged=true --endpoint-reconciler-type lease \
 		--feature-gates "$FEATURE_GATES" --runtime-config "$RUNTIME_CONFIG" \
 		--profiling=false --v 1

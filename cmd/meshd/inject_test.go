@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,7 +64,8 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(sctx, []string{"serve", "--kubeconfig", env.Kubeconfig, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
-			"--webhook-addr", webhookAddr, "--webhook-name", mwc.Name, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds}, io.Discard, io.Discard)
+			"--webhook-addr", webhookAddr, "--webhook-name", mwc.Name, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds,
+			"--webhook-client-ca", env.CAFile, "--webhook-client-name", testenv.WebhookClientName}, io.Discard, io.Discard)
 	}()
 	t.Cleanup(func() {
 		stop()
@@ -95,6 +98,22 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	secret, err := c.CoreV1().Secrets(ns).Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("credentials Secret: %v", err)
+	}
+	// The apiserver's call went through (it presents its webhook client
+	// certificate); a direct caller, even one trusting meshd's CA, is
+	// refused and makes nothing.
+	direct := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"version":"v1","kind":"Pod"},` +
+		`"operation":"CREATE","namespace":"kube-system","object":{"metadata":{"name":"forged","namespace":"kube-system"},"spec":{"containers":[{"name":"a","image":"b"}]}}}}`
+	before, _ := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+	resp, err := direct.Post("https://"+webhookAddr+"/inject", "application/json", strings.NewReader(review))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	after, _ := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+	if resp.StatusCode != http.StatusUnauthorized || len(after.Items) != len(before.Items) {
+		t.Errorf("a direct caller got %s and %d Secrets were made in kube-system; want 401 and none", resp.Status, len(after.Items)-len(before.Items))
 	}
 	// Play kubelet: the pod runs with an IP; the Secret volume's files.
 	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.30", PodIPs: []corev1.PodIP{{IP: "198.18.0.30"}}}

@@ -48,15 +48,24 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 	if err != nil {
 		return nil, fmt.Errorf("webhook: listen %s: %w", cfg.WebhookAddr, err)
 	}
+	callers, err := inject.NewCallerCheck(cfg.WebhookClientCA, cfg.WebhookClientName)
+	if err != nil {
+		return nil, err
+	}
+	if callers == nil {
+		log.Warn("inject: webhook callers are not authenticated: anyone reaching its port can make meshd mint credentials; set --webhook-client-ca to the CA of the apiserver's webhook client certificate")
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/inject", inj)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12,
+	mux.Handle("/inject", callers.Guard(inj))
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if c := serving.Load(); c != nil {
 				return c, nil
 			}
 			return nil, errors.New("webhook: no serving certificate yet")
-		}}}
+		}}
+	callers.Configure(tlsCfg)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: tlsCfg}
 	g.Go(func() error {
 		go func() {
 			<-ctx.Done()

@@ -53,8 +53,13 @@ type Config struct {
 	// MutatingWebhookConfiguration whose caBundle meshd keeps, the images
 	// injected, and meshd's xDS address as sidecars reach it.
 	WebhookAddr, WebhookName string
-	ProxyImage, InitImage    string
-	SidecarXDSAddr           string
+	// WebhookClientCA, if set, is a PEM file of the CA(s) that sign the
+	// apiserver's client certificate for admission webhooks; the webhook
+	// then answers only callers presenting such a certificate (with
+	// WebhookClientName as CommonName or DNS SAN, if set).
+	WebhookClientCA, WebhookClientName string
+	ProxyImage, InitImage              string
+	SidecarXDSAddr                     string
 	// ClusterDomain is the cluster's DNS domain (default cluster.local).
 	ClusterDomain string
 	// SidecarCredsDir is where the credentials Secret is mounted in sidecars.
@@ -119,6 +124,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DebugTokenFile, "debug-token-file", c.DebugTokenFile, "file holding the bearer token of --debug-token (a mounted Secret; not visible in ps)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
 	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
+	fs.StringVar(&c.WebhookClientCA, "webhook-client-ca", c.WebhookClientCA, "PEM file of the CA signing the apiserver's webhook client certificate (its AdmissionConfiguration); set, the webhook answers only such callers")
+	fs.StringVar(&c.WebhookClientName, "webhook-client-name", c.WebhookClientName, "with --webhook-client-ca: the CommonName or DNS SAN the caller's certificate must carry (empty: any the CA signed)")
 	fs.StringVar(&c.ProxyImage, "proxy-image", c.ProxyImage, "image of the injected Envoy sidecar (default: the image of the proxy-image init container of meshd's own pod, else deploy/images.env's)")
 	fs.StringVar(&c.InitImage, "init-image", c.InitImage, "image of the injected init container, which runs meshd iptables (default: the image meshd's own pod runs, else deploy/images.env's)")
 	fs.StringVar(&c.SidecarXDSAddr, "sidecar-xds-addr", c.SidecarXDSAddr, "meshd's xDS address as injected sidecars reach it (default meshd.<namespace>.svc.<cluster-domain>:15012)")

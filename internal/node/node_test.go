@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,8 +119,9 @@ func (c *cluster) buildImages(marker string) {
 	c.t.Logf("images built and imported in %s", time.Since(start).Round(time.Second))
 }
 
-// deployMeshd applies deploy/base through an overlay that only shortens
-// the certificate lifetime, and waits until injection works.
+// deployMeshd applies deploy/examples/webhook-auth (deploy/base with the
+// webhook answering only the apiserver) through an overlay that only
+// shortens the certificate lifetime, and waits until injection works.
 func (c *cluster) deployMeshd() {
 	c.t.Helper()
 	overlay := filepath.Join(c.root, "out", "node-e2e-overlay")
@@ -127,7 +130,7 @@ func (c *cluster) deployMeshd() {
 	}
 	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
-resources: [../../deploy/base]
+resources: [../../deploy/examples/webhook-auth]
 patches:
 - target: {kind: Deployment, name: meshd}
   patch: |-
@@ -151,7 +154,7 @@ patches:
 		}
 		return nil
 	})
-	c.t.Logf("meshd deployed from deploy/base (2 replicas) in %s", time.Since(start).Round(time.Second))
+	c.t.Logf("meshd deployed from deploy/base with webhook client authentication (2 replicas) in %s", time.Since(start).Round(time.Second))
 }
 
 // logf logs with the wall time, to line steps up with failures.
@@ -480,6 +483,26 @@ spec:
 		logf(t, "hostNetwork pod not injected, Event: %s", ev.Items[0].Message)
 		return nil
 	})
+	// The webhook answers the apiserver (every pod above went through it)
+	// and no one else: a forged AdmissionReview sent straight to its
+	// Service makes nothing.
+	svc, err := c.client.CoreV1().Services("meshd-system").Get(ctx, "meshd", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	forged := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"version":"v1","kind":"Pod"},` +
+		`"operation":"CREATE","namespace":"kube-system","object":{"metadata":{"name":"forged","namespace":"kube-system"},"spec":{"containers":[{"name":"a","image":"b"}]}}}}`
+	resp, err := direct.Post("https://"+svc.Spec.ClusterIP+":443/inject", "application/json", strings.NewReader(forged))
+	if err != nil {
+		t.Fatalf("webhook Service: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a forged AdmissionReview sent straight to the webhook got %s; want 401", resp.Status)
+	} else {
+		logf(t, "a forged AdmissionReview sent straight to the webhook Service: %s", resp.Status)
+	}
 	pods, err := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("web pods: %v", err)

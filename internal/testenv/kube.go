@@ -38,6 +38,10 @@ type Env struct {
 	URL string
 	// Dir holds PKI, data and logs of this environment.
 	Dir string
+	// CAFile is the PEM of the CA that signed the apiserver's certificates,
+	// including the client certificate it presents to admission webhooks
+	// (CommonName WebhookClientName).
+	CAFile string
 
 	pki   *testPKI
 	mu    sync.Mutex
@@ -120,6 +124,7 @@ func startEnv() (*Env, error) {
 	if e.pki, err = newTestPKI(dir); err != nil {
 		return nil, err
 	}
+	e.CAFile = e.pki.caCert
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	etcdURL, err := e.startEtcd(ctx)
@@ -210,6 +215,7 @@ func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--service-cluster-ip-range", ServiceCIDR,
 		"--authorization-mode", "RBAC", "--endpoint-reconciler-type", "none",
 		"--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
+		"--admission-control-config-file", pk.admissionConfig,
 		"--enable-priority-and-fairness=false", "--v", "1"}
 	if err := e.writeKubeconfig(); err != nil {
 		return err

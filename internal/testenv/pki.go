@@ -25,7 +25,15 @@ type testPKI struct {
 	adminCert, adminKey          string
 	saKey, saPub                 string
 	caPEM, adminPEM, adminKeyPEM []byte
+	// admissionConfig points the apiserver at webhookKubeconfig, whose
+	// client certificate (CN WebhookClientName) it presents to every
+	// admission webhook.
+	admissionConfig string
 }
+
+// WebhookClientName is the CommonName of the client certificate the test
+// apiserver presents to admission webhooks (signed by the test CA).
+const WebhookClientName = "kube-apiserver-webhook-client"
 
 type pkiSigner struct {
 	cert *x509.Certificate
@@ -58,6 +66,13 @@ func newTestPKI(dir string) (*testPKI, error) {
 	if err != nil {
 		return nil, err
 	}
+	_, hookPEM, hookKeyPEM, err := makeCert(ca, &x509.Certificate{
+		Subject:  pkix.Name{CommonName: WebhookClientName},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return nil, err
+	}
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -81,6 +96,31 @@ func newTestPKI(dir string) (*testPKI, error) {
 		{&p.saKey, "sa.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saKeyDER})},
 		{&p.saPub, "sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPubDER})},
 	}
+	var hookCert, hookKey, hookKubeconfig string
+	files = append(files, []struct {
+		field *string
+		name  string
+		data  []byte
+	}{
+		{&hookCert, "webhook-client.crt", hookPEM}, {&hookKey, "webhook-client.key", hookKeyPEM},
+		// "*": the same client certificate for every webhook.
+		{&hookKubeconfig, "webhook.kubeconfig", []byte(fmt.Sprintf("apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    client-certificate: %s\n    client-key: %s\n",
+			filepath.Join(dir, "webhook-client.crt"), filepath.Join(dir, "webhook-client.key")))},
+		{&p.admissionConfig, "admission.yaml", []byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: %s
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: %s
+`, filepath.Join(dir, "webhook.kubeconfig"), filepath.Join(dir, "webhook.kubeconfig")))},
+	}...)
 	for _, f := range files {
 		*f.field = filepath.Join(dir, f.name)
 		if err := os.WriteFile(*f.field, f.data, 0o600); err != nil {
