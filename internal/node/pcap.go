@@ -19,7 +19,7 @@ import (
 
 // Handshake is what a passive observer reads of one TLS handshake.
 type Handshake struct {
-	// Time is when the ClientHello crossed the link.
+	// Time is when the connection's first packet crossed the link.
 	Time time.Time
 	// Client and Server are the connection's ends.
 	Client, Server netip.AddrPort
