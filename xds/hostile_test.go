@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -152,5 +153,61 @@ func TestBoundedCostOfClientValues(t *testing.T) {
 	start := time.Now()
 	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("a silent connection still open after %s (read: %v)", time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+// TestConnectionsPerIdentity: one identity may hold a bounded number of
+// connections, idle or not (the next is closed after its handshake and
+// counted); another identity still connects; a closed connection frees
+// its place.
+func TestConnectionsPerIdentity(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	pki, addr, _ := serveMeshd(t, func(c *xds.Config) { c.Registerer, c.Limits.ConnectionsPerIdentity = reg, 3 })
+	dial := func(cert *ca.Certificate) (*tls.Conn, bool) {
+		t.Helper()
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pki.pool(), InsecureSkipVerify: true, NextProtos: []string{"h2"},
+			Certificates: []tls.Certificate{pki.tlsCert(cert)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// An accepted connection gets the server's HTTP/2 settings and
+		// stays open; a refused one is closed.
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = conn.Read(make([]byte, 64))
+		_ = conn.SetReadDeadline(time.Time{})
+		return conn, err == nil || errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	web := pki.issue(webID, webNode)
+	var open []*tls.Conn
+	for i := range 3 {
+		c, ok := dial(web)
+		if !ok {
+			t.Fatalf("connection %d of web-0 refused", i+1)
+		}
+		open = append(open, c)
+	}
+	if c, ok := dial(web); ok {
+		c.Close()
+		t.Fatal("a fourth connection of web-0 stayed open")
+	}
+	if c, ok := dial(pki.issue(dbID, dbNode)); !ok {
+		t.Error("db-0 refused while web-0 is at its limit")
+	} else {
+		c.Close()
+	}
+	if n := limitedCount(t, reg, "connections_per_identity"); n != 1 {
+		t.Errorf("meshd_xds_limited_total{limit=connections_per_identity} = %v, want 1", n)
+	}
+	open[0].Close()
+	eventually(t, "a place freed by a closed connection", func() error {
+		c, ok := dial(web)
+		if !ok {
+			return fmt.Errorf("still refused")
+		}
+		open = append(open, c)
+		return nil
+	})
+	for _, c := range open {
+		c.Close()
 	}
 }

@@ -29,6 +29,9 @@ type Limits struct {
 	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshake
 	// (default 10s; a connection that never finishes it is closed).
 	HandshakeTimeout time.Duration
+	// ConnectionsPerIdentity bounds the connections, idle or not, one
+	// client identity holds open (default 16).
+	ConnectionsPerIdentity int
 }
 
 func (l *Limits) setDefaults() {
@@ -46,6 +49,9 @@ func (l *Limits) setDefaults() {
 	}
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = 10 * time.Second
+	}
+	if l.ConnectionsPerIdentity == 0 {
+		l.ConnectionsPerIdentity = 16
 	}
 }
 

@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.nacks.WithLabelValues(t)
 		m.ackLatency.WithLabelValues(t)
 	}
-	for _, l := range []string{"streams_per_identity", "request_rate", "subscribed_names"} {
+	for _, l := range []string{"streams_per_identity", "request_rate", "subscribed_names", "connections_per_identity"} {
 		m.limited.WithLabelValues(l)
 	}
 	if reg != nil {

@@ -99,7 +99,7 @@ func New(cfg Config) (*Server, error) {
 		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(cfg.TLS)),
+		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits.ConnectionsPerIdentity, lim.limited)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
 		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout),
