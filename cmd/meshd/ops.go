@@ -555,7 +555,7 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 	if v.CA.WorkloadIssuer != "" {
 		add("issuer", "OK", "workload certificates from %s (failures: Warning Events on the pods, meshd_ca_issue_failures_total); the %s CA signs meshd's own", v.CA.WorkloadIssuer, v.CA.Backend)
 	} else {
-		add("issuer", "OK", "%s backend answers (certificates are issued in-process)", v.CA.Backend)
+		add("issuer", "OK", "%s CA, in meshd's process (nothing to call; this check issues nothing): failed issuance shows as meshd_ca_issue_failures_total and Warning Events on the pods", v.CA.Backend)
 	}
 	if !v.Earliest.IsZero() && time.Until(v.Earliest) <= 0 {
 		add("certificates", "FAIL", "a proxy certificate expired at %s: renewal is failing", v.Earliest)
