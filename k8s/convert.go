@@ -133,7 +133,8 @@ var pullErrors = map[string]bool{"ErrImagePull": true, "ImagePullBackOff": true,
 // get: the pod never starts, and the kubelet's words do not say that the
 // image came from meshd.
 func (c *converter) sidecarImage(p *corev1.Pod) {
-	for _, st := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+	// Both injected containers are init containers.
+	for _, st := range p.Status.InitContainerStatuses {
 		if st.Name != ContainerProxy && st.Name != ContainerInit || st.State.Waiting == nil || !pullErrors[st.State.Waiting.Reason] {
 			continue
 		}

@@ -42,7 +42,7 @@ func (c *connCap) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo,
 	if err != nil {
 		return conn, info, nil
 	}
-	key := p.Identity.String() + "|" + p.NodeID + "|" + p.ProxyID
+	key := p.limitKey()
 	c.mu.Lock()
 	if c.open[key] >= c.max {
 		c.mu.Unlock()

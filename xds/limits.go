@@ -64,6 +64,10 @@ type limiter struct {
 	open map[string]int // identity -> open streams
 }
 
+// limitKey is what the per-client limits count by: the identity a client
+// certificate is bound to (SPIFFE ID and pod or proxy ID).
+func (p Peer) limitKey() string { return p.Identity.String() + "|" + p.NodeID + "|" + p.ProxyID }
+
 func newLimiter(l Limits, limited func(reason string)) *limiter {
 	return &limiter{limits: l, limited: limited, open: map[string]int{}}
 }
@@ -73,7 +77,7 @@ func (l *limiter) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if err != nil {
 		return err // the handler would refuse it the same way
 	}
-	key := p.Identity.String() + "|" + p.NodeID + "|" + p.ProxyID
+	key := p.limitKey()
 	l.mu.Lock()
 	if l.open[key] >= l.limits.StreamsPerIdentity {
 		l.mu.Unlock()
