@@ -70,8 +70,7 @@ func (c *callbacks) open(ctx context.Context, id int64, delta bool, serviceType 
 		c.log.Warn("xds: stream refused", "stream", id, "error", err)
 		return err
 	}
-	c.streams.open(id, p, delta)
-	c.streams.with(id, func(s *stream) { s.serviceType = serviceType })
+	c.streams.open(id, p, delta, serviceType)
 	c.metrics.connected.Inc()
 	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "proxy_id", p.ProxyID, "identity", p.Identity.String(), "delta", delta)
 	return nil

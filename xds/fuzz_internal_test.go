@@ -30,7 +30,7 @@ func FuzzRequests(f *testing.F) {
 			trustDomain: "cluster.local"}
 		peer := Peer{Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "web"}, NodeID: "web-0.demo"}
 		for _, delta := range []bool{false, true} {
-			c.streams.open(1, peer, delta)
+			c.streams.open(1, peer, delta, "")
 			md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": ns, "SERVICE_ACCOUNT": sa})
 			node := &corev3.Node{Id: nodeID, Metadata: md}
 			var detail *rpcstatus.Status

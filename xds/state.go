@@ -81,10 +81,10 @@ func newStreams(now func() time.Time) *streams {
 	return &streams{byID: map[int64]*stream{}, now: now}
 }
 
-func (ss *streams) open(id int64, p Peer, delta bool) {
+func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	ss.byID[id] = &stream{peer: p, delta: delta, since: ss.now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
+	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
 }
 
 // close forgets a stream: its peer, whether it was announced to the hooks,
