@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/meshd/meshd/internal/version.Version=$(VERSION)
 TEST_P ?= 2
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build tools test test-node unit vet fmt-check check-repo bench demo image cluster cluster-down clean
+.PHONY: all build tools test test-node unit vet fmt-check check-repo bench demo image cluster cluster-down sample-images clean
 
 all: build
 
@@ -74,6 +74,12 @@ cluster:
 
 cluster-down:
 	bash hack/cluster.sh down
+
+## sample-images: the sample app's images (deploy/examples/sample-app.yaml: Debian's nginx and a
+## static client), loaded into the running `make cluster` node
+sample-images:
+	bash internal/node/testdata/images.sh out/images/sample "hello from a meshed nginx"
+	for i in out/images/sample/*.tar; do ctr --address $${MESHD_CLUSTER_DIR:-out/cluster}/run/containerd/containerd.sock -n k8s.io images import $$i; done
 
 clean:
 	rm -rf bin

@@ -24,8 +24,10 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Namespaced objects need their namespace to exist for a dry-run.
-	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
-		t.Fatal(err)
+	for _, ns := range []string{"meshd-system", "demo"} {
+		if err := env.EnsureNamespace(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var kust struct {
 		Resources []string `json:"resources"`
@@ -40,7 +42,7 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 	if len(kust.Resources) == 0 {
 		t.Fatal("kustomization lists no resources")
 	}
-	files := []string{filepath.Join("examples", "app-namespace.yaml")}
+	files := []string{filepath.Join("examples", "app-namespace.yaml"), filepath.Join("examples", "sample-app.yaml")}
 	for _, r := range kust.Resources {
 		files = append(files, filepath.Join("base", r))
 	}
