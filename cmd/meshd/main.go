@@ -38,12 +38,27 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "meshd:", err)
-		}
-		os.Exit(2)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
 	}
+	os.Exit(exitCode(os.Args[1:], err))
+}
+
+// exitCode is 0 on success and when help was asked for (`meshd <verb>
+// --help` as kubectl does), 2 otherwise (an error, or usage shown because
+// the command line was incomplete).
+func exitCode(args []string, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		for _, a := range args {
+			if a == "-h" || a == "-help" || a == "--help" {
+				return 0
+			}
+		}
+	}
+	return 2
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
