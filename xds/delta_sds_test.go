@@ -22,7 +22,7 @@ import (
 	"github.com/meshd/meshd/xds"
 )
 
-func dialConn(t *testing.T, pki *testPKI, addr string, cert *ca.Certificate) *grpc.ClientConn {
+func dialConn(t testing.TB, pki *testPKI, addr string, cert *ca.Certificate) *grpc.ClientConn {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: pki.pool(), MinVersion: tls.VersionTLS12, InsecureSkipVerify: true,
 		Certificates: []tls.Certificate{pki.tlsCert(cert)}}
