@@ -55,20 +55,19 @@ func ReadPcap(b []byte) (*Capture, error) {
 	}
 	var order binary.ByteOrder
 	nanos := false
-	switch binary.LittleEndian.Uint32(b) {
-	case 0xa1b2c3d4:
-		order = binary.LittleEndian
-	case 0xa1b23c4d:
-		order, nanos = binary.LittleEndian, true
-	default:
-		switch binary.BigEndian.Uint32(b) {
+	for _, o := range []binary.ByteOrder{binary.LittleEndian, binary.BigEndian} {
+		switch o.Uint32(b) {
 		case 0xa1b2c3d4:
-			order = binary.BigEndian
-		case 0xa1b23c4d:
-			order, nanos = binary.BigEndian, true
-		default:
-			return nil, errors.New("pcap: not a pcap file")
+			order = o
+		case 0xa1b23c4d: // nanosecond timestamps
+			order, nanos = o, true
 		}
+		if order != nil {
+			break
+		}
+	}
+	if order == nil {
+		return nil, errors.New("pcap: not a pcap file")
 	}
 	if link := order.Uint32(b[20:]); link != 1 {
 		return nil, fmt.Errorf("pcap: link type %d, want Ethernet (1)", link)
