@@ -29,6 +29,7 @@ import (
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
+	"github.com/meshd/meshd/internal/kubeauth"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -54,8 +55,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("--debug-token-file %s is empty", cfg.DebugTokenFile)
 		}
 	}
-	if err := debug.CheckExposure(cfg.DebugAddr, cfg.DebugToken); err != nil {
-		return err
+	if cfg.DebugAuth == "token" {
+		if err := debug.CheckExposure(cfg.DebugAddr, cfg.DebugToken); err != nil {
+			return err
+		}
 	}
 	log := newLogger(stderr)
 	reg := prometheus.NewRegistry()
@@ -174,6 +177,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			return nil
 		}}
+	if cfg.DebugAuth == "kubernetes" {
+		dcfg.Authorize = kubeauth.New(client, 0, nil).Authorize
+	}
 	handler := debug.Handler(dcfg)
 	log.Info("meshd serving", "xds", srv.Addr().String(), "debug", debugLis.Addr().String(), "trust_domain", cfg.TrustDomain)
 

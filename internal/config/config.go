@@ -49,6 +49,10 @@ type Config struct {
 	// DebugTokenFile names a file holding it instead (a token on the
 	// command line is visible in ps).
 	DebugToken, DebugTokenFile string
+	// DebugAuth is how /debug/ (and then /metrics) authorizes: "token"
+	// (DebugToken, or nothing on loopback) or "kubernetes" (a bearer token
+	// checked by TokenReview and SubjectAccessReview against the path).
+	DebugAuth string
 	// Injection: the webhook's listen address ("" turns injection off), the
 	// MutatingWebhookConfiguration whose caBundle meshd keeps, the images
 	// injected, and meshd's xDS address as sidecars reach it.
@@ -102,6 +106,7 @@ func Default() Config {
 
 		WebhookName:     "meshd-sidecar-injector",
 		SidecarCredsDir: "/etc/meshd/proxy",
+		DebugAuth:       "token",
 		ClusterDomain:   "cluster.local",
 	}
 }
@@ -121,6 +126,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "duration of the Lease that elects the replica running the singletons")
 	fs.StringVar(&c.HealthAddr, "health-addr", c.HealthAddr, "address serving only /healthz, /readyz and /metrics (empty: none)")
 	fs.StringVar(&c.DebugToken, "debug-token", c.DebugToken, "bearer token required on /debug/ (required when --debug-addr is not loopback); prefer --debug-token-file")
+	fs.StringVar(&c.DebugAuth, "debug-auth", c.DebugAuth, "how the debug API authorizes: token (--debug-token, or nothing on loopback) or kubernetes (TokenReview + SubjectAccessReview of the path: RBAC on nonResourceURLs decides)")
 	fs.StringVar(&c.DebugTokenFile, "debug-token-file", c.DebugTokenFile, "file holding the bearer token of --debug-token (a mounted Secret; not visible in ps)")
 	fs.StringVar(&c.WebhookAddr, "webhook-addr", c.WebhookAddr, "listen address of the sidecar injection webhook (empty: no injection)")
 	fs.StringVar(&c.WebhookName, "webhook-name", c.WebhookName, "MutatingWebhookConfiguration whose caBundle meshd keeps current")
@@ -159,6 +165,12 @@ func (c *Config) Validate() error {
 	}
 	if c.TrustDomain == "" {
 		errs = append(errs, errors.New("--trust-domain must not be empty"))
+	}
+	switch {
+	case c.DebugAuth != "token" && c.DebugAuth != "kubernetes":
+		errs = append(errs, fmt.Errorf("--debug-auth %q: want token or kubernetes", c.DebugAuth))
+	case c.DebugAuth == "kubernetes" && c.LocalDir != "":
+		errs = append(errs, errors.New("--debug-auth kubernetes needs a cluster, not --local-dir"))
 	}
 	if c.SidecarAPI != "delta" && c.SidecarAPI != "sotw" {
 		errs = append(errs, fmt.Errorf("--sidecar-api %q: want delta or sotw", c.SidecarAPI))

@@ -52,8 +52,15 @@ type Config struct {
 	// Gatherer serves /metrics (default: a fresh empty registry).
 	Gatherer prometheus.Gatherer
 	// Token, when set, is required as "Authorization: Bearer <token>" on
-	// /debug/ paths. Required when the server listens beyond loopback.
+	// /debug/ paths. Required when the server listens beyond loopback
+	// unless Authorize is set.
 	Token string
+	// Authorize, when set, decides instead of Token: the bearer token's
+	// user must be allowed the path (Kubernetes TokenReview and
+	// SubjectAccessReview, see internal/kubeauth); /metrics is then
+	// guarded too.
+	// It answers an HTTP status: 200 allowed, 401 or 403 with the reason.
+	Authorize func(ctx context.Context, token, path string) (code int, reason string, err error)
 	// StaleAfter marks a type stale when sent but not ACKed for this long (default 30s).
 	StaleAfter time.Duration
 	Logger     *slog.Logger
@@ -78,7 +85,11 @@ func Handler(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+	if cfg.Authorize != nil {
+		metrics = s.auth(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 	mux.Handle("GET /debug/proxies", s.auth(http.HandlerFunc(s.proxies)))
 	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
 	mux.Handle("GET /debug/certs", s.auth(http.HandlerFunc(s.certs)))
@@ -101,7 +112,11 @@ func HealthHandler(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
+	if cfg.Authorize != nil {
+		metrics = s.auth(metrics)
+	}
+	mux.Handle("GET /metrics", metrics)
 	return mux
 }
 
@@ -127,6 +142,25 @@ type server struct{ cfg Config }
 // (DNS rebinding) cannot read the API through a browser.
 func (s *server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Authorize != nil {
+			token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || token == "" {
+				writeError(w, http.StatusUnauthorized, "a Kubernetes bearer token is required")
+				return
+			}
+			code, reason, err := s.cfg.Authorize(r.Context(), token, r.URL.Path)
+			switch {
+			case err != nil:
+				s.cfg.Logger.Warn("debug: cannot authorize", "path", r.URL.Path, "error", err)
+				writeError(w, http.StatusServiceUnavailable, "cannot ask the Kubernetes API whether this request is allowed")
+				return
+			case code != http.StatusOK:
+				writeError(w, code, reason)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
 		if s.cfg.Token != "" {
 			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
