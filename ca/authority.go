@@ -102,26 +102,6 @@ func NewAuthority(cert *x509.Certificate, key crypto.Signer, intermediates, root
 	return a, nil
 }
 
-// WithRoots returns a copy trusting extra roots too (root rotation: the
-// bundle holds old and new while leaves move over).
-func (a *Authority) WithRoots(extra []*x509.Certificate, now time.Time) (*Authority, error) {
-	roots := append([]*x509.Certificate(nil), a.Roots...)
-	for _, r := range extra {
-		if !isIn(r, roots) {
-			roots = append(roots, r)
-		}
-	}
-	return NewAuthority(a.Cert, a.Key, a.chainCerts(), roots, now)
-}
-
-func (a *Authority) chainCerts() []*x509.Certificate {
-	certs, _ := ParseCertsPEM(a.ChainPEM)
-	if len(certs) > 0 {
-		return certs[1:] // the first is a.Cert itself
-	}
-	return nil
-}
-
 func isIn(c *x509.Certificate, list []*x509.Certificate) bool {
 	for _, x := range list {
 		if bytes.Equal(x.Raw, c.Raw) {

@@ -1,7 +1,6 @@
 package xds
 
 import (
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -157,4 +156,3 @@ func (ss *streams) status() []ProxyStatus {
 }
 
 // keys is maps.Keys collected and sorted.
-func keys[V any](m map[string]V) []string { return slices.Sorted(maps.Keys(m)) }
