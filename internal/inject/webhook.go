@@ -212,7 +212,9 @@ func runAsUser(pod *corev1.Pod, c *corev1.Container) *int64 {
 	return nil
 }
 
-func findProxy(pod *corev1.Pod) *corev1.Container {
+// FindProxy returns the pod's injected sidecar (a native sidecar among the
+// init containers), or nil.
+func FindProxy(pod *corev1.Pod) *corev1.Container {
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range cs {
 			if cs[i].Name == ContainerProxy {
@@ -222,10 +224,6 @@ func findProxy(pod *corev1.Pod) *corev1.Container {
 	}
 	return nil
 }
-
-// FindProxy returns the pod's injected sidecar (a native sidecar among the
-// init containers), or nil.
-func FindProxy(pod *corev1.Pod) *corev1.Container { return findProxy(pod) }
 
 func deny(code int32, format string, args ...any) *admissionv1.AdmissionResponse {
 	return &admissionv1.AdmissionResponse{Allowed: false, Result: &metav1.Status{
