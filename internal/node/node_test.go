@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -47,8 +46,7 @@ func TestRealNode(t *testing.T) {
 
 	// The eavesdropper listens from the start: the workloads' first
 	// handshakes are on the record too.
-	capPath := filepath.Join(t.TempDir(), "bridge.pcap")
-	stopCapture := c.capture(capPath)
+	stopCapture := tcpdump(t, Bridge, 32, "tcp")
 	server, client := workloads(marker)
 	c.apply(server)
 	waitReady(t, c, "shop", "app=web", 3)
@@ -276,49 +274,6 @@ func (c *cluster) scale(deploy string, n int) {
 	c.mustKubectl("-n", "shop", "scale", "deployment/"+deploy, "--replicas="+strconv.Itoa(n))
 	waitReady(c.t, c, "shop", "app="+deploy, n)
 	logf(c.t, "%s scaled to %d", deploy, n)
-}
-
-// capture starts tcpdump on the node's bridge (every pod's traffic
-// crosses it) and returns the function that stops it and reads the file.
-func (c *cluster) capture(path string) func() []byte {
-	c.t.Helper()
-	cmd := exec.Command("tcpdump", "-i", Bridge, "-nn", "-U", "--immediate-mode", "-B", "32768", "-s", "0", "-w", path, "tcp")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	var seen []byte
-	for !strings.Contains(string(seen), "listening on") {
-		buf := make([]byte, 512)
-		n, err := stderr.Read(buf)
-		if err != nil {
-			c.t.Fatalf("tcpdump: %v: %s", err, seen)
-		}
-		seen = append(seen, buf[:n]...)
-	}
-	stopped := false
-	stop := func() []byte {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		time.Sleep(time.Second)
-		_ = cmd.Process.Signal(os.Interrupt)
-		rest := make([]byte, 1024)
-		n, _ := stderr.Read(rest)
-		_ = cmd.Wait()
-		c.t.Logf("tcpdump on %s: %s", Bridge, strings.ReplaceAll(strings.TrimSpace(string(rest[:n])), "\n", "; "))
-		b, err := os.ReadFile(path)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		return b
-	}
-	c.t.Cleanup(func() { stop() })
-	return stop
 }
 
 var summaryRE = regexp.MustCompile(`SUMMARY ok=(\d+) fail=(\d+)`)

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,9 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -69,27 +66,7 @@ func TestReadPcapRealHandshake(t *testing.T) {
 			}()
 		}
 	}()
-	path := filepath.Join(t.TempDir(), "lo.pcap")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	dump := exec.CommandContext(ctx, "tcpdump", "-i", "lo", "-nn", "-U", "--immediate-mode", "-B", "65536", "-s", "0", "-w", path, "tcp port "+strconv.Itoa(port))
-	stderr, err := dump.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dump.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var seen []byte
-	for !strings.Contains(string(seen), "listening on") {
-		buf := make([]byte, 512)
-		n, err := stderr.Read(buf)
-		if err != nil {
-			t.Fatalf("tcpdump: %v: %s", err, seen)
-		}
-		seen = append(seen, buf[:n]...)
-	}
-	time.Sleep(time.Second)
+	stop := tcpdump(t, "lo", 64, "tcp port "+strconv.Itoa(port))
 	plain, err := net.Dial("tcp", lis.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -109,16 +86,7 @@ func TestReadPcapRealHandshake(t *testing.T) {
 		_, _ = tc.Read(make([]byte, 64))
 		tc.Close()
 	}
-	time.Sleep(500 * time.Millisecond)
-	_ = dump.Process.Signal(os.Interrupt)
-	rest := make([]byte, 4096)
-	n, _ := stderr.Read(rest)
-	_ = dump.Wait()
-	t.Logf("%s%s", seen, rest[:n])
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := stop()
 	capt, err := ReadPcap(b)
 	if err != nil {
 		t.Fatal(err)
