@@ -29,6 +29,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/meshd/meshd/xds/translate"
 )
 
 // APIType selects the ADS flavour.
@@ -183,6 +185,7 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 	}
 	tlsCtx := &tlsv3.UpstreamTlsContext{
 		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams:                      translate.TLSParams(), // TLS 1.3: the client certificate travels encrypted
 			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{pathSDS(cfg.CredsDir, secretXDSClient, FileClientSDS)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 				DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{

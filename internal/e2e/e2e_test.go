@@ -135,6 +135,11 @@ func TestStrictMTLSThroughKubernetes(t *testing.T) {
 			if !res.Reconnected {
 				t.Error("the sidecars did not reconnect and sync after the restart")
 			}
+			// The reconnections crossed the bridge: TLS 1.3 to meshd too
+			// (checkMesh checked every handshake).
+			if n := res.Wire.ServerPorts[15012]; n < 2 {
+				t.Errorf("%d handshakes to meshd's xDS port seen after its restart, want one per sidecar", n)
+			}
 		})
 	}
 }
@@ -205,6 +210,13 @@ func checkMesh(t *testing.T, res *e2e.Result) {
 	if res.ClientHellos == 0 || res.Packets == 0 {
 		t.Errorf("the capture holds %d packets between the pods and %d TLS ClientHellos; want both > 0", res.Packets, res.ClientHellos)
 	}
+	// The eavesdropper's own reading of the handshakes (sidecar to sidecar
+	// and sidecar to meshd): TLS 1.3 only, no certificate or SPIFFE ID in
+	// clear.
+	t.Logf("eavesdropper: %s", res.Wire)
+	if !res.Wire.OnlyTLS13() {
+		t.Errorf("on the wire: %s; want only TLS 1.3 and nothing identifying in clear", res.Wire)
+	}
 	if want := "spiffe://cluster.local/ns/" + res.Namespace + "/sa/client"; !slices.Equal(res.PeerIdentities, []string{want}) {
 		t.Errorf("the server sidecar saw peers %v, want only %s", res.PeerIdentities, want)
 	}
@@ -254,6 +266,11 @@ func TestMeshdRestartUnderTraffic(t *testing.T) {
 			checkMesh(t, res)
 			if !res.Reconnected {
 				t.Error("the sidecars did not reconnect and sync after the restart")
+			}
+			// The reconnections crossed the bridge: TLS 1.3 to meshd too
+			// (checkMesh checked every handshake).
+			if n := res.Wire.ServerPorts[15012]; n < 2 {
+				t.Errorf("%d handshakes to meshd's xDS port seen after its restart, want one per sidecar", n)
 			}
 		})
 	}

@@ -86,6 +86,9 @@ type Result struct {
 	ClientHellos int
 	// Packets counts captured TCP packets between the pods.
 	Packets int
+	// Wire is what the eavesdropper read of the TLS handshakes it saw
+	// (sidecar to sidecar and sidecar to meshd alike).
+	Wire Wire
 	// PeerIdentities are the SPIFFE IDs the server's sidecar logged for
 	// inbound connections (mesh only).
 	PeerIdentities []string
@@ -315,6 +318,9 @@ func (s *seed) traffic(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.res.Wire, err = readWire(pcap); err != nil {
+		return err
+	}
 	s.res.PlaintextSeen = strings.Contains(string(pcap), s.marker)
 	s.res.HeadersSeen = strings.Contains(string(pcap), "Server: nginx") || strings.Contains(string(pcap), "X-Meshd-Demo")
 	if s.res.ClientHellos, err = capture.Count(ctx, netlab.TLSClientHellos); err != nil {
@@ -348,7 +354,7 @@ func (s *seed) request(ctx context.Context, keepBody bool) {
 	}
 }
 
-var peerRE = regexp.MustCompile(`\[meshd inbound\] pod=\S+ port=\d+ peer=(\S+)`)
+var peerRE = regexp.MustCompile(`\[meshd inbound\] start=\S+ pod=\S+ port=\d+ peer=(\S+)`)
 
 // inboundPeers returns the distinct peer identities in a sidecar's
 // inbound access log.

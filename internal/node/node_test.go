@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,6 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/pcap"
+	"github.com/meshd/meshd/k8s"
 )
 
 const (
@@ -46,7 +47,7 @@ func TestRealNode(t *testing.T) {
 
 	// The eavesdropper listens from the start: the workloads' first
 	// handshakes are on the record too.
-	stopCapture := tcpdump(t, Bridge, 32, "tcp")
+	stopCapture := pcap.Tcpdump(t, Bridge, 32, "tcp")
 	server, client := workloads(marker)
 	c.apply(server)
 	waitReady(t, c, "shop", "app=web", 3)
@@ -83,7 +84,7 @@ func TestRealNode(t *testing.T) {
 	ok, failed, failures := c.clientSummary()
 	elapsed := time.Since(start)
 	b := stopCapture()
-	capt, err := ReadPcap(b)
+	capt, err := pcap.Read(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +99,7 @@ func TestRealNode(t *testing.T) {
 		t.Errorf("the page (marker %s) crossed the bridge in clear", marker)
 	}
 	checkHandshakes(t, capt)
+	c.checkRenewals(t)
 }
 
 // buildImages builds meshd's images from this tree and the test's
@@ -296,58 +298,83 @@ func (c *cluster) clientSummary() (ok, failed int, failures []string) {
 	return ok, failed, failures
 }
 
-// checkHandshakes: mutual TLS between the sidecars, and every handshake
-// after a renewal presents the renewed certificate: no server certificate
-// is older at a handshake than the renewal point (half its lifetime, +10%
-// jitter) plus the time to push it, and each web pod presented several.
-func checkHandshakes(t *testing.T, capt *Capture) {
+// checkHandshakes: what an eavesdropper on the bridge reads of the
+// sidecar-to-sidecar handshakes (port 80) and the sidecar-to-meshd ones
+// (15012): TLS 1.3 only, so no certificate and no SPIFFE ID in clear.
+func checkHandshakes(t *testing.T, capt *pcap.Capture) {
 	t.Helper()
-	perServer := map[string]map[string]bool{}
-	var seen, mutual int
-	var oldest time.Duration
+	perPort := map[uint16]int{}
+	versions := map[string]int{}
 	for _, h := range capt.Handshakes {
-		if h.Server.Port() != 80 || h.ServerCert == nil {
+		port := h.Server.Port()
+		if port != 80 && port != 15012 {
 			continue
 		}
-		seen++
-		if h.ClientCert != nil && len(h.ClientCert.URIs) > 0 {
-			mutual++
+		perPort[port]++
+		versions[tls.VersionName(h.Version)]++
+		if h.Version != tls.VersionTLS13 {
+			t.Errorf("handshake %s -> %s negotiated %s, want TLS 1.3", h.Client, h.Server, tls.VersionName(h.Version))
 		}
-		if len(h.ServerCert.URIs) == 0 || h.ServerCert.URIs[0].String() != "spiffe://cluster.local/ns/shop/sa/default" {
-			t.Errorf("handshake %s -> %s: server certificate %v, want the web pods' SPIFFE ID", h.Client, h.Server, h.ServerCert.URIs)
+		if h.ServerCert != nil || h.ClientCert != nil {
+			t.Errorf("handshake %s -> %s: a certificate crossed in clear", h.Client, h.Server)
 		}
-		// issued at NotAfter - lifetime (NotBefore is backdated for skew)
-		age := h.Time.Sub(h.ServerCert.NotAfter.Add(-certTTL))
-		if age > oldest {
-			oldest = age
-		}
-		if limit := certTTL*6/10 + 15*time.Second; age > limit {
-			t.Errorf("handshake at %s to %s presented a certificate issued %s earlier (serial %x): renewed ones should have replaced it (limit %s)",
-				h.Time.Format(time.TimeOnly), h.Server, age.Round(time.Second), h.ServerCert.SerialNumber, limit)
-		}
-		srv := h.Server.Addr().String()
-		if perServer[srv] == nil {
-			perServer[srv] = map[string]bool{}
-		}
-		perServer[srv][h.ServerCert.SerialNumber.Text(16)] = true
 	}
-	var counts []string
-	most := 0
-	for srv, serials := range perServer {
-		counts = append(counts, fmt.Sprintf("%s:%d", srv, len(serials)))
-		most = max(most, len(serials))
+	t.Logf("eavesdropper: %d TLS handshakes in all; sidecar to sidecar %d, sidecar to meshd %d; versions %v",
+		len(capt.Handshakes), perPort[80], perPort[15012], versions)
+	if perPort[80] == 0 || perPort[15012] == 0 {
+		t.Errorf("handshakes seen: %d sidecar-to-sidecar, %d to meshd; want both (the meshd restart makes sidecars reconnect)", perPort[80], perPort[15012])
 	}
-	sort.Strings(counts)
-	t.Logf("eavesdropper: %d TLS handshakes in all, %d sidecar-to-sidecar on port 80 (%d with a client certificate), oldest certificate at a handshake %s; server certificates per pod %v",
-		len(capt.Handshakes), seen, mutual, oldest.Round(time.Second), counts)
-	if seen == 0 {
-		t.Fatal("no sidecar-to-sidecar handshake seen on the bridge")
+	if capt.Contains("spiffe://") {
+		t.Error("a SPIFFE ID crossed the bridge in clear")
 	}
-	if mutual != seen {
-		t.Errorf("%d of %d handshakes without a client certificate: not mutual TLS", seen-mutual, seen)
+}
+
+// inboundLine is a server sidecar's inbound access log line.
+var inboundLine = regexp.MustCompile(`\[meshd inbound\] start=(\S+) pod=\S+ port=80 peer=(\S+) tls=(\S+) peer_serial=(\S+) peer_not_after=(\S+) code=(\d+)`)
+
+// checkRenewals reads the web pods' sidecar logs (the eavesdropper sees no
+// certificates under TLS 1.3): every request came over mutual TLS 1.3 from
+// the client's identity, with a client certificate that had not expired and
+// was not older than the renewal point (0.6 of its lifetime) plus the
+// longest a connection may live (a third of it) plus the time to push it;
+// and the pods saw several of the client's certificates (renewals).
+func (c *cluster) checkRenewals(t *testing.T) {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods("shop").List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if most < 3 {
-		t.Errorf("no web pod presented more than %d certificates over the run: renewals not seen in handshakes", most)
+	serials := map[string]bool{}
+	var lines int
+	var oldest time.Duration
+	for _, p := range pods.Items {
+		out, err := c.kubectl("-n", "shop", "logs", p.Name, "-c", k8s.ContainerProxy)
+		if err != nil {
+			t.Fatalf("logs of %s: %v", p.Name, err)
+		}
+		for _, m := range inboundLine.FindAllStringSubmatch(out, -1) {
+			lines++
+			start, err1 := time.Parse(time.RFC3339Nano, m[1])
+			notAfter, err2 := time.Parse(time.RFC3339Nano, m[5])
+			if err1 != nil || err2 != nil || m[2] != "spiffe://cluster.local/ns/shop/sa/default" || m[3] != "TLSv1.3" {
+				t.Errorf("%s: inbound request %q: want the client's identity over TLSv1.3 with a certificate", p.Name, m[0])
+				continue
+			}
+			serials[m[4]] = true
+			age := start.Sub(notAfter.Add(-certTTL)) // issued at NotAfter - lifetime (NotBefore is backdated)
+			oldest = max(oldest, age)
+			if limit := certTTL*6/10 + certTTL/3 + 15*time.Second; age > limit || !start.Before(notAfter) {
+				t.Errorf("%s: request at %s over a connection made with a client certificate (serial %s) issued %s earlier, expiring %s (limit %s)",
+					p.Name, m[1], m[4], age.Round(time.Second), m[5], limit)
+			}
+		}
+	}
+	t.Logf("web sidecars: %d inbound requests logged, %d client certificates seen, oldest at a request %s", lines, len(serials), oldest.Round(time.Second))
+	if lines == 0 {
+		t.Fatal("no inbound request in the web sidecars' logs")
+	}
+	if len(serials) < 3 {
+		t.Errorf("the web sidecars saw %d client certificates: renewals not seen", len(serials))
 	}
 }
 

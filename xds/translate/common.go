@@ -29,8 +29,10 @@ import (
 )
 
 // inboundLogFormat is the sidecar's inbound access log line: which mesh
-// identity (if any) reached which port, over which TLS version.
-const inboundLogFormat = "[meshd inbound] pod=%s port=%%DOWNSTREAM_LOCAL_PORT%% peer=%%DOWNSTREAM_PEER_URI_SAN%% tls=%%DOWNSTREAM_TLS_VERSION%% " +
+// identity (if any) reached which port, over which TLS version, with which
+// certificate (serial, expiry) at what time.
+const inboundLogFormat = "[meshd inbound] start=%%START_TIME%% pod=%s port=%%DOWNSTREAM_LOCAL_PORT%% peer=%%DOWNSTREAM_PEER_URI_SAN%% " +
+	"tls=%%DOWNSTREAM_TLS_VERSION%% peer_serial=%%DOWNSTREAM_PEER_SERIAL%% peer_not_after=%%DOWNSTREAM_PEER_CERT_V_END%% " +
 	"code=%%RESPONSE_CODE%% flags=%%RESPONSE_FLAGS%% bytes_in=%%BYTES_RECEIVED%% bytes_out=%%BYTES_SENT%%\n"
 
 func socketAddress(ip string, port uint32) *corev3.Address {

@@ -1,4 +1,4 @@
-package node
+package pcap
 
 import (
 	"crypto/ecdsa"
@@ -18,11 +18,11 @@ import (
 	"github.com/meshd/meshd/internal/testenv"
 )
 
-// TestReadPcapRealHandshake: tcpdump on loopback records a TLS 1.2
-// handshake and a TLS 1.3 one; the reader finds both, the 1.2 server
-// certificate in clear (serial matches) and none for 1.3, and the
-// plaintext exchanged before TLS.
-func TestReadPcapRealHandshake(t *testing.T) {
+// TestReadRealHandshake: tcpdump on loopback records a TLS 1.2 handshake
+// and a TLS 1.3 one; the reader finds both with their negotiated version,
+// cipher suite, group and SNI, the 1.2 server certificate in clear (serial
+// matches) and none for 1.3, and the plaintext exchanged before TLS.
+func TestReadRealHandshake(t *testing.T) {
 	if os.Getuid() != 0 {
 		testenv.Unavailable(t, os.ErrPermission)
 	}
@@ -66,7 +66,7 @@ func TestReadPcapRealHandshake(t *testing.T) {
 			}()
 		}
 	}()
-	stop := tcpdump(t, "lo", 64, "tcp port "+strconv.Itoa(port))
+	stop := Tcpdump(t, "lo", 64, "tcp port "+strconv.Itoa(port))
 	plain, err := net.Dial("tcp", lis.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +79,8 @@ func TestReadPcapRealHandshake(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, MinVersion: v, MaxVersion: v})
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, ServerName: "pcap-test", MinVersion: v, MaxVersion: v,
+			CurvePreferences: []tls.CurveID{tls.X25519}})
 		if err := tc.Handshake(); err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +88,7 @@ func TestReadPcapRealHandshake(t *testing.T) {
 		tc.Close()
 	}
 	b := stop()
-	capt, err := ReadPcap(b)
+	capt, err := Read(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +106,15 @@ func TestReadPcapRealHandshake(t *testing.T) {
 	}
 	if c := ours[1].ServerCert; c != nil {
 		t.Errorf("TLS 1.3 certificate read in clear: %v", c.Subject)
+	}
+	for i, want := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		h := ours[i]
+		if h.Version != want || h.CipherSuite == 0 || h.SNI != "pcap-test" {
+			t.Errorf("handshake %d: version %#x suite %#x SNI %q; want version %#x, a suite, SNI pcap-test", i, h.Version, h.CipherSuite, h.SNI, want)
+		}
+	}
+	if g := ours[1].Group; g != uint16(tls.X25519) {
+		t.Errorf("TLS 1.3 key exchange group %#x, want X25519 (%#x)", g, uint16(tls.X25519))
 	}
 	if !capt.Contains("hello-in-clear") || capt.Contains("secret-after-handshake") {
 		t.Error("plaintext search wrong")

@@ -1,10 +1,11 @@
-// Package node holds the real-node end-to-end test (meshd deployed from
-// deploy/ into a one-node cluster started by hack/cluster.sh, workloads in
-// real pods) and what it needs to read a capture: the TLS handshakes an
-// eavesdropper on the node's bridge sees.
+// Package pcap reads what a passive eavesdropper recorded (tcpdump -w on a
+// bridge or an interface): TCP streams reassembled per direction, the TLS
+// handshakes in them (negotiated version, cipher suite, key exchange group,
+// and the certificates where TLS 1.2 sends them in clear), and every payload
+// byte to search for plaintext. Tests use it to judge the wire, not stats.
 //
-// Where it sits: test-only; nothing in meshd imports it.
-package node
+// Where it sits: test support; meshd's binary does not import it.
+package pcap
 
 import (
 	"bytes"
@@ -23,6 +24,15 @@ type Handshake struct {
 	Time time.Time
 	// Client and Server are the connection's ends.
 	Client, Server netip.AddrPort
+	// SNI is the server name the client asked for ("" without one).
+	SNI string
+	// Version is the negotiated protocol version (tls.VersionTLS13 ...),
+	// read from the ServerHello (its supported_versions extension for TLS
+	// 1.3); 0 when no ServerHello was seen.
+	Version uint16
+	// CipherSuite and Group are the ServerHello's choice (Group only for
+	// TLS 1.3, from its key_share).
+	CipherSuite, Group uint16
 	// ServerCert is the server's leaf certificate as sent in clear (TLS 1.2;
 	// nil when it was encrypted or not seen).
 	ServerCert *x509.Certificate
@@ -41,15 +51,16 @@ type Capture struct {
 type flowKey struct{ src, dst netip.AddrPort }
 
 type flow struct {
+	key     flowKey
 	first   time.Time
 	next    uint32
 	started bool
 	data    []byte
 }
 
-// ReadPcap parses a classic pcap file of Ethernet frames (tcpdump -w on a
+// Read parses a classic pcap file of Ethernet frames (tcpdump -w on a
 // bridge). Streams with a gap lose what follows the gap.
-func ReadPcap(b []byte) (*Capture, error) {
+func Read(b []byte) (*Capture, error) {
 	if len(b) < 24 {
 		return nil, errors.New("pcap: too short")
 	}
@@ -72,8 +83,8 @@ func ReadPcap(b []byte) (*Capture, error) {
 	if link := order.Uint32(b[20:]); link != 1 {
 		return nil, fmt.Errorf("pcap: link type %d, want Ethernet (1)", link)
 	}
-	flows := map[flowKey]*flow{}
-	var keys []flowKey
+	flows := map[flowKey]*flow{} // the current flow of each 4-tuple
+	var all []*flow              // every flow in order of first packet
 	for off := 24; off+16 <= len(b); {
 		sec, frac, n := order.Uint32(b[off:]), order.Uint32(b[off+4:]), int(order.Uint32(b[off+8:]))
 		off += 16
@@ -84,19 +95,19 @@ func ReadPcap(b []byte) (*Capture, error) {
 		if nanos {
 			ts = time.Unix(int64(sec), int64(frac))
 		}
-		addTCP(b[off:off+n], ts, flows, &keys)
+		addTCP(b[off:off+n], ts, flows, &all)
 		off += n
 	}
 	c := &Capture{}
-	for _, k := range keys {
-		c.Payload = append(c.Payload, flows[k].data...)
+	for _, f := range all {
+		c.Payload = append(c.Payload, f.data...)
 	}
-	c.Handshakes = handshakes(flows, keys)
+	c.Handshakes = handshakes(all)
 	return c, nil
 }
 
 // addTCP appends an Ethernet/IPv4/TCP frame's payload to its flow.
-func addTCP(frame []byte, ts time.Time, flows map[flowKey]*flow, keys *[]flowKey) {
+func addTCP(frame []byte, ts time.Time, flows map[flowKey]*flow, all *[]*flow) {
 	if len(frame) < 14 {
 		return
 	}
@@ -124,11 +135,9 @@ func addTCP(frame []byte, ts time.Time, flows map[flowKey]*flow, keys *[]flowKey
 	k := flowKey{src, dst}
 	f := flows[k]
 	if f == nil || flags&0x02 != 0 && f.started && len(f.data) > 0 { // new flow, or a new SYN on a reused tuple
-		if f == nil {
-			*keys = append(*keys, k)
-		}
-		f = &flow{first: ts}
+		f = &flow{key: k, first: ts}
 		flows[k] = f
+		*all = append(*all, f)
 	}
 	if flags&0x02 != 0 { // SYN
 		f.next, f.started = seq+1, true
@@ -154,26 +163,56 @@ func addTCP(frame []byte, ts time.Time, flows map[flowKey]*flow, keys *[]flowKey
 }
 
 // handshakes pairs each client->server flow that starts with a TLS
-// ClientHello with its reverse flow and reads the certificates sent in
-// clear.
-func handshakes(flows map[flowKey]*flow, keys []flowKey) []Handshake {
+// ClientHello with the reverse flow of the same connection and reads what
+// is sent in clear.
+func handshakes(all []*flow) []Handshake {
 	var out []Handshake
-	for _, k := range keys {
-		f := flows[k]
+	for i, f := range all {
 		msgs := tlsHandshakeMessages(f.data)
-		if len(msgs) == 0 || msgs[0].typ != 1 { // ClientHello
+		if len(msgs) == 0 || msgs[0].typ != typeClientHello {
 			continue
 		}
-		h := Handshake{Time: f.first, Client: k.src, Server: k.dst}
+		h := Handshake{Time: f.first, Client: f.key.src, Server: f.key.dst, SNI: serverName(msgs[0].body)}
 		h.ClientCert = certOf(msgs)
-		if r := flows[flowKey{k.dst, k.src}]; r != nil {
-			h.ServerCert = certOf(tlsHandshakeMessages(r.data))
+		if r := reverseOf(all, i); r != nil {
+			rmsgs := tlsHandshakeMessages(r.data)
+			if len(rmsgs) > 0 && rmsgs[0].typ == typeServerHello {
+				h.Version, h.CipherSuite, h.Group = serverHello(rmsgs[0].body)
+			}
+			h.ServerCert = certOf(rmsgs)
 		}
 		out = append(out, h)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out
 }
+
+// reverseOf finds the server->client flow of all[i]'s connection: the
+// first reverse flow that began after it (a reused 4-tuple has several).
+func reverseOf(all []*flow, i int) *flow {
+	want := flowKey{all[i].key.dst, all[i].key.src}
+	for _, r := range all[i+1:] {
+		if r.key == want {
+			return r
+		}
+	}
+	for j := i - 1; j >= 0; j-- { // the SYN-ACK's flow may be listed first
+		if all[j].key == want {
+			return all[j]
+		}
+	}
+	return nil
+}
+
+const (
+	typeClientHello = 1
+	typeServerHello = 2
+	typeCertificate = 11
+
+	extServerName        = 0
+	extSupportedVersions = 43
+	extKeyShare          = 51
+)
 
 type hsMsg struct {
 	typ  byte
@@ -209,10 +248,105 @@ func tlsHandshakeMessages(s []byte) []hsMsg {
 	return msgs
 }
 
+// helloExtensions returns the extensions of a ClientHello or ServerHello
+// body by type (nil when malformed).
+func helloExtensions(body []byte, client bool) map[uint16][]byte {
+	r := reader(body)
+	r.skip(2 + 32)      // legacy_version, random
+	r.skip(int(r.u8())) // session id
+	if client {
+		r.skip(int(r.u16())) // cipher suites
+		r.skip(int(r.u8()))  // compression methods
+	} else {
+		r.skip(2 + 1) // cipher suite, compression method
+	}
+	ext := reader(r.bytes(int(r.u16())))
+	if r == nil || ext == nil {
+		return nil
+	}
+	out := map[uint16][]byte{}
+	for len(ext) >= 4 {
+		typ := ext.u16()
+		data := ext.bytes(int(ext.u16()))
+		if ext == nil {
+			return nil
+		}
+		out[typ] = data
+	}
+	return out
+}
+
+// serverHello reads the negotiated version, cipher suite and (TLS 1.3) key
+// exchange group.
+func serverHello(body []byte) (version, suite, group uint16) {
+	if len(body) < 2+32+1 {
+		return 0, 0, 0
+	}
+	version = binary.BigEndian.Uint16(body)
+	if sid := int(body[34]); len(body) >= 35+sid+2 {
+		suite = binary.BigEndian.Uint16(body[35+sid:])
+	}
+	ext := helloExtensions(body, false)
+	if v := ext[extSupportedVersions]; len(v) == 2 {
+		version = binary.BigEndian.Uint16(v)
+	}
+	if ks := ext[extKeyShare]; len(ks) >= 2 {
+		group = binary.BigEndian.Uint16(ks)
+	}
+	return version, suite, group
+}
+
+// serverName reads a ClientHello's SNI host name.
+func serverName(body []byte) string {
+	sni := reader(helloExtensions(body, true)[extServerName])
+	sni.skip(2) // list length
+	for len(sni) >= 3 {
+		typ := sni.u8()
+		name := sni.bytes(int(sni.u16()))
+		if sni == nil {
+			break
+		}
+		if typ == 0 {
+			return string(name)
+		}
+	}
+	return ""
+}
+
+// reader consumes big-endian fields; it becomes nil once a read runs past
+// its end, and every later read returns zero.
+type reader []byte
+
+func (r *reader) bytes(n int) []byte {
+	if *r == nil || n > len(*r) {
+		*r = nil
+		return nil
+	}
+	b := (*r)[:n:n]
+	*r = (*r)[n:]
+	return b
+}
+
+func (r *reader) skip(n int) { r.bytes(n) }
+
+func (r *reader) u8() byte {
+	if b := r.bytes(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if b := r.bytes(2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
 // certOf returns the leaf of the first TLS 1.2 Certificate message.
 func certOf(msgs []hsMsg) *x509.Certificate {
 	for _, m := range msgs {
-		if m.typ != 11 || len(m.body) < 6 {
+		if m.typ != typeCertificate || len(m.body) < 6 {
 			continue
 		}
 		n := int(m.body[3])<<16 | int(m.body[4])<<8 | int(m.body[5])

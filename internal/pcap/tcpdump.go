@@ -1,4 +1,4 @@
-package node
+package pcap
 
 import (
 	"os"
@@ -10,12 +10,12 @@ import (
 	"time"
 )
 
-// tcpdump records TCP on an interface into a pcap file, in immediate mode
+// Tcpdump records TCP on an interface into a pcap file, in immediate mode
 // with a ring of ringMiB, from the moment it returns (tcpdump listening and
 // settled). The returned stop ends it once (later calls return nil), after
 // a pause for packets still on their way, and returns the file; the test's
 // clean-up stops it too.
-func tcpdump(t *testing.T, iface string, ringMiB int, filter string) (stop func() []byte) {
+func Tcpdump(t testing.TB, iface string, ringMiB int, filter string) (stop func() []byte) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), iface+".pcap")
 	cmd := exec.Command("tcpdump", "-i", iface, "-nn", "-U", "--immediate-mode", "-B", strconv.Itoa(ringMiB<<10), "-s", "0", "-w", path, filter)
