@@ -33,6 +33,15 @@ import (
 	"github.com/meshd/meshd/xds/translate"
 )
 
+// EnvoyFlags are the sidecar's Envoy command-line flags besides the
+// bootstrap file and node: no hot restart, warnings only in its own log, and
+// access log lines (the mesh's connection record) written out every second
+// instead of Envoy's default ten.
+func EnvoyFlags(concurrency int) []string {
+	return []string{"--concurrency", strconv.Itoa(concurrency), "--disable-hot-restart", "--log-level", "warn",
+		"--file-flush-interval-msec", "1000"}
+}
+
 // APIType selects the ADS flavour.
 type APIType string
 

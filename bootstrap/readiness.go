@@ -12,6 +12,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -20,6 +21,13 @@ const adminClusterName = "meshd-admin"
 
 // ReadinessPath is what the kubelet probes on the readiness port.
 const ReadinessPath = "/healthz/ready"
+
+// StatsPath serves the sidecar's Envoy statistics in Prometheus format on
+// the readiness port (read-only; the rest of the admin API stays on
+// loopback): traffic, and connections refused by the inbound listener
+// (listener.0.0.0.0_15006: no_filter_chain_match, downstream_pre_cx_timeout,
+// downstream_cx_transport_socket_connect_timeout, ssl.connection_error).
+const StatsPath = "/stats/prometheus"
 
 // AppProbePrefix starts the readiness-port paths of rewritten app probes:
 // /app-health/<container>/<readyz|livez|startupz>.
@@ -34,8 +42,9 @@ type AppProbe struct {
 }
 
 // readiness is a listener that answers GET /healthz/ready with Envoy's
-// /ready (200 once the proxy is initialized, 503 before), forwards the
-// rewritten app probes, and serves nothing else of the admin API.
+// /ready (200 once the proxy is initialized, 503 before) and GET
+// /stats/prometheus, forwards the rewritten app probes, and serves nothing
+// else of the admin API.
 func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 	router, err := anypb.New(&routerv3.Router{})
 	if err != nil {
@@ -47,6 +56,11 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: adminClusterName},
 			PrefixRewrite:    "/ready",
 		}},
+	}, {
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: StatsPath},
+			Headers: []*routev3.HeaderMatcher{{Name: ":method", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+				StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "GET"}}}}}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: adminClusterName}}},
 	}}
 	clusters := []*clusterv3.Cluster{staticCluster(adminClusterName, cfg.AdminPort)}
 	probeRoutes, probeClusters, err := appProbes(cfg.AppProbes)

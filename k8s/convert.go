@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -29,6 +31,13 @@ const (
 	// to the sidecar (no init container); the app talks to the sidecar's
 	// listeners directly (model.Workload.NoInterception).
 	AnnotationInterception = "meshd.io/interception"
+	// AnnotationServerFirstPorts on a pod lists ports ("25,3306") whose
+	// server speaks first (model.Port.ServerFirst).
+	AnnotationServerFirstPorts = "meshd.io/server-first-ports"
+	// AnnotationDetectionTimeout on a pod ("500ms") sets how long its
+	// sidecar waits for a client's first bytes to tell mutual TLS from
+	// plaintext (model.Workload.DetectionTimeout).
+	AnnotationDetectionTimeout = "meshd.io/protocol-detection-timeout"
 	// ContainerProxy and ContainerInit are the injected sidecar and init
 	// container (both among the pod's init containers).
 	ContainerProxy = "meshd-proxy"
@@ -50,7 +59,7 @@ func (p Problem) String() string {
 // skipped alone and reported as Problems; everything else goes into the
 // snapshot. Convert is pure: it reads st and never mutates it.
 func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
-	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{}}
+	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{}, serverFirstPorts: map[string]string{}}
 	for _, ns := range st.Namespaces {
 		c.namespaces[ns.Name] = ns
 	}
@@ -75,6 +84,7 @@ func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
 	}
 	for _, w := range snap.Workloads {
 		w.Ports = uniquePorts(w.Ports)
+		c.serverFirst(w)
 	}
 	slices.SortFunc(snap.Services, func(a, b *model.Service) int { return cmp.Compare(a.Key(), b.Key()) })
 	slices.SortFunc(snap.Workloads, func(a, b *model.Workload) int { return cmp.Compare(a.Key(), b.Key()) })
@@ -87,6 +97,8 @@ type converter struct {
 	namespaces  map[string]*corev1.Namespace
 	pods        map[string]*model.Workload
 	problems    []Problem
+	// serverFirstPorts holds pods' AnnotationServerFirstPorts by key.
+	serverFirstPorts map[string]string
 }
 
 func (c *converter) problem(kind, ns, name, reason, format string, args ...any) {
@@ -108,12 +120,23 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 
 		NoInterception: p.Annotations[AnnotationInterception] == "none",
 	}
+	if v := p.Annotations[AnnotationServerFirstPorts]; v != "" {
+		c.serverFirstPorts[w.Key()] = v
+	}
 	c.sidecarImage(p)
 	if why, ok := strings.CutPrefix(p.Annotations[AnnotationStatus], "skipped: "); ok {
 		c.problem("Pod", p.Namespace, p.Name, "NotInjected", "meshd did not inject a sidecar: %s", why)
 	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
+	}
+	if v, ok := p.Annotations[AnnotationDetectionTimeout]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 10*time.Millisecond || d > time.Minute {
+			c.problem("Pod", p.Namespace, p.Name, "InvalidAnnotation", "annotation %s=%q is not a duration from 10ms to 1m; using the mesh's", AnnotationDetectionTimeout, v)
+		} else {
+			w.DetectionTimeout = d
+		}
 	}
 	for _, ctr := range p.Spec.Containers {
 		for _, cp := range ctr.Ports {
@@ -124,6 +147,25 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		}
 	}
 	return w
+}
+
+// serverFirst marks the ports a pod's annotation declares server-first
+// (Service appProtocols have marked theirs already).
+func (c *converter) serverFirst(w *model.Workload) {
+	v := c.serverFirstPorts[w.Key()]
+	if v == "" {
+		return
+	}
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		i := slices.IndexFunc(w.Ports, func(port model.Port) bool { return uint64(port.Port) == n })
+		if err != nil || i < 0 {
+			c.problem("Pod", w.Namespace, w.Name, "InvalidAnnotation", "annotation %s=%q: %q is not one of the pod's ports; ignored", AnnotationServerFirstPorts, v, f)
+			continue
+		}
+		w.Ports[i].ServerFirst = true
+		w.Ports[i].Protocol = model.ProtocolTCP // nothing to route by: the client says nothing first
+	}
 }
 
 // pullErrors are the kubelet's waiting reasons for an image it cannot get.
@@ -214,10 +256,10 @@ func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSli
 		}
 		proto, ok := protocol(p)
 		if !ok {
-			c.problem("Service", s.Namespace, s.Name, "UnknownAppProtocol", "port %d: appProtocol %q is not one of http, http2, grpc, tcp, kubernetes.io/h2c, kubernetes.io/ws; port skipped", p.Port, *p.AppProtocol)
+			c.problem("Service", s.Namespace, s.Name, "UnknownAppProtocol", "port %d: appProtocol %q is not one of http, http2, grpc, tcp, kubernetes.io/h2c, kubernetes.io/ws, or the server-first mysql, smtp, ftp, meshd.io/server-first; port skipped", p.Port, *p.AppProtocol)
 			continue
 		}
-		svc.Ports = append(svc.Ports, model.Port{Name: p.Name, Port: uint32(p.Port), Protocol: proto})
+		svc.Ports = append(svc.Ports, model.Port{Name: p.Name, Port: uint32(p.Port), Protocol: proto, ServerFirst: serverFirstProtocols[appProtocol(p)]})
 	}
 	if len(svc.Ports) == 0 {
 		return nil
@@ -230,9 +272,9 @@ func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSli
 // endpoints collects the IPv4 endpoints of a service's slices for its ports,
 // and records the resolved target ports on the workloads behind them.
 func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.EndpointSlice) []model.Endpoint {
-	protos := map[string]model.Protocol{}
+	protos := map[string]model.Port{}
 	for _, p := range svc.Ports {
-		protos[p.Name] = p.Protocol
+		protos[p.Name] = p
 	}
 	seen := map[string]bool{}
 	var out []model.Endpoint
@@ -242,12 +284,12 @@ func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.Endpoint
 		}
 		for _, sp := range sl.Ports {
 			name := ptrOr(sp.Name, "")
-			proto, ok := protos[name]
+			svcPort, ok := protos[name]
 			if !ok || sp.Port == nil || *sp.Port <= 0 || *sp.Port > 65535 {
 				continue
 			}
 			for _, e := range sl.Endpoints {
-				for _, ep := range c.endpoint(e, name, uint32(*sp.Port), proto) {
+				for _, ep := range c.endpoint(e, name, uint32(*sp.Port), svcPort) {
 					if k := ep.Address + "|" + name; !seen[k] {
 						seen[k] = true
 						out = append(out, ep)
@@ -260,7 +302,7 @@ func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.Endpoint
 	return out
 }
 
-func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint32, proto model.Protocol) []model.Endpoint {
+func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint32, svcPort model.Port) []model.Endpoint {
 	var w *model.Workload
 	if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" {
 		w = c.pods[ref.Name+"."+ref.Namespace]
@@ -271,7 +313,7 @@ func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint3
 		if w.Meshed {
 			base.Identity = w.Identity
 		}
-		w.Ports = append(w.Ports, model.Port{Name: portName, Port: port, Protocol: proto})
+		w.Ports = append(w.Ports, model.Port{Name: portName, Port: port, Protocol: svcPort.Protocol, ServerFirst: svcPort.ServerFirst})
 	}
 	var out []model.Endpoint
 	for _, a := range e.Addresses {
@@ -284,13 +326,27 @@ func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint3
 	return out
 }
 
+// serverFirstProtocols are the appProtocols of protocols whose server
+// speaks first (model.Port.ServerFirst).
+var serverFirstProtocols = map[string]bool{"mysql": true, "smtp": true, "ftp": true, "meshd.io/server-first": true}
+
+func appProtocol(p corev1.ServicePort) string {
+	if p.AppProtocol == nil {
+		return ""
+	}
+	return strings.ToLower(*p.AppProtocol)
+}
+
 // protocol derives a port's protocol from appProtocol, else from its name
 // (http*, http2*, grpc*, as Istio does); unknown appProtocols are refused.
 func protocol(p corev1.ServicePort) (model.Protocol, bool) {
 	if p.AppProtocol == nil {
 		return protocolFromName(p.Name), true
 	}
-	switch strings.ToLower(*p.AppProtocol) {
+	if serverFirstProtocols[appProtocol(p)] {
+		return model.ProtocolTCP, true
+	}
+	switch appProtocol(p) {
 	case "http", "kubernetes.io/ws":
 		return model.ProtocolHTTP, true
 	case "http2", "kubernetes.io/h2c":
@@ -328,6 +384,7 @@ func uniquePorts(ports []model.Port) []model.Port {
 			if out[n-1].Protocol != p.Protocol {
 				out[n-1].Protocol = model.ProtocolTCP
 			}
+			out[n-1].ServerFirst = out[n-1].ServerFirst || p.ServerFirst
 			continue
 		}
 		out = append(out, p)

@@ -49,6 +49,10 @@ type Snapshot struct {
 	// to another sidecar (0: no bound), so that a renewed or revoked
 	// certificate is soon the one every connection was made with.
 	ConnectionMaxAge time.Duration
+	// DetectionTimeout is how long an inbound sidecar waits for a client's
+	// first bytes to tell mutual TLS from plaintext (0: DefaultDetectionTimeout);
+	// a workload may set its own.
+	DetectionTimeout time.Duration
 	Services         []*Service
 	Workloads        []*Workload
 	// ChangedAt is when the Kubernetes change this snapshot reflects was
@@ -75,6 +79,11 @@ type Port struct {
 	Name     string
 	Port     uint32
 	Protocol Protocol
+	// ServerFirst: the server speaks first (SMTP, MySQL, banners), so a
+	// plaintext client sends nothing to detect TLS by; declared with a
+	// Service port's appProtocol or the pod annotation
+	// meshd.io/server-first-ports.
+	ServerFirst bool
 }
 
 // Endpoint is one address behind one service port, as EndpointSlices report
@@ -116,6 +125,9 @@ type Workload struct {
 	// host's network). The sidecar's listeners bind real addresses instead:
 	// see translate.Proxy.
 	NoInterception bool
+	// DetectionTimeout, when not 0, replaces the snapshot's for this pod
+	// (annotation meshd.io/protocol-detection-timeout).
+	DetectionTimeout time.Duration
 	// Ports are the pod's inbound ports (service target ports that resolve
 	// to this pod, and declared container ports), sorted by Port, unique.
 	Ports []Port
@@ -123,6 +135,21 @@ type Workload struct {
 
 // Key returns "name.namespace", which is also the proxy's node ID.
 func (w *Workload) Key() string { return w.Name + "." + w.Namespace }
+
+// DefaultDetectionTimeout is the inbound detection wait when neither the
+// mesh nor the pod sets one (Envoy's own default is 15 s).
+const DefaultDetectionTimeout = 5 * time.Second
+
+// Detection returns how long w's sidecar waits for a client's first bytes.
+func (s *Snapshot) Detection(w *Workload) time.Duration {
+	switch {
+	case w.DetectionTimeout > 0:
+		return w.DetectionTimeout
+	case s.DetectionTimeout > 0:
+		return s.DetectionTimeout
+	}
+	return DefaultDetectionTimeout
+}
 
 // Workload returns the workload with the given key (a proxy's node ID), or
 // nil.

@@ -117,6 +117,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			// A connection made just before a renewal (at about two thirds
 			// of a certificate's life) still ends before that certificate.
 			snap.ConnectionMaxAge = cfg.CertTTL / 3
+			snap.DetectionTimeout = cfg.DetectionTimeout
 			problems.Report(probs)
 			if _, err := mesh.Update(ctx, snap); err != nil {
 				log.Error("xds: publish mesh config", "error", err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/ca/certmanager"
+	"github.com/meshd/meshd/model"
 )
 
 // Config is the configuration of `meshd serve`.
@@ -33,6 +34,9 @@ type Config struct {
 	TrustDomain string
 	// CertTTL is the lifetime of workload certificates.
 	CertTTL time.Duration
+	// DetectionTimeout is how long inbound sidecars wait for a client's
+	// first bytes to tell mutual TLS from plaintext (model.Snapshot).
+	DetectionTimeout time.Duration
 	// CASecret names the Secret (in Namespace) holding the CA.
 	CASecret string
 	// CADir keeps the CA as files instead of a Secret (for --local-dir).
@@ -95,10 +99,12 @@ func Default() Config {
 		Namespace:   "meshd-system",
 		TrustDomain: "cluster.local",
 		CertTTL:     24 * time.Hour,
-		CASecret:    "meshd-ca",
-		SidecarAPI:  "delta",
-		HoldOff:     100 * time.Millisecond,
-		MaxDelay:    time.Second,
+
+		DetectionTimeout: model.DefaultDetectionTimeout,
+		CASecret:         "meshd-ca",
+		SidecarAPI:       "delta",
+		HoldOff:          100 * time.Millisecond,
+		MaxDelay:         time.Second,
 
 		RootRotationGrace: 10 * time.Minute,
 		LeaseDuration:     15 * time.Second,
@@ -120,6 +126,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "meshd's own namespace")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
 	fs.DurationVar(&c.CertTTL, "cert-ttl", c.CertTTL, "lifetime of workload certificates")
+	fs.DurationVar(&c.DetectionTimeout, "protocol-detection-timeout", c.DetectionTimeout,
+		"how long an inbound sidecar waits for a client's first bytes to tell mutual TLS from plaintext: a server-first protocol's plaintext client waits this long on PERMISSIVE pods, and is closed after it on STRICT pods (a pod's annotation meshd.io/protocol-detection-timeout overrides)")
 	fs.StringVar(&c.CASecret, "ca-secret", c.CASecret, "Secret in --namespace that holds the CA")
 	fs.StringVar(&c.CADir, "ca-dir", c.CADir, "keep the CA in this directory instead of a Secret (local use)")
 	fs.DurationVar(&c.RootRotationGrace, "root-rotation-grace", c.RootRotationGrace, "how long each root rotation phase waits for proxies to catch up")
@@ -174,6 +182,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SidecarAPI != "delta" && c.SidecarAPI != "sotw" {
 		errs = append(errs, fmt.Errorf("--sidecar-api %q: want delta or sotw", c.SidecarAPI))
+	}
+	if c.DetectionTimeout < 10*time.Millisecond || c.DetectionTimeout > time.Minute {
+		errs = append(errs, fmt.Errorf("--protocol-detection-timeout %s: must be from 10ms to 1m", c.DetectionTimeout))
 	}
 	if c.CertTTL < time.Minute {
 		errs = append(errs, fmt.Errorf("--cert-ttl %s: must be at least 1m (renewal runs at half the lifetime)", c.CertTTL))

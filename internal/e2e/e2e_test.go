@@ -355,3 +355,73 @@ func TestReducedDemo(t *testing.T) {
 		t.Errorf("server certificate serials %v: want its one workload certificate", res.ServerSerials)
 	}
 }
+
+// TestWorkloads: an app other than nginx (apps.py) behind a sidecar, in
+// both modes, called by a meshed client and by a pod outside the mesh:
+//   - the app sees mesh callers come from 127.0.0.6, not 127.0.0.1;
+//   - its port bound only to 127.0.0.1 stays unreachable from outside the
+//     pod, for meshed callers and (PERMISSIVE) plaintext ones alike;
+//   - its server-first port (appProtocol smtp) gives a silent meshed
+//     client the banner over mutual TLS; a silent outsider gets it after
+//     the pod's 1 s detection timeout on PERMISSIVE, and is closed (not
+//     held for Envoy's 15 s) on STRICT;
+//   - on STRICT the outsider's refused connections are in the server
+//     sidecar's log with the reason.
+func TestWorkloads(t *testing.T) {
+	for _, mode := range []string{"STRICT", "PERMISSIVE"} {
+		t.Run(mode, func(t *testing.T) {
+			opts := options(t, true)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			res, err := e2e.RunApps(ctx, opts, mode)
+			if err != nil {
+				t.Fatal(err)
+			}
+			refused := res.RefusedLines()
+			t.Logf("source %q; loopback app: from its pod %q, meshed client %q, outsider %q; banner: meshed client %q, outsider %q; outsider's HTTP %q; refused lines %q",
+				res.SourceSeen, res.LoopbackFromPod, res.LoopbackFromClient, res.LoopbackFromLegacy, res.BannerFromClient, res.BannerFromLegacy, res.PlainFromLegacy, refused)
+			if res.SourceSeen != "127.0.0.6" {
+				t.Errorf("the app saw the meshed client's request come from %q, want 127.0.0.6", res.SourceSeen)
+			}
+			if !strings.Contains(res.LoopbackFromPod, "LOOPBACK-ONLY hello") {
+				t.Fatalf("the loopback-only app does not answer in its own pod: %s", res.LoopbackFromPod)
+			}
+			for who, got := range map[string]string{"the meshed client": res.LoopbackFromClient, "the outsider": res.LoopbackFromLegacy} {
+				if strings.Contains(got, "LOOPBACK-ONLY") {
+					t.Errorf("%s reached the app that listens only on 127.0.0.1: %s", who, got)
+				}
+			}
+			const banner = "220 meshd-banner ready"
+			if !strings.Contains(res.BannerFromClient, banner) {
+				t.Errorf("the meshed client did not get the server-first banner: %s", res.BannerFromClient)
+			}
+			if mode == "PERMISSIVE" {
+				if !strings.Contains(res.BannerFromLegacy, banner) {
+					t.Errorf("the outsider did not get the banner within 5 s on a PERMISSIVE pod: %s", res.BannerFromLegacy)
+				}
+				if res.PlainFromLegacy != "peer=127.0.0.6" {
+					t.Errorf("the outsider's plaintext HTTP call: %q, want the app's answer", res.PlainFromLegacy)
+				}
+				return
+			}
+			if strings.Contains(res.BannerFromLegacy, banner) || !strings.Contains(res.BannerFromLegacy, "closed=True") {
+				t.Errorf("the outsider's silent connection to the STRICT server-first port: %s; want closed without the banner within 5 s", res.BannerFromLegacy)
+			}
+			if strings.Contains(res.PlainFromLegacy, "peer=") {
+				t.Errorf("the outsider's plaintext HTTP call was served on a STRICT pod: %s", res.PlainFromLegacy)
+			}
+			// The outsider's plaintext HTTP (no chain: NR, with the TLS
+			// error) and its silent connection to the server-first port
+			// (closed at the timeout) are in the server sidecar's log.
+			var noChain, timedOut bool
+			for _, l := range refused {
+				from := strings.Contains(l, "from="+res.LegacyIP+":")
+				noChain = noChain || from && strings.Contains(l, "port=8080") && strings.Contains(l, "flags=NR")
+				timedOut = timedOut || from && strings.Contains(l, "port=2525") && strings.Contains(l, "timeout")
+			}
+			if !noChain || !timedOut {
+				t.Errorf("refused connections logged: plaintext HTTP %v, silent server-first client %v; want both:\n%s", noChain, timedOut, res.ServerLog)
+			}
+		})
+	}
+}

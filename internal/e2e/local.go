@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/netlab"
 )
 
@@ -268,8 +269,7 @@ func (l *local) startSidecar(ctx context.Context, pod, sa string) error {
 			return err
 		}
 	}
-	e, err := l.start("envoy-"+pod, l.opts.Envoy, "-c", filepath.Join(out, "bootstrap.yaml"), "--concurrency", "1",
-		"--disable-hot-restart", "--log-level", "warn")
+	e, err := l.start("envoy-"+pod, l.opts.Envoy, append([]string{"-c", filepath.Join(out, "bootstrap.yaml")}, bootstrap.EnvoyFlags(1)...)...)
 	if err != nil {
 		return err
 	}

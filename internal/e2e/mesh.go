@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/netlab"
 )
@@ -156,8 +157,8 @@ func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAd
 		return err
 	}
 	envoy, err := s.lab.Start("envoy-"+pod.Name, netlab.ProcOptions{Pod: pod, UID: ProxyUID, GID: ProxyUID}, s.opts.Envoy,
-		"-c", filepath.Join(out, "bootstrap.yaml"), "--concurrency", "1", "--disable-hot-restart",
-		"--base-id", strconv.Itoa(s.lab.Index*100+len(s.envoys)), "--log-level", "warn")
+		append([]string{"-c", filepath.Join(out, "bootstrap.yaml"), "--base-id", strconv.Itoa(s.lab.Index*100 + len(s.envoys))},
+			bootstrap.EnvoyFlags(1)...)...)
 	if err != nil {
 		return err
 	}

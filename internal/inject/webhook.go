@@ -299,8 +299,8 @@ func (i *Injector) proxyContainer() corev1.Container {
 	return corev1.Container{
 		Name: ContainerProxy, Image: i.cfg.ProxyImage,
 		RestartPolicy: &always,
-		Args: []string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
-			"--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"},
+		Args: append([]string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)"},
+			bootstrap.EnvoyFlags(2)...),
 		Env: []corev1.EnvVar{
 			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},

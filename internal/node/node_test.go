@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/pcap"
 	"github.com/meshd/meshd/k8s"
@@ -414,6 +416,43 @@ spec:
 		t.Errorf("a pod outside the mesh got through to the STRICT server (phase %s):\n%s", phase, out)
 	} else {
 		logf(t, "pod outside the mesh refused: %s", tail(strings.TrimSpace(out), 1))
+	}
+	c.refusalsVisible(t)
+}
+
+// refusalsVisible: the web sidecars log the outsider's refused connections
+// ("[meshd refused]", flag NR: no chain for plaintext) and count them in
+// the statistics they serve on the readiness port for Prometheus.
+func (c *cluster) refusalsVisible(t *testing.T) {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods("shop").List(context.Background(), metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines, counted int
+	for _, p := range pods.Items {
+		out, _ := c.kubectl("-n", "shop", "logs", p.Name, "-c", k8s.ContainerProxy)
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "[meshd refused]") && strings.Contains(l, "flags=NR") {
+				lines++
+			}
+		}
+		resp, err := http.Get(fmt.Sprintf("http://%s:%d%s", p.Status.PodIP, inject.ReadinessPort, bootstrap.StatsPath))
+		if err != nil {
+			t.Errorf("stats of %s: %v", p.Name, err)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "envoy_listener_no_filter_chain_match{") && strings.Contains(l, "15006") && !strings.HasSuffix(l, " 0") {
+				counted++
+			}
+		}
+	}
+	logf(t, "refused connections: %d log lines with flag NR, counted by %d of %d web sidecars' statistics", lines, counted, len(pods.Items))
+	if lines == 0 || counted == 0 {
+		t.Errorf("the outsider's refused connections: %d log lines, counted by %d sidecars; want both", lines, counted)
 	}
 }
 

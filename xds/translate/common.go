@@ -10,6 +10,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -17,6 +18,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/proto"
@@ -56,11 +58,29 @@ func originalDstFilter() *listenerv3.ListenerFilter {
 	}
 }
 
-func tlsInspectorFilter() *listenerv3.ListenerFilter {
-	return &listenerv3.ListenerFilter{
+// tlsInspectorFilter detects TLS, except on connections to the given
+// destination ports.
+func tlsInspectorFilter(skipPorts ...uint32) *listenerv3.ListenerFilter {
+	f := &listenerv3.ListenerFilter{
 		Name:       "envoy.filters.listener.tls_inspector",
 		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
 	}
+	var skip []*listenerv3.ListenerFilterChainMatchPredicate
+	for _, p := range skipPorts {
+		skip = append(skip, &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_DestinationPortRange{
+			DestinationPortRange: &typev3.Int32Range{Start: int32(p), End: int32(p) + 1},
+		}})
+	}
+	switch len(skip) {
+	case 0:
+	case 1:
+		f.FilterDisabled = skip[0]
+	default:
+		f.FilterDisabled = &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_OrMatch{
+			OrMatch: &listenerv3.ListenerFilterChainMatchPredicate_MatchSet{Rules: skip},
+		}}
+	}
+	return f
 }
 
 func tcpProxy(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) *listenerv3.Filter {
@@ -90,10 +110,34 @@ func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 }
 
 func inboundAccessLog(w *model.Workload) []*accesslogv3.AccessLog {
+	return stdoutLog(fmt.Sprintf(inboundLogFormat, w.Key()))
+}
+
+// refusedLogFormat is the inbound listener's own log line, for connections
+// that ended in a failure: no chain for the port or transport (flag NR, a
+// plaintext client of a STRICT port), a failed handshake (reason), the
+// detection or handshake timeout (detail), the app unreachable (UF).
+const refusedLogFormat = "[meshd refused] start=%%START_TIME%% pod=%s port=%%DOWNSTREAM_LOCAL_PORT%% from=%%DOWNSTREAM_REMOTE_ADDRESS%% " +
+	"flags=%%RESPONSE_FLAGS%% reason=%%DOWNSTREAM_TRANSPORT_FAILURE_REASON%% detail=%%CONNECTION_TERMINATION_DETAILS%%\n"
+
+// refusedFilter keeps the listener's log to failed connections (the chains
+// log the others).
+const refusedFilter = `response.flags != 0u || connection.transport_failure_reason != "" || connection.termination_details != ""`
+
+func refusedAccessLog(w *model.Workload) []*accesslogv3.AccessLog {
+	logs := stdoutLog(fmt.Sprintf(refusedLogFormat, w.Key()))
+	logs[0].Filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{
+		ExtensionFilter: &accesslogv3.ExtensionFilter{
+			Name:       "envoy.access_loggers.extension_filters.cel",
+			ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: mustAny(&celv3.ExpressionFilter{Expression: refusedFilter})},
+		},
+	}}
+	return logs
+}
+
+func stdoutLog(line string) []*accesslogv3.AccessLog {
 	format := &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormatSource{
-		TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{
-			InlineString: fmt.Sprintf(inboundLogFormat, w.Key()),
-		}},
+		TextFormatSource: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: line}},
 	}}
 	return []*accesslogv3.AccessLog{{
 		Name: "envoy.access_loggers.stdout",

@@ -8,6 +8,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshd/meshd/model"
 )
@@ -38,12 +39,14 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 	taken := map[string]bool{}
 	for _, p := range w.Ports {
 		l := &listenerv3.Listener{
-			Name:             fmt.Sprintf("%s|%d", InboundListener, p.Port),
-			Address:          socketAddress(w.IP, p.Port),
-			TrafficDirection: corev3.TrafficDirection_INBOUND,
-			ListenerFilters:  []*listenerv3.ListenerFilter{tlsInspectorFilter()},
+			Name:                   fmt.Sprintf("%s|%d", InboundListener, p.Port),
+			Address:                socketAddress(w.IP, p.Port),
+			TrafficDirection:       corev3.TrafficDirection_INBOUND,
+			ListenerFilters:        []*listenerv3.ListenerFilter{tlsInspectorFilter(skipInspection(w)...)},
+			ListenerFiltersTimeout: durationpb.New(snap.Detection(w)),
+			AccessLog:              refusedAccessLog(w),
 		}
-		addInboundChains(l, snap.TrustDomain, w, p)
+		addInboundChains(l, snap.TrustDomain, w, p, snap.Detection(w))
 		out = append(out, l)
 		taken[fmt.Sprintf("%s:%d", w.IP, p.Port)] = true
 	}

@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -19,25 +20,57 @@ import (
 // a chain that requires a mesh client certificate, and in PERMISSIVE mode a
 // second one that takes plaintext (told apart by TLS inspection). Ports the
 // mesh does not know, and plaintext in STRICT mode, match no chain and are
-// closed.
-func inboundListener(trustDomain string, w *model.Workload) *listenerv3.Listener {
+// closed; the listener's access log says so (refusedAccessLog).
+//
+// TLS inspection waits for the client's first bytes, at most the pod's
+// detection timeout: a server-first protocol's plaintext client sends
+// nothing, so in PERMISSIVE mode it is served after that wait, and in
+// STRICT mode it is closed then. On STRICT pods a port declared server-first
+// skips the inspection (only mutual TLS is possible there anyway).
+func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listener {
+	detection := snap.Detection(w)
 	l := &listenerv3.Listener{
-		Name:             InboundListener,
-		Address:          socketAddress("0.0.0.0", InboundPort),
-		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter(), tlsInspectorFilter()},
+		Name:                   InboundListener,
+		Address:                socketAddress("0.0.0.0", InboundPort),
+		TrafficDirection:       corev3.TrafficDirection_INBOUND,
+		ListenerFilters:        []*listenerv3.ListenerFilter{originalDstFilter(), tlsInspectorFilter(skipInspection(w)...)},
+		ListenerFiltersTimeout: durationpb.New(detection),
+		AccessLog:              refusedAccessLog(w),
 	}
 	for _, p := range w.Ports {
-		addInboundChains(l, trustDomain, w, p)
+		addInboundChains(l, snap.TrustDomain, w, p, detection)
 	}
 	return l
 }
 
+// skipInspection returns the ports whose connections the TLS inspector
+// leaves alone: server-first ports of STRICT pods.
+func skipInspection(w *model.Workload) []uint32 {
+	if w.Mode != model.ModeStrict {
+		return nil
+	}
+	var ports []uint32
+	for _, p := range w.Ports {
+		if p.ServerFirst {
+			ports = append(ports, p.Port)
+		}
+	}
+	return ports
+}
+
 // addInboundChains adds a port's chains: mutual TLS, and in PERMISSIVE
 // mode plaintext too.
-func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workload, p model.Port) {
+func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workload, p model.Port, detection time.Duration) {
 	tls := inboundChain(w, p, "tls")
 	tls.TransportSocket = downstreamTLS(trustDomain)
+	// A handshake that does not complete in time is closed (a silent
+	// plaintext client of an uninspected server-first port, or a stalled
+	// one), not held open.
+	tls.TransportSocketConnectTimeout = durationpb.New(handshakeTimeout)
+	if w.Mode == model.ModeStrict && p.ServerFirst {
+		tls.FilterChainMatch.TransportProtocol = "" // not inspected: any connection
+		tls.TransportSocketConnectTimeout = durationpb.New(detection)
+	}
 	l.FilterChains = append(l.FilterChains, tls)
 	if w.Mode == model.ModePermissive {
 		// Server-speaks-first protocols send nothing to inspect: after the
@@ -49,6 +82,9 @@ func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workl
 
 func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3.FilterChain {
 	cluster := InboundClusterName(p)
+	if w.NoInterception {
+		cluster = localClusterName(p)
+	}
 	name := fmt.Sprintf("inbound|%d|%s", p.Port, transport)
 	var filter *listenerv3.Filter
 	if p.Protocol.IsHTTP() {
@@ -87,10 +123,36 @@ func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3
 	}
 }
 
-// inboundCluster reaches the app on 127.0.0.1:<port>. The sidecar runs as
-// the proxy uid, whose connections the iptables rules do not redirect.
+// appSourceAddress is the address the app sees inbound connections come
+// from: a loopback address other than 127.0.0.1, so that an app which
+// trusts 127.0.0.1 (Redis's protected mode, admin endpoints) does not trust
+// every mesh caller.
+const appSourceAddress = "127.0.0.6"
+
+// inboundCluster reaches the app where the caller was going: the pod IP and
+// port the connection was redirected from (its original destination), from
+// 127.0.0.6. An app that listens only on 127.0.0.1 stays unreachable from
+// outside the pod, as it is without the mesh. The sidecar runs as the proxy
+// uid, whose connections the iptables rules do not redirect.
 func inboundCluster(p model.Port) *clusterv3.Cluster {
-	name := InboundClusterName(p)
+	c := &clusterv3.Cluster{
+		Name:                 InboundClusterName(p),
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		UpstreamBindConfig: &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{
+			Address: appSourceAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
+		}},
+	}
+	setProtocol(c, p.Protocol)
+	return c
+}
+
+// localCluster reaches the app on 127.0.0.1:<port>: for sidecars without
+// interception (see directListeners), whose inbound listeners hold the pod
+// IP's port themselves.
+func localCluster(p model.Port) *clusterv3.Cluster {
+	name := localClusterName(p)
 	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},

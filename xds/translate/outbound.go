@@ -20,6 +20,9 @@ import (
 // connectTimeout bounds upstream connection set-up (TCP and TLS).
 const connectTimeout = 5 * time.Second
 
+// handshakeTimeout bounds an inbound TLS handshake.
+const handshakeTimeout = 10 * time.Second
+
 // transportSocketMatch is the endpoint metadata that selects mutual TLS
 // for an endpoint with a sidecar; endpoints without one stay plaintext.
 var transportSocketMatch = map[string]any{"tls": "mtls"}

@@ -54,7 +54,8 @@ func directClusterName(svc *model.Service, port uint32) string {
 }
 
 // InboundClusterName returns the cluster that reaches the app on a port of
-// the proxy's own pod (127.0.0.1:<port>): inbound|<port>, or
+// the proxy's own pod (at the connection's original destination):
+// inbound|<port>, or
 // inbound-h2|<port> for HTTP/2 and gRPC ports.
 func InboundClusterName(p model.Port) string {
 	if p.Protocol == model.ProtocolHTTP2 || p.Protocol == model.ProtocolGRPC {
@@ -62,6 +63,10 @@ func InboundClusterName(p model.Port) string {
 	}
 	return fmt.Sprintf("inbound|%d", p.Port)
 }
+
+// localClusterName is InboundClusterName's counterpart for sidecars without
+// interception (forwarding to 127.0.0.1).
+func localClusterName(p model.Port) string { return "local-" + InboundClusterName(p) }
 
 // Shared returns the resources every proxy shares: the outbound listener;
 // per service port a cluster, its endpoints and (for HTTP ports) its route
@@ -96,6 +101,13 @@ func Shared(snap *model.Snapshot) (Resources, []string) {
 	seen := map[string]bool{}
 	for _, w := range snap.Workloads {
 		for _, p := range w.Ports {
+			if w.NoInterception {
+				if name := localClusterName(p); !seen[name] {
+					seen[name] = true
+					add(resourcev3.ClusterType, localCluster(p))
+				}
+				continue
+			}
 			if name := InboundClusterName(p); !seen[name] {
 				seen[name] = true
 				add(resourcev3.ClusterType, inboundCluster(p))
@@ -124,7 +136,7 @@ func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 	if len(w.Ports) == 0 {
 		return res
 	}
-	res[resourcev3.ListenerType] = []types.Resource{inboundListener(snap.TrustDomain, w)}
+	res[resourcev3.ListenerType] = []types.Resource{inboundListener(snap, w)}
 	return res
 }
 

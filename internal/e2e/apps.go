@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/meshd/meshd/internal/netlab"
+)
+
+//go:embed apps.py
+var appsPy []byte
+
+// AppsResult is what the workloads experiment observed: an app other than
+// nginx (apps.py) behind a sidecar, called by a meshed client and by a pod
+// outside the mesh. Each field holds the client's own report (apps.py dial
+// or curl output).
+type AppsResult struct {
+	Mode string
+	// SourceSeen is the address the HTTP app saw the meshed client's
+	// request come from.
+	SourceSeen string
+	// LoopbackFromPod is the loopback-only app answering inside its own
+	// pod (it runs); LoopbackFromClient and LoopbackFromLegacy are what the
+	// meshed client (through the service) and the outsider (to the pod IP)
+	// got from it.
+	LoopbackFromPod, LoopbackFromClient, LoopbackFromLegacy string
+	// BannerFromClient and BannerFromLegacy are what a silent client of
+	// the server-first port got: the meshed one through the service, the
+	// outsider at the pod IP.
+	BannerFromClient, BannerFromLegacy string
+	// PlainFromLegacy is the outsider's plain HTTP call to the pod IP.
+	PlainFromLegacy string
+	// ServerLog is the server sidecar's log (access lines included).
+	ServerLog string
+	// LegacyIP is the outsider's address.
+	LegacyIP string
+}
+
+// appsYAML: app-0 (apps.py) in the mesh with the mode from %[5]s and a 1 s
+// detection timeout, its service (the banner port declared server-first by
+// appProtocol), client-0 in the mesh, legacy-0 outside it.
+const appsYAML = `apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: legacy}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: demo}
+spec:
+  clusterIP: %[1]s
+  ports:
+  - {name: http, port: 8080}
+  - {name: tcp-loopback, port: 8081}
+  - {name: banner, port: 2525, appProtocol: smtp}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: app-1, namespace: demo, labels: {kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}]
+endpoints:
+- addresses: [%[2]s]
+  targetRef: {kind: Pod, namespace: demo, name: app-0}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: app-0
+  namespace: demo
+  labels: {meshd.io/mtls-mode: %[5]s}
+  annotations: {meshd.io/protocol-detection-timeout: 1s}
+spec:
+  serviceAccountName: app
+  containers: [{name: app, image: apps}]
+status: {podIP: %[2]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-0, namespace: demo}
+spec: {serviceAccountName: client}
+status: {podIP: %[3]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy-0, namespace: legacy}
+status: {podIP: %[4]s}
+`
+
+// RunApps runs the workloads experiment with app-0 in the given mode
+// ("STRICT" or "PERMISSIVE") and removes everything it made.
+func RunApps(ctx context.Context, opts Options, mode string) (res *AppsResult, err error) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		return nil, err
+	}
+	lab, err := netlab.New(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := lab.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	if opts.API == "" {
+		opts.API = "delta"
+	}
+	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo"}
+	pods := map[string]*netlab.Pod{}
+	for _, name := range []string{"app-0", "client-0", "legacy-0"} {
+		if pods[name], err = lab.AddPod(ctx, name); err != nil {
+			return nil, err
+		}
+	}
+	script := filepath.Join(lab.Dir, "apps.py")
+	if err := os.WriteFile(script, appsPy, 0o644); err != nil {
+		return nil, err
+	}
+	app, err := lab.Start("apps-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, python, script, "serve")
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFor(ctx, 10*time.Second, "apps.py serving", func() error {
+		if !strings.Contains(app.Log(), "serving") {
+			return fmt.Errorf("not yet: %s", app.Log())
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
+	appIP := pods["app-0"].IP.String()
+	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode)
+	if err := s.startMeshWith(ctx, desc, 2, []sidecarSpec{{pods["app-0"], "app"}, {pods["client-0"], "client"}}); err != nil {
+		return nil, err
+	}
+	dial := func(pod, host, port string, line ...string) string {
+		out, err := pods[pod].Run(ctx, python, append([]string{script, "dial", host, port}, line...)...)
+		if err != nil {
+			return fmt.Sprintf("%s (%v)", strings.TrimSpace(out), err)
+		}
+		return strings.TrimSpace(out)
+	}
+	res = &AppsResult{Mode: mode, LegacyIP: pods["legacy-0"].IP.String()}
+	out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
+	res.SourceSeen = strings.TrimPrefix(strings.TrimSpace(out), "peer=")
+	res.LoopbackFromPod = dial("app-0", "127.0.0.1", "8081", "hello")
+	res.LoopbackFromClient = dial("client-0", svcIP, "8081", "hello")
+	res.LoopbackFromLegacy = dial("legacy-0", appIP, "8081", "hello")
+	res.BannerFromClient = dial("client-0", svcIP, "2525")
+	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
+	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")
+	res.PlainFromLegacy = strings.TrimSpace(out)
+	time.Sleep(3 * time.Second) // access log lines are written when connections close, and flushed each second
+	res.ServerLog = s.envoys["app-0"].LogTail(20000)
+	s.collectLogs()
+	return res, nil
+}
+
+// RefusedLines returns the server sidecar's "[meshd refused]" lines.
+func (r *AppsResult) RefusedLines() []string {
+	return regexp.MustCompile(`\[meshd refused\][^\n]*`).FindAllString(r.ServerLog, -1)
+}
