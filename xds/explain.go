@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds/translate"
@@ -14,11 +15,27 @@ import (
 // server side's mode, and the misconfigurations found. It answers the
 // "upstream connect error ... TLS error" question.
 type Explanation struct {
-	From    Side       `json:"from"`
-	To      string     `json:"to"`
-	Ports   []PortPath `json:"ports"`
-	Verdict string     `json:"verdict"` // mtls, plaintext, mixed, broken
-	Finds   []string   `json:"findings"`
+	From  Side       `json:"from"`
+	To    string     `json:"to"`
+	Ports []PortPath `json:"ports"`
+	// PodIP, when To is a pod, is what happens to calls made to the pod's
+	// own address (not through a service), port by port.
+	PodIP   []PodIPPath `json:"pod_ip,omitempty"`
+	Verdict string      `json:"verdict"` // mtls, plaintext, mixed, refused, broken
+	Finds   []string    `json:"findings"`
+}
+
+// PodIPPath is a call to <pod IP>:<port>.
+type PodIPPath struct {
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	// Path is how the client's sidecar sends it: "passthrough" (as the app
+	// sent it), an outbound-direct chain (headless services), or "no
+	// sidecar".
+	Path string `json:"path"`
+	MTLS bool   `json:"mtls"`
+	// Outcome is what the server side does with it.
+	Outcome string `json:"outcome"`
 }
 
 // Side is one end as meshd sees it.
@@ -72,8 +89,9 @@ func Explain(snap *model.Snapshot, proxies []ProxyStatus, from, to string) (*Exp
 	}
 	e.From = side(w, connected)
 	svcs := targets(snap, to)
-	if len(svcs) == 0 {
-		return nil, fmt.Errorf("no service or pod %q in the mesh model (or the pod backs no service)", to)
+	target := snap.Workload(to)
+	if len(svcs) == 0 && target == nil {
+		return nil, fmt.Errorf("no service or pod %q in the mesh model", to)
 	}
 	if !e.From.Connected {
 		e.find("the client %s has no connected sidecar: its traffic leaves the pod as the app sent it (plaintext)", from)
@@ -89,8 +107,59 @@ func Explain(snap *model.Snapshot, proxies []ProxyStatus, from, to string) (*Exp
 	for _, svc := range svcs {
 		e.explainService(snap, svc, connected)
 	}
+	if target != nil && snap.Service(to) == nil {
+		e.explainPodIP(snap, target, svcs, connected)
+	}
 	e.verdict()
 	return e, nil
+}
+
+// explainPodIP describes calls to a pod's own address. The outbound
+// listener has chains for service addresses only (and for each endpoint of
+// a headless service): anything else passes through as the app sent it, so
+// that pod churn stays an endpoint (EDS) update instead of a listener
+// update for every sidecar. A STRICT server refuses such a plaintext
+// connection; a PERMISSIVE one takes it in plaintext.
+func (e *Explanation) explainPodIP(snap *model.Snapshot, w *model.Workload, svcs []*model.Service, connected map[string]ProxyStatus) {
+	if w.IP == "" {
+		e.find("pod %s has no IP yet", w.Key())
+		return
+	}
+	headless := map[uint32]string{}
+	for _, svc := range svcs {
+		if svc.ClusterIP != "" {
+			continue
+		}
+		for _, ep := range svc.Endpoints {
+			if ep.Workload == w.Key() {
+				headless[ep.Port] = fmt.Sprintf("outbound-direct|%d|%s|%s", ep.Port, svc.Key(), ep.Address)
+			}
+		}
+	}
+	server := side(w, connected)
+	for _, p := range w.Ports {
+		pp := PodIPPath{Address: w.IP, Port: p.Port, Path: "passthrough"}
+		switch {
+		case !e.From.Sidecar:
+			pp.Path = "no sidecar"
+		case headless[p.Port] != "" && w.Meshed:
+			pp.Path, pp.MTLS = headless[p.Port], true
+		}
+		switch {
+		case pp.MTLS:
+			pp.Outcome = "mutual TLS to " + w.Identity
+		case !server.Sidecar:
+			pp.Outcome = "plaintext: the server has no sidecar"
+		case w.Mode == model.ModeStrict:
+			pp.Outcome = "refused: the server is STRICT and the call arrives in plaintext"
+		default:
+			pp.Outcome = "plaintext, accepted: the server is PERMISSIVE"
+		}
+		e.PodIP = append(e.PodIP, pp)
+	}
+	if len(headless) == 0 && w.Meshed && e.From.Sidecar {
+		e.find("calls to %s's own address (%s) pass through the client's sidecar without mutual TLS (only service addresses, and endpoints of headless services, get it, so that pod churn stays an EDS-only update); call it through a service", w.Key(), w.IP)
+	}
 }
 
 // targets finds what "to" names: a service, or the services a pod backs.
@@ -107,9 +176,14 @@ func targets(snap *model.Snapshot, to string) []*model.Service {
 	return out
 }
 
+// side describes a workload; a mode only where a sidecar enforces one.
 func side(w *model.Workload, connected map[string]ProxyStatus) Side {
 	_, ok := connected[w.Key()]
-	return Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Mode: string(w.Mode)}
+	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok}
+	if w.Meshed {
+		s.Mode = string(w.Mode)
+	}
+	return s
 }
 
 func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, connected map[string]ProxyStatus) {
@@ -128,6 +202,9 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		}
 		if p.Protocol.IsHTTP() {
 			pp.Route = pp.Cluster
+		}
+		if !e.From.Sidecar { // no listener, chain or secrets on the client side
+			pp.Listener, pp.FilterChain, pp.Cluster, pp.Route, pp.ClientSecrets = "", "", "", "", nil
 		}
 		if e.From.Connected {
 			pp.ClientIdentity = e.From.Identity
@@ -186,10 +263,12 @@ func (e *Explanation) find(format string, args ...any) {
 	}
 }
 
-// verdict sums up: mtls when every endpoint gets mutual TLS, plaintext when
-// none does, mixed in between; broken when no endpoint is ready.
+// verdict sums up: mtls when every path (endpoint, or pod-IP call) gets
+// mutual TLS, plaintext when none does, mixed in between; refused when the
+// only paths are pod-IP calls a STRICT server refuses; broken when no
+// service endpoint is ready.
 func (e *Explanation) verdict() {
-	var mtls, plain, ready int
+	var mtls, plain, ready, refused int
 	for _, p := range e.Ports {
 		for _, ep := range p.Endpoints {
 			if ep.Ready {
@@ -202,10 +281,23 @@ func (e *Explanation) verdict() {
 			}
 		}
 	}
+	for _, p := range e.PodIP {
+		ready++
+		switch {
+		case p.MTLS:
+			mtls++
+		case strings.HasPrefix(p.Outcome, "refused"):
+			refused++
+		default:
+			plain++
+		}
+	}
 	switch {
+	case refused > 0 && mtls == 0 && plain == 0:
+		e.Verdict = "refused"
 	case ready == 0:
 		e.Verdict = "broken"
-	case plain == 0:
+	case plain+refused == 0:
 		e.Verdict = "mtls"
 	case mtls == 0:
 		e.Verdict = "plaintext"

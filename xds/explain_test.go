@@ -84,7 +84,7 @@ func TestExplain(t *testing.T) {
 		findingLike string
 	}{
 		"both sidecars connected":   {"client-0.demo", "web.demo", both, "mtls", ""},
-		"to a pod":                  {"client-0.demo", "web-0.demo", both, "mtls", ""},
+		"to a pod":                  {"client-0.demo", "web-0.demo", both, "mixed", "pass through the client's sidecar without mutual TLS"},
 		"client sidecar missing":    {"client-0.demo", "web.demo", both[:1], "plaintext", "STRICT and the client sends plaintext"},
 		"server sidecar missing":    {"client-0.demo", "web.demo", both[1:], "mtls", "none is connected"},
 		"server outside the mesh":   {"client-0.demo", "old.legacy", both, "plaintext", "has no sidecar"},
@@ -105,10 +105,28 @@ func TestExplain(t *testing.T) {
 			if c.findingLike != "" && !slices.ContainsFunc(e.Finds, func(f string) bool { return strings.Contains(f, c.findingLike) }) {
 				t.Errorf("findings %v, want one containing %q", e.Finds, c.findingLike)
 			}
-			if c.verdict == "mtls" && (len(e.Ports) != 1 || !slices.Equal(e.Ports[0].ExpectedSANs, []string{"spiffe://cluster.local/ns/demo/sa/web"})) {
+			if (c.verdict == "mtls" || c.to == "web-0.demo") && (len(e.Ports) != 1 || !slices.Equal(e.Ports[0].ExpectedSANs, []string{"spiffe://cluster.local/ns/demo/sa/web"})) {
 				t.Errorf("ports %+v: want one port expecting the web identity", e.Ports)
 			}
 		})
+	}
+	// A pod's own address: through the service mTLS (above), but a call to
+	// 198.18.0.10 passes through in plaintext and the STRICT server
+	// refuses it.
+	e, err := xds.Explain(snap, both, "client-0.demo", "web-0.demo")
+	if err != nil || len(e.PodIP) != 1 || e.PodIP[0].Address != "198.18.0.10" || e.PodIP[0].MTLS || e.PodIP[0].Path != "passthrough" ||
+		!strings.HasPrefix(e.PodIP[0].Outcome, "refused") {
+		t.Errorf("pod-IP path %+v (%v), want passthrough refused by the STRICT server", e.PodIP, err)
+	}
+	// A client without a sidecar has no listener or secrets; a server
+	// outside the mesh has no mode.
+	e, err = xds.Explain(snap, both, "old-0.legacy", "web.demo")
+	if err != nil || e.From.Sidecar || e.From.Mode != "" || e.Ports[0].Listener != "" || e.Ports[0].ClientSecrets != nil {
+		t.Errorf("from outside the mesh: %+v %+v (%v)", e.From, e.Ports, err)
+	}
+	e, err = xds.Explain(snap, both, "client-0.demo", "old-0.legacy")
+	if err != nil || len(e.Ports) != 1 || e.Ports[0].Endpoints[0].Server.Mode != "" || e.Ports[0].Endpoints[0].InboundChain != "" || e.Verdict != "plaintext" {
+		t.Errorf("to a pod outside the mesh: %+v verdict %s (%v)", e.Ports, e.Verdict, err)
 	}
 	if _, err := xds.Explain(snap, both, "nobody.demo", "web.demo"); err == nil {
 		t.Error("unknown client: no error")

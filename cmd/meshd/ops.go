@@ -404,6 +404,13 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				} `json:"server"`
 			} `json:"endpoints"`
 		} `json:"ports"`
+		PodIP []struct {
+			Address string `json:"address"`
+			Port    uint32 `json:"port"`
+			Path    string `json:"path"`
+			MTLS    bool   `json:"mtls"`
+			Outcome string `json:"outcome"`
+		} `json:"pod_ip"`
 	}
 	all := o
 	o = o.forNode(ctx, from)
@@ -435,12 +442,19 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
 	for _, p := range v.Ports {
-		fmt.Fprintf(stdout, "port %d (%s): listener outbound, chain %s, cluster %s\n", p.Port, p.Protocol, p.Chain, p.Cluster)
-		fmt.Fprintf(stdout, "  client presents %s; expects server SANs %v (secrets default, ROOTCA over SDS)\n", orDash(p.Client), p.ExpectedSANs)
+		if p.Chain == "" {
+			fmt.Fprintf(stdout, "port %d (%s): no client sidecar, sent as the app sends it\n", p.Port, p.Protocol)
+		} else {
+			fmt.Fprintf(stdout, "port %d (%s): listener outbound, chain %s, cluster %s\n", p.Port, p.Protocol, p.Chain, p.Cluster)
+			fmt.Fprintf(stdout, "  client presents %s; expects server SANs %v (secrets default, ROOTCA over SDS)\n", orDash(p.Client), p.ExpectedSANs)
+		}
 		for _, e := range p.Endpoints {
 			fmt.Fprintf(stdout, "  endpoint %s:%d ready=%v mtls=%v server=%s sidecar-connected=%v mode=%s\n",
 				e.Address, e.Port, e.Ready, e.MTLS, e.Server.Workload, e.Server.Connected, orDash(e.Server.Mode))
 		}
+	}
+	for _, p := range v.PodIP {
+		fmt.Fprintf(stdout, "pod IP %s:%d: %s, mtls=%v: %s\n", p.Address, p.Port, p.Path, p.MTLS, p.Outcome)
 	}
 	for _, f := range v.Findings {
 		fmt.Fprintln(stdout, "! "+f)
