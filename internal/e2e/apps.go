@@ -37,6 +37,9 @@ type AppsResult struct {
 	BannerFromClient, BannerFromLegacy string
 	// PlainFromLegacy is the outsider's plain HTTP call to the pod IP.
 	PlainFromLegacy string
+	// Held is how a busy TCP connection of the meshed client to the banner
+	// port ended (apps.py hold), when the experiment was asked to hold one.
+	Held string
 	// ServerLog is the server sidecar's log (access lines included).
 	ServerLog string
 	// LegacyIP is the outsider's address.
@@ -98,8 +101,9 @@ status: {podIP: %[4]s}
 `
 
 // RunApps runs the workloads experiment with app-0 in the given mode
-// ("STRICT" or "PERMISSIVE") and removes everything it made.
-func RunApps(ctx context.Context, opts Options, mode string) (res *AppsResult, err error) {
+// ("STRICT" or "PERMISSIVE") and removes everything it made. With hold > 0
+// the meshed client also keeps a busy TCP connection open for up to hold.
+func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration) (res *AppsResult, err error) {
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		return nil, err
@@ -162,6 +166,13 @@ func RunApps(ctx context.Context, opts Options, mode string) (res *AppsResult, e
 	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")
 	res.PlainFromLegacy = strings.TrimSpace(out)
+	if hold > 0 {
+		out, err := pods["client-0"].Run(ctx, python, script, "hold", svcIP, "2525", fmt.Sprint(hold.Seconds()))
+		res.Held = strings.TrimSpace(out)
+		if err != nil {
+			res.Held += fmt.Sprintf(" (%v)", err)
+		}
+	}
 	time.Sleep(3 * time.Second) // access log lines are written when connections close, and flushed each second
 	res.ServerLog = s.envoys["app-0"].LogTail(20000)
 	s.collectLogs()

@@ -81,8 +81,33 @@ def dial(host, port, line=None):
     print("got=%r closed=%s after=%.1fs" % (got.decode(errors="replace"), closed, time.monotonic() - start), flush=True)
 
 
+def hold(host, port, seconds):
+    """Keeps one connection to the banner server busy (a line a second)
+    and prints how long it lived and how it ended."""
+    start = time.monotonic()
+    s = socket.create_connection((host, int(port)), timeout=5)
+    f = s.makefile("rwb")
+    f.readline()  # the banner
+    end, answered = "alive", 0
+    while time.monotonic() - start < float(seconds):
+        try:
+            f.write(b"ping\n")
+            f.flush()
+            if not f.readline():
+                end = "closed"
+                break
+            answered += 1
+        except OSError:
+            end = "closed"
+            break
+        time.sleep(1)
+    print("end=%s lived=%.0fs answered=%d" % (end, time.monotonic() - start, answered), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
+    elif sys.argv[1] == "hold":
+        hold(*sys.argv[2:])
     else:
         dial(*sys.argv[2:])

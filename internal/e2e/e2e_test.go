@@ -366,18 +366,26 @@ func TestReducedDemo(t *testing.T) {
 //     the pod's 1 s detection timeout on PERMISSIVE, and is closed (not
 //     held for Envoy's 15 s) on STRICT;
 //   - on STRICT the outsider's refused connections are in the server
-//     sidecar's log with the reason.
+//     sidecar's log with the reason;
+//   - (STRICT, 1-minute certificates) a busy mutual TLS connection is
+//     closed by the server side at a third of the certificate lifetime,
+//     before the certificate it was made with expires.
 func TestWorkloads(t *testing.T) {
 	for _, mode := range []string{"STRICT", "PERMISSIVE"} {
 		t.Run(mode, func(t *testing.T) {
 			opts := options(t, true)
+			var hold time.Duration
+			if mode == "STRICT" {
+				opts.CertTTL, hold = time.Minute, 50*time.Second
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			res, err := e2e.RunApps(ctx, opts, mode)
+			res, err := e2e.RunApps(ctx, opts, mode, hold)
 			if err != nil {
 				t.Fatal(err)
 			}
 			refused := res.RefusedLines()
+			t.Logf("held connection: %s", res.Held)
 			t.Logf("source %q; loopback app: from its pod %q, meshed client %q, outsider %q; banner: meshed client %q, outsider %q; outsider's HTTP %q; refused lines %q",
 				res.SourceSeen, res.LoopbackFromPod, res.LoopbackFromClient, res.LoopbackFromLegacy, res.BannerFromClient, res.BannerFromLegacy, res.PlainFromLegacy, refused)
 			if res.SourceSeen != "127.0.0.6" {
@@ -403,6 +411,12 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("the outsider's plaintext HTTP call: %q, want the app's answer", res.PlainFromLegacy)
 				}
 				return
+			}
+			// Closed by the server sidecar at 20 s (a third of 1 m), with
+			// answers until then; not alive at 50 s, when the certificate
+			// it was made with would be near its end.
+			if !strings.HasPrefix(res.Held, "end=closed") || strings.Contains(res.Held, "answered=0") {
+				t.Errorf("a busy mesh TCP connection: %s; want it closed by the server side before the certificate's end, after answers", res.Held)
 			}
 			if strings.Contains(res.BannerFromLegacy, banner) || !strings.Contains(res.BannerFromLegacy, "closed=True") {
 				t.Errorf("the outsider's silent connection to the STRICT server-first port: %s; want closed without the banner within 5 s", res.BannerFromLegacy)

@@ -84,16 +84,24 @@ func tlsInspectorFilter(skipPorts ...uint32) *listenerv3.ListenerFilter {
 }
 
 func tcpProxy(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) *listenerv3.Filter {
+	return tcpProxyFilter(tcpProxyConfig(statPrefix, cluster, logs...))
+}
+
+func tcpProxyConfig(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) *tcpproxyv3.TcpProxy {
+	return &tcpproxyv3.TcpProxy{
+		StatPrefix:       statPrefix,
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+		AccessLog:        logs,
+		// A refused connection (an endpoint going away) is tried again,
+		// on another endpoint where one exists.
+		MaxConnectAttempts: wrapperspb.UInt32(numRetries + 1),
+	}
+}
+
+func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 	return &listenerv3.Filter{
-		Name: "envoy.filters.network.tcp_proxy",
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-			StatPrefix:       statPrefix,
-			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
-			AccessLog:        logs,
-			// A refused connection (an endpoint going away) is tried again,
-			// on another endpoint where one exists.
-			MaxConnectAttempts: wrapperspb.UInt32(numRetries + 1),
-		})},
+		Name:       "envoy.filters.network.tcp_proxy",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)},
 	}
 }
 

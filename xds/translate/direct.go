@@ -46,7 +46,7 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 			ListenerFiltersTimeout: durationpb.New(snap.Detection(w)),
 			AccessLog:              refusedAccessLog(w),
 		}
-		addInboundChains(l, snap.TrustDomain, w, p, snap.Detection(w))
+		addInboundChains(l, snap, w, p)
 		out = append(out, l)
 		taken[fmt.Sprintf("%s:%d", w.IP, p.Port)] = true
 	}

@@ -38,7 +38,7 @@ func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listen
 		AccessLog:              refusedAccessLog(w),
 	}
 	for _, p := range w.Ports {
-		addInboundChains(l, snap.TrustDomain, w, p, detection)
+		addInboundChains(l, snap, w, p)
 	}
 	return l
 }
@@ -60,9 +60,10 @@ func skipInspection(w *model.Workload) []uint32 {
 
 // addInboundChains adds a port's chains: mutual TLS, and in PERMISSIVE
 // mode plaintext too.
-func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workload, p model.Port, detection time.Duration) {
-	tls := inboundChain(w, p, "tls")
-	tls.TransportSocket = downstreamTLS(trustDomain)
+func addInboundChains(l *listenerv3.Listener, snap *model.Snapshot, w *model.Workload, p model.Port) {
+	detection := snap.Detection(w)
+	tls := inboundChain(w, p, "tls", snap.ConnectionMaxAge)
+	tls.TransportSocket = downstreamTLS(snap.TrustDomain)
 	// A handshake that does not complete in time is closed (a silent
 	// plaintext client of an uninspected server-first port, or a stalled
 	// one), not held open.
@@ -75,12 +76,17 @@ func addInboundChains(l *listenerv3.Listener, trustDomain string, w *model.Workl
 	if w.Mode == model.ModePermissive {
 		// Server-speaks-first protocols send nothing to inspect: after the
 		// timeout they continue as plaintext instead of being closed.
-		l.FilterChains = append(l.FilterChains, inboundChain(w, p, "raw_buffer"))
+		l.FilterChains = append(l.FilterChains, inboundChain(w, p, "raw_buffer", 0))
 		l.ContinueOnListenerFiltersTimeout = true
 	}
 }
 
-func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3.FilterChain {
+// inboundChain forwards a port's connections to the app. A mutual TLS
+// connection is closed by the server side once it is maxAge old (HTTP:
+// drained, the client told to reconnect; TCP: closed), whatever the client
+// does: no connection outlives the certificate it was made with, even one
+// held open by a client that ignores its own bound (a stolen certificate).
+func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time.Duration) *listenerv3.FilterChain {
 	cluster := InboundClusterName(p)
 	if w.NoInterception {
 		cluster = localClusterName(p)
@@ -109,9 +115,14 @@ func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3
 			SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
 			AccessLog:                   inboundAccessLog(w),
 			LocalReplyConfig:            appFailureReplies(),
+			CommonHttpProtocolOptions:   maxDuration(maxAge),
 		})
 	} else {
-		filter = tcpProxy(name, cluster, inboundAccessLog(w)...)
+		tp := tcpProxyConfig(name, cluster, inboundAccessLog(w)...)
+		if maxAge > 0 {
+			tp.MaxDownstreamConnectionDuration = durationpb.New(maxAge)
+		}
+		filter = tcpProxyFilter(tp)
 	}
 	return &listenerv3.FilterChain{
 		Name: name,
@@ -121,6 +132,13 @@ func inboundChain(w *model.Workload, p model.Port, transport string) *listenerv3
 		},
 		Filters: []*listenerv3.Filter{filter},
 	}
+}
+
+func maxDuration(maxAge time.Duration) *corev3.HttpProtocolOptions {
+	if maxAge <= 0 {
+		return nil
+	}
+	return &corev3.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(maxAge)}
 }
 
 // appSourceAddress is the address the app sees inbound connections come
