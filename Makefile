@@ -8,7 +8,7 @@ LDFLAGS := -X github.com/meshd/meshd/internal/version.Version=$(VERSION)
 TEST_P ?= 2
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build tools test test-node unit vet fmt-check check-repo bench demo image cluster cluster-down sample-images clean
+.PHONY: all build tools test test-node unit vet staticcheck fmt-check check-repo bench demo image cluster cluster-down sample-images clean
 
 all: build
 
@@ -22,6 +22,10 @@ tools:
 vet:
 	$(GO) vet ./...
 
+## staticcheck: honnef.co/go/tools' checks (built into .tools by make tools)
+staticcheck:
+	.tools/bin/staticcheck ./...
+
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^tools/')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -33,7 +37,7 @@ check-repo:
 ## test: every test, against the real parts (installed first); the real-node test
 ## (internal/node: a one-node cluster, meshd deployed from deploy/) runs alone after the
 ## others, since its kubelet and kube-proxy add host-wide iptables rules while it runs
-test: check-repo tools fmt-check vet
+test: check-repo tools fmt-check vet staticcheck
 	$(GO) test -count=1 -p $(TEST_P) -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v '/internal/node$$')
 	$(MAKE) test-node
 

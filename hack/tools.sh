@@ -10,10 +10,11 @@
 #                            plugins it needs (tools/coredns), via the Go module proxy
 #   image, pause, probe      the daemonless image builder of `make image` / `make cluster`,
 #                            the pods' pause binary and an in-pod checker (tools/image)
+#   staticcheck              honnef.co/go/tools via the Go module proxy (make test runs it)
 # Each part lives in .tools/<name>-<key>/, where the key hashes its pins, so a
 # pin change rebuilds it; .tools/bin/ holds symlinks to the current ones.
 #
-# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|coredns|image|all]...
+# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|coredns|image|staticcheck|all]...
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -133,6 +134,18 @@ image() {
 	link "$dir" image pause probe
 }
 
+STATICCHECK_VERSION=v0.8.2
+
+staticcheck() {
+	local dir=$TOOLS/staticcheck-$STATICCHECK_VERSION
+	if [ ! -x "$dir/bin/staticcheck" ]; then
+		log "building staticcheck $STATICCHECK_VERSION from the Go module proxy"
+		rm -rf "$dir" && mkdir -p "$dir/bin"
+		GOBIN=$dir/bin timed staticcheck go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+	fi
+	link "$dir" staticcheck
+}
+
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
 	case $what in
@@ -142,7 +155,8 @@ for what in "$@"; do
 	cert-manager) cert_manager ;;
 	coredns) coredns ;;
 	image) image ;;
-	all) envoy; etcd; kube; cert_manager; coredns; image ;;
+	staticcheck) staticcheck ;;
+	all) envoy; etcd; kube; cert_manager; coredns; image; staticcheck ;;
 	*) log "unknown tool $what"; exit 2 ;;
 	esac
 done

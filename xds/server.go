@@ -103,9 +103,8 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
 		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout),
-		// A proxy's connection is idle most of its life: its write buffer
-		// is released after each flush, and requests are small.
-		grpc.SharedWriteBuffer(true),
+		// A proxy's connection is idle most of its life and its requests
+		// are small (grpc-go releases write buffers after each flush).
 		grpc.ReadBufferSize(8<<10),
 		grpc.ForceServerCodecV2(unpooledCodec{}),
 		grpc.StreamInterceptor(lim.intercept),

@@ -86,9 +86,9 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
-			err := s.run(runCtx)
+			err := s.run(runCtx) // never nil: a stream ends with its reason
 			close(s.ended)
-			if err != nil && runCtx.Err() == nil {
+			if runCtx.Err() == nil {
 				f.mu.Lock()
 				f.reasons[err.Error()]++
 				f.mu.Unlock()

@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"strings"
 	"sync"
 	"time"
 
@@ -216,8 +215,6 @@ func newSidecar(node string, delta bool, conn *grpc.ClientConn) *sidecar {
 	return &sidecar{node: node, delta: delta, conn: conn, secrets: map[string]bool{}, complete: make(chan struct{}),
 		ended: make(chan struct{})}
 }
-
-func typeShort(t string) string { return t[strings.LastIndex(t, ".")+1:] }
 
 // nameTable interns resource names for the whole fleet.
 type nameTable struct {
