@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/sds"
 )
 
 // Peer is what meshd knows about a connected proxy from its verified client
@@ -159,18 +160,11 @@ func authorizeNode(p Peer, node *corev3.Node) error {
 	return nil
 }
 
-// SecretDefault and SecretRootCA are the only secret names a proxy may ask for:
-// its own certificate and the trust bundle.
-const (
-	SecretDefault = "default"
-	SecretRootCA  = "ROOTCA"
-)
-
 // authorizeSecrets refuses any secret name but the proxy's own two.
 func authorizeSecrets(names []string) error {
 	for _, n := range names {
-		if n != SecretDefault && n != SecretRootCA {
-			return errDenied("secret %q is not this proxy's (only %q and %q are served)", n, SecretDefault, SecretRootCA)
+		if n != sds.NameDefault && n != sds.NameRootCA { // its own certificate and the trust bundle
+			return errDenied("secret %q is not this proxy's (only %q and %q are served)", n, sds.NameDefault, sds.NameRootCA)
 		}
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -107,7 +108,7 @@ func TestStandaloneSDS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: node(webNode, nil), TypeUrl: resourcev3.SecretType,
-		ResourceNames: []string{xds.SecretDefault, xds.SecretRootCA}}); err != nil {
+		ResourceNames: []string{sds.NameDefault, sds.NameRootCA}}); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := stream.Recv()
@@ -118,7 +119,7 @@ func TestStandaloneSDS(t *testing.T) {
 	for _, r := range resp.Resources {
 		names[resourceName(t, r.Value)] = true
 	}
-	if !names[xds.SecretDefault] || !names[xds.SecretRootCA] || len(resp.Resources) != 2 {
+	if !names[sds.NameDefault] || !names[sds.NameRootCA] || len(resp.Resources) != 2 {
 		t.Fatalf("standalone SDS answered %v", names)
 	}
 	// Another proxy's secret: PermissionDenied.

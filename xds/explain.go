@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds/translate"
 )
 
@@ -195,7 +196,7 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 	}
 	for _, p := range svc.Ports {
 		pp := PortPath{Port: p.Port, Protocol: string(p.Protocol), Listener: translate.OutboundListener,
-			Cluster: translate.ClusterName(svc, p.Port), ClientSecrets: []string{"default", "ROOTCA"}}
+			Cluster: translate.ClusterName(svc, p.Port), ClientSecrets: []string{sds.NameDefault, sds.NameRootCA}}
 		pp.FilterChain = pp.Cluster
 		if svc.ClusterIP == "" {
 			pp.FilterChain = "outbound-direct|" + fmt.Sprint(p.Port) + "|" + svc.Key() + "|<endpoint>"

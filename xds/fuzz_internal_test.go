@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/sds"
 )
 
 // FuzzRequests feeds the request checks what a hostile client controls:
@@ -48,7 +49,7 @@ func FuzzRequests(f *testing.F) {
 			if err == nil && nodeID != peer.NodeID {
 				t.Fatalf("request as node %q accepted on a stream of %s", nodeID, peer.NodeID)
 			}
-			if err == nil && typeURL == resourcev3.SecretType && name != SecretDefault && name != SecretRootCA {
+			if err == nil && typeURL == resourcev3.SecretType && name != sds.NameDefault && name != sds.NameRootCA {
 				t.Fatalf("secret %q accepted", name)
 			}
 			c.streams.with(1, func(s *stream) {

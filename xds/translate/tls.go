@@ -4,14 +4,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/meshd/meshd/sds"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-)
-
-// Secret names the proxies get over SDS (see package sds).
-const (
-	secretDefault = "default"
-	secretRootCA  = "ROOTCA"
 )
 
 // Mesh TLS: every hop meshd configures at both ends (sidecar to sidecar,
@@ -37,12 +32,12 @@ func commonTLS(sans []*tlsv3.SubjectAltNameMatcher) *tlsv3.CommonTlsContext {
 	return &tlsv3.CommonTlsContext{
 		TlsParams: TLSParams(),
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{
-			Name: secretDefault, SdsConfig: adsConfig(),
+			Name: sds.NameDefault, SdsConfig: adsConfig(),
 		}},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
-				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: secretRootCA, SdsConfig: adsConfig()},
+				ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: sds.NameRootCA, SdsConfig: adsConfig()},
 			},
 		},
 	}
