@@ -1,0 +1,65 @@
+package model_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/model"
+)
+
+// TestLookups: Workload and Service find items by key in the sorted
+// slices, and say nil for absent keys and for a nil snapshot.
+func TestLookups(t *testing.T) {
+	snap := &model.Snapshot{
+		Workloads: []*model.Workload{{Name: "a-0", Namespace: "demo"}, {Name: "b-0", Namespace: "demo"}, {Name: "c-0", Namespace: "other"}},
+		Services:  []*model.Service{{Name: "api", Namespace: "demo"}, {Name: "web", Namespace: "demo"}},
+	}
+	for _, key := range []string{"a-0.demo", "b-0.demo", "c-0.other"} {
+		if w := snap.Workload(key); w == nil || w.Key() != key {
+			t.Errorf("Workload(%q) = %v", key, w)
+		}
+	}
+	for _, key := range []string{"", "a-0", "b-0.other", "z.demo"} {
+		if w := snap.Workload(key); w != nil {
+			t.Errorf("Workload(%q) = %s, want nil", key, w.Key())
+		}
+	}
+	if s := snap.Service("web.demo"); s == nil || s.Name != "web" {
+		t.Errorf("Service(web.demo) = %v", s)
+	}
+	if s := snap.Service("web.other"); s != nil {
+		t.Errorf("Service(web.other) = %v, want nil", s)
+	}
+	var none *model.Snapshot
+	if none.Workload("a-0.demo") != nil || none.Service("web.demo") != nil {
+		t.Error("a nil snapshot found something")
+	}
+}
+
+// TestDetection: the pod's own timeout wins, then the snapshot's, then the
+// default.
+func TestDetection(t *testing.T) {
+	w := &model.Workload{}
+	if d := (&model.Snapshot{}).Detection(w); d != model.DefaultDetectionTimeout {
+		t.Errorf("default: %s", d)
+	}
+	snap := &model.Snapshot{DetectionTimeout: 2 * time.Second}
+	if d := snap.Detection(w); d != 2*time.Second {
+		t.Errorf("mesh-wide: %s", d)
+	}
+	w.DetectionTimeout = 300 * time.Millisecond
+	if d := snap.Detection(w); d != 300*time.Millisecond {
+		t.Errorf("the pod's: %s", d)
+	}
+}
+
+func TestProtocolAndIdentity(t *testing.T) {
+	for p, want := range map[model.Protocol]bool{model.ProtocolHTTP: true, model.ProtocolHTTP2: true, model.ProtocolGRPC: true, model.ProtocolTCP: false} {
+		if p.IsHTTP() != want {
+			t.Errorf("%s.IsHTTP() = %v", p, !want)
+		}
+	}
+	if id := model.SPIFFEID("cluster.local", "demo", "web"); id != "spiffe://cluster.local/ns/demo/sa/web" {
+		t.Errorf("SPIFFEID = %s", id)
+	}
+}
