@@ -44,16 +44,9 @@ const (
 	ContainerInit  = "meshd-init"
 )
 
-// Problem is an object that was skipped (wholly or in part) because it is
-// invalid for the mesh. It is reported as a Kubernetes Event and a log line.
-type Problem struct {
-	Kind, Namespace, Name string
-	Reason, Message       string
-}
-
-func (p Problem) String() string {
-	return fmt.Sprintf("%s %s/%s: %s: %s", p.Kind, p.Namespace, p.Name, p.Reason, p.Message)
-}
+// Problem is an object skipped (wholly or in part) because it is invalid
+// for the mesh (model.Problem; translation reports the same type).
+type Problem = model.Problem
 
 // Convert builds the mesh model from Kubernetes state. Invalid objects are
 // skipped alone and reported as Problems; everything else goes into the

@@ -195,3 +195,16 @@ func binarySearch[T any](items []T, key string, keyOf func(T) string) (int, bool
 func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
 	return "spiffe://" + trustDomain + "/ns/" + namespace + "/sa/" + serviceAccount
 }
+
+// Problem is an object (or part of one) meshd left out because it is
+// invalid for the mesh: found in conversion (package k8s) or in translation
+// (package translate, e.g. two services claiming one address), reported the
+// same way, as a Warning Event on the object and a log line.
+type Problem struct {
+	Kind, Namespace, Name string
+	Reason, Message       string
+}
+
+func (p Problem) String() string {
+	return p.Kind + " " + p.Namespace + "/" + p.Name + ": " + p.Reason + ": " + p.Message
+}

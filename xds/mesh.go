@@ -25,7 +25,7 @@ type Mesh struct {
 	mu       sync.Mutex // held through a whole update, so no proxy sees two models mixed
 	snap     *model.Snapshot
 	proxies  map[string]proxyRef
-	problems []string
+	problems []model.Problem
 }
 
 type proxyRef struct {
@@ -43,13 +43,13 @@ func NewMesh(pub *Publisher, log *slog.Logger) *Mesh {
 
 // Update publishes a new model. It returns the translation's problems
 // (addresses claimed twice); each is logged once, when it first appears.
-func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]string, error) {
+func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	shared, problems := translate.Shared(snap)
 	for _, p := range problems {
 		if !slices.Contains(m.problems, p) {
-			m.log.Warn("xds: translation problem", "problem", p)
+			m.log.Warn("xds: translation problem", "problem", p.String())
 		}
 	}
 	m.snap, m.problems = snap, problems

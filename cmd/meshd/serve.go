@@ -119,8 +119,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			// of a certificate's life) still ends before that certificate.
 			snap.ConnectionMaxAge = cfg.CertTTL / 3
 			snap.DetectionTimeout = cfg.DetectionTimeout
-			problems.Report(probs)
-			if _, err := mesh.Update(ctx, snap); err != nil {
+			// Translation finds its own (two services on one address):
+			// reported with conversion's, as Events on the objects.
+			tprobs, err := mesh.Update(ctx, snap)
+			problems.Report(append(probs, tprobs...))
+			if err != nil {
 				log.Error("xds: publish mesh config", "error", err)
 				return
 			}

@@ -77,10 +77,9 @@ func render(t *testing.T, in string) []byte {
 	shared, problems := translate.Shared(snap)
 	_, kprobs := k8s.Convert(mustState(t, in), "cluster.local")
 	g := golden{Shared: dump(t, shared), Proxies: map[string]map[string]any{}}
-	for _, p := range kprobs {
+	for _, p := range append(kprobs, problems...) {
 		g.Problems = append(g.Problems, p.String())
 	}
-	g.Problems = append(g.Problems, problems...)
 	for _, w := range snap.Workloads {
 		if !w.Meshed {
 			continue

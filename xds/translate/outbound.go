@@ -33,7 +33,7 @@ var transportSocketMatch = map[string]any{"tls": "mtls"}
 type chainSet struct {
 	owners   map[string]string
 	chains   []*listenerv3.FilterChain
-	problems []string
+	problems []model.Problem
 }
 
 func (c *chainSet) add(ip string, port uint32, svc *model.Service, chain *listenerv3.FilterChain) bool {
@@ -42,7 +42,8 @@ func (c *chainSet) add(ip string, port uint32, svc *model.Service, chain *listen
 		c.owners = map[string]string{}
 	}
 	if owner, taken := c.owners[key]; taken {
-		c.problems = append(c.problems, fmt.Sprintf("service %s: destination %s is already served by %s; left out", svc.Key(), key, owner))
+		c.problems = append(c.problems, model.Problem{Kind: "Service", Namespace: svc.Namespace, Name: svc.Name, Reason: "AddressConflict",
+			Message: fmt.Sprintf("destination %s is already served by service %s; this service is left out of the mesh there", key, owner)})
 		return false
 	}
 	c.owners[key] = svc.Key()

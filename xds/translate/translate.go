@@ -74,7 +74,7 @@ func localClusterName(p model.Port) string { return "local-" + InboundClusterNam
 // (127.0.0.1:<port>, the same for every pod with that port). Problems it finds in the model (two services claiming
 // one address and port) are returned; the first service in key order keeps
 // the address.
-func Shared(snap *model.Snapshot) (Resources, []string) {
+func Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 	res := Resources{}
 	add := func(t resourcev3.Type, r types.Resource) { res[t] = append(res[t], r) }
 	add(resourcev3.ClusterType, passthroughCluster())
