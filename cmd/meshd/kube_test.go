@@ -19,7 +19,8 @@ import (
 // the real kube-controller-manager, a real Envoy as web-0's sidecar. The
 // service's cluster in Envoy holds the ready pod; a second pod becoming
 // Ready reaches Envoy as an endpoint; a Service with an unknown appProtocol
-// gets a Warning Event and the rest keeps working.
+// (conversion) and a headless Service claiming another's endpoint addresses
+// (translation) get Warning Events and the rest keeps working.
 func TestServeKubeWithEnvoy(t *testing.T) {
 	testenv.Need(t, "envoy")
 	env := testenv.Kube(t)
@@ -47,6 +48,12 @@ func TestServeKubeWithEnvoy(t *testing.T) {
 			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "odd"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "odd"},
 			Ports: []corev1.ServicePort{{Name: "x", Port: 81, AppProtocol: &bad}}}},
+		// Two headless services of the same pods and port: each endpoint
+		// address is claimed twice; the second in key order is left out.
+		{ObjectMeta: metav1.ObjectMeta{Name: "hl-a"}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "hl-b"}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}}},
 	} {
 		if _, err := c.Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -75,20 +82,22 @@ func TestServeKubeWithEnvoy(t *testing.T) {
 	runPod(ctx, t, env, ns, "web-1", "198.18.0.11")
 	waitEnvoy(ctx, t, envoy, "/clusters", "outbound|80|web.translate-demo::198.18.0.11:8080::")
 
-	err = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		evs, err := c.Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=odd"})
-		if err != nil {
-			return false, err
-		}
-		for _, e := range evs.Items {
-			if e.Reason == "UnknownAppProtocol" && e.Type == corev1.EventTypeWarning && e.Source.Component == "meshd" {
-				return true, nil
+	for obj, reason := range map[string]string{"odd": "UnknownAppProtocol", "hl-b": "AddressConflict"} {
+		err = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			evs, err := c.Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + obj})
+			if err != nil {
+				return false, err
 			}
+			for _, e := range evs.Items {
+				if e.Reason == reason && e.Type == corev1.EventTypeWarning && e.Source.Component == "meshd" {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			t.Errorf("no %s Warning Event on service %s: %v", reason, obj, err)
 		}
-		return false, nil
-	})
-	if err != nil {
-		t.Errorf("no UnknownAppProtocol Warning Event on service odd: %v", err)
 	}
 }
 
