@@ -82,7 +82,7 @@ type Publisher struct {
 	cache cachev3.SnapshotCache
 
 	mu      sync.Mutex
-	started bool // SetShared has been called: the mesh config is known
+	started bool // SetAll has been called: the mesh config is known
 	shared  map[resourcev3.Type]versioned
 	proxies map[string]map[resourcev3.Type]versioned
 
@@ -130,20 +130,15 @@ func (p *Publisher) OnACK(nodeID, typeURL, version string) {
 	}
 }
 
-// SetShared replaces the shared resources and republishes every proxy whose
-// snapshot changes. Nothing is published before the first SetShared: a
-// proxy that connects before the mesh config is known (informers not yet
-// synced after a restart) keeps what it has instead of getting an empty
-// config. The caller must not mutate res afterwards.
-func (p *Publisher) SetShared(ctx context.Context, res Resources) error {
-	return p.SetAll(ctx, time.Time{}, res, nil)
-}
-
 // SetAll replaces the shared resources and, for the proxies in own, the
 // types given there, then publishes every proxy once. This is how a model
 // change goes out: shared and per-proxy resources of the same model
 // together, never a mix of two models. changedAt, if set, is when the
-// change was noticed; proxies' convergence is measured from it.
+// change was noticed; proxies' convergence is measured from it. Nothing is
+// published before the first SetAll: a proxy that connects before the mesh
+// config is known (informers not yet synced after a restart) keeps what it
+// has instead of getting an empty config. The caller must not mutate shared
+// or own afterwards.
 func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Resources, own map[string]Resources) error {
 	hashed, err := hashAll(shared, true)
 	if err != nil {
