@@ -79,14 +79,29 @@ func TestGRPCXDSClient(t *testing.T) {
 	if !strings.Contains(nack.Error, "regex") && !strings.Contains(nack.Error, "[") {
 		t.Errorf("NACK detail %q does not explain the bad regex", nack.Error)
 	}
-	before := typeStatus(m, node, resourcev3.RouteType).Responses
-	time.Sleep(2 * time.Second)
-	if after := typeStatus(m, node, resourcev3.RouteType).Responses; after != before {
-		t.Errorf("route responses went from %d to %d in 2s after the NACK: resent in a loop", before, after)
-	}
 	// The client keeps its last good config.
 	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 		t.Errorf("RPC after the NACK: %v", err)
+	}
+	// Not resent in a loop: the next route response is the fix, and once
+	// the client ACKs it the stream holds exactly one response more than
+	// at the NACK and the NACK is still the only one (a server that
+	// answered the NACK with the same config would have sent it before the
+	// fix, and the client would have NACKed it again).
+	st := typeStatus(m, node, resourcev3.RouteType)
+	responses, badVersion := st.Responses, st.SentVersion
+	if err := m.pub.SetShared(context.Background(), proxylessResources(t, backend, "/.*")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the fixed route ACKed", func() error {
+		r := typeStatus(m, node, resourcev3.RouteType)
+		if r == nil || r.AckedVersion != r.SentVersion || r.SentVersion == badVersion {
+			return fmt.Errorf("not yet: %+v", r)
+		}
+		return nil
+	})
+	if after := typeStatus(m, node, resourcev3.RouteType); after.Responses != responses+1 || after.NACKs != 1 {
+		t.Errorf("route responses %d -> %d and %d NACKs after the fix; want one more response and the one NACK: the bad route was resent", responses, after.Responses, after.NACKs)
 	}
 }
 
