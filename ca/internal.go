@@ -3,6 +3,7 @@ package ca
 import (
 	"bytes"
 	"context"
+	"crypto"
 	crand "crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -92,24 +93,23 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if err := req.Identity.Validate(); err != nil {
 		return nil, err
 	}
-	key := req.Key
-	if key == nil {
-		var err error
-		if key, err = GenerateKey(in.cfg.Rand, in.cfg.KeyType); err != nil {
+	if req.Key == nil && req.PublicKey == nil {
+		key, err := GenerateKey(in.cfg.Rand, in.cfg.KeyType)
+		if err != nil {
 			return nil, err
 		}
+		req.Key = key
 	}
 	a := in.auth.Load()
 	ttl := req.TTL
 	if ttl <= 0 {
 		ttl = in.cfg.TTL
 	}
-	req.Key = key
 	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Now(), ttl, a.Cert.NotAfter)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(in.cfg.Rand, tmpl, a.Cert, key.Public(), a.Key)
+	der, err := x509.CreateCertificate(in.cfg.Rand, tmpl, a.Cert, req.publicKey(), a.Key)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -120,9 +120,11 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if err := a.validate(leaf, req, in.cfg.Now()); err != nil {
 		return nil, err
 	}
-	keyPEM, err := encodeKey(key)
-	if err != nil {
-		return nil, err
+	var keyPEM []byte
+	if req.Key != nil {
+		if keyPEM, err = encodeKey(req.Key); err != nil {
+			return nil, err
+		}
 	}
 	return &Certificate{Identity: req.Identity, Leaf: leaf, KeyPEM: keyPEM, BundlePEM: a.BundlePEM, Backend: "internal",
 		ChainPEM: append(encodeCert(der), a.ChainPEM...)}, nil
@@ -141,7 +143,7 @@ func leafTemplate(rand io.Reader, req Request, now time.Time, ttl time.Duration,
 		notAfter = caNotAfter
 	}
 	usage := x509.KeyUsageDigitalSignature
-	if _, rsaKey := req.Key.Public().(interface{ Size() int }); rsaKey {
+	if _, rsaKey := req.publicKey().(interface{ Size() int }); rsaKey {
 		usage |= x509.KeyUsageKeyEncipherment
 	}
 	tmpl := &x509.Certificate{
@@ -164,6 +166,7 @@ func leafTemplate(rand io.Reader, req Request, now time.Time, ttl time.Duration,
 	if req.CommonName != "" {
 		tmpl.Subject.CommonName = req.CommonName
 	}
+	tmpl.Subject.SerialNumber = req.PodUID
 	return tmpl, nil
 }
 
@@ -192,7 +195,8 @@ func checkLeaf(leaf *x509.Certificate, req Request) error {
 	if !hasEKU(leaf, x509.ExtKeyUsageServerAuth) || !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
 		return errors.New("validate: want serverAuth and clientAuth extended key usage")
 	}
-	if req.Key != nil && !publicKeysEqual(leaf, req.Key) {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if pub, ok := req.publicKey().(equaler); req.publicKey() != nil && (!ok || !pub.Equal(leaf.PublicKey)) {
 		return errors.New("validate: certificate does not bind the request's key")
 	}
 	return nil

@@ -32,7 +32,26 @@ type Request struct {
 	// Pod names the pod the certificate is for (namespace/name); used for labels,
 	// events and audit, never for the identity itself.
 	Pod string
+	// PublicKey, when set instead of Key, is the public key to certify: the
+	// private key stays with whoever made it (a kubelet answering a pod's
+	// podCertificate volume), and the Certificate carries no KeyPEM.
+	PublicKey crypto.PublicKey
+	// PodUID, if set, binds the certificate to one pod object: it goes into
+	// the Subject's serialNumber attribute (see PodUIDOf).
+	PodUID string
 }
+
+// publicKey is the key the certificate binds: Key's public half, else
+// PublicKey.
+func (r Request) publicKey() crypto.PublicKey {
+	if r.Key != nil {
+		return r.Key.Public()
+	}
+	return r.PublicKey
+}
+
+// PodUIDOf returns the pod UID a certificate is bound to ("" for none).
+func PodUIDOf(c *x509.Certificate) string { return c.Subject.SerialNumber }
 
 // Certificate is an issued, validated certificate.
 //

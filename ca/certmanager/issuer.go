@@ -250,6 +250,11 @@ func (i *Issuer) issue(ctx context.Context, req ca.Request) (*ca.Certificate, er
 	}
 	ctx, cancel := context.WithTimeout(ctx, i.cfg.Timeout)
 	defer cancel()
+	if req.Key == nil && req.PublicKey != nil {
+		// A CertificateRequest carries a CSR, which only the private key
+		// can sign, and the key is on the node.
+		return nil, errors.New("certmanager: cannot certify a bare public key: cert-manager takes a CSR signed by the private key")
+	}
 	key := req.Key
 	if key == nil {
 		var err error

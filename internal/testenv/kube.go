@@ -59,14 +59,32 @@ var (
 	sharedErr error
 	sharedMu  sync.Mutex
 	mainUsed  bool
+	extraAPI  []string // apiserver flags Main's options add
 )
+
+// Option changes the apiserver Main starts.
+type Option func()
+
+// WithPodCertificates serves certificates.k8s.io/v1beta1 PodCertificateRequest
+// and ClusterTrustBundle (feature gates and runtime config), as the real
+// node's cluster does. Without it the apiserver does not serve them, like a
+// cluster without the feature.
+func WithPodCertificates() Option {
+	return func() {
+		extraAPI = append(extraAPI, "--feature-gates", "PodCertificateRequest=true,ClusterTrustBundle=true",
+			"--runtime-config", "certificates.k8s.io/v1beta1=true")
+	}
+}
 
 // Main runs the tests of a package that uses Kube and stops what they
 // started, in reverse order, also on SIGINT/SIGTERM. Use it as
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
-func Main(m *testing.M) int {
+func Main(m *testing.M, opts ...Option) int {
 	mainUsed = true
+	for _, o := range opts {
+		o()
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -217,6 +235,7 @@ func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
 		"--admission-control-config-file", pk.admissionConfig,
 		"--enable-priority-and-fairness=false", "--v", "1"}
+	e.apiArgs = append(e.apiArgs, extraAPI...)
 	if err := e.writeKubeconfig(); err != nil {
 		return err
 	}
