@@ -32,6 +32,12 @@ type Peer struct {
 	// because the pod's name is not known yet then. NodeID is empty until
 	// the stream's first request names a pod that carries this proxy ID.
 	ProxyID string
+	// PodUID is set for certificates a kubelet obtained for the pod through
+	// a PodCertificateRequest (ca.PodUIDOf): bound to one pod object, its
+	// name in NodeID and its UID here. The stream is accepted once the pod
+	// meshd sees under that name has that UID (podChecked).
+	PodUID     string
+	podChecked bool
 }
 
 // ProxyCommonName is the Subject CommonName of a client certificate bound
@@ -89,7 +95,7 @@ func peerFromCert(cert *x509.Certificate) (Peer, error) {
 	if !ok || pod == "" || ns != id.Namespace {
 		return Peer{}, fmt.Errorf("xds: client certificate CN %q is not <pod>.%s", node, id.Namespace)
 	}
-	return Peer{Identity: id, NodeID: node, Serial: cert.SerialNumber.Text(16)}, nil
+	return Peer{Identity: id, NodeID: node, Serial: cert.SerialNumber.Text(16), PodUID: ca.PodUIDOf(cert)}, nil
 }
 
 // errDenied builds the PermissionDenied status a proxy gets for asking for
@@ -111,9 +117,15 @@ func validProxyID(id string) bool {
 	return true
 }
 
-// ProxyResolver tells which proxy ID the pod behind a node ID carries;
-// known is false while the pod is not (yet) in meshd's view.
-type ProxyResolver func(nodeID string) (proxyID string, known bool)
+// BoundPod is what a sidecar's client certificate may be bound to: the
+// proxy ID the injector recorded on the pod, and the pod object's UID.
+type BoundPod struct {
+	ProxyID, UID string
+}
+
+// ProxyResolver tells what the pod behind a node ID carries; known is false
+// while the pod is not (yet) in meshd's view.
+type ProxyResolver func(nodeID string) (pod BoundPod, known bool)
 
 // bindNode resolves the node ID of a peer whose certificate is bound to a
 // proxy ID: the node must name a pod of the certificate's namespace that
@@ -135,10 +147,29 @@ func bindNode(p *Peer, node *corev3.Node, resolve ProxyResolver) error {
 	if !known {
 		return status.Errorf(codes.Unavailable, "xds: pod %s is not known yet; retry", id)
 	}
-	if got != p.ProxyID {
+	if got.ProxyID != p.ProxyID {
 		return errDenied("pod %s does not carry proxy ID %s", id, p.ProxyID)
 	}
 	p.NodeID = id
+	return nil
+}
+
+// bindPodUID checks a certificate bound to a pod object: the pod meshd
+// sees under the certificate's node ID must have the certificate's UID (a
+// certificate of a deleted pod does not pass for a new pod of the same
+// name). A pod meshd does not know yet is Unavailable (the proxy retries).
+func bindPodUID(p *Peer, resolve ProxyResolver) error {
+	if resolve == nil {
+		return errDenied("pod-bound certificates are not accepted by this server")
+	}
+	got, known := resolve(p.NodeID)
+	if !known {
+		return status.Errorf(codes.Unavailable, "xds: pod %s is not known yet; retry", p.NodeID)
+	}
+	if got.UID != p.PodUID {
+		return errDenied("pod %s has UID %s; the client certificate was issued to UID %s", p.NodeID, got.UID, p.PodUID)
+	}
+	p.podChecked = true
 	return nil
 }
 

@@ -13,14 +13,14 @@ import (
 // TestBindNode: a proxy-ID certificate is bound only to a pod of its
 // namespace that carries its proxy ID.
 func TestBindNode(t *testing.T) {
-	resolve := func(node string) (string, bool) {
+	resolve := func(node string) (BoundPod, bool) {
 		switch node {
 		case "web-abc.demo":
-			return "0123456789abcdef", true
+			return BoundPod{ProxyID: "0123456789abcdef", UID: "uid-web"}, true
 		case "other-xyz.demo":
-			return "fedcba9876543210", true
+			return BoundPod{ProxyID: "fedcba9876543210", UID: "uid-other"}, true
 		}
-		return "", false
+		return BoundPod{}, false
 	}
 	id := ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "web"}
 	cases := map[string]struct {
@@ -49,6 +49,39 @@ func TestBindNode(t *testing.T) {
 		})
 	}
 	if err := bindNode(&Peer{Identity: id, ProxyID: "0123456789abcdef"}, &corev3.Node{Id: "web-abc.demo"}, nil); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("without a resolver: %v", err)
+	}
+}
+
+// TestBindPodUID: a certificate from a PodCertificateRequest names its pod
+// (node ID) and that pod object's UID; only that pod object passes.
+func TestBindPodUID(t *testing.T) {
+	resolve := func(node string) (BoundPod, bool) {
+		if node == "web-abc.demo" {
+			return BoundPod{UID: "uid-web"}, true
+		}
+		return BoundPod{}, false
+	}
+	id := ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "web"}
+	for name, c := range map[string]struct {
+		node, uid string
+		want      codes.Code
+	}{
+		"its pod":                       {"web-abc.demo", "uid-web", codes.OK},
+		"a new pod under a reused name": {"web-abc.demo", "uid-deleted", codes.PermissionDenied},
+		"pod not known yet":             {"web-new.demo", "uid-new", codes.Unavailable},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := Peer{Identity: id, NodeID: c.node, PodUID: c.uid}
+			if got := status.Code(bindPodUID(&p, resolve)); got != c.want {
+				t.Fatalf("bind %s uid %s: %v, want %v", c.node, c.uid, got, c.want)
+			}
+			if p.podChecked != (c.want == codes.OK) {
+				t.Errorf("podChecked = %v", p.podChecked)
+			}
+		})
+	}
+	if err := bindPodUID(&Peer{Identity: id, NodeID: "web-abc.demo", PodUID: "uid-web"}, nil); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("without a resolver: %v", err)
 	}
 }

@@ -238,24 +238,34 @@ func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets
 }
 
 // bind resolves the node of a stream authenticated by a proxy-ID
-// certificate, on its first request (outside the streams lock: the
-// resolver reads the mesh model).
+// certificate, or checks the pod of a pod-bound one, on its first request
+// (outside the streams lock: the resolver reads the mesh model).
 func (c *callbacks) bind(id int64, node *corev3.Node) error {
 	var p Peer
-	if !c.streams.with(id, func(s *stream) { p = s.peer }) || p.ProxyID == "" || p.NodeID != "" {
+	if !c.streams.with(id, func(s *stream) { p = s.peer }) {
 		return nil
 	}
-	if err := bindNode(&p, node, c.resolve); err != nil {
+	var err error
+	switch {
+	case p.ProxyID != "" && p.NodeID == "":
+		err = bindNode(&p, node, c.resolve)
+	case p.PodUID != "" && !p.podChecked:
+		err = bindPodUID(&p, c.resolve)
+	default:
+		return nil
+	}
+	if err != nil {
 		if status.Code(err) == codes.PermissionDenied {
 			c.metrics.denied.Inc()
 		}
-		c.log.Warn("xds: proxy not bound to a pod", "stream", id, "proxy_id", p.ProxyID, "node", node.GetId(), "error", err)
+		c.log.Warn("xds: proxy not bound to a pod", "stream", id, "proxy_id", p.ProxyID, "pod_uid", p.PodUID, "node", node.GetId(), "error", err)
 		return err
 	}
 	c.streams.with(id, func(s *stream) {
 		if s.peer.NodeID == "" {
 			s.peer.NodeID = p.NodeID
 		}
+		s.peer.podChecked = s.peer.podChecked || p.podChecked
 	})
 	return nil
 }

@@ -299,12 +299,12 @@ func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, servi
 	hooks := &xds.ProxyHooks{}
 	var mesh *xds.Mesh
 	// Injected sidecars' certificates are bound to a proxy ID on their pod.
-	resolve := func(nodeID string) (string, bool) {
+	resolve := func(nodeID string) (xds.BoundPod, bool) {
 		w := mesh.Snapshot().Workload(nodeID)
 		if w == nil {
-			return "", false
+			return xds.BoundPod{}, false
 		}
-		return w.ProxyID, true
+		return xds.BoundPod{ProxyID: w.ProxyID, UID: w.UID}, true
 	}
 	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: tlsCfg, Hooks: hooks, Registerer: reg, Logger: log, ResolveProxy: resolve, TrustDomain: cfg.TrustDomain})
 	if err != nil {
