@@ -36,11 +36,11 @@ import (
 // the mesh model (which proxy IDs pods carry) and produces Secrets and
 // patched pods.
 func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
-	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, log *slog.Logger) (net.Addr, error) {
+	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, podCertSigner string, log *slog.Logger) (net.Addr, error) {
 	initImage, proxyImage := injectedImages(ctx, cfg, client, log)
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
 		XDSAddress: cfg.SidecarXDSAddr, ClusterDomain: cfg.ClusterDomain, ProxyImage: proxyImage, InitImage: initImage, CredsDir: cfg.SidecarCredsDir,
-		API: bootstrap.APIType(cfg.SidecarAPI), Logger: log})
+		API: bootstrap.APIType(cfg.SidecarAPI), PodCertificateSigner: podCertSigner, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -347,7 +347,9 @@ func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				Subject, Serial string
 				NotAfter        time.Time `json:"not_after"`
 			} `json:"trusted_roots"`
-			Phase string `json:"rotation_phase"`
+			Phase       string `json:"rotation_phase"`
+			Credentials string `json:"sidecar_credentials"`
+			Why         string `json:"sidecar_credentials_reason"`
 		} `json:"ca"`
 		Certificates []struct {
 			Proxy, Identity, Serial string
@@ -548,7 +550,9 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 			Roots []struct {
 				NotAfter time.Time `json:"not_after"`
 			} `json:"trusted_roots"`
-			Phase string `json:"rotation_phase"`
+			Phase       string `json:"rotation_phase"`
+			Credentials string `json:"sidecar_credentials"`
+			Why         string `json:"sidecar_credentials_reason"`
 		} `json:"ca"`
 		Earliest time.Time `json:"earliest_expiry"`
 	}
@@ -570,6 +574,12 @@ func checkCA(ctx context.Context, o *opsFlags, add func(check, status, format st
 		add("issuer", "OK", "workload certificates from %s (failures: Warning Events on the pods, meshd_ca_issue_failures_total); the %s CA signs meshd's own", v.CA.WorkloadIssuer, v.CA.Backend)
 	} else {
 		add("issuer", "OK", "%s CA, in meshd's process (nothing to call; this check issues nothing): failed issuance shows as meshd_ca_issue_failures_total and Warning Events on the pods", v.CA.Backend)
+	}
+	switch v.CA.Credentials {
+	case "pod-certificate":
+		add("credentials", "OK", "sidecars' xDS credentials from podCertificate volumes (key made by the kubelet, signed by meshd as meshd.io/spiffe, no per-pod Secret): %s", v.CA.Why)
+	case "secret":
+		add("credentials", "OK", "sidecars' xDS credentials from per-pod Secrets (key made by meshd): %s", v.CA.Why)
 	}
 	if !v.Earliest.IsZero() && time.Until(v.Earliest) <= 0 {
 		add("certificates", "FAIL", "a proxy certificate expired at %s: renewal is failing", v.Earliest)

@@ -31,6 +31,7 @@ import (
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/kubeauth"
+	"github.com/meshd/meshd/internal/podcert"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -72,6 +73,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	problems := k8s.NewProblemReporter(ctx, client, log)
 	defer problems.Shutdown()
+	creds := decideCredentials(cfg, client, local != nil)
+	log.Info("credentials: sidecar xDS credentials mode", "mode", string(creds.Mode), "reason", creds.Reason)
 	// CA: root from the CA Secret (created once, shared by replicas), or files.
 	caMetrics := ca.NewMetrics(reg)
 	issuer, renewer, err := startCA(ctx, cfg, client, caMetrics, log)
@@ -150,7 +153,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		},
 		CA: func() debug.CAView {
 			a := issuer.Authority()
-			v := debug.CAView{Backend: "internal", WorkloadIssuer: workloadIssuer, Signing: debug.NewRootView(a.Cert), RotationPhase: "steady"}
+			v := debug.CAView{Backend: "internal", WorkloadIssuer: workloadIssuer, Signing: debug.NewRootView(a.Cert), RotationPhase: "steady",
+				SidecarCredentials: string(creds.Mode), SidecarCredentialsReason: creds.Reason}
 			for _, r := range a.Roots {
 				v.Roots = append(v.Roots, debug.NewRootView(r))
 			}
@@ -219,9 +223,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	g.Go(func() error {
 		return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, caHealthy, log)
 	})
-	// inject: pods -> sidecars + credentials Secrets (cluster mode, if enabled).
+	// podcert: PodCertificateRequests -> answers signed by the internal CA;
+	// its bundle -> a ClusterTrustBundle (leader, when the cluster has them).
+	if creds.Mode == podcert.ModePodCertificate {
+		if err := startPodCertificates(lead, cfg, client, issuer, reg, log); err != nil {
+			return err
+		}
+	}
+	// inject: pods -> sidecars + credentials (Secrets or podCertificate
+	// volumes; cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {
-		addr, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, log)
+		addr, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, creds.Signer, log)
 		if err != nil {
 			return err
 		}

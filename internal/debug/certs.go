@@ -37,6 +37,10 @@ type CAView struct {
 	Roots          []RootView `json:"trusted_roots"`
 	RotationPhase  string     `json:"rotation_phase"`
 	PhaseSince     string     `json:"rotation_phase_since,omitempty"`
+	// SidecarCredentials is where injected sidecars' xDS credentials come
+	// from ("pod-certificate" or "secret"), and why.
+	SidecarCredentials       string `json:"sidecar_credentials,omitempty"`
+	SidecarCredentialsReason string `json:"sidecar_credentials_reason,omitempty"`
 }
 
 // NewRootView summarizes a CA certificate.

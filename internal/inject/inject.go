@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -76,10 +77,15 @@ type Config struct {
 	CredsDir string
 	// CertTTL is the xDS client certificate's lifetime (default 24h).
 	CertTTL time.Duration
-	API     bootstrap.APIType
-	Logger  *slog.Logger
-	Now     func() time.Time
-	Rand    io.Reader
+	// PodCertificateSigner, if set, switches to pod-certificate mode: the
+	// sidecar's credentials come from a podCertificate projected volume for
+	// this signer (the kubelet makes the key; meshd's signer signs), the
+	// trust bundle from its ClusterTrustBundle, and no Secret is written.
+	PodCertificateSigner string
+	API                  bootstrap.APIType
+	Logger               *slog.Logger
+	Now                  func() time.Time
+	Rand                 io.Reader
 }
 
 // Injector mutates pods and keeps their credentials Secrets.
@@ -133,19 +139,7 @@ func (i *Injector) newProxyID() (string, error) {
 // rewritten probes), path-based SDS files, and a fresh xDS client
 // certificate bound to the proxy ID.
 func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string, probes map[string]bootstrap.AppProbe) (map[string][]byte, *ca.Certificate, error) {
-	nodeID := pod + "." + ns
-	if pod == "" {
-		nodeID = "pending." + ns // replaced at run time by --service-node
-	}
-	b, err := bootstrap.Render(bootstrap.Config{
-		Namespace: ns, Pod: pod, ServiceAccount: sa, NodeID: nodeID,
-		XDSAddress:    i.cfg.XDSAddress,
-		XDSServerSAN:  ca.Identity{TrustDomain: i.cfg.TrustDomain, Namespace: i.cfg.MeshdNamespace, ServiceAccount: "meshd"}.String(),
-		API:           i.cfg.API,
-		CredsDir:      i.cfg.CredsDir,
-		ReadinessPort: ReadinessPort,
-		AppProbes:     probes,
-	})
+	b, err := i.render(ns, sa, pod, probes)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -159,6 +153,25 @@ func (i *Injector) credentials(ctx context.Context, ns, sa, pod, proxyID string,
 		return nil, nil, err
 	}
 	return files, cert, nil
+}
+
+// render is the sidecar's bootstrap: node ID, meshd's address and SPIFFE
+// ID, the credentials directory, the readiness listener and the app's
+// probes.
+func (i *Injector) render(ns, sa, pod string, probes map[string]bootstrap.AppProbe) (*bootstrapv3.Bootstrap, error) {
+	nodeID := pod + "." + ns
+	if pod == "" {
+		nodeID = "pending." + ns // replaced at run time by --service-node
+	}
+	return bootstrap.Render(bootstrap.Config{
+		Namespace: ns, Pod: pod, ServiceAccount: sa, NodeID: nodeID,
+		XDSAddress:    i.cfg.XDSAddress,
+		XDSServerSAN:  i.xdsServerSAN(),
+		API:           i.cfg.API,
+		CredsDir:      i.cfg.CredsDir,
+		ReadinessPort: ReadinessPort,
+		AppProbes:     probes,
+	})
 }
 
 // secretFor builds the credentials Secret of a proxy. Its annotations keep

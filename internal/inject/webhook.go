@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sort"
+	"strings"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -84,18 +86,46 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
 		}
 	}
-	proxyID, err := i.newProxyID()
-	if err != nil {
-		return deny(http.StatusInternalServerError, "%v", err)
-	}
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 	}
 	probeOps, probes := rewriteProbes(&pod)
+	var ops []patchOp
+	if i.cfg.PodCertificateSigner != "" {
+		annotations, err := i.podCertificateFiles(ns, sa, pod.Name, probes)
+		if err != nil {
+			return deny(http.StatusInternalServerError, "meshd: sidecar bootstrap for %s/%s: %v", ns, name, err)
+		}
+		annotations[AnnotationStatus] = "injected"
+		ops = i.patch(&pod, i.podCertificateVolume(), annotations)
+		i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "credentials", "podCertificate volume (key made by the kubelet)",
+			"signer", i.cfg.PodCertificateSigner, "probes_rewritten", len(probes))
+	} else {
+		proxyID, err := i.newProxyID()
+		if err != nil {
+			return deny(http.StatusInternalServerError, "%v", err)
+		}
+		if ops, err = i.secretCredentials(ctx, req, &pod, ns, sa, name, proxyID, probes); err != nil {
+			return deny(http.StatusInternalServerError, "%v", err)
+		}
+	}
+	patch, err := json.Marshal(append(ops, probeOps...))
+	if err != nil {
+		return deny(http.StatusInternalServerError, "meshd: patch: %v", err)
+	}
+	pt := admissionv1.PatchTypeJSONPatch
+	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
+}
+
+// secretCredentials issues the sidecar's xDS client certificate, stores it
+// with the bootstrap in the pod's credentials Secret (not on a dry run) and
+// returns the patch that mounts it.
+func (i *Injector) secretCredentials(ctx context.Context, req *admissionv1.AdmissionRequest, pod *corev1.Pod, ns, sa, name, proxyID string,
+	probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
 	data, cert, err := i.credentials(ctx, ns, sa, pod.Name, proxyID, probes)
 	if err != nil {
-		return deny(http.StatusInternalServerError, "meshd: sidecar credentials for %s/%s: %v", ns, name, err)
+		return nil, fmt.Errorf("meshd: sidecar credentials for %s/%s: %w", ns, name, err)
 	}
 	if req.DryRun == nil || !*req.DryRun {
 		secret, err := secretFor(ns, sa, pod.Name, proxyID, probes, data)
@@ -103,17 +133,13 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 			_, err = i.cfg.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
 		}
 		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return deny(http.StatusInternalServerError, "meshd: create the sidecar's Secret in %s: %v", ns, err)
+			return nil, fmt.Errorf("meshd: create the sidecar's Secret in %s: %w", ns, err)
 		}
 	}
-	patch, err := json.Marshal(append(i.patch(&pod, proxyID), probeOps...))
-	if err != nil {
-		return deny(http.StatusInternalServerError, "meshd: patch: %v", err)
-	}
+	vol := corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}}
 	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "identity", cert.Leaf.URIs[0].String(),
 		"client_cert_serial", cert.Leaf.SerialNumber.Text(16), "probes_rewritten", len(probes))
-	pt := admissionv1.PatchTypeJSONPatch
-	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
+	return i.patch(pod, vol, map[string]string{AnnotationStatus: "injected", AnnotationProxyID: proxyID}), nil
 }
 
 // skip says why a pod is not injected ("" to inject): opted out, host
@@ -244,7 +270,7 @@ type patchOp struct {
 // Always): the kubelet starts the app only once the proxy's startup probe
 // passes, stops the proxy after the app, and a Job's pod completes when
 // its app containers do.
-func (i *Injector) patch(pod *corev1.Pod, proxyID string) []patchOp {
+func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[string]string) []patchOp {
 	var ops []patchOp
 	appendTo := func(path string, exists bool, v any) {
 		if !exists {
@@ -265,13 +291,17 @@ func (i *Injector) patch(pod *corev1.Pod, proxyID string) []patchOp {
 			ops = append(ops, patchOp{"add", "/spec/initContainers/0", inits[k]})
 		}
 	}
-	appendTo("/spec/volumes", len(pod.Spec.Volumes) > 0, corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{
-		Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}})
+	appendTo("/spec/volumes", len(pod.Spec.Volumes) > 0, creds)
 	if pod.Annotations == nil {
-		ops = append(ops, patchOp{"add", "/metadata/annotations", map[string]string{AnnotationStatus: "injected", AnnotationProxyID: proxyID}})
-	} else {
-		ops = append(ops, patchOp{"add", "/metadata/annotations/meshd.io~1status", "injected"},
-			patchOp{"add", "/metadata/annotations/meshd.io~1proxy-id", proxyID})
+		return append(ops, patchOp{"add", "/metadata/annotations", annotations})
+	}
+	keys := make([]string, 0, len(annotations))
+	for k := range annotations {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		ops = append(ops, patchOp{"add", "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1"), annotations[k]})
 	}
 	return ops
 }

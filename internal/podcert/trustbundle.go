@@ -56,6 +56,12 @@ func NewBundlePublisher(cfg BundleConfig) (*BundlePublisher, error) {
 // "roots".
 func BundleName(signer string) string { return strings.ReplaceAll(signer, "/", ":") + ":roots" }
 
+// BundleLabels are the labels of the ClusterTrustBundle meshd writes; a
+// clusterTrustBundle projection selects it by them.
+func BundleLabels() map[string]string {
+	return map[string]string{"app.kubernetes.io/managed-by": "meshd"}
+}
+
 // Start publishes at once and then whenever the bundle changes, until ctx
 // ends. Failures are logged and retried at the next tick.
 func (p *BundlePublisher) Start(ctx context.Context) error {
@@ -85,7 +91,7 @@ func (p *BundlePublisher) Sync(ctx context.Context) error {
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = api.Create(ctx, &certsv1beta1.ClusterTrustBundle{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/managed-by": "meshd"}},
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: BundleLabels()},
 			Spec:       certsv1beta1.ClusterTrustBundleSpec{SignerName: p.cfg.SignerName, TrustBundle: want}}, metav1.CreateOptions{})
 	case err == nil && cur.Spec.TrustBundle != want:
 		cur.Spec.TrustBundle = want

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -50,28 +51,33 @@ type Env struct {
 	etcdProc, apiProc *process
 	etcdArgs, apiArgs []string
 	etcdURL           string
+	extraAPI          []string // flags Options added
 	kcm               *process
 	cm                *process
 }
 
 var (
-	shared    *Env
-	sharedErr error
-	sharedMu  sync.Mutex
-	mainUsed  bool
-	extraAPI  []string // apiserver flags Main's options add
+	shared      = map[string]*sharedEnv{} // by the apiserver flags options add
+	sharedMu    sync.Mutex
+	mainUsed    bool
+	defaultOpts []Option // Main's options: what Kube starts
 )
 
-// Option changes the apiserver Main starts.
-type Option func()
+type sharedEnv struct {
+	env *Env
+	err error
+}
+
+// Option changes the apiserver: it adds flags.
+type Option func(args *[]string)
 
 // WithPodCertificates serves certificates.k8s.io/v1beta1 PodCertificateRequest
 // and ClusterTrustBundle (feature gates and runtime config), as the real
 // node's cluster does. Without it the apiserver does not serve them, like a
 // cluster without the feature.
 func WithPodCertificates() Option {
-	return func() {
-		extraAPI = append(extraAPI, "--feature-gates", "PodCertificateRequest=true,ClusterTrustBundle=true",
+	return func(args *[]string) {
+		*args = append(*args, "--feature-gates", "PodCertificateRequest=true,ClusterTrustBundle=true",
 			"--runtime-config", "certificates.k8s.io/v1beta1=true")
 	}
 }
@@ -82,9 +88,7 @@ func WithPodCertificates() Option {
 //	func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 func Main(m *testing.M, opts ...Option) int {
 	mainUsed = true
-	for _, o := range opts {
-		o()
-	}
+	defaultOpts = opts
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -103,18 +107,29 @@ func Main(m *testing.M, opts ...Option) int {
 func stopShared() {
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared != nil {
-		shared.stop()
-		if os.Getenv("MESHD_TESTENV_KEEP") == "" {
-			_ = os.RemoveAll(shared.Dir)
+	for key, s := range shared {
+		if s.env != nil {
+			s.env.stop()
+			if os.Getenv("MESHD_TESTENV_KEEP") == "" {
+				_ = os.RemoveAll(s.env.Dir)
+			}
 		}
-		shared = nil
+		delete(shared, key)
 	}
 }
 
-// Kube returns the test binary's etcd + kube-apiserver, starting them on the
-// first call. The package must run its tests through Main.
+// Kube returns the test binary's etcd + kube-apiserver (with Main's
+// options), starting them on the first call. The package must run its
+// tests through Main.
 func Kube(t testing.TB) *Env {
+	t.Helper()
+	return KubeWith(t, defaultOpts...)
+}
+
+// KubeWith is Kube for an apiserver with other options: each distinct set
+// is started once per test binary (a second etcd + apiserver), shared by the
+// tests that ask for it.
+func KubeWith(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	if !mainUsed {
 		t.Fatal("testenv.Kube needs `func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }` in the test package")
@@ -122,23 +137,31 @@ func Kube(t testing.TB) *Env {
 	for _, tool := range []string{"etcd", "kube-apiserver"} {
 		Need(t, tool)
 	}
+	var extra []string
+	for _, o := range opts {
+		o(&extra)
+	}
+	key := strings.Join(extra, " ")
 	sharedMu.Lock()
 	defer sharedMu.Unlock()
-	if shared == nil && sharedErr == nil {
-		shared, sharedErr = startEnv()
+	s := shared[key]
+	if s == nil {
+		s = &sharedEnv{}
+		s.env, s.err = startEnv(extra)
+		shared[key] = s
 	}
-	if sharedErr != nil {
-		t.Fatalf("start kube-apiserver: %v", sharedErr)
+	if s.err != nil {
+		t.Fatalf("start kube-apiserver: %v", s.err)
 	}
-	return shared
+	return s.env
 }
 
-func startEnv() (*Env, error) {
+func startEnv(extra []string) (*Env, error) {
 	dir, err := os.MkdirTemp("", "meshd-testenv-")
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{Dir: dir}
+	e := &Env{Dir: dir, extraAPI: extra}
 	if e.pki, err = newTestPKI(dir); err != nil {
 		return nil, err
 	}
@@ -235,7 +258,7 @@ func (e *Env) startAPIServer(ctx context.Context, etcdURL string) error {
 		"--allow-privileged=true", "--disable-admission-plugins", "ServiceAccount",
 		"--admission-control-config-file", pk.admissionConfig,
 		"--enable-priority-and-fairness=false", "--v", "1"}
-	e.apiArgs = append(e.apiArgs, extraAPI...)
+	e.apiArgs = append(e.apiArgs, e.extraAPI...)
 	if err := e.writeKubeconfig(); err != nil {
 		return err
 	}
