@@ -152,6 +152,11 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	if out := check(); !strings.Contains(out, "OK webhook "+webhookAddr+" answers TLS") {
 		t.Errorf("meshd check:\n%s\nwant the webhook OK", out)
 	}
+	// This apiserver does not serve PodCertificateRequest: Secret mode, and
+	// meshd check says why.
+	if out := check(); !strings.Contains(out, "OK credentials sidecars' xDS credentials from per-pod Secrets (key made by meshd): the apiserver does not serve certificates.k8s.io/v1beta1") {
+		t.Errorf("meshd check:\n%s\nwant the Secret mode and why", out)
+	}
 	got, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, mwc.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
