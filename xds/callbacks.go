@@ -72,7 +72,7 @@ func (c *callbacks) open(ctx context.Context, id int64, delta bool, serviceType 
 	}
 	c.streams.open(id, p, delta, serviceType)
 	c.metrics.connected.Inc()
-	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "proxy_id", p.ProxyID, "identity", p.Identity.String(), "delta", delta)
+	c.log.Info("xds: stream open", "stream", id, "proxy", p.NodeID, "proxy_id", p.ProxyID, "pod_uid", p.PodUID, "identity", p.Identity.String(), "delta", delta)
 	return nil
 }
 

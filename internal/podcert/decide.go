@@ -164,11 +164,14 @@ func lifetime(certTTL time.Duration, maxExpirationSeconds int32, backdate time.D
 	return min(ttl, time.Duration(maxExpirationSeconds)*time.Second-backdate)
 }
 
-// refreshAt is when the kubelet should start refreshing: at renewAt of the
-// lifetime (meshd's renewal policy), kept 10 minutes from either end as the
+// refreshAt is when the kubelet should start refreshing: meshd's renewal
+// policy (at renewAt of --cert-ttl, or of the lifetime if shorter; a
+// certificate raised to the apiserver's one-hour minimum is still
+// refreshed on meshd's cadence), kept 10 minutes from either end as the
 // apiserver requires.
-func refreshAt(notBefore, notAfter time.Time, renewAt float64) time.Time {
-	t := notBefore.Add(time.Duration(float64(notAfter.Sub(notBefore)) * renewAt)).Truncate(time.Second)
+func refreshAt(notBefore, notAfter time.Time, certTTL time.Duration, renewAt float64) time.Time {
+	span := min(notAfter.Sub(notBefore), certTTL+backdate)
+	t := notBefore.Add(time.Duration(float64(span) * renewAt)).Truncate(time.Second)
 	if lo := notBefore.Add(refreshEdge); t.Before(lo) {
 		t = lo
 	}

@@ -31,18 +31,19 @@ func TestLifetime(t *testing.T) {
 func TestRefreshAt(t *testing.T) {
 	nb := time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)
 	for name, tc := range map[string]struct {
-		life    time.Duration
-		renewAt float64
-		want    time.Duration // after notBefore
+		life, certTTL time.Duration
+		renewAt       float64
+		want          time.Duration // after notBefore
 	}{
-		"half of a day":                  {24 * time.Hour, 0.5, 12 * time.Hour},
-		"one hour: half":                 {time.Hour, 0.5, 30 * time.Minute},
-		"not before notBefore+10m":       {time.Hour, 0.1, 10 * time.Minute},
-		"not later than notAfter-10m":    {time.Hour, 0.95, 50 * time.Minute},
-		"rounded down to a whole second": {61 * time.Minute, 0.5, 30*time.Minute + 30*time.Second},
+		"half of a day":                         {24 * time.Hour, 24 * time.Hour, 0.5, 12 * time.Hour},
+		"one hour: half":                        {time.Hour, time.Hour, 0.5, 30 * time.Minute},
+		"raised to 1h, refreshed as --cert-ttl": {time.Hour, 40 * time.Minute, 0.5, 20*time.Minute + 30*time.Second},
+		"not before notBefore+10m":              {time.Hour, time.Minute, 0.5, 10 * time.Minute},
+		"not later than notAfter-10m":           {time.Hour, time.Hour, 0.95, 50 * time.Minute},
+		"request shorter than --cert-ttl":       {2 * time.Hour, 24 * time.Hour, 0.5, time.Hour},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if got := refreshAt(nb, nb.Add(tc.life), tc.renewAt).Sub(nb); got != tc.want {
+			if got := refreshAt(nb, nb.Add(tc.life), tc.certTTL, tc.renewAt).Sub(nb); got != tc.want {
 				t.Errorf("refresh after %s, want %s", got, tc.want)
 			}
 		})

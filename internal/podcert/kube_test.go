@@ -196,7 +196,7 @@ func checkIssued(t *testing.T, r *certsv1beta1.PodCertificateRequest, root *ca.A
 	if !r.Status.NotBefore.Time.Equal(leaf.NotBefore) || !r.Status.NotAfter.Time.Equal(leaf.NotAfter) {
 		t.Errorf("status %s..%s, leaf %s..%s", r.Status.NotBefore, r.Status.NotAfter, leaf.NotBefore, leaf.NotAfter)
 	}
-	if want := refreshAt(leaf.NotBefore, leaf.NotAfter, 0.5); !r.Status.BeginRefreshAt.Time.Equal(want) {
+	if want := refreshAt(leaf.NotBefore, leaf.NotAfter, 90*time.Minute, 0.5); !r.Status.BeginRefreshAt.Time.Equal(want) {
 		t.Errorf("beginRefreshAt %s, want %s", r.Status.BeginRefreshAt, want)
 	}
 	if strings.Contains(r.Status.CertificateChain, "PRIVATE KEY") {

@@ -37,8 +37,10 @@ type Config struct {
 	// MaxLifetime is the largest maxExpirationSeconds meshd accepts (default
 	// 24h, the apiserver's default); a request asking more is denied.
 	MaxLifetime time.Duration
-	// RenewAt is the fraction of the lifetime at which the kubelet is told to
-	// refresh (default 0.5, as meshd renews its own certificates).
+	// RenewAt is the fraction of CertTTL (or of the lifetime, if shorter)
+	// after which the kubelet is told to refresh (default 0.5, as meshd
+	// renews its own certificates); never sooner than 10 minutes after
+	// notBefore, the apiserver's minimum.
 	RenewAt float64
 	// Rate and Burst limit answers to new requests per second (default 20,
 	// burst 50); renewals have a limit of their own, twice that.
@@ -252,7 +254,7 @@ func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateReque
 	nb, na := c.Leaf.NotBefore, c.Leaf.NotAfter
 	out.Status.CertificateChain = string(c.ChainPEM)
 	out.Status.NotBefore, out.Status.NotAfter = &metav1.Time{Time: nb}, &metav1.Time{Time: na}
-	out.Status.BeginRefreshAt = &metav1.Time{Time: refreshAt(nb, na, s.cfg.RenewAt)}
+	out.Status.BeginRefreshAt = &metav1.Time{Time: refreshAt(nb, na, s.cfg.CertTTL, s.cfg.RenewAt)}
 	ok := &verdict{Reason: ReasonIssued, Message: fmt.Sprintf("issued %s, serial %s, valid until %s", id, c.Leaf.SerialNumber.Text(16), na.UTC().Format(time.RFC3339))}
 	setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeIssued, ok, s.cfg.Now())
 	if err := s.write(ctx, out, ok); err != nil {
