@@ -22,10 +22,12 @@ import (
 // goes. The CA may be a Secret or files (--ca-dir).
 //
 // Every replica follows; only the leader (isLeader) steps the rotation.
-func followRoot(ctx context.Context, cfg config.Config, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration,
+// leafTTL is the longest lifetime of a leaf the CA signs: the old root
+// stays trusted that long after the new one starts signing.
+func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration,
 	isLeader func() bool, phase *atomic.Pointer[[2]string], caHealthy prometheus.Gauge, log *slog.Logger) error {
 	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
-		Rand: rand.Reader, LeafTTL: cfg.CertTTL, Grace: cfg.RootRotationGrace})
+		Rand: rand.Reader, LeafTTL: leafTTL, Grace: cfg.RootRotationGrace})
 	if err != nil {
 		return err
 	}

@@ -221,7 +221,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Help: "1 while the CA Secret (or directory) reads as valid CA material; 0 when it is missing or corrupted (meshd keeps its CA in memory)."})
 	reg.MustRegister(caHealthy)
 	g.Go(func() error {
-		return followRoot(ctx, cfg, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, caHealthy, log)
+		// Pod certificates live at least an hour (the apiserver's minimum)
+		// and are refreshed only by the kubelet: the old root stays trusted
+		// until the last one it signed has expired.
+		leafTTL := cfg.CertTTL
+		if creds.Mode == podcert.ModePodCertificate {
+			leafTTL = podcert.LongestLifetime(cfg.CertTTL)
+		}
+		return followRoot(ctx, cfg, leafTTL, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, caHealthy, log)
 	})
 	// podcert: PodCertificateRequests -> answers signed by the internal CA;
 	// its bundle -> a ClusterTrustBundle (leader, when the cluster has them).

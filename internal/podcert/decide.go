@@ -20,6 +20,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	certsv1beta1 "k8s.io/api/certificates/v1beta1"
@@ -162,6 +163,13 @@ func supportedKey(pub crypto.PublicKey) bool {
 func lifetime(certTTL time.Duration, maxExpirationSeconds int32, backdate time.Duration) time.Duration {
 	ttl := max(certTTL, MinLifetime-backdate)
 	return min(ttl, time.Duration(maxExpirationSeconds)*time.Second-backdate)
+}
+
+// LongestLifetime is the longest a certificate the signer issues with
+// --cert-ttl certTTL lives (meshd's lifetime, raised to the apiserver's
+// minimum; requests may ask for less, never more).
+func LongestLifetime(certTTL time.Duration) time.Duration {
+	return lifetime(certTTL, math.MaxInt32, backdate) + backdate
 }
 
 // refreshAt is when the kubelet should start refreshing: meshd's renewal

@@ -28,6 +28,15 @@ func TestLifetime(t *testing.T) {
 	}
 }
 
+func TestLongestLifetime(t *testing.T) {
+	if got := LongestLifetime(time.Minute); got != time.Hour {
+		t.Errorf("--cert-ttl 1m: longest %s, want 1h (the apiserver's minimum)", got)
+	}
+	if got := LongestLifetime(24 * time.Hour); got != 24*time.Hour+backdate {
+		t.Errorf("--cert-ttl 24h: longest %s", got)
+	}
+}
+
 func TestRefreshAt(t *testing.T) {
 	nb := time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)
 	for name, tc := range map[string]struct {
