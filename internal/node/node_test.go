@@ -45,7 +45,9 @@ func TestRealNode(t *testing.T) {
 	c := startCluster(t)
 	marker := "page-" + randomHex(8)
 	c.buildImages(marker)
-	c.deployMeshd()
+	// The node's apiserver serves pod certificates; this test is about the
+	// per-pod Secrets (TestRealNodePodCertificates is about the other mode).
+	c.deployMeshd("--cert-ttl="+certTTL.String(), "--pod-certificates=off")
 
 	// The eavesdropper listens from the start: the workloads' first
 	// handshakes are on the record too.
@@ -122,9 +124,10 @@ func (c *cluster) buildImages(marker string) {
 }
 
 // deployMeshd applies deploy/examples/webhook-auth (deploy/base with the
-// webhook answering only the apiserver) through an overlay that only
-// shortens the certificate lifetime, and waits until injection works.
-func (c *cluster) deployMeshd() {
+// webhook answering only the apiserver) through an overlay that only adds
+// args to meshd's (e.g. a short certificate lifetime), and waits until
+// injection works.
+func (c *cluster) deployMeshd(args ...string) {
 	c.t.Helper()
 	overlay := filepath.Join(c.root, "out", "node-e2e-overlay")
 	if err := os.MkdirAll(overlay, 0o755); err != nil {
@@ -136,9 +139,10 @@ resources: [../../deploy/examples/webhook-auth]
 patches:
 - target: {kind: Deployment, name: meshd}
   patch: |-
-    - op: add
-      path: /spec/template/spec/containers/0/args/-
-      value: --cert-ttl=` + certTTL.String() + "\n"
+`
+	for _, a := range args {
+		kust += "    - op: add\n      path: /spec/template/spec/containers/0/args/-\n      value: " + a + "\n"
+	}
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
