@@ -211,9 +211,11 @@ func (s *Signer) process(ctx context.Context, key string) {
 	if terminal(r) {
 		return
 	}
-	err = s.answer(ctx, r)
 	s.mu.Lock()
 	n := s.attempts[key]
+	s.mu.Unlock()
+	err = s.answer(ctx, r, n)
+	s.mu.Lock()
 	if err == nil {
 		delete(s.attempts, key)
 	} else {
@@ -227,8 +229,14 @@ func (s *Signer) process(ctx context.Context, key string) {
 	}
 }
 
-// answer decides and writes the answer. Errors mean "try again later".
-func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateRequest) error {
+// failAfter is how many times issuance is tried before the request is
+// marked Failed: the kubelet does not retry a failed request (the pod
+// would not start), so a passing CA problem must not end it.
+const failAfter = 5
+
+// answer decides and writes the answer; attempt counts earlier tries.
+// Errors mean "try again later".
+func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateRequest, attempt int) error {
 	pod, err := s.cfg.Client.CoreV1().Pods(r.Namespace).Get(ctx, r.Spec.PodName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		pod, err = nil, nil
@@ -246,8 +254,11 @@ func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateReque
 	id := ca.Identity{TrustDomain: s.cfg.TrustDomain, Namespace: r.Namespace, ServiceAccount: r.Spec.ServiceAccountName}
 	c, err := s.cfg.Issuer.Issue(ctx, ca.Request{Identity: id, PublicKey: pub, TTL: ttl, PodUID: string(r.Spec.PodUID),
 		CommonName: s.cfg.NodeID(r.Namespace, r.Spec.PodName), Pod: r.Namespace + "/" + r.Spec.PodName})
+	if err != nil && attempt+1 < failAfter {
+		return err
+	}
 	if err != nil {
-		v := deny(ReasonIssueFailed, "meshd's CA could not issue for %s: %v", id, err)
+		v := deny(ReasonIssueFailed, "meshd's CA could not issue for %s after %d tries: %v", id, failAfter, err)
 		setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeFailed, v, s.cfg.Now())
 		return s.write(ctx, out, v)
 	}
