@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/pcap"
 	"github.com/meshd/meshd/internal/podcert"
 )
 
@@ -32,7 +33,7 @@ func TestRealNodePodCertificates(t *testing.T) {
 	c.buildImages(marker)
 	c.deployMeshd("--cert-ttl="+certTTL.String(), "--root-rotation-grace=60s")
 
-	stopCapture := tcpdump(t, Bridge, 32, "tcp")
+	stopCapture := pcap.Tcpdump(t, Bridge, 32, "tcp")
 	server, client := workloads(marker)
 	c.apply(server)
 	waitReady(t, c, "shop", "app=web", 3)
@@ -52,7 +53,7 @@ func TestRealNodePodCertificates(t *testing.T) {
 	}
 	ok, failed, failures := c.clientSummary()
 	elapsed := time.Since(start)
-	capt, err := ReadPcap(stopCapture())
+	capt, err := pcap.Read(stopCapture())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +68,7 @@ func TestRealNodePodCertificates(t *testing.T) {
 		t.Errorf("the page (marker %s) crossed the bridge in clear", marker)
 	}
 	checkHandshakes(t, capt)
+	c.checkRenewals(t)
 }
 
 // keysOnNode: each meshed pod's sidecar credentials are a projected
