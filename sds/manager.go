@@ -32,6 +32,11 @@ type Config struct {
 	// (default 30s).
 	FirstCertTimeout time.Duration
 	Logger           *slog.Logger
+	// Bundle and NodeFiles serve proxies whose keys stay on their nodes
+	// (AddOnNode): the current trust bundle, and where their certificate
+	// files are inside the sidecar.
+	Bundle    func() []byte
+	NodeFiles NodeFiles
 }
 
 // Manager keeps the secrets of every connected proxy: one certificate per
@@ -45,6 +50,7 @@ type Manager struct {
 
 type proxy struct {
 	id     ca.Identity // whose key this proxy's secrets carry
+	onNode bool        // its key is on its node (AddOnNode)
 	refs   int
 	cancel context.CancelFunc
 	issued chan struct{} // closed at the first certificate
@@ -75,7 +81,7 @@ func New(cfg Config) (*Manager, error) {
 func (m *Manager) Add(ctx context.Context, nodeID string, id ca.Identity, pod string) error {
 	m.mu.Lock()
 	p, existed := m.proxies[nodeID]
-	if existed && p.id != id {
+	if existed && (p.id != id || p.onNode) {
 		m.mu.Unlock()
 		return status.Errorf(codes.PermissionDenied, "sds: the secrets of %s belong to %s; refused for %s", nodeID, p.id, id)
 	}

@@ -14,6 +14,10 @@ import (
 // reference went.
 type SecretKeeper interface {
 	Add(ctx context.Context, nodeID string, id ca.Identity, pod string) error
+	// AddOnNode is Add for a proxy whose certificate and key are files on
+	// its node (its sidecar authenticated with a pod-bound certificate the
+	// kubelet obtained): no key is made or sent for it.
+	AddOnNode(ctx context.Context, nodeID string, id ca.Identity) error
 	Remove(nodeID string) bool
 }
 
@@ -26,6 +30,10 @@ type ProxyHooks struct {
 	Publisher *Publisher
 	// Mesh, if set, gives each proxy its own resources (inbound side).
 	Mesh *Mesh
+	// KeyOnNode: a proxy that authenticated with a pod-bound certificate
+	// (Peer.PodUID, from a podCertificate volume) uses that volume's
+	// certificate and key for mTLS too (SecretKeeper.AddOnNode).
+	KeyOnNode bool
 }
 
 // OnConnect implements Hooks.
@@ -36,7 +44,11 @@ func (h ProxyHooks) OnConnect(ctx context.Context, p Peer) error {
 			return err
 		}
 	}
-	if err := h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod()); err != nil {
+	add := func() error { return h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod()) }
+	if h.KeyOnNode && p.PodUID != "" {
+		add = func() error { return h.Secrets.AddOnNode(ctx, p.NodeID, p.Identity) }
+	}
+	if err := add(); err != nil {
 		if status.Code(err) == codes.PermissionDenied {
 			// Nothing was added to the secrets; undo only the mesh's part.
 			if h.Mesh != nil {

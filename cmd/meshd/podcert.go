@@ -20,6 +20,10 @@ type credentialsMode struct {
 	// Signer is the signer name sidecars' podCertificate volumes name (""
 	// in Secret mode).
 	Signer string
+	// KeyOnNode: sidecars use their podCertificate volume for workload
+	// mTLS too (--pod-certificates workload); SDS sends only references to
+	// its files and the bundle.
+	KeyOnNode bool
 }
 
 // decideCredentials picks the mode: pod certificates when asked for (auto)
@@ -35,8 +39,16 @@ func decideCredentials(cfg config.Config, client kubernetes.Interface, local boo
 	if !ok {
 		return credentialsMode{Mode: podcert.ModeSecret, Reason: why}
 	}
-	return credentialsMode{Mode: podcert.ModePodCertificate, Reason: why + "; kubelets need the PodCertificateRequest and ClusterTrustBundleProjection feature gates",
+	m := credentialsMode{Mode: podcert.ModePodCertificate, Reason: why + "; kubelets need the PodCertificateRequest and ClusterTrustBundleProjection feature gates",
 		Signer: podcert.DefaultSignerName}
+	switch {
+	case cfg.PodCertificates == "workload" && cfg.IssuerRef != "":
+		m.Reason += "; workload certificates stay with " + cfg.IssuerRef + " (--issuer-ref): the kubelet's key cannot be certified by cert-manager"
+	case cfg.PodCertificates == "workload":
+		m.KeyOnNode = true
+		m.Reason += "; workload mTLS certificates from the same volume (key made on the node; SDS sends references and the bundle)"
+	}
+	return m
 }
 
 // startPodCertificates registers the pod-certificate signer and the

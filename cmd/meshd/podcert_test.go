@@ -36,13 +36,23 @@ import (
 // key, asks for the certificate with a PodCertificateRequest, writes the
 // volume's files and starts a real Envoy: it connects with the pod-bound
 // certificate (meshd never saw its key) and gets its configuration.
+//
+// With --pod-certificates workload the sidecar's workload certificate
+// (SDS "default") is the same volume's: meshd sends only references to the
+// files, and Envoy serves the inbound listener with the kubelet-held key.
 func TestPodCertificateSidecarWithEnvoy(t *testing.T) {
 	testenv.Need(t, "envoy")
+	for _, mode := range []string{"auto", "workload"} {
+		t.Run(mode, func(t *testing.T) { podCertificateSidecar(t, mode) })
+	}
+}
+
+func podCertificateSidecar(t *testing.T, mode string) {
 	env := testenv.KubeWith(t, testenv.WithPodCertificates())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	c := env.Client
-	const ns = "podcert-demo"
+	ns := "podcert-" + mode
 	for _, n := range []string{"meshd-system", ns} {
 		if err := env.EnsureNamespace(ctx, n); err != nil {
 			t.Fatal(err)
@@ -69,6 +79,9 @@ func TestPodCertificateSidecarWithEnvoy(t *testing.T) {
 	if _, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), mwc.Name, metav1.DeleteOptions{})
+	})
 	kubeconfig := serviceAccountKubeconfig(ctx, t, env, "meshd-system", "meshd")
 	var logs bytes.Buffer
 	sctx, stop := context.WithCancel(ctx)
@@ -76,7 +89,7 @@ func TestPodCertificateSidecarWithEnvoy(t *testing.T) {
 	go func() {
 		done <- run(sctx, []string{"serve", "--kubeconfig", kubeconfig, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
 			"--webhook-addr", webhookAddr, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds, "--lease-duration", "3s",
-			"--cert-ttl", "2h", "--webhook-client-ca", env.CAFile, "--webhook-client-name", testenv.WebhookClientName}, io.Discard, &syncWriter{w: &logs})
+			"--cert-ttl", "2h", "--pod-certificates", mode, "--webhook-client-ca", env.CAFile, "--webhook-client-name", testenv.WebhookClientName}, io.Discard, &syncWriter{w: &logs})
 	}()
 	t.Cleanup(func() {
 		stop()
@@ -157,6 +170,22 @@ func TestPodCertificateSidecarWithEnvoy(t *testing.T) {
 		t.Errorf("bound proxy identity %s", got)
 	}
 	waitEnvoy(ctx, t, envoy, "/listeners", "inbound::0.0.0.0:15006")
+	leaf, err := x509.ParseCertificate(mustPEM(t, issued.Status.CertificateChain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := waitEnvoy(ctx, t, envoy, "/config_dump?resource=dynamic_active_secrets", `"name": "default"`)
+	onNode := strings.Contains(secrets, filepath.Join(creds, bootstrap.FileCredentials))
+	if mode == "workload" {
+		// The workload certificate Envoy serves is the kubelet-held one:
+		// SDS sent file references, no key.
+		if !onNode {
+			t.Errorf("secret default is not a reference to the podCertificate files:\n%s", secrets)
+		}
+		waitEnvoy(ctx, t, envoy, "/certs", leaf.SerialNumber.Text(16))
+	} else if onNode {
+		t.Errorf("auto mode: secret default refers to the node's files; want meshd's SDS certificate:\n%s", secrets)
+	}
 
 	var out strings.Builder
 	if err := run(ctx, []string{"check", "--debug-addr", debugAddr}, &out, &out); err != nil {
@@ -174,6 +203,15 @@ func TestPodCertificateSidecarWithEnvoy(t *testing.T) {
 	if strings.Contains(strings.ToLower(logs.String()), "forbidden") {
 		t.Errorf("meshd hit a forbidden call under the deploy RBAC:\n%s", grepLines(logs.String(), "orbidden"))
 	}
+}
+
+func mustPEM(t *testing.T, s string) []byte {
+	t.Helper()
+	b, _ := pem.Decode([]byte(s))
+	if b == nil {
+		t.Fatalf("no PEM in %q", s)
+	}
+	return b.Bytes
 }
 
 func credsVolume(pod *corev1.Pod) *corev1.VolumeSource {

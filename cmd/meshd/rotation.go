@@ -23,8 +23,9 @@ import (
 //
 // Every replica follows; only the leader (isLeader) steps the rotation.
 // leafTTL is the longest lifetime of a leaf the CA signs: the old root
-// stays trusted that long after the new one starts signing.
-func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, secrets ca.SecretUpdater, issuer *ca.Internal, renewer *ca.Renewer, every time.Duration,
+// stays trusted that long after the new one starts signing. reissue
+// re-issues every certificate and pushes the new bundle.
+func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, secrets ca.SecretUpdater, issuer *ca.Internal, reissue func(), every time.Duration,
 	isLeader func() bool, phase *atomic.Pointer[[2]string], caHealthy prometheus.Gauge, log *slog.Logger) error {
 	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
 		Rand: rand.Reader, LeafTTL: leafTTL, Grace: cfg.RootRotationGrace})
@@ -62,7 +63,7 @@ func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, s
 			continue
 		}
 		issuer.SetAuthority(a)
-		renewer.Reissue()
+		reissue()
 		log.Info("ca: CA material changed; re-issuing all certificates", "roots", len(a.Roots), "signing_serial", a.Cert.SerialNumber.Text(16))
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
@@ -92,7 +94,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// xds: consumes the Publisher's snapshots, produces ADS streams over mTLS.
 	serving := &atomic.Pointer[tls.Certificate]{}
-	srv, mesh, secrets, err := newXDS(cfg, issuer, workloads, serving, reg, log)
+	srv, mesh, secrets, err := newXDS(cfg, issuer, workloads, serving, creds.KeyOnNode, reg, log)
 	if err != nil {
 		return err
 	}
@@ -228,7 +230,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if creds.Mode == podcert.ModePodCertificate {
 			leafTTL = podcert.LongestLifetime(cfg.CertTTL)
 		}
-		return followRoot(ctx, cfg, leafTTL, caSecrets(cfg, client), issuer, renewer, every, lead.IsLeader, &phase, caHealthy, log)
+		reissue := func() { renewer.Reissue(); secrets.BundleChanged() }
+		return followRoot(ctx, cfg, leafTTL, caSecrets(cfg, client), issuer, reissue, every, lead.IsLeader, &phase, caHealthy, log)
 	})
 	// podcert: PodCertificateRequests -> answers signed by the internal CA;
 	// its bundle -> a ClusterTrustBundle (leader, when the cluster has them).
@@ -300,7 +303,7 @@ func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface
 // newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
 // kept fresh by the renewer, client certificates checked against the current
 // bundle), the Publisher, and the SDS manager between streams and secrets.
-func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, serving *atomic.Pointer[tls.Certificate], reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, *sds.Manager, error) {
+func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, serving *atomic.Pointer[tls.Certificate], keyOnNode bool, reg prometheus.Registerer, log *slog.Logger) (*xds.Server, *xds.Mesh, *sds.Manager, error) {
 	// TLS 1.3 only: sidecars' client certificates travel encrypted.
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
@@ -333,20 +336,24 @@ func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, servi
 	if err := pub.RegisterMetrics(reg); err != nil {
 		return nil, nil, nil, err
 	}
-	mgr, err := sds.New(sds.Config{Renewer: workloads, Logger: log, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
-		res := make([]types.Resource, len(secrets))
-		for i, s := range secrets {
-			res[i] = s
-		}
-		if err := pub.SetProxy(context.Background(), node, xds.Resources{resourcev3.SecretType: res}); err != nil {
-			log.Error("xds: publish secrets", "proxy", node, "error", err)
-		}
-	}})
+	// Sidecars with a podCertificate volume use its files for mTLS when the
+	// key stays on the node (--pod-certificates workload).
+	onNode := sds.NodeFiles{Chain: path.Join(cfg.SidecarCredsDir, bootstrap.FileCredentials), Key: path.Join(cfg.SidecarCredsDir, bootstrap.FileCredentials)}
+	mgr, err := sds.New(sds.Config{Renewer: workloads, Logger: log, NodeFiles: onNode, Bundle: func() []byte { return issuer.Authority().BundlePEM },
+		OnSecrets: func(node string, secrets []*tlsv3.Secret) {
+			res := make([]types.Resource, len(secrets))
+			for i, s := range secrets {
+				res[i] = s
+			}
+			if err := pub.SetProxy(context.Background(), node, xds.Resources{resourcev3.SecretType: res}); err != nil {
+				log.Error("xds: publish secrets", "proxy", node, "error", err)
+			}
+		}})
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	mesh = xds.NewMesh(pub, log)
-	hooks.Secrets, hooks.Publisher, hooks.Mesh = mgr, pub, mesh
+	hooks.Secrets, hooks.Publisher, hooks.Mesh, hooks.KeyOnNode = mgr, pub, mesh, keyOnNode
 	return srv, mesh, mgr, nil
 }
 

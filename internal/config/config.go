@@ -92,7 +92,8 @@ type Config struct {
 	// PodCertificates: "auto" (default) signs PodCertificateRequests and
 	// injects sidecars whose xDS credentials come from a podCertificate
 	// volume (the key made by the kubelet) when the apiserver serves the
-	// API; "off" keeps per-pod Secrets.
+	// API; "workload" also takes sidecars' workload mTLS certificates from
+	// that volume; "off" keeps per-pod Secrets.
 	PodCertificates string
 }
 
@@ -156,7 +157,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.IssuerApprove, "issuer-approve", c.IssuerApprove, "approve meshd's own CertificateRequests (needs the approve verb on the issuer's signer)")
 	fs.DurationVar(&c.IssuerTimeout, "issuer-timeout", c.IssuerTimeout, "with --issuer-ref: how long one CertificateRequest may take before it counts as failed (then retried with backoff)")
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "with --issuer-ref: serve this bundle instead of the issuer's CA: configmap/<name>/<key> or secret/<name>/<key> in --namespace")
-	fs.StringVar(&c.PodCertificates, "pod-certificates", c.PodCertificates, "auto: when the apiserver serves PodCertificateRequest, sign them (signer meshd.io/spiffe), publish the trust bundle as a ClusterTrustBundle and give injected sidecars a podCertificate volume (key made by the kubelet) instead of a per-pod Secret; off: per-pod Secrets")
+	fs.StringVar(&c.PodCertificates, "pod-certificates", c.PodCertificates, "auto: when the apiserver serves PodCertificateRequest, sign them (signer meshd.io/spiffe), publish the trust bundle as a ClusterTrustBundle and give injected sidecars a podCertificate volume (key made by the kubelet) instead of a per-pod Secret for their xDS credentials; workload: auto, and sidecars use that volume for workload mTLS too (the key never leaves the node); off: per-pod Secrets")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
 }
@@ -187,8 +188,8 @@ func (c *Config) Validate() error {
 	case c.DebugAuth == "kubernetes" && c.LocalDir != "":
 		errs = append(errs, errors.New("--debug-auth kubernetes needs a cluster, not --local-dir"))
 	}
-	if c.PodCertificates != "auto" && c.PodCertificates != "off" {
-		errs = append(errs, fmt.Errorf("--pod-certificates %q: want auto or off", c.PodCertificates))
+	if c.PodCertificates != "auto" && c.PodCertificates != "off" && c.PodCertificates != "workload" {
+		errs = append(errs, fmt.Errorf("--pod-certificates %q: want auto, workload or off", c.PodCertificates))
 	}
 	if c.SidecarAPI != "delta" && c.SidecarAPI != "sotw" {
 		errs = append(errs, fmt.Errorf("--sidecar-api %q: want delta or sotw", c.SidecarAPI))
