@@ -212,9 +212,9 @@ func (c *cluster) rootRotationFollowed(t *testing.T) {
 		}
 		return nil
 	})
-	logf(t, "the new root signs; scaling web to 4: the new pods' certificates chain to it")
+	logf(t, "the new root signs; scaling web from 3 to 5: the new pods' certificates chain to it")
 	before, _ := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
-	c.scale("web", 4)
+	c.scale("web", 5)
 	pods, _ := c.client.CoreV1().Pods("shop").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
 	reqs, err := c.client.CertificatesV1beta1().PodCertificateRequests("shop").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -228,6 +228,7 @@ func (c *cluster) rootRotationFollowed(t *testing.T) {
 			continue
 		}
 		fresh++
+		underNew := 0
 		for _, r := range reqs.Items {
 			if r.Spec.PodUID != p.UID || r.Status.CertificateChain == "" {
 				continue
@@ -238,13 +239,18 @@ func (c *cluster) rootRotationFollowed(t *testing.T) {
 			}
 			if err != nil {
 				t.Errorf("new pod %s: its certificate does not chain to the new root: %v", p.Name, err)
+				continue
 			}
+			underNew++
+		}
+		if underNew == 0 {
+			t.Errorf("new pod %s: no certificate issued under the new root", p.Name)
 		}
 	}
 	if fresh != 2 {
 		t.Errorf("%d new web pods, want 2", fresh)
 	}
-	c.waitEndpoints("web", 4)
+	c.waitEndpoints("web", 5)
 }
 
 // bundleRoots reads meshd's ClusterTrustBundle.
