@@ -59,10 +59,6 @@ const (
 	FileRootCert  = "root-cert.pem"  // mesh trust bundle (verifies meshd)
 	FileClientSDS = "xds-client.sds.yaml"
 	FileCASDS     = "xds-ca.sds.yaml"
-	// FileCredentials is the kubelet's credential bundle of a podCertificate
-	// projected volume: the PKCS#8 key, then the certificate chain, in one
-	// file written atomically.
-	FileCredentials = "credentials.pem"
 )
 
 // Secret names of the xDS connection's own credentials (not served by meshd).
@@ -271,22 +267,11 @@ func socketAddress(host string, port uint32) *corev3.Address {
 // that point Envoy at the credential files in dir. They never change; the
 // PEM files next to them do.
 func SDSFiles(dir string) (map[string][]byte, error) {
-	return sdsFiles(dir, FileCertChain, FileKey)
-}
-
-// PodCertificateSDSFiles is SDSFiles for a podCertificate volume: chain and
-// key both come from the kubelet's credential bundle (Envoy reads the
-// CERTIFICATE blocks for the one and the PRIVATE KEY block for the other).
-func PodCertificateSDSFiles(dir string) (map[string][]byte, error) {
-	return sdsFiles(dir, FileCredentials, FileCredentials)
-}
-
-func sdsFiles(dir, chainFile, keyFile string) (map[string][]byte, error) {
 	file := func(name string) *corev3.DataSource {
 		return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: path.Join(dir, name)}}
 	}
 	client := &tlsv3.Secret{Name: secretXDSClient, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: file(chainFile), PrivateKey: file(keyFile)}}}
+		CertificateChain: file(FileCertChain), PrivateKey: file(FileKey)}}}
 	bundle := &tlsv3.Secret{Name: secretXDSCA, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 		TrustedCa: file(FileRootCert)}}}
 	out := map[string][]byte{}

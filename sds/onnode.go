@@ -15,8 +15,7 @@ import (
 
 // NodeFiles names where a proxy's certificate chain and private key are on
 // its own node: a podCertificate projected volume, whose key the kubelet
-// made and whose files it refreshes. Chain and Key may be the same file
-// (the kubelet's credential bundle).
+// made and whose files it refreshes (in one atomic swap of the volume).
 type NodeFiles struct {
 	Chain, Key string
 }

@@ -27,7 +27,7 @@ func TestAddOnNode(t *testing.T) {
 	got := map[string][]*tlsv3.Secret{}
 	bundle := []byte("roots-1")
 	m, err := New(Config{Renewer: noRenewer{t}, Bundle: func() []byte { return bundle },
-		NodeFiles: NodeFiles{Chain: "/etc/meshd/proxy/credentials.pem", Key: "/etc/meshd/proxy/credentials.pem"},
+		NodeFiles: NodeFiles{Chain: "/etc/meshd/proxy/cert-chain.pem", Key: "/etc/meshd/proxy/key.pem"},
 		OnSecrets: func(node string, s []*tlsv3.Secret) { mu.Lock(); got[node] = s; mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func TestAddOnNode(t *testing.T) {
 		t.Fatalf("secrets %v", s)
 	}
 	tc := s[0].GetTlsCertificate()
-	if tc.GetPrivateKey().GetFilename() != "/etc/meshd/proxy/credentials.pem" || tc.GetCertificateChain().GetFilename() != "/etc/meshd/proxy/credentials.pem" ||
+	if tc.GetPrivateKey().GetFilename() != "/etc/meshd/proxy/key.pem" || tc.GetCertificateChain().GetFilename() != "/etc/meshd/proxy/cert-chain.pem" ||
 		len(tc.GetPrivateKey().GetInlineBytes()) > 0 || tc.GetWatchedDirectory().GetPath() != "/etc/meshd/proxy" {
 		t.Errorf("default is not a reference to the node's files: %v", tc)
 	}

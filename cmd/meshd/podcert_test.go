@@ -124,7 +124,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 		t.Fatalf("pod not injected with a projected credentials volume: %+v, annotations %v", vol, pod.Annotations)
 	}
 	pc := vol.Projected.Sources[0].PodCertificate
-	if pc == nil || pc.SignerName != podcert.DefaultSignerName || pc.KeyType != "ECDSAP256" || pc.CredentialBundlePath != bootstrap.FileCredentials {
+	if pc == nil || pc.SignerName != podcert.DefaultSignerName || pc.KeyType != "ECDSAP256" || pc.KeyPath != bootstrap.FileKey || pc.CertificateChainPath != bootstrap.FileCertChain {
 		t.Fatalf("podCertificate source %+v", pc)
 	}
 	if after, _ := c.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); len(after.Items) != len(secretsBefore.Items) {
@@ -140,8 +140,9 @@ func podCertificateSidecar(t *testing.T, mode string) {
 	issued := kubeletAsk(ctx, t, env, pod, key)
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
 	files := map[string]string{
-		bootstrap.FileCredentials: string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})) + issued.Status.CertificateChain,
-		bootstrap.FileRootCert:    ctb.Spec.TrustBundle,
+		bootstrap.FileKey:       string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})),
+		bootstrap.FileCertChain: issued.Status.CertificateChain,
+		bootstrap.FileRootCert:  ctb.Spec.TrustBundle,
 	}
 	for _, item := range vol.Projected.Sources[2].DownwardAPI.Items {
 		ann := strings.TrimSuffix(strings.TrimPrefix(item.FieldRef.FieldPath, "metadata.annotations['"), "']")
@@ -175,7 +176,12 @@ func podCertificateSidecar(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	secrets := waitEnvoy(ctx, t, envoy, "/config_dump?resource=dynamic_active_secrets", `"name": "default"`)
-	onNode := strings.Contains(secrets, filepath.Join(creds, bootstrap.FileCredentials))
+	// Envoy shows a file-based secret with the files' contents, the key
+	// redacted, and the directory it watches.
+	onNode := strings.Contains(secrets, `"path": "`+creds+`"`)
+	if strings.Contains(secrets, "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS") { // base64 of "-----BEGIN PRIVATE KEY"
+		t.Errorf("Envoy's admin config dump shows a private key:\n%s", secrets)
+	}
 	if mode == "workload" {
 		// The workload certificate Envoy serves is the kubelet-held one:
 		// SDS sent file references, no key.

@@ -338,7 +338,7 @@ func newXDS(cfg config.Config, issuer *ca.Internal, workloads *ca.Renewer, servi
 	}
 	// Sidecars with a podCertificate volume use its files for mTLS when the
 	// key stays on the node (--pod-certificates workload).
-	onNode := sds.NodeFiles{Chain: path.Join(cfg.SidecarCredsDir, bootstrap.FileCredentials), Key: path.Join(cfg.SidecarCredsDir, bootstrap.FileCredentials)}
+	onNode := sds.NodeFiles{Chain: path.Join(cfg.SidecarCredsDir, bootstrap.FileCertChain), Key: path.Join(cfg.SidecarCredsDir, bootstrap.FileKey)}
 	mgr, err := sds.New(sds.Config{Renewer: workloads, Logger: log, NodeFiles: onNode, Bundle: func() []byte { return issuer.Authority().BundlePEM },
 		OnSecrets: func(node string, secrets []*tlsv3.Secret) {
 			res := make([]types.Resource, len(secrets))

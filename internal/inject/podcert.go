@@ -13,9 +13,12 @@ import (
 
 // Pod-certificate mode: the sidecar's credentials volume is projected by
 // the kubelet, not a Secret meshd writes. It holds
-//   - credentials.pem: the key the kubelet made on the node and the chain
-//     meshd's signer issued for it (podCertificate source), refreshed by the
-//     kubelet at the time the signer set;
+//   - key.pem and cert-chain.pem: the key the kubelet made on the node and
+//     the chain meshd's signer issued for it (podCertificate source),
+//     refreshed by the kubelet at the time the signer set. Two files, not
+//     the kubelet's single credential bundle: Envoy's admin config dump
+//     shows a certificate file whole but redacts a key file, and the
+//     kubelet swaps the volume's files atomically anyway;
 //   - root-cert.pem: the mesh trust bundle from the signer's
 //     ClusterTrustBundle (clusterTrustBundle source), followed through root
 //     rotations;
@@ -41,7 +44,7 @@ func (i *Injector) podCertificateFiles(ns, sa, pod string, probes map[string]boo
 	if err != nil {
 		return nil, err
 	}
-	sds, err := bootstrap.PodCertificateSDSFiles(i.cfg.CredsDir)
+	sds, err := bootstrap.SDSFiles(i.cfg.CredsDir)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +63,7 @@ func (i *Injector) podCertificateVolume() corev1.Volume {
 	return corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 		Sources: []corev1.VolumeProjection{
 			{PodCertificate: &corev1.PodCertificateProjection{SignerName: signer, KeyType: PodCertificateKeyType,
-				CredentialBundlePath: bootstrap.FileCredentials}},
+				KeyPath: bootstrap.FileKey, CertificateChainPath: bootstrap.FileCertChain}},
 			{ClusterTrustBundle: &corev1.ClusterTrustBundleProjection{SignerName: &signer, Path: bootstrap.FileRootCert,
 				LabelSelector: &metav1.LabelSelector{MatchLabels: podcert.BundleLabels()}}},
 			{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{
