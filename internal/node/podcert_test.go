@@ -145,7 +145,8 @@ func checkIssuedRequest(r *certsv1beta1.PodCertificateRequest, p *corev1.Pod) er
 	if r.Spec.SignerName != podcert.DefaultSignerName {
 		return fmt.Errorf("signer %s", r.Spec.SignerName)
 	}
-	if len(r.Spec.StubPKCS10Request) == 0 && len(r.Spec.PKIXPublicKey) == 0 { //nolint:staticcheck // either form
+	//lint:ignore SA1019 a kubelet sends the key in either form.
+	if len(r.Spec.StubPKCS10Request) == 0 && len(r.Spec.PKIXPublicKey) == 0 {
 		return fmt.Errorf("carries no public key")
 	}
 	if len(r.Status.Conditions) == 0 {

@@ -125,7 +125,7 @@ func checkRequest(req *certsv1beta1.PodCertificateRequest, maxLifetime time.Dura
 // cheap), else from the deprecated pkixPublicKey (whose proof of possession
 // the apiserver verified).
 func requestKey(s certsv1beta1.PodCertificateRequestSpec) (crypto.PublicKey, error) {
-	//nolint:staticcheck // SA1019: older kubelets still send pkixPublicKey.
+	//lint:ignore SA1019 kubelets before the stub PKCS#10 request still send pkixPublicKey.
 	pkix := s.PKIXPublicKey
 	switch {
 	case len(s.StubPKCS10Request) > 0:

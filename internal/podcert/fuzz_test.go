@@ -22,8 +22,10 @@ func FuzzCheckRequest(f *testing.F) {
 	f.Add([]byte(nil), pkix, int32(3600))
 	f.Add(csr[:len(csr)/2], pkix[1:], int32(-1))
 	f.Fuzz(func(t *testing.T, stub, pkix []byte, maxSeconds int32) {
-		r := &certsv1beta1.PodCertificateRequest{Spec: certsv1beta1.PodCertificateRequestSpec{
-			StubPKCS10Request: stub, PKIXPublicKey: pkix, MaxExpirationSeconds: &maxSeconds}}
+		spec := certsv1beta1.PodCertificateRequestSpec{StubPKCS10Request: stub, MaxExpirationSeconds: &maxSeconds}
+		//lint:ignore SA1019 the deprecated form is input too.
+		spec.PKIXPublicKey = pkix
+		r := &certsv1beta1.PodCertificateRequest{Spec: spec}
 		pub, v := checkRequest(r, 24*time.Hour)
 		if (pub == nil) == (v == nil) {
 			t.Fatalf("key %v and verdict %v: want exactly one", pub, v)
