@@ -1,17 +1,25 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +33,8 @@ type State struct {
 	Slices     []*discoveryv1.EndpointSlice
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
+	// Policies are the AuthorizationPolicies (see PolicyFromObject).
+	Policies []*unstructured.Unstructured
 	// ChangedAt is when the first change of the batch that produced this
 	// state was noticed.
 	ChangedAt time.Time
@@ -33,6 +43,9 @@ type State struct {
 // Config configures a Watcher.
 type Config struct {
 	Client kubernetes.Interface
+	// Dynamic, when set, is where AuthorizationPolicies are watched (nil:
+	// the policy API is not served; no policy applies).
+	Dynamic dynamic.Interface
 	// OnState receives the full current state after every batch of changes
 	// (and once after the initial sync). Called from one goroutine.
 	OnState func(context.Context, *State)
@@ -93,6 +106,28 @@ func (w *Watcher) Start(ctx context.Context) error {
 			return fmt.Errorf("k8s: informer handler: %w", err)
 		}
 	}
+	var policies cache.GenericLister
+	if w.cfg.Dynamic != nil {
+		dyn := dynamicinformer.NewDynamicSharedInformerFactory(w.cfg.Dynamic, w.cfg.Resync)
+		inf := dyn.ForResource(PolicyResource)
+		if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
+			return fmt.Errorf("k8s: informer transform: %w", err)
+		}
+		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+			return fmt.Errorf("k8s: informer handler: %w", err)
+		}
+		policies = inf.Lister()
+		dyn.Start(ctx.Done())
+		defer dyn.Shutdown()
+		for typ, ok := range dyn.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("k8s: %v informer did not sync", typ)
+			}
+		}
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
@@ -117,6 +152,8 @@ func (w *Watcher) Start(ctx context.Context) error {
 		errs = append(errs, err)
 		st.Namespaces, err = nss.Lister().List(labels.Everything())
 		errs = append(errs, err)
+		st.Policies, err = listPolicies(policies)
+		errs = append(errs, err)
 		if err := errors.Join(errs...); err != nil {
 			w.cfg.Logger.Error("k8s: list from cache", "error", err)
 			return
@@ -126,6 +163,41 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.batcher.Notify() // the initial state
 	w.batcher.Run(ctx, list)
 	return nil
+}
+
+// listPolicies lists the cached policies (none without a lister), sorted by
+// namespace and name.
+func listPolicies(l cache.GenericLister) ([]*unstructured.Unstructured, error) {
+	if l == nil {
+		return nil, nil
+	}
+	objs, err := l.List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*unstructured.Unstructured, 0, len(objs))
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	return out, nil
+}
+
+// PolicyAPIServed reports whether the apiserver serves AuthorizationPolicies
+// (their CRD is installed).
+func PolicyAPIServed(d discovery.DiscoveryInterface) (bool, error) {
+	list, err := d.ServerResourcesForGroupVersion(PolicyResource.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("k8s: discover %s: %w", PolicyResource.GroupVersion(), err)
+	}
+	return slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == PolicyResource.Resource }), nil
 }
 
 // stripManagedFields drops what meshd never reads, to keep the caches small.

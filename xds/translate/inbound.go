@@ -93,6 +93,7 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 	}
 	name := fmt.Sprintf("inbound|%d|%s", p.Port, transport)
 	var filter *listenerv3.Filter
+	authz := portAuthz(w, p)
 	if p.Protocol.IsHTTP() {
 		filter = hcmFilter(&hcmv3.HttpConnectionManager{
 			StatPrefix: name,
@@ -113,12 +114,13 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 			// x-forwarded-client-cert; a value the client sent is dropped.
 			ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
 			SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
-			AccessLog:                   inboundAccessLog(w),
+			AccessLog:                   append(inboundAccessLog(w), authzAccessLog(w, authz, true)...),
 			LocalReplyConfig:            appFailureReplies(),
 			CommonHttpProtocolOptions:   maxDuration(maxAge),
+			HttpFilters:                 httpRBAC(authz),
 		})
 	} else {
-		tp := tcpProxyConfig(name, cluster, inboundAccessLog(w)...)
+		tp := tcpProxyConfig(name, cluster, append(inboundAccessLog(w), authzAccessLog(w, authz, false)...)...)
 		if maxAge > 0 {
 			tp.MaxDownstreamConnectionDuration = durationpb.New(maxAge)
 		}
@@ -130,7 +132,7 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 			DestinationPort:   wrapperspb.UInt32(p.Port),
 			TransportProtocol: transport,
 		},
-		Filters: []*listenerv3.Filter{filter},
+		Filters: append(networkRBAC(authz, p), filter),
 	}
 }
 
