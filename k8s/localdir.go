@@ -29,9 +29,9 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
 	clienttesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
-	"k8s.io/client-go/kubernetes/scheme"
 )
 
 // LocalDir serves a directory of Kubernetes YAML (Services, EndpointSlices,
@@ -47,8 +47,8 @@ type LocalDir struct {
 	dir     string
 	client  *fake.Clientset
 	dynamic *dynamicfake.FakeDynamicClient
-	log    *slog.Logger
-	stamp  string
+	log     *slog.Logger
+	stamp   string
 	// files are each file's objects at its last good load; written are the
 	// objects as last written to the in-memory API; reported are the
 	// problems already logged (each once).
