@@ -150,11 +150,17 @@ func decide(policies []*Policy, caller string, http bool) Decision {
 	if len(denyAll) > 0 {
 		return Decision{Reason: "denied by " + strings.Join(denyAll, ", "), Deciding: denyAll}
 	}
-	hasAllow := slices.ContainsFunc(policies, func(p *Policy) bool { return p.Action == ActionAllow })
+	var allowPolicies []string
+	for _, p := range policies {
+		if p.Action == ActionAllow {
+			allowPolicies = append(allowPolicies, p.Key())
+		}
+	}
+	hasAllow := len(allowPolicies) > 0
 	allowAll, allowSome := matching(policies, ActionAllow, caller, http)
 	switch {
 	case hasAllow && len(allowAll) == 0 && len(allowSome) == 0:
-		return Decision{Reason: "denied: the workload is selected by ALLOW policies and none of their rules matches this caller"}
+		return Decision{Reason: "denied: no rule of the ALLOW policies " + strings.Join(allowPolicies, ", ") + " (which select the workload on this port) matches this caller"}
 	case hasAllow && len(allowAll) == 0:
 		return Decision{Allowed: true, Limited: true, Deciding: append(allowSome, denySome...),
 			Reason: "allowed only for the requests of " + strings.Join(allowSome, ", ") + denied(denySome)}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -70,6 +71,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Authorization policies: watched through the dynamic client where
+	// their CRD is installed; their status written back in a cluster.
+	dyn, err := policyClient(client, rc, local, log)
+	if err != nil {
+		return err
+	}
+	var policyStatus *k8s.PolicyStatus
+	if dyn != nil && local == nil {
+		policyStatus = k8s.NewPolicyStatus(dyn, log, nil)
+	}
 	problems := k8s.NewProblemReporter(ctx, client, log)
 	defer problems.Shutdown()
 	// CA: root from the CA Secret (created once, shared by replicas), or files.
@@ -112,13 +123,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// k8s: informers -> batched state -> model (bad objects reported as
 	// Events) -> mesh: translated and published to every proxy.
 	var published atomic.Bool
-	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
+	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
 			// A connection made just before a renewal (at about two thirds
 			// of a certificate's life) still ends before that certificate.
 			snap.ConnectionMaxAge = cfg.CertTTL / 3
 			snap.DetectionTimeout = cfg.DetectionTimeout
+			if policyStatus != nil {
+				policyStatus.Update(st.Policies, snap, probs)
+			}
 			// Translation finds its own (two services on one address):
 			// reported with conversion's, as Events on the objects.
 			tprobs, err := mesh.Update(ctx, snap)
@@ -194,6 +208,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		g.Go(func() error { return cmCA.run(ctx) })
 	}
 	g.Go(func() error { return watcher.Start(ctx) })
+	if policyStatus != nil {
+		g.Go(func() error { return policyStatus.Start(ctx) })
+	}
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
 	if cfg.HealthAddr != "" {
 		healthLis, err := net.Listen("tcp", cfg.HealthAddr)
@@ -252,6 +269,25 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *res
 	}
 	client, err := kubernetes.NewForConfig(rc)
 	return client, rc, nil, err
+}
+
+// policyClient is where AuthorizationPolicies are read: the local dir's
+// in-memory API, or the cluster's when their CRD is installed (nil, with a
+// warning, when it is not: no policy can exist then; meshd needs a restart
+// to see policies after the CRD is installed).
+func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.LocalDir, log *slog.Logger) (dynamic.Interface, error) {
+	if local != nil {
+		return local.Dynamic(), nil
+	}
+	served, err := k8s.PolicyAPIServed(client.Discovery())
+	if err != nil {
+		return nil, err
+	}
+	if !served {
+		log.Warn("k8s: the AuthorizationPolicy CRD (meshd.io/v1alpha1) is not installed: no authorization policy applies; install deploy/base and restart meshd to use them")
+		return nil, nil
+	}
+	return dynamic.NewForConfig(rc)
 }
 
 func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {

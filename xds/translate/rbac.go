@@ -2,7 +2,6 @@ package translate
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -10,24 +9,32 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	celv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/filters/cel/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	rbachttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnetv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/meshd/meshd/model"
 )
 
-// Authorization: the policies selecting a workload become, on each of its
-// inbound chains, up to two RBAC filters in front of the proxying filter:
-// first one with action DENY (the enforced DENY rules; the dry-run DENY
-// rules as its shadow rules), then one with action ALLOW (the enforced
-// ALLOW rules, present as soon as one enforced ALLOW policy covers the
-// port, so that everything else is refused; the enforced and dry-run ALLOW
-// rules together as its shadow rules). Network RBAC on TCP chains, HTTP
-// RBAC on HTTP chains; principals are the authenticated peer certificate's
-// URI SAN, never a header. Each Envoy policy is one rule, named
+// Authorization: the policies selecting a workload become, per port, up to
+// two RBAC configurations: first one with action DENY (the enforced DENY
+// rules; the dry-run DENY rules as its shadow rules), then one with action
+// ALLOW (the enforced ALLOW rules, present as soon as one enforced ALLOW
+// policy covers the port, so that everything else is refused; the enforced
+// and dry-run ALLOW rules together as its shadow rules). On TCP ports they
+// are network RBAC filters in front of tcp_proxy (a policy change changes
+// the chain: its connections are drained); on HTTP ports the two HTTP RBAC
+// filters every inbound HTTP chain has, configured by the port's route
+// (RDS). Principals are the authenticated peer certificate's URI SAN,
+// never a header. Each Envoy policy is one rule, named
 // <namespace>/<policy>/rule-<i>, which is what Envoy reports as the
 // deciding policy. A chain of a port no policy covers has no RBAC filter.
 //
@@ -207,68 +214,130 @@ func networkRBAC(a *authz, p model.Port) []*listenerv3.Filter {
 	return out
 }
 
-// httpRBAC returns the HTTP RBAC filters of an HTTP chain, DENY first (none
-// when no policy covers the port).
-func httpRBAC(a *authz) []*hcmv3.HttpFilter {
-	if a == nil {
-		return nil
+// The two HTTP RBAC filters every inbound HTTP chain has, DENY first.
+// Their own configuration lets everything through; the proxy's inbound
+// route (RDS) configures them per route (RBACPerRoute). So a policy change
+// is a route update: Envoy applies it to the next request, on established
+// connections too, and the listener (its chains, their connections) stays
+// as it was.
+const (
+	authzDenyFilter  = "meshd.authz.deny"
+	authzAllowFilter = "meshd.authz.allow"
+	// authzMetadata is the route metadata namespace naming the policies
+	// covering the port (key "policies"), for the authz log line.
+	authzMetadata = "meshd.authz"
+)
+
+func httpRBACFilters() []*hcmv3.HttpFilter {
+	filter := func(name, prefix string) *hcmv3.HttpFilter {
+		return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&rbachttpv3.RBAC{
+			RulesStatPrefix: prefix, ShadowRulesStatPrefix: prefix + rbacDryRun,
+		})}}
 	}
-	var out []*hcmv3.HttpFilter
-	add := func(rules, shadow *rbacv3.RBAC, prefix string) {
-		if rules == nil && shadow == nil {
-			return
-		}
-		r := &rbachttpv3.RBAC{Rules: rules, ShadowRules: shadow, RulesStatPrefix: prefix}
-		if shadow != nil {
-			r.ShadowRulesStatPrefix = prefix + rbacDryRun
-		}
-		out = append(out, &hcmv3.HttpFilter{Name: rbacHTTPName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(r)}})
+	return []*hcmv3.HttpFilter{filter(authzDenyFilter, RBACDenyPrefix), filter(authzAllowFilter, RBACAllowPrefix)}
+}
+
+// InboundRouteName names the proxy's own route configuration of an HTTP
+// port: inbound|<port>.
+func InboundRouteName(p model.Port) string { return fmt.Sprintf("inbound|%d", p.Port) }
+
+// inboundRDS points an inbound HTTP chain at the port's route.
+func inboundRDS(p model.Port) *hcmv3.HttpConnectionManager_Rds {
+	return &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: adsConfig(), RouteConfigName: InboundRouteName(p)}}
+}
+
+// inboundRoute is an HTTP port's route to the app, with the port's RBAC
+// rules and the names of the policies covering it.
+func inboundRoute(w *model.Workload, p model.Port) *routev3.RouteConfiguration {
+	cluster := InboundClusterName(p)
+	if w.NoInterception {
+		cluster = localClusterName(p)
 	}
-	add(a.deny, a.denyShadow, RBACDenyPrefix)
-	add(a.allow, a.allowShadow, RBACAllowPrefix)
+	route := &routev3.Route{
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+			Timeout:          durationpb.New(0),
+		}},
+	}
+	if a := portAuthz(w, p); a != nil {
+		route.TypedPerFilterConfig = map[string]*anypb.Any{}
+		if a.deny != nil || a.denyShadow != nil {
+			route.TypedPerFilterConfig[authzDenyFilter] = mustAny(&rbachttpv3.RBACPerRoute{Rbac: &rbachttpv3.RBAC{
+				Rules: a.deny, ShadowRules: a.denyShadow, RulesStatPrefix: RBACDenyPrefix, ShadowRulesStatPrefix: RBACDenyPrefix + rbacDryRun,
+			}})
+		}
+		if a.allow != nil || a.allowShadow != nil {
+			route.TypedPerFilterConfig[authzAllowFilter] = mustAny(&rbachttpv3.RBACPerRoute{Rbac: &rbachttpv3.RBAC{
+				Rules: a.allow, ShadowRules: a.allowShadow, RulesStatPrefix: RBACAllowPrefix, ShadowRulesStatPrefix: RBACAllowPrefix + rbacDryRun,
+			}})
+		}
+		route.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			authzMetadata: mustStruct(map[string]any{"policies": strings.Join(a.policies, ",")}),
+		}}
+	}
+	return &routev3.RouteConfiguration{
+		Name:         InboundRouteName(p),
+		VirtualHosts: []*routev3.VirtualHost{{Name: cluster, Domains: []string{"*"}, Routes: []*routev3.Route{route}}},
+	}
+}
+
+// inboundRoutes are the routes of the workload's HTTP ports.
+func inboundRoutes(w *model.Workload) []types.Resource {
+	var out []types.Resource
+	for _, p := range w.Ports {
+		if p.Protocol.IsHTTP() {
+			out = append(out, inboundRoute(w, p))
+		}
+	}
 	return out
 }
 
 // authzLogFormat is the line a sidecar writes for each connection or
 // request its RBAC filters refused or would refuse in a dry run: the
 // caller's identity, the port, what Envoy recorded (the deciding rule in
-// details and in the metadata) and the policies covering the port.
+// details and, for dry runs, in the metadata) and the policies covering the
+// port.
 const authzLogFormat = "[meshd authz] pod=%s port=%%DOWNSTREAM_LOCAL_PORT%% peer=%%DOWNSTREAM_PEER_URI_SAN%% code=%%RESPONSE_CODE%% " +
 	"details=%s rbac=%%DYNAMIC_METADATA(%s)%% policies=%s\n"
 
-// authzAccessLog logs what the port's RBAC filters refused or would refuse
-// (nothing without policies).
-func authzAccessLog(w *model.Workload, a *authz, http bool) []*accesslogv3.AccessLog {
+// authzHTTPLog logs what an HTTP chain's RBAC filters refused or would
+// refuse. It is the same whatever the policies (they are named by the
+// route's metadata), so the listener does not change with them.
+func authzHTTPLog(w *model.Workload) []*accesslogv3.AccessLog {
+	var denied []*accesslogv3.AccessLogFilter
+	for _, key := range []string{
+		RBACDenyPrefix + "enforced_engine_result", RBACDenyPrefix + rbacDryRun + "shadow_engine_result",
+		RBACAllowPrefix + "enforced_engine_result", RBACAllowPrefix + rbacDryRun + "shadow_engine_result",
+	} {
+		denied = append(denied, metadataIs(rbacHTTPName, key, "denied"))
+	}
+	filter := &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_OrFilter{OrFilter: &accesslogv3.OrFilter{Filters: denied}}}
+	format := fmt.Sprintf(authzLogFormat, w.Key(), "%RESPONSE_CODE_DETAILS%", rbacHTTPName, "%METADATA(ROUTE:"+authzMetadata+":policies)%")
+	return []*accesslogv3.AccessLog{filteredStdoutLog(format, filter)}
+}
+
+// authzTCPLog logs what a TCP chain's RBAC filters refused (the network
+// filter records that in the termination details only) or would refuse
+// (shadow metadata); nothing without policies.
+func authzTCPLog(w *model.Workload, a *authz) []*accesslogv3.AccessLog {
 	if a == nil {
 		return nil
 	}
-	ns, details := rbacNetworkName, "%CONNECTION_TERMINATION_DETAILS%"
-	if http {
-		ns, details = rbacHTTPName, "%RESPONSE_CODE_DETAILS%"
+	expr := []string{"connection.termination_details.startsWith('rbac_access_denied')"}
+	for _, prefix := range []string{RBACDenyPrefix, RBACAllowPrefix} {
+		expr = append(expr, fmt.Sprintf("metadata.filter_metadata['%s']['%s%sshadow_engine_result'] == 'denied'", rbacNetworkName, prefix, rbacDryRun))
 	}
-	var denied []*accesslogv3.AccessLogFilter
-	for _, f := range []struct {
-		rbac *rbacv3.RBAC
-		key  string
-	}{
-		{a.deny, RBACDenyPrefix + "enforced_engine_result"}, {a.denyShadow, RBACDenyPrefix + rbacDryRun + "shadow_engine_result"},
-		{a.allow, RBACAllowPrefix + "enforced_engine_result"}, {a.allowShadow, RBACAllowPrefix + rbacDryRun + "shadow_engine_result"},
-	} {
-		if f.rbac == nil {
-			continue
-		}
-		key := f.key
-		if !http && strings.HasSuffix(key, "enforced_engine_result") {
-			key = "enforced_engine_result" // the network filter does not prefix it
-		}
-		denied = append(denied, metadataIs(ns, key, "denied"))
-	}
-	filter := denied[0]
-	if len(denied) > 1 {
-		filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_OrFilter{OrFilter: &accesslogv3.OrFilter{Filters: denied}}}
-	}
-	format := fmt.Sprintf(authzLogFormat, w.Key(), details, ns, strings.Join(slices.Compact(slices.Clone(a.policies)), ","))
-	return []*accesslogv3.AccessLog{{
+	filter := &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_ExtensionFilter{ExtensionFilter: &accesslogv3.ExtensionFilter{
+		Name:       "envoy.access_loggers.extension_filters.cel",
+		ConfigType: &accesslogv3.ExtensionFilter_TypedConfig{TypedConfig: mustAny(&celv3.ExpressionFilter{Expression: strings.Join(expr, " || ")})},
+	}}}
+	format := fmt.Sprintf(authzLogFormat, w.Key(), "%CONNECTION_TERMINATION_DETAILS%", rbacNetworkName, strings.Join(a.policies, ","))
+	return []*accesslogv3.AccessLog{filteredStdoutLog(format, filter)}
+}
+
+func filteredStdoutLog(format string, filter *accesslogv3.AccessLogFilter) *accesslogv3.AccessLog {
+	return &accesslogv3.AccessLog{
 		Name:   "envoy.access_loggers.stdout",
 		Filter: filter,
 		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
@@ -278,11 +347,12 @@ func authzAccessLog(w *model.Workload, a *authz, http bool) []*accesslogv3.Acces
 				}},
 			}},
 		})},
-	}}
+	}
 }
 
 func metadataIs(ns, key, value string) *accesslogv3.AccessLogFilter {
 	return &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_MetadataFilter{MetadataFilter: &accesslogv3.MetadataFilter{
+		MatchIfKeyNotFound: wrapperspb.Bool(false),
 		Matcher: &matcherv3.MetadataMatcher{
 			Filter: ns,
 			Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: key}}},
