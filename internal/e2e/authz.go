@@ -46,7 +46,7 @@ type AuthzResult struct {
 	// Stats are web-0's RBAC counters (name: value).
 	Stats map[string]int64
 	// Explain is meshd explain's output per caller, in the DENY phase.
-	Explain map[string]string
+	Explain   map[string]string
 	MeshdLog  string
 	EnvoyLogs map[string]string
 }

@@ -156,8 +156,8 @@ type seed struct {
 	wantProxies    int // sidecars allAcked expects (default 2)
 	// nginxPorts nginx listens on besides 8080.
 	nginxPorts []int
-	sidecars       []sidecar
-	mu             sync.Mutex
+	sidecars   []sidecar
+	mu         sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
 	bootstrapSerials []*big.Int
 }
