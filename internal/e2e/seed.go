@@ -154,12 +154,12 @@ type seed struct {
 	webhook        string
 	replicas       []*replica
 	wantProxies    int // sidecars allAcked expects (default 2)
-	// nginxPorts nginx listens on besides 8080.
-	nginxPorts []int
-	sidecars   []sidecar
-	mu         sync.Mutex
+	sidecars       []sidecar
+	mu             sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
 	bootstrapSerials []*big.Int
+	// nginxPorts nginx listens on besides 8080.
+	nginxPorts []int
 }
 
 func (s *seed) progress(format string, args ...any) {
