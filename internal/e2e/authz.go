@@ -45,6 +45,9 @@ type AuthzResult struct {
 	AuthzLog []string
 	// Stats are web-0's RBAC counters (name: value).
 	Stats map[string]int64
+	// PlaintextSeen: tcpdump on the bridge saw the page or nginx's headers
+	// in clear during the phases and the traffic.
+	PlaintextSeen bool
 	// Explain is meshd explain's output per caller, in the DENY phase.
 	Explain   map[string]string
 	MeshdLog  string
@@ -167,12 +170,21 @@ func RunAuthz(ctx context.Context, opts Options) (res *AuthzResult, err error) {
 		return res, err
 	}
 	a := &authzRun{s: s, res: res, pods: pods, dir: filepath.Join(lab.Dir, "meshd", "mesh")}
+	capture, err := lab.Capture(ctx, "bridge")
+	if err != nil {
+		return res, err
+	}
 	if err := a.phases(ctx); err != nil {
 		return res, err
 	}
 	if err := a.underTraffic(ctx); err != nil {
 		return res, err
 	}
+	pcap, err := capture.Stop()
+	if err != nil {
+		return res, err
+	}
+	res.PlaintextSeen = strings.Contains(string(pcap), s.marker) || strings.Contains(string(pcap), "Server: nginx")
 	a.observe(ctx)
 	return res, nil
 }

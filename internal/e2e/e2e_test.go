@@ -481,6 +481,9 @@ func TestAuthorization(t *testing.T) {
 	if res.Requests == 0 || res.Failures != 0 || res.Flips != 6 {
 		t.Errorf("adding and removing the policy under traffic: %d requests, %d failed %v, %d flips; want none failed over 6 flips", res.Requests, res.Failures, res.FirstFailures, res.Flips)
 	}
+	if res.PlaintextSeen {
+		t.Error("tcpdump on the bridge saw the page or nginx's headers in clear")
+	}
 	if !res.RBACInConfigDump {
 		t.Error("web-0's config_dump does not show the RBAC filters with the policies' rules")
 	}
