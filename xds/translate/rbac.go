@@ -36,13 +36,16 @@ import (
 // (RDS). Principals are the authenticated peer certificate's URI SAN,
 // never a header. Each Envoy policy is one rule, named
 // <namespace>/<policy>/rule-<i>, which is what Envoy reports as the
-// deciding policy. A chain of a port no policy covers has no RBAC filter.
+// deciding policy. A TCP chain of a port no policy covers has no RBAC
+// filter; an HTTP chain's filters then let everything through.
 //
-// Envoy's names for what the filters record: the stat and metadata
-// prefixes below (stats <prefix>denied, <prefix>dry_run_shadow_denied;
-// dynamic metadata <prefix>enforced_engine_result and
-// <prefix>dry_run_shadow_engine_result, "denied" when refused or when the
-// dry run would refuse).
+// Envoy's names for what the filters record: the prefixes below, in stats
+// (HTTP: http.<chain>.rbac.<prefix>.denied and
+// <prefix>dry_run_.shadow_denied; TCP: <prefix><port>.rbac.denied) and in
+// dynamic metadata (HTTP: <prefix>enforced_engine_result; both:
+// <prefix>dry_run_shadow_engine_result; "denied" when refused or when the
+// dry run would refuse). The network filter records an enforced refusal
+// only in the connection termination details.
 const (
 	RBACDenyPrefix  = "meshd_deny_"
 	RBACAllowPrefix = "meshd_allow_"
