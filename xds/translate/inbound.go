@@ -106,6 +106,10 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 			LocalReplyConfig:            appFailureReplies(),
 			CommonHttpProtocolOptions:   maxDuration(maxAge),
 			HttpFilters:                 httpRBACFilters(),
+			// Paths are normalized before the RBAC filters match them, so
+			// that /a/../admin or //admin cannot slip past a path rule.
+			NormalizePath: wrapperspb.Bool(true),
+			MergeSlashes:  true,
 		})
 	} else {
 		authz = portAuthz(w, p)
