@@ -44,8 +44,15 @@ type State struct {
 type Config struct {
 	Client kubernetes.Interface
 	// Dynamic, when set, is where AuthorizationPolicies are watched (nil:
-	// the policy API is not served; no policy applies).
+	// no policy applies).
 	Dynamic dynamic.Interface
+	// PoliciesServed reports whether the policies' API is served (their
+	// CRD installed); nil: always. When it is not at start, policies are
+	// watched from when it is (checked every PolicyRecheck, default 10s):
+	// no policy can exist before its CRD, so nothing is allowed that
+	// should not be.
+	PoliciesServed func() (bool, error)
+	PolicyRecheck  time.Duration
 	// OnState receives the full current state after every batch of changes
 	// (and once after the initial sync). Called from one goroutine.
 	OnState func(context.Context, *State)
@@ -79,6 +86,9 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.PolicyRecheck == 0 {
+		cfg.PolicyRecheck = 10 * time.Second
+	}
 	return &Watcher{cfg: cfg, batcher: NewBatcher(cfg.HoldOff, cfg.MaxDelay, cfg.Clock)}, nil
 }
 
@@ -106,26 +116,26 @@ func (w *Watcher) Start(ctx context.Context) error {
 			return fmt.Errorf("k8s: informer handler: %w", err)
 		}
 	}
-	var policies cache.GenericLister
+	var policies atomic.Pointer[cache.GenericLister]
 	if w.cfg.Dynamic != nil {
-		dyn := dynamicinformer.NewDynamicSharedInformerFactory(w.cfg.Dynamic, w.cfg.Resync)
-		inf := dyn.ForResource(PolicyResource)
-		if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
-			return fmt.Errorf("k8s: informer transform: %w", err)
-		}
-		if _, err := inf.Informer().AddEventHandler(handler); err != nil {
-			return fmt.Errorf("k8s: informer handler: %w", err)
-		}
-		policies = inf.Lister()
-		dyn.Start(ctx.Done())
-		defer dyn.Shutdown()
-		for typ, ok := range dyn.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return fmt.Errorf("k8s: %v informer did not sync", typ)
+		served, err := w.policiesServed()
+		for err != nil { // not knowing is not "not installed": wait
+			w.cfg.Logger.Warn("k8s: cannot tell whether the AuthorizationPolicy CRD is installed; retrying", "error", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
 			}
+			served, err = w.policiesServed()
+		}
+		switch {
+		case served:
+			if err := w.watchPolicies(ctx, handler, &policies); err != nil || ctx.Err() != nil {
+				return err
+			}
+		default:
+			w.cfg.Logger.Warn("k8s: the AuthorizationPolicy CRD (meshd.io/v1alpha1) is not installed: no authorization policy applies until it is (deploy/base installs it)")
+			go w.awaitPolicies(ctx, handler, &policies)
 		}
 	}
 	factory.Start(ctx.Done())
@@ -152,7 +162,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 		errs = append(errs, err)
 		st.Namespaces, err = nss.Lister().List(labels.Everything())
 		errs = append(errs, err)
-		st.Policies, err = listPolicies(policies)
+		st.Policies, err = listPolicies(policies.Load())
 		errs = append(errs, err)
 		if err := errors.Join(errs...); err != nil {
 			w.cfg.Logger.Error("k8s: list from cache", "error", err)
@@ -165,13 +175,74 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
+func (w *Watcher) policiesServed() (bool, error) {
+	if w.cfg.PoliciesServed == nil {
+		return true, nil
+	}
+	return w.cfg.PoliciesServed()
+}
+
+// watchPolicies starts the policies' informer, waits for its sync and
+// publishes its lister.
+func (w *Watcher) watchPolicies(ctx context.Context, handler cache.ResourceEventHandler, out *atomic.Pointer[cache.GenericLister]) error {
+	dyn := dynamicinformer.NewDynamicSharedInformerFactory(w.cfg.Dynamic, w.cfg.Resync)
+	inf := dyn.ForResource(PolicyResource)
+	if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
+		return fmt.Errorf("k8s: informer transform: %w", err)
+	}
+	if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("k8s: informer handler: %w", err)
+	}
+	dyn.Start(ctx.Done())
+	go func() { <-ctx.Done(); dyn.Shutdown() }()
+	for typ, ok := range dyn.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("k8s: %v informer did not sync", typ)
+		}
+	}
+	lister := inf.Lister()
+	out.Store(&lister)
+	return nil
+}
+
+// awaitPolicies checks every PolicyRecheck whether the policies' API is
+// served, and watches them from then on.
+func (w *Watcher) awaitPolicies(ctx context.Context, handler cache.ResourceEventHandler, out *atomic.Pointer[cache.GenericLister]) {
+	var c clock.WithTicker = clock.RealClock{}
+	if w.cfg.Clock != nil {
+		c = w.cfg.Clock
+	}
+	ticker := c.NewTicker(w.cfg.PolicyRecheck)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C():
+		}
+		if served, err := w.policiesServed(); err != nil || !served {
+			continue
+		}
+		if err := w.watchPolicies(ctx, handler, out); err != nil {
+			w.cfg.Logger.Error("k8s: watch authorization policies", "error", err)
+			return
+		}
+		w.cfg.Logger.Info("k8s: the AuthorizationPolicy CRD is installed: policies are watched")
+		w.batcher.Notify()
+		return
+	}
+}
+
 // listPolicies lists the cached policies (none without a lister), sorted by
 // namespace and name.
-func listPolicies(l cache.GenericLister) ([]*unstructured.Unstructured, error) {
+func listPolicies(l *cache.GenericLister) ([]*unstructured.Unstructured, error) {
 	if l == nil {
 		return nil, nil
 	}
-	objs, err := l.List(labels.Everything())
+	objs, err := (*l).List(labels.Everything())
 	if err != nil {
 		return nil, err
 	}

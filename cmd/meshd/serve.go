@@ -71,14 +71,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Authorization policies: watched through the dynamic client where
-	// their CRD is installed; their status written back in a cluster.
-	dyn, err := policyClient(client, rc, local, log)
+	// Authorization policies: watched through the dynamic client (from when
+	// their CRD is installed); their status written back in a cluster.
+	dyn, policiesServed, err := policyClient(client, rc, local)
 	if err != nil {
 		return err
 	}
 	var policyStatus *k8s.PolicyStatus
-	if dyn != nil && local == nil {
+	if local == nil {
 		policyStatus = k8s.NewPolicyStatus(dyn, log, nil)
 	}
 	problems := k8s.NewProblemReporter(ctx, client, log)
@@ -123,7 +123,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// k8s: informers -> batched state -> model (bad objects reported as
 	// Events) -> mesh: translated and published to every proxy.
 	var published atomic.Bool
-	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
+	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, PoliciesServed: policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
 			// A connection made just before a renewal (at about two thirds
@@ -272,22 +272,14 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *res
 }
 
 // policyClient is where AuthorizationPolicies are read: the local dir's
-// in-memory API, or the cluster's when their CRD is installed (nil, with a
-// warning, when it is not: no policy can exist then; meshd needs a restart
-// to see policies after the CRD is installed).
-func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.LocalDir, log *slog.Logger) (dynamic.Interface, error) {
+// in-memory API, or the cluster's, with how to tell whether their CRD is
+// installed there.
+func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.LocalDir) (dynamic.Interface, func() (bool, error), error) {
 	if local != nil {
-		return local.Dynamic(), nil
+		return local.Dynamic(), nil, nil
 	}
-	served, err := k8s.PolicyAPIServed(client.Discovery())
-	if err != nil {
-		return nil, err
-	}
-	if !served {
-		log.Warn("k8s: the AuthorizationPolicy CRD (meshd.io/v1alpha1) is not installed: no authorization policy applies; install deploy/base and restart meshd to use them")
-		return nil, nil
-	}
-	return dynamic.NewForConfig(rc)
+	dyn, err := dynamic.NewForConfig(rc)
+	return dyn, func() (bool, error) { return k8s.PolicyAPIServed(client.Discovery()) }, err
 }
 
 func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {
