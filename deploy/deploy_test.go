@@ -9,9 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -42,7 +44,17 @@ func TestManifestsPassServerSideDryRun(t *testing.T) {
 	if len(kust.Resources) == 0 {
 		t.Fatal("kustomization lists no resources")
 	}
-	files := []string{filepath.Join("examples", "app-namespace.yaml"), filepath.Join("examples", "sample-app.yaml")}
+	// The example policy needs its CRD to exist, not only to pass a dry-run.
+	if err := env.ApplyFiles(ctx, filepath.Join("base", "authorizationpolicy.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(context.Context) (bool, error) {
+		return k8s.PolicyAPIServed(env.Client.Discovery())
+	}); err != nil {
+		t.Fatalf("the AuthorizationPolicy CRD is not served: %v", err)
+	}
+	files := []string{filepath.Join("examples", "app-namespace.yaml"), filepath.Join("examples", "sample-app.yaml"),
+		filepath.Join("examples", "authorization-policy.yaml")}
 	for _, r := range kust.Resources {
 		files = append(files, filepath.Join("base", r))
 	}

@@ -52,7 +52,8 @@ type Problem = model.Problem
 // skipped alone and reported as Problems; everything else goes into the
 // snapshot. Convert is pure: it reads st and never mutates it.
 func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
-	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{}, serverFirstPorts: map[string]string{}}
+	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{},
+		serverFirstPorts: map[string]string{}, policyUIDs: map[string]string{}}
 	for _, ns := range st.Namespaces {
 		c.namespaces[ns.Name] = ns
 	}
@@ -79,6 +80,8 @@ func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
 		w.Ports = uniquePorts(w.Ports)
 		c.serverFirst(w)
 	}
+	c.policies(st.Policies, st.Pods)
+	c.httpRulesOnTCP(snap.Workloads)
 	slices.SortFunc(snap.Services, func(a, b *model.Service) int { return cmp.Compare(a.Key(), b.Key()) })
 	slices.SortFunc(snap.Workloads, func(a, b *model.Workload) int { return cmp.Compare(a.Key(), b.Key()) })
 	slices.SortFunc(c.problems, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })
@@ -89,6 +92,7 @@ type converter struct {
 	trustDomain string
 	namespaces  map[string]*corev1.Namespace
 	pods        map[string]*model.Workload
+	policyUIDs  map[string]string
 	problems    []Problem
 	// serverFirstPorts holds pods' AnnotationServerFirstPorts by key.
 	serverFirstPorts map[string]string

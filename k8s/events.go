@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -52,7 +53,11 @@ func (r *ProblemReporter) Report(problems []Problem) {
 // Warn sends one Warning Event now (the recorder aggregates repeats); safe
 // from any goroutine.
 func (r *ProblemReporter) Warn(p Problem) {
-	ref := &corev1.ObjectReference{Kind: p.Kind, APIVersion: "v1", Namespace: p.Namespace, Name: p.Name}
+	apiVersion := "v1"
+	if p.Kind == PolicyKind {
+		apiVersion = PolicyResource.GroupVersion().String()
+	}
+	ref := &corev1.ObjectReference{Kind: p.Kind, APIVersion: apiVersion, Namespace: p.Namespace, Name: p.Name, UID: types.UID(p.UID)}
 	r.recorder.Event(ref, corev1.EventTypeWarning, p.Reason, p.Message)
 }
 

@@ -20,13 +20,18 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/watch"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
+	clienttesting "k8s.io/client-go/testing"
+	"sigs.k8s.io/yaml"
 )
 
 // LocalDir serves a directory of Kubernetes YAML (Services, EndpointSlices,
@@ -39,10 +44,11 @@ import (
 // deletes nothing it served before (its other documents still apply). Only objects that changed are
 // written, paced so that the in-memory API's watch buffers never overflow.
 type LocalDir struct {
-	dir    string
-	client *fake.Clientset
-	log    *slog.Logger
-	stamp  string
+	dir     string
+	client  *fake.Clientset
+	dynamic *dynamicfake.FakeDynamicClient
+	log     *slog.Logger
+	stamp   string
 	// files are each file's objects at its last good load; written are the
 	// objects as last written to the in-memory API; reported are the
 	// problems already logged (each once).
@@ -70,7 +76,8 @@ func NewLocalDir(dir string, log *slog.Logger) (*LocalDir, error) {
 	if watch.DefaultChanSize < watchBuffer {
 		watch.DefaultChanSize = watchBuffer
 	}
-	l := &LocalDir{dir: dir, client: fake.NewClientset(), log: log, files: map[string]map[string]runtime.Object{},
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{PolicyResource: PolicyKind + "List"})
+	l := &LocalDir{dir: dir, client: fake.NewClientset(), dynamic: dyn, log: log, files: map[string]map[string]runtime.Object{},
 		written: map[string]runtime.Object{}, reported: map[string]bool{}}
 	problems, err := l.reload()
 	if err != nil {
@@ -84,6 +91,18 @@ func NewLocalDir(dir string, log *slog.Logger) (*LocalDir, error) {
 
 // Client is the in-memory API to give to the Watcher.
 func (l *LocalDir) Client() *fake.Clientset { return l.client }
+
+// Dynamic is the in-memory API of the AuthorizationPolicies, for the
+// Watcher.
+func (l *LocalDir) Dynamic() *dynamicfake.FakeDynamicClient { return l.dynamic }
+
+// tracker is where objects of the kind are kept.
+func (l *LocalDir) tracker(gvk schema.GroupVersionKind) clienttesting.ObjectTracker {
+	if gvk == policyGVK {
+		return l.dynamic.Tracker()
+	}
+	return l.client.Tracker()
+}
 
 // Poll reloads the directory whenever a file changes, until ctx ends.
 func (l *LocalDir) Poll(ctx context.Context, every time.Duration) error {
@@ -116,6 +135,7 @@ var localKinds = map[schema.GroupVersionKind]schema.GroupVersionResource{
 	corev1.SchemeGroupVersion.WithKind("Pod"):                corev1.SchemeGroupVersion.WithResource("pods"),
 	corev1.SchemeGroupVersion.WithKind("Namespace"):          corev1.SchemeGroupVersion.WithResource("namespaces"),
 	discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"): discoveryv1.SchemeGroupVersion.WithResource("endpointslices"),
+	policyGVK: PolicyResource,
 }
 
 // reload parses every file, then makes the in-memory API hold exactly that.
@@ -171,7 +191,6 @@ func (l *LocalDir) reload() ([]error, error) {
 // apply writes what changed since the last load, pausing every
 // writesPerPause writes, and deletes what is gone.
 func (l *LocalDir) apply(want map[string]runtime.Object) error {
-	tracker := l.client.Tracker()
 	writes := 0
 	pace := func() {
 		if writes++; writes%writesPerPause == 0 {
@@ -183,7 +202,8 @@ func (l *LocalDir) apply(want map[string]runtime.Object) error {
 		if prev, ok := l.written[key]; ok && equality.Semantic.DeepEqual(prev, obj) {
 			continue
 		}
-		gvr := localKinds[obj.GetObjectKind().GroupVersionKind()]
+		gvk := obj.GetObjectKind().GroupVersionKind()
+		gvr, tracker := localKinds[gvk], l.tracker(gvk)
 		m, _ := meta.Accessor(obj)
 		var err error
 		if _, getErr := tracker.Get(gvr, m.GetNamespace(), m.GetName()); getErr == nil {
@@ -201,7 +221,8 @@ func (l *LocalDir) apply(want map[string]runtime.Object) error {
 		if _, ok := want[key]; ok {
 			continue
 		}
-		gvr := localKinds[obj.GetObjectKind().GroupVersionKind()]
+		gvk := obj.GetObjectKind().GroupVersionKind()
+		gvr, tracker := localKinds[gvk], l.tracker(gvk)
 		m, _ := meta.Accessor(obj)
 		_ = tracker.Delete(gvr, m.GetNamespace(), m.GetName())
 		delete(l.written, key)
@@ -257,12 +278,12 @@ func decodeDocs(out map[string]runtime.Object, data []byte) (problems []error) {
 // decodeDoc decodes one document of a served kind, with the names the
 // apiserver would accept.
 func decodeDoc(doc []byte) (string, runtime.Object, error) {
-	obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+	obj, gvk, err := decodeObject(doc)
 	if err != nil {
 		return "", nil, err
 	}
 	if _, ok := localKinds[*gvk]; !ok {
-		return "", nil, fmt.Errorf("kind %s is not served from a local dir (want Service, EndpointSlice, Pod, Namespace)", gvk)
+		return "", nil, fmt.Errorf("kind %s is not served from a local dir (want Service, EndpointSlice, Pod, Namespace, AuthorizationPolicy)", gvk)
 	}
 	m, _ := meta.Accessor(obj)
 	if gvk.Kind != "Namespace" && m.GetNamespace() == "" {
@@ -273,6 +294,20 @@ func decodeDoc(doc []byte) (string, runtime.Object, error) {
 		return "", nil, fmt.Errorf("%s: %w", key, err)
 	}
 	return key, obj, nil
+}
+
+// decodeObject decodes a built-in kind, or an AuthorizationPolicy as an
+// unstructured object.
+func decodeObject(doc []byte) (runtime.Object, *schema.GroupVersionKind, error) {
+	var tm metav1.TypeMeta
+	if err := yaml.Unmarshal(doc, &tm); err == nil && tm.GroupVersionKind() == policyGVK {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+			return nil, nil, err
+		}
+		return u, &policyGVK, nil
+	}
+	return scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
 }
 
 // validNames checks names as the apiserver does: namespaces and services
@@ -361,6 +396,8 @@ func StateFromYAML(data []byte) (*State, error) {
 			st.Pods = append(st.Pods, o)
 		case *corev1.Namespace:
 			st.Namespaces = append(st.Namespaces, o)
+		case *unstructured.Unstructured:
+			st.Policies = append(st.Policies, o)
 		}
 	}
 	return st, nil

@@ -189,3 +189,44 @@ spec: {containers: [{name: app, image: x}]}
 		return len(s.Namespaces) == 2 && names["web-0"] && names["good-0"] && len(s.Pods) == 2 && len(s.Services) == 301
 	})
 }
+
+// Policies in a local dir reach the Watcher through the in-memory dynamic
+// API, and go away with their file.
+func TestLocalDirServesPolicies(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(localMesh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte("apiVersion: meshd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: demo}\n"+
+		"spec: {selector: {}, action: DENY, rules: [{}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocalDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states := make(chan *State, 16)
+	w, err := New(Config{Client: l.Client(), Dynamic: l.Dynamic(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		OnState: func(_ context.Context, s *State) { states <- s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = w.Start(ctx) }()
+	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
+	var got *State
+	waitState(ctx, t, states, func(s *State) bool {
+		got = s
+		return len(s.Policies) == 1 && s.Policies[0].GetName() == "p" && len(s.Pods) == 1
+	})
+	snap, problems := Convert(got, "cluster.local")
+	if w := snap.Workload("web-0.demo"); w == nil || len(w.Policies) != 1 || len(problems) > 0 {
+		t.Fatalf("web-0 not under policy p: %+v, problems %v", w, problems)
+	}
+	if err := os.Remove(policy); err != nil {
+		t.Fatal(err)
+	}
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 0 && len(s.Pods) == 1 })
+}

@@ -1,17 +1,25 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -25,6 +33,8 @@ type State struct {
 	Slices     []*discoveryv1.EndpointSlice
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
+	// Policies are the AuthorizationPolicies (see PolicyFromObject).
+	Policies []*unstructured.Unstructured
 	// ChangedAt is when the first change of the batch that produced this
 	// state was noticed.
 	ChangedAt time.Time
@@ -33,6 +43,16 @@ type State struct {
 // Config configures a Watcher.
 type Config struct {
 	Client kubernetes.Interface
+	// Dynamic, when set, is where AuthorizationPolicies are watched (nil:
+	// no policy applies).
+	Dynamic dynamic.Interface
+	// PoliciesServed reports whether the policies' API is served (their
+	// CRD installed); nil: always. When it is not at start, policies are
+	// watched from when it is (checked every PolicyRecheck, default 10s):
+	// no policy can exist before its CRD, so nothing is allowed that
+	// should not be.
+	PoliciesServed func() (bool, error)
+	PolicyRecheck  time.Duration
 	// OnState receives the full current state after every batch of changes
 	// (and once after the initial sync). Called from one goroutine.
 	OnState func(context.Context, *State)
@@ -66,6 +86,9 @@ func New(cfg Config) (*Watcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.PolicyRecheck == 0 {
+		cfg.PolicyRecheck = 10 * time.Second
+	}
 	return &Watcher{cfg: cfg, batcher: NewBatcher(cfg.HoldOff, cfg.MaxDelay, cfg.Clock)}, nil
 }
 
@@ -93,6 +116,28 @@ func (w *Watcher) Start(ctx context.Context) error {
 			return fmt.Errorf("k8s: informer handler: %w", err)
 		}
 	}
+	var policies atomic.Pointer[cache.GenericLister]
+	if w.cfg.Dynamic != nil {
+		served, err := w.policiesServed()
+		for err != nil { // not knowing is not "not installed": wait
+			w.cfg.Logger.Warn("k8s: cannot tell whether the AuthorizationPolicy CRD is installed; retrying", "error", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			served, err = w.policiesServed()
+		}
+		switch {
+		case served:
+			if err := w.watchPolicies(ctx, handler, &policies); err != nil || ctx.Err() != nil {
+				return err
+			}
+		default:
+			w.cfg.Logger.Warn("k8s: the AuthorizationPolicy CRD (meshd.io/v1alpha1) is not installed: no authorization policy applies until it is (deploy/base installs it)")
+			go w.awaitPolicies(ctx, handler, &policies)
+		}
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
@@ -117,6 +162,8 @@ func (w *Watcher) Start(ctx context.Context) error {
 		errs = append(errs, err)
 		st.Namespaces, err = nss.Lister().List(labels.Everything())
 		errs = append(errs, err)
+		st.Policies, err = listPolicies(policies.Load())
+		errs = append(errs, err)
 		if err := errors.Join(errs...); err != nil {
 			w.cfg.Logger.Error("k8s: list from cache", "error", err)
 			return
@@ -126,6 +173,102 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.batcher.Notify() // the initial state
 	w.batcher.Run(ctx, list)
 	return nil
+}
+
+func (w *Watcher) policiesServed() (bool, error) {
+	if w.cfg.PoliciesServed == nil {
+		return true, nil
+	}
+	return w.cfg.PoliciesServed()
+}
+
+// watchPolicies starts the policies' informer, waits for its sync and
+// publishes its lister.
+func (w *Watcher) watchPolicies(ctx context.Context, handler cache.ResourceEventHandler, out *atomic.Pointer[cache.GenericLister]) error {
+	dyn := dynamicinformer.NewDynamicSharedInformerFactory(w.cfg.Dynamic, w.cfg.Resync)
+	inf := dyn.ForResource(PolicyResource)
+	if err := inf.Informer().SetTransform(stripManagedFields); err != nil {
+		return fmt.Errorf("k8s: informer transform: %w", err)
+	}
+	if _, err := inf.Informer().AddEventHandler(handler); err != nil {
+		return fmt.Errorf("k8s: informer handler: %w", err)
+	}
+	dyn.Start(ctx.Done())
+	go func() { <-ctx.Done(); dyn.Shutdown() }()
+	for typ, ok := range dyn.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("k8s: %v informer did not sync", typ)
+		}
+	}
+	lister := inf.Lister()
+	out.Store(&lister)
+	return nil
+}
+
+// awaitPolicies checks every PolicyRecheck whether the policies' API is
+// served, and watches them from then on.
+func (w *Watcher) awaitPolicies(ctx context.Context, handler cache.ResourceEventHandler, out *atomic.Pointer[cache.GenericLister]) {
+	var c clock.WithTicker = clock.RealClock{}
+	if w.cfg.Clock != nil {
+		c = w.cfg.Clock
+	}
+	ticker := c.NewTicker(w.cfg.PolicyRecheck)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C():
+		}
+		if served, err := w.policiesServed(); err != nil || !served {
+			continue
+		}
+		if err := w.watchPolicies(ctx, handler, out); err != nil {
+			w.cfg.Logger.Error("k8s: watch authorization policies", "error", err)
+			return
+		}
+		w.cfg.Logger.Info("k8s: the AuthorizationPolicy CRD is installed: policies are watched")
+		w.batcher.Notify()
+		return
+	}
+}
+
+// listPolicies lists the cached policies (none without a lister), sorted by
+// namespace and name.
+func listPolicies(l *cache.GenericLister) ([]*unstructured.Unstructured, error) {
+	if l == nil {
+		return nil, nil
+	}
+	objs, err := (*l).List(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*unstructured.Unstructured, 0, len(objs))
+	for _, o := range objs {
+		if u, ok := o.(*unstructured.Unstructured); ok {
+			out = append(out, u)
+		}
+	}
+	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int {
+		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
+	})
+	return out, nil
+}
+
+// PolicyAPIServed reports whether the apiserver serves AuthorizationPolicies
+// (their CRD is installed).
+func PolicyAPIServed(d discovery.DiscoveryInterface) (bool, error) {
+	list, err := d.ServerResourcesForGroupVersion(PolicyResource.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("k8s: discover %s: %w", PolicyResource.GroupVersion(), err)
+	}
+	return slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == PolicyResource.Resource }), nil
 }
 
 // stripManagedFields drops what meshd never reads, to keep the caches small.

@@ -3,6 +3,8 @@ package k8s
 import (
 	"context"
 	"os"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,4 +73,32 @@ func hasService(s *State, ns, name string) bool {
 		}
 	}
 	return false
+}
+
+// A CRD installed after meshd started: policies are watched from then on,
+// and the next state holds them.
+func TestPoliciesWatchedOnceTheirCRDIsInstalled(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(localMesh+"---\napiVersion: meshd.io/v1alpha1\nkind: AuthorizationPolicy\n"+
+		"metadata: {name: p, namespace: demo}\nspec: {selector: {}, action: DENY, rules: [{}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewLocalDir(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var installed atomic.Bool
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states := make(chan *State, 16)
+	w, err := New(Config{Client: l.Client(), Dynamic: l.Dynamic(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+		PoliciesServed: func() (bool, error) { return installed.Load(), nil }, PolicyRecheck: 20 * time.Millisecond,
+		OnState: func(_ context.Context, s *State) { states <- s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = w.Start(ctx) }()
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Pods) == 1 && len(s.Policies) == 0 })
+	installed.Store(true)
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 1 })
 }

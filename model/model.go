@@ -131,6 +131,9 @@ type Workload struct {
 	// Ports are the pod's inbound ports (service target ports that resolve
 	// to this pod, and declared container ports), sorted by Port, unique.
 	Ports []Port
+	// Policies are the valid authorization policies that select the pod,
+	// sorted by Key (see Authorize).
+	Policies []*Policy
 }
 
 // Key returns "name.namespace", which is also the proxy's node ID.
@@ -203,6 +206,8 @@ func SPIFFEID(trustDomain, namespace, serviceAccount string) string {
 type Problem struct {
 	Kind, Namespace, Name string
 	Reason, Message       string
+	// UID is the object's, where known (for the Event's involved object).
+	UID string
 }
 
 func (p Problem) String() string {

@@ -23,7 +23,10 @@ type Explanation struct {
 	// own address (not through a service), port by port.
 	PodIP   []PodIPPath `json:"pod_ip,omitempty"`
 	Verdict string      `json:"verdict"` // mtls, plaintext, mixed, refused, broken
-	Finds   []string    `json:"findings"`
+	// Authorization is what the servers' policies decide for the client:
+	// allowed, denied, limited (some HTTP requests only) or mixed.
+	Authorization string   `json:"authorization,omitempty"`
+	Finds         []string `json:"findings"`
 }
 
 // PodIPPath is a call to <pod IP>:<port>.
@@ -70,6 +73,9 @@ type EndpointPath struct {
 	Server       Side   `json:"server"`
 	MTLS         bool   `json:"mtls"`
 	InboundChain string `json:"inbound_chain,omitempty"`
+	// Authorization is what the server's policies decide for the client
+	// (nil when the server has no sidecar).
+	Authorization *AuthzPath `json:"authorization,omitempty"`
 }
 
 // Explain builds the explanation from the model meshd last published and
@@ -112,6 +118,7 @@ func Explain(snap *model.Snapshot, proxies []ProxyStatus, from, to string) (*Exp
 		e.explainPodIP(snap, target, svcs, connected)
 	}
 	e.verdict()
+	e.Authorization = e.authorizationSummary()
 	return e, nil
 }
 
@@ -243,6 +250,7 @@ func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep mode
 		e.find("server %s has no sidecar (not injected): traffic to it is plaintext", w.Key())
 		return out
 	}
+	out.Authorization = e.authorize(snap, w, svc, ep)
 	if !slices.ContainsFunc(w.Ports, func(wp model.Port) bool { return wp.Port == ep.Port }) {
 		e.find("server %s has no inbound chain for port %d", w.Key(), ep.Port)
 	} else {

@@ -135,3 +135,54 @@ func TestExplain(t *testing.T) {
 		t.Error("unknown target: no error")
 	}
 }
+
+// TestExplainAuthorization: explain evaluates web-0's policies for the
+// caller and names the deciding rule, the dry run's effect, and what the
+// client would see.
+func TestExplainAuthorization(t *testing.T) {
+	policies := `---
+apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: demo}
+spec:
+  selector: {}
+  action: ALLOW
+  rules: [{from: {serviceAccounts: [demo/client]}, to: {methods: [GET]}}, {from: {serviceAccounts: [demo/admin]}}]
+---
+apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: lockdown, namespace: demo}
+spec: {selector: {}, action: DENY, dryRun: true, rules: [{from: {namespaces: [demo]}}]}
+`
+	both := []xds.ProxyStatus{{NodeID: "web-0.demo"}, {NodeID: "client-0.demo"}}
+	for name, c := range map[string]struct {
+		yaml, want, rule, finding string
+	}{
+		"no policy":           {"", "allowed", "", ""},
+		"limited by a rule":   {policies, "limited", "demo/callers/rule-0", "dry run on web-0.demo port 8080: with the dry-run policies enforced: denied by demo/lockdown/rule-0"},
+		"denied by default":   {strings.ReplaceAll(policies, "demo/client", "demo/other"), "denied", "", "client-0.demo may not call web-0.demo on port 8080: denied: no rule of the ALLOW policies demo/callers"},
+		"denied by DENY rule": {strings.ReplaceAll(policies, "dryRun: true", "dryRun: false"), "denied", "demo/lockdown/rule-0", "denied by demo/lockdown/rule-0"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			st, err := k8s.StateFromYAML([]byte(explainYAML + c.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, _ := k8s.Convert(st, "cluster.local")
+			e, err := xds.Explain(snap, both, "client-0.demo", "web.demo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := e.Ports[0].Endpoints[0].Authorization
+			if e.Authorization != c.want || a == nil || a.Decision != c.want {
+				t.Fatalf("authorization %q, endpoint %+v; want %s", e.Authorization, a, c.want)
+			}
+			if c.rule != "" && !slices.Contains(a.Rules, c.rule) {
+				t.Errorf("deciding rules %v, want %s", a.Rules, c.rule)
+			}
+			if c.finding != "" && !slices.ContainsFunc(e.Finds, func(f string) bool { return strings.Contains(f, c.finding) }) {
+				t.Errorf("findings %v, want one holding %q", e.Finds, c.finding)
+			}
+		})
+	}
+}

@@ -73,3 +73,43 @@ func benchModel(services, endpoints int) *model.Snapshot {
 func sortWorkloads(ws []*model.Workload) {
 	slices.SortFunc(ws, func(a, b *model.Workload) int { return strings.Compare(a.Key(), b.Key()) })
 }
+
+// BenchmarkPolicyChange: an authorization policy added to and removed from
+// one workload of 10,000 (1,000 services x 10 endpoints), with 1,000
+// proxies connected: what meshd does between the policy's informer event
+// and the new snapshot of the one affected proxy.
+func BenchmarkPolicyChange(b *testing.B) {
+	ctx := context.Background()
+	snap := benchModel(1000, 10)
+	pki := newTestPKI(b)
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := xds.NewPublisher(cache)
+	mesh := xds.NewMesh(pub, nil)
+	cert := pki.issue(webID, webNode)
+	secrets := xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
+	for _, w := range snap.Workloads[:1000] {
+		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {
+			b.Fatal(err)
+		}
+		if err := pub.SetProxy(ctx, w.Key(), secrets); err != nil {
+			b.Fatal(err)
+		}
+	}
+	target := snap.Workloads[0]
+	policy := &model.Policy{Namespace: target.Namespace, Name: "callers", Action: model.ActionAllow,
+		Rules: []model.Rule{{From: &model.Source{Identities: []string{model.SPIFFEID("cluster.local", "ns1", "svc1")}}}}}
+	if _, err := mesh.Update(ctx, snap); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		target.Policies = nil
+		if i%2 == 0 {
+			target.Policies = []*model.Policy{policy}
+		}
+		if _, err := mesh.Update(ctx, snap); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

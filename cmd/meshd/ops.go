@@ -385,9 +385,10 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return errors.New("usage: meshd explain --from <pod>.<ns> --to <service>.<ns>|<pod>.<ns>")
 	}
 	var v struct {
-		Verdict  string   `json:"verdict"`
-		Findings []string `json:"findings"`
-		Ports    []struct {
+		Verdict       string   `json:"verdict"`
+		Authorization string   `json:"authorization"`
+		Findings      []string `json:"findings"`
+		Ports         []struct {
 			Port         uint32   `json:"port"`
 			Protocol     string   `json:"protocol"`
 			Chain        string   `json:"filter_chain"`
@@ -399,7 +400,13 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				Port    uint32 `json:"port"`
 				Ready   bool   `json:"ready"`
 				MTLS    bool   `json:"mtls"`
-				Server  struct {
+				Authz   *struct {
+					Decision string   `json:"decision"`
+					Reason   string   `json:"reason"`
+					Rules    []string `json:"rules"`
+					DryRun   string   `json:"dry_run"`
+				} `json:"authorization"`
+				Server struct {
 					Workload  string `json:"workload"`
 					Connected bool   `json:"proxy_connected"`
 					Mode      string `json:"mode"`
@@ -443,6 +450,9 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 	}
 	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
+	if v.Authorization != "" {
+		fmt.Fprintf(stdout, "authorization: %s\n", strings.ToUpper(v.Authorization))
+	}
 	for _, p := range v.Ports {
 		if p.Chain == "" {
 			fmt.Fprintf(stdout, "port %d (%s): no client sidecar, sent as the app sends it\n", p.Port, p.Protocol)
@@ -453,6 +463,12 @@ func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		for _, e := range p.Endpoints {
 			fmt.Fprintf(stdout, "  endpoint %s:%d ready=%v mtls=%v server=%s sidecar-connected=%v mode=%s\n",
 				e.Address, e.Port, e.Ready, e.MTLS, e.Server.Workload, e.Server.Connected, orDash(e.Server.Mode))
+			if a := e.Authz; a != nil {
+				fmt.Fprintf(stdout, "    authorization: %s: %s\n", strings.ToUpper(a.Decision), a.Reason)
+				if a.DryRun != "" {
+					fmt.Fprintf(stdout, "    dry run: %s\n", a.DryRun)
+				}
+			}
 		}
 	}
 	for _, p := range v.PodIP {

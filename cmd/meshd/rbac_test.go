@@ -14,11 +14,14 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 // TestServeUnderDeployRBAC applies deploy/base's ServiceAccount, RBAC and
@@ -35,7 +38,17 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := "../../deploy/base/"
-	if err := env.ApplyFiles(ctx, base+"serviceaccount.yaml", base+"rbac.yaml", base+"webhook.yaml"); err != nil {
+	if err := env.ApplyFiles(ctx, base+"serviceaccount.yaml", base+"rbac.yaml", base+"webhook.yaml", base+"authorizationpolicy.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return k8s.PolicyAPIServed(env.Client.Discovery())
+	}); err != nil {
+		t.Fatalf("the AuthorizationPolicy CRD is not served: %v", err)
+	}
+	// A policy meshd finds invalid: it must watch it and write its status.
+	if err := env.ApplyYAML(ctx, []byte("apiVersion: meshd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: rbac-bad, namespace: default}\n"+
+		"spec: {selector: {}, action: ALLOW, rules: [{from: {identities: [spiffe://elsewhere.example/a/b]}}]}\n"), testenv.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { // its service does not exist here: do not leave it to other tests
@@ -78,6 +91,14 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 		"webhook caBundle set": func(ctx context.Context) bool {
 			m, err := env.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "meshd-sidecar-injector", metav1.GetOptions{})
 			return err == nil && len(m.Webhooks[0].ClientConfig.CABundle) > 0
+		},
+		"policy status written": func(ctx context.Context) bool {
+			u, err := dynamic.NewForConfigOrDie(env.Config).Resource(k8s.PolicyResource).Namespace("default").Get(ctx, "rbac-bad", metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			return len(conds) == 1 && conds[0].(map[string]any)["status"] == "False"
 		},
 		"Event recorded": func(ctx context.Context) bool {
 			evs, err := env.Client.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=rbac-odd"})

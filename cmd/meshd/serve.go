@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -73,6 +74,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Authorization policies: watched through the dynamic client (from when
+	// their CRD is installed); their status written back in a cluster.
+	dyn, policiesServed, err := policyClient(client, rc, local)
+	if err != nil {
+		return err
+	}
+	var policyStatus *k8s.PolicyStatus
+	if local == nil {
+		policyStatus = k8s.NewPolicyStatus(dyn, log, nil)
+	}
 	problems := k8s.NewProblemReporter(ctx, client, log)
 	defer problems.Shutdown()
 	creds := decideCredentials(cfg, client, local != nil)
@@ -117,13 +128,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// k8s: informers -> batched state -> model (bad objects reported as
 	// Events) -> mesh: translated and published to every proxy.
 	var published atomic.Bool
-	watcher, err := k8s.New(k8s.Config{Client: client, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
+	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, PoliciesServed: policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
 			// A connection made just before a renewal (at about two thirds
 			// of a certificate's life) still ends before that certificate.
 			snap.ConnectionMaxAge = cfg.CertTTL / 3
 			snap.DetectionTimeout = cfg.DetectionTimeout
+			if policyStatus != nil {
+				policyStatus.Update(st.Policies, snap, probs)
+			}
 			// Translation finds its own (two services on one address):
 			// reported with conversion's, as Events on the objects.
 			tprobs, err := mesh.Update(ctx, snap)
@@ -200,6 +214,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		g.Go(func() error { return cmCA.run(ctx) })
 	}
 	g.Go(func() error { return watcher.Start(ctx) })
+	if policyStatus != nil {
+		g.Go(func() error { return policyStatus.Start(ctx) })
+	}
 	g.Go(func() error { return debug.Serve(ctx, debugLis, handler) })
 	if cfg.HealthAddr != "" {
 		healthLis, err := net.Listen("tcp", cfg.HealthAddr)
@@ -274,6 +291,17 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *res
 	}
 	client, err := kubernetes.NewForConfig(rc)
 	return client, rc, nil, err
+}
+
+// policyClient is where AuthorizationPolicies are read: the local dir's
+// in-memory API, or the cluster's, with how to tell whether their CRD is
+// installed there.
+func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.LocalDir) (dynamic.Interface, func() (bool, error), error) {
+	if local != nil {
+		return local.Dynamic(), nil, nil
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	return dyn, func() (bool, error) { return k8s.PolicyAPIServed(client.Discovery()) }, err
 }
 
 func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {

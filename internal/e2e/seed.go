@@ -158,6 +158,8 @@ type seed struct {
 	mu             sync.Mutex
 	// bootstrapSerials are the server sidecar's xDS client certificates.
 	bootstrapSerials []*big.Int
+	// nginxPorts nginx listens on besides 8080.
+	nginxPorts []int
 }
 
 func (s *seed) progress(format string, args ...any) {
@@ -211,6 +213,10 @@ func (s *seed) startNginxIn(ctx context.Context, pod *netlab.Pod) error {
 		return err
 	}
 	page := fmt.Sprintf("<html><body><h1>%s</h1></body></html>\n", s.marker)
+	listen := "listen 8080;"
+	for _, p := range s.nginxPorts {
+		listen += fmt.Sprintf(" listen %d;", p)
+	}
 	conf := fmt.Sprintf(`daemon off;
 user nobody nogroup;
 worker_processes 1;
@@ -225,12 +231,12 @@ http {
   uwsgi_temp_path %[1]s/tmp;
   scgi_temp_path %[1]s/tmp;
   server {
-    listen 8080;
+    %[3]s
     root %[1]s/html;
     add_header X-Meshd-Demo %[2]s;
   }
 }
-`, dir, s.marker)
+`, dir, s.marker, listen)
 	if err := os.WriteFile(filepath.Join(dir, "html", "index.html"), []byte(page), 0o644); err != nil {
 		return err
 	}

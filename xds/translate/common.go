@@ -105,12 +105,13 @@ func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 	}
 }
 
-// hcmFilter completes an HTTP connection manager with the router.
+// hcmFilter completes an HTTP connection manager with the router, after
+// the HTTP filters it has.
 func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
-	hcm.HttpFilters = []*hcmv3.HttpFilter{{
+	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
-	}}
+	})
 	return &listenerv3.Filter{
 		Name:       "envoy.filters.network.http_connection_manager",
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},

@@ -8,7 +8,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -93,32 +92,28 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 	}
 	name := fmt.Sprintf("inbound|%d|%s", p.Port, transport)
 	var filter *listenerv3.Filter
+	var authz *authz
 	if p.Protocol.IsHTTP() {
 		filter = hcmFilter(&hcmv3.HttpConnectionManager{
 			StatPrefix: name,
-			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-				Name: cluster,
-				VirtualHosts: []*routev3.VirtualHost{{
-					Name: cluster, Domains: []string{"*"},
-					Routes: []*routev3.Route{{
-						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
-							Timeout:          durationpb.New(0),
-						}},
-					}},
-				}},
-			}},
+			// The route, and with it the authorization rules, come over RDS.
+			RouteSpecifier: inboundRDS(p),
 			// The app sees the authenticated peer's SPIFFE ID in
 			// x-forwarded-client-cert; a value the client sent is dropped.
 			ForwardClientCertDetails:    hcmv3.HttpConnectionManager_SANITIZE_SET,
 			SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true},
-			AccessLog:                   inboundAccessLog(w),
+			AccessLog:                   append(inboundAccessLog(w), authzHTTPLog(w)...),
 			LocalReplyConfig:            appFailureReplies(),
 			CommonHttpProtocolOptions:   maxDuration(maxAge),
+			HttpFilters:                 httpRBACFilters(),
+			// Paths are normalized before the RBAC filters match them, so
+			// that /a/../admin or //admin cannot slip past a path rule.
+			NormalizePath: wrapperspb.Bool(true),
+			MergeSlashes:  true,
 		})
 	} else {
-		tp := tcpProxyConfig(name, cluster, inboundAccessLog(w)...)
+		authz = portAuthz(w, p)
+		tp := tcpProxyConfig(name, cluster, append(inboundAccessLog(w), authzTCPLog(w, authz)...)...)
 		if maxAge > 0 {
 			tp.MaxDownstreamConnectionDuration = durationpb.New(maxAge)
 		}
@@ -130,7 +125,7 @@ func inboundChain(w *model.Workload, p model.Port, transport string, maxAge time
 			DestinationPort:   wrapperspb.UInt32(p.Port),
 			TransportProtocol: transport,
 		},
-		Filters: []*listenerv3.Filter{filter},
+		Filters: append(networkRBAC(authz, p), filter),
 	}
 }
 

@@ -119,7 +119,8 @@ func Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 }
 
 // Proxy returns a proxy's own resources: the inbound listener with a filter
-// chain per port of its workload (forwarding to the shared local clusters).
+// chain per port of its workload (forwarding to the shared local clusters),
+// and per HTTP port its route (with the port's authorization rules).
 // A workload without ports gets no inbound listener (Envoy refuses one
 // without filter chains): connections redirected to it are refused.
 //
@@ -130,6 +131,7 @@ func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 	if w.NoInterception {
 		if ls := directListeners(snap, w); len(ls) > 0 {
 			res[resourcev3.ListenerType] = ls
+			addRoutes(res, inboundRoutes(w))
 		}
 		return res
 	}
@@ -137,7 +139,16 @@ func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 		return res
 	}
 	res[resourcev3.ListenerType] = []types.Resource{inboundListener(snap, w)}
+	addRoutes(res, inboundRoutes(w))
 	return res
+}
+
+// addRoutes adds the inbound HTTP ports' routes (RDS, with the
+// authorization rules), if any.
+func addRoutes(res Resources, routes []types.Resource) {
+	if len(routes) > 0 {
+		res[resourcev3.RouteType] = routes
+	}
 }
 
 // identities returns the distinct SPIFFE IDs of a service's mesh endpoints,
