@@ -3,6 +3,9 @@
 #   - no tracked file is larger than 1 MiB;
 #   - no tracked file is an executable binary or a compiled archive
 #     (ELF, PE, Mach-O, WebAssembly, ar/Go archives);
+#   - no tracked symlink points outside the repository or at an absolute path
+#     (a worktree's .tools link, once committed, replaced the tool folder of
+#     every checkout with a link to itself);
 #   - go.mod and go.sum are tidy (`go mod tidy -diff` prints nothing).
 # Build outputs belong in the git-ignored bin/, .tools/ and out/.
 set -euo pipefail
@@ -30,6 +33,16 @@ while IFS= read -r -d '' f; do
 		bad=1
 	fi
 done < <(git ls-files -z)
+while read -r mode _ _ f; do
+	[ "$mode" = 120000 ] || continue
+	target=$(git cat-file -p "$(git rev-parse ":$f")")
+	case $target in
+	/* | ../* | */../*)
+		echo "check-repo: $f is a symlink to $target, outside the repository: do not commit it" >&2
+		bad=1
+		;;
+	esac
+done < <(git ls-files -s)
 if ! diff=$(go mod tidy -diff 2>&1); then
 	echo "check-repo: go.mod/go.sum are not tidy; run 'go mod tidy':" >&2
 	echo "$diff" >&2
