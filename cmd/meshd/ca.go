@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -15,23 +15,44 @@ import (
 	"github.com/meshd/meshd/internal/config"
 )
 
-// caCmd is `meshd ca status|rotate-root`: the CA's state, and asking the
-// running meshd to rotate the root (it steps the rotation; this only sets
-// the request on the CA Secret or files).
-func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "status" && args[0] != "rotate-root") {
-		return errors.New("usage: meshd ca status|rotate-root [--kubeconfig K --namespace N | --ca-dir DIR] [--ca-secret meshd-ca]")
-	}
+func newCACmd() *cobra.Command {
 	cfg := config.Default()
-	fs := flag.NewFlagSet("ca "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Show the mesh CA, or ask meshd to rotate its root",
+		Long: `Show the mesh CA's state, or ask the running meshd to rotate the root (meshd
+steps the rotation; this only sets the request on the CA Secret or files).`,
+		Example: `  meshd ca status
+  meshd ca rotate-root --kubeconfig ~/.kube/config -n meshd-system
+  meshd ca status --ca-dir /tmp/meshd-ca`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
+			_ = cmd.Usage()
+			return usageError{errors.New("ca: a verb is required: status or rotate-root")}
+		},
+	}
+	fs := cmd.PersistentFlags()
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig path (empty: in-cluster config)")
-	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "meshd's namespace")
+	fs.StringVarP(&cfg.Namespace, "namespace", "n", cfg.Namespace, "meshd's namespace")
 	fs.StringVar(&cfg.CADir, "ca-dir", "", "the CA directory of meshd serve --ca-dir")
 	fs.StringVar(&cfg.CASecret, "ca-secret", cfg.CASecret, "name of the CA Secret")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	for _, verb := range []struct{ name, short string }{
+		{"status", "Show the CA: rotation phase, signing certificate, trusted roots"},
+		{"rotate-root", "Ask the running meshd to rotate the root (bundle -> signing -> done)"},
+	} {
+		cmd.AddCommand(&cobra.Command{Use: verb.name, Short: verb.short, Args: cobra.NoArgs,
+			Example: "  meshd ca " + verb.name + " --kubeconfig ~/.kube/config -n meshd-system",
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				return caCmd(cmd.Context(), verb.name == "rotate-root", cfg, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}})
 	}
+	return cmd
+}
+
+// caCmd is `meshd ca status|rotate-root`: the CA's state, and asking the
+// running meshd to rotate the root.
+func caCmd(ctx context.Context, rotate bool, cfg config.Config, stdout, stderr io.Writer) error {
 	var secrets ca.SecretUpdater
 	if cfg.CADir != "" {
 		secrets = ca.FileSecrets{Dir: cfg.CADir}
@@ -46,7 +67,7 @@ func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("ca: %s: %w", cfg.CASecret, err)
 	}
-	if args[0] == "rotate-root" {
+	if rotate {
 		if s.Annotations == nil {
 			s.Annotations = map[string]string{}
 		}
