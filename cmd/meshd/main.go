@@ -78,8 +78,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 func runAs(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
 	root := newRootCmd(name, stdout, stderr)
 	root.SetArgs(doubleDash(root, args))
+	// An error before a verb runs is about the command line.
 	started := false
-	root.PersistentPreRun = func(*cobra.Command, []string) { started = true }
+	var wrap func(*cobra.Command)
+	wrap = func(c *cobra.Command) {
+		if run := c.RunE; run != nil {
+			c.RunE = func(c *cobra.Command, args []string) error { started = true; return run(c, args) }
+		}
+		for _, sub := range c.Commands() {
+			wrap(sub)
+		}
+	}
+	wrap(root)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil && !started && !errors.As(err, new(usageError)) {
 		err = usageError{fmt.Errorf("%w\nRun '%s --help' for usage.", err, cmd.CommandPath())}

@@ -300,7 +300,7 @@ func proxyStatusCmd(ctx context.Context, o *opsFlags, _ []string, stdout io.Writ
 		Stale []string `json:"stale_types,omitempty"`
 	}
 	var all []row
-	var raw []json.RawMessage
+	raw := []json.RawMessage{} // "proxies": [] with none, not null
 	for _, a := range o.addrs {
 		var v struct {
 			Proxies []json.RawMessage `json:"proxies"`
