@@ -3,13 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/ca"
 )
 
 // TestEveryVerbHasHelpWithExamples: `meshd <verb> --help` exits 0 and shows
@@ -47,7 +52,7 @@ func TestEveryVerbHasHelpWithExamples(t *testing.T) {
 func TestFlagsConsistent(t *testing.T) {
 	root := newRootCmd("meshd", nil, nil)
 	want := map[string][]string{
-		"serve": {"kubeconfig", "namespace/n"}, "ca status": {"kubeconfig", "namespace/n"},
+		"serve": {"kubeconfig", "namespace/n"}, "ca status": {"kubeconfig", "namespace/n", "output/o"},
 		"bootstrap": {"namespace/n"}, "version": {"output/o"},
 	}
 	for _, v := range []string{"proxy-status", "proxy-config", "certs", "explain", "check"} {
@@ -196,5 +201,38 @@ func TestInvokedAsKubectlPlugin(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "proxy-status") {
 		t.Errorf("plugin completion: %q", out.String())
+	}
+}
+
+// TestCAStatusOutput: `meshd ca status` prints the CA of --ca-dir as a
+// table, JSON or YAML; `rotate-root` sets the request it then shows.
+func TestCAStatusOutput(t *testing.T) {
+	dir := t.TempDir()
+	a, err := ca.LoadOrCreateRoot(context.Background(), ca.FileSecrets{Dir: dir}, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := a.Cert.SerialNumber.Text(16)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"ca", "status", "--ca-dir", dir}, []string{"phase: steady", "signing: ", "serial " + serial}},
+		{[]string{"ca", "status", "--ca-dir", dir, "-o", "json"}, []string{`"serial": "` + serial + `"`, `"rotation_phase": "steady"`, `"rotation_requested": false`}},
+		{[]string{"ca", "rotate-root", "--ca-dir", dir, "-o", "yaml"}, []string{"serial: " + serial, "rotation_requested: true"}},
+		{[]string{"ca", "status", "--ca-dir", dir}, []string{"rotation requested: true"}},
+	} {
+		var out bytes.Buffer
+		if err := run(context.Background(), tc.args, &out, &out); err != nil {
+			t.Fatalf("meshd %q: %v", tc.args, err)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out.String(), w) {
+				t.Errorf("meshd %q lacks %q:\n%s", tc.args, w, out.String())
+			}
+		}
+	}
+	if err := run(context.Background(), []string{"ca", "status", "--ca-dir", dir, "-o", "xml"}, io.Discard, io.Discard); exitCode(err) != 2 {
+		t.Errorf("-o xml: %v", err)
 	}
 }
