@@ -59,7 +59,7 @@ func newOpsCmd(c *cobra.Command, run func(ctx context.Context, o *opsFlags, args
 	fs := c.Flags()
 	fs.StringVar(&o.addr, "debug-addr", defaultDebugAddr, "meshd's debug API address; several replicas comma-separated (not set: every meshd pod through the apiserver when a kubeconfig is found)")
 	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API (through the apiserver to a meshd with --debug-auth kubernetes: the kubeconfig's token by default)")
-	fs.StringVar(&o.kube.Path, "kubeconfig", "", "kubeconfig path (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+	fs.StringVar(&o.kube.Path, "kubeconfig", "", "kubeconfig path (default: $KUBECONFIG, else ~/.kube/config)")
 	fs.StringVar(&o.kube.Context, "context", "", "kubeconfig context (default: the current one)")
 	fs.StringVarP(&o.namespace, "namespace", "n", remote.DefaultNamespace, "meshd's namespace")
 	fs.StringVarP(&o.selector, "selector", "l", remote.DefaultSelector, "label selector of meshd's pods")

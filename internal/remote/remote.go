@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/client-go/tools/portforward"
 	"k8s.io/client-go/transport/spdy"
 )
@@ -45,7 +46,9 @@ const (
 )
 
 // Kubeconfig names a kubeconfig the way kubectl does: an explicit path, else
-// $KUBECONFIG, else ~/.kube/config, else the in-cluster config.
+// $KUBECONFIG, else ~/.kube/config. Not the in-cluster config: inside
+// meshd's own pod (kubectl exec) the operator commands keep reading the
+// local 127.0.0.1:15014.
 type Kubeconfig struct {
 	Path    string // --kubeconfig
 	Context string // --context
@@ -56,11 +59,14 @@ type Kubeconfig struct {
 func (k Kubeconfig) Load() (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = k.Path
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: k.Context})
-	rc, err := cc.ClientConfig()
-	if clientcmd.IsEmptyConfig(err) {
-		return nil, fmt.Errorf("%w: %w", ErrNoKubeconfig, err)
+	raw, err := rules.Load()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
+	if clientcmdapi.IsConfigEmpty(raw) {
+		return nil, ErrNoKubeconfig
+	}
+	rc, err := clientcmd.NewNonInteractiveClientConfig(*raw, k.Context, &clientcmd.ConfigOverrides{}, rules).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}

@@ -35,12 +35,13 @@ func TestDebugPort(t *testing.T) {
 }
 
 // TestKubeconfigLoad: none anywhere is ErrNoKubeconfig (the operator
-// commands then use 127.0.0.1:15014); a named file that is missing or bad
-// is an error of its own.
+// commands then use 127.0.0.1:15014), also inside a pod; a named file that
+// is missing or bad, or an unknown context, is an error of its own.
 func TestKubeconfigLoad(t *testing.T) {
 	t.Setenv("HOME", t.TempDir())
 	t.Setenv("KUBECONFIG", "")
-	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	t.Setenv("KUBERNETES_SERVICE_HOST", "198.19.0.1") // as in a pod
+	t.Setenv("KUBERNETES_SERVICE_PORT", "443")
 	if _, err := (Kubeconfig{}).Load(); !errors.Is(err, ErrNoKubeconfig) {
 		t.Errorf("no kubeconfig: %v", err)
 	}
