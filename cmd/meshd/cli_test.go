@@ -126,6 +126,10 @@ func TestSingleDashLongFlags(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
+	out.Reset()
+	if err := run(context.Background(), []string{"version", "--o", "json"}, &out, &out); err != nil || !strings.HasPrefix(out.String(), `{"version":`) {
+		t.Errorf("version --o json: %v: %s", err, out.String())
+	}
 	// Shorthands are not rewritten: -n and -o keep their meaning.
 	root := newRootCmd("meshd", nil, nil)
 	got := doubleDash(root, []string{"check", "-n", "x", "-ojson", "-help", "--", "-debug-addr"})

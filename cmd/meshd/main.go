@@ -129,6 +129,13 @@ your kubeconfig's credentials).`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	// --o was the flag package's spelling of -o.
+	root.SetGlobalNormalizationFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if name == "o" {
+			name = "output"
+		}
+		return pflag.NormalizedName(name)
+	})
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nRun '%s --help' for usage.", err, cmd.CommandPath())}
 	})
