@@ -32,7 +32,7 @@ steps the rotation; this only sets the request on the CA Secret or files).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(cmd.ErrOrStderr())
 			_ = cmd.Usage()
-			return usageError{errors.New("ca: a verb is required: status or rotate-root")}
+			return usageError{err: errors.New("ca: a verb is required: status or rotate-root")}
 		},
 	}
 	fs := cmd.PersistentFlags()

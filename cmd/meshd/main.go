@@ -52,9 +52,19 @@ func invokedAs(argv0 string, args []string) (string, []string) {
 
 // usageError is a command line meshd cannot run: an unknown verb or flag, a
 // missing argument. It exits 2, as the flag package does; other errors 1.
-type usageError struct{ err error }
+// With a command, the message ends with a hint to its --help.
+type usageError struct {
+	err     error
+	command string // e.g. "meshd proxy-status"
+}
 
-func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Error() string {
+	if e.command == "" {
+		return e.err.Error()
+	}
+	return fmt.Sprintf("%v\nRun '%s --help' for usage.", e.err, e.command)
+}
+
 func (e usageError) Unwrap() error { return e.err }
 
 // exitCode is 0 on success (also for --help, as kubectl), 2 for a command
@@ -92,7 +102,7 @@ func runAs(ctx context.Context, name string, args []string, stdout, stderr io.Wr
 	wrap(root)
 	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil && !started && !errors.As(err, new(usageError)) {
-		err = usageError{fmt.Errorf("%w\nRun '%s --help' for usage.", err, cmd.CommandPath())}
+		err = usageError{err, cmd.CommandPath()}
 	}
 	return err
 }
@@ -121,7 +131,7 @@ your kubeconfig's credentials).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cmd.SetOut(cmd.ErrOrStderr())
 			_ = cmd.Usage()
-			return usageError{errors.New("a verb is required")}
+			return usageError{err: errors.New("a verb is required")}
 		},
 	}
 	if name != "meshd" {
@@ -137,7 +147,7 @@ your kubeconfig's credentials).`,
 		return pflag.NormalizedName(name)
 	})
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return usageError{fmt.Errorf("%w\nRun '%s --help' for usage.", err, cmd.CommandPath())}
+		return usageError{err, cmd.CommandPath()}
 	})
 	root.AddGroup(&cobra.Group{ID: "run", Title: "Running meshd:"}, &cobra.Group{ID: "ops", Title: "Operating a mesh:"})
 	for _, c := range []*cobra.Command{newServeCmd(), newIptablesCmd(), newBootstrapCmd()} {
@@ -182,7 +192,7 @@ func addOutputFlag(cmd *cobra.Command, output *string) {
 }
 
 func outputError(output string) error {
-	return usageError{fmt.Errorf("-o %q: want table, json or yaml", output)}
+	return usageError{err: fmt.Errorf("-o %q: want table, json or yaml", output)}
 }
 
 // doubleDash rewrites -flag and -flag=value into --flag...: the Go flag

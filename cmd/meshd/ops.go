@@ -102,7 +102,7 @@ func (o *opsFlags) open(cmd *cobra.Command) error {
 		}
 	}
 	if len(o.addrs) == 0 {
-		return usageError{errors.New("--debug-addr: no address")}
+		return usageError{err: errors.New("--debug-addr: no address")}
 	}
 	o.addr = o.addrs[0]
 	return nil
