@@ -1,5 +1,5 @@
 // Command helmrender renders a Helm chart with values to YAML on stdout, as
-// `helm template` does, with the Helm Go library (helm.sh/helm/v3) from the
+// `helm template --include-crds` does, with the Helm Go library (helm.sh/helm/v3) from the
 // Go module proxy. deploy/chart_test.go runs it to check deploy/charts/meshd
 // against the real apiserver and against the Kustomize base.
 //
@@ -56,9 +56,10 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("values: %w", err)
 	}
-	// helm template: a client-only dry-run install.
+	// helm template --include-crds: a client-only dry-run install, the
+	// chart's crds/ included.
 	install := action.NewInstall(&action.Configuration{})
-	install.DryRun, install.ClientOnly, install.Replace = true, true, true
+	install.DryRun, install.ClientOnly, install.Replace, install.IncludeCRDs = true, true, true, true
 	install.ReleaseName, install.Namespace = *release, *namespace
 	rel, err := install.Run(chrt, vals)
 	if err != nil {
