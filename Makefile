@@ -15,7 +15,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/meshd ./cmd/meshd
 
-## tools: Envoy (PyPI), etcd, kube-apiserver, kube-controller-manager, cert-manager (Go module proxy)
+## tools: Envoy (PyPI), etcd, kube-apiserver, kube-controller-manager, cert-manager, coredns, image, staticcheck, helmrender (Go module proxy)
 tools:
 	bash hack/tools.sh all
 

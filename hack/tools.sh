@@ -11,10 +11,12 @@
 #   image, pause, probe      the daemonless image builder of `make image` / `make cluster`,
 #                            the pods' pause binary and an in-pod checker (tools/image)
 #   staticcheck              honnef.co/go/tools via the Go module proxy (make test runs it)
+#   helmrender               renders deploy/charts/meshd with the Helm Go library
+#                            (tools/helmrender, helm.sh/helm/v3) for deploy/chart_test.go
 # Each part lives in .tools/<name>-<key>/, where the key hashes its pins, so a
 # pin change rebuilds it; .tools/bin/ holds symlinks to the current ones.
 #
-# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|coredns|image|staticcheck|all]...
+# Usage: hack/tools.sh [envoy|etcd|kube|cert-manager|coredns|image|staticcheck|helmrender|all]...
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,8 @@ KUBE_VERSION=v1.36.3
 # The control plane the tests start, and the node (make cluster, the real-node e2e).
 KUBE_BINS=(kube-apiserver kube-controller-manager kubelet kube-scheduler kube-proxy kubectl)
 mkdir -p "$TOOLS/bin"
+# Physical paths: .tools may be a symlink shared by several checkouts.
+TOOLS=$(cd "$TOOLS" && pwd -P)
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 
@@ -146,6 +150,17 @@ staticcheck() {
 	link "$dir" staticcheck
 }
 
+helmrender() {
+	local src=$ROOT/tools/helmrender dir
+	dir=$TOOLS/$(key helmrender "$src/go.mod" "$src/go.sum" "$src"/*.go)
+	if [ ! -x "$dir/bin/helmrender" ]; then
+		log "building helmrender (Helm's Go library) from the Go module proxy (2-3 min cold on 2 cores)"
+		rm -rf "$dir" && mkdir -p "$dir/bin"
+		timed helmrender gobuild "$src" "$dir" -ldflags "-s -w" .
+	fi
+	link "$dir" helmrender
+}
+
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
 	case $what in
@@ -156,7 +171,8 @@ for what in "$@"; do
 	coredns) coredns ;;
 	image) image ;;
 	staticcheck) staticcheck ;;
-	all) envoy; etcd; kube; cert_manager; coredns; image; staticcheck ;;
+	helmrender) helmrender ;;
+	all) envoy; etcd; kube; cert_manager; coredns; image; staticcheck; helmrender ;;
 	*) log "unknown tool $what"; exit 2 ;;
 	esac
 done

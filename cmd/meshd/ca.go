@@ -2,36 +2,65 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
 
+	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
+	"github.com/meshd/meshd/internal/debug"
 )
 
-// caCmd is `meshd ca status|rotate-root`: the CA's state, and asking the
-// running meshd to rotate the root (it steps the rotation; this only sets
-// the request on the CA Secret or files).
-func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || (args[0] != "status" && args[0] != "rotate-root") {
-		return errors.New("usage: meshd ca status|rotate-root [--kubeconfig K --namespace N | --ca-dir DIR] [--ca-secret meshd-ca]")
-	}
+func newCACmd() *cobra.Command {
 	cfg := config.Default()
-	fs := flag.NewFlagSet("ca "+args[0], flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	var output string
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Show the mesh CA, or ask meshd to rotate its root",
+		Long: `Show the mesh CA's state, or ask the running meshd to rotate the root (meshd
+steps the rotation; this only sets the request on the CA Secret or files).`,
+		Example: `  meshd ca status
+  meshd ca rotate-root --kubeconfig ~/.kube/config -n meshd-system
+  meshd ca status --ca-dir /tmp/meshd-ca`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(cmd.ErrOrStderr())
+			_ = cmd.Usage()
+			return usageError{err: errors.New("ca: a verb is required: status or rotate-root")}
+		},
+	}
+	fs := cmd.PersistentFlags()
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig path (empty: in-cluster config)")
-	fs.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "meshd's namespace")
+	fs.StringVarP(&cfg.Namespace, "namespace", "n", cfg.Namespace, "meshd's namespace")
 	fs.StringVar(&cfg.CADir, "ca-dir", "", "the CA directory of meshd serve --ca-dir")
 	fs.StringVar(&cfg.CASecret, "ca-secret", cfg.CASecret, "name of the CA Secret")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
+	fs.StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
+	for _, verb := range []struct{ name, short string }{
+		{"status", "Show the CA: rotation phase, signing certificate, trusted roots"},
+		{"rotate-root", "Ask the running meshd to rotate the root (bundle -> signing -> done)"},
+	} {
+		cmd.AddCommand(&cobra.Command{Use: verb.name, Short: verb.short, Args: cobra.NoArgs,
+			Example: "  meshd ca " + verb.name + " --kubeconfig ~/.kube/config -n meshd-system",
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if output != "table" && output != "json" && output != "yaml" {
+					return outputError(output)
+				}
+				return caCmd(cmd.Context(), verb.name == "rotate-root", cfg, output, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}})
 	}
+	return cmd
+}
+
+// caCmd is `meshd ca status|rotate-root`: the CA's state, and asking the
+// running meshd to rotate the root.
+func caCmd(ctx context.Context, rotate bool, cfg config.Config, output string, stdout, stderr io.Writer) error {
 	var secrets ca.SecretUpdater
 	if cfg.CADir != "" {
 		secrets = ca.FileSecrets{Dir: cfg.CADir}
@@ -46,7 +75,7 @@ func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("ca: %s: %w", cfg.CASecret, err)
 	}
-	if args[0] == "rotate-root" {
+	if rotate {
 		if s.Annotations == nil {
 			s.Annotations = map[string]string{}
 		}
@@ -54,12 +83,16 @@ func caCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if s, err = secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("ca: request rotation: %w", err)
 		}
-		fmt.Fprintln(stdout, "root rotation requested; meshd steps it (bundle -> signing -> done)")
+		if output == "table" {
+			fmt.Fprintln(stdout, "root rotation requested; meshd steps it (bundle -> signing -> done)")
+		}
 	}
-	return printCAStatus(stdout, s)
+	return printCAStatus(stdout, output, s)
 }
 
-func printCAStatus(w io.Writer, s *corev1.Secret) error {
+// printCAStatus prints the CA of a Secret; as JSON or YAML in the shape of
+// the debug API's /debug/certs "ca", plus rotation_requested.
+func printCAStatus(w io.Writer, output string, s *corev1.Secret) error {
 	a, err := ca.AuthorityFromPEM(s.Data, time.Now())
 	if err != nil {
 		return err
@@ -67,6 +100,21 @@ func printCAStatus(w io.Writer, s *corev1.Secret) error {
 	phase := string(s.Data[ca.KeyPhase])
 	if phase == "" {
 		phase = "steady"
+	}
+	if output != "table" {
+		v := struct {
+			debug.CAView
+			RotationRequested bool `json:"rotation_requested"`
+		}{debug.CAView{Backend: "internal", Signing: debug.NewRootView(a.Cert), RotationPhase: phase, PhaseSince: string(s.Data[ca.KeyPhaseSince])},
+			s.Annotations[ca.AnnotationRotate] == "true"}
+		for _, r := range a.Roots {
+			v.Roots = append(v.Roots, debug.NewRootView(r))
+		}
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		return printRaw(w, output, append(b, '\n'))
 	}
 	fmt.Fprintf(w, "phase: %s (since %s), rotation requested: %v\n", phase, orDash(string(s.Data[ca.KeyPhaseSince])), s.Annotations[ca.AnnotationRotate] == "true")
 	fmt.Fprintf(w, "signing: %s serial %s, expires %s\n", a.Cert.Subject, a.Cert.SerialNumber.Text(16), a.Cert.NotAfter.UTC().Format(time.RFC3339))

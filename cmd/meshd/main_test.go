@@ -58,13 +58,13 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 func TestHelpExitsZero(t *testing.T) {
 	for _, args := range [][]string{{"--help"}, {"proxy-status", "--help"}, {"serve", "-h"}, {"check", "-help"}} {
 		err := run(context.Background(), args, io.Discard, io.Discard)
-		if code := exitCode(args, err); code != 0 {
+		if code := exitCode(err); code != 0 {
 			t.Errorf("meshd %v: exit %d (%v)", args, code, err)
 		}
 	}
 	for _, args := range [][]string{{}, {"no-such-verb"}, {"proxy-status", "--no-such-flag"}} {
 		err := run(context.Background(), args, io.Discard, io.Discard)
-		if code := exitCode(args, err); code != 2 {
+		if code := exitCode(err); code != 2 {
 			t.Errorf("meshd %v: exit %d, want 2", args, code)
 		}
 	}

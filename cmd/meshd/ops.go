@@ -1,10 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,14 +14,17 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshd/meshd/internal/debug"
+	"github.com/meshd/meshd/internal/remote"
 )
 
 // Operator commands: they read a running meshd's debug API.
 //
-//	meshd proxy-status [--debug-addr A] [--debug-token T]
+//	meshd proxy-status
 //	meshd proxy-config <pod>.<ns> [--type clusters|listeners|routes|endpoints|secrets]
 //	meshd certs [<pod>.<ns>]
 //	meshd explain --from <pod>.<ns> --to <svc>.<ns>|<pod>.<ns>
@@ -30,41 +33,68 @@ import (
 // Every one takes -o table|json|yaml. --debug-addr may name several
 // replicas (comma-separated): each replica serves the sidecars connected to
 // it, so proxy-status and check ask every one, and the commands about one
-// proxy ask the replica it is connected to.
+// proxy ask the replica it is connected to. Without --debug-addr, and with a
+// kubeconfig, every meshd pod is reached through the apiserver
+// (internal/remote); without either, 127.0.0.1:15014 (an embedded meshd).
 type opsFlags struct {
 	addr, token string
 	addrs       []string
 	output      string
 	raw         bool // -o json or yaml: print the answer, not a table
+
+	kube                remote.Kubeconfig
+	namespace, selector string
+	debugPort           int
+	// Through the apiserver: the pod behind each local address, and the
+	// token to send it.
+	names, tokens map[string]string
+	forwards      *remote.Forwards
 }
 
-func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (*opsFlags, []string, error) {
+const defaultDebugAddr = "127.0.0.1:15014"
+
+// newOpsCmd is one operator verb with the flags all of them share.
+func newOpsCmd(c *cobra.Command, run func(ctx context.Context, o *opsFlags, args []string, stdout io.Writer) error) (*cobra.Command, *opsFlags) {
 	o := &opsFlags{}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.addr, "debug-addr", "127.0.0.1:15014", "meshd's debug API address; several replicas comma-separated")
-	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API")
-	fs.StringVar(&o.output, "o", "table", "output: table, json or yaml")
-	if extra != nil {
-		extra(fs)
-	}
-	// Flags may come after the positional argument.
-	var pos []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return nil, nil, err
+	fs := c.Flags()
+	fs.StringVar(&o.addr, "debug-addr", defaultDebugAddr, "meshd's debug API address; several replicas comma-separated (not set: every meshd pod through the apiserver when a kubeconfig is found)")
+	fs.StringVar(&o.token, "debug-token", "", "bearer token of the debug API (through the apiserver to a meshd with --debug-auth kubernetes: the kubeconfig's token by default)")
+	fs.StringVar(&o.kube.Path, "kubeconfig", "", "kubeconfig path (default: $KUBECONFIG, else ~/.kube/config)")
+	fs.StringVar(&o.kube.Context, "context", "", "kubeconfig context (default: the current one)")
+	fs.StringVarP(&o.namespace, "namespace", "n", remote.DefaultNamespace, "meshd's namespace")
+	fs.StringVarP(&o.selector, "selector", "l", remote.DefaultSelector, "label selector of meshd's pods")
+	fs.IntVar(&o.debugPort, "debug-port", 0, "meshd's debug port inside its pods (default: from the pod's --debug-addr, else 15014)")
+	addOutputFlag(c, &o.output)
+	c.Args = cobra.NoArgs
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := o.open(cmd); err != nil {
+			return err
 		}
-		args = fs.Args()
-		if len(args) > 0 {
-			pos, args = append(pos, args[0]), args[1:]
-		}
+		defer o.close()
+		return run(cmd.Context(), o, args, cmd.OutOrStdout())
 	}
+	return c, o
+}
+
+// open checks the output format and finds the replicas: --debug-addr, or a
+// port-forward to every meshd pod when it is not given and a kubeconfig is
+// found.
+func (o *opsFlags) open(cmd *cobra.Command) error {
 	switch o.output {
 	case "table":
 	case "json", "yaml":
 		o.raw = true
 	default:
-		return nil, nil, fmt.Errorf("-o %q: want table, json or yaml", o.output)
+		return outputError(o.output)
+	}
+	if !cmd.Flags().Changed("debug-addr") {
+		rc, err := o.kube.Load()
+		switch {
+		case err == nil:
+			return o.forward(cmd.Context(), rc, cmd.ErrOrStderr())
+		case !errors.Is(err, remote.ErrNoKubeconfig) || o.kube.Path != "":
+			return err
+		}
 	}
 	for _, a := range strings.Split(o.addr, ",") {
 		if a = strings.TrimSpace(a); a != "" {
@@ -72,10 +102,96 @@ func parseOps(name string, args []string, stderr io.Writer, extra func(*flag.Fla
 		}
 	}
 	if len(o.addrs) == 0 {
-		return nil, nil, errors.New("--debug-addr: no address")
+		return usageError{err: errors.New("--debug-addr: no address")}
 	}
 	o.addr = o.addrs[0]
-	return o, pos, nil
+	return nil
+}
+
+func (o *opsFlags) forward(ctx context.Context, rc *rest.Config, stderr io.Writer) error {
+	fw, err := remote.Open(ctx, remote.Config{REST: rc, Namespace: o.namespace, Selector: o.selector, Port: o.debugPort, Errors: stderr})
+	if err != nil {
+		return err
+	}
+	o.forwards, o.names, o.tokens = fw, map[string]string{}, map[string]string{}
+	for _, r := range fw.Replicas {
+		o.addrs = append(o.addrs, r.Addr)
+		o.names[r.Addr], o.tokens[r.Addr] = r.Pod, r.Token
+	}
+	o.addr = o.addrs[0]
+	return nil
+}
+
+func (o *opsFlags) close() {
+	if o.forwards != nil {
+		o.forwards.Close()
+	}
+}
+
+// label names a replica for people: its pod when reached through the
+// apiserver, else its address.
+func (o *opsFlags) label(addr string) string {
+	if n := o.names[addr]; n != "" {
+		return n
+	}
+	return addr
+}
+
+func newOpsCmds() []*cobra.Command {
+	status, _ := newOpsCmd(&cobra.Command{
+		Use:   "proxy-status",
+		Short: "Connected proxies and their sync state",
+		Long: `The sidecars connected to meshd, per xDS type: SYNCED (the version sent was
+ACKed), NACKED, STALE (no ACK for a while), NOT SENT. Asks every replica.`,
+		Example: `  # every meshd pod of the current cluster, through the apiserver
+  meshd proxy-status
+  kubectl meshd proxy-status -n meshd-system
+
+  # replicas you reach yourself
+  meshd proxy-status --debug-addr 127.0.0.1:15014,127.0.0.1:15015 -o yaml`,
+	}, proxyStatusCmd)
+	var typ string
+	config, _ := newOpsCmd(&cobra.Command{
+		Use:   "proxy-config <pod>.<namespace>",
+		Short: "The xDS resources meshd serves one proxy",
+		Example: `  meshd proxy-config web-0.demo
+  meshd proxy-config web-0.demo --type clusters`,
+		ValidArgsFunction: cobra.NoFileCompletions,
+	}, func(ctx context.Context, o *opsFlags, args []string, stdout io.Writer) error {
+		return proxyConfigCmd(ctx, o, args[0], typ, stdout)
+	})
+	config.Args = cobra.ExactArgs(1)
+	config.Flags().StringVar(&typ, "type", "", "only this type: clusters, listeners, routes, endpoints, secrets")
+	_ = config.RegisterFlagCompletionFunc("type", cobra.FixedCompletions([]string{"clusters", "listeners", "routes", "endpoints", "secrets"}, cobra.ShellCompDirectiveNoFileComp))
+	certs, _ := newOpsCmd(&cobra.Command{
+		Use:   "certs [<pod>.<namespace>]",
+		Short: "Issued certificates, CA roots, rotation state",
+		Example: `  meshd certs
+  meshd certs web-0.demo -o json`,
+		ValidArgsFunction: cobra.NoFileCompletions,
+	}, certsCmd)
+	certs.Args = cobra.MaximumNArgs(1)
+	var from, to string
+	explain, _ := newOpsCmd(&cobra.Command{
+		Use:     "explain --from <pod>.<namespace> --to <service>.<namespace>|<pod>.<namespace>",
+		Short:   "Why traffic from a pod to a service does or does not get mTLS",
+		Example: `  meshd explain --from client-0.demo --to web.demo`,
+	}, func(ctx context.Context, o *opsFlags, _ []string, stdout io.Writer) error {
+		return explainCmd(ctx, o, from, to, stdout)
+	})
+	explain.Flags().StringVar(&from, "from", "", "client pod, <pod>.<namespace>")
+	explain.Flags().StringVar(&to, "to", "", "server service or pod, <name>.<namespace>")
+	_ = explain.MarkFlagRequired("from")
+	_ = explain.MarkFlagRequired("to")
+	check, _ := newOpsCmd(&cobra.Command{
+		Use:   "check",
+		Short: "Pre-flight and health: ready, CA, issuer, webhook, proxies in sync",
+		Long: `Checks every replica: ready, the CA valid and not near expiry, the issuer,
+the injection webhook, every proxy in sync. Exits non-zero if a check fails.`,
+		Example: `  meshd check
+  meshd check -o json`,
+	}, checkCmd)
+	return []*cobra.Command{status, config, certs, explain, check}
 }
 
 // at returns the flags for one replica.
@@ -109,12 +225,15 @@ func (o *opsFlags) replicaNote(addr, detail string) string {
 	case addr == "":
 		return fmt.Sprintf("%s (over %d replicas)", detail, len(o.addrs))
 	}
-	return addr + ": " + detail
+	return o.label(addr) + ": " + detail
 }
 
 // print writes a raw answer as JSON or YAML.
-func (o *opsFlags) print(w io.Writer, b []byte) error {
-	if o.output == "yaml" {
+func (o *opsFlags) print(w io.Writer, b []byte) error { return printRaw(w, o.output, b) }
+
+// printRaw writes JSON as JSON or, for yaml, as YAML.
+func printRaw(w io.Writer, output string, b []byte) error {
+	if output == "yaml" {
 		y, err := yaml.JSONToYAML(b)
 		if err != nil {
 			return err
@@ -136,12 +255,12 @@ func (o *opsFlags) get(ctx context.Context, path string, q url.Values, v any) ([
 	if err != nil {
 		return nil, err
 	}
-	if o.token != "" {
-		req.Header.Set("Authorization", "Bearer "+o.token)
+	if t := cmp.Or(o.token, o.tokens[o.addr]); t != "" {
+		req.Header.Set("Authorization", "Bearer "+t)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("meshd debug API at %s: %w", o.addr, err)
+		return nil, fmt.Errorf("meshd debug API at %s: %w", o.label(o.addr), err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -163,11 +282,7 @@ func (o *opsFlags) get(ctx context.Context, path string, q url.Values, v any) ([
 	return b, nil
 }
 
-func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, _, err := parseOps("proxy-status", args, stderr, nil)
-	if err != nil {
-		return err
-	}
+func proxyStatusCmd(ctx context.Context, o *opsFlags, _ []string, stdout io.Writer) error {
 	type row struct {
 		Replica        string    `json:"replica,omitempty"`
 		NodeID         string    `json:"node_id"`
@@ -185,7 +300,7 @@ func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 		Stale []string `json:"stale_types,omitempty"`
 	}
 	var all []row
-	var raw []json.RawMessage
+	raw := []json.RawMessage{} // "proxies": [] with none, not null
 	for _, a := range o.addrs {
 		var v struct {
 			Proxies []json.RawMessage `json:"proxies"`
@@ -199,8 +314,8 @@ func proxyStatusCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 				return fmt.Errorf("meshd: decode /debug/proxies: %w", err)
 			}
 			if len(o.addrs) > 1 {
-				r.Replica = a
-				p = withReplica(p, a)
+				r.Replica = o.label(a)
+				p = withReplica(p, r.Replica)
 			}
 			all = append(all, r)
 			raw = append(raw, p)
@@ -287,22 +402,12 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func proxyConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var typ string
-	o, pos, err := parseOps("proxy-config", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&typ, "type", "", "only this type: clusters, listeners, routes, endpoints, secrets")
-	})
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return errors.New("usage: meshd proxy-config <pod>.<namespace> [--type clusters|listeners|routes|endpoints|secrets]")
-	}
-	o = o.forNode(ctx, pos[0])
+func proxyConfigCmd(ctx context.Context, o *opsFlags, proxy, typ string, stdout io.Writer) error {
+	o = o.forNode(ctx, proxy)
 	var v struct {
 		Resources map[string][]json.RawMessage `json:"resources"`
 	}
-	b, err := o.get(ctx, "/debug/config_dump", url.Values{"proxy": {pos[0]}}, &v)
+	b, err := o.get(ctx, "/debug/config_dump", url.Values{"proxy": {proxy}}, &v)
 	if err != nil {
 		return err
 	}
@@ -330,11 +435,7 @@ func proxyConfigCmd(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, pos, err := parseOps("certs", args, stderr, nil)
-	if err != nil {
-		return err
-	}
+func certsCmd(ctx context.Context, o *opsFlags, pos []string, stdout io.Writer) error {
 	q := url.Values{}
 	if len(pos) == 1 {
 		q.Set("proxy", pos[0])
@@ -372,18 +473,7 @@ func certsCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return tw.Flush()
 }
 
-func explainCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	var from, to string
-	o, _, err := parseOps("explain", args, stderr, func(fs *flag.FlagSet) {
-		fs.StringVar(&from, "from", "", "client pod, <pod>.<namespace>")
-		fs.StringVar(&to, "to", "", "server service or pod, <name>.<namespace>")
-	})
-	if err != nil {
-		return err
-	}
-	if from == "" || to == "" {
-		return errors.New("usage: meshd explain --from <pod>.<ns> --to <service>.<ns>|<pod>.<ns>")
-	}
+func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Writer) error {
 	var v struct {
 		Verdict       string   `json:"verdict"`
 		Authorization string   `json:"authorization"`
@@ -507,11 +597,7 @@ type checkResult struct {
 
 // checkCmd is the pre-flight and health check: meshd ready, CA valid and
 // not near expiry, issuer, proxies in sync. It fails if any check fails.
-func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, _, err := parseOps("check", args, stderr, nil)
-	if err != nil {
-		return err
-	}
+func checkCmd(ctx context.Context, o *opsFlags, _ []string, stdout io.Writer) error {
 	var results []checkResult
 	add := func(check, status, format string, a ...any) {
 		results = append(results, checkResult{check, status, fmt.Sprintf(format, a...)})

@@ -23,6 +23,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -40,14 +42,37 @@ import (
 	"github.com/meshd/meshd/xds"
 )
 
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
+func newServeCmd() *cobra.Command {
 	cfg := config.Default()
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg.RegisterFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return err
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the control plane",
+		Long: `Run the control plane: watch Kubernetes (or a directory of YAML), mint
+per-pod certificates, serve xDS to the sidecars, inject sidecars.`,
+		Example: `  # in a cluster (deploy/base or the Helm chart run this)
+  meshd serve --xds-addr=0.0.0.0:15012 --webhook-addr=0.0.0.0:15017 -n meshd-system
+
+  # from a kubeconfig, the CA in files
+  meshd serve --kubeconfig ~/.kube/config --ca-dir /tmp/meshd-ca
+
+  # without a cluster: Kubernetes objects from YAML files
+  meshd serve --local-dir ./objects --ca-dir /tmp/meshd-ca`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return serve(cmd.Context(), cfg, cmd.ErrOrStderr()) },
 	}
+	gfs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg.RegisterFlags(gfs)
+	gfs.VisitAll(func(f *flag.Flag) {
+		pf := pflag.PFlagFromGoFlag(f)
+		if f.Name == "namespace" {
+			pf.Shorthand = "n"
+		}
+		cmd.Flags().AddFlag(pf)
+	})
+	return cmd
+}
+
+func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}

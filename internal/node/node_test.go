@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/pcap"
+	"github.com/meshd/meshd/internal/testenv"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -675,6 +677,7 @@ func (c *cluster) operatorsSeeEveryProxy(t *testing.T) {
 			t.Errorf("proxy-status does not show %s synced", n)
 		}
 	}
+	c.operatorsThroughAPIServer(t, want)
 	if out, err := c.run(c.bin, "check", "--debug-addr", all); err != nil {
 		t.Errorf("meshd check: %v\n%s", err, out)
 	} else {
@@ -691,5 +694,47 @@ func (c *cluster) operatorsSeeEveryProxy(t *testing.T) {
 		t.Errorf("meshd explain --from %s --to web.shop: %v\n%s", client, err, out)
 	} else {
 		t.Logf("meshd explain --from %s --to web.shop: %s", client, tail(out, 100))
+	}
+}
+
+// operatorsThroughAPIServer: `kubectl meshd proxy-status` and `kubectl meshd
+// check` (meshd as a kubectl plugin on the PATH), without --debug-addr and
+// without a port-forward of ours: the plugin finds meshd's pods with the
+// kubeconfig and reaches each one's loopback debug API through the
+// apiserver's pods/portforward and the kubelet.
+func (c *cluster) operatorsThroughAPIServer(t *testing.T, want map[string]bool) {
+	t.Helper()
+	plugins := t.TempDir()
+	if err := os.Symlink(c.bin, filepath.Join(plugins, "kubectl-meshd")); err != nil {
+		t.Fatal(err)
+	}
+	kubectl, err := testenv.ToolPath("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc := func(args ...string) (string, error) {
+		cmd := exec.Command(kubectl, args...)
+		cmd.Dir = c.root
+		cmd.Env = append(append([]string{}, c.env...), "PATH="+plugins+":"+os.Getenv("PATH")+":/usr/sbin:/sbin", "KUBECONFIG="+c.kcfg)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := kc("meshd", "proxy-status")
+	if err != nil {
+		t.Errorf("kubectl meshd proxy-status: %v\n%s", err, out)
+	}
+	t.Logf("kubectl meshd proxy-status (through the apiserver):\n%s", strings.TrimSpace(out))
+	for n := range want {
+		if !regexp.MustCompile(regexp.QuoteMeta(n) + `\s.*SYNCED\s+SYNCED\s+SYNCED\s+SYNCED\s+SYNCED`).MatchString(out) {
+			t.Errorf("kubectl meshd proxy-status does not show %s synced", n)
+		}
+	}
+	if !strings.Contains(out, "meshd-system/meshd-") {
+		t.Errorf("kubectl meshd proxy-status does not name the replicas' pods")
+	}
+	if out, err := kc("meshd", "check"); err != nil {
+		t.Errorf("kubectl meshd check: %v\n%s", err, out)
+	} else {
+		t.Logf("kubectl meshd check (through the apiserver):\n%s", strings.TrimSpace(out))
 	}
 }
