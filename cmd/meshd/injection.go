@@ -131,6 +131,9 @@ func injectedImages(ctx context.Context, cfg config.Config, client kubernetes.In
 // addr verifies with that bundle for the Service name meshd serves.
 func webhookStatus(ctx context.Context, cfg config.Config, client kubernetes.Interface, bundle []byte, addr string) debug.WebhookView {
 	v := debug.WebhookView{Enabled: true, Address: addr, Configuration: cfg.WebhookName}
+	if cfg.WebhookClientCA != "" {
+		v.Callers = cmp.Or(cfg.WebhookClientName, "any certificate of --webhook-client-ca")
+	}
 	var problems []string
 	mwc, err := client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, cfg.WebhookName, metav1.GetOptions{})
 	switch {

@@ -737,7 +737,10 @@ func checkWebhook(ctx context.Context, o *opsFlags, add func(check, status, form
 		add("webhook", "SKIP", "injection is off in this meshd (no --webhook-addr); sidecars are bootstrapped with `meshd bootstrap`")
 	case v.Problem != "":
 		add("webhook", "FAIL", "%s", v.Problem)
+	case v.Callers == "":
+		add("webhook", "WARN", "%s answers TLS verified with the mesh CA and %s's caBundle is current, but it authenticates no caller: anyone reaching its port can make meshd mint credentials; set --webhook-client-ca (deploy/examples/webhook-auth)",
+			v.Address, v.Configuration)
 	default:
-		add("webhook", "OK", "%s answers TLS verified with the mesh CA; %s's caBundle is current", v.Address, v.Configuration)
+		add("webhook", "OK", "%s answers TLS verified with the mesh CA; %s's caBundle is current; callers must present %s", v.Address, v.Configuration, v.Callers)
 	}
 }

@@ -372,8 +372,11 @@ type WebhookView struct {
 	// mesh's current trust bundle (the apiserver can verify the webhook).
 	CABundleCurrent bool `json:"ca_bundle_current"`
 	// Reachable: a TLS handshake to the webhook, verified with the bundle.
-	Reachable bool   `json:"reachable"`
-	Problem   string `json:"problem,omitempty"`
+	Reachable bool `json:"reachable"`
+	// Callers is the client certificate name the webhook requires of its
+	// callers (the apiserver's), "" when it authenticates nobody.
+	Callers string `json:"callers,omitempty"`
+	Problem string `json:"problem,omitempty"`
 }
 
 func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
