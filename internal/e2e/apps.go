@@ -108,25 +108,16 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	if err != nil {
 		return nil, err
 	}
-	lab, err := netlab.New(ctx)
+	s, pods, err := labSeed(ctx, opts, "app-0", "client-0", "legacy-0")
 	if err != nil {
 		return nil, err
 	}
+	lab := s.lab
 	defer func() {
 		if cerr := lab.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	if opts.API == "" {
-		opts.API = "delta"
-	}
-	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo"}
-	pods := map[string]*netlab.Pod{}
-	for _, name := range []string{"app-0", "client-0", "legacy-0"} {
-		if pods[name], err = lab.AddPod(ctx, name); err != nil {
-			return nil, err
-		}
-	}
 	script := filepath.Join(lab.Dir, "apps.py")
 	if err := os.WriteFile(script, appsPy, 0o644); err != nil {
 		return nil, err

@@ -136,30 +136,22 @@ const (
 // RunAuthz runs the authorization experiment and removes everything it
 // made.
 func RunAuthz(ctx context.Context, opts Options) (res *AuthzResult, err error) {
-	lab, err := netlab.New(ctx)
+	s, pods, err := labSeed(ctx, opts, "web-0", "client-0", "other-0")
 	if err != nil {
 		return nil, err
 	}
+	lab := s.lab
 	defer func() {
 		if cerr := lab.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	if opts.API == "" {
-		opts.API = "delta"
-	}
-	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo", marker: "meshd-authz-page", nginxPorts: []int{9090}}
+	s.marker, s.nginxPorts = "meshd-authz-page", []int{9090}
 	res = &AuthzResult{Stats: map[string]int64{}, Explain: map[string]string{}}
 	defer func() {
 		s.collectLogs()
 		res.MeshdLog, res.EnvoyLogs = s.res.MeshdLog, s.res.EnvoyLogs
 	}()
-	pods := map[string]*netlab.Pod{}
-	for _, name := range []string{"web-0", "client-0", "other-0"} {
-		if pods[name], err = lab.AddPod(ctx, name); err != nil {
-			return res, err
-		}
-	}
 	s.server, s.client = pods["web-0"], pods["client-0"]
 	s.serviceIP = fmt.Sprintf("198.19.%d.10", lab.Index)
 	if err := s.startNginxIn(ctx, s.server); err != nil {

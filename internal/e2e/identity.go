@@ -88,26 +88,18 @@ status: {podIP: %[4]s}
 // RunIdentity runs the identity-enforcement experiment with web-0 in the
 // given mode ("STRICT" or "PERMISSIVE") and removes everything it made.
 func RunIdentity(ctx context.Context, opts Options, mode string) (res *IdentityResult, err error) {
-	lab, err := netlab.New(ctx)
+	s, pods, err := labSeed(ctx, opts, "web-0", "client-0", "legacy-0", "impostor-0")
 	if err != nil {
 		return nil, err
 	}
+	lab := s.lab
 	defer func() {
 		if cerr := lab.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
-	if opts.API == "" {
-		opts.API = "delta"
-	}
-	s := &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo", marker: "meshd-identity-page"}
+	s.marker = "meshd-identity-page"
 	res = &IdentityResult{Mode: mode}
-	pods := map[string]*netlab.Pod{}
-	for _, name := range []string{"web-0", "client-0", "legacy-0", "impostor-0"} {
-		if pods[name], err = lab.AddPod(ctx, name); err != nil {
-			return nil, err
-		}
-	}
 	s.server, s.client = pods["web-0"], pods["client-0"]
 	s.serviceIP = fmt.Sprintf("198.19.%d.10", lab.Index)
 	for _, p := range []*netlab.Pod{pods["web-0"], pods["impostor-0"]} {

@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -160,6 +161,26 @@ type seed struct {
 	bootstrapSerials []*big.Int
 	// nginxPorts nginx listens on besides 8080.
 	nginxPorts []int
+}
+
+// labSeed makes a lab with the named pods and a seed on it, for the
+// experiments that describe their own pods (opts.API defaults to delta).
+// The caller closes s.lab; on an error here nothing is left open.
+func labSeed(ctx context.Context, opts Options, names ...string) (*seed, map[string]*netlab.Pod, error) {
+	lab, err := netlab.New(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if opts.API == "" {
+		opts.API = "delta"
+	}
+	pods := map[string]*netlab.Pod{}
+	for _, name := range names {
+		if pods[name], err = lab.AddPod(ctx, name); err != nil {
+			return nil, nil, errors.Join(err, lab.Close())
+		}
+	}
+	return &seed{opts: opts, lab: lab, res: &Result{EnvoyLogs: map[string]string{}}, namespace: "demo"}, pods, nil
 }
 
 func (s *seed) progress(format string, args ...any) {

@@ -42,15 +42,18 @@ func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listen
 	return l
 }
 
-// skipInspection returns the ports whose connections the TLS inspector
-// leaves alone: server-first ports of STRICT pods.
+// uninspected reports whether the TLS inspector leaves a port's
+// connections alone: a server-first port of a STRICT pod, where only mutual
+// TLS is possible anyway.
+func uninspected(w *model.Workload, p model.Port) bool {
+	return w.Mode == model.ModeStrict && p.ServerFirst
+}
+
+// skipInspection returns the workload's uninspected ports.
 func skipInspection(w *model.Workload) []uint32 {
-	if w.Mode != model.ModeStrict {
-		return nil
-	}
 	var ports []uint32
 	for _, p := range w.Ports {
-		if p.ServerFirst {
+		if uninspected(w, p) {
 			ports = append(ports, p.Port)
 		}
 	}
@@ -67,7 +70,7 @@ func addInboundChains(l *listenerv3.Listener, snap *model.Snapshot, w *model.Wor
 	// plaintext client of an uninspected server-first port, or a stalled
 	// one), not held open.
 	tls.TransportSocketConnectTimeout = durationpb.New(handshakeTimeout)
-	if w.Mode == model.ModeStrict && p.ServerFirst {
+	if uninspected(w, p) {
 		tls.FilterChainMatch.TransportProtocol = "" // not inspected: any connection
 		tls.TransportSocketConnectTimeout = durationpb.New(detection)
 	}
