@@ -23,21 +23,7 @@ import (
 func BenchmarkMeshUpdate(b *testing.B) {
 	ctx := context.Background()
 	snap := benchModel(1000, 10)
-	pki := newTestPKI(b)
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := xds.NewPublisher(cache)
-	mesh := xds.NewMesh(pub, nil)
-	cert := pki.issue(webID, webNode)
-	secrets := xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
-	for _, w := range snap.Workloads[:1000] {
-		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
-		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {
-			b.Fatal(err)
-		}
-		if err := pub.SetProxy(ctx, w.Key(), secrets); err != nil {
-			b.Fatal(err)
-		}
-	}
+	mesh := benchMesh(ctx, b, snap, 1000)
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		// An endpoint moves, as in real churn.
@@ -46,6 +32,27 @@ func BenchmarkMeshUpdate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// benchMesh returns a Mesh with the first proxies workloads of snap
+// connected, each holding its secrets.
+func benchMesh(ctx context.Context, b *testing.B, snap *model.Snapshot, proxies int) *xds.Mesh {
+	b.Helper()
+	pki := newTestPKI(b)
+	pub := xds.NewPublisher(cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil))
+	mesh := xds.NewMesh(pub, nil)
+	cert := pki.issue(webID, webNode)
+	secrets := xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
+	for _, w := range snap.Workloads[:proxies] {
+		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {
+			b.Fatal(err)
+		}
+		if err := pub.SetProxy(ctx, w.Key(), secrets); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return mesh
 }
 
 func benchModel(services, endpoints int) *model.Snapshot {
@@ -81,21 +88,7 @@ func sortWorkloads(ws []*model.Workload) {
 func BenchmarkPolicyChange(b *testing.B) {
 	ctx := context.Background()
 	snap := benchModel(1000, 10)
-	pki := newTestPKI(b)
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := xds.NewPublisher(cache)
-	mesh := xds.NewMesh(pub, nil)
-	cert := pki.issue(webID, webNode)
-	secrets := xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
-	for _, w := range snap.Workloads[:1000] {
-		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
-		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {
-			b.Fatal(err)
-		}
-		if err := pub.SetProxy(ctx, w.Key(), secrets); err != nil {
-			b.Fatal(err)
-		}
-	}
+	mesh := benchMesh(ctx, b, snap, 1000)
 	target := snap.Workloads[0]
 	policy := &model.Policy{Namespace: target.Namespace, Name: "callers", Action: model.ActionAllow,
 		Rules: []model.Rule{{From: &model.Source{Identities: []string{model.SPIFFEID("cluster.local", "ns1", "svc1")}}}}}
