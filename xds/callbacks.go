@@ -138,49 +138,80 @@ func (c *callbacks) effectiveType(id int64, typeURL string) string {
 // resources (a proxy reconnecting, e.g. after meshd restarted): when it
 // holds the published version of every resource it subscribes to, nothing
 // is sent (the versions are content hashes), yet the type is in sync, and is
-// recorded so: sent and ACKed at the published version.
+// recorded so: sent and ACKed at the published version. The proxy may
+// reconnect before its snapshot is published (meshd restarting and still
+// reading the cluster): the claim is kept and checked again on each
+// snapshot of the node until it holds or a response goes out.
 func (c *callbacks) resumed(id int64, typeURL string, initial map[string]string, names []string) {
-	if c.snapshot == nil {
-		return
-	}
-	var nodeID string
-	c.streams.with(id, func(s *stream) { nodeID = s.peer.NodeID })
-	snap, err := c.snapshot(nodeID)
-	if err != nil {
-		return
-	}
-	published := snap.GetVersionMap(typeURL)
-	wildcard := len(names) == 0 || slices.Contains(names, "*")
-	if wildcard {
-		if len(initial) != len(published) {
-			return
-		}
-		for name, v := range published {
-			if initial[name] != v {
-				return
-			}
-		}
-	} else {
-		for _, name := range names {
-			if v, ok := published[name]; !ok || initial[name] != v {
-				return
-			}
-		}
-	}
-	version := snap.GetVersion(typeURL)
-	var acked bool
-	c.streams.with(id, func(s *stream) {
-		ts := s.typ(typeURL)
-		if ts.SentVersion != "" {
-			return // a response went out meanwhile: it is tracked as usual
-		}
-		now := c.streams.now()
-		ts.SentVersion, ts.SentAt, ts.AckedVersion, ts.AckedAt = version, now, version, now
-		acked = true
-	})
+	// Recorded before the snapshot is looked at: a snapshot published in
+	// between finds it (snapshotSet).
+	c.streams.setResume(id, typeURL, resume{initial: initial, names: names})
+	nodeID, version, acked := c.checkResumed(id, typeURL)
 	if h, ok := c.hooks.(ACKHook); ok && acked {
 		h.OnACK(nodeID, typeURL, version)
 	}
+}
+
+// resume is what a delta stream said it holds of a type when it started it.
+type resume struct {
+	initial map[string]string
+	names   []string
+}
+
+// snapshotSet checks the pending resumes of the node's streams against its
+// new snapshot. The cache calls it after each snapshot of a node, under the
+// Publisher's lock: the ACK hook (the Publisher) hears of it later.
+func (c *callbacks) snapshotSet(node string) {
+	for _, st := range c.streams.pendingResumes(node) {
+		nodeID, version, acked := c.checkResumed(st.id, st.typeURL)
+		if h, ok := c.hooks.(ACKHook); ok && acked {
+			go h.OnACK(nodeID, st.typeURL, version)
+		}
+	}
+}
+
+// checkResumed records the stream's type in sync if what it said it holds
+// is the node's published version of every resource it subscribes to, and
+// reports the version it is now known to hold.
+func (c *callbacks) checkResumed(id int64, typeURL string) (nodeID, version string, acked bool) {
+	if c.snapshot == nil {
+		return "", "", false
+	}
+	nodeID, r, ok := c.streams.resume(id, typeURL)
+	if !ok {
+		return "", "", false
+	}
+	snap, err := c.snapshot(nodeID)
+	if err != nil {
+		return "", "", false // not published yet
+	}
+	if !holds(r, snap.GetVersionMap(typeURL)) {
+		return "", "", false // the cache sends the difference, tracked as any response
+	}
+	version = snap.GetVersion(typeURL)
+	return nodeID, version, c.streams.confirmResume(id, typeURL, version)
+}
+
+// holds reports whether a stream resuming with r holds exactly the
+// published versions of what it subscribes to.
+func holds(r resume, published map[string]string) bool {
+	if len(r.names) == 0 || slices.Contains(r.names, "*") {
+		if len(r.initial) != len(published) {
+			return false
+		}
+		for name, v := range published {
+			if r.initial[name] != v {
+				return false
+			}
+		}
+		return true
+	}
+	for _, name := range r.names {
+		if v, ok := published[name]; !ok || r.initial[name] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // request authorizes one request and records its ACK or NACK.

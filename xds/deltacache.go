@@ -32,6 +32,15 @@ type meshCache struct {
 	mu      sync.Mutex
 	snaps   map[string]*snapshot
 	watches map[string]map[*deltaWatch]struct{} // by node ID
+	// onSet, if set, is told each node whose snapshot was set (outside mu).
+	onSet func(node string)
+}
+
+// notify sets the function told each node whose snapshot was set.
+func (c *meshCache) notify(f func(node string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onSet = f
 }
 
 func newMeshCache(log *slog.Logger) *meshCache {
@@ -65,12 +74,21 @@ func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.R
 	if !ok {
 		return sotwErr // only the Publisher's snapshots are served over delta
 	}
+	onSet := c.setDelta(node, s)
+	if onSet != nil {
+		onSet(node)
+	}
+	return sotwErr
+}
+
+// setDelta answers the node's delta watches from s, returning onSet.
+func (c *meshCache) setDelta(node string, s *snapshot) func(string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.snaps[node] = s
 	ws := c.watches[node]
 	if len(ws) == 0 {
-		return sotwErr
+		return c.onSet
 	}
 	// In ADS order (clusters before endpoints, listeners before routes):
 	// one stream reads its responses in the order they are queued.
@@ -82,7 +100,7 @@ func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.R
 			delete(ws, w)
 		}
 	}
-	return sotwErr
+	return c.onSet
 }
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.

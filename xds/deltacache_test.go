@@ -194,3 +194,82 @@ func TestDeltaByNameAcrossChanges(t *testing.T) {
 	set(map[string]string{"b": "3", "c": "4"}, "b", "c", "d")
 	want("c changes again", recv(), map[string]string{"c": "4"})
 }
+
+// TestResumeBeforeFirstPublish: a proxy reconnects to a restarted meshd
+// before meshd published its first mesh config (still reading the
+// cluster), announcing the versions it holds of resources it subscribes to
+// by name. When the config comes and holds exactly those versions, nothing
+// is sent, and meshd shows the type in sync all the same (sent and ACKed at
+// the published version), not waiting for an ACK that never comes.
+func TestResumeBeforeFirstPublish(t *testing.T) {
+	pki := newTestPKI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clusters := staticClusters("a", "b")
+	subscribe := func(addr string, initial map[string]string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+		t.Helper()
+		stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialConn(t, pki, addr, pki.issue(webID, webNode))).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node(webNode, nil), TypeUrl: resourcev3.ClusterType,
+			InitialResourceVersions: initial, ResourceNamesSubscribe: []string{"a", "b"}}); err != nil {
+			t.Fatal(err)
+		}
+		return stream
+	}
+
+	// The versions a first meshd sends (content hashes: a restarted meshd
+	// computes the same).
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	first := startMeshd(t, pki, addr)
+	if err := first.pub.SetShared(ctx, clusters); err != nil {
+		t.Fatal(err)
+	}
+	stream := subscribe(addr, nil)
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]string{}
+	for _, r := range resp.Resources {
+		held[r.Name] = r.Version
+	}
+	if len(held) != 2 {
+		t.Fatalf("first meshd sent %v, want a and b", held)
+	}
+	first.stop(t)
+
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	m := startUnpublished(t, pki, addr)
+	t.Cleanup(func() { m.stop(t) })
+	resumed := subscribe(addr, held)
+	defer func() { _ = resumed.CloseSend() }()
+	eventually(t, "the stream open", func() error {
+		for _, p := range m.srv.Proxies() {
+			if p.Types[resourcev3.ClusterType] != nil {
+				return nil
+			}
+		}
+		return fmt.Errorf("no stream has asked for clusters yet")
+	})
+	if err := m.pub.SetShared(ctx, clusters); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the resumed stream shown in sync", func() error {
+		for _, p := range m.srv.Proxies() {
+			ts := p.Types[resourcev3.ClusterType]
+			if ts == nil {
+				continue
+			}
+			if ts.Responses != 0 {
+				return fmt.Errorf("%d responses sent to a stream holding every version", ts.Responses)
+			}
+			if ts.AckedVersion == "" || ts.AckedVersion != ts.SentVersion {
+				return fmt.Errorf("resumed stream: sent %q acked %q", ts.SentVersion, ts.AckedVersion)
+			}
+			return nil
+		}
+		return fmt.Errorf("no stream")
+	})
+}

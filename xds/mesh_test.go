@@ -59,7 +59,19 @@ func serveMeshd(t *testing.T, opts ...func(*xds.Config)) (*testPKI, string, *mes
 	return pki, addr, m
 }
 
+// startMeshd starts a meshd serving an empty mesh config (no services).
 func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
+	t.Helper()
+	m := startUnpublished(t, pki, addr, opts...)
+	if err := m.pub.SetShared(context.Background(), xds.Resources{}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// startUnpublished starts a meshd that has not published a mesh config yet,
+// as one restarting and still reading the cluster.
+func startUnpublished(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
 	t.Helper()
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pki.pool(),
@@ -92,9 +104,6 @@ func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Confi
 		t.Fatal(err)
 	}
 	pub = xds.NewPublisher(srv.Cache)
-	if err := pub.SetShared(context.Background(), xds.Resources{}); err != nil {
-		t.Fatal(err)
-	}
 	hooks.Secrets, hooks.Publisher = mgr, pub
 	m.srv, m.pub = srv, pub
 	ctx, cancel := context.WithCancel(context.Background())

@@ -124,6 +124,9 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
 		snapshot: s.Cache.GetSnapshot}
+	if mc, ok := s.Cache.(*meshCache); ok {
+		mc.notify(cb.snapshotSet)
+	}
 	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
