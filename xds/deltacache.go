@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
@@ -12,8 +13,10 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// meshCache is the cache the ADS server answers from. SotW watches are
-// go-control-plane's snapshot cache's; delta watches are answered here.
+// meshCache is the cache the ADS server answers from: it keeps each node's
+// snapshot and answers delta watches (here) and SotW watches (sotwcache.go)
+// from the sets the Publisher prepared. go-control-plane's snapshot cache is
+// embedded only for the rest of its interface; it holds no snapshot.
 //
 // Why: on every snapshot of a node, go-control-plane's cache recomputes, for
 // each delta watch of that node (each type, changed or not), the full
@@ -32,6 +35,9 @@ type meshCache struct {
 	mu      sync.Mutex
 	snaps   map[string]*snapshot
 	watches map[string]map[*deltaWatch]struct{} // by node ID
+	sotw    map[string]map[*sotwWatch]struct{}  // by node ID
+	// streams, if set, keeps what each SotW stream holds (sotwHeld).
+	streams *streams
 	// onSet, if set, is told each node whose snapshot was set (outside mu).
 	onSet func(node string)
 }
@@ -43,9 +49,20 @@ func (c *meshCache) notify(f func(node string)) {
 	c.onSet = f
 }
 
-func newMeshCache(log *slog.Logger) *meshCache {
+func newMeshCache(log *slog.Logger, streams *streams) *meshCache {
 	return &meshCache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
-		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{}}
+		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{},
+		sotw: map[string]map[*sotwWatch]struct{}{}, streams: streams}
+}
+
+// GetSnapshot returns the node's current snapshot.
+func (c *meshCache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.snaps[node]; s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("xds: no snapshot for node %s", node)
 }
 
 // heldKey is an entry meshd adds to the versions a delta stream holds
@@ -64,28 +81,33 @@ type deltaWatch struct {
 	held string
 }
 
-// SetSnapshot publishes a node's snapshot: SotW watches through
-// go-control-plane, delta watches of the types whose version changed here.
-func (c *meshCache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
-	// go-control-plane keeps the snapshot and fails only answering a SotW
-	// watch: the delta watches get it all the same.
-	sotwErr := c.SnapshotCache.SetSnapshot(ctx, node, snap)
+// SetSnapshot publishes a node's snapshot: the watches of the types whose
+// version changed are answered.
+func (c *meshCache) SetSnapshot(_ context.Context, node string, snap cachev3.ResourceSnapshot) error {
 	s, ok := snap.(*snapshot)
 	if !ok {
-		return sotwErr // only the Publisher's snapshots are served over delta
+		return fmt.Errorf("xds: snapshot of %s: only the Publisher's snapshots are served, not %T", node, snap)
 	}
-	onSet := c.setDelta(node, s)
-	if onSet != nil {
+	if onSet := c.set(node, s); onSet != nil {
 		onSet(node)
 	}
-	return sotwErr
+	return nil
 }
 
-// setDelta answers the node's delta watches from s, returning onSet.
-func (c *meshCache) setDelta(node string, s *snapshot) func(string) {
+// set answers the node's watches from s, returning onSet.
+func (c *meshCache) set(node string, s *snapshot) func(string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.snaps[node] = s
+	if ws := c.sotw[node]; len(ws) > 0 {
+		for _, w := range slices.SortedFunc(maps.Keys(ws), func(a, b *sotwWatch) int {
+			return typeOrder(a.req.GetTypeUrl()) - typeOrder(b.req.GetTypeUrl())
+		}) {
+			if c.answerSotwLocked(w, s) {
+				delete(ws, w)
+			}
+		}
+	}
 	ws := c.watches[node]
 	if len(ws) == 0 {
 		return c.onSet
@@ -105,7 +127,6 @@ func (c *meshCache) setDelta(node string, s *snapshot) func(string) {
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.
 func (c *meshCache) ClearSnapshot(node string) {
-	c.SnapshotCache.ClearSnapshot(node)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.snaps, node)

@@ -45,6 +45,10 @@ type versioned struct {
 	// these (see meshCache).
 	from             string
 	changed, removed []string
+	// enc: the resources as Any values, made when a SotW response first
+	// needs them; reuse: the shared set a proxy's merged set extends.
+	enc   *encodings
+	reuse *versioned
 }
 
 // snapshot is a go-control-plane Snapshot whose GetResources returns the
@@ -69,7 +73,7 @@ func newVersioned(version string, items []types.Resource, versionMap map[string]
 	for name, r := range res.Items {
 		plain[name] = r.Resource
 	}
-	return versioned{version: version, items: items, resources: res, versionMap: versionMap, plain: plain}
+	return versioned{version: version, items: items, resources: res, versionMap: versionMap, plain: plain, enc: &encodings{}}
 }
 
 // Publisher composes each proxy's snapshot from the resources every proxy
@@ -320,7 +324,9 @@ func merge(shared, own versioned) versioned {
 	vm := make(map[string]string, len(shared.versionMap)+len(own.versionMap))
 	maps.Copy(vm, shared.versionMap)
 	maps.Copy(vm, own.versionMap)
-	return newVersioned(version, items, vm)
+	v := newVersioned(version, items, vm)
+	v.reuse = &shared
+	return v
 }
 
 // hashAll computes each type's content-hash version: the hash of the

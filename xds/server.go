@@ -95,8 +95,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
 	cfg.Limits.setDefaults()
-	s := &Server{cfg: cfg, lis: lis, Cache: newMeshCache(cfg.Logger),
-		streams: newStreams(cfg.Now), metrics: newMetrics(cfg.Registerer)}
+	ss := newStreams(cfg.Now)
+	s := &Server{cfg: cfg, lis: lis, Cache: newMeshCache(cfg.Logger, ss), streams: ss, metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
 		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits.ConnectionsPerIdentity, lim.limited)),
@@ -127,7 +127,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if mc, ok := s.Cache.(*meshCache); ok {
 		mc.notify(cb.snapshotSet)
 	}
-	ads := serverv3.NewServer(ctx, &nackGuard{SnapshotCache: s.Cache, streams: s.streams}, cb)
+	ads := serverv3.NewServer(ctx, s.Cache, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
 	errc := make(chan error, 1)

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 )
 
 // TypeStatus is the protocol state of one resource type on one stream.
@@ -61,6 +63,10 @@ type stream struct {
 	// resumes are the types the stream started holding resources whose
 	// versions are not yet confirmed (see callbacks.resumed).
 	resumes map[string]resume
+	// sotw is what a SotW stream holds, by type (see meshCache.CreateWatch);
+	// lastReq is its last request, by which the cache finds it.
+	sotw    map[string]*sotwHeld
+	lastReq *discoveryv3.DiscoveryRequest
 }
 
 func (s *stream) typ(url string) *TypeStatus {
@@ -78,11 +84,14 @@ type streams struct {
 	byID map[int64]*stream
 	// resuming indexes, by node ID, the streams with pending resumes.
 	resuming map[string]map[int64]struct{}
-	now      func() time.Time
+	// reqs maps each SotW stream's last request to the stream.
+	reqs map[*discoveryv3.DiscoveryRequest]int64
+	now  func() time.Time
 }
 
 func newStreams(now func() time.Time) *streams {
-	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{}, now: now}
+	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{},
+		reqs: map[*discoveryv3.DiscoveryRequest]int64{}, now: now}
 }
 
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
@@ -102,6 +111,7 @@ func (ss *streams) close(id int64) (p Peer, announced, opened bool) {
 		return Peer{}, false, false
 	}
 	ss.dropResumingLocked(s.peer.NodeID, id)
+	delete(ss.reqs, s.lastReq)
 	return s.peer, s.announced, true
 }
 
@@ -202,18 +212,39 @@ type streamType struct {
 	typeURL string
 }
 
-// nackedVersion returns the version a NACK of (node, type, nonce) rejects.
-func (ss *streams) nackedVersion(nodeID, typeURL, nonce string) (string, bool) {
+// noteRequest records a SotW stream's latest request (the server hands the
+// same request to the cache next).
+func (ss *streams) noteRequest(id int64, req *discoveryv3.DiscoveryRequest) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	for _, s := range ss.byID {
-		if s.peer.NodeID == nodeID {
-			if v, ok := s.nonces[typeURL+"\x00"+nonce]; ok {
-				return v, true
-			}
-		}
+	s, ok := ss.byID[id]
+	if !ok {
+		return
 	}
-	return "", false
+	delete(ss.reqs, s.lastReq)
+	s.lastReq = req
+	ss.reqs[req] = id
+}
+
+// sotwHeld returns what the stream whose latest request is req holds of
+// the request's type (created empty), or nil for a request of no stream.
+func (ss *streams) sotwHeld(req *discoveryv3.DiscoveryRequest) *sotwHeld {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	id, ok := ss.reqs[req]
+	if !ok {
+		return nil
+	}
+	s := ss.byID[id]
+	if s.sotw == nil {
+		s.sotw = map[string]*sotwHeld{}
+	}
+	h := s.sotw[req.GetTypeUrl()]
+	if h == nil {
+		h = &sotwHeld{}
+		s.sotw[req.GetTypeUrl()] = h
+	}
+	return h
 }
 
 // status returns copies of every stream's state, ordered by node ID.
