@@ -307,7 +307,10 @@ func (c *callbacks) bind(id int64, node *corev3.Node) error {
 func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names []string) string {
 	ts := s.typ(typeURL)
 	if len(names) > 0 {
-		ts.Subscribed = append(ts.Subscribed[:0], names...)
+		// The request's (interned) names, not a copy: a request is not
+		// changed once handled, and SotW proxies send every name with each
+		// ACK (a copy per request was 16 bytes x names x proxies).
+		ts.Subscribed = names
 	}
 	if nonce == "" {
 		return "" // first request of this type: neither ACK nor NACK

@@ -292,6 +292,18 @@ type deltaResponse struct {
 func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscoveryResponse, error) {
 	r.once.Do(func() {
 		typeURL := r.req.GetTypeUrl()
+		r.resp = &discoveryv3.DeltaDiscoveryResponse{RemovedResources: r.removed, TypeUrl: typeURL, SystemVersionInfo: r.set.version}
+		if len(r.names) > 0 && len(r.names) == len(r.set.plain) {
+			// The whole set (a proxy connecting): the shared encoding.
+			var body []byte
+			if body, r.resp.Resources, r.err = r.set.deltaBody(typeURL); r.err != nil {
+				return
+			}
+			if body != nil {
+				r.resp.ProtoReflect().SetUnknown(body)
+			}
+			return
+		}
 		out := make([]*discoveryv3.Resource, 0, len(r.names))
 		for _, name := range r.names {
 			b := r.set.raw[name]
@@ -302,8 +314,7 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 			}
 			out = append(out, &discoveryv3.Resource{Name: name, Version: r.set.versionMap[name], Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
 		}
-		r.resp = &discoveryv3.DeltaDiscoveryResponse{Resources: out, RemovedResources: r.removed, TypeUrl: typeURL,
-			SystemVersionInfo: r.set.version}
+		r.resp.Resources = out
 	})
 	return r.resp, r.err
 }

@@ -10,6 +10,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -257,8 +258,12 @@ func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, e
 			return
 		}
 		var resources []*anypb.Any
+		var body []byte
 		if r.all {
-			resources = enc.all
+			if body, resources, err = r.set.sotwBody(typeURL); err != nil {
+				r.err = err
+				return
+			}
 		} else {
 			resources = make([]*anypb.Any, 0, len(r.names))
 			for _, name := range r.names {
@@ -268,6 +273,11 @@ func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, e
 		// The server writes the nonce into the response: one per send,
 		// sharing the encoded resources.
 		r.resp = &discoveryv3.DiscoveryResponse{VersionInfo: r.set.version, Resources: resources, TypeUrl: typeURL}
+		if body != nil {
+			// The shared resources, already encoded as entries of the
+			// response's resources field (see sotwBody).
+			r.resp.ProtoReflect().SetUnknown(body)
+		}
 		h := r.held
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -295,6 +305,106 @@ type encodings struct {
 	all    []*anypb.Any
 	byName map[string]*anypb.Any
 	err    error
+
+	// The whole set as entries of a response's resources field, SotW
+	// (google.protobuf.Any) and delta (Resource), made once per shared set.
+	sotwOnce, deltaOnce sync.Once
+	sotw, delta         []byte
+	sotwErr, deltaErr   error
+}
+
+// A full configuration (every listener, cluster, endpoint set of the mesh,
+// about 1 MB at 1,000 services) goes to every proxy that connects. Encoded
+// field by field for each, the encoding of each response dominated meshd's
+// CPU in a connect storm. Instead the set's resources are encoded once as
+// the bytes of the response's repeated resources field, and each response
+// carries them as its unknown fields: protobuf writes them verbatim, and a
+// parser reads repeated entries wherever they are in the message. A
+// proxy's own resources (merged sets) go in the resources field as usual.
+
+// sotwBody returns the set as SotW resources-field bytes plus the Any
+// values not in them (a merged set's own resources); body is nil when the
+// set cannot be split so (its own resources replace shared ones by name).
+func (v versioned) sotwBody(typeURL string) (body []byte, rest []*anypb.Any, err error) {
+	enc, err := v.encodings(typeURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case v.reuse == nil:
+		enc.sotwOnce.Do(func() {
+			for _, a := range enc.all {
+				b, err := proto.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+				if err != nil {
+					enc.sotwErr = err
+					return
+				}
+				enc.sotw = append(enc.sotw, b...)
+			}
+		})
+		return enc.sotw, nil, enc.sotwErr
+	case len(v.plain) == len(v.items): // shared and own names are disjoint
+		body, _, err := v.reuse.sotwBody(typeURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range v.own(enc) {
+			rest = append(rest, enc.byName[name])
+		}
+		return body, rest, nil
+	}
+	return nil, enc.all, nil
+}
+
+// deltaBody is sotwBody for delta responses carrying the whole set.
+func (v versioned) deltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resource, err error) {
+	enc, err := v.encodings(typeURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case v.reuse == nil:
+		enc.deltaOnce.Do(func() {
+			for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+				b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{v.deltaResource(enc, name)}})
+				if err != nil {
+					enc.deltaErr = err
+					return
+				}
+				enc.delta = append(enc.delta, b...)
+			}
+		})
+		return enc.delta, nil, enc.deltaErr
+	case len(v.plain) == len(v.items):
+		body, _, err := v.reuse.deltaBody(typeURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range v.own(enc) {
+			rest = append(rest, v.deltaResource(enc, name))
+		}
+		return body, rest, nil
+	}
+	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+		rest = append(rest, v.deltaResource(enc, name))
+	}
+	return nil, rest, nil
+}
+
+func (v versioned) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
+	return &discoveryv3.Resource{Name: name, Version: v.versionMap[name], Resource: enc.byName[name]}
+}
+
+// own returns the names of a merged set's resources that are not the
+// shared set's.
+func (v versioned) own(enc *encodings) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+		if _, shared := v.reuse.plain[name]; !shared {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (v versioned) encodings(typeURL string) (*encodings, error) {
