@@ -96,7 +96,7 @@ func (c *callbacks) closed(id int64) {
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	intern(req.ResourceNames)
-	c.streams.noteRequest(id, req) // the cache finds the stream's SotW state by it
+	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
@@ -107,6 +107,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	intern(req.ResourceNamesSubscribe)
+	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {

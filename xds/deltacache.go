@@ -23,11 +23,13 @@ import (
 // per-resource version map of the type: with 1,000 proxies holding 1,000
 // clusters and endpoint sets, an endpoint change costs millions of map
 // operations and hundreds of megabytes of garbage. Here a watch is only
-// looked at when its type's version changed, and a stream that holds
-// exactly the set a change replaced gets the change's difference, computed
-// once for every proxy sharing that set (Publisher.SetAll). The resources
-// sent are the encodings computed once per change (versioned.raw), not
-// marshalled again per stream.
+// looked at when its type's version changed; what a stream holds is meshd's
+// own record (deltaHeld: the shared, immutable set it was sent plus the
+// names it subscribed to since), not a per-stream copy of every name and
+// version; a stream holding exactly the set a change replaced gets the
+// change's difference, computed once for every proxy sharing that set
+// (Publisher.SetAll). The resources sent are the encodings computed once per
+// change (versioned.raw), not marshalled again per stream.
 type meshCache struct {
 	cachev3.SnapshotCache
 	log *slog.Logger
@@ -65,20 +67,53 @@ func (c *meshCache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
 	return nil, fmt.Errorf("xds: no snapshot for node %s", node)
 }
 
-// heldKey is an entry meshd adds to the versions a delta stream holds
-// (the map go-control-plane keeps per stream and type, given back with each
-// watch): the version of the set the stream holds exactly. It is not a
-// resource name (no resource is named with a NUL) and is never sent.
-const heldKey = "\x00meshd/set"
-
 type deltaWatch struct {
 	node string
 	req  *cachev3.DeltaRequest
 	sub  cachev3.Subscription
 	ch   chan cachev3.DeltaResponse
-	// held is the version of the set the stream holds exactly, "" when not
-	// known (then the next answer compares every resource).
-	held string
+	held *deltaHeld
+}
+
+// deltaHeld is what one delta stream holds of one type, as far as meshd
+// knows. Kept with the stream (see streams.heldOf); guarded by mu.
+type deltaHeld struct {
+	mu sync.Mutex
+	// set: the stream holds this set's version of every resource of it the
+	// stream subscribes to, except the names in lacking (subscribed to
+	// since, not sent yet). nil when not known: at the stream's start (the
+	// client's initial versions, in the subscription, are compared) and
+	// after a NACK.
+	set     *versioned
+	lacking map[string]struct{}
+	// sent is the version last sent; rejected the one last NACKed, not sent
+	// again.
+	sent, rejected string
+}
+
+// observe takes a request into what the stream holds.
+func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if req.GetErrorDetail() != nil {
+		// The stream kept what it had before: no longer known exactly.
+		h.rejected, h.set, h.lacking = h.sent, nil, nil
+		return
+	}
+	if h.set == nil {
+		return
+	}
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if name != "*" {
+			if h.lacking == nil {
+				h.lacking = map[string]struct{}{}
+			}
+			h.lacking[name] = struct{}{}
+		}
+	}
+	for _, name := range req.GetResourceNamesUnsubscribe() {
+		delete(h.lacking, name) // the client forgets it: neither held nor lacking
+	}
 }
 
 // SetSnapshot publishes a node's snapshot: the watches of the types whose
@@ -143,12 +178,13 @@ func typeOrder(typeURL string) int {
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *meshCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
 	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
-	// What the stream was last sent is what it holds, unless this request
-	// changed its subscriptions (go-control-plane then edits the versions)
-	// or starts the stream (its versions are the client's word).
-	if req.GetResponseNonce() != "" && len(req.GetResourceNamesSubscribe()) == 0 && len(req.GetResourceNamesUnsubscribe()) == 0 {
-		w.held = sub.ReturnedResources()[heldKey]
+	if c.streams != nil {
+		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*deltaHeld)
 	}
+	if w.held == nil {
+		w.held = &deltaHeld{} // not a stream the callbacks saw: nothing known
+	}
+	w.held.observe(req)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s) {
@@ -180,22 +216,33 @@ func (c *meshCache) answerLocked(w *deltaWatch, s *snapshot) bool {
 	if !ok {
 		set = emptySet
 	}
+	h := w.held
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// A wildcard stream's first request is answered even when it lacks
+	// nothing, so that it knows the type is there.
 	first := w.sub.IsWildcard() && w.req.GetResponseNonce() == ""
-	if w.held == set.version && !first {
+	if set.version == h.rejected && !first {
 		return false
 	}
 	var names, removed []string
-	var next map[string]string
-	if w.held != "" && w.held == set.from {
-		names, removed, next = difference(w.sub, set)
-	} else {
-		names, removed, next = compare(w.sub, set)
+	switch {
+	case h.set == nil:
+		names, removed = compare(w.sub, set)
+	case h.set.version == set.version:
+		names = lackingIn(h, set)
+	case h.set.version == set.from && set.from != "":
+		names, removed = difference(w.sub, h, set)
+	default:
+		names, removed = compareHeld(w.sub, h, set)
 	}
-	w.held = set.version
 	if len(names) == 0 && len(removed) == 0 && !first {
+		if h.set == nil {
+			h.set, h.lacking = &set, nil // nothing lacking: it holds set exactly
+		}
 		return false
 	}
-	resp := &deltaResponse{req: w.req, set: set, names: names, removed: removed, next: next}
+	resp := &deltaResponse{req: w.req, held: h, set: set, names: names, removed: removed}
 	select {
 	case w.ch <- resp:
 	default:
@@ -215,74 +262,122 @@ func sends(sub cachev3.Subscription, name string) bool {
 	return ok
 }
 
-// difference is what a stream holding exactly the set set replaced lacks:
-// the set's changes, as its subscription selects them.
-func difference(sub cachev3.Subscription, set versioned) (names, removed []string, next map[string]string) {
-	next = maps.Clone(sub.ReturnedResources())
-	for _, name := range set.changed {
-		if sends(sub, name) {
+// lackingIn is the names subscribed to since the stream's last response
+// that set has.
+func lackingIn(h *deltaHeld, set versioned) []string {
+	var names []string
+	for name := range h.lacking {
+		if _, ok := set.versionMap[name]; ok {
 			names = append(names, name)
-			next[name] = set.versionMap[name]
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// difference is what a stream holding the set that set replaced lacks: the
+// change, as its subscription selects it, and the names it subscribed to
+// since.
+func difference(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, removed []string) {
+	for _, name := range set.changed {
+		if _, late := h.lacking[name]; !late && sends(sub, name) {
+			names = append(names, name)
 		}
 	}
 	for _, name := range set.removed {
-		if _, ok := next[name]; ok && sends(sub, name) {
+		if _, late := h.lacking[name]; !late && sends(sub, name) {
 			removed = append(removed, name)
-			delete(next, name)
 		}
 	}
-	next[heldKey] = set.version
-	return names, removed, next
+	names = append(names, lackingIn(h, set)...)
+	slices.Sort(names)
+	return names, removed
 }
 
-// compare is what a stream lacks, resource by resource, as go-control-plane's
-// delta cache computes it: for a wildcard subscription every resource of the
-// set at another version than the stream holds, and every held one no
-// longer in the set; otherwise the same among the subscribed names.
-func compare(sub cachev3.Subscription, set versioned) (names, removed []string, next map[string]string) {
+// compareHeld is what a stream holding h lacks of set, resource by
+// resource (h.set is neither set nor the set it replaced).
+func compareHeld(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, removed []string) {
+	held := func(name string) (string, bool) {
+		if _, late := h.lacking[name]; late {
+			return "", false
+		}
+		v, ok := h.set.versionMap[name]
+		return v, ok
+	}
+	if sub.IsWildcard() {
+		for name, v := range set.versionMap {
+			if hv, ok := held(name); !ok || hv != v {
+				names = append(names, name)
+			}
+		}
+		for name := range h.set.versionMap {
+			if _, ok := set.versionMap[name]; !ok {
+				if _, had := held(name); had {
+					removed = append(removed, name)
+				}
+			}
+		}
+	} else {
+		for name := range sub.SubscribedResources() {
+			v, ok := set.versionMap[name]
+			hv, had := held(name)
+			switch {
+			case ok && (!had || hv != v):
+				names = append(names, name)
+			case !ok && had:
+				removed = append(removed, name)
+			}
+		}
+	}
+	slices.Sort(names)
+	slices.Sort(removed)
+	return names, removed
+}
+
+// compare is what a stream lacks by the per-resource versions in its
+// subscription (the client's initial versions), as go-control-plane's delta
+// cache computes it: for a wildcard subscription every resource of the set
+// at another version than the stream holds, and every held one no longer
+// in the set; otherwise the same among the subscribed names.
+func compare(sub cachev3.Subscription, set versioned) (names, removed []string) {
 	held := sub.ReturnedResources()
 	if sub.IsWildcard() {
-		next = make(map[string]string, len(set.versionMap)+1)
 		for name, v := range set.versionMap {
-			next[name] = v
 			if held[name] != v {
 				names = append(names, name)
 			}
 		}
 		for name := range held {
-			if _, ok := set.versionMap[name]; !ok && name != heldKey {
+			if _, ok := set.versionMap[name]; !ok {
 				removed = append(removed, name)
 			}
 		}
 	} else {
-		next = make(map[string]string, len(sub.SubscribedResources())+1)
 		for name := range sub.SubscribedResources() {
 			v, ok := set.versionMap[name]
 			_, had := held[name]
 			switch {
-			case ok:
-				next[name] = v
-				if held[name] != v {
-					names = append(names, name)
-				}
-			case had:
+			case ok && held[name] != v:
+				names = append(names, name)
+			case !ok && had:
 				removed = append(removed, name)
 			}
 		}
 	}
 	slices.Sort(names) // a stable order, as the versions are
-	next[heldKey] = set.version
-	return names, removed, next
+	slices.Sort(removed)
+	return names, removed
 }
 
 // deltaResponse is built when the stream sends it (in the stream's
-// goroutine), from the set's encodings where it has them.
+// goroutine), from the set's encodings where it has them; sending it is
+// what records what the stream now holds.
 type deltaResponse struct {
 	req     *cachev3.DeltaRequest
+	held    *deltaHeld
 	set     versioned
 	names   []string
 	removed []string
-	next    map[string]string
 
 	once sync.Once
 	resp *discoveryv3.DeltaDiscoveryResponse
@@ -291,6 +386,7 @@ type deltaResponse struct {
 
 func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscoveryResponse, error) {
 	r.once.Do(func() {
+		defer r.commit()
 		typeURL := r.req.GetTypeUrl()
 		r.resp = &discoveryv3.DeltaDiscoveryResponse{RemovedResources: r.removed, TypeUrl: typeURL, SystemVersionInfo: r.set.version}
 		if len(r.names) > 0 && len(r.names) == len(r.set.plain) {
@@ -319,12 +415,33 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 	return r.resp, r.err
 }
 
+// commit records that the stream holds the set (once sent). Names
+// subscribed to since are still lacking unless sent or absent from the set.
+func (r *deltaResponse) commit() {
+	h := r.held
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r.err != nil {
+		return
+	}
+	set := r.set
+	for name := range h.lacking {
+		if _, ok := set.versionMap[name]; !ok || slices.Contains(r.names, name) {
+			delete(h.lacking, name)
+		}
+	}
+	h.set, h.sent = &set, set.version
+}
+
 func (r *deltaResponse) GetDeltaRequest() *discoveryv3.DeltaDiscoveryRequest { return r.req }
 func (r *deltaResponse) GetSystemVersion() (string, error)                   { return r.set.version, nil }
 func (r *deltaResponse) GetResponseVersion() string                          { return r.set.version }
-func (r *deltaResponse) GetNextVersionMap() map[string]string                { return r.next }
-func (r *deltaResponse) GetReturnedResources() map[string]string             { return r.next }
-func (r *deltaResponse) GetContext() context.Context                         { return context.Background() }
+
+// GetNextVersionMap is an empty map of the stream's own: what the stream
+// holds is deltaHeld (go-control-plane edits this map on unsubscribes).
+func (r *deltaResponse) GetNextVersionMap() map[string]string    { return map[string]string{} }
+func (r *deltaResponse) GetReturnedResources() map[string]string { return map[string]string{} }
+func (r *deltaResponse) GetContext() context.Context             { return context.Background() }
 
 // setDifference fills in what set changed from old: the names added or
 // at a new version, and the names gone.

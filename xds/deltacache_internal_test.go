@@ -29,28 +29,49 @@ func randomSet(rng *rand.Rand, version string) versioned {
 	return versioned{version: version, versionMap: vm}
 }
 
-// TestDifferenceIsCompare: for a stream holding exactly the old set (as a
-// full comparison left it), the shared difference of a change sends,
-// removes and records exactly what comparing every resource would.
+// TestDifferenceIsCompare: for a stream holding the old set, the shared
+// difference of a change (and the resource-by-resource comparison with the
+// held set, used when the stream holds an older one) sends and removes
+// exactly what comparing every resource with per-resource versions would,
+// also for names the stream subscribed to after it was sent the old set.
 func TestDifferenceIsCompare(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range 2000 {
+	for i := range 5000 {
 		old, set := randomSet(rng, "old"), randomSet(rng, "new")
 		setDifference(old, &set)
 		s := sub{wildcard: rng.IntN(2) == 0, subscribed: map[string]struct{}{}}
+		h := &deltaHeld{set: &old}
 		for j := range 10 {
-			if rng.IntN(2) == 0 {
-				s.subscribed[fmt.Sprintf("r%d", j)] = struct{}{}
+			name := fmt.Sprintf("r%d", j)
+			if rng.IntN(2) == 0 && !s.wildcard {
+				s.subscribed[name] = struct{}{}
+				if rng.IntN(4) == 0 {
+					if h.lacking == nil {
+						h.lacking = map[string]struct{}{}
+					}
+					h.lacking[name] = struct{}{} // subscribed since
+				}
 			}
 		}
-		_, _, s.returned = compare(s, old)
-		names, removed, next := difference(s, set)
-		wantNames, wantRemoved, wantNext := compare(s, set)
-		slices.Sort(removed)
-		slices.Sort(wantRemoved)
-		if !slices.Equal(names, wantNames) || !slices.Equal(removed, wantRemoved) || !maps.Equal(next, wantNext) {
-			t.Fatalf("case %d (wildcard %v, subscribed %v)\nold %v\nnew %v\ndifference: sent %v removed %v next %v\ncompare:    sent %v removed %v next %v",
-				i, s.wildcard, slices.Sorted(maps.Keys(s.subscribed)), old.versionMap, set.versionMap, names, removed, next, wantNames, wantRemoved, wantNext)
+		// The per-resource versions such a stream holds.
+		s.returned = map[string]string{}
+		for name, v := range old.versionMap {
+			if _, late := h.lacking[name]; !late && sends(s, name) {
+				s.returned[name] = v
+			}
+		}
+		wantNames, wantRemoved := compare(s, set)
+		for how, f := range map[string]func() ([]string, []string){
+			"difference":  func() ([]string, []string) { return difference(s, h, set) },
+			"compareHeld": func() ([]string, []string) { return compareHeld(s, h, set) },
+		} {
+			names, removed := f()
+			slices.Sort(removed)
+			if !slices.Equal(names, wantNames) || !slices.Equal(removed, wantRemoved) {
+				t.Fatalf("case %d %s (wildcard %v, subscribed %v, lacking %v)\nold %v\nnew %v\ngot:     sent %v removed %v\ncompare: sent %v removed %v",
+					i, how, s.wildcard, slices.Sorted(maps.Keys(s.subscribed)), slices.Sorted(maps.Keys(h.lacking)), old.versionMap, set.versionMap,
+					names, removed, wantNames, wantRemoved)
+			}
 		}
 	}
 }

@@ -32,7 +32,7 @@ import (
 //     per-stream map of every name and version.
 
 // sotwHeld is what one SotW stream holds of one type, as far as meshd
-// knows. Kept with the stream (see streams.sotwHeld); guarded by mu.
+// knows. Kept with the stream (see streams.heldOf); guarded by mu.
 type sotwHeld struct {
 	mu sync.Mutex
 	// version is the type's version the stream last got ("" when nothing
@@ -71,7 +71,7 @@ func fullState(typeURL string) bool {
 func (c *meshCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
 	if c.streams != nil {
-		w.held = c.streams.sotwHeld(req)
+		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*sotwHeld)
 	}
 	if w.held == nil {
 		w.held = &sotwHeld{} // not a stream the callbacks saw: nothing known

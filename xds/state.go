@@ -63,10 +63,11 @@ type stream struct {
 	// resumes are the types the stream started holding resources whose
 	// versions are not yet confirmed (see callbacks.resumed).
 	resumes map[string]resume
-	// sotw is what a SotW stream holds, by type (see meshCache.CreateWatch);
-	// lastReq is its last request, by which the cache finds it.
-	sotw    map[string]*sotwHeld
-	lastReq *discoveryv3.DiscoveryRequest
+	// held is what the stream holds, by type: *sotwHeld or *deltaHeld (see
+	// meshCache); lastReq is its last request (either kind), by which the
+	// cache finds it.
+	held    map[string]any
+	lastReq any
 }
 
 func (s *stream) typ(url string) *TypeStatus {
@@ -84,14 +85,14 @@ type streams struct {
 	byID map[int64]*stream
 	// resuming indexes, by node ID, the streams with pending resumes.
 	resuming map[string]map[int64]struct{}
-	// reqs maps each SotW stream's last request to the stream.
-	reqs map[*discoveryv3.DiscoveryRequest]int64
+	// reqs maps each stream's last request to the stream.
+	reqs map[any]int64
 	now  func() time.Time
 }
 
 func newStreams(now func() time.Time) *streams {
 	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{},
-		reqs: map[*discoveryv3.DiscoveryRequest]int64{}, now: now}
+		reqs: map[any]int64{}, now: now}
 }
 
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
@@ -111,7 +112,9 @@ func (ss *streams) close(id int64) (p Peer, announced, opened bool) {
 		return Peer{}, false, false
 	}
 	ss.dropResumingLocked(s.peer.NodeID, id)
-	delete(ss.reqs, s.lastReq)
+	if s.lastReq != nil {
+		delete(ss.reqs, s.lastReq)
+	}
 	return s.peer, s.announced, true
 }
 
@@ -212,23 +215,26 @@ type streamType struct {
 	typeURL string
 }
 
-// noteRequest records a SotW stream's latest request (the server hands the
-// same request to the cache next).
-func (ss *streams) noteRequest(id int64, req *discoveryv3.DiscoveryRequest) {
+// noteRequest records a stream's latest request (the server hands the same
+// request to the cache next): a *DiscoveryRequest or *DeltaDiscoveryRequest.
+func (ss *streams) noteRequest(id int64, req any) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	s, ok := ss.byID[id]
 	if !ok {
 		return
 	}
-	delete(ss.reqs, s.lastReq)
+	if s.lastReq != nil {
+		delete(ss.reqs, s.lastReq)
+	}
 	s.lastReq = req
 	ss.reqs[req] = id
 }
 
-// sotwHeld returns what the stream whose latest request is req holds of
-// the request's type (created empty), or nil for a request of no stream.
-func (ss *streams) sotwHeld(req *discoveryv3.DiscoveryRequest) *sotwHeld {
+// heldOf returns what the stream whose latest request is req holds of a
+// type (created empty: *sotwHeld for SotW requests, *deltaHeld for delta
+// ones), or nil for a request of no stream.
+func (ss *streams) heldOf(req any, typeURL string) any {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	id, ok := ss.reqs[req]
@@ -236,13 +242,17 @@ func (ss *streams) sotwHeld(req *discoveryv3.DiscoveryRequest) *sotwHeld {
 		return nil
 	}
 	s := ss.byID[id]
-	if s.sotw == nil {
-		s.sotw = map[string]*sotwHeld{}
+	if s.held == nil {
+		s.held = map[string]any{}
 	}
-	h := s.sotw[req.GetTypeUrl()]
+	h := s.held[typeURL]
 	if h == nil {
-		h = &sotwHeld{}
-		s.sotw[req.GetTypeUrl()] = h
+		if _, delta := req.(*discoveryv3.DeltaDiscoveryRequest); delta {
+			h = &deltaHeld{}
+		} else {
+			h = &sotwHeld{}
+		}
+		s.held[typeURL] = h
 	}
 	return h
 }
