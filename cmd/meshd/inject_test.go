@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 // TestInjectionWithEnvoy: the real apiserver calls meshd's webhook (its
@@ -88,7 +89,7 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("create pod through the webhook: %v", err)
 	}
-	id := pod.Annotations[inject.AnnotationProxyID]
+	id := pod.Annotations[k8s.AnnotationProxyID]
 	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || inject.FindProxy(pod) == nil || id == "" {
 		t.Fatalf("stored pod not injected: %d containers, %d init, annotations %v", len(pod.Spec.Containers), len(pod.Spec.InitContainers), pod.Annotations)
 	}

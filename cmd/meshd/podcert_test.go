@@ -26,6 +26,7 @@ import (
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/podcert"
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 // TestPodCertificateSidecarWithEnvoy: on an apiserver serving
@@ -120,7 +121,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 		t.Fatalf("create pod through the webhook: %v", err)
 	}
 	vol := credsVolume(pod)
-	if inject.FindProxy(pod) == nil || vol == nil || vol.Projected == nil || pod.Annotations[inject.AnnotationProxyID] != "" {
+	if inject.FindProxy(pod) == nil || vol == nil || vol.Projected == nil || pod.Annotations[k8s.AnnotationProxyID] != "" {
 		t.Fatalf("pod not injected with a projected credentials volume: %+v, annotations %v", vol, pod.Annotations)
 	}
 	pc := vol.Projected.Sources[0].PodCertificate

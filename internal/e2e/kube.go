@@ -19,6 +19,7 @@ import (
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/netlab"
+	"github.com/meshd/meshd/k8s"
 )
 
 // Kube is a real cluster to run the experiment through: kube-apiserver
@@ -53,7 +54,7 @@ func (s *seed) startKubeMesh(ctx context.Context) error {
 	}
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: "meshd-system"}},
-		{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{inject.LabelInject: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{k8s.LabelInject: "enabled"}}},
 	} {
 		if _, err := k.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 			return fmt.Errorf("e2e: namespace %s: %w", ns.Name, err)
@@ -146,7 +147,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 	proxy := inject.FindProxy(obj)
 	var initC *corev1.Container
 	for i := range obj.Spec.InitContainers {
-		if obj.Spec.InitContainers[i].Name == inject.ContainerInit {
+		if obj.Spec.InitContainers[i].Name == k8s.ContainerInit {
 			initC = &obj.Spec.InitContainers[i]
 		}
 	}
@@ -154,7 +155,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 		return fmt.Errorf("e2e: pod %s was not injected (containers %d, init %d)", pod.Name, len(obj.Spec.Containers), len(obj.Spec.InitContainers))
 	}
 	dir := filepath.Join(s.lab.Dir, "secret-"+pod.Name)
-	sc := sidecar{pod: pod, sa: sa, dir: dir, secret: inject.SecretPrefix + obj.Annotations[inject.AnnotationProxyID]}
+	sc := sidecar{pod: pod, sa: sa, dir: dir, secret: inject.SecretPrefix + obj.Annotations[k8s.AnnotationProxyID]}
 	if err := s.syncSecret(ctx, &sc); err != nil {
 		return err
 	}
@@ -181,7 +182,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 		return fmt.Errorf("e2e: pod %s status: %w", pod.Name, err)
 	}
 	s.progress("kubelet: %s/%s injected (proxy %s), iptables %v, Envoy as uid %d with the Secret mounted at %s",
-		s.namespace, pod.Name, obj.Annotations[inject.AnnotationProxyID], initC.Args[1:], ProxyUID, credsMount)
+		s.namespace, pod.Name, obj.Annotations[k8s.AnnotationProxyID], initC.Args[1:], ProxyUID, credsMount)
 	return nil
 }
 

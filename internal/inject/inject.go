@@ -32,25 +32,18 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
-	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/xds"
 )
 
 // Names the injector puts on pods and Secrets.
 const (
-	AnnotationStatus  = "meshd.io/status" // "injected"
-	AnnotationProxyID = "meshd.io/proxy-id"
-	// AnnotationInterception "none": no init container (no iptables, no
-	// NET_ADMIN); the app talks to the sidecar's listeners itself.
-	AnnotationInterception = "meshd.io/interception"
-	LabelProxyID           = "meshd.io/proxy-id" // on the credentials Secret
-	LabelInject            = "meshd.io/inject"
-	ContainerProxy         = k8s.ContainerProxy
-	ContainerInit          = k8s.ContainerInit
-	VolumeCreds            = "meshd-proxy-creds"
-	SecretPrefix           = "meshd-proxy-"
-	ReadinessPort          = 15021
-	ProxyUID               = 1337
+	// The pod's keys (meshd.io/status, proxy-id, interception, inject) and
+	// the injected containers' names are package k8s's, which reads them.
+	LabelProxyID  = "meshd.io/proxy-id" // on the credentials Secret
+	VolumeCreds   = "meshd-proxy-creds"
+	SecretPrefix  = "meshd-proxy-"
+	ReadinessPort = 15021
+	ProxyUID      = 1337
 
 	annotationSA     = "meshd.io/service-account"
 	annotationPod    = "meshd.io/pod"

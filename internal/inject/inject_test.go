@@ -22,6 +22,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/k8s"
 )
 
 func newInjector(t testing.TB, objs ...runtime.Object) (*inject.Injector, *fake.Clientset, *ca.Internal) {
@@ -93,13 +94,13 @@ func TestAdmit(t *testing.T) {
 	ctx := context.Background()
 	inj, client, _ := newInjector(t)
 	pod := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	id := pod.Annotations[inject.AnnotationProxyID]
-	if pod.Annotations[inject.AnnotationStatus] != "injected" || len(id) != 32 {
+	id := pod.Annotations[k8s.AnnotationProxyID]
+	if pod.Annotations[k8s.AnnotationStatus] != "injected" || len(id) != 32 {
 		t.Fatalf("annotations %v", pod.Annotations)
 	}
 	// init containers: iptables, then the proxy as a native sidecar
-	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || pod.Spec.InitContainers[0].Name != inject.ContainerInit ||
-		pod.Spec.InitContainers[1].Name != inject.ContainerProxy {
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || pod.Spec.InitContainers[0].Name != k8s.ContainerInit ||
+		pod.Spec.InitContainers[1].Name != k8s.ContainerProxy {
 		t.Fatalf("containers %d (+%d init)", len(pod.Spec.Containers), len(pod.Spec.InitContainers))
 	}
 	proxy := pod.Spec.InitContainers[1]
@@ -127,10 +128,10 @@ func TestAdmit(t *testing.T) {
 	}
 
 	direct := appPod()
-	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
 	direct = apply(t, direct, inj.Admit(ctx, review(t, direct, false)))
-	if len(direct.Spec.Containers) != 1 || len(direct.Spec.InitContainers) != 1 || direct.Spec.InitContainers[0].Name != inject.ContainerProxy ||
-		direct.Annotations[inject.AnnotationInterception] != "none" {
+	if len(direct.Spec.Containers) != 1 || len(direct.Spec.InitContainers) != 1 || direct.Spec.InitContainers[0].Name != k8s.ContainerProxy ||
+		direct.Annotations[k8s.AnnotationInterception] != "none" {
 		t.Errorf("interception none: containers %d (+%d init), annotations %v; want the sidecar and no init container",
 			len(direct.Spec.Containers), len(direct.Spec.InitContainers), direct.Annotations)
 	}
@@ -142,8 +143,8 @@ func TestAdmit(t *testing.T) {
 	}
 	// One that only carries the annotations gets its own proxy ID.
 	posing := appPod()
-	posing.Annotations = map[string]string{inject.AnnotationStatus: "injected", inject.AnnotationProxyID: id}
-	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[inject.AnnotationProxyID] == id || inject.FindProxy(got) == nil {
+	posing.Annotations = map[string]string{k8s.AnnotationStatus: "injected", k8s.AnnotationProxyID: id}
+	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[k8s.AnnotationProxyID] == id || inject.FindProxy(got) == nil {
 		t.Errorf("a pod posing as injected kept the proxy ID it chose (%v)", got.Annotations)
 	}
 	optOut := appPod()
@@ -156,7 +157,7 @@ func TestAdmit(t *testing.T) {
 	// hostNetwork: allowed, not injected, and the creator is told why
 	hostOut := apply(t, host, inj.Admit(ctx, review(t, host, false)))
 	if r := inj.Admit(ctx, review(t, host, false)); !r.Allowed || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "hostNetwork") ||
-		len(hostOut.Spec.InitContainers) != 0 || !strings.HasPrefix(hostOut.Annotations[inject.AnnotationStatus], "skipped: hostNetwork") {
+		len(hostOut.Spec.InitContainers) != 0 || !strings.HasPrefix(hostOut.Annotations[k8s.AnnotationStatus], "skipped: hostNetwork") {
 		t.Errorf("hostNetwork: %+v, annotations %v", r, hostOut.Annotations)
 	}
 	before, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
@@ -203,7 +204,7 @@ func TestReconcile(t *testing.T) {
 	inj, client, issuer := newInjector(t, mwc)
 	used := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
 	gone := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	usedID, goneID := used.Annotations[inject.AnnotationProxyID], gone.Annotations[inject.AnnotationProxyID]
+	usedID, goneID := used.Annotations[k8s.AnnotationProxyID], gone.Annotations[k8s.AnnotationProxyID]
 	// The fake clientset does not stamp creation times as the apiserver does.
 	secrets, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
 	for _, s := range secrets.Items {
@@ -285,7 +286,7 @@ func TestProbesRewritten(t *testing.T) {
 	if app.StartupProbe.TCPSocket == nil || got.Spec.Containers[1].ReadinessProbe.HTTPGet.Port.IntValue() != 8443 {
 		t.Errorf("tcp or https probe rewritten: %+v %+v", app.StartupProbe, got.Spec.Containers[1].ReadinessProbe)
 	}
-	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[inject.AnnotationProxyID], metav1.GetOptions{})
+	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +313,7 @@ func TestRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	clashC := appPod()
-	clashC.Spec.Containers = append(clashC.Spec.Containers, corev1.Container{Name: inject.ContainerProxy, Image: "mine"})
+	clashC.Spec.Containers = append(clashC.Spec.Containers, corev1.Container{Name: k8s.ContainerProxy, Image: "mine"})
 	clashV := appPod()
 	clashV.Spec.Volumes = []corev1.Volume{{Name: inject.VolumeCreds}}
 	locked := appPod()
@@ -345,7 +346,7 @@ func TestRefused(t *testing.T) {
 	// Without interception the pod needs no capability: injected.
 	direct := appPod()
 	direct.Namespace = "locked"
-	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
 	if r := inj.Admit(ctx, review(t, direct, false)); !r.Allowed || r.Patch == nil {
 		t.Errorf("interception none in a baseline namespace: %+v", r.Result)
 	}

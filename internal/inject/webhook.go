@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/k8s"
 )
 
 // maxReview bounds an AdmissionReview body.
@@ -71,7 +72,11 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if name == "" {
 		name = pod.GenerateName + "<generated>"
 	}
-	if reason := skip(&pod); reason != "" {
+	// A pod that arrives looking injected is not skipped: the webhook sees
+	// each pod once, at creation (reinvocationPolicy Never), so such a pod
+	// chose its own sidecar or proxy ID; nameClash refuses the first, the
+	// patch overwrites the second.
+	if reason := k8s.NotMeshable(&pod); reason != "" {
 		i.cfg.Logger.Info("inject: not injected", "pod", ns+"/"+name, "reason", reason)
 		return skipped(&pod, reason)
 	}
@@ -79,9 +84,9 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		return deny(http.StatusBadRequest, "meshd: pod %s/%s has no containers", ns, name)
 	}
 	if clash := nameClash(&pod); clash != "" {
-		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, LabelInject)
+		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, k8s.LabelInject)
 	}
-	if pod.Annotations[AnnotationInterception] != "none" {
+	if pod.Annotations[k8s.AnnotationInterception] != "none" {
 		if msg := i.podSecurity(ctx, ns); msg != "" {
 			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
 		}
@@ -97,7 +102,7 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		if err != nil {
 			return deny(http.StatusInternalServerError, "meshd: sidecar bootstrap for %s/%s: %v", ns, name, err)
 		}
-		annotations[AnnotationStatus] = "injected"
+		annotations[k8s.AnnotationStatus] = k8s.StatusInjected
 		ops = i.patch(&pod, i.podCertificateVolume(), annotations)
 		i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "credentials", "podCertificate volume (key made by the kubelet)",
 			"signer", i.cfg.PodCertificateSigner, "probes_rewritten", len(probes))
@@ -139,22 +144,7 @@ func (i *Injector) secretCredentials(ctx context.Context, req *admissionv1.Admis
 	vol := corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}}
 	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "identity", cert.Leaf.URIs[0].String(),
 		"client_cert_serial", cert.Leaf.SerialNumber.Text(16), "probes_rewritten", len(probes))
-	return i.patch(pod, vol, map[string]string{AnnotationStatus: "injected", AnnotationProxyID: proxyID}), nil
-}
-
-// skip says why a pod is not injected ("" to inject): opted out, host
-// networking (no own network namespace). A pod that arrives looking
-// injected is not skipped: the webhook sees each pod once, at creation
-// (reinvocationPolicy Never), so such a pod chose its own sidecar or proxy
-// ID; nameClash refuses the first, the patch overwrites the second.
-func skip(pod *corev1.Pod) string {
-	switch {
-	case pod.Labels[LabelInject] == "false":
-		return "opted out (label " + LabelInject + "=false)"
-	case pod.Spec.HostNetwork:
-		return "hostNetwork pods share the node's network namespace: meshd cannot intercept their traffic without intercepting the node's"
-	}
-	return ""
+	return i.patch(pod, vol, map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationProxyID: proxyID}), nil
 }
 
 // skipped allows a pod that is not injected, saying why to whoever created
@@ -163,15 +153,15 @@ func skip(pod *corev1.Pod) string {
 // opted out on purpose is left as it is.
 func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{Allowed: true}
-	if pod.Labels[LabelInject] == "false" {
+	if pod.Labels[k8s.LabelInject] == "false" {
 		return resp
 	}
 	resp.Warnings = []string{"meshd: no sidecar injected: " + reason}
 	var op patchOp
 	if pod.Annotations == nil {
-		op = patchOp{"add", "/metadata/annotations", map[string]string{AnnotationStatus: "skipped: " + reason}}
+		op = patchOp{"add", "/metadata/annotations", map[string]string{k8s.AnnotationStatus: k8s.StatusSkipped + ": " + reason}}
 	} else {
-		op = patchOp{"add", "/metadata/annotations/meshd.io~1status", "skipped: " + reason}
+		op = patchOp{"add", annotationPath(k8s.AnnotationStatus), k8s.StatusSkipped + ": " + reason}
 	}
 	if patch, err := json.Marshal([]patchOp{op}); err == nil {
 		pt := admissionv1.PatchTypeJSONPatch
@@ -187,8 +177,8 @@ func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 // sidecar's uid (whose traffic is not intercepted).
 func nameClash(pod *corev1.Pod) string {
 	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		if c.Name == ContainerProxy || c.Name == ContainerInit {
-			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{ContainerProxy: "sidecar", ContainerInit: "init container"}[c.Name])
+		if c.Name == k8s.ContainerProxy || c.Name == k8s.ContainerInit {
+			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{k8s.ContainerProxy: "sidecar", k8s.ContainerInit: "init container"}[c.Name])
 		}
 		for _, m := range c.VolumeMounts {
 			if m.Name == VolumeCreds {
@@ -223,7 +213,7 @@ func (i *Injector) podSecurity(ctx context.Context, ns string) string {
 	}
 	return fmt.Sprintf("namespace %s enforces Pod Security level %q, which forbids the NET_ADMIN and NET_RAW capabilities meshd's init container needs to set up traffic interception; "+
 		"set the namespace to privileged (label pod-security.kubernetes.io/enforce=privileged), or annotate the pod %s=none (the app then talks to the sidecar's listeners itself), or opt it out with the label %s=false",
-		ns, level, AnnotationInterception, LabelInject)
+		ns, level, k8s.AnnotationInterception, k8s.LabelInject)
 }
 
 // runAsUser is the uid a container's spec sets (its own, else the pod's);
@@ -243,7 +233,7 @@ func runAsUser(pod *corev1.Pod, c *corev1.Container) *int64 {
 func FindProxy(pod *corev1.Pod) *corev1.Container {
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range cs {
-			if cs[i].Name == ContainerProxy {
+			if cs[i].Name == k8s.ContainerProxy {
 				return &cs[i]
 			}
 		}
@@ -280,7 +270,7 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 		ops = append(ops, patchOp{"add", path + "/-", v})
 	}
 	inits := []any{}
-	if pod.Annotations[AnnotationInterception] != "none" {
+	if pod.Annotations[k8s.AnnotationInterception] != "none" {
 		inits = append(inits, i.initContainer())
 	}
 	inits = append(inits, i.proxyContainer())
@@ -301,16 +291,21 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		ops = append(ops, patchOp{"add", "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1"), annotations[k]})
+		ops = append(ops, patchOp{"add", annotationPath(k), annotations[k]})
 	}
 	return ops
+}
+
+// annotationPath is the JSON pointer (RFC 6901) of a pod annotation.
+func annotationPath(key string) string {
+	return "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
 func (i *Injector) initContainer() corev1.Container {
 	root := int64(0)
 	no := false
 	return corev1.Container{
-		Name: ContainerInit, Image: i.cfg.InitImage,
+		Name: k8s.ContainerInit, Image: i.cfg.InitImage,
 		Args: []string{"iptables", "--proxy-uid", fmt.Sprint(ProxyUID), "--exclude-inbound-ports", fmt.Sprint(ReadinessPort)},
 		SecurityContext: &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: &no, AllowPrivilegeEscalation: &no,
 			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}}},
@@ -327,7 +322,7 @@ func (i *Injector) proxyContainer() corev1.Container {
 			Path: bootstrap.ReadinessPath, Port: intstr.FromInt32(ReadinessPort)}}, PeriodSeconds: period, FailureThreshold: failures}
 	}
 	return corev1.Container{
-		Name: ContainerProxy, Image: i.cfg.ProxyImage,
+		Name: k8s.ContainerProxy, Image: i.cfg.ProxyImage,
 		RestartPolicy: &always,
 		Args: append([]string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)"},
 			bootstrap.EnvoyFlags(2)...),
