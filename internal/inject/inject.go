@@ -1,7 +1,9 @@
 // Package inject is meshd's sidecar injector: a mutating admission webhook
-// that adds the Envoy sidecar, the interception init container and the
-// per-pod credentials Secret to pods of meshed namespaces, and the
-// reconciler that keeps those Secrets fresh and removes orphans.
+// that adds the Envoy sidecar and the interception init container to pods
+// of meshed namespaces and has no side effects (it only patches the pod);
+// in Secret mode, the writer that creates each pod's credentials Secret
+// once the pod exists (owned by it), and the reconciler that keeps those
+// Secrets fresh and removes orphans.
 //
 // Where it sits: beside the pipeline. It issues xDS client certificates
 // through the ca Issuer and renders bootstraps with package bootstrap; cmd

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
@@ -84,10 +85,31 @@ func apply(t *testing.T, pod *corev1.Pod, resp *admissionv1.AdmissionResponse) *
 	return &got
 }
 
+// stored plays the apiserver storing an admitted pod: a name and a UID.
+func stored(pod *corev1.Pod, name string) *corev1.Pod {
+	pod.Name, pod.UID = name, types.UID("uid-"+name)
+	return pod
+}
+
+// writeSecrets runs one pass of a Secret writer over the pods.
+func writeSecrets(t *testing.T, inj *inject.Injector, pods ...*corev1.Pod) {
+	t.Helper()
+	feed := inject.NewPods()
+	feed.Set(pods)
+	w, err := inj.NewSecretWriter(inject.SecretWriterConfig{Pods: feed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAdmit: a pod gets the sidecar (uid 1337, readiness, credentials
-// volume), the init container and its proxy ID, and a Secret with a
-// bootstrap and a client certificate bound to that ID; admitting the
-// result again changes nothing; a pod without interception gets no init
+// volume), the init container and its proxy ID, and no Secret: once the
+// pod exists, the Secret writer makes it with a bootstrap and a client
+// certificate bound to that ID, owned by the pod; admitting the result
+// again changes nothing; a pod without interception gets no init
 // container; opted-out and hostNetwork pods pass untouched; a dry run
 // creates no Secret.
 func TestAdmit(t *testing.T) {
@@ -115,9 +137,16 @@ func TestAdmit(t *testing.T) {
 	if pod.Spec.Volumes[0].Secret.SecretName != inject.SecretPrefix+id {
 		t.Errorf("volumes %+v", pod.Spec.Volumes)
 	}
+	if l, _ := client.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
+		t.Fatalf("admission created %d Secrets; want none", len(l.Items))
+	}
+	writeSecrets(t, inj, stored(pod, "web-abcde"))
 	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(s.OwnerReferences) != 1 || s.OwnerReferences[0].UID != pod.UID || s.OwnerReferences[0].Kind != "Pod" || s.OwnerReferences[0].Name != "web-abcde" {
+		t.Errorf("owner references %+v: want the pod", s.OwnerReferences)
 	}
 	certs, err := ca.ParseCertsPEM(s.Data[bootstrap.FileCertChain])
 	if err != nil || certs[0].Subject.CommonName != "proxy:"+id || certs[0].URIs[0].String() != "spiffe://cluster.local/ns/demo/sa/web" {
@@ -202,12 +231,15 @@ func TestReconcile(t *testing.T) {
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-sidecar-injector"},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io"}}}
 	inj, client, issuer := newInjector(t, mwc)
-	used := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	gone := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
+	used := stored(apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false))), "web-1")
+	gone := stored(apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false))), "web-2")
 	usedID, goneID := used.Annotations[k8s.AnnotationProxyID], gone.Annotations[k8s.AnnotationProxyID]
-	// The fake clientset does not stamp creation times as the apiserver does.
+	writeSecrets(t, inj, used, gone)
+	// The fake clientset does not stamp creation times as the apiserver
+	// does. No owner: Secrets an older meshd wrote at admission.
 	secrets, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
 	for _, s := range secrets.Items {
+		s.OwnerReferences = nil
 		s.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Minute))
 		if _, err := client.CoreV1().Secrets("demo").Update(ctx, &s, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
@@ -274,7 +306,8 @@ func TestProbesRewritten(t *testing.T) {
 	pod.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "tls", Image: "x",
 		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8443), Scheme: corev1.URISchemeHTTPS}}}})
-	got := apply(t, pod, inj.Admit(ctx, review(t, pod, false)))
+	got := stored(apply(t, pod, inj.Admit(ctx, review(t, pod, false))), "web-1")
+	writeSecrets(t, inj, got)
 	app := got.Spec.Containers[0]
 	if g := app.ReadinessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/readyz" ||
 		len(g.HTTPHeaders) != 1 || app.ReadinessProbe.PeriodSeconds != 3 {

@@ -12,7 +12,6 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -91,10 +90,7 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
 		}
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
+	sa := podServiceAccount(&pod)
 	probeOps, probes := rewriteProbes(&pod)
 	var ops []patchOp
 	if i.cfg.PodCertificateSigner != "" {
@@ -111,8 +107,8 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		if err != nil {
 			return deny(http.StatusInternalServerError, "%v", err)
 		}
-		if ops, err = i.secretCredentials(ctx, req, &pod, ns, sa, name, proxyID, probes); err != nil {
-			return deny(http.StatusInternalServerError, "%v", err)
+		if ops, err = i.secretVolume(&pod, ns, name, proxyID, probes); err != nil {
+			return deny(http.StatusInternalServerError, "meshd: sidecar for %s/%s: %v", ns, name, err)
 		}
 	}
 	patch, err := json.Marshal(append(ops, probeOps...))
@@ -123,28 +119,23 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
 }
 
-// secretCredentials issues the sidecar's xDS client certificate, stores it
-// with the bootstrap in the pod's credentials Secret (not on a dry run) and
-// returns the patch that mounts it.
-func (i *Injector) secretCredentials(ctx context.Context, req *admissionv1.AdmissionRequest, pod *corev1.Pod, ns, sa, name, proxyID string,
-	probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
-	data, cert, err := i.credentials(ctx, ns, sa, pod.Name, proxyID, probes)
-	if err != nil {
-		return nil, fmt.Errorf("meshd: sidecar credentials for %s/%s: %w", ns, name, err)
-	}
-	if req.DryRun == nil || !*req.DryRun {
-		secret, err := secretFor(ns, sa, pod.Name, proxyID, probes, data)
-		if err == nil {
-			_, err = i.cfg.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+// secretVolume returns the patch that mounts the proxy's credentials
+// Secret and records what that Secret is made from (proxy ID, app probes).
+// Admission writes nothing: the SecretWriter creates the Secret once the
+// pod exists (with a name and a UID to own it).
+func (i *Injector) secretVolume(pod *corev1.Pod, ns, name, proxyID string, probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
+	annotations := map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationProxyID: proxyID}
+	if len(probes) > 0 {
+		b, err := json.Marshal(probes)
+		if err != nil {
+			return nil, fmt.Errorf("app probes: %w", err)
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("meshd: create the sidecar's Secret in %s: %w", ns, err)
-		}
+		annotations[annotationProbes] = string(b)
 	}
 	vol := corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}}
-	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "identity", cert.Leaf.URIs[0].String(),
-		"client_cert_serial", cert.Leaf.SerialNumber.Text(16), "probes_rewritten", len(probes))
-	return i.patch(pod, vol, map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationProxyID: proxyID}), nil
+	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "credentials", "Secret "+vol.Secret.SecretName+" (written once the pod exists)",
+		"probes_rewritten", len(probes))
+	return i.patch(pod, vol, annotations), nil
 }
 
 // skipped allows a pod that is not injected, saying why to whoever created
@@ -200,8 +191,7 @@ func nameClash(pod *corev1.Pod) string {
 // podSecurity returns why the namespace's Pod Security level would reject
 // the injected init container ("" if it would not): it needs NET_ADMIN and
 // NET_RAW, which the baseline and restricted levels forbid. Denying here
-// says so in meshd's words and creates no credentials for a pod that would
-// be rejected anyway.
+// says so in meshd's words.
 func (i *Injector) podSecurity(ctx context.Context, ns string) string {
 	n, err := i.cfg.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	if err != nil {
