@@ -70,7 +70,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 	}
 	webhookAddr, xdsAddr, debugAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	creds := t.TempDir()
-	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun, "https://"+webhookAddr+"/inject"
+	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNone, "https://"+webhookAddr+"/inject"
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-sidecar-injector"},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
 			SideEffects: &sideEffects, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &path},

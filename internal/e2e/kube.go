@@ -98,7 +98,7 @@ func (s *seed) startKubeMeshd(ctx context.Context) error {
 	s.debugURL = fmt.Sprintf("http://127.0.0.1:%d", debugPort)
 	s.webhook = fmt.Sprintf("meshd-injector-%d", s.lab.Index)
 	url := fmt.Sprintf("https://127.0.0.1:%d/inject", hookPort)
-	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun
+	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNone
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: s.webhook},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
 			SideEffects: &none, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &url},
