@@ -56,7 +56,7 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 		return nil, err
 	}
 	if callers == nil {
-		log.Warn("inject: webhook callers are not authenticated: anyone reaching its port can make meshd mint credentials; set --webhook-client-ca to the CA of the apiserver's webhook client certificate")
+		log.Warn("inject: webhook callers are not authenticated: it answers anyone reaching its port (with patches only: admission writes nothing); set --webhook-client-ca to the CA of the apiserver's webhook client certificate")
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/inject", callers.Guard(inj))
