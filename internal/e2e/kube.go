@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshd/meshd/ca"
@@ -156,8 +157,13 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 	}
 	dir := filepath.Join(s.lab.Dir, "secret-"+pod.Name)
 	sc := sidecar{pod: pod, sa: sa, dir: dir, secret: inject.SecretPrefix + obj.Annotations[k8s.AnnotationProxyID]}
-	if err := s.syncSecret(ctx, &sc); err != nil {
-		return err
+	// meshd writes the Secret once the pod exists; the kubelet retries the
+	// volume until it is there.
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		err := s.syncSecret(ctx, &sc)
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("e2e: pod %s: its Secret %s never came: %w", pod.Name, sc.secret, s.syncSecret(ctx, &sc))
 	}
 	// The init container: meshd iptables with the injected arguments.
 	if _, err := pod.Run(ctx, s.opts.Meshd, initC.Args...); err != nil {
