@@ -172,9 +172,10 @@ func TestAdmit(t *testing.T) {
 	}
 	// One that only carries the annotations gets its own proxy ID.
 	posing := appPod()
-	posing.Annotations = map[string]string{k8s.AnnotationStatus: "injected", k8s.AnnotationProxyID: id}
-	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[k8s.AnnotationProxyID] == id || inject.FindProxy(got) == nil {
-		t.Errorf("a pod posing as injected kept the proxy ID it chose (%v)", got.Annotations)
+	posing.Annotations = map[string]string{k8s.AnnotationStatus: "injected", k8s.AnnotationProxyID: id, "meshd.io/app-probes": `{"/app-health/x/readyz":{"port":22,"path":"/"}}`}
+	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[k8s.AnnotationProxyID] == id || inject.FindProxy(got) == nil ||
+		got.Annotations["meshd.io/app-probes"] != "{}" {
+		t.Errorf("a pod posing as injected kept the proxy ID or the probes it chose (%v)", got.Annotations)
 	}
 	optOut := appPod()
 	optOut.Labels = map[string]string{"meshd.io/inject": "false"}

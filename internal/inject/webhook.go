@@ -125,7 +125,9 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 // pod exists (with a name and a UID to own it).
 func (i *Injector) secretVolume(pod *corev1.Pod, ns, name, proxyID string, probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
 	annotations := map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationProxyID: proxyID}
-	if len(probes) > 0 {
+	// Recorded whenever there are probes or the pod came with the key: what
+	// the writer reads is the injector's, never the pod creator's.
+	if _, came := pod.Annotations[annotationProbes]; len(probes) > 0 || came {
 		b, err := json.Marshal(probes)
 		if err != nil {
 			return nil, fmt.Errorf("app probes: %w", err)
