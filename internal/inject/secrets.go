@@ -68,7 +68,8 @@ type SecretWriterConfig struct {
 
 // SecretWriter writes the credentials Secret of every pod the injector
 // gave a Secret volume, once the pod exists. Run it on one replica (the
-// leader); a second writer only gets AlreadyExists.
+// leader); a second writer only gets AlreadyExists. Start and Pass are not
+// for concurrent use: one Start at a time (each leadership term).
 type SecretWriter struct {
 	inj *Injector
 	cfg SecretWriterConfig
@@ -146,7 +147,7 @@ func (w *SecretWriter) Pass(ctx context.Context) error {
 	var errs []error
 	wanted, refused := map[string]bool{}, map[types.UID]bool{}
 	for _, pod := range w.cfg.Pods.get() {
-		proxyID, why := w.inj.SecretFor(pod)
+		proxyID, why := w.inj.needsSecret(pod)
 		if why != "" {
 			if proxyID == "" {
 				continue
@@ -211,7 +212,7 @@ func (w *SecretWriter) write(ctx context.Context, pod *corev1.Pod, proxyID strin
 	return nil
 }
 
-// SecretFor says which proxy ID's credentials Secret a pod needs, or why
+// needsSecret says which proxy ID's credentials Secret a pod needs, or why
 // meshd writes none for it (why "" when it needs one). Only a pod that
 // looks exactly as the injector left it in Secret mode gets one: status
 // injected, a well-formed proxy ID, the credentials volume naming that
@@ -222,7 +223,7 @@ func (w *SecretWriter) write(ctx context.Context, pod *corev1.Pod, proxyID strin
 // pod created where the webhook does not apply may copy the injector's
 // fields: what it gets is a certificate of its own service account in its
 // own namespace, whose Secrets any pod creator there may mount anyway.
-func (i *Injector) SecretFor(pod *corev1.Pod) (proxyID, why string) {
+func (i *Injector) needsSecret(pod *corev1.Pod) (proxyID, why string) {
 	proxyID = pod.Annotations[k8s.AnnotationProxyID]
 	if proxyID == "" {
 		return "", "no proxy ID"

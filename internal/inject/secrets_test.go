@@ -23,7 +23,7 @@ func TestSecretWriterRefuses(t *testing.T) {
 	}
 	for name, tc := range map[string]struct {
 		bend func(*corev1.Pod)
-		want string // SecretFor's reason, "" for a Secret
+		want string // needsSecret's reason, "" for a Secret
 	}{
 		"as injected":       {func(*corev1.Pod) {}, ""},
 		"not stored":        {func(p *corev1.Pod) { p.UID = "" }, "not stored"},
@@ -51,8 +51,8 @@ func TestSecretWriterRefuses(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			pod := admitted("web-" + strings.ReplaceAll(name, " ", "-"))
 			tc.bend(pod)
-			if _, why := inj.SecretFor(pod); tc.want == "" && why != "" || !strings.Contains(why, tc.want) {
-				t.Errorf("SecretFor: %q, want %q", why, tc.want)
+			if _, why := inj.NeedsSecret(pod); tc.want == "" && why != "" || !strings.Contains(why, tc.want) {
+				t.Errorf("needsSecret: %q, want %q", why, tc.want)
 			}
 			writeSecrets(t, inj, pod)
 			_, err := client.CoreV1().Secrets(pod.Namespace).Get(ctx, inject.SecretPrefix+pod.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
