@@ -25,8 +25,11 @@ const (
 	LabelMTLSMode = "meshd.io/mtls-mode"
 	// AnnotationProxyID on a pod is the ID of its injected sidecar.
 	AnnotationProxyID = "meshd.io/proxy-id"
-	// AnnotationStatus on a pod says it was injected ("injected").
+	// AnnotationStatus on a pod says whether the injector gave it a sidecar
+	// (StatusInjected) or why not ("skipped: <reason>", StatusSkipped).
 	AnnotationStatus = "meshd.io/status"
+	StatusInjected   = "injected"
+	StatusSkipped    = "skipped"
 	// AnnotationInterception "none" on a pod: its traffic is not redirected
 	// to the sidecar (no init container); the app talks to the sidecar's
 	// listeners directly (model.Workload.NoInterception).
@@ -121,7 +124,7 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		c.serverFirstPorts[w.Key()] = v
 	}
 	c.sidecarImage(p)
-	if why, ok := strings.CutPrefix(p.Annotations[AnnotationStatus], "skipped: "); ok {
+	if why, ok := strings.CutPrefix(p.Annotations[AnnotationStatus], StatusSkipped+": "); ok {
 		c.problem("Pod", p.Namespace, p.Name, "NotInjected", "meshd did not inject a sidecar: %s", why)
 	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
@@ -184,22 +187,33 @@ func (c *converter) sidecarImage(p *corev1.Pod) {
 }
 
 func (c *converter) meshed(p *corev1.Pod) bool {
-	if p.Annotations[AnnotationStatus] == "injected" {
+	if p.Annotations[AnnotationStatus] == StatusInjected {
 		return true
 	}
 	// The injector left it out (host networking, ...): no sidecar answers
 	// for it, so nobody may expect mutual TLS from it.
-	if strings.HasPrefix(p.Annotations[AnnotationStatus], "skipped") || p.Spec.HostNetwork {
+	if strings.HasPrefix(p.Annotations[AnnotationStatus], StatusSkipped) || NotMeshable(p) != "" {
 		return false
 	}
-	switch p.Labels[LabelInject] {
-	case "false":
-		return false
-	case "true":
+	if p.Labels[LabelInject] == "true" {
 		return true
 	}
 	ns := c.namespaces[p.Namespace]
 	return ns != nil && ns.Labels[LabelInject] == "enabled"
+}
+
+// NotMeshable says why a pod gets no sidecar whatever its namespace says
+// ("" if it may have one): it opted out (label meshd.io/inject=false), or it
+// uses host networking. The injector skips such a pod; the model counts it
+// out of the mesh.
+func NotMeshable(p *corev1.Pod) string {
+	switch {
+	case p.Labels[LabelInject] == "false":
+		return "opted out (label " + LabelInject + "=false)"
+	case p.Spec.HostNetwork:
+		return "hostNetwork pods share the node's network namespace: meshd cannot intercept their traffic without intercepting the node's"
+	}
+	return ""
 }
 
 func (c *converter) mode(p *corev1.Pod) model.Mode {

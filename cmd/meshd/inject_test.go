@@ -20,12 +20,14 @@ import (
 
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 // TestInjectionWithEnvoy: the real apiserver calls meshd's webhook (its
 // caBundle set by meshd) for a pod created with generateName in a labelled
-// namespace; the stored pod has the sidecar and the init container, its
-// credentials Secret exists; a real Envoy started as the kubelet would
+// namespace, dry run and real; the stored pod has the sidecar and the init
+// container; its credentials Secret is written once the pod exists, owned
+// by it, and none for the dry run or for forged reviews; a real Envoy started as the kubelet would
 // (the Secret's files, --service-node <pod>.<ns>) connects with the
 // proxy-ID certificate, is bound to its pod and gets its inbound listener.
 func TestInjectionWithEnvoy(t *testing.T) {
@@ -47,7 +49,7 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	}
 	webhookAddr, xdsAddr, debugAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	creds := t.TempDir()
-	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun, "https://"+webhookAddr+"/inject"
+	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNone, "https://"+webhookAddr+"/inject"
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-injector-test"},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
 			SideEffects: &sideEffects, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &path},
@@ -82,38 +84,84 @@ func TestInjectionWithEnvoy(t *testing.T) {
 		t.Fatal("meshd never set the webhook's caBundle")
 	}
 
-	pod, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Labels: map[string]string{"app": "web"}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "nginx", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}}},
-		metav1.CreateOptions{})
+	web := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{GenerateName: "web-", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "nginx", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}}}
+	// A dry run goes through the webhook (sideEffects None) and is
+	// injected; nothing is written for it.
+	dry, err := c.CoreV1().Pods(ns).Create(ctx, web.DeepCopy(), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		t.Fatalf("dry-run create through the webhook: %v", err)
+	}
+	dryID := dry.Annotations[k8s.AnnotationProxyID]
+	if inject.FindProxy(dry) == nil || dryID == "" {
+		t.Fatalf("dry-run pod not injected: annotations %v", dry.Annotations)
+	}
+	noSecrets := func(when string) {
+		t.Helper()
+		l, err := c.CoreV1().Secrets("").List(ctx, metav1.ListOptions{LabelSelector: inject.LabelProxyID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range l.Items {
+			if s.Name == inject.SecretPrefix+dryID || s.Namespace == "kube-system" {
+				t.Errorf("%s: Secret %s/%s exists; want none for a dry run or a forged review", when, s.Namespace, s.Name)
+			}
+		}
+	}
+	noSecrets("after the dry run")
+
+	pod, err := c.CoreV1().Pods(ns).Create(ctx, web, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create pod through the webhook: %v", err)
 	}
-	id := pod.Annotations[inject.AnnotationProxyID]
-	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || inject.FindProxy(pod) == nil || id == "" {
+	id := pod.Annotations[k8s.AnnotationProxyID]
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || inject.FindProxy(pod) == nil || id == "" || id == dryID {
 		t.Fatalf("stored pod not injected: %d containers, %d init, annotations %v", len(pod.Spec.Containers), len(pod.Spec.InitContainers), pod.Annotations)
 	}
 	if y, err := yaml.Marshal(pod.Spec); err == nil {
 		t.Logf("injected pod %s/%s, annotations %v, spec:\n%s", ns, pod.Name, pod.Annotations, y)
 	}
-	secret, err := c.CoreV1().Secrets(ns).Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
+	// The Secret is written once the pod exists: owned by the pod's UID,
+	// which the apiserver assigns after admission.
+	var secret *corev1.Secret
+	err = wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		secret, err = c.CoreV1().Secrets(ns).Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
+		return err == nil, nil
+	})
 	if err != nil {
-		t.Fatalf("credentials Secret: %v", err)
+		t.Fatalf("credentials Secret %s never written", inject.SecretPrefix+id)
 	}
+	if o := secret.OwnerReferences; len(o) != 1 || o[0].Kind != "Pod" || o[0].Name != pod.Name || o[0].UID != pod.UID {
+		t.Errorf("Secret owners %+v; want the pod %s (uid %s)", o, pod.Name, pod.UID)
+	}
+	noSecrets("once the real pod's Secret is written") // the writer has seen the pods by now
 	// The apiserver's call went through (it presents its webhook client
 	// certificate); a direct caller, even one trusting meshd's CA, is
-	// refused and makes nothing.
-	direct := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	// refused and makes nothing. One holding the apiserver's client
+	// certificate gets a patch, and still nothing is made: admission has
+	// no side effects.
 	review := `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"version":"v1","kind":"Pod"},` +
 		`"operation":"CREATE","namespace":"kube-system","object":{"metadata":{"name":"forged","namespace":"kube-system"},"spec":{"containers":[{"name":"a","image":"b"}]}}}}`
-	before, _ := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
-	resp, err := direct.Post("https://"+webhookAddr+"/inject", "application/json", strings.NewReader(review))
+	apiCert, err := tls.LoadX509KeyPair(env.WebhookCertFile, env.WebhookKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	after, _ := c.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
-	if resp.StatusCode != http.StatusUnauthorized || len(after.Items) != len(before.Items) {
-		t.Errorf("a direct caller got %s and %d Secrets were made in kube-system; want 401 and none", resp.Status, len(after.Items)-len(before.Items))
+	for caller, want := range map[string]int{"direct": http.StatusUnauthorized, "with the apiserver's certificate": http.StatusOK} {
+		cfg := &tls.Config{InsecureSkipVerify: true}
+		if want == http.StatusOK {
+			cfg.Certificates = []tls.Certificate{apiCert}
+		}
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		resp, err := client.Post("https://"+webhookAddr+"/inject", "application/json", strings.NewReader(review))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want || want == http.StatusOK && !strings.Contains(string(body), `"patch"`) {
+			t.Errorf("forged review, %s: %s %s; want %d", caller, resp.Status, body, want)
+		}
+		noSecrets("after a forged review, " + caller)
 	}
 	// Play kubelet: the pod runs with an IP; the Secret volume's files.
 	pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.30", PodIPs: []corev1.PodIP{{IP: "198.18.0.30"}}}

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,12 +32,14 @@ import (
 )
 
 // startInjection serves the sidecar injection webhook over TLS (meshd's
-// serving certificate from the mesh CA) and runs the reconciler of the
-// sidecars' credentials Secrets and of the webhook's caBundle. It consumes
-// the mesh model (which proxy IDs pods carry) and produces Secrets and
-// patched pods.
+// serving certificate from the mesh CA; admission only patches pods), and
+// runs as singletons the writer of the sidecars' credentials Secrets (for
+// pods that exist) and the reconciler of those Secrets and of the
+// webhook's caBundle. It consumes the pods and the mesh model (which proxy
+// IDs pods carry) and produces patched pods and Secrets.
 func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cfg config.Config, client kubernetes.Interface, issuer *ca.Internal,
-	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, podCertSigner string, log *slog.Logger) (net.Addr, error) {
+	serving *atomic.Pointer[tls.Certificate], mesh *xds.Mesh, published *atomic.Bool, pods *inject.Pods, podCertSigner string,
+	reg prometheus.Registerer, log *slog.Logger) (net.Addr, error) {
 	initImage, proxyImage := injectedImages(ctx, cfg, client, log)
 	inj, err := inject.New(inject.Config{Client: client, Issuer: issuer, TrustDomain: cfg.TrustDomain, MeshdNamespace: cfg.Namespace,
 		XDSAddress: cfg.SidecarXDSAddr, ClusterDomain: cfg.ClusterDomain, ProxyImage: proxyImage, InitImage: initImage, CredsDir: cfg.SidecarCredsDir,
@@ -53,7 +56,7 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 		return nil, err
 	}
 	if callers == nil {
-		log.Warn("inject: webhook callers are not authenticated: anyone reaching its port can make meshd mint credentials; set --webhook-client-ca to the CA of the apiserver's webhook client certificate")
+		log.Warn("inject: webhook callers are not authenticated: it answers anyone reaching its port (with patches only: admission writes nothing); set --webhook-client-ca to the CA of the apiserver's webhook client certificate")
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/inject", callers.Guard(inj))
@@ -95,7 +98,17 @@ func startInjection(ctx context.Context, g *errgroup.Group, lead *singletons, cf
 			return ids, true
 		},
 	}
-	// A singleton: only the leader writes Secrets and the caBundle.
+	written := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_inject_secrets_total",
+		Help: "Sidecar credentials Secrets written for pods that exist (written), writes that failed (failed, retried), and pods carrying a proxy ID that meshd writes none for (refused)."}, []string{"result"})
+	if err := reg.Register(written); err != nil {
+		return nil, err
+	}
+	writer, err := inj.NewSecretWriter(inject.SecretWriterConfig{Pods: pods, OnWrite: func(r string) { written.WithLabelValues(r).Inc() }})
+	if err != nil {
+		return nil, err
+	}
+	// Singletons: only the leader writes Secrets and the caBundle.
+	lead.Add(writer.Start)
 	lead.Add(func(ctx context.Context) error { return inj.Run(ctx, rc, 30*time.Second) })
 	log.Info("inject: webhook serving", "addr", lis.Addr().String(), "webhook_configuration", cfg.WebhookName)
 	return lis.Addr(), nil

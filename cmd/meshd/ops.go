@@ -738,7 +738,7 @@ func checkWebhook(ctx context.Context, o *opsFlags, add func(check, status, form
 	case v.Problem != "":
 		add("webhook", "FAIL", "%s", v.Problem)
 	case v.Callers == "":
-		add("webhook", "WARN", "%s answers TLS verified with the mesh CA and %s's caBundle is current, but it authenticates no caller: anyone reaching its port can make meshd mint credentials; set --webhook-client-ca (deploy/examples/webhook-auth)",
+		add("webhook", "WARN", "%s answers TLS verified with the mesh CA and %s's caBundle is current, but it authenticates no caller: it answers anyone reaching its port (patches only; admission writes nothing); set --webhook-client-ca (deploy/examples/webhook-auth)",
 			v.Address, v.Configuration)
 	default:
 		add("webhook", "OK", "%s answers TLS verified with the mesh CA; %s's caBundle is current; callers must present %s", v.Address, v.Configuration, v.Callers)

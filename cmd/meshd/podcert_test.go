@@ -26,6 +26,7 @@ import (
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/podcert"
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/k8s"
 )
 
 // TestPodCertificateSidecarWithEnvoy: on an apiserver serving
@@ -69,7 +70,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 	}
 	webhookAddr, xdsAddr, debugAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	creds := t.TempDir()
-	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun, "https://"+webhookAddr+"/inject"
+	fail, sideEffects, path := admissionregv1.Fail, admissionregv1.SideEffectClassNone, "https://"+webhookAddr+"/inject"
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-sidecar-injector"},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
 			SideEffects: &sideEffects, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &path},
@@ -120,7 +121,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 		t.Fatalf("create pod through the webhook: %v", err)
 	}
 	vol := credsVolume(pod)
-	if inject.FindProxy(pod) == nil || vol == nil || vol.Projected == nil || pod.Annotations[inject.AnnotationProxyID] != "" {
+	if inject.FindProxy(pod) == nil || vol == nil || vol.Projected == nil || pod.Annotations[k8s.AnnotationProxyID] != "" {
 		t.Fatalf("pod not injected with a projected credentials volume: %+v, annotations %v", vol, pod.Annotations)
 	}
 	pc := vol.Projected.Sources[0].PodCertificate

@@ -35,6 +35,7 @@ import (
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
+	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/kubeauth"
 	"github.com/meshd/meshd/internal/podcert"
 	"github.com/meshd/meshd/k8s"
@@ -153,8 +154,10 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 	// k8s: informers -> batched state -> model (bad objects reported as
 	// Events) -> mesh: translated and published to every proxy.
 	var published atomic.Bool
+	pods := inject.NewPods() // the pods, for the injector's Secret writer
 	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, PoliciesServed: policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
+			pods.Set(st.Pods)
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
 			// A connection made just before a renewal (at about two thirds
 			// of a certificate's life) still ends before that certificate.
@@ -282,10 +285,10 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 			return err
 		}
 	}
-	// inject: pods -> sidecars + credentials (Secrets or podCertificate
-	// volumes; cluster mode, if enabled).
+	// inject: pods -> sidecars + credentials (podCertificate volumes, or
+	// Secrets written once the pods exist; cluster mode, if enabled).
 	if cfg.WebhookAddr != "" {
-		addr, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, creds.Signer, log)
+		addr, err := startInjection(ctx, g, lead, cfg, client, issuer, serving, mesh, &published, pods, creds.Signer, reg, log)
 		if err != nil {
 			return err
 		}

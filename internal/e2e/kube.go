@@ -14,11 +14,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/internal/netlab"
+	"github.com/meshd/meshd/k8s"
 )
 
 // Kube is a real cluster to run the experiment through: kube-apiserver
@@ -53,7 +55,7 @@ func (s *seed) startKubeMesh(ctx context.Context) error {
 	}
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: "meshd-system"}},
-		{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{inject.LabelInject: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: s.namespace, Labels: map[string]string{k8s.LabelInject: "enabled"}}},
 	} {
 		if _, err := k.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !strings.Contains(err.Error(), "already exists") {
 			return fmt.Errorf("e2e: namespace %s: %w", ns.Name, err)
@@ -97,7 +99,7 @@ func (s *seed) startKubeMeshd(ctx context.Context) error {
 	s.debugURL = fmt.Sprintf("http://127.0.0.1:%d", debugPort)
 	s.webhook = fmt.Sprintf("meshd-injector-%d", s.lab.Index)
 	url := fmt.Sprintf("https://127.0.0.1:%d/inject", hookPort)
-	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNoneOnDryRun
+	fail, none := admissionregv1.Fail, admissionregv1.SideEffectClassNone
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: s.webhook},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io", AdmissionReviewVersions: []string{"v1"},
 			SideEffects: &none, FailurePolicy: &fail, ClientConfig: admissionregv1.WebhookClientConfig{URL: &url},
@@ -146,7 +148,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 	proxy := inject.FindProxy(obj)
 	var initC *corev1.Container
 	for i := range obj.Spec.InitContainers {
-		if obj.Spec.InitContainers[i].Name == inject.ContainerInit {
+		if obj.Spec.InitContainers[i].Name == k8s.ContainerInit {
 			initC = &obj.Spec.InitContainers[i]
 		}
 	}
@@ -154,9 +156,14 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 		return fmt.Errorf("e2e: pod %s was not injected (containers %d, init %d)", pod.Name, len(obj.Spec.Containers), len(obj.Spec.InitContainers))
 	}
 	dir := filepath.Join(s.lab.Dir, "secret-"+pod.Name)
-	sc := sidecar{pod: pod, sa: sa, dir: dir, secret: inject.SecretPrefix + obj.Annotations[inject.AnnotationProxyID]}
-	if err := s.syncSecret(ctx, &sc); err != nil {
-		return err
+	sc := sidecar{pod: pod, sa: sa, dir: dir, secret: inject.SecretPrefix + obj.Annotations[k8s.AnnotationProxyID]}
+	// meshd writes the Secret once the pod exists; the kubelet retries the
+	// volume until it is there.
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		err := s.syncSecret(ctx, &sc)
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("e2e: pod %s: its Secret %s never came: %w", pod.Name, sc.secret, s.syncSecret(ctx, &sc))
 	}
 	// The init container: meshd iptables with the injected arguments.
 	if _, err := pod.Run(ctx, s.opts.Meshd, initC.Args...); err != nil {
@@ -181,7 +188,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 		return fmt.Errorf("e2e: pod %s status: %w", pod.Name, err)
 	}
 	s.progress("kubelet: %s/%s injected (proxy %s), iptables %v, Envoy as uid %d with the Secret mounted at %s",
-		s.namespace, pod.Name, obj.Annotations[inject.AnnotationProxyID], initC.Args[1:], ProxyUID, credsMount)
+		s.namespace, pod.Name, obj.Annotations[k8s.AnnotationProxyID], initC.Args[1:], ProxyUID, credsMount)
 	return nil
 }
 

@@ -1,7 +1,9 @@
 // Package inject is meshd's sidecar injector: a mutating admission webhook
-// that adds the Envoy sidecar, the interception init container and the
-// per-pod credentials Secret to pods of meshed namespaces, and the
-// reconciler that keeps those Secrets fresh and removes orphans.
+// that adds the Envoy sidecar and the interception init container to pods
+// of meshed namespaces and has no side effects (it only patches the pod);
+// in Secret mode, the writer that creates each pod's credentials Secret
+// once the pod exists (owned by it), and the reconciler that keeps those
+// Secrets fresh and removes orphans.
 //
 // Where it sits: beside the pipeline. It issues xDS client certificates
 // through the ca Issuer and renders bootstraps with package bootstrap; cmd
@@ -32,25 +34,18 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
-	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/xds"
 )
 
 // Names the injector puts on pods and Secrets.
 const (
-	AnnotationStatus  = "meshd.io/status" // "injected"
-	AnnotationProxyID = "meshd.io/proxy-id"
-	// AnnotationInterception "none": no init container (no iptables, no
-	// NET_ADMIN); the app talks to the sidecar's listeners itself.
-	AnnotationInterception = "meshd.io/interception"
-	LabelProxyID           = "meshd.io/proxy-id" // on the credentials Secret
-	LabelInject            = "meshd.io/inject"
-	ContainerProxy         = k8s.ContainerProxy
-	ContainerInit          = k8s.ContainerInit
-	VolumeCreds            = "meshd-proxy-creds"
-	SecretPrefix           = "meshd-proxy-"
-	ReadinessPort          = 15021
-	ProxyUID               = 1337
+	// The pod's keys (meshd.io/status, proxy-id, interception, inject) and
+	// the injected containers' names are package k8s's, which reads them.
+	LabelProxyID  = "meshd.io/proxy-id" // on the credentials Secret
+	VolumeCreds   = "meshd-proxy-creds"
+	SecretPrefix  = "meshd-proxy-"
+	ReadinessPort = 15021
+	ProxyUID      = 1337
 
 	annotationSA     = "meshd.io/service-account"
 	annotationPod    = "meshd.io/pod"

@@ -16,12 +16,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/k8s"
 )
 
 func newInjector(t testing.TB, objs ...runtime.Object) (*inject.Injector, *fake.Clientset, *ca.Internal) {
@@ -83,23 +85,44 @@ func apply(t *testing.T, pod *corev1.Pod, resp *admissionv1.AdmissionResponse) *
 	return &got
 }
 
+// stored plays the apiserver storing an admitted pod: a name and a UID.
+func stored(pod *corev1.Pod, name string) *corev1.Pod {
+	pod.Name, pod.UID = name, types.UID("uid-"+name)
+	return pod
+}
+
+// writeSecrets runs one pass of a Secret writer over the pods.
+func writeSecrets(t *testing.T, inj *inject.Injector, pods ...*corev1.Pod) {
+	t.Helper()
+	feed := inject.NewPods()
+	feed.Set(pods)
+	w, err := inj.NewSecretWriter(inject.SecretWriterConfig{Pods: feed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Pass(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestAdmit: a pod gets the sidecar (uid 1337, readiness, credentials
-// volume), the init container and its proxy ID, and a Secret with a
-// bootstrap and a client certificate bound to that ID; admitting the
-// result again changes nothing; a pod without interception gets no init
+// volume), the init container and its proxy ID, and no Secret: once the
+// pod exists, the Secret writer makes it with a bootstrap and a client
+// certificate bound to that ID, owned by the pod; admitting the result
+// again changes nothing; a pod without interception gets no init
 // container; opted-out and hostNetwork pods pass untouched; a dry run
 // creates no Secret.
 func TestAdmit(t *testing.T) {
 	ctx := context.Background()
 	inj, client, _ := newInjector(t)
 	pod := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	id := pod.Annotations[inject.AnnotationProxyID]
-	if pod.Annotations[inject.AnnotationStatus] != "injected" || len(id) != 32 {
+	id := pod.Annotations[k8s.AnnotationProxyID]
+	if pod.Annotations[k8s.AnnotationStatus] != "injected" || len(id) != 32 {
 		t.Fatalf("annotations %v", pod.Annotations)
 	}
 	// init containers: iptables, then the proxy as a native sidecar
-	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || pod.Spec.InitContainers[0].Name != inject.ContainerInit ||
-		pod.Spec.InitContainers[1].Name != inject.ContainerProxy {
+	if len(pod.Spec.Containers) != 1 || len(pod.Spec.InitContainers) != 2 || pod.Spec.InitContainers[0].Name != k8s.ContainerInit ||
+		pod.Spec.InitContainers[1].Name != k8s.ContainerProxy {
 		t.Fatalf("containers %d (+%d init)", len(pod.Spec.Containers), len(pod.Spec.InitContainers))
 	}
 	proxy := pod.Spec.InitContainers[1]
@@ -114,9 +137,16 @@ func TestAdmit(t *testing.T) {
 	if pod.Spec.Volumes[0].Secret.SecretName != inject.SecretPrefix+id {
 		t.Errorf("volumes %+v", pod.Spec.Volumes)
 	}
+	if l, _ := client.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); len(l.Items) != 0 {
+		t.Fatalf("admission created %d Secrets; want none", len(l.Items))
+	}
+	writeSecrets(t, inj, stored(pod, "web-abcde"))
 	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+id, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(s.OwnerReferences) != 1 || s.OwnerReferences[0].UID != pod.UID || s.OwnerReferences[0].Kind != "Pod" || s.OwnerReferences[0].Name != "web-abcde" {
+		t.Errorf("owner references %+v: want the pod", s.OwnerReferences)
 	}
 	certs, err := ca.ParseCertsPEM(s.Data[bootstrap.FileCertChain])
 	if err != nil || certs[0].Subject.CommonName != "proxy:"+id || certs[0].URIs[0].String() != "spiffe://cluster.local/ns/demo/sa/web" {
@@ -127,10 +157,10 @@ func TestAdmit(t *testing.T) {
 	}
 
 	direct := appPod()
-	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
 	direct = apply(t, direct, inj.Admit(ctx, review(t, direct, false)))
-	if len(direct.Spec.Containers) != 1 || len(direct.Spec.InitContainers) != 1 || direct.Spec.InitContainers[0].Name != inject.ContainerProxy ||
-		direct.Annotations[inject.AnnotationInterception] != "none" {
+	if len(direct.Spec.Containers) != 1 || len(direct.Spec.InitContainers) != 1 || direct.Spec.InitContainers[0].Name != k8s.ContainerProxy ||
+		direct.Annotations[k8s.AnnotationInterception] != "none" {
 		t.Errorf("interception none: containers %d (+%d init), annotations %v; want the sidecar and no init container",
 			len(direct.Spec.Containers), len(direct.Spec.InitContainers), direct.Annotations)
 	}
@@ -142,9 +172,10 @@ func TestAdmit(t *testing.T) {
 	}
 	// One that only carries the annotations gets its own proxy ID.
 	posing := appPod()
-	posing.Annotations = map[string]string{inject.AnnotationStatus: "injected", inject.AnnotationProxyID: id}
-	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[inject.AnnotationProxyID] == id || inject.FindProxy(got) == nil {
-		t.Errorf("a pod posing as injected kept the proxy ID it chose (%v)", got.Annotations)
+	posing.Annotations = map[string]string{k8s.AnnotationStatus: "injected", k8s.AnnotationProxyID: id, "meshd.io/app-probes": `{"/app-health/x/readyz":{"port":22,"path":"/"}}`}
+	if got := apply(t, posing, inj.Admit(ctx, review(t, posing, false))); got.Annotations[k8s.AnnotationProxyID] == id || inject.FindProxy(got) == nil ||
+		got.Annotations["meshd.io/app-probes"] != "{}" {
+		t.Errorf("a pod posing as injected kept the proxy ID or the probes it chose (%v)", got.Annotations)
 	}
 	optOut := appPod()
 	optOut.Labels = map[string]string{"meshd.io/inject": "false"}
@@ -156,7 +187,7 @@ func TestAdmit(t *testing.T) {
 	// hostNetwork: allowed, not injected, and the creator is told why
 	hostOut := apply(t, host, inj.Admit(ctx, review(t, host, false)))
 	if r := inj.Admit(ctx, review(t, host, false)); !r.Allowed || len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "hostNetwork") ||
-		len(hostOut.Spec.InitContainers) != 0 || !strings.HasPrefix(hostOut.Annotations[inject.AnnotationStatus], "skipped: hostNetwork") {
+		len(hostOut.Spec.InitContainers) != 0 || !strings.HasPrefix(hostOut.Annotations[k8s.AnnotationStatus], "skipped: hostNetwork") {
 		t.Errorf("hostNetwork: %+v, annotations %v", r, hostOut.Annotations)
 	}
 	before, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
@@ -201,12 +232,15 @@ func TestReconcile(t *testing.T) {
 	mwc := &admissionregv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "meshd-sidecar-injector"},
 		Webhooks: []admissionregv1.MutatingWebhook{{Name: "sidecar-injector.meshd.io"}}}
 	inj, client, issuer := newInjector(t, mwc)
-	used := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	gone := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
-	usedID, goneID := used.Annotations[inject.AnnotationProxyID], gone.Annotations[inject.AnnotationProxyID]
-	// The fake clientset does not stamp creation times as the apiserver does.
+	used := stored(apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false))), "web-1")
+	gone := stored(apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false))), "web-2")
+	usedID, goneID := used.Annotations[k8s.AnnotationProxyID], gone.Annotations[k8s.AnnotationProxyID]
+	writeSecrets(t, inj, used, gone)
+	// The fake clientset does not stamp creation times as the apiserver
+	// does. No owner: Secrets an older meshd wrote at admission.
 	secrets, _ := client.CoreV1().Secrets("demo").List(ctx, metav1.ListOptions{})
 	for _, s := range secrets.Items {
+		s.OwnerReferences = nil
 		s.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Minute))
 		if _, err := client.CoreV1().Secrets("demo").Update(ctx, &s, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
@@ -273,7 +307,8 @@ func TestProbesRewritten(t *testing.T) {
 	pod.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "tls", Image: "x",
 		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8443), Scheme: corev1.URISchemeHTTPS}}}})
-	got := apply(t, pod, inj.Admit(ctx, review(t, pod, false)))
+	got := stored(apply(t, pod, inj.Admit(ctx, review(t, pod, false))), "web-1")
+	writeSecrets(t, inj, got)
 	app := got.Spec.Containers[0]
 	if g := app.ReadinessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/readyz" ||
 		len(g.HTTPHeaders) != 1 || app.ReadinessProbe.PeriodSeconds != 3 {
@@ -285,7 +320,7 @@ func TestProbesRewritten(t *testing.T) {
 	if app.StartupProbe.TCPSocket == nil || got.Spec.Containers[1].ReadinessProbe.HTTPGet.Port.IntValue() != 8443 {
 		t.Errorf("tcp or https probe rewritten: %+v %+v", app.StartupProbe, got.Spec.Containers[1].ReadinessProbe)
 	}
-	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[inject.AnnotationProxyID], metav1.GetOptions{})
+	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +347,7 @@ func TestRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	clashC := appPod()
-	clashC.Spec.Containers = append(clashC.Spec.Containers, corev1.Container{Name: inject.ContainerProxy, Image: "mine"})
+	clashC.Spec.Containers = append(clashC.Spec.Containers, corev1.Container{Name: k8s.ContainerProxy, Image: "mine"})
 	clashV := appPod()
 	clashV.Spec.Volumes = []corev1.Volume{{Name: inject.VolumeCreds}}
 	locked := appPod()
@@ -345,7 +380,7 @@ func TestRefused(t *testing.T) {
 	// Without interception the pod needs no capability: injected.
 	direct := appPod()
 	direct.Namespace = "locked"
-	direct.Annotations = map[string]string{inject.AnnotationInterception: "none"}
+	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
 	if r := inj.Admit(ctx, review(t, direct, false)); !r.Allowed || r.Patch == nil {
 		t.Errorf("interception none in a baseline namespace: %+v", r.Result)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/k8s"
 )
 
 // noIssuer fails the test if meshd issues anything: in pod-certificate
@@ -42,7 +43,7 @@ func TestAdmitPodCertificate(t *testing.T) {
 	for name, in := range map[string]func() *corev1.Pod{"bare pod": appPod, "annotated pod": func() *corev1.Pod { return annotated.DeepCopy() }} {
 		t.Run(name, func(t *testing.T) {
 			pod := apply(t, in(), inj.Admit(ctx, review(t, in(), false)))
-			if pod.Annotations[inject.AnnotationStatus] != "injected" || pod.Annotations[inject.AnnotationProxyID] != "" ||
+			if pod.Annotations[k8s.AnnotationStatus] != "injected" || pod.Annotations[k8s.AnnotationProxyID] != "" ||
 				!strings.Contains(pod.Annotations[inject.AnnotationBootstrap], "/etc/meshd/proxy/xds-client.sds.yaml") {
 				t.Fatalf("annotations %v", pod.Annotations)
 			}

@@ -28,8 +28,8 @@ type ReconcileConfig struct {
 	// WebhookName is the MutatingWebhookConfiguration whose caBundle is
 	// kept on Bundle ("" to leave it alone).
 	WebhookName string
-	// OrphanGrace protects a Secret created at admission whose pod is not
-	// in view yet (default 2m).
+	// OrphanGrace protects a Secret whose pod is not in InUse's view yet
+	// (the writer saw the pod first; default 2m).
 	OrphanGrace time.Duration
 }
 
@@ -111,8 +111,9 @@ func ownedBy(s *corev1.Secret, uid types.UID) bool {
 }
 
 // own makes the pod the owner of its credentials Secret: Kubernetes'
-// garbage collector deletes the Secret with the pod. (At admission the pod
-// has no UID yet; until it is owned, the orphan sweep covers it.)
+// garbage collector deletes the Secret with the pod. The writer creates
+// Secrets owned; this covers those an older meshd wrote at admission,
+// before the pod had a UID (until then, the orphan sweep covers them).
 func (i *Injector) own(ctx context.Context, s *corev1.Secret, pod PodRef) error {
 	latest, err := i.cfg.Client.CoreV1().Secrets(s.Namespace).Get(ctx, s.Name, metav1.GetOptions{})
 	if err != nil {

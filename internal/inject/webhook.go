@@ -12,12 +12,12 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/k8s"
 )
 
 // maxReview bounds an AdmissionReview body.
@@ -71,7 +71,11 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if name == "" {
 		name = pod.GenerateName + "<generated>"
 	}
-	if reason := skip(&pod); reason != "" {
+	// A pod that arrives looking injected is not skipped: the webhook sees
+	// each pod once, at creation (reinvocationPolicy Never), so such a pod
+	// chose its own sidecar or proxy ID; nameClash refuses the first, the
+	// patch overwrites the second.
+	if reason := k8s.NotMeshable(&pod); reason != "" {
 		i.cfg.Logger.Info("inject: not injected", "pod", ns+"/"+name, "reason", reason)
 		return skipped(&pod, reason)
 	}
@@ -79,17 +83,14 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		return deny(http.StatusBadRequest, "meshd: pod %s/%s has no containers", ns, name)
 	}
 	if clash := nameClash(&pod); clash != "" {
-		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, LabelInject)
+		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, k8s.LabelInject)
 	}
-	if pod.Annotations[AnnotationInterception] != "none" {
+	if pod.Annotations[k8s.AnnotationInterception] != "none" {
 		if msg := i.podSecurity(ctx, ns); msg != "" {
 			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
 		}
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
+	sa := podServiceAccount(&pod)
 	probeOps, probes := rewriteProbes(&pod)
 	var ops []patchOp
 	if i.cfg.PodCertificateSigner != "" {
@@ -97,7 +98,7 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		if err != nil {
 			return deny(http.StatusInternalServerError, "meshd: sidecar bootstrap for %s/%s: %v", ns, name, err)
 		}
-		annotations[AnnotationStatus] = "injected"
+		annotations[k8s.AnnotationStatus] = k8s.StatusInjected
 		ops = i.patch(&pod, i.podCertificateVolume(), annotations)
 		i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "credentials", "podCertificate volume (key made by the kubelet)",
 			"signer", i.cfg.PodCertificateSigner, "probes_rewritten", len(probes))
@@ -106,8 +107,8 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		if err != nil {
 			return deny(http.StatusInternalServerError, "%v", err)
 		}
-		if ops, err = i.secretCredentials(ctx, req, &pod, ns, sa, name, proxyID, probes); err != nil {
-			return deny(http.StatusInternalServerError, "%v", err)
+		if ops, err = i.secretVolume(&pod, ns, name, proxyID, probes); err != nil {
+			return deny(http.StatusInternalServerError, "meshd: sidecar for %s/%s: %v", ns, name, err)
 		}
 	}
 	patch, err := json.Marshal(append(ops, probeOps...))
@@ -118,43 +119,25 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}
 }
 
-// secretCredentials issues the sidecar's xDS client certificate, stores it
-// with the bootstrap in the pod's credentials Secret (not on a dry run) and
-// returns the patch that mounts it.
-func (i *Injector) secretCredentials(ctx context.Context, req *admissionv1.AdmissionRequest, pod *corev1.Pod, ns, sa, name, proxyID string,
-	probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
-	data, cert, err := i.credentials(ctx, ns, sa, pod.Name, proxyID, probes)
-	if err != nil {
-		return nil, fmt.Errorf("meshd: sidecar credentials for %s/%s: %w", ns, name, err)
-	}
-	if req.DryRun == nil || !*req.DryRun {
-		secret, err := secretFor(ns, sa, pod.Name, proxyID, probes, data)
-		if err == nil {
-			_, err = i.cfg.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+// secretVolume returns the patch that mounts the proxy's credentials
+// Secret and records what that Secret is made from (proxy ID, app probes).
+// Admission writes nothing: the SecretWriter creates the Secret once the
+// pod exists (with a name and a UID to own it).
+func (i *Injector) secretVolume(pod *corev1.Pod, ns, name, proxyID string, probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
+	annotations := map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationProxyID: proxyID}
+	// Recorded whenever there are probes or the pod came with the key: what
+	// the writer reads is the injector's, never the pod creator's.
+	if _, came := pod.Annotations[annotationProbes]; len(probes) > 0 || came {
+		b, err := json.Marshal(probes)
+		if err != nil {
+			return nil, fmt.Errorf("app probes: %w", err)
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("meshd: create the sidecar's Secret in %s: %w", ns, err)
-		}
+		annotations[annotationProbes] = string(b)
 	}
 	vol := corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}}
-	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "identity", cert.Leaf.URIs[0].String(),
-		"client_cert_serial", cert.Leaf.SerialNumber.Text(16), "probes_rewritten", len(probes))
-	return i.patch(pod, vol, map[string]string{AnnotationStatus: "injected", AnnotationProxyID: proxyID}), nil
-}
-
-// skip says why a pod is not injected ("" to inject): opted out, host
-// networking (no own network namespace). A pod that arrives looking
-// injected is not skipped: the webhook sees each pod once, at creation
-// (reinvocationPolicy Never), so such a pod chose its own sidecar or proxy
-// ID; nameClash refuses the first, the patch overwrites the second.
-func skip(pod *corev1.Pod) string {
-	switch {
-	case pod.Labels[LabelInject] == "false":
-		return "opted out (label " + LabelInject + "=false)"
-	case pod.Spec.HostNetwork:
-		return "hostNetwork pods share the node's network namespace: meshd cannot intercept their traffic without intercepting the node's"
-	}
-	return ""
+	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "credentials", "Secret "+vol.Secret.SecretName+" (written once the pod exists)",
+		"probes_rewritten", len(probes))
+	return i.patch(pod, vol, annotations), nil
 }
 
 // skipped allows a pod that is not injected, saying why to whoever created
@@ -163,15 +146,15 @@ func skip(pod *corev1.Pod) string {
 // opted out on purpose is left as it is.
 func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{Allowed: true}
-	if pod.Labels[LabelInject] == "false" {
+	if pod.Labels[k8s.LabelInject] == "false" {
 		return resp
 	}
 	resp.Warnings = []string{"meshd: no sidecar injected: " + reason}
 	var op patchOp
 	if pod.Annotations == nil {
-		op = patchOp{"add", "/metadata/annotations", map[string]string{AnnotationStatus: "skipped: " + reason}}
+		op = patchOp{"add", "/metadata/annotations", map[string]string{k8s.AnnotationStatus: k8s.StatusSkipped + ": " + reason}}
 	} else {
-		op = patchOp{"add", "/metadata/annotations/meshd.io~1status", "skipped: " + reason}
+		op = patchOp{"add", annotationPath(k8s.AnnotationStatus), k8s.StatusSkipped + ": " + reason}
 	}
 	if patch, err := json.Marshal([]patchOp{op}); err == nil {
 		pt := admissionv1.PatchTypeJSONPatch
@@ -187,8 +170,8 @@ func skipped(pod *corev1.Pod, reason string) *admissionv1.AdmissionResponse {
 // sidecar's uid (whose traffic is not intercepted).
 func nameClash(pod *corev1.Pod) string {
 	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
-		if c.Name == ContainerProxy || c.Name == ContainerInit {
-			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{ContainerProxy: "sidecar", ContainerInit: "init container"}[c.Name])
+		if c.Name == k8s.ContainerProxy || c.Name == k8s.ContainerInit {
+			return fmt.Sprintf("it already has a container named %q, the name of meshd's %s", c.Name, map[string]string{k8s.ContainerProxy: "sidecar", k8s.ContainerInit: "init container"}[c.Name])
 		}
 		for _, m := range c.VolumeMounts {
 			if m.Name == VolumeCreds {
@@ -210,8 +193,7 @@ func nameClash(pod *corev1.Pod) string {
 // podSecurity returns why the namespace's Pod Security level would reject
 // the injected init container ("" if it would not): it needs NET_ADMIN and
 // NET_RAW, which the baseline and restricted levels forbid. Denying here
-// says so in meshd's words and creates no credentials for a pod that would
-// be rejected anyway.
+// says so in meshd's words.
 func (i *Injector) podSecurity(ctx context.Context, ns string) string {
 	n, err := i.cfg.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	if err != nil {
@@ -223,7 +205,7 @@ func (i *Injector) podSecurity(ctx context.Context, ns string) string {
 	}
 	return fmt.Sprintf("namespace %s enforces Pod Security level %q, which forbids the NET_ADMIN and NET_RAW capabilities meshd's init container needs to set up traffic interception; "+
 		"set the namespace to privileged (label pod-security.kubernetes.io/enforce=privileged), or annotate the pod %s=none (the app then talks to the sidecar's listeners itself), or opt it out with the label %s=false",
-		ns, level, AnnotationInterception, LabelInject)
+		ns, level, k8s.AnnotationInterception, k8s.LabelInject)
 }
 
 // runAsUser is the uid a container's spec sets (its own, else the pod's);
@@ -243,7 +225,7 @@ func runAsUser(pod *corev1.Pod, c *corev1.Container) *int64 {
 func FindProxy(pod *corev1.Pod) *corev1.Container {
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range cs {
-			if cs[i].Name == ContainerProxy {
+			if cs[i].Name == k8s.ContainerProxy {
 				return &cs[i]
 			}
 		}
@@ -280,7 +262,7 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 		ops = append(ops, patchOp{"add", path + "/-", v})
 	}
 	inits := []any{}
-	if pod.Annotations[AnnotationInterception] != "none" {
+	if pod.Annotations[k8s.AnnotationInterception] != "none" {
 		inits = append(inits, i.initContainer())
 	}
 	inits = append(inits, i.proxyContainer())
@@ -301,16 +283,21 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		ops = append(ops, patchOp{"add", "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(k, "~", "~0"), "/", "~1"), annotations[k]})
+		ops = append(ops, patchOp{"add", annotationPath(k), annotations[k]})
 	}
 	return ops
+}
+
+// annotationPath is the JSON pointer (RFC 6901) of a pod annotation.
+func annotationPath(key string) string {
+	return "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
 func (i *Injector) initContainer() corev1.Container {
 	root := int64(0)
 	no := false
 	return corev1.Container{
-		Name: ContainerInit, Image: i.cfg.InitImage,
+		Name: k8s.ContainerInit, Image: i.cfg.InitImage,
 		Args: []string{"iptables", "--proxy-uid", fmt.Sprint(ProxyUID), "--exclude-inbound-ports", fmt.Sprint(ReadinessPort)},
 		SecurityContext: &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: &no, AllowPrivilegeEscalation: &no,
 			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}}},
@@ -327,7 +314,7 @@ func (i *Injector) proxyContainer() corev1.Container {
 			Path: bootstrap.ReadinessPath, Port: intstr.FromInt32(ReadinessPort)}}, PeriodSeconds: period, FailureThreshold: failures}
 	}
 	return corev1.Container{
-		Name: ContainerProxy, Image: i.cfg.ProxyImage,
+		Name: k8s.ContainerProxy, Image: i.cfg.ProxyImage,
 		RestartPolicy: &always,
 		Args: append([]string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)"},
 			bootstrap.EnvoyFlags(2)...),

@@ -496,7 +496,7 @@ spec:
     args: ["n", "http://127.0.0.1:1/", "1"]
 `)
 	p, err := c.client.CoreV1().Pods("shop").Get(ctx, "hostnet", metav1.GetOptions{})
-	if err != nil || inject.FindProxy(p) != nil || !strings.HasPrefix(p.Annotations[inject.AnnotationStatus], "skipped: hostNetwork") {
+	if err != nil || inject.FindProxy(p) != nil || !strings.HasPrefix(p.Annotations[k8s.AnnotationStatus], "skipped: hostNetwork") {
 		t.Errorf("hostNetwork pod: %v, annotations %v", err, p.Annotations)
 	}
 	waitUntil(t, time.Minute, "a NotInjected Event on the hostNetwork pod", func() error {
@@ -534,7 +534,7 @@ spec:
 	if err != nil || len(pods.Items) == 0 {
 		t.Fatalf("web pods: %v", err)
 	}
-	out = c.mustKubectl("-n", "shop", "logs", pods.Items[0].Name, "-c", inject.ContainerInit)
+	out = c.mustKubectl("-n", "shop", "logs", pods.Items[0].Name, "-c", k8s.ContainerInit)
 	if !strings.Contains(out, "interception set up") || !strings.Contains(out, "REDIRECT") {
 		t.Errorf("meshd-init's log does not show the rules:\n%s", out)
 	}
@@ -591,7 +591,7 @@ func (c *cluster) deletedPodLosesCredentials(t *testing.T) {
 		t.Fatalf("web pods: %v", err)
 	}
 	victim := pods.Items[0]
-	secret := inject.SecretPrefix + victim.Annotations[inject.AnnotationProxyID]
+	secret := inject.SecretPrefix + victim.Annotations[k8s.AnnotationProxyID]
 	waitUntil(t, 90*time.Second, "the credentials Secret owned by its pod", func() error {
 		s, err := c.client.CoreV1().Secrets("shop").Get(ctx, secret, metav1.GetOptions{})
 		if err != nil {

@@ -43,6 +43,9 @@ type Env struct {
 	// including the client certificate it presents to admission webhooks
 	// (CommonName WebhookClientName).
 	CAFile string
+	// WebhookCertFile and WebhookKeyFile are that client certificate and
+	// its key (a test plays the apiserver, or one who stole its identity).
+	WebhookCertFile, WebhookKeyFile string
 
 	pki   *testPKI
 	mu    sync.Mutex
@@ -166,6 +169,7 @@ func startEnv(extra []string) (*Env, error) {
 		return nil, err
 	}
 	e.CAFile = e.pki.caCert
+	e.WebhookCertFile, e.WebhookKeyFile = e.pki.hookCert, e.pki.hookKey
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	etcdURL, err := e.startEtcd(ctx)

@@ -25,6 +25,9 @@ type testPKI struct {
 	adminCert, adminKey          string
 	saKey, saPub                 string
 	caPEM, adminPEM, adminKeyPEM []byte
+	// hookCert and hookKey are the client certificate the apiserver
+	// presents to admission webhooks.
+	hookCert, hookKey string
 	// admissionConfig points the apiserver at webhookKubeconfig, whose
 	// client certificate (CN WebhookClientName) it presents to every
 	// admission webhook.
@@ -96,13 +99,13 @@ func newTestPKI(dir string) (*testPKI, error) {
 		{&p.saKey, "sa.key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saKeyDER})},
 		{&p.saPub, "sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPubDER})},
 	}
-	var hookCert, hookKey, hookKubeconfig string
+	var hookKubeconfig string
 	files = append(files, []struct {
 		field *string
 		name  string
 		data  []byte
 	}{
-		{&hookCert, "webhook-client.crt", hookPEM}, {&hookKey, "webhook-client.key", hookKeyPEM},
+		{&p.hookCert, "webhook-client.crt", hookPEM}, {&p.hookKey, "webhook-client.key", hookKeyPEM},
 		// "*": the same client certificate for every webhook.
 		{&hookKubeconfig, "webhook.kubeconfig", []byte(fmt.Sprintf("apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    client-certificate: %s\n    client-key: %s\n",
 			filepath.Join(dir, "webhook-client.crt"), filepath.Join(dir, "webhook-client.key")))},
