@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -113,7 +114,7 @@ func isIn(c *x509.Certificate, list []*x509.Certificate) bool {
 
 // randomSerial returns a random positive 128-bit serial number.
 func randomSerial(rand io.Reader) (*big.Int, error) {
-	s, err := randInt(rand, new(big.Int).Lsh(big.NewInt(1), 128))
+	s, err := crand.Int(rand, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
 		return nil, fmt.Errorf("ca: serial: %w", err)
 	}

@@ -1,6 +1,8 @@
 package ca_test
 
 import (
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -27,7 +29,7 @@ func newInternal(t testing.TB, now time.Time) *ca.Internal {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, Now: func() time.Time { return now }})
+	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, Clock: clocktesting.NewFakePassiveClock(now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +110,7 @@ func TestIssueRefusesBadRequests(t *testing.T) {
 func TestLeafClampedToCAExpiry(t *testing.T) {
 	now := time.Now()
 	root, _ := ca.NewRoot(rand.Reader, now, "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, Now: func() time.Time { return root.Cert.NotAfter.Add(-time.Hour) }})
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, Clock: clocktesting.NewFakePassiveClock(root.Cert.NotAfter.Add(-time.Hour))})
 	c, err := in.Issue(context.Background(), ca.Request{Identity: web, TTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)

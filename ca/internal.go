@@ -14,11 +14,8 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
-)
 
-var (
-	randInt    = crand.Int
-	cryptoRand = crand.Reader
+	"k8s.io/utils/clock"
 )
 
 // InternalConfig configures the internal CA.
@@ -29,9 +26,9 @@ type InternalConfig struct {
 	TTL time.Duration
 	// KeyType is used when a Request carries no key (default ECDSA P-256).
 	KeyType KeyType
-	// Rand and Now are injected for tests (defaults crypto/rand, time.Now).
-	Rand io.Reader
-	Now  func() time.Time
+	// Clock and Rand are injected (defaults: the wall clock, crypto/rand).
+	Clock clock.PassiveClock
+	Rand  io.Reader
 	// Metrics may be nil.
 	Metrics *Metrics
 }
@@ -54,8 +51,8 @@ func NewInternal(cfg InternalConfig) (*Internal, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = crand.Reader
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	in := &Internal{cfg: cfg}
 	in.auth.Store(cfg.Authority)
@@ -77,9 +74,9 @@ func (in *Internal) Bundle(context.Context) ([]byte, error) { return in.auth.Loa
 
 // Issue implements Issuer: template, sign, validate.
 func (in *Internal) Issue(ctx context.Context, req Request) (*Certificate, error) {
-	start := in.cfg.Now()
+	start := in.cfg.Clock.Now()
 	c, err := in.issue(ctx, req)
-	in.cfg.Metrics.observeIssue(in.cfg.Now().Sub(start), c, err)
+	in.cfg.Metrics.observeIssue(in.cfg.Clock.Since(start), c, err)
 	if err != nil {
 		return nil, fmt.Errorf("ca: issue %s: %w", req.Identity, err)
 	}
@@ -105,7 +102,7 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if ttl <= 0 {
 		ttl = in.cfg.TTL
 	}
-	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Now(), ttl, a.Cert.NotAfter)
+	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Clock.Now(), ttl, a.Cert.NotAfter)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +114,7 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if err != nil {
 		return nil, err
 	}
-	if err := a.validate(leaf, req, in.cfg.Now()); err != nil {
+	if err := a.validate(leaf, req, in.cfg.Clock.Now()); err != nil {
 		return nil, err
 	}
 	var keyPEM []byte

@@ -1,6 +1,8 @@
 package ca_test
 
 import (
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"context"
 	"crypto/rand"
 	"testing"
@@ -76,7 +78,7 @@ func walkRotation(ctx context.Context, t *testing.T, secrets ca.SecretUpdater) {
 	if len(a.Roots) != 2 || !a.Cert.Equal(newRoot) {
 		t.Fatal("signing phase: the new root must sign while both are trusted")
 	}
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: a, Now: func() time.Time { return t0.Add(11 * time.Minute) }})
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: a, Clock: clocktesting.NewFakePassiveClock(t0.Add(11 * time.Minute))})
 	leaf, err := in.Issue(ctx, ca.Request{Identity: web})
 	if err != nil {
 		t.Fatal(err)
