@@ -6,7 +6,9 @@
 // CA's own certificates, and deletes the request.
 //
 // Where it sits: behind the ca.Issuer interface; the renewal engine and the
-// SDS manager use it exactly like the internal CA.
+// SDS manager use it exactly like the internal CA, and its certificates
+// pass the same ca.Validator. It must not import sds, xds, k8s or the
+// internal CA's ca/rootca and ca/store.
 package certmanager
 
 import (
@@ -428,7 +430,11 @@ func (i *Issuer) result(cr *cmapi.CertificateRequest, req ca.Request) (*ca.Certi
 		return nil, fmt.Errorf("certmanager: %s: the issuer returned no CA and no trust bundle is configured", cr.Name)
 	}
 	// Validated against what proxies will trust, so peers accept it.
-	if err := ca.ValidateExternal(chain, served, req, now); err != nil {
+	v, err := ca.ValidatorForBundle(served)
+	if err == nil {
+		err = v.Validate(chain, req, now)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("certmanager: %s: %w", cr.Name, err)
 	}
 	keyPEM, err := ca.EncodeKey(req.Key)

@@ -33,6 +33,8 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/kubeauth"
@@ -329,15 +331,15 @@ func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.Local
 	return dyn, func() (bool, error) { return k8s.PolicyAPIServed(client.Discovery()) }, err
 }
 
-func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {
+func caSecrets(cfg config.Config, client kubernetes.Interface) store.Store {
 	if cfg.CADir != "" {
-		return ca.FileSecrets{Dir: cfg.CADir}
+		return store.Files{Dir: cfg.CADir}
 	}
-	return client.CoreV1().Secrets(cfg.Namespace)
+	return store.Secrets{Client: client.CoreV1().Secrets(cfg.Namespace)}
 }
 
 func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface, metrics *ca.Metrics, log *slog.Logger) (*ca.Internal, *ca.Renewer, error) {
-	root, err := ca.LoadOrCreateRoot(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
+	root, err := rootca.LoadOrCreate(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}
