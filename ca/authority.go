@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -30,8 +31,7 @@ type Authority struct {
 	Roots     []*x509.Certificate
 	BundlePEM []byte
 
-	pool          *x509.CertPool
-	intermediates *x509.CertPool
+	pool *x509.CertPool
 }
 
 // RootTTL is the lifetime of a self-signed root.
@@ -82,20 +82,19 @@ func NewAuthority(cert *x509.Certificate, key crypto.Signer, intermediates, root
 	if len(roots) == 0 {
 		return nil, errors.New("ca: no root in the trust bundle")
 	}
-	a := &Authority{Cert: cert, Key: key, Roots: roots, pool: x509.NewCertPool(), intermediates: x509.NewCertPool()}
+	a := &Authority{Cert: cert, Key: key, Roots: roots, pool: x509.NewCertPool()}
+	inter := x509.NewCertPool()
 	for _, r := range roots {
 		a.pool.AddCert(r)
 		a.BundlePEM = append(a.BundlePEM, encodeCert(r.Raw)...)
 	}
 	if !isIn(cert, roots) {
-		a.ChainPEM = encodeCert(cert.Raw)
-		a.intermediates.AddCert(cert)
-		for _, c := range intermediates {
-			a.intermediates.AddCert(c)
+		for _, c := range append([]*x509.Certificate{cert}, intermediates...) {
+			inter.AddCert(c)
 			a.ChainPEM = append(a.ChainPEM, encodeCert(c.Raw)...)
 		}
 	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.pool, Intermediates: a.intermediates, CurrentTime: now,
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: a.pool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		return nil, fmt.Errorf("ca: CA certificate %q does not chain to the trust bundle: %w", cert.Subject, err)
 	}
@@ -111,9 +110,13 @@ func isIn(c *x509.Certificate, list []*x509.Certificate) bool {
 	return false
 }
 
+// validator checks the leaves this Authority signs: linked to its signing
+// certificate, which NewAuthority verified to its roots.
+func (a *Authority) validator() Validator { return Validator{Roots: a.pool, Signer: a.Cert} }
+
 // randomSerial returns a random positive 128-bit serial number.
 func randomSerial(rand io.Reader) (*big.Int, error) {
-	s, err := randInt(rand, new(big.Int).Lsh(big.NewInt(1), 128))
+	s, err := crand.Int(rand, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
 		return nil, fmt.Errorf("ca: serial: %w", err)
 	}

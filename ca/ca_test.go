@@ -1,13 +1,13 @@
 package ca_test
 
 import (
+	clocktesting "k8s.io/utils/clock/testing"
+
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"os"
 	"strings"
 	"testing"
@@ -27,7 +27,7 @@ func newInternal(t testing.TB, now time.Time) *ca.Internal {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, Now: func() time.Time { return now }})
+	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, Clock: clocktesting.NewFakePassiveClock(now)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,84 +108,12 @@ func TestIssueRefusesBadRequests(t *testing.T) {
 func TestLeafClampedToCAExpiry(t *testing.T) {
 	now := time.Now()
 	root, _ := ca.NewRoot(rand.Reader, now, "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, Now: func() time.Time { return root.Cert.NotAfter.Add(-time.Hour) }})
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, Clock: clocktesting.NewFakePassiveClock(root.Cert.NotAfter.Add(-time.Hour))})
 	c, err := in.Issue(context.Background(), ca.Request{Identity: web, TTL: 24 * time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !c.Leaf.NotAfter.Equal(root.Cert.NotAfter) {
 		t.Errorf("leaf expires %s, want clamped to CA expiry %s", c.Leaf.NotAfter, root.Cert.NotAfter)
-	}
-}
-
-// pluginCA makes a root and an intermediate signed by it, in cacerts layout.
-func pluginCA(t *testing.T, now time.Time) (map[string][]byte, *x509.Certificate) {
-	t.Helper()
-	root, err := ca.NewRoot(rand.Reader, now, "corp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := ca.GenerateKey(rand.Reader, ca.KeyECDSAP256)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "corp intermediate"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, key.Public(), root.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, _ := x509.ParseCertificate(der)
-	return map[string][]byte{
-		ca.KeyRootCert: root.BundlePEM, ca.KeyCACert: pemCert(der), ca.KeyCAKey: pemKey(t, key),
-		ca.KeyCertChain: append(pemCert(der), root.BundlePEM...),
-	}, inter
-}
-
-func TestPluginCA(t *testing.T) {
-	now := time.Now()
-	data, inter := pluginCA(t, now)
-	a, err := ca.AuthorityFromPEM(data, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: a})
-	c, err := in.Issue(context.Background(), ca.Request{Identity: web})
-	if err != nil {
-		t.Fatal(err)
-	}
-	chain, err := ca.ParseCertsPEM(c.ChainPEM)
-	if err != nil || len(chain) != 2 || !chain[1].Equal(inter) {
-		t.Fatalf("served chain has %d certs (%v), want leaf + intermediate", len(chain), err)
-	}
-
-	other, _ := pluginCA(t, now)
-	bad := map[string]func(map[string][]byte){
-		"key of another CA":       func(d map[string][]byte) { d[ca.KeyCAKey] = other[ca.KeyCAKey] },
-		"intermediate of another": func(d map[string][]byte) { d[ca.KeyCACert] = other[ca.KeyCACert]; d[ca.KeyCAKey] = other[ca.KeyCAKey] },
-		"corrupted root": func(d map[string][]byte) {
-			d[ca.KeyRootCert] = []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-		},
-		"no key":               func(d map[string][]byte) { delete(d, ca.KeyCAKey) },
-		"key is a certificate": func(d map[string][]byte) { d[ca.KeyCAKey] = d[ca.KeyCACert] },
-		"leaf instead of CA": func(d map[string][]byte) {
-			d[ca.KeyCACert] = c.ChainPEM[:len(pemCert(c.Leaf.Raw))]
-			d[ca.KeyCAKey] = c.KeyPEM
-		},
-	}
-	for name, mutate := range bad {
-		t.Run(name, func(t *testing.T) {
-			d := map[string][]byte{}
-			for k, v := range data {
-				d[k] = v
-			}
-			mutate(d)
-			if _, err := ca.AuthorityFromPEM(d, now); err == nil {
-				t.Fatal("accepted")
-			} else if strings.Contains(err.Error(), "PRIVATE") {
-				t.Fatalf("error quotes key material: %v", err)
-			}
-		})
-	}
-	if _, err := ca.AuthorityFromPEM(data, now.Add(2*365*24*time.Hour)); err == nil {
-		t.Error("expired intermediate accepted")
 	}
 }

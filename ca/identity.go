@@ -1,10 +1,15 @@
-// Package ca is meshd's certificate authority: it turns a workload identity
-// into a short-lived X.509 certificate whose only URI SAN is the workload's
-// SPIFFE ID, and it owns the trust bundle those certificates chain to.
+// Package ca is meshd's certificate authority core: it turns a workload
+// identity into a short-lived X.509 certificate whose only URI SAN is the
+// workload's SPIFFE ID. It owns identities, keys, the signing Authority and
+// its trust bundle, the internal CA (template and sign, internal.go), the
+// one Validator every backend's certificates pass (validate.go), renewal
+// (renewer.go) and the CA metrics.
 //
-// Where it sits in the pipeline: ca is a leaf package. The sds package asks an
-// Issuer for certificates and serves them to proxies; cmd/meshd chooses the
-// backend (the internal CA in this package, or cert-manager).
+// Where it sits in the pipeline: the sds package asks an Issuer for
+// certificates and serves them to proxies; cmd/meshd chooses the backend
+// (the internal CA here, or ca/certmanager). Where the root comes from and
+// how it rotates is ca/rootca's; how it is stored, ca/store's. ca must not
+// import client-go, its own sub-packages, sds, xds or k8s.
 package ca
 
 import (

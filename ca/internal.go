@@ -1,9 +1,7 @@
 package ca
 
 import (
-	"bytes"
 	"context"
-	"crypto"
 	crand "crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,11 +12,8 @@ import (
 	"net/url"
 	"sync/atomic"
 	"time"
-)
 
-var (
-	randInt    = crand.Int
-	cryptoRand = crand.Reader
+	"k8s.io/utils/clock"
 )
 
 // InternalConfig configures the internal CA.
@@ -29,9 +24,9 @@ type InternalConfig struct {
 	TTL time.Duration
 	// KeyType is used when a Request carries no key (default ECDSA P-256).
 	KeyType KeyType
-	// Rand and Now are injected for tests (defaults crypto/rand, time.Now).
-	Rand io.Reader
-	Now  func() time.Time
+	// Clock and Rand are injected (defaults: the wall clock, crypto/rand).
+	Clock clock.PassiveClock
+	Rand  io.Reader
 	// Metrics may be nil.
 	Metrics *Metrics
 }
@@ -54,8 +49,8 @@ func NewInternal(cfg InternalConfig) (*Internal, error) {
 	if cfg.Rand == nil {
 		cfg.Rand = crand.Reader
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	in := &Internal{cfg: cfg}
 	in.auth.Store(cfg.Authority)
@@ -77,9 +72,9 @@ func (in *Internal) Bundle(context.Context) ([]byte, error) { return in.auth.Loa
 
 // Issue implements Issuer: template, sign, validate.
 func (in *Internal) Issue(ctx context.Context, req Request) (*Certificate, error) {
-	start := in.cfg.Now()
+	start := in.cfg.Clock.Now()
 	c, err := in.issue(ctx, req)
-	in.cfg.Metrics.observeIssue(in.cfg.Now().Sub(start), c, err)
+	in.cfg.Metrics.ObserveIssue(in.cfg.Clock.Since(start), c, err)
 	if err != nil {
 		return nil, fmt.Errorf("ca: issue %s: %w", req.Identity, err)
 	}
@@ -105,7 +100,7 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if ttl <= 0 {
 		ttl = in.cfg.TTL
 	}
-	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Now(), ttl, a.Cert.NotAfter)
+	tmpl, err := leafTemplate(in.cfg.Rand, req, in.cfg.Clock.Now(), ttl, a.Cert.NotAfter)
 	if err != nil {
 		return nil, err
 	}
@@ -117,12 +112,12 @@ func (in *Internal) issue(ctx context.Context, req Request) (*Certificate, error
 	if err != nil {
 		return nil, err
 	}
-	if err := a.validate(leaf, req, in.cfg.Now()); err != nil {
+	if err := a.validator().Validate([]*x509.Certificate{leaf}, req, in.cfg.Clock.Now()); err != nil {
 		return nil, err
 	}
 	var keyPEM []byte
 	if req.Key != nil {
-		if keyPEM, err = encodeKey(req.Key); err != nil {
+		if keyPEM, err = EncodeKey(req.Key); err != nil {
 			return nil, err
 		}
 	}
@@ -168,59 +163,4 @@ func leafTemplate(rand io.Reader, req Request, now time.Time, ttl time.Duration,
 	}
 	tmpl.Subject.SerialNumber = req.PodUID
 	return tmpl, nil
-}
-
-func hasEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
-	for _, u := range c.ExtKeyUsage {
-		if u == want {
-			return true
-		}
-	}
-	return false
-}
-
-// checkLeaf checks what every issued leaf must be, whoever signed it:
-// exactly the request's SPIFFE ID as URI SAN, not a CA, digitalSignature,
-// serverAuth and clientAuth, bound to the request's key.
-func checkLeaf(leaf *x509.Certificate, req Request) error {
-	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != req.Identity.String() {
-		return fmt.Errorf("validate: URI SANs %v, want exactly %s", leaf.URIs, req.Identity)
-	}
-	if leaf.IsCA {
-		return errors.New("validate: leaf is a CA")
-	}
-	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		return errors.New("validate: no digitalSignature key usage")
-	}
-	if !hasEKU(leaf, x509.ExtKeyUsageServerAuth) || !hasEKU(leaf, x509.ExtKeyUsageClientAuth) {
-		return errors.New("validate: want serverAuth and clientAuth extended key usage")
-	}
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	if pub, ok := req.publicKey().(equaler); req.publicKey() != nil && (!ok || !pub.Equal(leaf.PublicKey)) {
-		return errors.New("validate: certificate does not bind the request's key")
-	}
-	return nil
-}
-
-// validate checks an issued leaf before anyone may serve it.
-func (a *Authority) validate(leaf *x509.Certificate, req Request, now time.Time) error {
-	if err := checkLeaf(leaf, req); err != nil {
-		return err
-	}
-	if !leaf.NotAfter.After(now) || leaf.NotAfter.After(a.Cert.NotAfter) {
-		return fmt.Errorf("validate: lifetime %s..%s is outside now..CA expiry", leaf.NotBefore, leaf.NotAfter)
-	}
-	// The chain: x509.CreateCertificate has already checked the signature
-	// against the CA key, which NewAuthority checked belongs to a.Cert, and
-	// NewAuthority verified a.Cert up to the bundle. What is left is the
-	// linkage and the validity windows, checked here without a second
-	// signature verification.
-	if !bytes.Equal(leaf.RawIssuer, a.Cert.RawSubject) ||
-		(len(a.Cert.SubjectKeyId) > 0 && !bytes.Equal(leaf.AuthorityKeyId, a.Cert.SubjectKeyId)) {
-		return errors.New("validate: chain: leaf is not issued by the signing CA")
-	}
-	if now.Before(a.Cert.NotBefore) || now.After(a.Cert.NotAfter) {
-		return errors.New("validate: chain: the signing CA is not valid now")
-	}
-	return nil
 }

@@ -26,8 +26,8 @@ func GenerateKey(rand io.Reader, kt KeyType) (crypto.Signer, error) {
 	return nil, fmt.Errorf("ca: unknown key type %q", kt)
 }
 
-// encodeKey returns the PKCS#8 PEM of a private key.
-func encodeKey(key crypto.Signer) ([]byte, error) {
+// EncodeKey returns the PKCS#8 PEM of a private key. The result is secret.
+func EncodeKey(key crypto.Signer) ([]byte, error) {
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("ca: encode key: %w", err)

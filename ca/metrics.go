@@ -36,7 +36,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) observeIssue(d time.Duration, c *Certificate, err error) {
+// ObserveIssue records one issuance (or failure) by any backend.
+func (m *Metrics) ObserveIssue(d time.Duration, c *Certificate, err error) {
 	if m == nil {
 		return
 	}

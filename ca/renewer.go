@@ -2,7 +2,9 @@ package ca
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -22,8 +24,10 @@ type RenewerConfig struct {
 	// MinBackoff and MaxBackoff bound retries after a failed issuance
 	// (defaults 1s and 5m, doubling).
 	MinBackoff, MaxBackoff time.Duration
-	// Clock and Random are injected for tests (Random returns [0,1)).
+	// Clock, Rand (for keys) and Random (for the jitter, in [0,1)) are
+	// injected (defaults: the wall clock, crypto/rand, math/rand/v2).
 	Clock  clock.WithTicker
+	Rand   io.Reader
 	Random func() float64
 	Logger *slog.Logger
 	// OnError (optional) hears every failed issuance after it is logged
@@ -60,6 +64,9 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = crand.Reader
 	}
 	if cfg.Random == nil {
 		cfg.Random = rand.Float64
@@ -123,7 +130,7 @@ func (r *Renewer) loop(ctx context.Context, key string, req Request, onCert func
 
 // once issues one certificate and returns how long to wait until renewal.
 func (r *Renewer) once(ctx context.Context, req Request, onCert func(*Certificate)) (time.Duration, error) {
-	k, err := GenerateKey(cryptoRand, r.cfg.KeyType)
+	k, err := GenerateKey(r.cfg.Rand, r.cfg.KeyType)
 	if err != nil {
 		return 0, err
 	}

@@ -38,7 +38,7 @@ func (f *flakyIssuer) calls() int     { f.mu.Lock(); defer f.mu.Unlock(); return
 func TestRenewerFakeClock(t *testing.T) {
 	fc := clocktesting.NewFakeClock(time.Now())
 	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Now: fc.Now})
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
 	flaky := &flakyIssuer{Issuer: in}
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: flaky, Clock: fc, Random: func() float64 { return 0.5 }, MinBackoff: time.Second})
 	if err != nil {
@@ -130,7 +130,7 @@ func waitCalls(t *testing.T, f *flakyIssuer, n int) {
 func TestRenewerShortLifetime(t *testing.T) {
 	fc := clocktesting.NewFakeClock(time.Now())
 	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Minute, Now: fc.Now})
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Minute, Clock: fc})
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func TestValidateRefusesForeignOrWrongLeaves(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			err := a.validate(foreign.Leaf, tc.req, now)
+			err := a.validator().Validate([]*x509.Certificate{foreign.Leaf}, tc.req, now)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("validate = %v, want an error containing %q", err, tc.want)
 			}
@@ -39,7 +40,7 @@ func TestValidateRefusesForeignOrWrongLeaves(t *testing.T) {
 	}
 	inA, _ := NewInternal(InternalConfig{Authority: a})
 	good, _ := inA.Issue(context.Background(), Request{Identity: id})
-	if err := a.validate(good.Leaf, Request{Identity: id}, now); err != nil {
+	if err := a.validator().Validate([]*x509.Certificate{good.Leaf}, Request{Identity: id}, now); err != nil {
 		t.Fatalf("own leaf refused: %v", err)
 	}
 }

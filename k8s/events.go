@@ -24,8 +24,12 @@ type ProblemReporter struct {
 }
 
 // NewProblemReporter reports through client's Events API as component
-// "meshd". Stop it with Shutdown.
+// "meshd"; without a cluster (nil client, a local dir) it only logs. Stop
+// it with Shutdown.
 func NewProblemReporter(ctx context.Context, client kubernetes.Interface, log *slog.Logger) *ProblemReporter {
+	if client == nil {
+		return &ProblemReporter{log: log, last: map[Problem]bool{}}
+	}
 	b := record.NewBroadcaster(record.WithContext(ctx))
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	return &ProblemReporter{
@@ -51,8 +55,11 @@ func (r *ProblemReporter) Report(problems []Problem) {
 }
 
 // Warn sends one Warning Event now (the recorder aggregates repeats); safe
-// from any goroutine.
+// from any goroutine. Without a cluster it sends nothing: Report has logged.
 func (r *ProblemReporter) Warn(p Problem) {
+	if r.recorder == nil {
+		return
+	}
 	apiVersion := "v1"
 	if p.Kind == PolicyKind {
 		apiVersion = PolicyResource.GroupVersion().String()
@@ -62,4 +69,8 @@ func (r *ProblemReporter) Warn(p Problem) {
 }
 
 // Shutdown stops sending events.
-func (r *ProblemReporter) Shutdown() { r.broadcaster.Shutdown() }
+func (r *ProblemReporter) Shutdown() {
+	if r.broadcaster != nil {
+		r.broadcaster.Shutdown()
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,60 +27,48 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/apimachinery/pkg/watch"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
-	clienttesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 )
 
 // LocalDir serves a directory of Kubernetes YAML (Services, EndpointSlices,
-// Pods, Namespaces) as an in-memory API, so `meshd serve --local-dir` drives
-// the very same informer path as a cluster. Poll reloads it on change.
+// Pods, Namespaces, AuthorizationPolicies) as the Watcher's Source, so
+// `meshd serve --local-dir` drives the same batching, conversion and
+// publication as a cluster, without an API in between. Watch reloads it on
+// change.
 //
 // Bad input is skipped alone and reported once: a document that does not
 // decode, is of another kind, repeats an object or names it as the
 // apiserver would refuse is left out, and a file with such a problem
-// deletes nothing it served before (its other documents still apply). Only objects that changed are
-// written, paced so that the in-memory API's watch buffers never overflow.
+// deletes nothing it served before (its other documents still apply).
 type LocalDir struct {
-	dir     string
-	client  *fake.Clientset
-	dynamic *dynamicfake.FakeDynamicClient
-	log     *slog.Logger
-	stamp   string
-	// files are each file's objects at its last good load; written are the
-	// objects as last written to the in-memory API; reported are the
-	// problems already logged (each once).
+	dir   string
+	every time.Duration
+	log   *slog.Logger
+	// files are each file's objects at its last good load; reported are
+	// the problems already logged (each once).
 	files    map[string]map[string]runtime.Object
-	written  map[string]runtime.Object
 	reported map[string]bool
+
+	mu    sync.Mutex
+	stamp string
+	// served are the objects served, by key; replaced whole by a reload
+	// that changed something, never mutated. stamp (written by reload
+	// under mu) is the directory's stamp they were read at.
+	served map[string]runtime.Object
 }
 
-// writesPerPause bounds the writes between two pauses of a reload; with
-// the watch buffer below, informers drain them long before it fills.
-const (
-	writesPerPause = 500
-	writePause     = 20 * time.Millisecond
-	watchBuffer    = 4096
-)
+var _ Source = (*LocalDir)(nil)
 
-// NewLocalDir loads dir; an error in it is returned (nothing is served
-// half-loaded at start).
-func NewLocalDir(dir string, log *slog.Logger) (*LocalDir, error) {
+// NewLocalDir loads dir, to be reloaded every poll once watched; an error
+// in it is returned (nothing is served half-loaded at start).
+func NewLocalDir(dir string, every time.Duration, log *slog.Logger) (*LocalDir, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	// The in-memory API's watches buffer DefaultChanSize events and panic
-	// beyond; a directory change may well be larger than the default 100.
-	if watch.DefaultChanSize < watchBuffer {
-		watch.DefaultChanSize = watchBuffer
-	}
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{PolicyResource: PolicyKind + "List"})
-	l := &LocalDir{dir: dir, client: fake.NewClientset(), dynamic: dyn, log: log, files: map[string]map[string]runtime.Object{},
-		written: map[string]runtime.Object{}, reported: map[string]bool{}}
-	problems, err := l.reload()
+	l := &LocalDir{dir: dir, every: every, log: log, files: map[string]map[string]runtime.Object{},
+		reported: map[string]bool{}, served: map[string]runtime.Object{}}
+	_, problems, err := l.reload()
 	if err != nil {
 		return nil, err
 	}
@@ -89,24 +78,17 @@ func NewLocalDir(dir string, log *slog.Logger) (*LocalDir, error) {
 	return l, nil
 }
 
-// Client is the in-memory API to give to the Watcher.
-func (l *LocalDir) Client() *fake.Clientset { return l.client }
-
-// Dynamic is the in-memory API of the AuthorizationPolicies, for the
-// Watcher.
-func (l *LocalDir) Dynamic() *dynamicfake.FakeDynamicClient { return l.dynamic }
-
-// tracker is where objects of the kind are kept.
-func (l *LocalDir) tracker(gvk schema.GroupVersionKind) clienttesting.ObjectTracker {
-	if gvk == policyGVK {
-		return l.dynamic.Tracker()
-	}
-	return l.client.Tracker()
+// State implements Source: the objects served now.
+func (l *LocalDir) State() *State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return stateOf(l.served)
 }
 
-// Poll reloads the directory whenever a file changes, until ctx ends.
-func (l *LocalDir) Poll(ctx context.Context, every time.Duration) error {
-	t := time.NewTicker(every)
+// Watch implements Source: it reloads the directory whenever a file
+// changes and calls changed when what is served did, until ctx ends.
+func (l *LocalDir) Watch(ctx context.Context, changed func()) error {
+	t := time.NewTicker(l.every)
 	defer t.Stop()
 	for {
 		select {
@@ -114,10 +96,10 @@ func (l *LocalDir) Poll(ctx context.Context, every time.Duration) error {
 			return nil
 		case <-t.C:
 		}
-		if stamp, err := dirStamp(l.dir); err == nil && stamp == l.stamp {
+		if stamp, err := dirStamp(l.dir); err == nil && stamp == l.loadedStamp() {
 			continue
 		}
-		problems, err := l.reload()
+		diff, problems, err := l.reload()
 		if err != nil {
 			l.log.Error("k8s: local dir not reloaded; keeping the previous state", "dir", l.dir, "error", err)
 		}
@@ -127,28 +109,38 @@ func (l *LocalDir) Poll(ctx context.Context, every time.Duration) error {
 				l.log.Error("k8s: local dir: skipped", "dir", l.dir, "problem", p)
 			}
 		}
+		if diff {
+			changed()
+		}
 	}
 }
 
-var localKinds = map[schema.GroupVersionKind]schema.GroupVersionResource{
-	corev1.SchemeGroupVersion.WithKind("Service"):            corev1.SchemeGroupVersion.WithResource("services"),
-	corev1.SchemeGroupVersion.WithKind("Pod"):                corev1.SchemeGroupVersion.WithResource("pods"),
-	corev1.SchemeGroupVersion.WithKind("Namespace"):          corev1.SchemeGroupVersion.WithResource("namespaces"),
-	discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"): discoveryv1.SchemeGroupVersion.WithResource("endpointslices"),
-	policyGVK: PolicyResource,
+// loadedStamp is the directory's stamp at the last load.
+func (l *LocalDir) loadedStamp() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stamp
 }
 
-// reload parses every file, then makes the in-memory API hold exactly that.
-// reload reads every file; it returns the problems of the bad ones (each
-// skipped alone) and an error only when the directory cannot be read.
-func (l *LocalDir) reload() ([]error, error) {
+var localKinds = map[schema.GroupVersionKind]bool{
+	corev1.SchemeGroupVersion.WithKind("Service"):            true,
+	corev1.SchemeGroupVersion.WithKind("Pod"):                true,
+	corev1.SchemeGroupVersion.WithKind("Namespace"):          true,
+	discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"): true,
+	policyGVK: true,
+}
+
+// reload reads every file and serves what they hold; it reports whether
+// that changed what is served, the problems of the bad files (each skipped
+// alone), and an error only when the directory cannot be read.
+func (l *LocalDir) reload() (bool, []error, error) {
 	stamp, err := dirStamp(l.dir)
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
 	files, err := yamlFiles(l.dir)
 	if err != nil {
-		return nil, err
+		return false, nil, err
 	}
 	var problems []error
 	want := map[string]runtime.Object{}
@@ -180,55 +172,15 @@ func (l *LocalDir) reload() ([]error, error) {
 			delete(l.files, f)
 		}
 	}
-	if err := l.apply(want); err != nil {
-		return problems, err
+	l.mu.Lock()
+	diff := !maps.EqualFunc(l.served, want, func(a, b runtime.Object) bool { return equality.Semantic.DeepEqual(a, b) })
+	if diff {
+		l.served = want
 	}
 	l.stamp = stamp
+	l.mu.Unlock()
 	l.log.Info("k8s: local dir loaded", "dir", l.dir, "objects", len(want), "skipped", len(problems))
-	return problems, nil
-}
-
-// apply writes what changed since the last load, pausing every
-// writesPerPause writes, and deletes what is gone.
-func (l *LocalDir) apply(want map[string]runtime.Object) error {
-	writes := 0
-	pace := func() {
-		if writes++; writes%writesPerPause == 0 {
-			time.Sleep(writePause)
-		}
-	}
-	for _, key := range slices.Sorted(maps.Keys(want)) {
-		obj := want[key]
-		if prev, ok := l.written[key]; ok && equality.Semantic.DeepEqual(prev, obj) {
-			continue
-		}
-		gvk := obj.GetObjectKind().GroupVersionKind()
-		gvr, tracker := localKinds[gvk], l.tracker(gvk)
-		m, _ := meta.Accessor(obj)
-		var err error
-		if _, getErr := tracker.Get(gvr, m.GetNamespace(), m.GetName()); getErr == nil {
-			err = tracker.Update(gvr, obj.DeepCopyObject(), m.GetNamespace())
-		} else {
-			err = tracker.Add(obj.DeepCopyObject())
-		}
-		if err != nil {
-			return fmt.Errorf("k8s: local %s: %w", key, err)
-		}
-		l.written[key] = obj
-		pace()
-	}
-	for key, obj := range l.written {
-		if _, ok := want[key]; ok {
-			continue
-		}
-		gvk := obj.GetObjectKind().GroupVersionKind()
-		gvr, tracker := localKinds[gvk], l.tracker(gvk)
-		m, _ := meta.Accessor(obj)
-		_ = tracker.Delete(gvr, m.GetNamespace(), m.GetName())
-		delete(l.written, key)
-		pace()
-	}
-	return nil
+	return diff, problems, nil
 }
 
 // loadFile decodes one file's good documents; the bad ones are returned as
@@ -282,7 +234,7 @@ func decodeDoc(doc []byte) (string, runtime.Object, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	if _, ok := localKinds[*gvk]; !ok {
+	if !localKinds[*gvk] {
 		return "", nil, fmt.Errorf("kind %s is not served from a local dir (want Service, EndpointSlice, Pod, Namespace, AuthorizationPolicy)", gvk)
 	}
 	m, _ := meta.Accessor(obj)
@@ -377,16 +329,21 @@ func dirStamp(dir string) (string, error) {
 func bufioReader(b []byte) *bufio.Reader { return bufio.NewReader(bytes.NewReader(b)) }
 
 // StateFromYAML decodes Kubernetes YAML documents (Services, EndpointSlices,
-// Pods, Namespaces) into a State, as a local dir would serve them. For tests
-// and offline tools.
+// Pods, Namespaces, AuthorizationPolicies) into a State, as a local dir
+// would serve them. For tests and offline tools.
 func StateFromYAML(data []byte) (*State, error) {
 	objs := map[string]runtime.Object{}
 	if problems := decodeDocs(objs, data); len(problems) > 0 {
 		return nil, fmt.Errorf("k8s: %w", errors.Join(problems...))
 	}
+	return stateOf(objs), nil
+}
+
+// stateOf sorts objects by kind into a State, in key order (policies in
+// namespace, name order, as the Watcher lists them from an apiserver).
+func stateOf(objs map[string]runtime.Object) *State {
 	st := &State{}
-	keys := slices.Sorted(maps.Keys(objs))
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(objs)) {
 		switch o := objs[k].(type) {
 		case *corev1.Service:
 			st.Services = append(st.Services, o)
@@ -400,5 +357,6 @@ func StateFromYAML(data []byte) (*State, error) {
 			st.Policies = append(st.Policies, o)
 		}
 	}
-	return st, nil
+	sortPolicies(st.Policies)
+	return st
 }

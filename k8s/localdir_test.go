@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 const localMesh = `
@@ -40,28 +38,38 @@ func TestLocalDirDrivesWatcherAndReloads(t *testing.T) {
 	if err := os.WriteFile(file, []byte(localMesh), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLocalDir(dir, nil)
+	l, err := NewLocalDir(dir, 20*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	states := make(chan *State, 16)
-	w, err := New(Config{Client: l.Client(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+	w, err := New(Config{Source: l, HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
 		OnState: func(_ context.Context, s *State) { states <- s }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = w.Start(ctx) }()
-	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
 
 	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 && len(s.Pods) == 1 && len(s.Namespaces) == 1 })
 
-	// A broken file is reported and changes nothing.
+	// A broken file is reported and changes nothing: once it has been
+	// read (the directory loaded as it is now), the same pod is served.
 	writeLater(t, file, localMesh+"\n---\nkind: [broken\n")
-	time.Sleep(200 * time.Millisecond)
-	if pods, err := l.Client().CoreV1().Pods("demo").List(ctx, metav1.ListOptions{}); err != nil || len(pods.Items) != 1 {
-		t.Fatalf("a broken file changed the served state: %v, %v", pods, err)
+	now, err := dirStamp(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for l.loadedStamp() != now {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the broken file was never read")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if pods := l.State().Pods; len(pods) != 1 {
+		t.Fatalf("a broken file changed the served state: %d pods", len(pods))
 	}
 	// Remove the pod, add a service: the watcher sees exactly that.
 	changed := strings.Replace(localMesh, "kind: Pod", "kind: Service", 1)
@@ -83,7 +91,7 @@ func TestLocalDirRejectsBadInput(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "x.yaml"), []byte(content), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := NewLocalDir(dir, nil); err == nil {
+			if _, err := NewLocalDir(dir, time.Second, nil); err == nil {
 				t.Fatal("want an error")
 			}
 		})
@@ -126,14 +134,14 @@ func TestLocalDirSurvivesBadAndBigChanges(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(localMesh), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLocalDir(dir, nil)
+	l, err := NewLocalDir(dir, 20*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	states := make(chan *State, 64)
-	w, err := New(Config{Client: l.Client(), HoldOff: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+	w, err := New(Config{Source: l, HoldOff: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
 		OnState: func(_ context.Context, s *State) {
 			select {
 			case states <- s:
@@ -144,7 +152,6 @@ func TestLocalDirSurvivesBadAndBigChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = w.Start(ctx) }()
-	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
 	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 })
 
 	var big strings.Builder
@@ -190,8 +197,7 @@ spec: {containers: [{name: app, image: x}]}
 	})
 }
 
-// Policies in a local dir reach the Watcher through the in-memory dynamic
-// API, and go away with their file.
+// Policies in a local dir reach the Watcher, and go away with their file.
 func TestLocalDirServesPolicies(t *testing.T) {
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(localMesh), 0o644); err != nil {
@@ -202,20 +208,19 @@ func TestLocalDirServesPolicies(t *testing.T) {
 		"spec: {selector: {}, action: DENY, rules: [{}]}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLocalDir(dir, nil)
+	l, err := NewLocalDir(dir, 20*time.Millisecond, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	states := make(chan *State, 16)
-	w, err := New(Config{Client: l.Client(), Dynamic: l.Dynamic(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+	w, err := New(Config{Source: l, HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
 		OnState: func(_ context.Context, s *State) { states <- s }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = w.Start(ctx) }()
-	go func() { _ = l.Poll(ctx, 20*time.Millisecond) }()
 	var got *State
 	waitState(ctx, t, states, func(s *State) bool {
 		got = s

@@ -40,9 +40,22 @@ type State struct {
 	ChangedAt time.Time
 }
 
+// Source is where a Watcher reads the objects when no apiserver serves
+// them (a local dir): it holds them itself and says when they change.
+type Source interface {
+	// State returns the objects now (a new State; the objects in it must
+	// not be mutated).
+	State() *State
+	// Watch calls changed after every change of State, until ctx ends.
+	Watch(ctx context.Context, changed func()) error
+}
+
 // Config configures a Watcher.
 type Config struct {
+	// Client is the apiserver the informers watch; Source replaces it
+	// (and Dynamic) without a cluster. One of them is required.
 	Client kubernetes.Interface
+	Source Source
 	// Dynamic, when set, is where AuthorizationPolicies are watched (nil:
 	// no policy applies).
 	Dynamic dynamic.Interface
@@ -74,8 +87,8 @@ type Watcher struct {
 
 // New returns a Watcher.
 func New(cfg Config) (*Watcher, error) {
-	if cfg.Client == nil || cfg.OnState == nil {
-		return nil, errors.New("k8s: Client and OnState are required")
+	if (cfg.Client == nil) == (cfg.Source == nil) || cfg.OnState == nil {
+		return nil, errors.New("k8s: OnState and one of Client or Source are required")
 	}
 	if cfg.HoldOff == 0 {
 		cfg.HoldOff = 100 * time.Millisecond
@@ -95,9 +108,12 @@ func New(cfg Config) (*Watcher, error) {
 // Synced reports whether the informers have synced.
 func (w *Watcher) Synced() bool { return w.synced.Load() }
 
-// Start runs the informers until ctx ends. It hands on nothing before they
-// have synced.
+// Start runs the informers (or watches the Source) until ctx ends. It
+// hands on nothing before they have synced.
 func (w *Watcher) Start(ctx context.Context) error {
+	if w.cfg.Source != nil {
+		return w.startSource(ctx)
+	}
 	factory := informers.NewSharedInformerFactory(w.cfg.Client, w.cfg.Resync)
 	svc := factory.Core().V1().Services()
 	slices := factory.Discovery().V1().EndpointSlices()
@@ -172,6 +188,24 @@ func (w *Watcher) Start(ctx context.Context) error {
 	}
 	w.batcher.Notify() // the initial state
 	w.batcher.Run(ctx, list)
+	return nil
+}
+
+// startSource hands on the Source's state after each batch of its changes.
+func (w *Watcher) startSource(ctx context.Context) error {
+	src := w.cfg.Source
+	w.synced.Store(true)
+	go func() {
+		if err := src.Watch(ctx, w.batcher.Notify); err != nil {
+			w.cfg.Logger.Error("k8s: source stopped", "error", err)
+		}
+	}()
+	w.batcher.Notify() // the initial state
+	w.batcher.Run(ctx, func(ctx context.Context, first time.Time) {
+		st := src.State()
+		st.ChangedAt = first
+		w.cfg.OnState(ctx, st)
+	})
 	return nil
 }
 
@@ -252,10 +286,15 @@ func listPolicies(l *cache.GenericLister) ([]*unstructured.Unstructured, error) 
 			out = append(out, u)
 		}
 	}
-	slices.SortFunc(out, func(a, b *unstructured.Unstructured) int {
+	sortPolicies(out)
+	return out, nil
+}
+
+// sortPolicies sorts policies by namespace and name.
+func sortPolicies(ps []*unstructured.Unstructured) {
+	slices.SortFunc(ps, func(a, b *unstructured.Unstructured) int {
 		return cmp.Or(cmp.Compare(a.GetNamespace(), b.GetNamespace()), cmp.Compare(a.GetName(), b.GetName()))
 	})
-	return out, nil
 }
 
 // PolicyAPIServed reports whether the apiserver serves AuthorizationPolicies

@@ -10,6 +10,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshd/meshd/internal/testenv"
 )
@@ -83,15 +87,23 @@ func TestPoliciesWatchedOnceTheirCRDIsInstalled(t *testing.T) {
 		"metadata: {name: p, namespace: demo}\nspec: {selector: {}, action: DENY, rules: [{}]}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := NewLocalDir(dir, nil)
+	// The informer path, on client-go's in-memory API (test-only fakes).
+	data, err := os.ReadFile(filepath.Join(dir, "mesh.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	st, err := StateFromYAML(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(st.Namespaces[0], st.Services[0], st.Pods[0])
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{PolicyResource: PolicyKind + "List"}, st.Policies[0])
 	var installed atomic.Bool
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	states := make(chan *State, 16)
-	w, err := New(Config{Client: l.Client(), Dynamic: l.Dynamic(), HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+	w, err := New(Config{Client: client, Dynamic: dyn, HoldOff: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
 		PoliciesServed: func() (bool, error) { return installed.Load(), nil }, PolicyRecheck: 20 * time.Millisecond,
 		OnState: func(_ context.Context, s *State) { states <- s }})
 	if err != nil {

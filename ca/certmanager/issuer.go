@@ -6,18 +6,21 @@
 // CA's own certificates, and deletes the request.
 //
 // Where it sits: behind the ca.Issuer interface; the renewal engine and the
-// SDS manager use it exactly like the internal CA.
+// SDS manager use it exactly like the internal CA, and its certificates
+// pass the same ca.Validator. It must not import sds, xds, k8s or the
+// internal CA's ca/rootca and ca/store.
 package certmanager
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
+	crand "crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"strings"
@@ -32,6 +35,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/ca"
 )
@@ -72,6 +76,11 @@ type Config struct {
 	// Metrics (optional) record issuance.
 	Metrics *ca.Metrics
 	Logger  *slog.Logger
+	// Clock and Rand are injected (defaults: the wall clock, crypto/rand):
+	// the clock times issuance, the garbage collection and the previous
+	// CA's overlap; Rand makes keys and signs CSRs.
+	Clock clock.WithTicker
+	Rand  io.Reader
 }
 
 // Issuer implements ca.Issuer through cert-manager.
@@ -101,7 +110,7 @@ func (i *Issuer) Bundle(context.Context) ([]byte, error) {
 	if len(i.bundle) == 0 {
 		return nil, errors.New("certmanager: no trust bundle known yet")
 	}
-	return i.servedLocked(time.Now()), nil
+	return i.servedLocked(i.cfg.Clock.Now()), nil
 }
 
 // servedLocked is the CA bundle served: the current status.ca, plus the
@@ -143,6 +152,12 @@ func New(cfg Config) (*Issuer, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = crand.Reader
 	}
 	return &Issuer{cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.QPS), max(cfg.Burst, 1)),
 		waiters: map[string]chan *cmapi.CertificateRequest{}, synced: make(chan struct{})}, nil
@@ -197,14 +212,14 @@ func (i *Issuer) Start(ctx context.Context) error {
 		return nil
 	}
 	close(i.synced)
-	tick := time.NewTicker(max(i.cfg.Timeout, 30*time.Second))
+	tick := i.cfg.Clock.NewTicker(max(i.cfg.Timeout, 30*time.Second))
 	defer tick.Stop()
 	for {
-		i.collectGarbage(ctx, inf.GetStore().List(), time.Now())
+		i.collectGarbage(ctx, inf.GetStore().List(), i.cfg.Clock.Now())
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-tick.C():
 		}
 	}
 }
@@ -236,9 +251,9 @@ func (i *Issuer) collectGarbage(ctx context.Context, objs []any, now time.Time) 
 
 // Issue implements ca.Issuer.
 func (i *Issuer) Issue(ctx context.Context, req ca.Request) (*ca.Certificate, error) {
-	start := time.Now()
+	start := i.cfg.Clock.Now()
 	c, err := i.issue(ctx, req)
-	i.cfg.Metrics.ObserveIssue(time.Since(start), c, err)
+	i.cfg.Metrics.ObserveIssue(i.cfg.Clock.Since(start), c, err)
 	return c, err
 }
 
@@ -258,7 +273,7 @@ func (i *Issuer) issue(ctx context.Context, req ca.Request) (*ca.Certificate, er
 	key := req.Key
 	if key == nil {
 		var err error
-		if key, err = ca.GenerateKey(rand.Reader, ca.KeyECDSAP256); err != nil {
+		if key, err = ca.GenerateKey(i.cfg.Rand, ca.KeyECDSAP256); err != nil {
 			return nil, err
 		}
 		req.Key = key
@@ -288,7 +303,7 @@ func (i *Issuer) csr(req ca.Request) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+	der, err := x509.CreateCertificateRequest(i.cfg.Rand, &x509.CertificateRequest{
 		Subject: pkix.Name{CommonName: req.CommonName}, URIs: []*url.URL{u}, DNSNames: req.DNSNames}, req.Key)
 	if err != nil {
 		return nil, fmt.Errorf("certmanager: CSR: %w", err)
@@ -323,7 +338,7 @@ func (i *Issuer) create(ctx context.Context, req ca.Request, csr []byte) (*cmapi
 	if i.cfg.Approve {
 		created.Status.Conditions = append(created.Status.Conditions, cmapi.CertificateRequestCondition{
 			Type: cmapi.CertificateRequestConditionApproved, Status: cmmeta.ConditionTrue, Reason: "meshd",
-			Message: "approved by meshd for " + req.Identity.String(), LastTransitionTime: &metav1.Time{Time: time.Now()}})
+			Message: "approved by meshd for " + req.Identity.String(), LastTransitionTime: &metav1.Time{Time: i.cfg.Clock.Now()}})
 		if _, err := api.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
 			i.finish(created.Name)
 			return nil, fmt.Errorf("certmanager: approve %s: %w", created.Name, err)
@@ -391,7 +406,7 @@ func (i *Issuer) result(cr *cmapi.CertificateRequest, req ca.Request) (*ca.Certi
 	if err != nil {
 		return nil, fmt.Errorf("certmanager: %s: status.certificate: %w", cr.Name, err)
 	}
-	now := time.Now()
+	now := i.cfg.Clock.Now()
 	var served []byte
 	if i.cfg.TrustBundle != nil {
 		served = i.cfg.TrustBundle()
@@ -415,7 +430,11 @@ func (i *Issuer) result(cr *cmapi.CertificateRequest, req ca.Request) (*ca.Certi
 		return nil, fmt.Errorf("certmanager: %s: the issuer returned no CA and no trust bundle is configured", cr.Name)
 	}
 	// Validated against what proxies will trust, so peers accept it.
-	if err := ca.ValidateExternal(chain, served, req, now); err != nil {
+	v, err := ca.ValidatorForBundle(served)
+	if err == nil {
+		err = v.Validate(chain, req, now)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("certmanager: %s: %w", cr.Name, err)
 	}
 	keyPEM, err := ca.EncodeKey(req.Key)

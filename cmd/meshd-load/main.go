@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/load"
 )
 
@@ -74,7 +76,7 @@ func run(ctx context.Context, kubeconfig, caDir, xdsAddr, api, ns string, sideca
 		return err
 	}
 	fmt.Printf("workload: %d services x %d endpoints in %s written in %s\n", services, endpoints, ns, time.Since(start).Round(time.Millisecond))
-	root, err := ca.LoadRoot(ctx, ca.FileSecrets{Dir: caDir}, "meshd-ca", time.Now())
+	root, err := rootca.Load(ctx, store.Files{Dir: caDir}, "meshd-ca", time.Now())
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -73,7 +75,7 @@ func bootstrapCmd(ctx context.Context, f bootstrapFlags, stdout io.Writer) error
 	if err != nil {
 		return err
 	}
-	root, err := ca.LoadRoot(ctx, ca.FileSecrets{Dir: f.caDir}, f.caSecret, time.Now())
+	root, err := rootca.Load(ctx, store.Files{Dir: f.caDir}, f.caSecret, time.Now())
 	if err != nil {
 		return err
 	}

@@ -9,10 +9,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 )
@@ -61,26 +60,21 @@ steps the rotation; this only sets the request on the CA Secret or files).`,
 // caCmd is `meshd ca status|rotate-root`: the CA's state, and asking the
 // running meshd to rotate the root.
 func caCmd(ctx context.Context, rotate bool, cfg config.Config, output string, stdout, stderr io.Writer) error {
-	var secrets ca.SecretUpdater
-	if cfg.CADir != "" {
-		secrets = ca.FileSecrets{Dir: cfg.CADir}
-	} else {
+	var secrets store.Store = store.Files{Dir: cfg.CADir}
+	if cfg.CADir == "" {
 		client, _, _, err := kubeClient(cfg, newLogger(stderr))
 		if err != nil {
 			return err
 		}
-		secrets = client.CoreV1().Secrets(cfg.Namespace)
+		secrets = store.Secrets{Client: client.CoreV1().Secrets(cfg.Namespace)}
 	}
-	s, err := secrets.Get(ctx, cfg.CASecret, metav1.GetOptions{})
+	s, err := secrets.Get(ctx, cfg.CASecret)
 	if err != nil {
 		return fmt.Errorf("ca: %s: %w", cfg.CASecret, err)
 	}
 	if rotate {
-		if s.Annotations == nil {
-			s.Annotations = map[string]string{}
-		}
-		s.Annotations[ca.AnnotationRotate] = "true"
-		if s, err = secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		rootca.RequestRotation(s)
+		if s, err = secrets.Update(ctx, s); err != nil {
 			return fmt.Errorf("ca: request rotation: %w", err)
 		}
 		if output == "table" {
@@ -90,14 +84,14 @@ func caCmd(ctx context.Context, rotate bool, cfg config.Config, output string, s
 	return printCAStatus(stdout, output, s)
 }
 
-// printCAStatus prints the CA of a Secret; as JSON or YAML in the shape of
+// printCAStatus prints the CA of a CA record (Secret or directory); as JSON or YAML in the shape of
 // the debug API's /debug/certs "ca", plus rotation_requested.
-func printCAStatus(w io.Writer, output string, s *corev1.Secret) error {
-	a, err := ca.AuthorityFromPEM(s.Data, time.Now())
+func printCAStatus(w io.Writer, output string, s *store.Record) error {
+	a, err := rootca.FromData(s.Data, time.Now())
 	if err != nil {
 		return err
 	}
-	phase := string(s.Data[ca.KeyPhase])
+	phase := string(s.Data[rootca.KeyPhase])
 	if phase == "" {
 		phase = "steady"
 	}
@@ -105,8 +99,8 @@ func printCAStatus(w io.Writer, output string, s *corev1.Secret) error {
 		v := struct {
 			debug.CAView
 			RotationRequested bool `json:"rotation_requested"`
-		}{debug.CAView{Backend: "internal", Signing: debug.NewRootView(a.Cert), RotationPhase: phase, PhaseSince: string(s.Data[ca.KeyPhaseSince])},
-			s.Annotations[ca.AnnotationRotate] == "true"}
+		}{debug.CAView{Backend: "internal", Signing: debug.NewRootView(a.Cert), RotationPhase: phase, PhaseSince: string(s.Data[rootca.KeyPhaseSince])},
+			rootca.RotationRequested(s)}
 		for _, r := range a.Roots {
 			v.Roots = append(v.Roots, debug.NewRootView(r))
 		}
@@ -116,7 +110,7 @@ func printCAStatus(w io.Writer, output string, s *corev1.Secret) error {
 		}
 		return printRaw(w, output, append(b, '\n'))
 	}
-	fmt.Fprintf(w, "phase: %s (since %s), rotation requested: %v\n", phase, orDash(string(s.Data[ca.KeyPhaseSince])), s.Annotations[ca.AnnotationRotate] == "true")
+	fmt.Fprintf(w, "phase: %s (since %s), rotation requested: %v\n", phase, orDash(string(s.Data[rootca.KeyPhaseSince])), rootca.RotationRequested(s))
 	fmt.Fprintf(w, "signing: %s serial %s, expires %s\n", a.Cert.Subject, a.Cert.SerialNumber.Text(16), a.Cert.NotAfter.UTC().Format(time.RFC3339))
 	for _, r := range a.Roots {
 		fmt.Fprintf(w, "trusted root: %s serial %s, expires %s\n", r.Subject, r.SerialNumber.Text(16), r.NotAfter.UTC().Format(time.RFC3339))

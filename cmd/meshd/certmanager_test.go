@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,9 +35,28 @@ func TestTrustBundleSource(t *testing.T) {
 		}
 		return string(a.BundlePEM)
 	}
-	var changes atomic.Int32
+	// Each re-issue records the bundle served when it was asked for.
+	// onChange runs on the informer's one handler goroutine, after set()
+	// stored the bundle, in event order: once a re-issue for the latest
+	// bundle is recorded, every earlier event has had its say, so the count
+	// is final without waiting to see that nothing more comes.
+	var mu sync.Mutex
+	var changes []string
 	b := &bundleSource{client: env.Client, namespace: ns, kind: "configmap", name: "mesh-roots", key: "ca.crt",
-		log: slog.Default(), onChange: func() { changes.Add(1) }}
+		log: slog.Default()}
+	b.onChange = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		changes = append(changes, string(b.get()))
+	}
+	count := func() (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(changes) == 0 {
+			return 0, ""
+		}
+		return len(changes), changes[len(changes)-1]
+	}
 	go b.run(ctx)
 	waitBundle := func(want string) {
 		t.Helper()
@@ -47,14 +66,16 @@ func TestTrustBundleSource(t *testing.T) {
 			t.Fatalf("bundle never became the ConfigMap's (%d bytes now)", len(b.get()))
 		}
 	}
-	// set() stores the bundle before it calls onChange: wait for the count.
-	waitChanges := func(want int32, what string) {
+	waitChanges := func(want int, latest, what string) {
 		t.Helper()
-		_ = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
-			return changes.Load() >= want, nil
-		})
-		time.Sleep(200 * time.Millisecond) // one more would show by now
-		if n := changes.Load(); n != want {
+		if err := wait.PollUntilContextCancel(ctx, 20*time.Millisecond, true, func(context.Context) (bool, error) {
+			_, last := count()
+			return last == latest, nil
+		}); err != nil {
+			n, _ := count()
+			t.Fatalf("no re-issue for the latest bundle %s (%d re-issues)", what, n)
+		}
+		if n, _ := count(); n != want {
 			t.Errorf("%d re-issues %s; want %d", n, what, want)
 		}
 	}
@@ -65,7 +86,7 @@ func TestTrustBundleSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBundle(first)
-	if n := changes.Load(); n != 0 {
+	if n, _ := count(); n != 0 {
 		t.Errorf("%d re-issues for the first bundle; want none", n)
 	}
 	cm.Data["ca.crt"] = second
@@ -73,7 +94,7 @@ func TestTrustBundleSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBundle(second)
-	waitChanges(1, "after one change")
+	waitChanges(1, second, "after one change")
 	cm.Data["ca.crt"] = "not a certificate"
 	if cm, err = env.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
@@ -86,5 +107,5 @@ func TestTrustBundleSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBundle(third)
-	waitChanges(2, "after a bad and a good change (the bad one ignored)")
+	waitChanges(2, third, "after a bad and a good change (the bad one ignored)")
 }

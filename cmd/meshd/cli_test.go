@@ -14,7 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 )
 
 // TestEveryVerbHasHelpWithExamples: `meshd <verb> --help` exits 0 and shows
@@ -212,7 +213,7 @@ func TestInvokedAsKubectlPlugin(t *testing.T) {
 // table, JSON or YAML; `rotate-root` sets the request it then shows.
 func TestCAStatusOutput(t *testing.T) {
 	dir := t.TempDir()
-	a, err := ca.LoadOrCreateRoot(context.Background(), ca.FileSecrets{Dir: dir}, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	a, err := rootca.LoadOrCreate(context.Background(), store.Files{Dir: dir}, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

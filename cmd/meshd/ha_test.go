@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
 	"github.com/meshd/meshd/internal/testenv"
 )
 
@@ -71,7 +71,7 @@ func TestLeaderElection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Annotations = map[string]string{ca.AnnotationRotate: "true"}
+	s.Annotations = map[string]string{rootca.AnnotationRotate: "true"}
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestLeaderElection(t *testing.T) {
 		if err != nil {
 			return ""
 		}
-		return string(s.Data[ca.KeyPhase])
+		return string(s.Data[rootca.KeyPhase])
 	}
 	waitPhase := func(want string) {
 		t.Helper()
@@ -88,7 +88,7 @@ func TestLeaderElection(t *testing.T) {
 			t.Fatalf("rotation never reached phase %q (at %q)", want, phase())
 		}
 	}
-	waitPhase(string(ca.PhaseBundle))
+	waitPhase(string(rootca.PhaseBundle))
 	// Kill the leader mid-rotation.
 	leader.cancel()
 	<-leader.done
@@ -96,7 +96,7 @@ func TestLeaderElection(t *testing.T) {
 	if err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(context.Context) (bool, error) { return isLeader(follower), nil }); err != nil {
 		t.Fatal("the other replica never took the Lease")
 	}
-	waitPhase(string(ca.PhaseSigning))
+	waitPhase(string(rootca.PhaseSigning))
 	if l, err := env.Client.CoordinationV1().Leases(ns).Get(ctx, leaseName, metav1.GetOptions{}); err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "" {
 		t.Errorf("lease %v %v", l, err)
 	}

@@ -8,9 +8,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/config"
 )
 
@@ -25,9 +26,9 @@ import (
 // leafTTL is the longest lifetime of a leaf the CA signs: the old root
 // stays trusted that long after the new one starts signing. reissue
 // re-issues every certificate and pushes the new bundle.
-func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, secrets ca.SecretUpdater, issuer *ca.Internal, reissue func(), every time.Duration,
+func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, secrets store.Store, issuer *ca.Internal, reissue func(), every time.Duration,
 	isLeader func() bool, phase *atomic.Pointer[[2]string], caHealthy prometheus.Gauge, log *slog.Logger) error {
-	rot, err := ca.NewRotator(ca.RotationConfig{Secrets: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
+	rot, err := rootca.NewRotator(rootca.RotationConfig{Store: secrets, Name: cfg.CASecret, TrustDomain: cfg.TrustDomain,
 		Rand: rand.Reader, LeafTTL: leafTTL, Grace: cfg.RootRotationGrace})
 	if err != nil {
 		return err
@@ -48,10 +49,10 @@ func followRoot(ctx context.Context, cfg config.Config, leafTTL time.Duration, s
 				log.Info("ca: root rotation advanced", "phase", string(phase))
 			}
 		}
-		if s, err := secrets.Get(ctx, cfg.CASecret, metav1.GetOptions{}); err == nil && phase != nil {
-			phase.Store(&[2]string{string(s.Data[ca.KeyPhase]), string(s.Data[ca.KeyPhaseSince])})
+		if s, err := secrets.Get(ctx, cfg.CASecret); err == nil && phase != nil {
+			phase.Store(&[2]string{string(s.Data[rootca.KeyPhase]), string(s.Data[rootca.KeyPhaseSince])})
 		}
-		a, err := ca.LoadRoot(ctx, secrets, cfg.CASecret, time.Now())
+		a, err := rootca.Load(ctx, secrets, cfg.CASecret, time.Now())
 		if err != nil {
 			caHealthy.Set(0)
 			log.Error("ca: CA secret unreadable; keeping the current CA", "error", err)

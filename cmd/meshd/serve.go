@@ -33,6 +33,8 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/internal/inject"
@@ -95,7 +97,8 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	// Kubernetes source: a cluster, or a directory of YAML served in memory.
+	// Kubernetes source: a cluster (client), or a directory of YAML (local;
+	// then client is nil).
 	client, rc, local, err := kubeClient(cfg, log)
 	if err != nil {
 		return err
@@ -155,7 +158,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 	// Events) -> mesh: translated and published to every proxy.
 	var published atomic.Bool
 	pods := inject.NewPods() // the pods, for the injector's Secret writer
-	watcher, err := k8s.New(k8s.Config{Client: client, Dynamic: dyn, PoliciesServed: policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
+	wcfg := k8s.Config{Client: client, Dynamic: dyn, PoliciesServed: policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay, Logger: log,
 		OnState: func(ctx context.Context, st *k8s.State) {
 			pods.Set(st.Pods)
 			snap, probs := k8s.Convert(st, cfg.TrustDomain)
@@ -176,7 +179,11 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 			}
 			published.Store(true)
 			log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
-		}})
+		}}
+	if local != nil {
+		wcfg.Source = local
+	}
+	watcher, err := k8s.New(wcfg)
 	if err != nil {
 		return err
 	}
@@ -253,9 +260,6 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 		}
 		g.Go(func() error { return debug.Serve(ctx, healthLis, debug.HealthHandler(dcfg)) })
 	}
-	if local != nil {
-		g.Go(func() error { return local.Poll(ctx, time.Second) })
-	}
 	// ca: the CA Secret (or files) -> root rotation steps, authority swaps.
 	every := min(30*time.Second, cfg.RootRotationGrace/3)
 	// leader: singletons under a Lease (always this replica without a cluster).
@@ -301,11 +305,11 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 
 func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *rest.Config, *k8s.LocalDir, error) {
 	if cfg.LocalDir != "" {
-		local, err := k8s.NewLocalDir(cfg.LocalDir, log)
+		local, err := k8s.NewLocalDir(cfg.LocalDir, time.Second, log)
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		return local.Client(), nil, local, nil
+		return nil, nil, local, nil
 	}
 	var rc *rest.Config
 	var err error
@@ -321,26 +325,26 @@ func kubeClient(cfg config.Config, log *slog.Logger) (kubernetes.Interface, *res
 	return client, rc, nil, err
 }
 
-// policyClient is where AuthorizationPolicies are read: the local dir's
-// in-memory API, or the cluster's, with how to tell whether their CRD is
-// installed there.
+// policyClient is where AuthorizationPolicies are read in a cluster, with
+// how to tell whether their CRD is installed there (a local dir serves them
+// itself: nil).
 func policyClient(client kubernetes.Interface, rc *rest.Config, local *k8s.LocalDir) (dynamic.Interface, func() (bool, error), error) {
 	if local != nil {
-		return local.Dynamic(), nil, nil
+		return nil, nil, nil
 	}
 	dyn, err := dynamic.NewForConfig(rc)
 	return dyn, func() (bool, error) { return k8s.PolicyAPIServed(client.Discovery()) }, err
 }
 
-func caSecrets(cfg config.Config, client kubernetes.Interface) ca.SecretUpdater {
+func caSecrets(cfg config.Config, client kubernetes.Interface) store.Store {
 	if cfg.CADir != "" {
-		return ca.FileSecrets{Dir: cfg.CADir}
+		return store.Files{Dir: cfg.CADir}
 	}
-	return client.CoreV1().Secrets(cfg.Namespace)
+	return store.Secrets{Client: client.CoreV1().Secrets(cfg.Namespace)}
 }
 
 func startCA(ctx context.Context, cfg config.Config, client kubernetes.Interface, metrics *ca.Metrics, log *slog.Logger) (*ca.Internal, *ca.Renewer, error) {
-	root, err := ca.LoadOrCreateRoot(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
+	root, err := rootca.LoadOrCreate(ctx, caSecrets(cfg, client), cfg.CASecret, cfg.TrustDomain, rand.Reader, time.Now())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/load"
 	"github.com/meshd/meshd/internal/testenv"
 )
@@ -90,7 +92,7 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	pid := cmd.Process.Pid
 	rssIdle, _, _ := load.Proc(pid)
-	root, err := ca.LoadRoot(ctx, ca.FileSecrets{Dir: caDir}, "meshd-ca", time.Now())
+	root, err := rootca.Load(ctx, store.Files{Dir: caDir}, "meshd-ca", time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}

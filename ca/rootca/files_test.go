@@ -1,22 +1,22 @@
-package ca_test
+package rootca_test
 
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 )
 
-func TestFileSecretsCreateIfAbsent(t *testing.T) {
-	store := ca.FileSecrets{Dir: t.TempDir()}
+func TestFilesCreateIfAbsent(t *testing.T) {
+	st := store.Files{Dir: t.TempDir()}
 	var wg sync.WaitGroup
 	roots := make([]*ca.Authority, 4)
 	for i := range roots {
@@ -24,7 +24,7 @@ func TestFileSecretsCreateIfAbsent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var err error
-			if roots[i], err = ca.LoadOrCreateRoot(context.Background(), store, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err != nil {
+			if roots[i], err = rootca.LoadOrCreate(context.Background(), st, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -37,37 +37,37 @@ func TestFileSecretsCreateIfAbsent(t *testing.T) {
 	}
 }
 
-// TestFileSecretsUpdate: an update swaps the whole Secret at once, keeps
+// TestFilesUpdate: an update swaps the whole record at once, keeps
 // annotations, and refuses a writer that read an older version.
-func TestFileSecretsUpdate(t *testing.T) {
+func TestFilesUpdate(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	store := ca.FileSecrets{Dir: dir}
-	if _, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err != nil {
+	st := store.Files{Dir: dir}
+	if _, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	a, err := store.Get(ctx, "meshd-ca", metav1.GetOptions{})
+	a, err := st.Get(ctx, "meshd-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	stale := a.DeepCopy()
+	stale := a.Clone()
 	a.Annotations = map[string]string{"meshd.io/rotate-root": "true"}
 	a.Data["extra"] = []byte("x")
-	b, err := store.Update(ctx, a, metav1.UpdateOptions{})
+	b, err := st.Update(ctx, a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := store.Get(ctx, "meshd-ca", metav1.GetOptions{})
+	got, err := st.Get(ctx, "meshd-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ResourceVersion != b.ResourceVersion || got.Annotations["meshd.io/rotate-root"] != "true" || string(got.Data["extra"]) != "x" {
-		t.Errorf("after Update: version %s (want %s), annotations %v, extra %q", got.ResourceVersion, b.ResourceVersion, got.Annotations, got.Data["extra"])
+	if got.Version != b.Version || got.Annotations["meshd.io/rotate-root"] != "true" || string(got.Data["extra"]) != "x" {
+		t.Errorf("after Update: version %s (want %s), annotations %v, extra %q", got.Version, b.Version, got.Annotations, got.Data["extra"])
 	}
-	if _, err := store.Update(ctx, stale, metav1.UpdateOptions{}); !apierrors.IsConflict(err) {
+	if _, err := st.Update(ctx, stale); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("update from a stale read: %v, want Conflict", err)
 	}
-	if _, err := ca.LoadRoot(ctx, store, "meshd-ca", time.Now()); err != nil {
+	if _, err := rootca.Load(ctx, st, "meshd-ca", time.Now()); err != nil {
 		t.Errorf("root after updates: %v", err)
 	}
 	entries, _ := os.ReadDir(dir)
@@ -82,26 +82,26 @@ func TestFileSecretsUpdate(t *testing.T) {
 func TestDeletedCAIsRefused(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	store := ca.FileSecrets{Dir: dir}
-	first, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	st := store.Files{Dir: dir}
+	first, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	again, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err != nil || !again.Cert.Equal(first.Cert) {
 		t.Fatalf("restart: %v", err)
 	}
 	if err := os.Remove(dir + "/meshd-ca"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	_, err = rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err == nil || !strings.Contains(err.Error(), "restore meshd-ca from a backup") {
 		t.Fatalf("deleted CA secret: %v, want a refusal naming the way out", err)
 	}
 	if err := os.Remove(dir + "/meshd-ca-trust"); err != nil {
 		t.Fatal(err)
 	}
-	fresh, err := ca.LoadOrCreateRoot(ctx, store, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	fresh, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err != nil || fresh.Cert.Equal(first.Cert) {
 		t.Fatalf("new mesh on purpose: %v", err)
 	}

@@ -1,4 +1,4 @@
-package ca_test
+package rootca_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/rootca"
+	"github.com/meshd/meshd/ca/store"
 	"github.com/meshd/meshd/internal/testenv"
 )
 
@@ -26,6 +28,7 @@ func TestRootConcurrentStartAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	secrets := env.Client.CoreV1().Secrets(ns)
+	st := store.Secrets{Client: secrets}
 	const replicas = 8
 	roots := make([]*ca.Authority, replicas)
 	errs := make([]error, replicas)
@@ -36,7 +39,7 @@ func TestRootConcurrentStartAgainstAPIServer(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			roots[i], errs[i] = ca.LoadOrCreateRoot(ctx, secrets, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+			roots[i], errs[i] = rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 		}()
 	}
 	close(start)
@@ -49,7 +52,7 @@ func TestRootConcurrentStartAgainstAPIServer(t *testing.T) {
 			t.Fatalf("replica %d has root serial %s, replica 0 has %s", i, roots[i].Cert.SerialNumber, roots[0].Cert.SerialNumber)
 		}
 	}
-	again, err := ca.LoadOrCreateRoot(ctx, secrets, "meshd-ca", "cluster.local", rand.Reader, time.Now())
+	again, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now())
 	if err != nil || !again.Cert.Equal(roots[0].Cert) {
 		t.Fatalf("restart: %v, same root %v", err, err == nil && again.Cert.Equal(roots[0].Cert))
 	}
@@ -58,17 +61,17 @@ func TestRootConcurrentStartAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.Data[ca.KeyCAKey] = []byte("garbage")
+	s.Data[rootca.KeyCAKey] = []byte("garbage")
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.LoadOrCreateRoot(ctx, secrets, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err == nil {
+	if _, err := rootca.LoadOrCreate(ctx, st, "meshd-ca", "cluster.local", rand.Reader, time.Now()); err == nil {
 		t.Fatal("corrupted CA secret accepted")
 	} else {
 		fmt.Println("corrupted CA secret refused:", err)
 	}
 	after, _ := secrets.Get(ctx, "meshd-ca", metav1.GetOptions{})
-	if string(after.Data[ca.KeyCAKey]) != "garbage" {
+	if string(after.Data[rootca.KeyCAKey]) != "garbage" {
 		t.Fatal("corrupted CA secret was replaced")
 	}
 }
