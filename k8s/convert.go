@@ -41,6 +41,10 @@ const (
 	// sidecar waits for a client's first bytes to tell mutual TLS from
 	// plaintext (model.Workload.DetectionTimeout).
 	AnnotationDetectionTimeout = "meshd.io/protocol-detection-timeout"
+	// AnnotationEgress on a pod, or on a namespace for its pods, scopes the
+	// sidecar's outbound configuration to the services it lists
+	// ("./*,kube-system/kube-dns"; see model.ParseEgress).
+	AnnotationEgress = "meshd.io/egress"
 	// ContainerProxy and ContainerInit are the injected sidecar and init
 	// container (both among the pod's init containers).
 	ContainerProxy = "meshd-proxy"
@@ -130,6 +134,7 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
 	}
+	w.Egress = c.egress(p)
 	if v, ok := p.Annotations[AnnotationDetectionTimeout]; ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Millisecond || d > time.Minute {
@@ -147,6 +152,35 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 		}
 	}
 	return w
+}
+
+// egress is the pod's outbound scope: its annotation, else its namespace's.
+// A scope that does not parse is reported and not applied (the sidecar gets
+// every service: a typo must not cut a workload off).
+func (c *converter) egress(p *corev1.Pod) model.Egress {
+	kind, name, v, ok := "Pod", p.Name, p.Annotations[AnnotationEgress], true
+	if _, set := p.Annotations[AnnotationEgress]; !set {
+		ns := c.namespaces[p.Namespace]
+		if ns == nil {
+			return nil
+		}
+		kind, name = "Namespace", ""
+		if v, ok = ns.Annotations[AnnotationEgress]; !ok {
+			return nil
+		}
+	}
+	e, err := model.ParseEgress(v, p.Namespace)
+	if err != nil {
+		if kind == "Pod" {
+			c.problem(kind, p.Namespace, name, "InvalidAnnotation", "annotation %s: %v; the sidecar gets every service", AnnotationEgress, err)
+		} else if !slices.ContainsFunc(c.problems, func(q Problem) bool {
+			return q.Kind == kind && q.Name == p.Namespace && strings.Contains(q.Message, AnnotationEgress)
+		}) {
+			c.problem(kind, "", p.Namespace, "InvalidAnnotation", "annotation %s: %v; its pods' sidecars get every service", AnnotationEgress, err)
+		}
+		return nil
+	}
+	return e
 }
 
 // serverFirst marks the ports a pod's annotation declares server-first

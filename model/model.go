@@ -134,6 +134,9 @@ type Workload struct {
 	// Policies are the valid authorization policies that select the pod,
 	// sorted by Key (see Authorize).
 	Policies []*Policy
+	// Egress is the scope of its sidecar's outbound configuration (nil:
+	// every service).
+	Egress Egress
 }
 
 // Key returns "name.namespace", which is also the proxy's node ID.

@@ -63,3 +63,33 @@ func TestProtocolAndIdentity(t *testing.T) {
 		t.Errorf("SPIFFEID = %s", id)
 	}
 }
+
+// TestParseEgress: the annotation's entries, "." as the workload's
+// namespace, "*/*" as no scope; malformed entries refused; Allows matches
+// namespace and name with wildcards.
+func TestParseEgress(t *testing.T) {
+	for _, c := range []struct {
+		in, want string // want "" with ok: every service
+		ok       bool
+	}{
+		{"./*", "demo/*", true},
+		{" ./web , kube-system/kube-dns,./web", "demo/web,kube-system/kube-dns", true},
+		{"*/db", "*/db", true},
+		{"./db,*/*", "", true},
+		{"db", "", false},
+		{"./Web", "", false},
+		{"a.b/web", "", false},
+		{",", "", false},
+	} {
+		e, err := model.ParseEgress(c.in, "demo")
+		if (err == nil) != c.ok || e.Key() != c.want {
+			t.Errorf("model.ParseEgress(%q) = %q, %v; want %q, ok %v", c.in, e.Key(), err, c.want, c.ok)
+		}
+	}
+	e, _ := model.ParseEgress("./web,*/db", "demo")
+	for svc, want := range map[[2]string]bool{{"demo", "web"}: true, {"other", "db"}: true, {"demo", "cache"}: false, {"other", "web"}: false} {
+		if got := e.Allows(&model.Service{Namespace: svc[0], Name: svc[1]}); got != want {
+			t.Errorf("%v allows %s/%s = %v", e, svc[0], svc[1], got)
+		}
+	}
+}

@@ -49,6 +49,9 @@ type Side struct {
 	Sidecar   bool   `json:"sidecar_expected"`
 	Connected bool   `json:"proxy_connected"`
 	Mode      string `json:"mode,omitempty"`
+	// Egress is the client's outbound scope (meshd.io/egress), when it has
+	// one: the services its sidecar is configured for.
+	Egress []string `json:"egress,omitempty"`
 }
 
 // PortPath is the path of one service port.
@@ -62,7 +65,10 @@ type PortPath struct {
 	ClientSecrets  []string       `json:"client_secrets"`
 	ExpectedSANs   []string       `json:"expected_server_sans"`
 	ClientIdentity string         `json:"client_presents,omitempty"`
-	Endpoints      []EndpointPath `json:"endpoints"`
+	// OutsideScope: the service is not in the client's egress scope, so its
+	// sidecar has no chain for it: calls pass through as the app sent them.
+	OutsideScope bool           `json:"outside_egress_scope,omitempty"`
+	Endpoints    []EndpointPath `json:"endpoints"`
 }
 
 // EndpointPath is one endpoint behind a port.
@@ -95,6 +101,7 @@ func Explain(snap *model.Snapshot, proxies []ProxyStatus, from, to string) (*Exp
 		return nil, fmt.Errorf("no pod %q in the mesh model", from)
 	}
 	e.From = side(w, connected)
+	e.From.Egress = w.Egress
 	svcs := targets(snap, to)
 	target := snap.Workload(to)
 	if len(svcs) == 0 && target == nil {
@@ -214,7 +221,12 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if !e.From.Sidecar { // no listener, chain or secrets on the client side
 			pp.Listener, pp.FilterChain, pp.Cluster, pp.Route, pp.ClientSecrets = "", "", "", "", nil
 		}
-		if e.From.Connected {
+		if e.From.Sidecar && !model.Egress(e.From.Egress).Allows(svc) {
+			pp.OutsideScope = true
+			pp.FilterChain, pp.Cluster, pp.Route, pp.ClientSecrets = "", translate.PassthroughCluster, "", nil
+			e.find("%s is outside the client's egress scope (annotation meshd.io/egress: %s): its sidecar has no chain for it, so calls pass through in plaintext (a STRICT server refuses them); add the service to the scope", svc.Key(), strings.Join(e.From.Egress, ","))
+		}
+		if e.From.Connected && !pp.OutsideScope {
 			pp.ClientIdentity = e.From.Identity
 		}
 		for id := range ids {
@@ -229,7 +241,7 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 			if ep.Ready {
 				ready++
 			}
-			pp.Endpoints = append(pp.Endpoints, e.endpoint(snap, svc, ep, connected))
+			pp.Endpoints = append(pp.Endpoints, e.endpoint(snap, svc, ep, connected, pp.OutsideScope))
 		}
 		if ready == 0 {
 			e.find("%s port %d has no ready endpoint: clients get \"no healthy upstream\" (503)", svc.Key(), p.Port)
@@ -238,8 +250,9 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 	}
 }
 
-func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus) EndpointPath {
-	out := EndpointPath{Address: ep.Address, Port: ep.Port, Ready: ep.Ready, MTLS: ep.Identity != "" && e.From.Connected}
+func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus, outside bool) EndpointPath {
+	plaintext := !e.From.Connected || outside // what the client's side sends
+	out := EndpointPath{Address: ep.Address, Port: ep.Port, Ready: ep.Ready, MTLS: ep.Identity != "" && !plaintext}
 	w := snap.Workload(ep.Workload)
 	if w == nil {
 		e.find("endpoint %s:%d of %s has no pod in the model: plaintext to it", ep.Address, ep.Port, svc.Key())
@@ -259,7 +272,7 @@ func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep mode
 	if !out.Server.Connected {
 		e.find("server %s should have a sidecar but none is connected to this replica: with STRICT, clients see \"upstream connect error ... connection refused/reset\"", w.Key())
 	}
-	if !e.From.Connected && w.Mode == model.ModeStrict {
+	if plaintext && w.Mode == model.ModeStrict {
 		e.find("server %s is STRICT and the client sends plaintext: the connection is closed (\"connection reset by peer\"); make the client a mesh member or set label meshd.io/mtls-mode=PERMISSIVE on the server", w.Key())
 	}
 	return out

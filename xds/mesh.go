@@ -54,10 +54,27 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	}
 	m.snap, m.problems = snap, problems
 	own := make(map[string]Resources, len(m.proxies))
+	scopes, scopeOf := map[string]Resources{}, map[string]string{}
 	for node, ref := range m.proxies {
 		own[node] = m.own(ref.peer)
+		if e := m.egress(ref.peer); e != nil {
+			key := e.Key()
+			if _, done := scopes[key]; !done {
+				scopes[key], _ = translate.Shared(snap.Scoped(e)) // its problems are the mesh's, reported above
+			}
+			scopeOf[node] = key
+		}
 	}
-	return problems, m.pub.SetAll(ctx, snap.ChangedAt, shared, own)
+	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
+}
+
+// egress is the proxy's outbound scope (nil: every service): its pod's, when
+// the proxy is the pod's.
+func (m *Mesh) egress(p Peer) model.Egress {
+	if w := m.snap.Workload(p.NodeID); w != nil && w.Identity == p.Identity.String() {
+		return w.Egress
+	}
+	return nil
 }
 
 // Snapshot returns the model last published (nil before the first).
@@ -79,7 +96,14 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	ref := m.proxies[p.NodeID]
 	ref.peer, ref.refs = p, ref.refs+1
 	m.proxies[p.NodeID] = ref
-	return m.pub.SetProxy(ctx, p.NodeID, m.own(p))
+	var key string
+	var scope Resources
+	if e := m.egress(p); e != nil {
+		if key = e.Key(); !m.pub.HasScope(key) {
+			scope, _ = translate.Shared(m.snap.Scoped(e))
+		}
+	}
+	return m.pub.SetProxyScope(ctx, p.NodeID, key, scope, m.own(p))
 }
 
 // RemoveProxy forgets a proxy's stream; the last one takes its resources.

@@ -43,6 +43,7 @@ var (
 type meshd struct {
 	srv     *xds.Server
 	pub     *xds.Publisher
+	mesh    *xds.Mesh // gives proxies their own resources (startWithMesh only)
 	renewer *testRenewer
 	cancel  context.CancelFunc
 	done    chan error
@@ -72,6 +73,19 @@ func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Confi
 // startUnpublished starts a meshd that has not published a mesh config yet,
 // as one restarting and still reading the cluster.
 func startUnpublished(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
+	t.Helper()
+	return start(t, pki, addr, false, opts...)
+}
+
+// startWithMesh starts a meshd whose proxies get their resources from a
+// Mesh (m.mesh), as meshd serve does; nothing is published before the first
+// m.mesh.Update.
+func startWithMesh(t testing.TB, pki *testPKI, addr string) *meshd {
+	t.Helper()
+	return start(t, pki, addr, true)
+}
+
+func start(t testing.TB, pki *testPKI, addr string, withMesh bool, opts ...func(*xds.Config)) *meshd {
 	t.Helper()
 	serving := pki.tlsCert(pki.issue(meshdID, "meshd", net.ParseIP("127.0.0.1")))
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{serving}, ClientCAs: pki.pool(),
@@ -105,6 +119,10 @@ func startUnpublished(t testing.TB, pki *testPKI, addr string, opts ...func(*xds
 	}
 	pub = xds.NewPublisher(srv.Cache)
 	hooks.Secrets, hooks.Publisher = mgr, pub
+	if withMesh {
+		m.mesh = xds.NewMesh(pub, logger)
+		hooks.Mesh = m.mesh
+	}
 	m.srv, m.pub = srv, pub
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel

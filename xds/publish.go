@@ -89,6 +89,10 @@ type Publisher struct {
 	started bool // SetAll has been called: the mesh config is known
 	shared  map[resourcev3.Type]versioned
 	proxies map[string]map[resourcev3.Type]versioned
+	// scopes are the shared resources of each egress scope (by key), what
+	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
+	scopes  map[string]map[resourcev3.Type]versioned
+	scopeOf map[string]string
 
 	// Convergence: from a Kubernetes change being noticed to a proxy
 	// ACKing every type that change moved.
@@ -107,6 +111,7 @@ type convergence struct {
 // NewPublisher publishes into cache.
 func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{},
+		scopes: map[string]map[resourcev3.Type]versioned{}, scopeOf: map[string]string{},
 		conv: map[string]*convergence{}, now: time.Now,
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshd_xds_convergence_seconds",
 			Help:    "Time from a Kubernetes change being noticed to a proxy ACKing every resource type it moved.",
@@ -144,9 +149,23 @@ func (p *Publisher) OnACK(nodeID, typeURL, version string) {
 // has instead of getting an empty config. The caller must not mutate shared
 // or own afterwards.
 func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Resources, own map[string]Resources) error {
-	hashed, err := hashAll(shared, true)
+	return p.SetScoped(ctx, changedAt, shared, nil, own, nil)
+}
+
+// SetScoped is SetAll with egress scopes: scopes holds, by scope key, the
+// resources proxies of that scope share instead of shared, and scopeOf the
+// scope of proxies in own ("" or absent: none). Scopes not given are
+// forgotten.
+func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared Resources, scopes map[string]Resources, own map[string]Resources, scopeOf map[string]string) error {
+	hashed, err := hashShared(shared)
 	if err != nil {
 		return err
+	}
+	hashedScopes := make(map[string]map[resourcev3.Type]versioned, len(scopes))
+	for key, res := range scopes {
+		if hashedScopes[key], err = hashShared(res); err != nil {
+			return fmt.Errorf("scope %s: %w", key, err)
+		}
 	}
 	ownHashed := make(map[string]map[resourcev3.Type]versioned, len(own))
 	for node, res := range own {
@@ -154,23 +173,19 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 			return err
 		}
 	}
-	if err := selfComplete(hashed); err != nil {
-		return fmt.Errorf("xds: shared resources are inconsistent: %w", err)
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started {
-		for t, v := range hashed {
-			if old, ok := p.shared[t]; ok {
-				setDifference(old, &v)
-				hashed[t] = v
-			}
+		since(p.shared, hashed)
+		for key, h := range hashedScopes {
+			since(p.scopes[key], h)
 		}
 	}
-	p.shared, p.started, p.changedAt = hashed, true, changedAt
+	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
+		p.setScopeLocked(node, scopeOf[node])
 	}
 	var errs []error
 	for node := range p.proxies {
@@ -182,6 +197,80 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 		return fmt.Errorf("xds: publish: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// hashShared prepares resources every proxy (of a scope) shares.
+func hashShared(res Resources) (map[resourcev3.Type]versioned, error) {
+	hashed, err := hashAll(res, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := selfComplete(hashed); err != nil {
+		return nil, fmt.Errorf("xds: shared resources are inconsistent: %w", err)
+	}
+	return hashed, nil
+}
+
+// since records in each new set what changed from the old one of its type.
+func since(old, hashed map[resourcev3.Type]versioned) {
+	for t, v := range hashed {
+		if o, ok := old[t]; ok {
+			setDifference(o, &v)
+			hashed[t] = v
+		}
+	}
+}
+
+func (p *Publisher) setScopeLocked(node, key string) {
+	if key == "" {
+		delete(p.scopeOf, node)
+	} else {
+		p.scopeOf[node] = key
+	}
+}
+
+// SetProxyScope sets a scoped proxy's scope (its resources, if the scope is
+// not known yet) and own resources, and republishes it: a proxy that
+// connects with a scope no other connected proxy has.
+func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope Resources, own Resources) error {
+	var hashedScope map[resourcev3.Type]versioned
+	if key != "" && scope != nil {
+		var err error
+		if hashedScope, err = hashShared(scope); err != nil {
+			return fmt.Errorf("scope %s: %w", key, err)
+		}
+	}
+	hashed, err := hashAll(own, false)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, known := p.scopes[key]; key != "" && !known && hashedScope != nil {
+		p.scopes[key] = hashedScope
+	}
+	p.setOwnLocked(nodeID, hashed)
+	p.setScopeLocked(nodeID, key)
+	return p.publishLocked(ctx, nodeID)
+}
+
+// HasScope reports whether a scope's resources are known.
+func (p *Publisher) HasScope(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.scopes[key]
+	return ok
+}
+
+// sharedOfLocked is what the proxy shares: its scope's resources, or the
+// mesh's.
+func (p *Publisher) sharedOfLocked(nodeID string) map[resourcev3.Type]versioned {
+	if key, ok := p.scopeOf[nodeID]; ok {
+		if sc, ok := p.scopes[key]; ok {
+			return sc
+		}
+	}
+	return p.shared
 }
 
 func (p *Publisher) setOwnLocked(nodeID string, hashed map[resourcev3.Type]versioned) {
@@ -213,6 +302,7 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.proxies, nodeID)
+	delete(p.scopeOf, nodeID)
 	delete(p.conv, nodeID)
 	p.cache.ClearSnapshot(nodeID)
 }
@@ -233,15 +323,16 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if !p.started || len(own[resourcev3.SecretType].items) == 0 {
 		return nil // not before the mesh config and the secrets
 	}
+	shared := p.sharedOfLocked(nodeID)
 	snap := &snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))},
 		sets: make(map[resourcev3.Type]versioned, len(snapshotTypes))}
 	for _, t := range snapshotTypes {
-		v := merge(p.shared[t], own[t])
+		v := merge(shared[t], own[t])
 		snap.Resources[cachev3.GetResponseType(t)] = v.resources
 		snap.VersionMap[t] = v.versionMap
 		snap.sets[t] = v
 	}
-	if err := p.completeLocked(own); err != nil {
+	if err := complete(shared, own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 	}
 	if err := p.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
@@ -273,16 +364,16 @@ func (p *Publisher) trackLocked(nodeID string, snap *cachev3.Snapshot) {
 	}
 }
 
-// completeLocked checks that every route and endpoint set the proxy's own
+// complete checks that every route and endpoint set the proxy's own
 // resources name is in its snapshot (the shared set was checked alone by
 // SetAll). Unlike go-control-plane's Consistent it allows resources nobody
 // references (routes of proxyless gRPC API listeners, shared routes a
 // proxy's listeners do not use).
-func (p *Publisher) completeLocked(own map[resourcev3.Type]versioned) error {
+func complete(shared, own map[resourcev3.Type]versioned) error {
 	for _, v := range own {
 		for t, names := range v.refs {
 			for name := range names {
-				if _, ok := p.shared[t].resources.Items[name]; ok {
+				if _, ok := shared[t].resources.Items[name]; ok {
 					continue
 				}
 				if _, ok := own[t].resources.Items[name]; !ok {
