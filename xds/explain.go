@@ -56,15 +56,15 @@ type Side struct {
 
 // PortPath is the path of one service port.
 type PortPath struct {
-	Port           uint32         `json:"port"`
-	Protocol       string         `json:"protocol"`
-	Listener       string         `json:"listener"`
-	FilterChain    string         `json:"filter_chain"`
-	Cluster        string         `json:"cluster"`
-	Route          string         `json:"route,omitempty"`
-	ClientSecrets  []string       `json:"client_secrets"`
-	ExpectedSANs   []string       `json:"expected_server_sans"`
-	ClientIdentity string         `json:"client_presents,omitempty"`
+	Port           uint32   `json:"port"`
+	Protocol       string   `json:"protocol"`
+	Listener       string   `json:"listener"`
+	FilterChain    string   `json:"filter_chain"`
+	Cluster        string   `json:"cluster"`
+	Route          string   `json:"route,omitempty"`
+	ClientSecrets  []string `json:"client_secrets"`
+	ExpectedSANs   []string `json:"expected_server_sans"`
+	ClientIdentity string   `json:"client_presents,omitempty"`
 	// OutsideScope: the service is not in the client's egress scope, so its
 	// sidecar has no chain for it: calls pass through as the app sent them.
 	OutsideScope bool           `json:"outside_egress_scope,omitempty"`
