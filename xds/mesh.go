@@ -2,11 +2,13 @@ package xds
 
 import (
 	"context"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"log/slog"
+	"reflect"
 	"slices"
 	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
@@ -26,6 +28,18 @@ type Mesh struct {
 	snap     *model.Snapshot
 	proxies  map[string]proxyRef
 	problems []model.Problem
+	// owned is each proxy's own resources as last translated, with what
+	// they were translated from.
+	owned map[string]ownEntry
+}
+
+// ownEntry is a proxy's own resources and their inputs: the proxy, its
+// workload (a copy) and the snapshot-wide settings its inbound side uses.
+type ownEntry struct {
+	peer     Peer
+	workload *model.Workload
+	settings [3]any
+	res      Resources
 }
 
 type proxyRef struct {
@@ -38,7 +52,7 @@ func NewMesh(pub *Publisher, log *slog.Logger) *Mesh {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Mesh{pub: pub, log: log, proxies: map[string]proxyRef{}}
+	return &Mesh{pub: pub, log: log, proxies: map[string]proxyRef{}, owned: map[string]ownEntry{}}
 }
 
 // Update publishes a new model. It returns the translation's problems
@@ -54,9 +68,12 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	}
 	m.snap, m.problems = snap, problems
 	own := make(map[string]Resources, len(m.proxies))
-	scopes, scopeOf := map[string]Resources{}, map[string]string{}
+	scopes, scopeOf := map[string]Resources{}, make(map[string]string, len(m.proxies))
 	for node, ref := range m.proxies {
-		own[node] = m.own(ref.peer)
+		if res, changed := m.ownCached(ref.peer); changed {
+			own[node] = res // only proxies whose own resources moved are hashed again
+		}
+		scopeOf[node] = ""
 		if e := m.egress(ref.peer); e != nil {
 			key := e.Key()
 			if _, done := scopes[key]; !done {
@@ -103,7 +120,8 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 			scope, _ = translate.Shared(m.snap.Scoped(e))
 		}
 	}
-	return m.pub.SetProxyScope(ctx, p.NodeID, key, scope, m.own(p))
+	res, _ := m.ownCached(p)
+	return m.pub.SetProxyScope(ctx, p.NodeID, key, scope, res)
 }
 
 // RemoveProxy forgets a proxy's stream; the last one takes its resources.
@@ -113,10 +131,35 @@ func (m *Mesh) RemoveProxy(nodeID string) {
 	ref := m.proxies[nodeID]
 	if ref.refs <= 1 {
 		delete(m.proxies, nodeID)
+		delete(m.owned, nodeID)
 		return
 	}
 	ref.refs--
 	m.proxies[nodeID] = ref
+}
+
+// ownCached is own, translated again only when what it depends on moved:
+// the proxy, its workload, the snapshot's settings for the inbound side
+// (and, for a sidecar without interception, every service: not cached).
+func (m *Mesh) ownCached(p Peer) (Resources, bool) {
+	w := m.snap.Workload(p.NodeID)
+	var settings [3]any
+	if m.snap != nil {
+		settings = [3]any{m.snap.TrustDomain, m.snap.ConnectionMaxAge, m.snap.DetectionTimeout}
+	}
+	prev, ok := m.owned[p.NodeID]
+	if ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
+		(w == nil || !w.NoInterception && reflect.DeepEqual(*w, *prev.workload)) {
+		return prev.res, false
+	}
+	res := m.own(p)
+	entry := ownEntry{peer: p, settings: settings, res: res}
+	if w != nil {
+		c := *w
+		entry.workload = &c
+	}
+	m.owned[p.NodeID] = entry
+	return res, true
 }
 
 // own translates a proxy's own resources. The listener type is always

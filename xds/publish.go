@@ -57,6 +57,10 @@ type versioned struct {
 type snapshot struct {
 	*cachev3.Snapshot
 	sets map[resourcev3.Type]versioned
+	// from is, by type, the versions of the shared and own sets each set
+	// was merged from: the next snapshot reuses a set whose parts did not
+	// move instead of merging them again.
+	from map[resourcev3.Type][2]string
 }
 
 func (s *snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
@@ -93,6 +97,8 @@ type Publisher struct {
 	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
 	scopes  map[string]map[resourcev3.Type]versioned
 	scopeOf map[string]string
+	// published is each proxy's last snapshot.
+	published map[string]*snapshot
 
 	// Convergence: from a Kubernetes change being noticed to a proxy
 	// ACKing every type that change moved.
@@ -111,7 +117,7 @@ type convergence struct {
 // NewPublisher publishes into cache.
 func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{},
-		scopes: map[string]map[resourcev3.Type]versioned{}, scopeOf: map[string]string{},
+		scopes: map[string]map[resourcev3.Type]versioned{}, scopeOf: map[string]string{}, published: map[string]*snapshot{},
 		conv: map[string]*convergence{}, now: time.Now,
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshd_xds_convergence_seconds",
 			Help:    "Time from a Kubernetes change being noticed to a proxy ACKing every resource type it moved.",
@@ -154,8 +160,8 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 
 // SetScoped is SetAll with egress scopes: scopes holds, by scope key, the
 // resources proxies of that scope share instead of shared, and scopeOf the
-// scope of proxies in own ("" or absent: none). Scopes not given are
-// forgotten.
+// scope of each proxy it names ("": none; a proxy not named keeps its
+// scope). Scopes not given are forgotten.
 func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared Resources, scopes map[string]Resources, own map[string]Resources, scopeOf map[string]string) error {
 	hashed, err := hashShared(shared)
 	if err != nil {
@@ -185,7 +191,9 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared R
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
-		p.setScopeLocked(node, scopeOf[node])
+	}
+	for node, key := range scopeOf {
+		p.setScopeLocked(node, key)
 	}
 	var errs []error
 	for node := range p.proxies {
@@ -303,6 +311,7 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 	defer p.mu.Unlock()
 	delete(p.proxies, nodeID)
 	delete(p.scopeOf, nodeID)
+	delete(p.published, nodeID)
 	delete(p.conv, nodeID)
 	p.cache.ClearSnapshot(nodeID)
 }
@@ -324,13 +333,26 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		return nil // not before the mesh config and the secrets
 	}
 	shared := p.sharedOfLocked(nodeID)
+	prev := p.published[nodeID]
 	snap := &snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(snapshotTypes))},
-		sets: make(map[resourcev3.Type]versioned, len(snapshotTypes))}
+		sets: make(map[resourcev3.Type]versioned, len(snapshotTypes)), from: make(map[resourcev3.Type][2]string, len(snapshotTypes))}
+	same := prev != nil
 	for _, t := range snapshotTypes {
-		v := merge(shared[t], own[t])
+		parts := [2]string{shared[t].version, own[t].version}
+		v, ok := prev.reuse(t, parts)
+		if !ok {
+			// Merging a type the proxy has resources of its own in costs a
+			// map entry per resource: not again for a type nothing moved in
+			// (a proxy's inbound route beside 1,000 shared routes, on every
+			// endpoint change).
+			v, same = merge(shared[t], own[t]), false
+		}
 		snap.Resources[cachev3.GetResponseType(t)] = v.resources
 		snap.VersionMap[t] = v.versionMap
-		snap.sets[t] = v
+		snap.sets[t], snap.from[t] = v, parts
+	}
+	if same {
+		return nil // nothing moved for this proxy (a change outside its scope)
 	}
 	if err := complete(shared, own); err != nil {
 		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
@@ -338,8 +360,20 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if err := p.cache.SetSnapshot(ctx, nodeID, snap); err != nil {
 		return err
 	}
+	p.published[nodeID] = snap
 	p.trackLocked(nodeID, snap.Snapshot)
 	return nil
+}
+
+// reuse returns the snapshot's set of type t if it was merged from parts.
+func (s *snapshot) reuse(t resourcev3.Type, parts [2]string) (versioned, bool) {
+	if s == nil {
+		return versioned{}, false
+	}
+	if s.from[t] != parts {
+		return versioned{}, false
+	}
+	return s.sets[t], true
 }
 
 // trackLocked notes which types a model change moved for the proxy.
