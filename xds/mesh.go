@@ -23,6 +23,9 @@ import (
 type Mesh struct {
 	pub *Publisher
 	log *slog.Logger
+	// tr keeps each service's translation: a change translates only the
+	// services it touched (guarded by mu).
+	tr translate.Translator
 
 	mu       sync.Mutex // held through a whole update, so no proxy sees two models mixed
 	snap     *model.Snapshot
@@ -60,7 +63,7 @@ func NewMesh(pub *Publisher, log *slog.Logger) *Mesh {
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	shared, problems := translate.Shared(snap)
+	shared, problems := m.tr.Shared(snap)
 	for _, p := range problems {
 		if !slices.Contains(m.problems, p) {
 			m.log.Warn("xds: translation problem", "problem", p.String())
@@ -77,7 +80,7 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 		if e := m.egress(ref.peer); e != nil {
 			key := e.Key()
 			if _, done := scopes[key]; !done {
-				scopes[key], _ = translate.Shared(snap.Scoped(e)) // its problems are the mesh's, reported above
+				scopes[key], _ = m.tr.Scoped(snap, e) // its problems are the mesh's, reported above
 			}
 			scopeOf[node] = key
 		}
@@ -117,7 +120,7 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	var scope Resources
 	if e := m.egress(p); e != nil {
 		if key = e.Key(); !m.pub.HasScope(key) {
-			scope, _ = translate.Shared(m.snap.Scoped(e))
+			scope, _ = m.tr.Scoped(m.snap, e)
 		}
 	}
 	res, _ := m.ownCached(p)

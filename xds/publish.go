@@ -100,6 +100,11 @@ type Publisher struct {
 	// published is each proxy's last snapshot.
 	published map[string]*snapshot
 
+	// enc: the encodings of the last shared and scope resources (guarded
+	// by encMu, taken before mu).
+	encMu sync.Mutex
+	enc   map[types.Resource]encoded
+
 	// Convergence: from a Kubernetes change being noticed to a proxy
 	// ACKing every type that change moved.
 	changedAt   time.Time // of the model being published by SetAll
@@ -163,16 +168,20 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared Reso
 // scope of each proxy it names ("": none; a proxy not named keeps its
 // scope). Scopes not given are forgotten.
 func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared Resources, scopes map[string]Resources, own map[string]Resources, scopeOf map[string]string) error {
-	hashed, err := hashShared(shared)
+	p.encMu.Lock()
+	defer p.encMu.Unlock()
+	enc := &encodingCache{prev: p.enc, next: map[types.Resource]encoded{}}
+	hashed, err := hashShared(shared, enc)
 	if err != nil {
 		return err
 	}
 	hashedScopes := make(map[string]map[resourcev3.Type]versioned, len(scopes))
 	for key, res := range scopes {
-		if hashedScopes[key], err = hashShared(res); err != nil {
+		if hashedScopes[key], err = hashShared(res, enc); err != nil {
 			return fmt.Errorf("scope %s: %w", key, err)
 		}
 	}
+	p.enc = enc.next
 	ownHashed := make(map[string]map[resourcev3.Type]versioned, len(own))
 	for node, res := range own {
 		if ownHashed[node], err = hashAll(res, false); err != nil {
@@ -208,8 +217,8 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared R
 }
 
 // hashShared prepares resources every proxy (of a scope) shares.
-func hashShared(res Resources) (map[resourcev3.Type]versioned, error) {
-	hashed, err := hashAll(res, true)
+func hashShared(res Resources, c *encodingCache) (map[resourcev3.Type]versioned, error) {
+	hashed, err := hashWith(res, true, c)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +253,10 @@ func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope
 	var hashedScope map[resourcev3.Type]versioned
 	if key != "" && scope != nil {
 		var err error
-		if hashedScope, err = hashShared(scope); err != nil {
+		p.encMu.Lock()
+		hashedScope, err = hashShared(scope, &encodingCache{prev: p.enc})
+		p.encMu.Unlock()
+		if err != nil {
 			return fmt.Errorf("scope %s: %w", key, err)
 		}
 	}
@@ -454,10 +466,30 @@ func merge(shared, own versioned) versioned {
 	return v
 }
 
-// hashAll computes each type's content-hash version: the hash of the
-// deterministic encoding of its resources in name order. Two replicas with
+// hashAll computes each type's content-hash version: the hash of its
+// resources' names and the hashes of their deterministic encodings, in name
+// order. Two replicas with
 // the same input agree, and a reconnect sends nothing new.
 func hashAll(res Resources, keepRaw bool) (map[resourcev3.Type]versioned, error) {
+	return hashWith(res, keepRaw, nil)
+}
+
+// encoded is a resource's deterministic encoding and its version.
+type encoded struct {
+	raw     []byte
+	version string
+}
+
+// encodingCache keeps the encodings of the last shared resources by
+// resource value: the translator gives back the same values for what did
+// not change, so a change encodes only what it touched. prev is read,
+// next filled (what the next change may reuse).
+type encodingCache struct {
+	prev, next map[types.Resource]encoded
+}
+
+// hashWith is hashAll, reusing and recording encodings in c (if not nil).
+func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Type]versioned, error) {
 	out := make(map[resourcev3.Type]versioned, len(res))
 	opts := proto.MarshalOptions{Deterministic: true}
 	for t, items := range res {
@@ -472,17 +504,23 @@ func hashAll(res Resources, keepRaw bool) (map[resourcev3.Type]versioned, error)
 			raw = make(map[string][]byte, len(sorted))
 		}
 		for _, r := range sorted {
-			b, err := opts.Marshal(r)
-			if err != nil {
-				return nil, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
+			e, ok := c.lookup(r)
+			if !ok {
+				b, err := opts.Marshal(r)
+				if err != nil {
+					return nil, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
+				}
+				rh := sha256.Sum256(b)
+				e = encoded{raw: b, version: hex.EncodeToString(rh[:8])}
 			}
-			fmt.Fprintf(h, "%d:", len(b))
-			h.Write(b)
-			rh := sha256.Sum256(b)
+			c.record(r, e)
+			// The set's version hashes each resource's name and content
+			// hash, not the encodings again (megabytes per change).
 			name := cachev3.GetResourceName(r)
-			vm[name] = hex.EncodeToString(rh[:8])
+			fmt.Fprintf(h, "%d:%s:%s\n", len(name), name, e.version)
+			vm[name] = e.version
 			if keepRaw {
-				raw[name] = b
+				raw[name] = e.raw
 			}
 		}
 		version := hex.EncodeToString(h.Sum(nil)[:8])
@@ -498,6 +536,23 @@ func hashAll(res Resources, keepRaw bool) (map[resourcev3.Type]versioned, error)
 		out[t] = v
 	}
 	return out, nil
+}
+
+func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
+	if c == nil {
+		return encoded{}, false
+	}
+	if e, ok := c.next[r]; ok {
+		return e, true
+	}
+	e, ok := c.prev[r]
+	return e, ok
+}
+
+func (c *encodingCache) record(r types.Resource, e encoded) {
+	if c != nil && c.next != nil {
+		c.next[r] = e
+	}
 }
 
 func compareStrings(a, b string) int {

@@ -88,26 +88,22 @@ func outboundChain(cluster, ip string, p model.Port) *listenerv3.FilterChain {
 	}
 }
 
-// directChains adds a chain per mesh endpoint of a headless service port,
-// so connections to a pod's own address get mutual TLS too. It reports
-// whether it added any.
-func directChains(svc *model.Service, p model.Port, chains *chainSet) bool {
-	added := false
+// directChains is a chain per mesh endpoint of a headless service port, so
+// connections to a pod's own address get mutual TLS too.
+func directChains(svc *model.Service, p model.Port) []addrChain {
+	var out []addrChain
 	cluster := directClusterName(svc, p.Port)
 	for _, e := range svc.Endpoints {
 		if e.PortName != p.Name || e.Identity == "" {
 			continue
 		}
-		chain := &listenerv3.FilterChain{
+		out = append(out, addrChain{e.Address, e.Port, &listenerv3.FilterChain{
 			Name:             fmt.Sprintf("%s|%s", cluster, e.Address),
 			FilterChainMatch: destinationMatch(e.Address, e.Port),
 			Filters:          []*listenerv3.Filter{tcpProxy(cluster, cluster)},
-		}
-		if chains.add(e.Address, e.Port, svc, chain) {
-			added = true
-		}
+		}})
 	}
-	return added
+	return out
 }
 
 func destinationMatch(ip string, port uint32) *listenerv3.FilterChainMatch {

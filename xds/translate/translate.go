@@ -18,6 +18,11 @@ package translate
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -71,51 +76,169 @@ func localClusterName(p model.Port) string { return "local-" + InboundClusterNam
 // Shared returns the resources every proxy shares: the outbound listener;
 // per service port a cluster, its endpoints and (for HTTP ports) its route
 // configuration; and the local clusters the inbound listeners forward to
-// (127.0.0.1:<port>, the same for every pod with that port). Problems it finds in the model (two services claiming
-// one address and port) are returned; the first service in key order keeps
-// the address.
+// (127.0.0.1:<port>, the same for every pod with that port). Problems it
+// finds in the model (two services claiming one address and port) are
+// returned; the first service in key order keeps the address.
 func Shared(snap *model.Snapshot) (Resources, []model.Problem) {
+	var t Translator
+	return t.Shared(snap)
+}
+
+// Translator is Shared for a sequence of snapshots: it keeps each service's
+// resources and gives back the same values for a service that did not
+// change, so that a change translates (and, in the publisher, encodes) only
+// the services it touched. Not safe for concurrent use; the zero value is
+// ready.
+type Translator struct {
+	services  map[string]*serviceOut // by service key
+	local     map[string]types.Resource
+	listeners map[string]*listenerv3.Listener // the last outbound listener, by scope key
+	// locals are the local clusters of the last Shared's workloads, which
+	// Scoped (of the same snapshot) reuses.
+	locals []types.Resource
+}
+
+// serviceOut is what a service translates to, and from what.
+type serviceOut struct {
+	svc      model.Service // a deep copy
+	maxAge   time.Duration
+	res      Resources // clusters, endpoint sets, routes
+	ports    []portChains
+	directOf []types.Resource // per port: the headless direct cluster, or nil
+}
+
+// portChains are the outbound chains one service port asks for: its
+// ClusterIP's, or one per mesh endpoint of a headless service.
+type portChains struct {
+	chains []addrChain
+}
+
+type addrChain struct {
+	ip    string
+	port  uint32
+	chain *listenerv3.FilterChain
+}
+
+// Shared translates snap, reusing what it translated before for services
+// that did not change, and forgets services no longer in snap.
+func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
+	res, problems := t.translate(snap, "")
+	keep := make(map[string]*serviceOut, len(snap.Services))
+	for _, svc := range snap.Services {
+		keep[svc.Key()] = t.services[svc.Key()]
+	}
+	t.services = keep
+	return res, problems
+}
+
+// Scoped translates snap as a sidecar with scope e sees it (Shared of
+// snap.Scoped(e)), from and into the same per-service results as Shared.
+// snap must be the snapshot Shared was last given.
+func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Resources, []model.Problem) {
+	return t.translate(snap.Scoped(e), e.Key())
+}
+
+// translate translates snap; scope keys the outbound listener kept for the
+// next translation of the same scope.
+func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, []model.Problem) {
+	if t.services == nil {
+		t.services, t.local, t.listeners = map[string]*serviceOut{}, map[string]types.Resource{}, map[string]*listenerv3.Listener{}
+	}
 	res := Resources{}
-	add := func(t resourcev3.Type, r types.Resource) { res[t] = append(res[t], r) }
-	add(resourcev3.ClusterType, passthroughCluster())
+	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
+	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
 	var chains chainSet
 	for _, svc := range snap.Services {
-		ids := identities(svc)
-		for _, p := range svc.Ports {
-			name := ClusterName(svc, p.Port)
-			add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
-			add(resourcev3.EndpointType, loadAssignment(name, svc, p))
-			if p.Protocol.IsHTTP() {
-				add(resourcev3.RouteType, routeConfig(name, name))
+		out := t.service(snap, svc)
+		for typ, items := range out.res {
+			res[typ] = append(res[typ], items...)
+		}
+		for i, pc := range out.ports {
+			added := false
+			for _, c := range pc.chains {
+				if chains.add(c.ip, c.port, svc, c.chain) {
+					added = true
+				}
 			}
-			if svc.ClusterIP != "" {
-				chains.add(svc.ClusterIP, p.Port, svc, outboundChain(name, svc.ClusterIP, p))
-				continue
-			}
-			if direct := directChains(svc, p, &chains); direct {
-				add(resourcev3.ClusterType, boundAge(directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
+			if out.directOf[i] != nil && added {
+				add(resourcev3.ClusterType, out.directOf[i])
 			}
 		}
 	}
-	add(resourcev3.ListenerType, outboundListener(chains.chains))
+	// The listener is rebuilt only when its chains changed (services
+	// added, removed, readdressed; an endpoint change keeps it).
+	l := t.listeners[scope]
+	if l == nil || !slices.Equal(l.FilterChains, chains.chains) {
+		l = outboundListener(chains.chains)
+		t.listeners[scope] = l
+	}
+	add(resourcev3.ListenerType, l)
+	if scope == "" {
+		t.locals = t.localClusters(snap)
+	}
+	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
+	sortResources(res)
+	return res, chains.problems
+}
+
+// localClusters are the clusters the inbound sides forward to: one per
+// distinct port (and kind) of the workloads.
+func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
+	var out []types.Resource
 	seen := map[string]bool{}
 	for _, w := range snap.Workloads {
 		for _, p := range w.Ports {
+			name, build := InboundClusterName(p), inboundCluster
 			if w.NoInterception {
-				if name := localClusterName(p); !seen[name] {
-					seen[name] = true
-					add(resourcev3.ClusterType, localCluster(p))
-				}
-				continue
+				name, build = localClusterName(p), localCluster
 			}
-			if name := InboundClusterName(p); !seen[name] {
+			if !seen[name] {
 				seen[name] = true
-				add(resourcev3.ClusterType, inboundCluster(p))
+				out = append(out, t.cached(name, func() types.Resource { return build(p) }))
 			}
 		}
 	}
-	sortResources(res)
-	return res, chains.problems
+	return out
+}
+
+// cached returns the resource named name built before, or builds it. Only
+// for resources that depend on nothing but their name.
+func (t *Translator) cached(name string, build func() types.Resource) types.Resource {
+	r, ok := t.local[name]
+	if !ok {
+		r = build()
+		t.local[name] = r
+	}
+	return r
+}
+
+// service returns svc's resources: the ones translated before when neither
+// the service nor the connection age bound changed.
+func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceOut {
+	if out := t.services[svc.Key()]; out != nil && out.maxAge == snap.ConnectionMaxAge && reflect.DeepEqual(out.svc, *svc) {
+		return out
+	}
+	out := &serviceOut{svc: *svc, maxAge: snap.ConnectionMaxAge, res: Resources{}}
+	out.svc.Ports, out.svc.Endpoints = slices.Clone(svc.Ports), slices.Clone(svc.Endpoints)
+	add := func(typ resourcev3.Type, r types.Resource) { out.res[typ] = append(out.res[typ], r) }
+	ids := identities(svc)
+	for _, p := range svc.Ports {
+		name := ClusterName(svc, p.Port)
+		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
+		add(resourcev3.EndpointType, loadAssignment(name, svc, p))
+		if p.Protocol.IsHTTP() {
+			add(resourcev3.RouteType, routeConfig(name, name))
+		}
+		if svc.ClusterIP != "" {
+			out.ports = append(out.ports, portChains{chains: []addrChain{{svc.ClusterIP, p.Port, outboundChain(name, svc.ClusterIP, p)}}})
+			out.directOf = append(out.directOf, nil)
+			continue
+		}
+		out.ports = append(out.ports, portChains{chains: directChains(svc, p)})
+		out.directOf = append(out.directOf, boundAge(directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
+	}
+	t.services[svc.Key()] = out
+	return out
 }
 
 // Proxy returns a proxy's own resources: the inbound listener with a filter

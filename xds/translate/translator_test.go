@@ -1,0 +1,108 @@
+package translate_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/xds/translate"
+)
+
+// TestTranslatorIsShared: one Translator fed a sequence of snapshots (every
+// golden input, then random changes of them: endpoints becoming ready or
+// not, services gone, the connection age bound moved, scopes) gives, each
+// time, exactly what a fresh translation gives, problems included.
+func TestTranslatorIsShared(t *testing.T) {
+	ins, err := filepath.Glob("testdata/in/*.yaml")
+	if err != nil || len(ins) == 0 {
+		t.Fatalf("no inputs: %v", err)
+	}
+	var snaps []*model.Snapshot
+	for _, in := range ins {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := k8s.StateFromYAML(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, _ := k8s.Convert(st, "cluster.local")
+		snaps = append(snaps, snap)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var tr translate.Translator
+	for i := range 400 {
+		snap := mutate(rng, snaps[rng.IntN(len(snaps))])
+		got, gotProblems := tr.Shared(snap)
+		want, wantProblems := translate.Shared(snap)
+		if err := sameResources(got, want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
+			t.Fatalf("step %d: incremental translation differs: %v; problems %v, want %v", i, err, gotProblems, wantProblems)
+		}
+		e := model.Egress{"*/" + pickService(rng, snap)}
+		got, _ = tr.Scoped(snap, e)
+		want, _ = translate.Shared(snap.Scoped(e))
+		if err := sameResources(got, want); err != nil {
+			t.Fatalf("step %d: scoped %v: %v", i, e, err)
+		}
+	}
+}
+
+// mutate returns a copy of snap with random changes; snap is not touched.
+func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
+	c := *snap
+	c.Services = nil
+	for _, svc := range snap.Services {
+		if rng.IntN(8) == 0 {
+			continue // gone
+		}
+		s := *svc
+		s.Endpoints = slices.Clone(svc.Endpoints)
+		for j := range s.Endpoints {
+			if rng.IntN(3) == 0 {
+				s.Endpoints[j].Ready = !s.Endpoints[j].Ready
+			}
+		}
+		c.Services = append(c.Services, &s)
+	}
+	if rng.IntN(4) == 0 {
+		c.ConnectionMaxAge = time.Duration(rng.IntN(3)) * time.Hour
+	}
+	return &c
+}
+
+func pickService(rng *rand.Rand, snap *model.Snapshot) string {
+	if len(snap.Services) == 0 {
+		return "none"
+	}
+	return snap.Services[rng.IntN(len(snap.Services))].Name
+}
+
+func sameResources(got, want translate.Resources) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("%d types, want %d", len(got), len(want))
+	}
+	for typ, w := range want {
+		g := got[typ]
+		if len(g) != len(w) {
+			return fmt.Errorf("%s: %d resources, want %d", typ, len(g), len(w))
+		}
+		for i := range w {
+			if !proto.Equal(g[i], w[i]) {
+				return fmt.Errorf("%s #%d: %v, want %v", typ, i, name(g[i]), name(w[i]))
+			}
+		}
+	}
+	return nil
+}
+
+func name(r types.Resource) string { return fmt.Sprintf("%T %v", r, r) }
