@@ -2,7 +2,9 @@
 // layout of the record (an internal root, or a plug-in CA in Istio's
 // cacerts layout), first creation with create-if-absent semantics and the
 // trust record that refuses a silently replaced root (load.go), and root
-// rotation, one idempotent step at a time (rotation.go).
+// rotation, one idempotent step at a time (rotation.go), and the Follower
+// that steps it and keeps a signer on the record's current material
+// (follow.go).
 //
 // Where it sits: between ca (which signs with the Authority built here) and
 // ca/store (which persists the record). It must not use client-go or

@@ -1,20 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 
 	cmclient "github.com/cert-manager/cert-manager/pkg/client/clientset/versioned"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/ca/certmanager"
@@ -29,7 +23,7 @@ import (
 type certManagerCA struct {
 	issuer  *certmanager.Issuer
 	renewer *ca.Renewer
-	bundle  *bundleSource // nil: the issuer's status.ca
+	bundle  *certmanager.BundleSource // nil: the issuer's status.ca
 }
 
 func newCertManagerCA(cfg config.Config, rc *rest.Config, client kubernetes.Interface, metrics *ca.Metrics,
@@ -48,9 +42,9 @@ func newCertManagerCA(cfg config.Config, rc *rest.Config, client kubernetes.Inte
 		OnBundleChange: func() { c.renewer.Reissue() }}
 	if cfg.TrustBundle != "" {
 		kind, name, key, _ := config.ParseBundleRef(cfg.TrustBundle)
-		c.bundle = &bundleSource{client: client, namespace: cfg.Namespace, kind: kind, name: name, key: key, log: log,
-			onChange: func() { c.renewer.Reissue() }}
-		icfg.TrustBundle = c.bundle.get
+		c.bundle = certmanager.NewBundleSource(certmanager.BundleConfig{Client: client, Namespace: cfg.Namespace, Kind: kind, Name: name, Key: key,
+			Logger: log, OnChange: func() { c.renewer.Reissue() }})
+		icfg.TrustBundle = c.bundle.PEM
 	}
 	if c.issuer, err = certmanager.New(icfg); err != nil {
 		return nil, err
@@ -71,60 +65,7 @@ func newCertManagerCA(cfg config.Config, rc *rest.Config, client kubernetes.Inte
 // run follows meshd's CertificateRequests (and the trust bundle) until ctx ends.
 func (c *certManagerCA) run(ctx context.Context) error {
 	if c.bundle != nil {
-		go c.bundle.run(ctx)
+		go func() { _ = c.bundle.Start(ctx) }()
 	}
 	return c.issuer.Start(ctx)
-}
-
-// bundleSource follows one key of a ConfigMap or Secret (trust-manager
-// style) through an informer on that one object.
-type bundleSource struct {
-	client                     kubernetes.Interface
-	namespace, kind, name, key string
-	log                        *slog.Logger
-	onChange                   func()
-
-	mu  sync.Mutex
-	pem []byte
-}
-
-func (b *bundleSource) get() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.pem
-}
-
-func (b *bundleSource) run(ctx context.Context) {
-	var rc cache.Getter = b.client.CoreV1().RESTClient()
-	var obj runtime.Object = &corev1.ConfigMap{}
-	resource := "configmaps"
-	if b.kind == "secret" {
-		obj, resource = &corev1.Secret{}, "secrets"
-	}
-	lw := cache.NewListWatchFromClient(rc, resource, b.namespace, fields.OneTermEqualSelector("metadata.name", b.name))
-	_, ctrl := cache.NewInformerWithOptions(cache.InformerOptions{ListerWatcher: lw, ObjectType: obj,
-		Handler: cache.ResourceEventHandlerFuncs{AddFunc: b.set, UpdateFunc: func(_, n any) { b.set(n) }}})
-	ctrl.RunWithContext(ctx)
-}
-
-func (b *bundleSource) set(obj any) {
-	var data []byte
-	switch o := obj.(type) {
-	case *corev1.ConfigMap:
-		data = []byte(o.Data[b.key])
-	case *corev1.Secret:
-		data = o.Data[b.key]
-	}
-	if certs, err := ca.ParseCertsPEM(data); err != nil || len(certs) == 0 {
-		b.log.Error("ca: trust bundle has no certificate; keeping the previous one", "source", b.kind+"/"+b.name, "key", b.key)
-		return
-	}
-	b.mu.Lock()
-	changed := b.pem != nil && !bytes.Equal(b.pem, data)
-	b.pem = data
-	b.mu.Unlock()
-	if changed {
-		b.log.Info("ca: trust bundle changed; issuing every certificate again", "source", b.kind+"/"+b.name)
-		b.onChange()
-	}
 }

@@ -1,4 +1,4 @@
-package main
+package certmanager_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/ca/certmanager"
 	"github.com/meshd/meshd/internal/testenv"
 )
 
@@ -36,19 +37,19 @@ func TestTrustBundleSource(t *testing.T) {
 		return string(a.BundlePEM)
 	}
 	// Each re-issue records the bundle served when it was asked for.
-	// onChange runs on the informer's one handler goroutine, after set()
+	// OnChange runs on the informer's one handler goroutine, after set()
 	// stored the bundle, in event order: once a re-issue for the latest
 	// bundle is recorded, every earlier event has had its say, so the count
 	// is final without waiting to see that nothing more comes.
 	var mu sync.Mutex
 	var changes []string
-	b := &bundleSource{client: env.Client, namespace: ns, kind: "configmap", name: "mesh-roots", key: "ca.crt",
-		log: slog.Default()}
-	b.onChange = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		changes = append(changes, string(b.get()))
-	}
+	var b *certmanager.BundleSource
+	b = certmanager.NewBundleSource(certmanager.BundleConfig{Client: env.Client, Namespace: ns, Kind: "configmap", Name: "mesh-roots", Key: "ca.crt",
+		Logger: slog.Default(), OnChange: func() {
+			mu.Lock()
+			defer mu.Unlock()
+			changes = append(changes, string(b.PEM()))
+		}})
 	count := func() (int, string) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -57,13 +58,13 @@ func TestTrustBundleSource(t *testing.T) {
 		}
 		return len(changes), changes[len(changes)-1]
 	}
-	go b.run(ctx)
+	go func() { _ = b.Start(ctx) }()
 	waitBundle := func(want string) {
 		t.Helper()
 		if err := wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(context.Context) (bool, error) {
-			return string(b.get()) == want, nil
+			return string(b.PEM()) == want, nil
 		}); err != nil {
-			t.Fatalf("bundle never became the ConfigMap's (%d bytes now)", len(b.get()))
+			t.Fatalf("bundle never became the ConfigMap's (%d bytes now)", len(b.PEM()))
 		}
 	}
 	waitChanges := func(want int, latest, what string) {

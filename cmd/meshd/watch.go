@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/meshd/meshd/internal/config"
+	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/xds"
+)
+
+// watchStage is the Kubernetes watcher and what it hands on besides the
+// model: the pods (for the injector's Secret writer) and whether a mesh
+// config has been published yet.
+type watchStage struct {
+	watcher   *k8s.Watcher
+	pods      *inject.Pods
+	published *atomic.Bool
+}
+
+// newWatch builds the watcher: informers (or the local dir) -> batched
+// state -> model (bad objects reported as Events) -> mesh: translated and
+// published to every proxy.
+func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logger) (*watchStage, error) {
+	w := &watchStage{pods: inject.NewPods(), published: &atomic.Bool{}}
+	wcfg := k8s.Config{Client: kube.client, Dynamic: kube.dyn, PoliciesServed: kube.policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay,
+		Logger: log, OnState: w.onState(cfg, kube, mesh, log)}
+	if kube.local != nil {
+		wcfg.Source = kube.local
+	}
+	var err error
+	if w.watcher, err = k8s.New(wcfg); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// onState converts a state, reports its problems and publishes the model.
+func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logger) func(context.Context, *k8s.State) {
+	return func(ctx context.Context, st *k8s.State) {
+		w.pods.Set(st.Pods)
+		snap, probs := k8s.Convert(st, cfg.TrustDomain)
+		// A connection made just before a renewal (at about two thirds of
+		// a certificate's life) still ends before that certificate.
+		snap.ConnectionMaxAge = cfg.CertTTL / 3
+		snap.DetectionTimeout = cfg.DetectionTimeout
+		if kube.policyStatus != nil {
+			kube.policyStatus.Update(st.Policies, snap, probs)
+		}
+		// Translation finds its own (two services on one address):
+		// reported with conversion's, as Events on the objects.
+		tprobs, err := mesh.Update(ctx, snap)
+		kube.problems.Report(append(probs, tprobs...))
+		if err != nil {
+			log.Error("xds: publish mesh config", "error", err)
+			return
+		}
+		w.published.Store(true)
+		log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
+	}
+}
