@@ -282,44 +282,30 @@ func (o *opsFlags) get(ctx context.Context, path string, q url.Values, v any) ([
 	return b, nil
 }
 
+// proxyRow is one proxy of /debug/proxies (the fields proxy-status prints).
+type proxyRow struct {
+	Replica        string    `json:"replica,omitempty"`
+	NodeID         string    `json:"node_id"`
+	Identity       string    `json:"identity"`
+	Delta          bool      `json:"delta"`
+	ConnectedSince time.Time `json:"connected_since"`
+	Types          map[string]struct {
+		Sent     string `json:"sent_version"`
+		Acked    string `json:"acked_version"`
+		NACKs    int    `json:"nacks"`
+		LastNACK *struct {
+			Error string `json:"error"`
+		} `json:"last_nack"`
+	} `json:"types"`
+	Stale []string `json:"stale_types,omitempty"`
+}
+
+// proxyStatusCmd prints every replica's proxies and how far each resource
+// type is in sync.
 func proxyStatusCmd(ctx context.Context, o *opsFlags, _ []string, stdout io.Writer) error {
-	type row struct {
-		Replica        string    `json:"replica,omitempty"`
-		NodeID         string    `json:"node_id"`
-		Identity       string    `json:"identity"`
-		Delta          bool      `json:"delta"`
-		ConnectedSince time.Time `json:"connected_since"`
-		Types          map[string]struct {
-			Sent     string `json:"sent_version"`
-			Acked    string `json:"acked_version"`
-			NACKs    int    `json:"nacks"`
-			LastNACK *struct {
-				Error string `json:"error"`
-			} `json:"last_nack"`
-		} `json:"types"`
-		Stale []string `json:"stale_types,omitempty"`
-	}
-	var all []row
-	raw := []json.RawMessage{} // "proxies": [] with none, not null
-	for _, a := range o.addrs {
-		var v struct {
-			Proxies []json.RawMessage `json:"proxies"`
-		}
-		if _, err := o.at(a).get(ctx, "/debug/proxies", nil, &v); err != nil {
-			return err
-		}
-		for _, p := range v.Proxies {
-			var r row
-			if err := json.Unmarshal(p, &r); err != nil {
-				return fmt.Errorf("meshd: decode /debug/proxies: %w", err)
-			}
-			if len(o.addrs) > 1 {
-				r.Replica = o.label(a)
-				p = withReplica(p, r.Replica)
-			}
-			all = append(all, r)
-			raw = append(raw, p)
-		}
+	all, raw, err := proxyRows(ctx, o)
+	if err != nil {
+		return err
 	}
 	if o.raw {
 		b, err := json.Marshal(map[string]any{"proxies": raw})
@@ -347,6 +333,34 @@ func proxyStatusCmd(ctx context.Context, o *opsFlags, _ []string, stdout io.Writ
 		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	return tw.Flush()
+}
+
+// proxyRows reads /debug/proxies from every replica: the rows, and each
+// proxy's JSON as served (with "replica" added when there are several).
+func proxyRows(ctx context.Context, o *opsFlags) ([]proxyRow, []json.RawMessage, error) {
+	var all []proxyRow
+	raw := []json.RawMessage{} // "proxies": [] with none, not null
+	for _, a := range o.addrs {
+		var v struct {
+			Proxies []json.RawMessage `json:"proxies"`
+		}
+		if _, err := o.at(a).get(ctx, "/debug/proxies", nil, &v); err != nil {
+			return nil, nil, err
+		}
+		for _, p := range v.Proxies {
+			var r proxyRow
+			if err := json.Unmarshal(p, &r); err != nil {
+				return nil, nil, fmt.Errorf("meshd: decode /debug/proxies: %w", err)
+			}
+			if len(o.addrs) > 1 {
+				r.Replica = o.label(a)
+				p = withReplica(p, r.Replica)
+			}
+			all = append(all, r)
+			raw = append(raw, p)
+		}
+	}
+	return all, raw, nil
 }
 
 // withReplica adds "replica": addr to a JSON object.
@@ -473,44 +487,49 @@ func certsCmd(ctx context.Context, o *opsFlags, pos []string, stdout io.Writer) 
 	return tw.Flush()
 }
 
-func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Writer) error {
-	var v struct {
-		Verdict       string   `json:"verdict"`
-		Authorization string   `json:"authorization"`
-		Findings      []string `json:"findings"`
-		Ports         []struct {
-			Port         uint32   `json:"port"`
-			Protocol     string   `json:"protocol"`
-			Chain        string   `json:"filter_chain"`
-			Cluster      string   `json:"cluster"`
-			ExpectedSANs []string `json:"expected_server_sans"`
-			Client       string   `json:"client_presents"`
-			Endpoints    []struct {
-				Address string `json:"address"`
-				Port    uint32 `json:"port"`
-				Ready   bool   `json:"ready"`
-				MTLS    bool   `json:"mtls"`
-				Authz   *struct {
-					Decision string   `json:"decision"`
-					Reason   string   `json:"reason"`
-					Rules    []string `json:"rules"`
-					DryRun   string   `json:"dry_run"`
-				} `json:"authorization"`
-				Server struct {
-					Workload  string `json:"workload"`
-					Connected bool   `json:"proxy_connected"`
-					Mode      string `json:"mode"`
-				} `json:"server"`
-			} `json:"endpoints"`
-		} `json:"ports"`
-		PodIP []struct {
+// explainView is what /debug/explain answers (the fields the command prints).
+type explainView struct {
+	Verdict       string   `json:"verdict"`
+	Authorization string   `json:"authorization"`
+	Findings      []string `json:"findings"`
+	Ports         []struct {
+		Port         uint32   `json:"port"`
+		Protocol     string   `json:"protocol"`
+		Chain        string   `json:"filter_chain"`
+		Cluster      string   `json:"cluster"`
+		ExpectedSANs []string `json:"expected_server_sans"`
+		Client       string   `json:"client_presents"`
+		Endpoints    []struct {
 			Address string `json:"address"`
 			Port    uint32 `json:"port"`
-			Path    string `json:"path"`
+			Ready   bool   `json:"ready"`
 			MTLS    bool   `json:"mtls"`
-			Outcome string `json:"outcome"`
-		} `json:"pod_ip"`
-	}
+			Authz   *struct {
+				Decision string   `json:"decision"`
+				Reason   string   `json:"reason"`
+				Rules    []string `json:"rules"`
+				DryRun   string   `json:"dry_run"`
+			} `json:"authorization"`
+			Server struct {
+				Workload  string `json:"workload"`
+				Connected bool   `json:"proxy_connected"`
+				Mode      string `json:"mode"`
+			} `json:"server"`
+		} `json:"endpoints"`
+	} `json:"ports"`
+	PodIP []struct {
+		Address string `json:"address"`
+		Port    uint32 `json:"port"`
+		Path    string `json:"path"`
+		MTLS    bool   `json:"mtls"`
+		Outcome string `json:"outcome"`
+	} `json:"pod_ip"`
+}
+
+// explainCmd prints /debug/explain for from -> to, asked of the replica
+// from is connected to.
+func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Writer) error {
+	var v explainView
 	all := o
 	o = o.forNode(ctx, from)
 	b, err := o.get(ctx, "/debug/explain", url.Values{"from": {from}, "to": {to}}, &v)
@@ -518,7 +537,14 @@ func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Wri
 		return errors.Join(err, o.print(stdout, b))
 	}
 	// A server sidecar connected to another replica is connected.
-	elsewhere := connectedElsewhere(ctx, all, o.addr)
+	v.connectedElsewhere(connectedElsewhere(ctx, all, o.addr))
+	v.print(stdout, from, to)
+	return nil
+}
+
+// connectedElsewhere marks the server sidecars connected to other replicas
+// as connected and drops the findings that say they are not.
+func (v *explainView) connectedElsewhere(elsewhere map[string]bool) {
 	var findings []string
 	for _, f := range v.Findings {
 		keep := true
@@ -539,6 +565,9 @@ func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Wri
 			}
 		}
 	}
+}
+
+func (v *explainView) print(stdout io.Writer, from, to string) {
 	fmt.Fprintf(stdout, "%s -> %s: %s\n", from, to, strings.ToUpper(v.Verdict))
 	if v.Authorization != "" {
 		fmt.Fprintf(stdout, "authorization: %s\n", strings.ToUpper(v.Authorization))
@@ -567,7 +596,6 @@ func explainCmd(ctx context.Context, o *opsFlags, from, to string, stdout io.Wri
 	for _, f := range v.Findings {
 		fmt.Fprintln(stdout, "! "+f)
 	}
-	return nil
 }
 
 // connectedElsewhere returns the proxies connected to the replicas other
