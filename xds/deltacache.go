@@ -7,13 +7,14 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// meshCache is the cache the ADS server answers from: it keeps each node's
+// Cache is the cache the ADS server answers from: it keeps each node's
 // snapshot and answers delta watches (here) and SotW watches (sotwcache.go)
 // from the sets the Publisher prepared. go-control-plane's snapshot cache is
 // embedded only for the rest of its interface; it holds no snapshot.
@@ -30,7 +31,7 @@ import (
 // change's difference, computed once for every proxy sharing that set
 // (Publisher.SetAll). The resources sent are the encodings computed once per
 // change (versioned.raw), not marshalled again per stream.
-type meshCache struct {
+type Cache struct {
 	cachev3.SnapshotCache
 	log *slog.Logger
 
@@ -38,27 +39,37 @@ type meshCache struct {
 	snaps   map[string]*snapshot
 	watches map[string]map[*deltaWatch]struct{} // by node ID
 	sotw    map[string]map[*sotwWatch]struct{}  // by node ID
-	// streams, if set, keeps what each SotW stream holds (sotwHeld).
+	// streams is the state of every open stream, shared with the server's
+	// callbacks: what each stream holds is kept there.
 	streams *streams
 	// onSet, if set, is told each node whose snapshot was set (outside mu).
 	onSet func(node string)
 }
 
 // notify sets the function told each node whose snapshot was set.
-func (c *meshCache) notify(f func(node string)) {
+func (c *Cache) notify(f func(node string)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.onSet = f
 }
 
-func newMeshCache(log *slog.Logger, streams *streams) *meshCache {
-	return &meshCache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
+// NewCache returns an empty cache, to create before the Server that answers
+// from it (Config.Cache) when what publishes into it must exist first. now
+// is the clock of the streams' state (nil: time.Now).
+func NewCache(log *slog.Logger, now func() time.Time) *Cache {
+	if log == nil {
+		log = slog.Default()
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Cache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
 		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{},
-		sotw: map[string]map[*sotwWatch]struct{}{}, streams: streams}
+		sotw: map[string]map[*sotwWatch]struct{}{}, streams: newStreams(now)}
 }
 
 // GetSnapshot returns the node's current snapshot.
-func (c *meshCache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
+func (c *Cache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.snaps[node]; s != nil {
@@ -118,7 +129,7 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 
 // SetSnapshot publishes a node's snapshot: the watches of the types whose
 // version changed are answered.
-func (c *meshCache) SetSnapshot(_ context.Context, node string, snap cachev3.ResourceSnapshot) error {
+func (c *Cache) SetSnapshot(_ context.Context, node string, snap cachev3.ResourceSnapshot) error {
 	s, ok := snap.(*snapshot)
 	if !ok {
 		return fmt.Errorf("xds: snapshot of %s: only the Publisher's snapshots are served, not %T", node, snap)
@@ -130,7 +141,7 @@ func (c *meshCache) SetSnapshot(_ context.Context, node string, snap cachev3.Res
 }
 
 // set answers the node's watches from s, returning onSet.
-func (c *meshCache) set(node string, s *snapshot) func(string) {
+func (c *Cache) set(node string, s *snapshot) func(string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.snaps[node] = s
@@ -161,7 +172,7 @@ func (c *meshCache) set(node string, s *snapshot) func(string) {
 }
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.
-func (c *meshCache) ClearSnapshot(node string) {
+func (c *Cache) ClearSnapshot(node string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.snaps, node)
@@ -176,7 +187,7 @@ func typeOrder(typeURL string) int {
 
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
-func (c *meshCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
+func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
 	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
 	if c.streams != nil {
 		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*deltaHeld)
@@ -210,7 +221,7 @@ func (c *meshCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subs
 
 // answerLocked sends the watch what its stream lacks of snapshot s, if
 // anything, and reports whether it did (the watch is then done).
-func (c *meshCache) answerLocked(w *deltaWatch, s *snapshot) bool {
+func (c *Cache) answerLocked(w *deltaWatch, s *snapshot) bool {
 	typeURL := w.req.GetTypeUrl()
 	set, ok := s.sets[typeURL]
 	if !ok {

@@ -42,7 +42,7 @@ type versioned struct {
 	// from, changed, removed: the set this one replaced (shared sets only;
 	// from is "" when there was none), and the names added or changed and
 	// the names gone since. A stream holding exactly that set needs only
-	// these (see meshCache).
+	// these (see Cache).
 	from             string
 	changed, removed []string
 	// enc: the resources as Any values, made when a SotW response first
@@ -53,7 +53,7 @@ type versioned struct {
 
 // snapshot is a go-control-plane Snapshot whose GetResources returns the
 // prepared name index of each set instead of building one per call; sets
-// are also what meshCache answers delta streams from.
+// are also what Cache answers delta streams from.
 type snapshot struct {
 	*cachev3.Snapshot
 	sets map[resourcev3.Type]versioned

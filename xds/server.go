@@ -56,6 +56,9 @@ type Config struct {
 	ResolveProxy ProxyResolver
 	// Limits bound each client (zero values: defaults).
 	Limits Limits
+	// Cache, if set, is the cache the server answers from (NewCache; its
+	// clock is used, not Now); nil: the server makes its own.
+	Cache *Cache
 }
 
 // Server is the ADS gRPC server. Cache is where snapshots are published,
@@ -95,8 +98,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
 	cfg.Limits.setDefaults()
-	ss := newStreams(cfg.Now)
-	s := &Server{cfg: cfg, lis: lis, Cache: newMeshCache(cfg.Logger, ss), streams: ss, metrics: newMetrics(cfg.Registerer)}
+	cache := cfg.Cache
+	if cache == nil {
+		cache = NewCache(cfg.Logger, cfg.Now)
+	}
+	s := &Server{cfg: cfg, lis: lis, Cache: cache, streams: cache.streams, metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
 		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits.ConnectionsPerIdentity, lim.limited)),
@@ -124,7 +130,7 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
 		snapshot: s.Cache.GetSnapshot}
-	if mc, ok := s.Cache.(*meshCache); ok {
+	if mc, ok := s.Cache.(*Cache); ok {
 		mc.notify(cb.snapshotSet)
 	}
 	ads := serverv3.NewServer(ctx, s.Cache, cb)

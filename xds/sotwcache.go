@@ -14,7 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// State-of-the-world watches, answered by meshCache from the prepared sets.
+// State-of-the-world watches, answered by Cache from the prepared sets.
 //
 // Why: go-control-plane's snapshot cache answers every SotW watch of a type
 // whose version moved with every subscribed resource, marshalled again for
@@ -68,7 +68,7 @@ func fullState(typeURL string) bool {
 
 // CreateWatch answers at once when the stream lacks something of its node's
 // current snapshot, or waits for a snapshot that changes the type.
-func (c *meshCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
+func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
 	if c.streams != nil {
 		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*sotwHeld)
@@ -140,7 +140,7 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 
 // answerSotwLocked sends the watch what its stream lacks of snapshot s, if
 // anything, and reports whether it did (the watch is then done).
-func (c *meshCache) answerSotwLocked(w *sotwWatch, s *snapshot) bool {
+func (c *Cache) answerSotwLocked(w *sotwWatch, s *snapshot) bool {
 	typeURL := w.req.GetTypeUrl()
 	set, ok := s.sets[typeURL]
 	if !ok {

@@ -64,7 +64,7 @@ type stream struct {
 	// versions are not yet confirmed (see callbacks.resumed).
 	resumes map[string]resume
 	// held is what the stream holds, by type: *sotwHeld or *deltaHeld (see
-	// meshCache); lastReq is its last request (either kind), by which the
+	// Cache); lastReq is its last request (either kind), by which the
 	// cache finds it.
 	held    map[string]any
 	lastReq any

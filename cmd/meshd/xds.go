@@ -30,27 +30,12 @@ type xdsStage struct {
 
 // newXDS assembles the ADS server: TLS from the mesh CA (serving certificate
 // kept fresh by the renewer, client certificates checked against the current
-// bundle), the Publisher, and the SDS manager between streams and secrets.
-//
-// The server's hooks and proxy resolver need the Mesh, which publishes into
-// the server's cache: they are filled in once the Mesh exists, before the
-// server starts (xds.New takes no cache of its own to break the cycle).
+// bundle), the cache and Publisher, the SDS manager between streams and
+// secrets, and the Mesh. Each is whole when made: the cache comes first, so
+// the Publisher, the Mesh and the server's hooks exist before the server.
 func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheus.Registerer, log *slog.Logger) (*xdsStage, error) {
-	hooks := &xds.ProxyHooks{}
-	var mesh *xds.Mesh
-	// Injected sidecars' certificates are bound to a proxy ID on their pod.
-	resolve := func(nodeID string) (xds.BoundPod, bool) {
-		w := mesh.Snapshot().Workload(nodeID)
-		if w == nil {
-			return xds.BoundPod{}, false
-		}
-		return xds.BoundPod{ProxyID: w.ProxyID, UID: w.UID}, true
-	}
-	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: xdsTLS(creds), Hooks: hooks, Registerer: reg, Logger: log, ResolveProxy: resolve, TrustDomain: cfg.TrustDomain})
-	if err != nil {
-		return nil, err
-	}
-	pub := xds.NewPublisher(srv.Cache)
+	cache := xds.NewCache(log, nil)
+	pub := xds.NewPublisher(cache)
 	if err := pub.RegisterMetrics(reg); err != nil {
 		return nil, err
 	}
@@ -62,8 +47,21 @@ func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheu
 	if err != nil {
 		return nil, err
 	}
-	mesh = xds.NewMesh(pub, log)
-	hooks.Secrets, hooks.Publisher, hooks.Mesh, hooks.KeyOnNode = mgr, pub, mesh, keyOnNode
+	mesh := xds.NewMesh(pub, log)
+	// Injected sidecars' certificates are bound to a proxy ID on their pod.
+	resolve := func(nodeID string) (xds.BoundPod, bool) {
+		w := mesh.Snapshot().Workload(nodeID)
+		if w == nil {
+			return xds.BoundPod{}, false
+		}
+		return xds.BoundPod{ProxyID: w.ProxyID, UID: w.UID}, true
+	}
+	hooks := &xds.ProxyHooks{Secrets: mgr, Publisher: pub, Mesh: mesh, KeyOnNode: keyOnNode}
+	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: xdsTLS(creds), Hooks: hooks, Registerer: reg, Logger: log,
+		ResolveProxy: resolve, TrustDomain: cfg.TrustDomain, Cache: cache})
+	if err != nil {
+		return nil, err
+	}
 	reg.MustRegister(leafExpiry(mgr))
 	return &xdsStage{srv: srv, mesh: mesh, secrets: mgr}, nil
 }

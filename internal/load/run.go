@@ -67,6 +67,7 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 		certs[i] = c
 	}
 	f := &Fleet{cfg: cfg, CertsPerSecond: float64(len(certs)) / time.Since(start).Seconds(), reasons: map[string]int{}}
+	sh := newShared()
 	runCtx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	limiter := rate.NewLimiter(rate.Limit(cfg.Rate), 1)
@@ -81,7 +82,7 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 			f.Close()
 			return nil, err
 		}
-		s := newSidecar(nodeName(i, cfg.Namespace), cfg.Delta, conn)
+		s := newSidecar(nodeName(i, cfg.Namespace), cfg.Delta, conn, sh)
 		f.sidecars = append(f.sidecars, s)
 		f.wg.Add(1)
 		go func() {

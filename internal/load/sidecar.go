@@ -30,9 +30,10 @@ import (
 
 // sidecar is one impersonated Envoy.
 type sidecar struct {
-	node  string
-	delta bool
-	conn  *grpc.ClientConn
+	node   string
+	delta  bool
+	conn   *grpc.ClientConn
+	shared *shared
 
 	mu sync.Mutex
 	// Sets of interned names (see nameTable): a fleet of 10,000 sidecars
@@ -100,10 +101,18 @@ type decoded struct {
 	secret string
 }
 
-var decodings sync.Map // string(encoding) -> *decoded
+// shared is what the fleet's sidecars share: each encoding decoded once,
+// resource names interned once.
+type shared struct {
+	decodings sync.Map // string(encoding) -> *decoded
+	names     nameTable
+}
 
-func decode(typeURL string, a *anypb.Any) (*decoded, error) {
-	if d, ok := decodings.Load(string(a.GetValue())); ok {
+func newShared() *shared { return &shared{names: nameTable{ids: map[string]int{}}} }
+
+func (sh *shared) decode(typeURL string, a *anypb.Any) (*decoded, error) {
+	names := &sh.names
+	if d, ok := sh.decodings.Load(string(a.GetValue())); ok {
 		return d.(*decoded), nil
 	}
 	d := &decoded{name: -1, eds: -1}
@@ -144,7 +153,7 @@ func decode(typeURL string, a *anypb.Any) (*decoded, error) {
 	case resourcev3.SecretType:
 		return &decoded{secret: secretName(a)}, nil // per sidecar: not shared
 	}
-	decodings.Store(string(a.GetValue()), d)
+	sh.decodings.Store(string(a.GetValue()), d)
 	return d, nil
 }
 
@@ -152,7 +161,7 @@ func decode(typeURL string, a *anypb.Any) (*decoded, error) {
 func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) error {
 	ds := make([]*decoded, 0, len(resources))
 	for _, a := range resources {
-		d, err := decode(typeURL, a)
+		d, err := s.shared.decode(typeURL, a)
 		if err != nil {
 			return err
 		}
@@ -204,15 +213,15 @@ func (s *sidecar) names(typeURL string) []string {
 	defer s.mu.Unlock()
 	switch typeURL {
 	case resourcev3.EndpointType:
-		return s.clusters.names()
+		return s.clusters.names(&s.shared.names)
 	case resourcev3.RouteType:
-		return s.routes.names()
+		return s.routes.names(&s.shared.names)
 	}
 	return nil
 }
 
-func newSidecar(node string, delta bool, conn *grpc.ClientConn) *sidecar {
-	return &sidecar{node: node, delta: delta, conn: conn, secrets: map[string]bool{}, complete: make(chan struct{}),
+func newSidecar(node string, delta bool, conn *grpc.ClientConn, sh *shared) *sidecar {
+	return &sidecar{node: node, delta: delta, conn: conn, shared: sh, secrets: map[string]bool{}, complete: make(chan struct{}),
 		ended: make(chan struct{})}
 }
 
@@ -222,8 +231,6 @@ type nameTable struct {
 	ids map[string]int
 	all []string
 }
-
-var names = &nameTable{ids: map[string]int{}}
 
 func (t *nameTable) id(name string) int {
 	t.mu.RLock()
@@ -282,7 +289,7 @@ func (s nameSet) subsetOf(o nameSet) bool {
 	return true
 }
 
-func (s nameSet) names() []string {
+func (s nameSet) names(names *nameTable) []string {
 	var out []string
 	for i, w := range s {
 		for b := range 64 {

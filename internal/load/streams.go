@@ -122,7 +122,7 @@ func (s *sidecar) runDelta(ctx context.Context, client discoveryv3.AggregatedDis
 		if next, ok := follow[resp.GetTypeUrl()]; ok {
 			var add []string
 			for _, n := range s.names(next) {
-				if id := names.id(n); !subscribed[next].has(id) {
+				if id := s.shared.names.id(n); !subscribed[next].has(id) {
 					subscribed[next].add(id)
 					add = append(add, n)
 				}
