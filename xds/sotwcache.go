@@ -100,8 +100,8 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	}, nil
 }
 
-// observe takes a request into what the stream holds: a NACK, a stream's
-// first word on what it holds, a subscription that dropped or added names.
+// observe takes a request into what the stream holds: a NACK, a
+// subscription that dropped or added names.
 func (h *sotwHeld) observe(w *sotwWatch) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -1,6 +1,7 @@
 package load_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -62,7 +63,9 @@ func BenchmarkLoad(b *testing.B) {
 		b.Fatal(err)
 	}
 	ns := fmt.Sprintf("load%d", time.Now().UnixNano()%100000)
-	w := &load.Workload{Client: env.Client, Namespace: ns, Services: services, Endpoints: endpoints}
+	// MESHD_LOAD_SCOPE=<n>: each sidecar's pod scopes it to n services.
+	scope := envInt("MESHD_LOAD_SCOPE", 0)
+	w := &load.Workload{Client: env.Client, Namespace: ns, Services: services, Endpoints: endpoints, Sidecars: sidecars, Scope: scope}
 	start := time.Now()
 	if err := w.Create(ctx); err != nil {
 		b.Fatal(err)
@@ -107,7 +110,7 @@ func BenchmarkLoad(b *testing.B) {
 	connectProfiled := profileCPU(b, debugAddr, profDir, "cpu.pprof")
 	_, cpu0, _ := load.Proc(pid)
 	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
-		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000})
+		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000, ScopeOf: w.ScopeOf})
 	if err != nil {
 		b.Fatalf("%v\nmeshd log: %s", err, tail(filepath.Join(dir, "meshd.log")))
 	}
@@ -145,9 +148,9 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(float64(fleet.Dropped()), "dropped")
 	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
 		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
-	b.Logf("%d sidecars (%s) x %d services x %d endpoints: full config in %s; convergence over %d changes: p50 %s p99 %s max %s; dropped %d",
-		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
-		Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
+	b.Logf("%d sidecars (%s, scope %d services) x %d services x %d endpoints: full config in %s; convergence over %d changes (%d deliveries): p50 %s p99 %s max %s; dropped %d",
+		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], cmp.Or(scope, services), services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
+		len(all), Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
 	for reason, n := range fleet.DropReasons() {
 		b.Logf("dropped: %d streams: %s", n, reason)
 	}

@@ -31,6 +31,10 @@ type Config struct {
 	// Rate is new connections per second (default 500).
 	Rate  float64
 	Delta bool
+	// ScopeOf, if set, is the services sidecar i's pod scopes it to (nil:
+	// every service): a change is waited for only at sidecars whose scope
+	// has its service.
+	ScopeOf func(i int) []string
 }
 
 // Fleet is a set of connected sidecars.
@@ -83,6 +87,14 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 			return nil, err
 		}
 		s := newSidecar(nodeName(i, cfg.Namespace), cfg.Delta, conn, sh)
+		if cfg.ScopeOf != nil {
+			if svcs := cfg.ScopeOf(i); svcs != nil {
+				s.scope = map[string]bool{}
+				for _, svc := range svcs {
+					s.scope[fmt.Sprintf("outbound|80|%s.%s", svc, cfg.Namespace)] = true
+				}
+			}
+		}
 		f.sidecars = append(f.sidecars, s)
 		f.wg.Add(1)
 		go func() {
@@ -163,17 +175,18 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 	var target, addrWanted string
 	all := make(chan struct{})
 	live := f.live()
+	want := 0 // the live sidecars whose scope has the target, once known
 	for _, s := range live {
 		s.mu.Lock()
 		s.watch = func(cla *endpointv3.ClusterLoadAssignment, at time.Time) {
 			mu.Lock()
 			defer mu.Unlock()
-			if t0.IsZero() || cla.GetClusterName() != target || !hasAddr(cla, addrWanted) {
+			if t0.IsZero() || cla.GetClusterName() != target || !hasAddr(cla, addrWanted) || s.scope != nil && !s.scope[target] {
 				return
 			}
 			if _, ok := seen[s]; !ok {
 				seen[s] = max(at.Sub(t0), 0)
-				if len(seen) == len(live) {
+				if len(seen) == want {
 					close(all)
 				}
 			}
@@ -190,6 +203,14 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 	mu.Lock()
 	cluster, addr, err := write()
 	target, addrWanted, t0 = cluster, addr, time.Now()
+	for _, s := range live {
+		if s.scope == nil || s.scope[cluster] {
+			want++
+		}
+	}
+	if want == 0 {
+		close(all)
+	}
 	mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -197,7 +218,9 @@ func (f *Fleet) Convergence(ctx context.Context, write func() (cluster, addr str
 	select {
 	case <-all:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("load: %d of %d sidecars saw the change: %w", len(seen), len(live), ctx.Err())
+		mu.Lock()
+		defer mu.Unlock()
+		return nil, fmt.Errorf("load: %d of %d sidecars saw the change: %w", len(seen), want, ctx.Err())
 	}
 	out := make([]time.Duration, 0, len(seen))
 	for _, d := range seen {

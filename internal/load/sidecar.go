@@ -34,6 +34,7 @@ type sidecar struct {
 	delta  bool
 	conn   *grpc.ClientConn
 	shared *shared
+	scope  map[string]bool // the clusters its scope has (nil: every one)
 
 	mu sync.Mutex
 	// Sets of interned names (see nameTable): a fleet of 10,000 sidecars

@@ -19,8 +19,46 @@ type Workload struct {
 	Client              kubernetes.Interface
 	Namespace           string
 	Services, Endpoints int
-	next                int // addresses handed out
-	churn               int
+	// Sidecars and Scope: with Scope > 0, Create also writes a pod per
+	// sidecar (load-<i>, service account load) whose meshd.io/egress
+	// annotation lists Scope services (ScopeOf).
+	Sidecars, Scope int
+	next            int // addresses handed out
+	churn           int
+}
+
+// ScopeOf is the services sidecar i reaches (nil: every service): the
+// sidecars are spread over Services/Scope groups of Scope services each.
+func (w *Workload) ScopeOf(i int) []string {
+	if w.Scope <= 0 || w.Scope >= w.Services {
+		return nil
+	}
+	g := i % (w.Services / w.Scope)
+	out := make([]string, 0, w.Scope)
+	for j := range w.Scope {
+		out = append(out, fmt.Sprintf("svc-%d", g*w.Scope+j))
+	}
+	return out
+}
+
+// createPods writes the sidecars' pods with their scopes.
+func (w *Workload) createPods(ctx context.Context) error {
+	for i := range w.Sidecars {
+		scope := w.ScopeOf(i)
+		if scope == nil {
+			return nil
+		}
+		var entries []string
+		for _, svc := range scope {
+			entries = append(entries, "./"+svc)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("load-%d", i), Annotations: map[string]string{"meshd.io/egress": strings.Join(entries, ",")}},
+			Spec: corev1.PodSpec{ServiceAccountName: "load", Containers: []corev1.Container{{Name: "app", Image: "load"}}}}
+		if _, err := w.Client.CoreV1().Pods(w.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("load: pod %s: %w", pod.Name, err)
+		}
+	}
+	return nil
 }
 
 func (w *Workload) addr() string {
@@ -53,7 +91,7 @@ func (w *Workload) Create(ctx context.Context) error {
 			return fmt.Errorf("load: endpoint slice %s: %w", name, err)
 		}
 	}
-	return nil
+	return w.createPods(ctx)
 }
 
 // AddEndpoint adds one endpoint to the next service's slice (one write) and
