@@ -77,10 +77,26 @@ func (s *Snapshot) Scoped(e Egress) *Snapshot {
 	if e == nil {
 		return s
 	}
+	// Exact entries by lookup, wildcards by Allows: a scope of 20 services
+	// in a mesh of 1,000 costs 1,000 lookups, not 20,000 comparisons.
+	type key struct{ ns, name string }
+	exact, namespaces := map[key]bool{}, map[string]bool{}
+	var wild Egress // "*/<name>"
+	for _, entry := range e {
+		ns, name, _ := strings.Cut(entry, "/")
+		switch {
+		case ns == "*":
+			wild = append(wild, entry)
+		case name == "*":
+			namespaces[ns] = true
+		default:
+			exact[key{ns, name}] = true
+		}
+	}
 	c := *s
 	c.Services = nil
 	for _, svc := range s.Services {
-		if e.Allows(svc) {
+		if exact[key{svc.Namespace, svc.Name}] || namespaces[svc.Namespace] || wild != nil && wild.Allows(svc) {
 			c.Services = append(c.Services, svc)
 		}
 	}
