@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshd/meshd/k8s"
@@ -161,8 +162,8 @@ func TestPolicyStatus(t *testing.T) {
 	bad := policyObject(t, "  selector: {}\n  action: DENY\n  rules: []\n")
 	bad.SetName("bad")
 	client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{gvr: "AuthorizationPolicyList"}, good, bad)
-	now := time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC)
-	s := k8s.NewPolicyStatus(client, slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 12, 2, 3, 0, 0, 0, time.UTC))
+	s := k8s.NewPolicyStatus(client, slog.New(slog.NewTextHandler(io.Discard, nil)), clk)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Start(ctx)
@@ -197,7 +198,7 @@ func TestPolicyStatus(t *testing.T) {
 	}
 	// The same verdicts again: nothing to write.
 	before := len(client.Actions())
-	now = now.Add(time.Hour)
+	clk.SetTime(clk.Now().Add(time.Hour))
 	s.Update([]*unstructured.Unstructured{g, b}, snap, problems)
 	time.Sleep(50 * time.Millisecond)
 	if after := len(client.Actions()); after != before {

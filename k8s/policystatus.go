@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/model"
 )
@@ -29,20 +30,20 @@ const ConditionAccepted = "Accepted"
 type PolicyStatus struct {
 	client dynamic.Interface
 	log    *slog.Logger
-	now    func() time.Time
+	clock  clock.PassiveClock
 
 	mu      sync.Mutex
 	pending map[string]*unstructured.Unstructured
 	wake    chan struct{}
 }
 
-// NewPolicyStatus writes through client; now is the clock for condition
-// transition times (nil: time.Now).
-func NewPolicyStatus(client dynamic.Interface, log *slog.Logger, now func() time.Time) *PolicyStatus {
-	if now == nil {
-		now = time.Now
+// NewPolicyStatus writes through client; clk is the clock for condition
+// transition times (nil: the real clock).
+func NewPolicyStatus(client dynamic.Interface, log *slog.Logger, clk clock.PassiveClock) *PolicyStatus {
+	if clk == nil {
+		clk = clock.RealClock{}
 	}
-	return &PolicyStatus{client: client, log: log, now: now, pending: map[string]*unstructured.Unstructured{}, wake: make(chan struct{}, 1)}
+	return &PolicyStatus{client: client, log: log, clock: clk, pending: map[string]*unstructured.Unstructured{}, wake: make(chan struct{}, 1)}
 }
 
 // Update computes each policy's status from the model and the problems of
@@ -129,7 +130,7 @@ func (s *PolicyStatus) transition(u *unstructured.Unstructured, want metav1.Cond
 			}
 		}
 	}
-	return s.now()
+	return s.clock.Now()
 }
 
 // Start writes queued statuses until ctx ends. A write that fails is

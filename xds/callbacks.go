@@ -320,7 +320,7 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	if nack != nil {
 		ts.NACKs++
 		msg := truncate(nack.GetMessage(), maxNACKText)
-		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: msg, At: c.streams.now()}
+		ts.LastNACK = &NACK{Version: sentVersion, Nonce: nonce, Error: msg, At: c.streams.clock.Now()}
 		c.metrics.nacks.WithLabelValues(metricType(typeURL)).Inc()
 		// Envoy does not repeat a NACK; a client that does is logged at
 		// the 1st, 2nd, 4th, 8th... of each type.
@@ -332,7 +332,7 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	if version == "" {
 		version = sentVersion
 	}
-	now := c.streams.now()
+	now := c.streams.clock.Now()
 	if ts.SentNonce == nonce && !ts.SentAt.IsZero() {
 		c.metrics.ackLatency.WithLabelValues(metricType(typeURL)).Observe(now.Sub(ts.SentAt).Seconds())
 	}
@@ -352,7 +352,7 @@ func (c *callbacks) sent(id int64, typeURL, nonce, version string) {
 	c.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
 	c.streams.with(id, func(s *stream) {
 		ts := s.typ(typeURL)
-		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.now()
+		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.clock.Now()
 		ts.Responses++
 		s.nonces[typeURL+"\x00"+nonce] = version
 		if len(s.nonces) > 64 { // keep only recent nonces

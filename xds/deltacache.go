@@ -7,11 +7,11 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"k8s.io/utils/clock"
 )
 
 // Cache is the cache the ADS server answers from: it keeps each node's
@@ -54,18 +54,18 @@ func (c *Cache) notify(f func(node string)) {
 }
 
 // NewCache returns an empty cache, to create before the Server that answers
-// from it (Config.Cache) when what publishes into it must exist first. now
-// is the clock of the streams' state (nil: time.Now).
-func NewCache(log *slog.Logger, now func() time.Time) *Cache {
+// from it (Config.Cache) when what publishes into it must exist first. clk
+// is the clock of the streams' state (nil: the real clock).
+func NewCache(log *slog.Logger, clk clock.PassiveClock) *Cache {
 	if log == nil {
 		log = slog.Default()
 	}
-	if now == nil {
-		now = time.Now
+	if clk == nil {
+		clk = clock.RealClock{}
 	}
 	return &Cache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
 		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{},
-		sotw: map[string]map[*sotwWatch]struct{}{}, streams: newStreams(now)}
+		sotw: map[string]map[*sotwWatch]struct{}{}, streams: newStreams(clk)}
 }
 
 // GetSnapshot returns the node's current snapshot.

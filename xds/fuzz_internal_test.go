@@ -4,13 +4,13 @@ import (
 	"io"
 	"log/slog"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/sds"
@@ -27,7 +27,7 @@ func FuzzRequests(f *testing.F) {
 	f.Add("web-0.demo", "x", "y", "", "ROOTCA", "nonce", "rejected")
 	f.Add("", "", "", "type.googleapis.com/evil.T", "\x00\xff", "\xff", "\x00")
 	f.Fuzz(func(t *testing.T, nodeID, ns, sa, typeURL, name, nonce, nack string) {
-		c := &callbacks{log: slog.New(slog.NewTextHandler(io.Discard, nil)), streams: newStreams(time.Now), metrics: newMetrics(nil),
+		c := &callbacks{log: slog.New(slog.NewTextHandler(io.Discard, nil)), streams: newStreams(clock.RealClock{}), metrics: newMetrics(nil),
 			trustDomain: "cluster.local"}
 		peer := Peer{Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "web"}, NodeID: "web-0.demo"}
 		for _, delta := range []bool{false, true} {

@@ -16,6 +16,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
+	"k8s.io/utils/clock"
 )
 
 // Resources are xDS resources by type URL.
@@ -110,7 +111,7 @@ type Publisher struct {
 	changedAt   time.Time // of the model being published by SetAll
 	conv        map[string]*convergence
 	convergence prometheus.Histogram
-	now         func() time.Time
+	clock       clock.PassiveClock
 }
 
 type convergence struct {
@@ -123,7 +124,7 @@ type convergence struct {
 func NewPublisher(cache cachev3.SnapshotCache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]versioned{}, proxies: map[string]map[resourcev3.Type]versioned{},
 		scopes: map[string]map[resourcev3.Type]versioned{}, scopeOf: map[string]string{}, published: map[string]*snapshot{},
-		conv: map[string]*convergence{}, now: time.Now,
+		conv: map[string]*convergence{}, clock: clock.RealClock{},
 		convergence: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "meshd_xds_convergence_seconds",
 			Help:    "Time from a Kubernetes change being noticed to a proxy ACKing every resource type it moved.",
 			Buckets: latencyBuckets})}
@@ -145,7 +146,7 @@ func (p *Publisher) OnACK(nodeID, typeURL, version string) {
 	}
 	delete(c.pending, typeURL)
 	if len(c.pending) == 0 && !c.changedAt.IsZero() {
-		p.convergence.Observe(p.now().Sub(c.changedAt).Seconds())
+		p.convergence.Observe(p.clock.Since(c.changedAt).Seconds())
 		c.changedAt = time.Time{}
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/utils/clock"
 )
 
 // Config configures a Server.
@@ -49,15 +50,15 @@ type Config struct {
 	TrustDomain string
 	// Registerer receives the server's metrics (may be nil).
 	Registerer prometheus.Registerer
-	// Now is the clock (default time.Now).
-	Now func() time.Time
+	// Clock is the clock of the streams' state (default: the real clock).
+	Clock clock.PassiveClock
 	// ResolveProxy binds streams of injected sidecars (proxy-ID client
 	// certificates) to their pods; nil refuses such certificates.
 	ResolveProxy ProxyResolver
 	// Limits bound each client (zero values: defaults).
 	Limits Limits
 	// Cache, if set, is the cache the server answers from (NewCache; its
-	// clock is used, not Now); nil: the server makes its own.
+	// clock is used, not Clock); nil: the server makes its own.
 	Cache *Cache
 }
 
@@ -84,9 +85,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
 	if cfg.TLS == nil {
 		return nil, errors.New("xds: a TLS configuration is required: proxies are identified by their client certificates")
 	}
@@ -100,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 	cfg.Limits.setDefaults()
 	cache := cfg.Cache
 	if cache == nil {
-		cache = NewCache(cfg.Logger, cfg.Now)
+		cache = NewCache(cfg.Logger, cfg.Clock)
 	}
 	s := &Server{cfg: cfg, lis: lis, Cache: cache, streams: cache.streams, metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })

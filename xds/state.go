@@ -6,6 +6,7 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"k8s.io/utils/clock"
 )
 
 // TypeStatus is the protocol state of one resource type on one stream.
@@ -86,19 +87,19 @@ type streams struct {
 	// resuming indexes, by node ID, the streams with pending resumes.
 	resuming map[string]map[int64]struct{}
 	// reqs maps each stream's last request to the stream.
-	reqs map[any]int64
-	now  func() time.Time
+	reqs  map[any]int64
+	clock clock.PassiveClock
 }
 
-func newStreams(now func() time.Time) *streams {
+func newStreams(clk clock.PassiveClock) *streams {
 	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{},
-		reqs: map[any]int64{}, now: now}
+		reqs: map[any]int64{}, clock: clk}
 }
 
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
+	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.clock.Now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
 }
 
 // close forgets a stream: its peer, whether it was announced to the hooks,
@@ -182,7 +183,7 @@ func (ss *streams) confirmResume(id int64, typeURL, version string) bool {
 	if ts.SentVersion != "" {
 		return false
 	}
-	now := ss.now()
+	now := ss.clock.Now()
 	ts.SentVersion, ts.SentAt, ts.AckedVersion, ts.AckedAt = version, now, version, now
 	return true
 }

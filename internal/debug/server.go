@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/xds"
 )
@@ -64,7 +65,8 @@ type Config struct {
 	// StaleAfter marks a type stale when sent but not ACKed for this long (default 30s).
 	StaleAfter time.Duration
 	Logger     *slog.Logger
-	Now        func() time.Time
+	// Clock decides staleness (default: the real clock).
+	Clock clock.PassiveClock
 }
 
 // Handler returns the HTTP handler.
@@ -78,8 +80,8 @@ func Handler(cfg Config) http.Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	s := &server{cfg: cfg}
 	mux := http.NewServeMux()
@@ -238,7 +240,7 @@ func (s *server) stale(p xds.ProxyStatus) []string {
 	var out []string
 	for url, ts := range p.Types {
 		if ts.SentNonce != "" && ts.SentNonce != ts.AckedNonce && (ts.LastNACK == nil || ts.LastNACK.Nonce != ts.SentNonce) &&
-			s.cfg.Now().Sub(ts.SentAt) > s.cfg.StaleAfter {
+			s.cfg.Clock.Since(ts.SentAt) > s.cfg.StaleAfter {
 			out = append(out, url)
 		}
 	}

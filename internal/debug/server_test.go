@@ -12,6 +12,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/meshd/meshd/internal/debug"
 	"github.com/meshd/meshd/xds"
@@ -24,7 +25,7 @@ func testServer(t *testing.T, token string) *httptest.Server {
 	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 	h := debug.Handler(debug.Config{
 		Token: token,
-		Now:   func() time.Time { return now },
+		Clock: clocktesting.NewFakePassiveClock(now),
 		Proxies: func() []xds.ProxyStatus {
 			return []xds.ProxyStatus{{NodeID: "web-0.demo", Identity: "spiffe://cluster.local/ns/demo/sa/web", Types: map[string]*xds.TypeStatus{
 				resourcev3.ListenerType: {SentNonce: "2", SentAt: now.Add(-time.Minute), AckedNonce: "1"},

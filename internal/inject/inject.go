@@ -31,6 +31,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
@@ -79,8 +80,9 @@ type Config struct {
 	PodCertificateSigner string
 	API                  bootstrap.APIType
 	Logger               *slog.Logger
-	Now                  func() time.Time
-	Rand                 io.Reader
+	// Clock and Rand are injected (defaults: the real clock, crypto/rand).
+	Clock clock.WithTicker
+	Rand  io.Reader
 }
 
 // Injector mutates pods and keeps their credentials Secrets.
@@ -112,8 +114,8 @@ func New(cfg Config) (*Injector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Reader

@@ -60,7 +60,7 @@ func (i *Injector) Reconcile(ctx context.Context, rc ReconcileConfig) (Reconcile
 	}
 	inUse, complete := rc.InUse()
 	bundle := rc.Bundle()
-	now := i.cfg.Now()
+	now := i.cfg.Clock.Now()
 	var errs []error
 	for idx := range list.Items {
 		s := &list.Items[idx]
@@ -193,7 +193,7 @@ func (i *Injector) patchCABundle(ctx context.Context, name string, bundle []byte
 
 // Run reconciles every period until ctx ends.
 func (i *Injector) Run(ctx context.Context, rc ReconcileConfig, every time.Duration) error {
-	t := time.NewTicker(every)
+	t := i.cfg.Clock.NewTicker(every)
 	defer t.Stop()
 	for {
 		if _, err := i.Reconcile(ctx, rc); err != nil && ctx.Err() == nil {
@@ -202,7 +202,7 @@ func (i *Injector) Run(ctx context.Context, rc ReconcileConfig, every time.Durat
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/k8s"
@@ -98,21 +99,21 @@ func (i *Injector) NewSecretWriter(cfg SecretWriterConfig) (*SecretWriter, error
 
 // Start writes missing Secrets whenever the pods change, until ctx ends.
 func (w *SecretWriter) Start(ctx context.Context) error {
-	resync := time.NewTicker(w.cfg.Resync)
+	resync := w.inj.cfg.Clock.NewTicker(w.cfg.Resync)
 	defer resync.Stop()
 	w.exist, w.refused = nil, map[types.UID]bool{}
 	for {
-		var retry *time.Timer
+		var retry clock.Timer
 		if err := w.Pass(ctx); err != nil && ctx.Err() == nil {
 			w.inj.cfg.Logger.Warn("inject: write sidecar Secrets", "error", err)
-			retry = time.NewTimer(w.cfg.Retry)
+			retry = w.inj.cfg.Clock.NewTimer(w.cfg.Retry)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-w.cfg.Pods.changed:
 		case <-timerC(retry):
-		case <-resync.C:
+		case <-resync.C():
 			w.exist = nil
 		}
 		if retry != nil {
@@ -122,11 +123,11 @@ func (w *SecretWriter) Start(ctx context.Context) error {
 }
 
 // timerC is t's channel; nil (never ready) without a timer.
-func timerC(t *time.Timer) <-chan time.Time {
+func timerC(t clock.Timer) <-chan time.Time {
 	if t == nil {
 		return nil
 	}
-	return t.C
+	return t.C()
 }
 
 // Pass writes the Secrets the current pods lack. The first pass (and one

@@ -21,13 +21,14 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 )
 
 // Authorizer answers whether a token may get a path.
 type Authorizer struct {
 	client kubernetes.Interface
 	ttl    time.Duration
-	now    func() time.Time
+	clock  clock.PassiveClock
 
 	mu    sync.Mutex
 	cache map[[32]byte]verdict
@@ -42,15 +43,16 @@ type verdict struct {
 // maxCached bounds the cache; it is emptied when full.
 const maxCached = 4096
 
-// New returns an Authorizer caching verdicts for ttl (default 10s).
-func New(client kubernetes.Interface, ttl time.Duration, now func() time.Time) *Authorizer {
+// New returns an Authorizer caching verdicts for ttl (default 10s) by clk
+// (nil: the real clock).
+func New(client kubernetes.Interface, ttl time.Duration, clk clock.PassiveClock) *Authorizer {
 	if ttl == 0 {
 		ttl = 10 * time.Second
 	}
-	if now == nil {
-		now = time.Now
+	if clk == nil {
+		clk = clock.RealClock{}
 	}
-	return &Authorizer{client: client, ttl: ttl, now: now, cache: map[[32]byte]verdict{}}
+	return &Authorizer{client: client, ttl: ttl, clock: clk, cache: map[[32]byte]verdict{}}
 }
 
 // Authorize answers http.StatusOK when the token's user may get path,
@@ -62,14 +64,14 @@ func (a *Authorizer) Authorize(ctx context.Context, token, path string) (code in
 	a.mu.Lock()
 	v, ok := a.cache[key]
 	a.mu.Unlock()
-	if ok && a.now().Before(v.until) {
+	if ok && a.clock.Now().Before(v.until) {
 		return v.code, v.reason, nil
 	}
 	v, err = a.review(ctx, token, path)
 	if err != nil {
 		return 0, "", err
 	}
-	v.until = a.now().Add(a.ttl)
+	v.until = a.clock.Now().Add(a.ttl)
 	a.mu.Lock()
 	if len(a.cache) >= maxCached {
 		a.cache = map[[32]byte]verdict{}

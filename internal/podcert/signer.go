@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/ca"
 )
@@ -52,7 +53,9 @@ type Config struct {
 	// CommonName, so the certificate authenticates that pod's xDS stream.
 	NodeID func(namespace, pod string) string
 	Logger *slog.Logger
-	Now    func() time.Time
+	// Clock dates conditions and tells which issued certificates are
+	// still valid (default: the real clock).
+	Clock clock.PassiveClock
 	// OnAnswer (optional) hears every answer: the condition type and reason.
 	OnAnswer func(condition, reason string)
 }
@@ -108,8 +111,8 @@ func New(cfg Config) (*Signer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
 	}
 	return &Signer{cfg: cfg, q: newQueue(rate.Limit(2*cfg.Rate), rate.Limit(cfg.Rate), cfg.Burst),
 		issued: map[string]time.Time{}, attempts: map[string]int{}}, nil
@@ -179,7 +182,7 @@ func (s *Signer) renewal(r *certsv1beta1.PodCertificateRequest) bool {
 	s.mu.Lock()
 	until, ok := s.issued[uid]
 	s.mu.Unlock()
-	if ok && s.cfg.Now().Before(until) {
+	if ok && s.cfg.Clock.Now().Before(until) {
 		return true
 	}
 	others, _ := s.lister.ByIndex(byPodUID, uid)
@@ -246,7 +249,7 @@ func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateReque
 	}
 	out := r.DeepCopy()
 	if v := s.check(r, pod); v != nil {
-		setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeDenied, v, s.cfg.Now())
+		setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeDenied, v, s.cfg.Clock.Now())
 		return s.write(ctx, out, v)
 	}
 	pub, _ := checkRequest(r, s.cfg.MaxLifetime)
@@ -259,7 +262,7 @@ func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateReque
 	}
 	if err != nil {
 		v := deny(ReasonIssueFailed, "meshd's CA could not issue for %s after %d tries: %v", id, failAfter, err)
-		setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeFailed, v, s.cfg.Now())
+		setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeFailed, v, s.cfg.Clock.Now())
 		return s.write(ctx, out, v)
 	}
 	nb, na := c.Leaf.NotBefore, c.Leaf.NotAfter
@@ -267,7 +270,7 @@ func (s *Signer) answer(ctx context.Context, r *certsv1beta1.PodCertificateReque
 	out.Status.NotBefore, out.Status.NotAfter = &metav1.Time{Time: nb}, &metav1.Time{Time: na}
 	out.Status.BeginRefreshAt = &metav1.Time{Time: refreshAt(nb, na, s.cfg.CertTTL, s.cfg.RenewAt)}
 	ok := &verdict{Reason: ReasonIssued, Message: fmt.Sprintf("issued %s, serial %s, valid until %s", id, c.Leaf.SerialNumber.Text(16), na.UTC().Format(time.RFC3339))}
-	setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeIssued, ok, s.cfg.Now())
+	setCondition(out, certsv1beta1.PodCertificateRequestConditionTypeIssued, ok, s.cfg.Clock.Now())
 	if err := s.write(ctx, out, ok); err != nil {
 		return err
 	}
@@ -324,7 +327,7 @@ func (s *Signer) prune() {
 		return
 	}
 	defer func() { s.pruneAt = max(2*len(s.issued), 1024) }()
-	now := s.cfg.Now()
+	now := s.cfg.Clock.Now()
 	for uid, until := range s.issued {
 		if now.After(until) {
 			delete(s.issued, uid)
