@@ -201,22 +201,28 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s) {
 		return func() {}, nil
 	}
-	ws := c.watches[w.node]
+	return wait(c, c.watches, w.node, w), nil
+}
+
+// wait registers a watch of node that waits for a snapshot (under c.mu)
+// and returns its cancel function.
+func wait[W comparable](c *Cache, watches map[string]map[W]struct{}, node string, w W) func() {
+	ws := watches[node]
 	if ws == nil {
-		ws = map[*deltaWatch]struct{}{}
-		c.watches[w.node] = ws
+		ws = map[W]struct{}{}
+		watches[node] = ws
 	}
 	ws[w] = struct{}{}
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		if ws := c.watches[w.node]; ws != nil {
+		if ws := watches[node]; ws != nil {
 			delete(ws, w)
 			if len(ws) == 0 {
-				delete(c.watches, w.node)
+				delete(watches, node)
 			}
 		}
-	}, nil
+	}
 }
 
 // answerLocked sends the watch what its stream lacks of snapshot s, if

@@ -82,22 +82,7 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch c
 	if s := c.snaps[w.node]; s != nil && c.answerSotwLocked(w, s) {
 		return func() {}, nil
 	}
-	ws := c.sotw[w.node]
-	if ws == nil {
-		ws = map[*sotwWatch]struct{}{}
-		c.sotw[w.node] = ws
-	}
-	ws[w] = struct{}{}
-	return func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if ws := c.sotw[w.node]; ws != nil {
-			delete(ws, w)
-			if len(ws) == 0 {
-				delete(c.sotw, w.node)
-			}
-		}
-	}, nil
+	return wait(c, c.sotw, w.node, w), nil
 }
 
 // observe takes a request into what the stream holds: a NACK, a
