@@ -93,6 +93,7 @@ type Translator struct {
 	services  map[string]*serviceOut // by service key
 	local     map[string]types.Resource
 	listeners map[string]*listenerv3.Listener // the last outbound listener, by scope key
+	used      map[string]bool                 // scopes translated since the last Shared
 	// locals are the local clusters of the last Shared's workloads, which
 	// Scoped (of the same snapshot) reuses.
 	locals []types.Resource
@@ -122,6 +123,13 @@ type addrChain struct {
 // Shared translates snap, reusing what it translated before for services
 // that did not change, and forgets services no longer in snap.
 func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
+	// Listeners of scopes not translated since the last Shared go.
+	for scope := range t.listeners {
+		if !t.used[scope] {
+			delete(t.listeners, scope)
+		}
+	}
+	t.used = map[string]bool{}
 	res, problems := t.translate(snap, "")
 	keep := make(map[string]*serviceOut, len(snap.Services))
 	for _, svc := range snap.Services {
@@ -143,6 +151,9 @@ func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Resources, []
 func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, []model.Problem) {
 	if t.services == nil {
 		t.services, t.local, t.listeners = map[string]*serviceOut{}, map[string]types.Resource{}, map[string]*listenerv3.Listener{}
+	}
+	if t.used == nil {
+		t.used = map[string]bool{}
 	}
 	res := Resources{}
 	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
@@ -167,6 +178,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	}
 	// The listener is rebuilt only when its chains changed (services
 	// added, removed, readdressed; an endpoint change keeps it).
+	t.used[scope] = true
 	l := t.listeners[scope]
 	if l == nil || !slices.Equal(l.FilterChains, chains.chains) {
 		l = outboundListener(chains.chains)
