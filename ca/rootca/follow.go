@@ -41,8 +41,8 @@ type FollowConfig struct {
 	// Reissue re-issues every certificate and pushes the new bundle; it is
 	// called after the signer's authority changed.
 	Reissue func()
-	// Healthy, if set, is told after each read whether the record read as
-	// valid CA material.
+	// Healthy, if set, is told after each round whether the record read as
+	// valid CA material (after the signer and the certificates followed it).
 	Healthy func(bool)
 	Clock   clock.WithTicker // default: the real clock
 	Logger  *slog.Logger
@@ -128,7 +128,9 @@ func (f *Follower) step(ctx context.Context) {
 		log.Error("ca: CA secret unreadable; keeping the current CA", "error", err)
 		return
 	}
-	f.cfg.Healthy(true)
+	// Told at the end of the round, once the authority and the
+	// certificates follow the record.
+	defer f.cfg.Healthy(true)
 	cur := f.cfg.Signer.Authority()
 	if a.Cert.Equal(cur.Cert) && string(a.BundlePEM) == string(cur.BundlePEM) {
 		return
