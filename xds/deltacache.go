@@ -188,13 +188,7 @@ func typeOrder(typeURL string) int {
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
-	if c.streams != nil {
-		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*deltaHeld)
-	}
-	if w.held == nil {
-		w.held = &deltaHeld{} // not a stream the callbacks saw: nothing known
-	}
+	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[deltaHeld](c, req, req.GetTypeUrl())}
 	w.held.observe(req)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -202,6 +196,18 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 		return func() {}, nil
 	}
 	return wait(c, c.watches, w.node, w), nil
+}
+
+// heldOf is what the stream of req holds of a type (see streams.heldOf), or
+// a fresh record for a request of no stream the callbacks saw (nothing
+// known).
+func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
+	if c.streams != nil {
+		if h, ok := c.streams.heldOf(req, typeURL).(*H); ok {
+			return h
+		}
+	}
+	return new(H)
 }
 
 // wait registers a watch of node that waits for a snapshot (under c.mu)

@@ -69,13 +69,7 @@ func fullState(typeURL string) bool {
 // CreateWatch answers at once when the stream lacks something of its node's
 // current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch}
-	if c.streams != nil {
-		w.held, _ = c.streams.heldOf(req, req.GetTypeUrl()).(*sotwHeld)
-	}
-	if w.held == nil {
-		w.held = &sotwHeld{} // not a stream the callbacks saw: nothing known
-	}
+	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[sotwHeld](c, req, req.GetTypeUrl())}
 	w.held.observe(w)
 	c.mu.Lock()
 	defer c.mu.Unlock()
