@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"unique"
 
@@ -102,7 +103,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNames()
 	}
-	return c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), req.GetResourceNames())
+	return c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), asked{names: req.GetResourceNames()})
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
@@ -113,7 +114,8 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNamesSubscribe()
 	}
-	if err := c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), req.GetResourceNamesSubscribe()); err != nil {
+	if err := c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), "", req.GetErrorDetail(),
+		asked{names: req.GetResourceNamesSubscribe(), gone: req.GetResourceNamesUnsubscribe()}); err != nil {
 		return err
 	}
 	// After request: the stream is bound to its node by now.
@@ -124,6 +126,22 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 		c.resumed(id, req.GetTypeUrl(), req.GetInitialResourceVersions(), req.GetResourceNamesSubscribe())
 	}
 	return nil
+}
+
+// resubscribe is a delta stream's subscribed names after a request that
+// subscribes to some and drops others (sorted).
+func resubscribe(held []string, a asked) []string {
+	set := make(map[string]struct{}, len(held)+len(a.names))
+	for _, n := range held {
+		set[n] = struct{}{}
+	}
+	for _, n := range a.names {
+		set[n] = struct{}{}
+	}
+	for _, n := range a.gone {
+		delete(set, n)
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
 // effectiveType is the request's type URL, or the stream service's when the
@@ -217,7 +235,7 @@ func holds(r resume, published map[string]string) bool {
 }
 
 // request authorizes one request and records its ACK or NACK.
-func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets []string, nonce, version string, nack *rpcstatus.Status, names []string) error {
+func (c *callbacks) request(id int64, node *corev3.Node, typeURL string, secrets []string, nonce, version string, nack *rpcstatus.Status, names asked) error {
 	var peer Peer
 	var announce bool
 	var err error
@@ -303,15 +321,26 @@ func (c *callbacks) bind(id int64, node *corev3.Node) error {
 	return nil
 }
 
+// asked is what a request says of the names a stream wants: all of them
+// (SotW), or those subscribed to and those dropped (delta).
+type asked struct {
+	names, gone []string
+}
+
 // record notes an ACK or a NACK and returns the ACKed version ("" for a
 // NACK or a first request); called under the streams lock.
-func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names []string) string {
+func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcstatus.Status, names asked) string {
 	ts := s.typ(typeURL)
-	if len(names) > 0 {
+	switch {
+	case !s.delta && len(names.names) > 0:
 		// The request's (interned) names, not a copy: a request is not
 		// changed once handled, and SotW proxies send every name with each
 		// ACK (a copy per request was 16 bytes x names x proxies).
-		ts.Subscribed = names
+		ts.Subscribed = names.names
+	case s.delta && len(ts.Subscribed) == 0 && len(names.gone) == 0 && len(names.names) > 0:
+		ts.Subscribed = names.names // a delta stream's first subscription
+	case s.delta && len(names.names)+len(names.gone) > 0:
+		ts.Subscribed = resubscribe(ts.Subscribed, names)
 	}
 	if nonce == "" {
 		return "" // first request of this type: neither ACK nor NACK

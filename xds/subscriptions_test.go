@@ -91,3 +91,41 @@ func TestSubscriptionFloodRefused(t *testing.T) {
 		break
 	}
 }
+
+// TestDeltaSubscribedShown: the status of a delta stream shows the names it
+// subscribes to after each request adds some and drops others (a delta
+// request carries only the change).
+func TestDeltaSubscribedShown(t *testing.T) {
+	pki, addr, m := serveMeshd(t)
+	publishListener(t, m, freePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialConn(t, pki, addr, pki.issue(webID, webNode))).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, req := range []*discoveryv3.DeltaDiscoveryRequest{
+		{Node: node(webNode, nil), TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"c", "a", "b"}},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"d"}, ResourceNamesUnsubscribe: []string{"a"}},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"e"}},
+		{TypeUrl: resourcev3.EndpointType, ResourceNamesUnsubscribe: []string{"e", "c"}},
+	} {
+		if err := s.Send(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"b", "d"}
+	var got []string
+	for ctx.Err() == nil {
+		for _, p := range m.srv.Proxies() {
+			if ts := p.Types[resourcev3.EndpointType]; ts != nil {
+				got = ts.Subscribed
+			}
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("delta stream's subscribed endpoint sets shown: %q, want %q", got, want)
+}
