@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,7 +80,11 @@ func BenchmarkLoad(b *testing.B) {
 	if lim := os.Getenv("MESHD_LOAD_MESHD_GOMEMLIMIT"); lim != "" {
 		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+lim) // meshd's soft memory limit, as deploy/ sets it
 	}
-	logFile, _ := os.Create(filepath.Join(dir, "meshd.log"))
+	logDir := dir
+	if profDir := os.Getenv("MESHD_LOAD_PROFILE"); profDir != "" {
+		logDir = profDir // kept with the profiles
+	}
+	logFile, _ := os.Create(filepath.Join(logDir, "meshd.log"))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -110,9 +116,9 @@ func BenchmarkLoad(b *testing.B) {
 	connectProfiled := profileCPU(b, debugAddr, profDir, "cpu.pprof")
 	_, cpu0, _ := load.Proc(pid)
 	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
-		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: 1000, ScopeOf: w.ScopeOf})
+		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: float64(envInt("MESHD_LOAD_RATE", 1000)), ScopeOf: w.ScopeOf})
 	if err != nil {
-		b.Fatalf("%v\nmeshd log: %s", err, tail(filepath.Join(dir, "meshd.log")))
+		b.Fatalf("%v\nmeshd log: %s", err, tail(filepath.Join(logDir, "meshd.log")))
 	}
 	defer fleet.Close()
 	rssConnected, cpu1, _ := load.Proc(pid)
@@ -151,8 +157,14 @@ func BenchmarkLoad(b *testing.B) {
 	b.Logf("%d sidecars (%s, scope %d services) x %d services x %d endpoints: full config in %s; convergence over %d changes (%d deliveries): p50 %s p99 %s max %s; dropped %d",
 		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], cmp.Or(scope, services), services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
 		len(all), Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
-	for reason, n := range fleet.DropReasons() {
-		b.Logf("dropped: %d streams: %s", n, reason)
+	if reasons := fleet.DropReasons(); len(reasons) > 0 {
+		// One line, most frequent first: a benchmark's log keeps only its
+		// first lines.
+		var parts []string
+		for _, reason := range slices.SortedFunc(maps.Keys(reasons), func(a, b string) int { return cmp.Compare(reasons[b], reasons[a]) }) {
+			parts = append(parts, fmt.Sprintf("%d x %s", reasons[reason], reason))
+		}
+		b.Logf("dropped: %s", strings.Join(parts, "; "))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -103,7 +104,7 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 			close(s.ended)
 			if runCtx.Err() == nil {
 				f.mu.Lock()
-				f.reasons[err.Error()]++
+				f.reasons[addrs.ReplaceAllString(err.Error(), "<addr>")]++
 				f.mu.Unlock()
 			}
 		}()
@@ -122,6 +123,10 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 	f.TimeToFull = time.Since(start)
 	return f, nil
 }
+
+// addrs are the addresses in a stream's error: reasons are counted
+// without them.
+var addrs = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+`)
 
 func nodeName(i int, ns string) string { return "load-" + strconv.Itoa(i) + "." + ns }
 
