@@ -33,6 +33,16 @@ type ACKHook interface {
 	OnACK(nodeID, typeURL, version string)
 }
 
+// streamCache is the cache's side of the streams (cache.Cache): what each
+// stream holds is kept there, found by the request go-control-plane hands
+// the cache after these callbacks saw it. Every request is noted before it
+// is checked, and every stream that opened is reported closed.
+type streamCache interface {
+	NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest)
+	NoteDeltaRequest(stream int64, req *discoveryv3.DeltaDiscoveryRequest)
+	StreamClosed(stream int64)
+}
+
 // callbacks implements go-control-plane's server callbacks: it authenticates
 // every stream, authorizes every request against the stream's peer, and
 // records what was sent, ACKed and NACKed.
@@ -43,6 +53,9 @@ type callbacks struct {
 	ctx     context.Context
 	metrics *metrics
 	resolve ProxyResolver
+	// cache is told which stream each request came on, and when a stream
+	// closed: it keeps what each stream holds.
+	cache streamCache
 	// snapshot returns a node's published snapshot (the cache's).
 	snapshot func(node string) (cachev3.ResourceSnapshot, error)
 	// trustDomain, if set, is the only one whose certificates get a stream.
@@ -80,6 +93,7 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node)      { c.closed(id)
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
 
 func (c *callbacks) closed(id int64) {
+	c.cache.StreamClosed(id)
 	p, announced, opened := c.streams.close(id)
 	if !opened {
 		return
@@ -97,7 +111,7 @@ func (c *callbacks) closed(id int64) {
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	c.internRepeated(id, typeURL, req.ResourceNames)
-	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
+	c.cache.NoteRequest(id, req) // the cache finds what the stream holds by it
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNames()
@@ -107,7 +121,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	intern(req.ResourceNamesSubscribe)
-	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
+	c.cache.NoteDeltaRequest(id, req) // the cache finds what the stream holds by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
@@ -161,8 +175,9 @@ type resume struct {
 }
 
 // snapshotSet checks the pending resumes of the node's streams against its
-// new snapshot. The cache calls it after each snapshot of a node, under the
-// Publisher's lock: the ACK hook (the Publisher) hears of it later.
+// new snapshot. The cache calls it after each snapshot of a node
+// (cache.Cache.Notify), under the Publisher's lock: the ACK hook (the
+// Publisher) hears of it later.
 func (c *callbacks) snapshotSet(node string) {
 	for _, st := range c.streams.pendingResumes(node) {
 		nodeID, version, acked := c.checkResumed(st.id, st.typeURL)
