@@ -14,6 +14,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // Hooks are told when an authenticated proxy starts or stops asking for
@@ -364,7 +366,7 @@ func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscover
 }
 
 func (c *callbacks) sent(id int64, typeURL, nonce, version string) {
-	c.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	c.metrics.pushes.WithLabelValues(resource.ShortType(typeURL)).Inc()
 	c.streams.with(id, func(s *stream) {
 		ts := s.typ(typeURL)
 		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.clock.Now()
@@ -401,7 +403,7 @@ func metricType(url string) string {
 	if !knownTypes[url] {
 		return "other"
 	}
-	return shortType(url)
+	return resource.ShortType(url)
 }
 
 func truncate(s string, n int) string {
@@ -409,15 +411,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + fmt.Sprintf("... (%d bytes)", len(s))
-}
-
-func shortType(url string) string {
-	for i := len(url) - 1; i >= 0; i-- {
-		if url[i] == '.' {
-			return url[i+1:]
-		}
-	}
-	return url
 }
 
 // intern replaces names by their canonical copies. The names a proxy
