@@ -127,8 +127,9 @@ func (v Set) Since(old Set) Set {
 // before endpoints, listeners before routes).
 var allTypes = [...]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
 
-// Types are the types every snapshot holds, in ADS order (a new slice).
-func Types() []resourcev3.Type { return slices.Clone(allTypes[:]) }
+// Types are the types every snapshot holds, in ADS order (an array: the
+// caller's copy, made without allocating).
+func Types() [len(allTypes)]resourcev3.Type { return allTypes }
 
 // Order is a type's place in ADS order; types not served come last.
 func Order(typeURL string) int {
