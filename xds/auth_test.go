@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // adsClient opens an ADS stream to meshd presenting cert (nil: none).
@@ -170,7 +171,7 @@ loop:
 		t.Fatalf("NACK recorded as %+v, want version %s with the error detail", recorded, first.VersionInfo)
 	}
 	// A new version is sent even though the last one was NACKed.
-	err := m.pub.SetProxy(context.Background(), webNode, xds.Resources{resourcev3.ListenerType: []types.Resource{inboundListener(t, freePort(t))}})
+	err := m.pub.SetProxy(context.Background(), webNode, resource.Resources{resourcev3.ListenerType: []types.Resource{inboundListener(t, freePort(t))}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // authzYAML: two pods with an HTTP port (8080) and a TCP port (9090);
@@ -46,7 +48,7 @@ func TestPolicyChangeReachesOnlySelectedProxies(t *testing.T) {
 	pki := newTestPKI(t)
 	ctx := context.Background()
 	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := xds.NewPublisher(cache)
+	pub := publish.New(cache)
 	mesh := xds.NewMesh(pub, nil)
 	nodes := []string{xds.NodeID("demo", "web-0"), xds.NodeID("demo", "web-1")}
 	for _, n := range nodes {
@@ -55,7 +57,7 @@ func TestPolicyChangeReachesOnlySelectedProxies(t *testing.T) {
 			t.Fatal(err)
 		}
 		cert := pki.issue(id, n)
-		if err := pub.SetProxy(ctx, n, xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
+		if err := pub.SetProxy(ctx, n, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
 			t.Fatal(err)
 		}
 	}

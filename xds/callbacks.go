@@ -15,6 +15,8 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // Hooks are told when an authenticated proxy starts or stops asking for
@@ -34,6 +36,16 @@ type ACKHook interface {
 	OnACK(nodeID, typeURL, version string)
 }
 
+// streamCache is the cache's side of the streams (cache.Cache): what each
+// stream holds is kept there, found by the request go-control-plane hands
+// the cache after these callbacks saw it. Every request is noted before it
+// is checked, and every stream that opened is reported closed.
+type streamCache interface {
+	NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest)
+	NoteDeltaRequest(stream int64, req *discoveryv3.DeltaDiscoveryRequest)
+	StreamClosed(stream int64)
+}
+
 // callbacks implements go-control-plane's server callbacks: it authenticates
 // every stream, authorizes every request against the stream's peer, and
 // records what was sent, ACKed and NACKed.
@@ -44,6 +56,9 @@ type callbacks struct {
 	ctx     context.Context
 	metrics *metrics
 	resolve ProxyResolver
+	// cache is told which stream each request came on, and when a stream
+	// closed: it keeps what each stream holds.
+	cache streamCache
 	// snapshot returns a node's published snapshot (the cache's).
 	snapshot func(node string) (cachev3.ResourceSnapshot, error)
 	// trustDomain, if set, is the only one whose certificates get a stream.
@@ -81,6 +96,7 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node)      { c.closed(id)
 func (c *callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) { c.closed(id) }
 
 func (c *callbacks) closed(id int64) {
+	c.cache.StreamClosed(id)
 	p, announced, opened := c.streams.close(id)
 	if !opened {
 		return
@@ -98,7 +114,7 @@ func (c *callbacks) closed(id int64) {
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	c.internRepeated(id, typeURL, req.ResourceNames)
-	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
+	c.cache.NoteRequest(id, req) // the cache finds what the stream holds by it
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
 		secrets = req.GetResourceNames()
@@ -108,7 +124,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	intern(req.ResourceNamesSubscribe)
-	c.streams.noteRequest(id, req) // the cache finds the stream's state by it
+	c.cache.NoteDeltaRequest(id, req) // the cache finds what the stream holds by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
@@ -179,8 +195,9 @@ type resume struct {
 }
 
 // snapshotSet checks the pending resumes of the node's streams against its
-// new snapshot. The cache calls it after each snapshot of a node, under the
-// Publisher's lock: the ACK hook (the Publisher) hears of it later.
+// new snapshot. The cache calls it after each snapshot of a node
+// (cache.Cache.Notify), under the Publisher's lock: the ACK hook (the
+// Publisher) hears of it later.
 func (c *callbacks) snapshotSet(node string) {
 	for _, st := range c.streams.pendingResumes(node) {
 		nodeID, version, acked := c.checkResumed(st.id, st.typeURL)
@@ -378,7 +395,7 @@ func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscover
 }
 
 func (c *callbacks) sent(id int64, typeURL, nonce, version string) {
-	c.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	c.metrics.pushes.WithLabelValues(resource.ShortType(typeURL)).Inc()
 	c.streams.with(id, func(s *stream) {
 		ts := s.typ(typeURL)
 		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.clock.Now()
@@ -415,7 +432,7 @@ func metricType(url string) string {
 	if !knownTypes[url] {
 		return "other"
 	}
-	return shortType(url)
+	return resource.ShortType(url)
 }
 
 func truncate(s string, n int) string {
@@ -423,15 +440,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + fmt.Sprintf("... (%d bytes)", len(s))
-}
-
-func shortType(url string) string {
-	for i := len(url) - 1; i >= 0; i-- {
-		if url[i] == '.' {
-			return url[i+1:]
-		}
-	}
-	return url
 }
 
 // intern replaces names by their canonical copies. The names a proxy

@@ -18,7 +18,7 @@ import (
 // is encoded into its own slice, garbage once written.
 //
 // Most of a full configuration is the set every proxy shares, encoded once
-// and carried as the response's unknown fields (see versioned.sotwBody).
+// and carried as the response's unknown fields (see resource.Set.SotwBody).
 // Protobuf writes unknown fields last and verbatim, so the encoding is the
 // rest of the message followed by those bytes: the codec hands gRPC the
 // two pieces, and the shared bytes are written from the one copy every

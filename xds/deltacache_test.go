@@ -13,16 +13,16 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
-func staticClusters(names ...string) xds.Resources {
+func staticClusters(names ...string) resource.Resources {
 	var out []types.Resource
 	for _, n := range names {
 		out = append(out, &clusterv3.Cluster{Name: n, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 			ConnectTimeout: nil})
 	}
-	return xds.Resources{resourcev3.ClusterType: out}
+	return resource.Resources{resourcev3.ClusterType: out}
 }
 
 // TestDeltaFromSharedEncodings: delta responses built from the shared
@@ -36,7 +36,7 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 	t.Cleanup(func() { m.stop(t) })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := m.pub.SetShared(ctx, staticClusters("a", "b", "c")); err != nil {
+	if err := setShared(ctx, m.pub, staticClusters("a", "b", "c")); err != nil {
 		t.Fatal(err)
 	}
 	open := func(initial map[string]string, names ...string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
@@ -76,7 +76,7 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 	// b changes, c goes, d comes: only b and d are sent, c is removed.
 	changed := staticClusters("a", "b", "d")
 	changed[resourcev3.ClusterType][1].(*clusterv3.Cluster).AltStatName = "changed"
-	if err := m.pub.SetShared(ctx, changed); err != nil {
+	if err := setShared(ctx, m.pub, changed); err != nil {
 		t.Fatal(err)
 	}
 	second, removed := recv(stream)
@@ -91,7 +91,7 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 		t.Fatalf("a reconnect with current versions was sent %v again; want nothing", resent)
 	}
 	changed[resourcev3.ClusterType][0] = &clusterv3.Cluster{Name: "a", AltStatName: "changed too"}
-	if err := m.pub.SetShared(ctx, changed); err != nil {
+	if err := setShared(ctx, m.pub, changed); err != nil {
 		t.Fatal(err)
 	}
 	third, _ := recv(again)
@@ -137,7 +137,7 @@ func TestDeltaByNameAcrossChanges(t *testing.T) {
 			c := r.(*clusterv3.Cluster)
 			c.AltStatName = alt[c.Name]
 		}
-		if err := m.pub.SetShared(ctx, res); err != nil {
+		if err := setShared(ctx, m.pub, res); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -223,7 +223,7 @@ func TestResumeBeforeFirstPublish(t *testing.T) {
 	// computes the same).
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	first := startMeshd(t, pki, addr)
-	if err := first.pub.SetShared(ctx, clusters); err != nil {
+	if err := setShared(ctx, first.pub, clusters); err != nil {
 		t.Fatal(err)
 	}
 	stream := subscribe(addr, nil)
@@ -253,7 +253,7 @@ func TestResumeBeforeFirstPublish(t *testing.T) {
 		}
 		return fmt.Errorf("no stream has asked for clusters yet")
 	})
-	if err := m.pub.SetShared(ctx, clusters); err != nil {
+	if err := setShared(ctx, m.pub, clusters); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the resumed stream shown in sync", func() error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds/cache"
 )
 
 // FuzzRequests feeds the request checks what a hostile client controls:
@@ -28,6 +29,7 @@ func FuzzRequests(f *testing.F) {
 	f.Add("", "", "", "type.googleapis.com/evil.T", "\x00\xff", "\xff", "\x00")
 	f.Fuzz(func(t *testing.T, nodeID, ns, sa, typeURL, name, nonce, nack string) {
 		c := &callbacks{log: slog.New(slog.NewTextHandler(io.Discard, nil)), streams: newStreams(clock.RealClock{}), metrics: newMetrics(nil),
+			cache:       cache.New(slog.New(slog.DiscardHandler)),
 			trustDomain: "cluster.local"}
 		peer := Peer{Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAccount: "web"}, NodeID: "web-0.demo"}
 		for _, delta := range []bool{false, true} {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // TestGRPCXDSClient drives grpc-go's own xDS client (proxyless gRPC) through
@@ -41,7 +42,7 @@ func TestGRPCXDSClient(t *testing.T) {
 	m := startMeshd(t, pki, addr)
 	t.Cleanup(func() { m.stop(t) })
 	backend := startHealthServer(t)
-	if err := m.pub.SetShared(context.Background(), proxylessResources(t, backend, "/")); err != nil {
+	if err := setShared(context.Background(), m.pub, proxylessResources(t, backend, "/")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -63,7 +64,7 @@ func TestGRPCXDSClient(t *testing.T) {
 	}
 
 	// A route regex grpc-go cannot compile: it must NACK it.
-	if err := m.pub.SetShared(context.Background(), proxylessResources(t, backend, "[")); err != nil {
+	if err := setShared(context.Background(), m.pub, proxylessResources(t, backend, "[")); err != nil {
 		t.Fatal(err)
 	}
 	node := xds.NodeID("demo", "client-0")
@@ -90,7 +91,7 @@ func TestGRPCXDSClient(t *testing.T) {
 	// fix, and the client would have NACKed it again).
 	st := typeStatus(m, node, resourcev3.RouteType)
 	responses, badVersion := st.Responses, st.SentVersion
-	if err := m.pub.SetShared(context.Background(), proxylessResources(t, backend, "/.*")); err != nil {
+	if err := setShared(context.Background(), m.pub, proxylessResources(t, backend, "/.*")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the fixed route ACKed", func() error {
@@ -129,7 +130,7 @@ func startHealthServer(t *testing.T) int {
 
 // proxylessResources: listener backend.demo -> route (prefix match, or a
 // safe regex when regex is not "/") -> EDS cluster -> the backend port.
-func proxylessResources(t *testing.T, port int, regex string) xds.Resources {
+func proxylessResources(t *testing.T, port int, regex string) resource.Resources {
 	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
 	hcm := mustAny(t, &hcmv3.HttpConnectionManager{
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "backend-route", ConfigSource: ads}},
@@ -139,7 +140,7 @@ func proxylessResources(t *testing.T, port int, regex string) xds.Resources {
 	if regex != "/" {
 		match = &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: regex}}}
 	}
-	return xds.Resources{
+	return resource.Resources{
 		resourcev3.ListenerType: {&listenerv3.Listener{Name: "backend.demo", ApiListener: &listenerv3.ApiListener{ApiListener: hcm}}},
 		resourcev3.RouteType: {&routev3.RouteConfiguration{Name: "backend-route", VirtualHosts: []*routev3.VirtualHost{{
 			Name: "backend", Domains: []string{"backend.demo"},

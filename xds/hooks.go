@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/xds/publish"
 )
 
 // SecretKeeper keeps a proxy's secrets (sds.Manager): Add returns once the
@@ -27,7 +28,7 @@ type SecretKeeper interface {
 // leaves takes its snapshot along.
 type ProxyHooks struct {
 	Secrets   SecretKeeper
-	Publisher *Publisher
+	Publisher *publish.Publisher
 	// Mesh, if set, gives each proxy its own resources (inbound side).
 	Mesh *Mesh
 	// KeyOnNode: a proxy that authenticated with a pod-bound certificate

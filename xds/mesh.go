@@ -13,6 +13,8 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 	"github.com/meshd/meshd/xds/translate"
 )
 
@@ -21,7 +23,7 @@ import (
 // proxy's own resources (inbound listener and local clusters) from the same
 // model, published together. Safe for concurrent use.
 type Mesh struct {
-	pub *Publisher
+	pub *publish.Publisher
 	log *slog.Logger
 	// tr keeps each service's translation: a change translates only the
 	// services it touched (guarded by mu).
@@ -42,7 +44,7 @@ type ownEntry struct {
 	peer     Peer
 	workload *model.Workload
 	settings [3]any
-	res      Resources
+	res      resource.Resources
 }
 
 type proxyRef struct {
@@ -51,7 +53,7 @@ type proxyRef struct {
 }
 
 // NewMesh returns a Mesh publishing into pub.
-func NewMesh(pub *Publisher, log *slog.Logger) *Mesh {
+func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -70,8 +72,8 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 		}
 	}
 	m.snap, m.problems = snap, problems
-	own := make(map[string]Resources, len(m.proxies))
-	scopes, scopeOf := map[string]Resources{}, make(map[string]string, len(m.proxies))
+	own := make(map[string]resource.Resources, len(m.proxies))
+	scopes, scopeOf := map[string]resource.Resources{}, make(map[string]string, len(m.proxies))
 	for node, ref := range m.proxies {
 		if res, changed := m.ownCached(ref.peer); changed {
 			own[node] = res // only proxies whose own resources moved are hashed again
@@ -117,7 +119,7 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	ref.peer, ref.refs = p, ref.refs+1
 	m.proxies[p.NodeID] = ref
 	var key string
-	var scope Resources
+	var scope resource.Resources
 	if e := m.egress(p); e != nil {
 		if key = e.Key(); !m.pub.HasScope(key) {
 			scope, _ = m.tr.Scoped(m.snap, e)
@@ -144,7 +146,7 @@ func (m *Mesh) RemoveProxy(nodeID string) {
 // ownCached is own, translated again only when what it depends on moved:
 // the proxy, its workload, the snapshot's settings for the inbound side
 // (and, for a sidecar without interception, every service: not cached).
-func (m *Mesh) ownCached(p Peer) (Resources, bool) {
+func (m *Mesh) ownCached(p Peer) (resource.Resources, bool) {
 	w := m.snap.Workload(p.NodeID)
 	var settings [3]any
 	if m.snap != nil {
@@ -169,8 +171,8 @@ func (m *Mesh) ownCached(p Peer) (Resources, bool) {
 // present, so a workload that lost its ports loses its inbound listener. A proxy whose
 // pod is unknown, or runs under another service account than its
 // certificate says, gets no inbound side.
-func (m *Mesh) own(p Peer) Resources {
-	res := Resources{resourcev3.ListenerType: nil}
+func (m *Mesh) own(p Peer) resource.Resources {
+	res := resource.Resources{resourcev3.ListenerType: nil}
 	w := m.snap.Workload(p.NodeID)
 	switch {
 	case w == nil:

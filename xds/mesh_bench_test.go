@@ -15,6 +15,8 @@ import (
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // BenchmarkMeshUpdate: one model change (1,000 services × 10 endpoints)
@@ -44,10 +46,10 @@ func benchMesh(ctx context.Context, b *testing.B, snap *model.Snapshot, proxies 
 	b.Helper()
 	pki := newTestPKI(b)
 	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := xds.NewPublisher(cache)
+	pub := publish.New(cache)
 	mesh := xds.NewMesh(pub, nil)
 	cert := pki.issue(webID, webNode)
-	secrets := xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
+	secrets := resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
 	for _, w := range snap.Workloads[:proxies] {
 		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
 		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {

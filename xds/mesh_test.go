@@ -30,6 +30,8 @@ import (
 	"github.com/meshd/meshd/internal/testenv"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 var (
@@ -42,11 +44,17 @@ var (
 // server with TLS, publisher, SDS manager and the hooks between them.
 type meshd struct {
 	srv     *xds.Server
-	pub     *xds.Publisher
+	pub     *publish.Publisher
 	mesh    *xds.Mesh // gives proxies their own resources (startWithMesh only)
 	renewer *testRenewer
 	cancel  context.CancelFunc
 	done    chan error
+}
+
+// setShared publishes hand-made shared resources without a model (nor a
+// change time: no convergence is measured).
+func setShared(ctx context.Context, pub *publish.Publisher, res resource.Resources) error {
+	return pub.SetAll(ctx, time.Time{}, res, nil)
 }
 
 // serveMeshd starts a meshd with a fresh PKI on a free port, stopped when
@@ -64,7 +72,7 @@ func serveMeshd(t *testing.T, opts ...func(*xds.Config)) (*testPKI, string, *mes
 func startMeshd(t testing.TB, pki *testPKI, addr string, opts ...func(*xds.Config)) *meshd {
 	t.Helper()
 	m := startUnpublished(t, pki, addr, opts...)
-	if err := m.pub.SetShared(context.Background(), xds.Resources{}); err != nil {
+	if err := setShared(context.Background(), m.pub, resource.Resources{}); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -95,9 +103,9 @@ func start(t testing.TB, pki *testPKI, addr string, withMesh bool, opts ...func(
 	if _, ok := t.(*testing.B); ok {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	var pub *xds.Publisher
+	var pub *publish.Publisher
 	mgr, err := sds.New(sds.Config{Renewer: m.renewer, Logger: logger, OnSecrets: func(node string, secrets []*tlsv3.Secret) {
-		res := xds.Resources{resourcev3.SecretType: make([]types.Resource, 0, len(secrets))}
+		res := resource.Resources{resourcev3.SecretType: make([]types.Resource, 0, len(secrets))}
 		for _, s := range secrets {
 			res[resourcev3.SecretType] = append(res[resourcev3.SecretType], s)
 		}
@@ -117,7 +125,7 @@ func start(t testing.TB, pki *testPKI, addr string, withMesh bool, opts ...func(
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub = xds.NewPublisher(srv.Cache)
+	pub = publish.New(srv.Cache)
 	hooks.Secrets, hooks.Publisher = mgr, pub
 	if withMesh {
 		m.mesh = xds.NewMesh(pub, logger)

@@ -13,6 +13,8 @@ import (
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // meshYAML is a ClusterIP service with one endpoint; %s is the readiness of
@@ -73,12 +75,12 @@ func TestEndpointChangeIsEDSOnly(t *testing.T) {
 	cert := pki.issue(webID, webNode)
 	ctx := context.Background()
 	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := xds.NewPublisher(cache)
+	pub := publish.New(cache)
 	mesh := xds.NewMesh(pub, nil)
 	if err := mesh.AddProxy(ctx, xds.Peer{NodeID: webNode, Identity: webID}); err != nil {
 		t.Fatal(err)
 	}
-	if err := pub.SetProxy(ctx, webNode, xds.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
+	if err := pub.SetProxy(ctx, webNode, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cache.GetSnapshot(webNode); err == nil {

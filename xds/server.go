@@ -1,9 +1,18 @@
 // Package xds serves Envoy configuration over ADS (state-of-the-world and
-// delta) with go-control-plane.
+// delta) with go-control-plane: the gRPC server (server.go), stream
+// authentication and binding to pods (auth.go), per-client limits
+// (limits.go, conncap.go, subscriptions.go), the callbacks that check every
+// request and record what each stream was sent, ACKed and NACKed
+// (callbacks.go, state.go: the proxy status of the debug API), the hooks
+// that prepare a proxy's configuration when it connects (hooks.go), the
+// Mesh that takes each model through translation to publication (mesh.go),
+// and explain.
 //
-// Where it sits in the pipeline: the translator (later stages) puts complete,
-// consistent snapshots into the Server's cache; the Server streams them to the
-// sidecars. It reads nothing from Kubernetes itself.
+// Where it sits in the pipeline: the Mesh hands the model to xds/translate
+// and the translated resources to xds/publish, which sets complete,
+// consistent snapshots (xds/resource) in xds/cache; the Server streams them
+// from that cache to the sidecars. Its sub-packages must not import it. It
+// reads nothing from Kubernetes itself.
 package xds
 
 import (
@@ -18,14 +27,15 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/utils/clock"
+
+	"github.com/meshd/meshd/xds/cache"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // Config configures a Server.
@@ -57,9 +67,9 @@ type Config struct {
 	ResolveProxy ProxyResolver
 	// Limits bound each client (zero values: defaults).
 	Limits Limits
-	// Cache, if set, is the cache the server answers from (NewCache; its
-	// clock is used, not Clock); nil: the server makes its own.
-	Cache *Cache
+	// Cache, if set, is the cache the server answers from; nil: the server
+	// makes its own.
+	Cache *cache.Cache
 }
 
 // Server is the ADS gRPC server. Cache is where snapshots are published,
@@ -67,7 +77,7 @@ type Config struct {
 // client certificate is bound to.
 type Server struct {
 	cfg     Config
-	Cache   cachev3.SnapshotCache
+	Cache   *cache.Cache
 	lis     net.Listener
 	grpc    *grpc.Server
 	streams *streams
@@ -96,11 +106,13 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
 	cfg.Limits.setDefaults()
-	cache := cfg.Cache
-	if cache == nil {
-		cache = NewCache(cfg.Logger, cfg.Clock)
+	if cfg.Cache == nil {
+		cfg.Cache = cache.New(cfg.Logger)
 	}
-	s := &Server{cfg: cfg, lis: lis, Cache: cache, streams: cache.streams, metrics: newMetrics(cfg.Registerer)}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	s := &Server{cfg: cfg, lis: lis, Cache: cfg.Cache, streams: newStreams(cfg.Clock), metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
 		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits.ConnectionsPerIdentity, lim.limited)),
@@ -127,10 +139,8 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 // Start serves ADS until ctx ends, then drains for at most DrainTimeout.
 func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
-		snapshot: s.Cache.GetSnapshot}
-	if mc, ok := s.Cache.(*Cache); ok {
-		mc.notify(cb.snapshotSet)
-	}
+		cache: s.Cache, snapshot: s.Cache.GetSnapshot}
+	s.Cache.Notify(cb.snapshotSet)
 	ads := serverv3.NewServer(ctx, s.Cache, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
@@ -164,7 +174,7 @@ func (s *Server) Published(nodeID string) (map[string][]types.Resource, bool) {
 		return nil, false
 	}
 	out := map[string][]types.Resource{}
-	for _, t := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+	for _, t := range resource.Types() {
 		for _, r := range snap.GetResources(t) {
 			out[t] = append(out[t], r)
 		}

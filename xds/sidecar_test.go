@@ -14,7 +14,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/internal/testenv"
-	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -68,7 +68,7 @@ func TestSidecarMTLSRotationAndRestart(t *testing.T) {
 
 func publishListener(t *testing.T, m *meshd, port int) {
 	t.Helper()
-	err := m.pub.SetProxy(context.Background(), webNode, xds.Resources{resourcev3.ListenerType: []types.Resource{inboundListener(t, port)}})
+	err := m.pub.SetProxy(context.Background(), webNode, resource.Resources{resourcev3.ListenerType: []types.Resource{inboundListener(t, port)}})
 	if err != nil {
 		t.Fatal(err)
 	}

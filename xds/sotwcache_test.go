@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // TestSotWByNameAcrossChanges: a SotW stream subscribed by name to a type
@@ -31,7 +31,7 @@ func TestSotWByNameAcrossChanges(t *testing.T) {
 	// Endpoint sets named like clusters: ClusterLoadAssignment resources.
 	set := func(weights map[string]uint32, names ...string) {
 		t.Helper()
-		if err := m.pub.SetShared(ctx, endpointSets(weights, names...)); err != nil {
+		if err := setShared(ctx, m.pub, endpointSets(weights, names...)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -110,7 +110,7 @@ func TestSotWByNameAcrossChanges(t *testing.T) {
 
 // endpointSets are one-endpoint sets named names, each endpoint's weight
 // given (1 when not).
-func endpointSets(weights map[string]uint32, names ...string) xds.Resources {
+func endpointSets(weights map[string]uint32, names ...string) resource.Resources {
 	var out []types.Resource
 	for i, n := range names {
 		w := weights[n]
@@ -125,7 +125,7 @@ func endpointSets(weights map[string]uint32, names ...string) xds.Resources {
 				LoadBalancingWeight: wrapperspb.UInt32(w),
 			}}}}})
 	}
-	return xds.Resources{resourcev3.EndpointType: out}
+	return resource.Resources{resourcev3.EndpointType: out}
 }
 
 func weightOf(cla *endpointv3.ClusterLoadAssignment) uint32 {

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"time"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"k8s.io/utils/clock"
 )
 
@@ -64,11 +63,6 @@ type stream struct {
 	// resumes are the types the stream started holding resources whose
 	// versions are not yet confirmed (see callbacks.resumed).
 	resumes map[string]resume
-	// held is what the stream holds, by type: *sotwHeld or *deltaHeld (see
-	// Cache); lastReq is its last request (either kind), by which the
-	// cache finds it.
-	held    map[string]any
-	lastReq any
 }
 
 func (s *stream) typ(url string) *TypeStatus {
@@ -86,14 +80,11 @@ type streams struct {
 	byID map[int64]*stream
 	// resuming indexes, by node ID, the streams with pending resumes.
 	resuming map[string]map[int64]struct{}
-	// reqs maps each stream's last request to the stream.
-	reqs  map[any]int64
-	clock clock.PassiveClock
+	clock    clock.PassiveClock
 }
 
 func newStreams(clk clock.PassiveClock) *streams {
-	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{},
-		reqs: map[any]int64{}, clock: clk}
+	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{}, clock: clk}
 }
 
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
@@ -113,9 +104,6 @@ func (ss *streams) close(id int64) (p Peer, announced, opened bool) {
 		return Peer{}, false, false
 	}
 	ss.dropResumingLocked(s.peer.NodeID, id)
-	if s.lastReq != nil {
-		delete(ss.reqs, s.lastReq)
-	}
 	return s.peer, s.announced, true
 }
 
@@ -216,48 +204,6 @@ type streamType struct {
 	typeURL string
 }
 
-// noteRequest records a stream's latest request (the server hands the same
-// request to the cache next): a *DiscoveryRequest or *DeltaDiscoveryRequest.
-func (ss *streams) noteRequest(id int64, req any) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s, ok := ss.byID[id]
-	if !ok {
-		return
-	}
-	if s.lastReq != nil {
-		delete(ss.reqs, s.lastReq)
-	}
-	s.lastReq = req
-	ss.reqs[req] = id
-}
-
-// heldOf returns what the stream whose latest request is req holds of a
-// type (created empty: *sotwHeld for SotW requests, *deltaHeld for delta
-// ones), or nil for a request of no stream.
-func (ss *streams) heldOf(req any, typeURL string) any {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	id, ok := ss.reqs[req]
-	if !ok {
-		return nil
-	}
-	s := ss.byID[id]
-	if s.held == nil {
-		s.held = map[string]any{}
-	}
-	h := s.held[typeURL]
-	if h == nil {
-		if _, delta := req.(*discoveryv3.DeltaDiscoveryRequest); delta {
-			h = &deltaHeld{}
-		} else {
-			h = &sotwHeld{}
-		}
-		s.held[typeURL] = h
-	}
-	return h
-}
-
 // status returns copies of every stream's state, ordered by node ID.
 func (ss *streams) status() []ProxyStatus {
 	ss.mu.Lock()
@@ -288,5 +234,3 @@ func (ss *streams) status() []ProxyStatus {
 	})
 	return out
 }
-
-// keys is maps.Keys collected and sorted.

@@ -5,6 +5,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // Bounds on what one delta stream may subscribe to. Names of resources the
@@ -64,7 +66,7 @@ func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscovery
 			}
 			set[n] = struct{}{}
 			if len(set) > MaxUnknownNames {
-				err = status.Errorf(codes.ResourceExhausted, "xds: stream subscribes to more than %d %s names that do not exist", MaxUnknownNames, shortType(typeURL))
+				err = status.Errorf(codes.ResourceExhausted, "xds: stream subscribes to more than %d %s names that do not exist", MaxUnknownNames, resource.ShortType(typeURL))
 				return
 			}
 		}

@@ -18,6 +18,9 @@ import (
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/cache"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // xdsStage is the ADS server with what feeds it: the mesh (the model
@@ -34,8 +37,8 @@ type xdsStage struct {
 // secrets, and the Mesh. Each is whole when made: the cache comes first, so
 // the Publisher, the Mesh and the server's hooks exist before the server.
 func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheus.Registerer, log *slog.Logger) (*xdsStage, error) {
-	cache := xds.NewCache(log, nil)
-	pub := xds.NewPublisher(cache)
+	xdsCache := cache.New(log)
+	pub := publish.New(xdsCache)
 	if err := pub.RegisterMetrics(reg); err != nil {
 		return nil, err
 	}
@@ -58,7 +61,7 @@ func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheu
 	}
 	hooks := &xds.ProxyHooks{Secrets: mgr, Publisher: pub, Mesh: mesh, KeyOnNode: keyOnNode}
 	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: xdsTLS(creds), Hooks: hooks, Registerer: reg, Logger: log,
-		ResolveProxy: resolve, TrustDomain: cfg.TrustDomain, Cache: cache})
+		ResolveProxy: resolve, TrustDomain: cfg.TrustDomain, Cache: xdsCache})
 	if err != nil {
 		return nil, err
 	}
@@ -86,13 +89,13 @@ func xdsTLS(creds *credentials) *tls.Config {
 }
 
 // publishSecrets publishes a proxy's secrets as SDS resources.
-func publishSecrets(pub *xds.Publisher, log *slog.Logger) func(node string, secrets []*tlsv3.Secret) {
+func publishSecrets(pub *publish.Publisher, log *slog.Logger) func(node string, secrets []*tlsv3.Secret) {
 	return func(node string, secrets []*tlsv3.Secret) {
 		res := make([]types.Resource, len(secrets))
 		for i, s := range secrets {
 			res[i] = s
 		}
-		if err := pub.SetProxy(context.Background(), node, xds.Resources{resourcev3.SecretType: res}); err != nil {
+		if err := pub.SetProxy(context.Background(), node, resource.Resources{resourcev3.SecretType: res}); err != nil {
 			log.Error("xds: publish secrets", "proxy", node, "error", err)
 		}
 	}

@@ -1,4 +1,4 @@
-package xds
+package cache
 
 import (
 	"fmt"
@@ -6,6 +6,12 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 type sub struct {
@@ -18,15 +24,20 @@ func (s sub) ReturnedResources() map[string]string     { return s.returned }
 func (s sub) SubscribedResources() map[string]struct{} { return s.subscribed }
 func (s sub) IsWildcard() bool                         { return s.wildcard }
 
-// randomSet is a set of up to 8 of the names r0..r9 at versions 0..2.
-func randomSet(rng *rand.Rand, version string) versioned {
-	vm := map[string]string{}
+// randomSet is a set of up to 8 of the clusters r0..r9, each at one of
+// three contents (and so versions).
+func randomSet(t *testing.T, rng *rand.Rand) resource.Set {
+	var items []types.Resource
 	for i := range 10 {
 		if rng.IntN(10) < 8 {
-			vm[fmt.Sprintf("r%d", i)] = fmt.Sprint(rng.IntN(3))
+			items = append(items, &clusterv3.Cluster{Name: fmt.Sprintf("r%d", i), AltStatName: fmt.Sprint(rng.IntN(3))})
 		}
 	}
-	return versioned{version: version, versionMap: vm}
+	sets, err := resource.Own(resource.Resources{resourcev3.ClusterType: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sets[resourcev3.ClusterType]
 }
 
 // TestDifferenceIsCompare: for a stream holding the old set, the shared
@@ -37,8 +48,8 @@ func randomSet(rng *rand.Rand, version string) versioned {
 func TestDifferenceIsCompare(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 5000 {
-		old, set := randomSet(rng, "old"), randomSet(rng, "new")
-		setDifference(old, &set)
+		old := randomSet(t, rng)
+		set := randomSet(t, rng).Since(old)
 		s := sub{wildcard: rng.IntN(2) == 0, subscribed: map[string]struct{}{}}
 		h := &deltaHeld{set: &old}
 		for j := range 10 {
@@ -55,7 +66,7 @@ func TestDifferenceIsCompare(t *testing.T) {
 		}
 		// The per-resource versions such a stream holds.
 		s.returned = map[string]string{}
-		for name, v := range old.versionMap {
+		for name, v := range old.VersionMap() {
 			if _, late := h.lacking[name]; !late && sends(s, name) {
 				s.returned[name] = v
 			}
@@ -69,14 +80,14 @@ func TestDifferenceIsCompare(t *testing.T) {
 			"compareHeld": func() ([]string, []string) { return compareHeld(s, h, set) },
 		} {
 			names, removed := f()
-			if len(names) < len(set.versionMap) && !slices.IsSorted(names) {
+			if len(names) < len(set.VersionMap()) && !slices.IsSorted(names) {
 				t.Fatalf("case %d %s: part of the set not in order: %v", i, how, names)
 			}
 			slices.Sort(names)
 			slices.Sort(removed)
 			if !slices.Equal(names, wantNames) || !slices.Equal(removed, wantRemoved) {
 				t.Fatalf("case %d %s (wildcard %v, subscribed %v, lacking %v)\nold %v\nnew %v\ngot:     sent %v removed %v\ncompare: sent %v removed %v",
-					i, how, s.wildcard, slices.Sorted(maps.Keys(s.subscribed)), slices.Sorted(maps.Keys(h.lacking)), old.versionMap, set.versionMap,
+					i, how, s.wildcard, slices.Sorted(maps.Keys(s.subscribed)), slices.Sorted(maps.Keys(h.lacking)), old.VersionMap(), set.VersionMap(),
 					names, removed, wantNames, wantRemoved)
 			}
 		}

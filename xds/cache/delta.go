@@ -1,82 +1,16 @@
-package xds
+package cache
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/anypb"
-	"k8s.io/utils/clock"
+
+	"github.com/meshd/meshd/xds/resource"
 )
-
-// Cache is the cache the ADS server answers from: it keeps each node's
-// snapshot and answers delta watches (here) and SotW watches (sotwcache.go)
-// from the sets the Publisher prepared. go-control-plane's snapshot cache is
-// embedded only for the rest of its interface; it holds no snapshot.
-//
-// Why: on every snapshot of a node, go-control-plane's cache recomputes, for
-// each delta watch of that node (each type, changed or not), the full
-// per-resource version map of the type: with 1,000 proxies holding 1,000
-// clusters and endpoint sets, an endpoint change costs millions of map
-// operations and hundreds of megabytes of garbage. Here a watch is only
-// looked at when its type's version changed; what a stream holds is meshd's
-// own record (deltaHeld: the shared, immutable set it was sent plus the
-// names it subscribed to since), not a per-stream copy of every name and
-// version; a stream holding exactly the set a change replaced gets the
-// change's difference, computed once for every proxy sharing that set
-// (Publisher.SetAll). The resources sent are the encodings computed once per
-// change (versioned.raw), not marshalled again per stream.
-type Cache struct {
-	cachev3.SnapshotCache
-	log *slog.Logger
-
-	mu      sync.Mutex
-	snaps   map[string]*snapshot
-	watches map[string]map[*deltaWatch]struct{} // by node ID
-	sotw    map[string]map[*sotwWatch]struct{}  // by node ID
-	// streams is the state of every open stream, shared with the server's
-	// callbacks: what each stream holds is kept there.
-	streams *streams
-	// onSet, if set, is told each node whose snapshot was set (outside mu).
-	onSet func(node string)
-}
-
-// notify sets the function told each node whose snapshot was set.
-func (c *Cache) notify(f func(node string)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.onSet = f
-}
-
-// NewCache returns an empty cache, to create before the Server that answers
-// from it (Config.Cache) when what publishes into it must exist first. clk
-// is the clock of the streams' state (nil: the real clock).
-func NewCache(log *slog.Logger, clk clock.PassiveClock) *Cache {
-	if log == nil {
-		log = slog.Default()
-	}
-	if clk == nil {
-		clk = clock.RealClock{}
-	}
-	return &Cache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
-		snaps: map[string]*snapshot{}, watches: map[string]map[*deltaWatch]struct{}{},
-		sotw: map[string]map[*sotwWatch]struct{}{}, streams: newStreams(clk)}
-}
-
-// GetSnapshot returns the node's current snapshot.
-func (c *Cache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.snaps[node]; s != nil {
-		return s, nil
-	}
-	return nil, fmt.Errorf("xds: no snapshot for node %s", node)
-}
 
 type deltaWatch struct {
 	node string
@@ -87,7 +21,7 @@ type deltaWatch struct {
 }
 
 // deltaHeld is what one delta stream holds of one type, as far as meshd
-// knows. Kept with the stream (see streams.heldOf); guarded by mu.
+// knows. Kept with the stream (see streams.go); guarded by mu.
 type deltaHeld struct {
 	mu sync.Mutex
 	// set: the stream holds this set's version of every resource of it the
@@ -95,7 +29,7 @@ type deltaHeld struct {
 	// since, not sent yet). nil when not known: at the stream's start (the
 	// client's initial versions, in the subscription, are compared) and
 	// after a NACK.
-	set     *versioned
+	set     *resource.Set
 	lacking map[string]struct{}
 	// sent is the version last sent; rejected the one last NACKed, not sent
 	// again.
@@ -127,64 +61,6 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 	}
 }
 
-// SetSnapshot publishes a node's snapshot: the watches of the types whose
-// version changed are answered.
-func (c *Cache) SetSnapshot(_ context.Context, node string, snap cachev3.ResourceSnapshot) error {
-	s, ok := snap.(*snapshot)
-	if !ok {
-		return fmt.Errorf("xds: snapshot of %s: only the Publisher's snapshots are served, not %T", node, snap)
-	}
-	if onSet := c.set(node, s); onSet != nil {
-		onSet(node)
-	}
-	return nil
-}
-
-// set answers the node's watches from s, returning onSet.
-func (c *Cache) set(node string, s *snapshot) func(string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.snaps[node] = s
-	if ws := c.sotw[node]; len(ws) > 0 {
-		for _, w := range slices.SortedFunc(maps.Keys(ws), func(a, b *sotwWatch) int {
-			return typeOrder(a.req.GetTypeUrl()) - typeOrder(b.req.GetTypeUrl())
-		}) {
-			if c.answerSotwLocked(w, s) {
-				delete(ws, w)
-			}
-		}
-	}
-	ws := c.watches[node]
-	if len(ws) == 0 {
-		return c.onSet
-	}
-	// In ADS order (clusters before endpoints, listeners before routes):
-	// one stream reads its responses in the order they are queued.
-	ordered := slices.SortedFunc(maps.Keys(ws), func(a, b *deltaWatch) int {
-		return typeOrder(a.req.GetTypeUrl()) - typeOrder(b.req.GetTypeUrl())
-	})
-	for _, w := range ordered {
-		if c.answerLocked(w, s) {
-			delete(ws, w)
-		}
-	}
-	return c.onSet
-}
-
-// ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.
-func (c *Cache) ClearSnapshot(node string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.snaps, node)
-}
-
-func typeOrder(typeURL string) int {
-	if i := slices.Index(snapshotTypes, typeURL); i >= 0 {
-		return i
-	}
-	return len(snapshotTypes)
-}
-
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
@@ -198,63 +74,27 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	return wait(c, c.watches, w.node, w), nil
 }
 
-// heldOf is what the stream of req holds of a type (see streams.heldOf), or
-// a fresh record for a request of no stream the callbacks saw (nothing
-// known).
-func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
-	if c.streams != nil {
-		if h, ok := c.streams.heldOf(req, typeURL).(*H); ok {
-			return h
-		}
-	}
-	return new(H)
-}
-
-// wait registers a watch of node that waits for a snapshot (under c.mu)
-// and returns its cancel function.
-func wait[W comparable](c *Cache, watches map[string]map[W]struct{}, node string, w W) func() {
-	ws := watches[node]
-	if ws == nil {
-		ws = map[W]struct{}{}
-		watches[node] = ws
-	}
-	ws[w] = struct{}{}
-	return func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if ws := watches[node]; ws != nil {
-			delete(ws, w)
-			if len(ws) == 0 {
-				delete(watches, node)
-			}
-		}
-	}
-}
-
 // answerLocked sends the watch what its stream lacks of snapshot s, if
 // anything, and reports whether it did (the watch is then done).
-func (c *Cache) answerLocked(w *deltaWatch, s *snapshot) bool {
+func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot) bool {
 	typeURL := w.req.GetTypeUrl()
-	set, ok := s.sets[typeURL]
-	if !ok {
-		set = emptySet
-	}
+	set := setOf(s, typeURL)
 	h := w.held
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	// A wildcard stream's first request is answered even when it lacks
 	// nothing, so that it knows the type is there.
 	first := w.sub.IsWildcard() && w.req.GetResponseNonce() == ""
-	if set.version == h.rejected && !first {
+	if set.Version() == h.rejected && !first {
 		return false
 	}
 	var names, removed []string
 	switch {
 	case h.set == nil:
 		names, removed = compare(w.sub, set)
-	case h.set.version == set.version:
+	case h.set.Version() == set.Version():
 		names = lackingIn(h, set)
-	case h.set.version == set.from && set.from != "":
+	case h.set.Version() == set.From() && set.From() != "":
 		names, removed = difference(w.sub, h, set)
 	default:
 		names, removed = compareHeld(w.sub, h, set)
@@ -287,10 +127,10 @@ func sends(sub cachev3.Subscription, name string) bool {
 
 // lackingIn is the names subscribed to since the stream's last response
 // that set has.
-func lackingIn(h *deltaHeld, set versioned) []string {
+func lackingIn(h *deltaHeld, set resource.Set) []string {
 	var names []string
 	for name := range h.lacking {
-		if _, ok := set.versionMap[name]; ok {
+		if _, ok := set.VersionMap()[name]; ok {
 			names = append(names, name)
 		}
 	}
@@ -301,13 +141,13 @@ func lackingIn(h *deltaHeld, set versioned) []string {
 // difference is what a stream holding the set that set replaced lacks: the
 // change, as its subscription selects it, and the names it subscribed to
 // since.
-func difference(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, removed []string) {
-	for _, name := range set.changed {
+func difference(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
+	for _, name := range set.Changed() {
 		if _, late := h.lacking[name]; !late && sends(sub, name) {
 			names = append(names, name)
 		}
 	}
-	for _, name := range set.removed {
+	for _, name := range set.Removed() {
 		if _, late := h.lacking[name]; !late && sends(sub, name) {
 			removed = append(removed, name)
 		}
@@ -319,22 +159,22 @@ func difference(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, r
 
 // compareHeld is what a stream holding h lacks of set, resource by
 // resource (h.set is neither set nor the set it replaced).
-func compareHeld(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, removed []string) {
+func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
 	held := func(name string) (string, bool) {
 		if _, late := h.lacking[name]; late {
 			return "", false
 		}
-		v, ok := h.set.versionMap[name]
+		v, ok := h.set.VersionMap()[name]
 		return v, ok
 	}
 	if sub.IsWildcard() {
-		for name, v := range set.versionMap {
+		for name, v := range set.VersionMap() {
 			if hv, ok := held(name); !ok || hv != v {
 				names = append(names, name)
 			}
 		}
-		for name := range h.set.versionMap {
-			if _, ok := set.versionMap[name]; !ok {
+		for name := range h.set.VersionMap() {
+			if _, ok := set.VersionMap()[name]; !ok {
 				if _, had := held(name); had {
 					removed = append(removed, name)
 				}
@@ -342,7 +182,7 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, 
 		}
 	} else {
 		for name := range sub.SubscribedResources() {
-			v, ok := set.versionMap[name]
+			v, ok := set.VersionMap()[name]
 			hv, had := held(name)
 			switch {
 			case ok && (!had || hv != v):
@@ -362,22 +202,22 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set versioned) (names, 
 // cache computes it: for a wildcard subscription every resource of the set
 // at another version than the stream holds, and every held one no longer
 // in the set; otherwise the same among the subscribed names.
-func compare(sub cachev3.Subscription, set versioned) (names, removed []string) {
+func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
 	if sub.IsWildcard() {
-		for name, v := range set.versionMap {
+		for name, v := range set.VersionMap() {
 			if held[name] != v {
 				names = append(names, name)
 			}
 		}
 		for name := range held {
-			if _, ok := set.versionMap[name]; !ok {
+			if _, ok := set.VersionMap()[name]; !ok {
 				removed = append(removed, name)
 			}
 		}
 	} else {
 		for name := range sub.SubscribedResources() {
-			v, ok := set.versionMap[name]
+			v, ok := set.VersionMap()[name]
 			_, had := held[name]
 			switch {
 			case ok && held[name] != v:
@@ -396,8 +236,8 @@ func compare(sub cachev3.Subscription, set versioned) (names, removed []string) 
 // unless they are the whole set: that goes out as the set's one encoding
 // (see deltaResponse), in its order, and a connecting stream's ~1,000
 // names per type are not sorted again for each proxy.
-func sortPart(names []string, set versioned) {
-	if len(names) != len(set.versionMap) {
+func sortPart(names []string, set resource.Set) {
+	if len(names) != len(set.VersionMap()) {
 		slices.Sort(names)
 	}
 }
@@ -408,7 +248,7 @@ func sortPart(names []string, set versioned) {
 type deltaResponse struct {
 	req     *cachev3.DeltaRequest
 	held    *deltaHeld
-	set     versioned
+	set     resource.Set
 	names   []string
 	removed []string
 
@@ -421,11 +261,11 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 	r.once.Do(func() {
 		defer r.commit()
 		typeURL := r.req.GetTypeUrl()
-		r.resp = &discoveryv3.DeltaDiscoveryResponse{RemovedResources: r.removed, TypeUrl: typeURL, SystemVersionInfo: r.set.version}
-		if len(r.names) > 0 && len(r.names) == len(r.set.plain) {
+		r.resp = &discoveryv3.DeltaDiscoveryResponse{RemovedResources: r.removed, TypeUrl: typeURL, SystemVersionInfo: r.set.Version()}
+		if len(r.names) > 0 && len(r.names) == r.set.Len() {
 			// The whole set (a proxy connecting): the shared encoding.
 			var body []byte
-			if body, r.resp.Resources, r.err = r.set.deltaBody(typeURL); r.err != nil {
+			if body, r.resp.Resources, r.err = r.set.DeltaBody(typeURL); r.err != nil {
 				return
 			}
 			if body != nil {
@@ -435,13 +275,11 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 		}
 		out := make([]*discoveryv3.Resource, 0, len(r.names))
 		for _, name := range r.names {
-			b := r.set.raw[name]
-			if b == nil {
-				if b, r.err = cachev3.MarshalResource(r.set.plain[name]); r.err != nil {
-					return
-				}
+			var b []byte
+			if b, r.err = r.set.Encoding(name); r.err != nil {
+				return
 			}
-			out = append(out, &discoveryv3.Resource{Name: name, Version: r.set.versionMap[name], Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
+			out = append(out, &discoveryv3.Resource{Name: name, Version: r.set.VersionMap()[name], Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
 		}
 		r.resp.Resources = out
 	})
@@ -459,37 +297,19 @@ func (r *deltaResponse) commit() {
 	}
 	set := r.set
 	for name := range h.lacking {
-		if _, ok := set.versionMap[name]; !ok || slices.Contains(r.names, name) {
+		if _, ok := set.VersionMap()[name]; !ok || slices.Contains(r.names, name) {
 			delete(h.lacking, name)
 		}
 	}
-	h.set, h.sent = &set, set.version
+	h.set, h.sent = &set, set.Version()
 }
 
 func (r *deltaResponse) GetDeltaRequest() *discoveryv3.DeltaDiscoveryRequest { return r.req }
-func (r *deltaResponse) GetSystemVersion() (string, error)                   { return r.set.version, nil }
-func (r *deltaResponse) GetResponseVersion() string                          { return r.set.version }
+func (r *deltaResponse) GetSystemVersion() (string, error)                   { return r.set.Version(), nil }
+func (r *deltaResponse) GetResponseVersion() string                          { return r.set.Version() }
 
 // GetNextVersionMap is an empty map of the stream's own: what the stream
 // holds is deltaHeld (go-control-plane edits this map on unsubscribes).
 func (r *deltaResponse) GetNextVersionMap() map[string]string    { return map[string]string{} }
 func (r *deltaResponse) GetReturnedResources() map[string]string { return map[string]string{} }
 func (r *deltaResponse) GetContext() context.Context             { return context.Background() }
-
-// setDifference fills in what set changed from old: the names added or
-// at a new version, and the names gone.
-func setDifference(old versioned, set *versioned) {
-	set.from = old.version
-	for name, v := range set.versionMap {
-		if old.versionMap[name] != v {
-			set.changed = append(set.changed, name)
-		}
-	}
-	for name := range old.versionMap {
-		if _, ok := set.versionMap[name]; !ok {
-			set.removed = append(set.removed, name)
-		}
-	}
-	slices.Sort(set.changed)
-	slices.Sort(set.removed)
-}

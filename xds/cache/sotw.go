@@ -1,17 +1,16 @@
-package xds
+package cache
 
 import (
 	"context"
-	"errors"
-	"maps"
 	"slices"
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // State-of-the-world watches, answered by Cache from the prepared sets.
@@ -32,7 +31,7 @@ import (
 //     per-stream map of every name and version.
 
 // sotwHeld is what one SotW stream holds of one type, as far as meshd
-// knows. Kept with the stream (see streams.heldOf); guarded by mu.
+// knows. Kept with the stream (see streams.go); guarded by mu.
 type sotwHeld struct {
 	mu sync.Mutex
 	// version is the type's version the stream last got ("" when nothing
@@ -41,7 +40,7 @@ type sotwHeld struct {
 	// set is the set the stream holds exactly for the names in names (nil
 	// when not known: then everything subscribed is sent). Full-state types
 	// need only version.
-	set   *versioned
+	set   *resource.Set
 	names map[string]struct{}
 	// lastNames are the names of the stream's last request, to tell a
 	// changed subscription from an ACK cheaply.
@@ -119,18 +118,15 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 
 // answerSotwLocked sends the watch what its stream lacks of snapshot s, if
 // anything, and reports whether it did (the watch is then done).
-func (c *Cache) answerSotwLocked(w *sotwWatch, s *snapshot) bool {
+func (c *Cache) answerSotwLocked(w *sotwWatch, s *resource.Snapshot) bool {
 	typeURL := w.req.GetTypeUrl()
-	set, ok := s.sets[typeURL]
-	if !ok {
-		set = emptySet
-	}
+	set := setOf(s, typeURL)
 	h := w.held
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	resp := &sotwResponse{req: w.req, held: h, set: set}
 	if fullState(typeURL) || w.sub.IsWildcard() {
-		if set.version == h.version || set.version == h.rejected {
+		if set.Version() == h.version || set.Version() == h.rejected {
 			return false
 		}
 		resp.all = true
@@ -155,42 +151,42 @@ func (c *Cache) answerSotwLocked(w *sotwWatch, s *snapshot) bool {
 // lacking is what a stream subscribed by name lacks of set, and whether a
 // response is due (a stream that asks for the first time is answered even
 // when none of its names exist, so that it knows).
-func lacking(w *sotwWatch, h *sotwHeld, set versioned) ([]string, bool) {
+func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 	subscribed := w.sub.SubscribedResources()
 	var names []string
 	switch {
-	case h.set != nil && h.set.version == set.version:
+	case h.set != nil && h.set.Version() == set.Version():
 		for name := range w.added {
-			if _, ok := set.versionMap[name]; ok {
+			if _, ok := set.VersionMap()[name]; ok {
 				names = append(names, name)
 			}
 		}
-	case h.set != nil && h.set.version == set.from && set.from != "" && set.version != h.rejected:
+	case h.set != nil && h.set.Version() == set.From() && set.From() != "" && set.Version() != h.rejected:
 		// The change's difference, plus names subscribed since.
-		for _, name := range set.changed {
+		for _, name := range set.Changed() {
 			if _, ok := subscribed[name]; ok {
 				names = append(names, name)
 			}
 		}
 		for name := range w.added {
-			if _, ok := set.versionMap[name]; ok && !slices.Contains(set.changed, name) {
+			if _, ok := set.VersionMap()[name]; ok && !slices.Contains(set.Changed(), name) {
 				names = append(names, name)
 			}
 		}
-	case set.version == h.rejected:
+	case set.Version() == h.rejected:
 		// Only what was not in the rejected response.
 		for name := range w.added {
-			if _, ok := set.versionMap[name]; ok {
+			if _, ok := set.VersionMap()[name]; ok {
 				names = append(names, name)
 			}
 		}
 	default:
 		for name := range subscribed {
-			v, ok := set.versionMap[name]
+			v, ok := set.VersionMap()[name]
 			if !ok {
 				continue
 			}
-			if _, add := w.added[name]; add || h.set == nil || h.set.versionMap[name] != v {
+			if _, add := w.added[name]; add || h.set == nil || h.set.VersionMap()[name] != v {
 				names = append(names, name)
 			}
 		}
@@ -201,10 +197,10 @@ func lacking(w *sotwWatch, h *sotwHeld, set versioned) ([]string, bool) {
 		if h.version == "" && h.set == nil && w.req.GetResponseNonce() == "" {
 			return nil, true
 		}
-		if h.set == nil && set.version != h.rejected {
+		if h.set == nil && set.Version() != h.rejected {
 			// What it holds is now known: every subscribed name is at the
 			// set's version (or absent from it).
-			h.set, h.names, h.version = &set, subscribed, set.version
+			h.set, h.names, h.version = &set, subscribed, set.Version()
 		}
 		return nil, false
 	}
@@ -218,7 +214,7 @@ func lacking(w *sotwWatch, h *sotwHeld, set versioned) ([]string, bool) {
 type sotwResponse struct {
 	req        *cachev3.Request
 	held       *sotwHeld
-	set        versioned
+	set        resource.Set
 	all        bool     // the whole set
 	names      []string // else these
 	subscribed map[string]struct{}
@@ -231,36 +227,30 @@ type sotwResponse struct {
 func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
 	r.once.Do(func() {
 		typeURL := r.req.GetTypeUrl()
-		enc, err := r.set.encodings(typeURL)
+		var resources []*anypb.Any
+		var body []byte
+		var err error
+		if r.all {
+			body, resources, err = r.set.SotwBody(typeURL)
+		} else {
+			resources, err = r.set.Encoded(typeURL, r.names)
+		}
 		if err != nil {
 			r.err = err
 			return
 		}
-		var resources []*anypb.Any
-		var body []byte
-		if r.all {
-			if body, resources, err = r.set.sotwBody(typeURL); err != nil {
-				r.err = err
-				return
-			}
-		} else {
-			resources = make([]*anypb.Any, 0, len(r.names))
-			for _, name := range r.names {
-				resources = append(resources, enc.byName[name])
-			}
-		}
 		// The server writes the nonce into the response: one per send,
 		// sharing the encoded resources.
-		r.resp = &discoveryv3.DiscoveryResponse{VersionInfo: r.set.version, Resources: resources, TypeUrl: typeURL}
+		r.resp = &discoveryv3.DiscoveryResponse{VersionInfo: r.set.Version(), Resources: resources, TypeUrl: typeURL}
 		if body != nil {
 			// The shared resources, already encoded as entries of the
-			// response's resources field (see sotwBody).
+			// response's resources field (see resource.Set.SotwBody).
 			r.resp.ProtoReflect().SetUnknown(body)
 		}
 		h := r.held
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		h.version = r.set.version
+		h.version = r.set.Version()
 		if !r.all {
 			set := r.set
 			h.set, h.names = &set, r.subscribed
@@ -270,153 +260,9 @@ func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, e
 }
 
 func (r *sotwResponse) GetRequest() *discoveryv3.DiscoveryRequest { return r.req }
-func (r *sotwResponse) GetVersion() (string, error)               { return r.set.version, nil }
-func (r *sotwResponse) GetResponseVersion() string                { return r.set.version }
+func (r *sotwResponse) GetVersion() (string, error)               { return r.set.Version(), nil }
+func (r *sotwResponse) GetResponseVersion() string                { return r.set.Version() }
 
 // GetReturnedResources is nil: what the stream holds is sotwHeld.
 func (r *sotwResponse) GetReturnedResources() map[string]string { return nil }
 func (r *sotwResponse) GetContext() context.Context             { return context.Background() }
-
-// encodings are a set's resources as Any values, made once per set and
-// shared by every response that carries them.
-type encodings struct {
-	once   sync.Once
-	all    []*anypb.Any
-	byName map[string]*anypb.Any
-	err    error
-
-	// The whole set as entries of a response's resources field, SotW
-	// (google.protobuf.Any) and delta (Resource), made once per shared set.
-	sotwOnce, deltaOnce sync.Once
-	sotw, delta         []byte
-	sotwErr, deltaErr   error
-}
-
-// A full configuration (every listener, cluster, endpoint set of the mesh,
-// about 1 MB at 1,000 services) goes to every proxy that connects. Encoded
-// field by field for each, the encoding of each response dominated meshd's
-// CPU in a connect storm. Instead the set's resources are encoded once as
-// the bytes of the response's repeated resources field, and each response
-// carries them as its unknown fields: protobuf writes them verbatim, and a
-// parser reads repeated entries wherever they are in the message. A
-// proxy's own resources (merged sets) go in the resources field as usual.
-
-// sotwBody returns the set as SotW resources-field bytes plus the Any
-// values not in them (a merged set's own resources); body is nil when the
-// set cannot be split so (its own resources replace shared ones by name).
-func (v versioned) sotwBody(typeURL string) (body []byte, rest []*anypb.Any, err error) {
-	enc, err := v.encodings(typeURL)
-	if err != nil {
-		return nil, nil, err
-	}
-	switch {
-	case v.reuse == nil:
-		enc.sotwOnce.Do(func() {
-			for _, a := range enc.all {
-				b, err := proto.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
-				if err != nil {
-					enc.sotwErr = err
-					return
-				}
-				enc.sotw = append(enc.sotw, b...)
-			}
-		})
-		return enc.sotw, nil, enc.sotwErr
-	case len(v.plain) == len(v.items): // shared and own names are disjoint
-		body, _, err := v.reuse.sotwBody(typeURL)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, name := range v.own(enc) {
-			rest = append(rest, enc.byName[name])
-		}
-		return body, rest, nil
-	}
-	return nil, enc.all, nil
-}
-
-// deltaBody is sotwBody for delta responses carrying the whole set.
-func (v versioned) deltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resource, err error) {
-	enc, err := v.encodings(typeURL)
-	if err != nil {
-		return nil, nil, err
-	}
-	switch {
-	case v.reuse == nil:
-		enc.deltaOnce.Do(func() {
-			for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-				b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{v.deltaResource(enc, name)}})
-				if err != nil {
-					enc.deltaErr = err
-					return
-				}
-				enc.delta = append(enc.delta, b...)
-			}
-		})
-		return enc.delta, nil, enc.deltaErr
-	case len(v.plain) == len(v.items):
-		body, _, err := v.reuse.deltaBody(typeURL)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, name := range v.own(enc) {
-			rest = append(rest, v.deltaResource(enc, name))
-		}
-		return body, rest, nil
-	}
-	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-		rest = append(rest, v.deltaResource(enc, name))
-	}
-	return nil, rest, nil
-}
-
-func (v versioned) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
-	return &discoveryv3.Resource{Name: name, Version: v.versionMap[name], Resource: enc.byName[name]}
-}
-
-// own returns the names of a merged set's resources that are not the
-// shared set's.
-func (v versioned) own(enc *encodings) []string {
-	var out []string
-	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-		if _, shared := v.reuse.plain[name]; !shared {
-			out = append(out, name)
-		}
-	}
-	return out
-}
-
-func (v versioned) encodings(typeURL string) (*encodings, error) {
-	e := v.enc
-	if e == nil {
-		return nil, errors.New("xds: a set without encodings")
-	}
-	e.once.Do(func() {
-		e.byName = make(map[string]*anypb.Any, len(v.plain))
-		e.all = make([]*anypb.Any, 0, len(v.plain))
-		for _, name := range slices.Sorted(maps.Keys(v.plain)) {
-			var a *anypb.Any
-			if v.reuse != nil {
-				// A proxy's merged set: the shared resources' Any values are
-				// the shared set's.
-				if se, err := v.reuse.encodings(typeURL); err == nil {
-					a = se.byName[name]
-				}
-			}
-			if a == nil {
-				b := v.raw[name]
-				if b == nil {
-					var err error
-					if b, err = cachev3.MarshalResource(v.plain[name]); err != nil {
-						e.err = err
-						return
-					}
-				}
-				a = &anypb.Any{TypeUrl: typeURL, Value: b}
-			}
-			e.byName[name] = a
-			e.all = append(e.all, a)
-		}
-	})
-	return e, e.err
-}

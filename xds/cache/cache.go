@@ -1,0 +1,171 @@
+// Package cache is the cache the ADS server answers from: it keeps each
+// node's snapshot (a *resource.Snapshot, set by xds/publish) and answers
+// go-control-plane's delta watches (delta.go) and state-of-the-world
+// watches (sotw.go) from the snapshot's prepared sets, keeping with each
+// stream what it holds (streams.go).
+//
+// Why not go-control-plane's snapshot cache: on every snapshot of a node,
+// it recomputes, for each delta watch of that node (each type, changed or
+// not), the full per-resource version map of the type: with 1,000 proxies
+// holding 1,000 clusters and endpoint sets, an endpoint change costs
+// millions of map operations and hundreds of megabytes of garbage. Here a
+// watch is only looked at when its type's version changed; what a stream
+// holds is meshd's own record (deltaHeld, sotwHeld: the shared, immutable
+// set it was sent plus the names it subscribed to since), not a per-stream
+// copy of every name and version; a stream holding exactly the set a change
+// replaced gets the change's difference, computed once for every proxy
+// sharing that set (resource.Set.Since). The resources sent are the
+// encodings computed once per change, not marshalled again per stream.
+//
+// Where it sits: between xds/publish, which sets snapshots (SetSnapshot,
+// ClearSnapshot), and the gRPC server in package xds, which hands it
+// go-control-plane's watches and tells it, through an explicit interface,
+// which stream each request came on and when a stream closed
+// (NoteRequest, NoteDeltaRequest, StreamClosed); the server hears of each
+// snapshot set through Notify. It reads sets only through xds/resource's
+// methods. It must not import xds or xds/publish.
+package cache
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshd/meshd/xds/resource"
+)
+
+// Cache keeps each node's snapshot and answers delta and SotW watches from
+// it. go-control-plane's snapshot cache is embedded only for the rest of
+// its interface; it holds no snapshot. Safe for concurrent use.
+type Cache struct {
+	cachev3.SnapshotCache
+	log *slog.Logger
+
+	mu      sync.Mutex
+	snaps   map[string]*resource.Snapshot
+	watches map[string]map[*deltaWatch]struct{} // by node ID
+	sotw    map[string]map[*sotwWatch]struct{}  // by node ID
+	// onSet, if set, is told each node whose snapshot was set (outside mu).
+	onSet func(node string)
+
+	// held is what each stream holds (its own lock; see streams.go).
+	held heldStreams
+}
+
+// New returns an empty cache, to create before the server that answers
+// from it, when what publishes into it must exist first.
+func New(log *slog.Logger) *Cache {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Cache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), log: log,
+		snaps: map[string]*resource.Snapshot{}, watches: map[string]map[*deltaWatch]struct{}{},
+		sotw: map[string]map[*sotwWatch]struct{}{}, held: newHeldStreams()}
+}
+
+// Notify sets the function told each node whose snapshot was set (nil:
+// none), replacing the one set before. It is called after the node's
+// watches were answered, outside the cache's lock but in the caller of
+// SetSnapshot (the Publisher, under its lock): it must return quickly and
+// must not publish. The server sets it when it starts serving, to check
+// the streams that resumed holding a version not yet published.
+func (c *Cache) Notify(f func(node string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onSet = f
+}
+
+// GetSnapshot returns the node's current snapshot.
+func (c *Cache) GetSnapshot(node string) (cachev3.ResourceSnapshot, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.snaps[node]; s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("xds: no snapshot for node %s", node)
+}
+
+// SetSnapshot publishes a node's snapshot: the watches of the types whose
+// version changed are answered.
+func (c *Cache) SetSnapshot(_ context.Context, node string, snap cachev3.ResourceSnapshot) error {
+	s, ok := snap.(*resource.Snapshot)
+	if !ok {
+		return fmt.Errorf("xds: snapshot of %s: only the Publisher's snapshots are served, not %T", node, snap)
+	}
+	if onSet := c.set(node, s); onSet != nil {
+		onSet(node)
+	}
+	return nil
+}
+
+// set answers the node's watches from s, returning onSet.
+func (c *Cache) set(node string, s *resource.Snapshot) func(string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.snaps[node] = s
+	if ws := c.sotw[node]; len(ws) > 0 {
+		for _, w := range slices.SortedFunc(maps.Keys(ws), func(a, b *sotwWatch) int {
+			return resource.Order(a.req.GetTypeUrl()) - resource.Order(b.req.GetTypeUrl())
+		}) {
+			if c.answerSotwLocked(w, s) {
+				delete(ws, w)
+			}
+		}
+	}
+	ws := c.watches[node]
+	if len(ws) == 0 {
+		return c.onSet
+	}
+	// In ADS order (clusters before endpoints, listeners before routes):
+	// one stream reads its responses in the order they are queued.
+	ordered := slices.SortedFunc(maps.Keys(ws), func(a, b *deltaWatch) int {
+		return resource.Order(a.req.GetTypeUrl()) - resource.Order(b.req.GetTypeUrl())
+	})
+	for _, w := range ordered {
+		if c.answerLocked(w, s) {
+			delete(ws, w)
+		}
+	}
+	return c.onSet
+}
+
+// ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.
+func (c *Cache) ClearSnapshot(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.snaps, node)
+}
+
+// setOf is snapshot s's set of a type (the empty set if it has none).
+func setOf(s *resource.Snapshot, typeURL string) resource.Set {
+	if set, ok := s.SetOf(typeURL); ok {
+		return set
+	}
+	return resource.Empty()
+}
+
+// wait registers a watch of node that waits for a snapshot (under c.mu)
+// and returns its cancel function.
+func wait[W comparable](c *Cache, watches map[string]map[W]struct{}, node string, w W) func() {
+	ws := watches[node]
+	if ws == nil {
+		ws = map[W]struct{}{}
+		watches[node] = ws
+	}
+	ws[w] = struct{}{}
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if ws := watches[node]; ws != nil {
+			delete(ws, w)
+			if len(ws) == 0 {
+				delete(watches, node)
+			}
+		}
+	}
+}

@@ -1,0 +1,352 @@
+// Package publish composes each proxy's configuration and sets it in the
+// cache the ADS server answers from: the resources every proxy (or every
+// proxy of an egress scope) shares, prepared once per change, merged with
+// the proxy's own (inbound listeners, secrets), set only once complete and
+// consistent. It also measures convergence: from a Kubernetes change being
+// noticed to each proxy ACKing every type the change moved.
+//
+// Where it sits: after the translation (the Mesh in package xds hands it
+// each model's resources) and before xds/cache, which it reaches only
+// through Cache (set or clear a node's snapshot); sets and snapshots are
+// xds/resource's. It must not import xds or xds/cache, nor read
+// Kubernetes.
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+
+	"github.com/meshd/meshd/xds/resource"
+)
+
+// Cache is where the Publisher sets each node's snapshot: xds/cache's
+// Cache, or any go-control-plane snapshot cache. The snapshots set are
+// *resource.Snapshot.
+type Cache interface {
+	SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error
+	ClearSnapshot(node string)
+}
+
+// Publisher composes each proxy's snapshot from the resources every proxy
+// shares (clusters, endpoints, routes: hashed once per change) and the
+// proxy's own (inbound listeners, secrets), and sets it in the cache only when
+// it is complete and consistent. A proxy's snapshot is published only once
+// its secrets are there, so nothing that references a secret goes out before
+// the secret (Envoy SDS warming stalls). Safe for concurrent use.
+type Publisher struct {
+	cache Cache
+
+	mu      sync.Mutex
+	started bool // SetAll has been called: the mesh config is known
+	shared  map[resourcev3.Type]resource.Set
+	proxies map[string]map[resourcev3.Type]resource.Set
+	// scopes are the shared resources of each egress scope (by key), what
+	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
+	scopes  map[string]map[resourcev3.Type]resource.Set
+	scopeOf map[string]string
+	// published is each proxy's last snapshot.
+	published map[string]published
+
+	// enc keeps the encodings of the last shared and scope resources
+	// (guarded by encMu, taken before mu).
+	encMu sync.Mutex
+	enc   resource.Encoder
+
+	// Convergence: from a Kubernetes change being noticed to a proxy
+	// ACKing every type that change moved.
+	changedAt   time.Time // of the model being published by SetAll
+	conv        map[string]*convergence
+	convergence prometheus.Histogram
+	clock       clock.PassiveClock
+}
+
+// published is a proxy's last snapshot and, by type, the versions of the
+// shared and own sets each of its sets was merged from: the next snapshot
+// reuses a set whose parts did not move instead of merging them again.
+type published struct {
+	snap *resource.Snapshot
+	from map[resourcev3.Type][2]string
+}
+
+// New returns a Publisher that publishes into cache.
+func New(cache Cache) *Publisher {
+	return &Publisher{cache: cache, shared: map[resourcev3.Type]resource.Set{}, proxies: map[string]map[resourcev3.Type]resource.Set{},
+		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, published: map[string]published{},
+		conv: map[string]*convergence{}, clock: clock.RealClock{}, convergence: newConvergenceHistogram()}
+}
+
+// SetAll replaces the shared resources and, for the proxies in own, the
+// types given there, then publishes every proxy once. This is how a model
+// change goes out: shared and per-proxy resources of the same model
+// together, never a mix of two models. changedAt, if set, is when the
+// change was noticed; proxies' convergence is measured from it. Nothing is
+// published before the first SetAll: a proxy that connects before the mesh
+// config is known (informers not yet synced after a restart) keeps what it
+// has instead of getting an empty config. The caller must not mutate shared
+// or own afterwards.
+func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared resource.Resources, own map[string]resource.Resources) error {
+	return p.SetScoped(ctx, changedAt, shared, nil, own, nil)
+}
+
+// SetScoped is SetAll with egress scopes: scopes holds, by scope key, the
+// resources proxies of that scope share instead of shared, and scopeOf the
+// scope of each proxy it names ("": none; a proxy not named keeps its
+// scope). Scopes not given are forgotten.
+func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared resource.Resources, scopes map[string]resource.Resources, own map[string]resource.Resources, scopeOf map[string]string) error {
+	p.encMu.Lock()
+	defer p.encMu.Unlock()
+	round := p.enc.Begin()
+	hashed, err := prepareShared(shared, round)
+	if err != nil {
+		return err
+	}
+	hashedScopes := make(map[string]map[resourcev3.Type]resource.Set, len(scopes))
+	for key, res := range scopes {
+		if hashedScopes[key], err = prepareShared(res, round); err != nil {
+			return fmt.Errorf("scope %s: %w", key, err)
+		}
+	}
+	round.End()
+	ownHashed := make(map[string]map[resourcev3.Type]resource.Set, len(own))
+	for node, res := range own {
+		if ownHashed[node], err = resource.Own(res); err != nil {
+			return err
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		since(p.shared, hashed)
+		for key, h := range hashedScopes {
+			since(p.scopes[key], h)
+		}
+	}
+	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
+	defer func() { p.changedAt = time.Time{} }()
+	for node, h := range ownHashed {
+		p.setOwnLocked(node, h)
+	}
+	for node, key := range scopeOf {
+		p.setScopeLocked(node, key)
+	}
+	var errs []error
+	for node := range p.proxies {
+		if err := p.publishLocked(ctx, node); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("xds: publish: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// sharedPreparer prepares shared sets: a resource.Round (a model change)
+// or the resource.Encoder between rounds.
+type sharedPreparer interface {
+	Shared(resource.Resources) (map[resourcev3.Type]resource.Set, error)
+}
+
+// prepareShared prepares resources every proxy (of a scope) shares.
+func prepareShared(res resource.Resources, enc sharedPreparer) (map[resourcev3.Type]resource.Set, error) {
+	hashed, err := enc.Shared(res)
+	if err != nil {
+		return nil, err
+	}
+	if err := selfComplete(hashed); err != nil {
+		return nil, fmt.Errorf("xds: shared resources are inconsistent: %w", err)
+	}
+	return hashed, nil
+}
+
+// since records in each new set what changed from the old one of its type.
+func since(old, hashed map[resourcev3.Type]resource.Set) {
+	for t, v := range hashed {
+		if o, ok := old[t]; ok {
+			hashed[t] = v.Since(o)
+		}
+	}
+}
+
+func (p *Publisher) setScopeLocked(node, key string) {
+	if key == "" {
+		delete(p.scopeOf, node)
+	} else {
+		p.scopeOf[node] = key
+	}
+}
+
+// SetProxyScope sets a scoped proxy's scope (its resources, if the scope is
+// not known yet) and own resources, and republishes it: a proxy that
+// connects with a scope no other connected proxy has.
+func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope resource.Resources, own resource.Resources) error {
+	var hashedScope map[resourcev3.Type]resource.Set
+	if key != "" && scope != nil {
+		var err error
+		p.encMu.Lock()
+		hashedScope, err = prepareShared(scope, &p.enc)
+		p.encMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("scope %s: %w", key, err)
+		}
+	}
+	hashed, err := resource.Own(own)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, known := p.scopes[key]; key != "" && !known && hashedScope != nil {
+		p.scopes[key] = hashedScope
+	}
+	p.setOwnLocked(nodeID, hashed)
+	p.setScopeLocked(nodeID, key)
+	return p.publishLocked(ctx, nodeID)
+}
+
+// HasScope reports whether a scope's resources are known.
+func (p *Publisher) HasScope(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.scopes[key]
+	return ok
+}
+
+// sharedOfLocked is what the proxy shares: its scope's resources, or the
+// mesh's.
+func (p *Publisher) sharedOfLocked(nodeID string) map[resourcev3.Type]resource.Set {
+	if key, ok := p.scopeOf[nodeID]; ok {
+		if sc, ok := p.scopes[key]; ok {
+			return sc
+		}
+	}
+	return p.shared
+}
+
+func (p *Publisher) setOwnLocked(nodeID string, hashed map[resourcev3.Type]resource.Set) {
+	own := p.proxies[nodeID]
+	if own == nil {
+		own = map[resourcev3.Type]resource.Set{}
+		p.proxies[nodeID] = own
+	}
+	for t, v := range hashed {
+		own[t] = v
+	}
+}
+
+// SetProxy replaces one proxy's own resources (its secrets and inbound
+// listeners) and republishes it. Types not in res keep their resources.
+func (p *Publisher) SetProxy(ctx context.Context, nodeID string, res resource.Resources) error {
+	hashed, err := resource.Own(res)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.setOwnLocked(nodeID, hashed)
+	return p.publishLocked(ctx, nodeID)
+}
+
+// RemoveProxy forgets a proxy and clears its snapshot.
+func (p *Publisher) RemoveProxy(nodeID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.proxies, nodeID)
+	delete(p.scopeOf, nodeID)
+	delete(p.published, nodeID)
+	delete(p.conv, nodeID)
+	p.cache.ClearSnapshot(nodeID)
+}
+
+// publishLocked merges shared and own resources and sets the snapshot once
+// the proxy has its secrets. A type the proxy has nothing of its own in
+// reuses the shared set as prepared; only merged types cost per proxy.
+func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
+	own := p.proxies[nodeID]
+	if !p.started || own[resourcev3.SecretType].Len() == 0 {
+		return nil // not before the mesh config and the secrets
+	}
+	shared := p.sharedOfLocked(nodeID)
+	prev, same := p.published[nodeID], true
+	types := resource.Types()
+	next := published{from: make(map[resourcev3.Type][2]string, len(types))}
+	sets := make(map[resourcev3.Type]resource.Set, len(types))
+	for _, t := range types {
+		parts := [2]string{shared[t].Version(), own[t].Version()}
+		v, ok := prev.reuse(t, parts)
+		if !ok {
+			// Merging a type the proxy has resources of its own in costs a
+			// map entry per resource: not again for a type nothing moved in
+			// (a proxy's inbound route beside 1,000 shared routes, on every
+			// endpoint change).
+			v, same = resource.Merge(shared[t], own[t]), false
+		}
+		sets[t], next.from[t] = v, parts
+	}
+	if same {
+		return nil // nothing moved for this proxy (a change outside its scope)
+	}
+	if err := complete(shared, own); err != nil {
+		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
+	}
+	next.snap = resource.NewSnapshot(sets)
+	if err := p.cache.SetSnapshot(ctx, nodeID, next.snap); err != nil {
+		return err
+	}
+	p.published[nodeID] = next
+	p.trackLocked(nodeID, next.snap)
+	return nil
+}
+
+// reuse returns the published snapshot's set of type t if it was merged
+// from parts.
+func (pub published) reuse(t resourcev3.Type, parts [2]string) (resource.Set, bool) {
+	if pub.snap == nil || pub.from[t] != parts {
+		return resource.Set{}, false
+	}
+	return pub.snap.SetOf(t)
+}
+
+// complete checks that every route and endpoint set the proxy's own
+// resources name is in its snapshot (the shared set was checked alone by
+// SetAll). Unlike go-control-plane's Consistent it allows resources nobody
+// references (routes of proxyless gRPC API listeners, shared routes a
+// proxy's listeners do not use).
+func complete(shared, own map[resourcev3.Type]resource.Set) error {
+	for _, v := range own {
+		for t, names := range v.Refs() {
+			for name := range names {
+				if shared[t].Has(name) {
+					continue
+				}
+				if !own[t].Has(name) {
+					return fmt.Errorf("%s %q is referenced but missing", resource.ShortType(t), name)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// selfComplete checks that a set of resources has every route and endpoint
+// set it references.
+func selfComplete(set map[resourcev3.Type]resource.Set) error {
+	for _, v := range set {
+		for t, names := range v.Refs() {
+			for name := range names {
+				if !set[t].Has(name) {
+					return fmt.Errorf("%s %q is referenced but missing", resource.ShortType(t), name)
+				}
+			}
+		}
+	}
+	return nil
+}

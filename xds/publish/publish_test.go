@@ -1,0 +1,91 @@
+package publish_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
+)
+
+const node = "web-0.demo"
+
+// shared is a cluster taking its endpoints over ADS and its endpoint set,
+// whose endpoint listens on port.
+func shared(port uint32) resource.Resources {
+	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	return resource.Resources{
+		resourcev3.ClusterType: {&clusterv3.Cluster{Name: "backend", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads}}},
+		resourcev3.EndpointType: {&endpointv3.ClusterLoadAssignment{ClusterName: "backend", Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}}}}}}},
+		},
+	}
+}
+
+// secrets are a proxy's two secrets (a certificate and a bundle, inline).
+func secrets() []types.Resource {
+	inline := func(s string) *corev3.DataSource {
+		return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
+	}
+	return []types.Resource{
+		&tlsv3.Secret{Name: "default", Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+			CertificateChain: inline("chain"), PrivateKey: inline("key")}}},
+		&tlsv3.Secret{Name: "ROOTCA", Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: inline("roots")}}},
+	}
+}
+
+// TestVersionsAreContentHashes: two publishers (two replicas) given the same
+// resources in a different order publish the same versions; a change of
+// content changes the version; nothing is published before the secrets.
+func TestVersionsAreContentHashes(t *testing.T) {
+	ctx := context.Background()
+	versions := func(secretSet []types.Resource, port uint32) map[string]string {
+		cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+		pub := publish.New(cache)
+		if err := pub.SetAll(ctx, time.Time{}, shared(port), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cache.GetSnapshot(node); err == nil {
+			t.Fatal("snapshot published before the proxy's secrets")
+		}
+		if err := pub.SetProxy(ctx, node, resource.Resources{resourcev3.SecretType: secretSet}); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := cache.GetSnapshot(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, typ := range resource.Types() {
+			out[typ] = snap.GetVersion(typ)
+		}
+		return out
+	}
+	s := secrets()
+	a, b := versions(s, 8080), versions([]types.Resource{s[1], s[0]}, 8080)
+	for typ, v := range a {
+		if v == "" || b[typ] != v {
+			t.Errorf("%s: replica versions %q and %q differ", typ, v, b[typ])
+		}
+	}
+	c := versions(s, 9090) // endpoint port changed
+	if c[resourcev3.EndpointType] == a[resourcev3.EndpointType] {
+		t.Error("endpoint content changed but its version did not")
+	}
+	if c[resourcev3.ClusterType] != a[resourcev3.ClusterType] {
+		t.Error("cluster version changed though clusters did not")
+	}
+}

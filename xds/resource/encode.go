@@ -1,0 +1,182 @@
+package resource
+
+import (
+	"errors"
+	"maps"
+	"slices"
+	"sync"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// encodings are a set's resources as Any values, made once per set and
+// shared by every response that carries them.
+type encodings struct {
+	once   sync.Once
+	all    []*anypb.Any
+	byName map[string]*anypb.Any
+	err    error
+
+	// The whole set as entries of a response's resources field, SotW
+	// (google.protobuf.Any) and delta (Resource), made once per shared set.
+	sotwOnce, deltaOnce sync.Once
+	sotw, delta         []byte
+	sotwErr, deltaErr   error
+}
+
+// A full configuration (every listener, cluster, endpoint set of the mesh,
+// about 1 MB at 1,000 services) goes to every proxy that connects. Encoded
+// field by field for each, the encoding of each response dominated meshd's
+// CPU in a connect storm. Instead the set's resources are encoded once as
+// the bytes of the response's repeated resources field, and each response
+// carries them as its unknown fields: protobuf writes them verbatim, and a
+// parser reads repeated entries wherever they are in the message. A
+// proxy's own resources (merged sets) go in the resources field as usual.
+
+// SotwBody returns the set as SotW resources-field bytes plus the Any
+// values not in them (a merged set's own resources); body is nil when the
+// set cannot be split so (its own resources replace shared ones by name).
+// The body is shared by every response: callers must not modify it.
+func (v Set) SotwBody(typeURL string) (body []byte, rest []*anypb.Any, err error) {
+	enc, err := v.encodings(typeURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case v.reuse == nil:
+		enc.sotwOnce.Do(func() {
+			for _, a := range enc.all {
+				b, err := proto.Marshal(&discoveryv3.DiscoveryResponse{Resources: []*anypb.Any{a}})
+				if err != nil {
+					enc.sotwErr = err
+					return
+				}
+				enc.sotw = append(enc.sotw, b...)
+			}
+		})
+		return enc.sotw, nil, enc.sotwErr
+	case len(v.plain) == len(v.items): // shared and own names are disjoint
+		body, _, err := v.reuse.SotwBody(typeURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range v.own(enc) {
+			rest = append(rest, enc.byName[name])
+		}
+		return body, rest, nil
+	}
+	return nil, enc.all, nil
+}
+
+// DeltaBody is SotwBody for delta responses carrying the whole set.
+func (v Set) DeltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resource, err error) {
+	enc, err := v.encodings(typeURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case v.reuse == nil:
+		enc.deltaOnce.Do(func() {
+			for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+				b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{v.deltaResource(enc, name)}})
+				if err != nil {
+					enc.deltaErr = err
+					return
+				}
+				enc.delta = append(enc.delta, b...)
+			}
+		})
+		return enc.delta, nil, enc.deltaErr
+	case len(v.plain) == len(v.items):
+		body, _, err := v.reuse.DeltaBody(typeURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, name := range v.own(enc) {
+			rest = append(rest, v.deltaResource(enc, name))
+		}
+		return body, rest, nil
+	}
+	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+		rest = append(rest, v.deltaResource(enc, name))
+	}
+	return nil, rest, nil
+}
+
+// Encoded returns the named resources of the set as Any values, in the
+// order of names, made once per set and shared by every response (callers
+// must not modify them). Every name must be the set's.
+func (v Set) Encoded(typeURL string, names []string) ([]*anypb.Any, error) {
+	enc, err := v.encodings(typeURL)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*anypb.Any, 0, len(names))
+	for _, name := range names {
+		out = append(out, enc.byName[name])
+	}
+	return out, nil
+}
+
+// Encoding returns one resource's encoding: the one kept when the set was
+// prepared (shared sets), or made now. Every name must be the set's.
+func (v Set) Encoding(name string) ([]byte, error) {
+	if b := v.raw[name]; b != nil {
+		return b, nil
+	}
+	return cachev3.MarshalResource(v.plain[name])
+}
+
+func (v Set) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
+	return &discoveryv3.Resource{Name: name, Version: v.versionMap[name], Resource: enc.byName[name]}
+}
+
+// own returns the names of a merged set's resources that are not the
+// shared set's.
+func (v Set) own(enc *encodings) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
+		if _, shared := v.reuse.plain[name]; !shared {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func (v Set) encodings(typeURL string) (*encodings, error) {
+	e := v.enc
+	if e == nil {
+		return nil, errors.New("xds: a set without encodings")
+	}
+	e.once.Do(func() {
+		e.byName = make(map[string]*anypb.Any, len(v.plain))
+		e.all = make([]*anypb.Any, 0, len(v.plain))
+		for _, name := range slices.Sorted(maps.Keys(v.plain)) {
+			var a *anypb.Any
+			if v.reuse != nil {
+				// A proxy's merged set: the shared resources' Any values are
+				// the shared set's.
+				if se, err := v.reuse.encodings(typeURL); err == nil {
+					a = se.byName[name]
+				}
+			}
+			if a == nil {
+				b := v.raw[name]
+				if b == nil {
+					var err error
+					if b, err = cachev3.MarshalResource(v.plain[name]); err != nil {
+						e.err = err
+						return
+					}
+				}
+				a = &anypb.Any{TypeUrl: typeURL, Value: b}
+			}
+			e.byName[name] = a
+			e.all = append(e.all, a)
+		}
+	})
+	return e, e.err
+}

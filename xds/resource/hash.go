@@ -1,0 +1,151 @@
+package resource
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Own prepares a proxy's own resources (inbound listeners, secrets), type
+// by type: each type's content-hash version is the hash of its resources'
+// names and the hashes of their deterministic encodings, in name order.
+// Two replicas with the same input agree, and a reconnect sends nothing
+// new. The encodings are not kept (they are the proxy's alone).
+func Own(res Resources) (map[resourcev3.Type]Set, error) {
+	return hashWith(res, false, nil)
+}
+
+// Encoder prepares the sets many proxies share (the mesh's, an egress
+// scope's), versioned as Own's and keeping each resource's encoding, which
+// delta responses to every stream reuse. It remembers the encodings of the
+// resource values of its last round: the translator gives back the same
+// values for what did not change, so a change encodes only what it
+// touched. The zero Encoder is ready; it is not safe for concurrent use.
+type Encoder struct {
+	last map[types.Resource]encoded
+}
+
+// Round is one round of shared sets (one model change: the mesh's and
+// every scope's). It reuses the encodings of the Encoder's last round and
+// records its own; End makes them the Encoder's last.
+type Round struct {
+	e *Encoder
+	c encodingCache
+}
+
+// Begin starts a round.
+func (e *Encoder) Begin() *Round {
+	return &Round{e: e, c: encodingCache{prev: e.last, next: map[types.Resource]encoded{}}}
+}
+
+// Shared prepares shared sets in the round.
+func (r *Round) Shared(res Resources) (map[resourcev3.Type]Set, error) {
+	return hashWith(res, true, &r.c)
+}
+
+// End makes the round's encodings the ones the next round reuses (those
+// of the last round not used again are forgotten).
+func (r *Round) End() { r.e.last = r.c.next }
+
+// Shared prepares shared sets between rounds (a scope that appears with a
+// proxy), reusing the last round's encodings and recording nothing.
+func (e *Encoder) Shared(res Resources) (map[resourcev3.Type]Set, error) {
+	return hashWith(res, true, &encodingCache{prev: e.last})
+}
+
+// encoded is a resource's deterministic encoding and its version.
+type encoded struct {
+	raw     []byte
+	version string
+}
+
+// encodingCache keeps the encodings of the last shared resources by
+// resource value. prev is read, next filled (what the next round may
+// reuse; nil: nothing is recorded).
+type encodingCache struct {
+	prev, next map[types.Resource]encoded
+}
+
+// hashWith prepares each type's set, keeping the encodings if keepRaw, and
+// reusing and recording encodings in c (if not nil).
+func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Type]Set, error) {
+	out := make(map[resourcev3.Type]Set, len(res))
+	opts := proto.MarshalOptions{Deterministic: true}
+	for t, items := range res {
+		sorted := slices.Clone(items)
+		slices.SortFunc(sorted, func(a, b types.Resource) int {
+			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
+		})
+		h := sha256.New()
+		vm := make(map[string]string, len(sorted))
+		var raw map[string][]byte
+		if keepRaw {
+			raw = make(map[string][]byte, len(sorted))
+		}
+		for _, r := range sorted {
+			e, ok := c.lookup(r)
+			if !ok {
+				b, err := opts.Marshal(r)
+				if err != nil {
+					return nil, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
+				}
+				rh := sha256.Sum256(b)
+				e = encoded{raw: b, version: hex.EncodeToString(rh[:8])}
+			}
+			c.record(r, e)
+			// The set's version hashes each resource's name and content
+			// hash, not the encodings again (megabytes per change).
+			name := cachev3.GetResourceName(r)
+			fmt.Fprintf(h, "%d:%s:%s\n", len(name), name, e.version)
+			vm[name] = e.version
+			if keepRaw {
+				raw[name] = e.raw
+			}
+		}
+		version := hex.EncodeToString(h.Sum(nil)[:8])
+		v := newSet(version, sorted, vm)
+		v.raw = raw
+		if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
+			named := make(map[string]types.ResourceWithTTL, len(sorted))
+			for _, r := range sorted {
+				named[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
+			}
+			v.refs = cachev3.GetResourceReferences(named)
+		}
+		out[t] = v
+	}
+	return out, nil
+}
+
+func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
+	if c == nil {
+		return encoded{}, false
+	}
+	if e, ok := c.next[r]; ok {
+		return e, true
+	}
+	e, ok := c.prev[r]
+	return e, ok
+}
+
+func (c *encodingCache) record(r types.Resource, e encoded) {
+	if c != nil && c.next != nil {
+		c.next[r] = e
+	}
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

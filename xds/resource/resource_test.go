@@ -1,0 +1,119 @@
+package resource_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/xds/resource"
+)
+
+func clusters(names ...string) []types.Resource {
+	out := make([]types.Resource, len(names))
+	for i, n := range names {
+		out[i] = &clusterv3.Cluster{Name: n}
+	}
+	return out
+}
+
+// TestWholeSetBodies: a shared set's and a merged set's whole-set bodies
+// (the shared encoding plus the proxy's own resources) decode to every
+// resource of the set, once, at the set's versions.
+func TestWholeSetBodies(t *testing.T) {
+	var enc resource.Encoder
+	shared, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := resource.Own(resource.Resources{resourcev3.ClusterType: clusters("local")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, set := range map[string]resource.Set{
+		"shared": shared[resourcev3.ClusterType],
+		"merged": resource.Merge(shared[resourcev3.ClusterType], own[resourcev3.ClusterType]),
+	} {
+		body, rest, err := set.SotwBody(resourcev3.ClusterType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sotw discoveryv3.DiscoveryResponse
+		if err := proto.Unmarshal(body, &sotw); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range append(sotw.GetResources(), rest...) {
+			var c clusterv3.Cluster
+			if err := a.UnmarshalTo(&c); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, c.GetName())
+		}
+		body, deltaRest, err := set.DeltaBody(resourcev3.ClusterType)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var delta discoveryv3.DeltaDiscoveryResponse
+		if err := proto.Unmarshal(body, &delta); err != nil {
+			t.Fatal(err)
+		}
+		var gotDelta []string
+		for _, r := range append(delta.GetResources(), deltaRest...) {
+			if r.GetVersion() != set.VersionMap()[r.GetName()] {
+				t.Errorf("%s: %s at version %q, the set has %q", name, r.GetName(), r.GetVersion(), set.VersionMap()[r.GetName()])
+			}
+			gotDelta = append(gotDelta, r.GetName())
+		}
+		slices.Sort(got)
+		slices.Sort(gotDelta)
+		want := []string{"a", "b", "c"}
+		if name == "merged" {
+			want = []string{"a", "b", "c", "local"}
+		}
+		if !slices.Equal(got, want) || !slices.Equal(gotDelta, want) || set.Len() != len(want) {
+			t.Errorf("%s: SotW body holds %v, delta body %v, Len %d; want %v", name, got, gotDelta, set.Len(), want)
+		}
+	}
+}
+
+// TestRoundsReuseEncodings: a round encodes only resource values the last
+// round did not see; versions are content hashes either way, and Since
+// names what changed.
+func TestRoundsReuseEncodings(t *testing.T) {
+	var enc resource.Encoder
+	kept, moved := &clusterv3.Cluster{Name: "kept"}, &clusterv3.Cluster{Name: "moved"}
+	round := enc.Begin()
+	first, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	round.End()
+	moved = &clusterv3.Cluster{Name: "moved", AltStatName: "new"}
+	round = enc.Begin()
+	second, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved, &clusterv3.Cluster{Name: "added"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	round.End()
+	a, b := first[resourcev3.ClusterType], second[resourcev3.ClusterType].Since(first[resourcev3.ClusterType])
+	ka, _ := a.Encoding("kept")
+	kb, _ := b.Encoding("kept")
+	if &ka[0] != &kb[0] {
+		t.Error("an unchanged resource value was encoded again")
+	}
+	if a.VersionMap()["kept"] != b.VersionMap()["kept"] || a.VersionMap()["moved"] == b.VersionMap()["moved"] {
+		t.Errorf("versions: first %v, second %v", a.VersionMap(), b.VersionMap())
+	}
+	if b.From() != a.Version() || fmt.Sprint(b.Changed(), b.Removed()) != "[added moved] []" {
+		t.Errorf("since the first set: from %q (want %q), changed %v, removed %v", b.From(), a.Version(), b.Changed(), b.Removed())
+	}
+	if a.From() != "" || a.Changed() != nil {
+		t.Error("Since changed the set it was called on")
+	}
+}

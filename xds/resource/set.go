@@ -1,0 +1,181 @@
+// Package resource prepares xDS resources for serving. It turns one type's
+// resources into a Set (a content-hash version, go-control-plane's index,
+// the per-resource versions delta xDS compares, the names the set
+// references, the resources' deterministic encodings, and what changed
+// since the set it replaced), merges a proxy's own resources into the set
+// it shares, encodes sets for responses once per set, and wraps a node's
+// sets as a go-control-plane snapshot (Snapshot).
+//
+// Where it sits: under xds/publish, which prepares sets and snapshots from
+// the translator's resources, and xds/cache, which answers streams from
+// them. It owns what a set is; neither of them reaches into one. A Set is
+// immutable once built: it is read through its methods from any goroutine,
+// and what they return (maps, slices) is the set's own, not to be
+// modified. It must not import xds or its other sub-packages, and does no
+// I/O.
+package resource
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"maps"
+	"slices"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+)
+
+// Resources are xDS resources by type URL.
+type Resources map[resourcev3.Type][]types.Resource
+
+// Set is one type's resources, prepared once when the set is built and
+// then shared by every proxy that gets it unchanged: the content-hash
+// version, the go-control-plane resource index, the per-resource versions
+// delta xDS compares, and the names the set references (routes, endpoint
+// sets). Nothing in it is mutated after it is built (Since returns a new
+// value); copies share the encodings, made once per set.
+type Set struct {
+	version    string
+	items      []types.Resource
+	resources  cachev3.Resources
+	versionMap map[string]string
+	refs       map[resourcev3.Type]map[string]bool
+	// raw holds each resource's deterministic encoding, by name (shared
+	// sets only): delta responses to every stream reuse it.
+	raw map[string][]byte
+	// plain is the resources by name, built once: go-control-plane's
+	// Snapshot.GetResources would build it again for every proxy and type
+	// on every change.
+	plain map[string]types.Resource
+	// from, changed, removed: the set this one replaced (shared sets only;
+	// from is "" when there was none), and the names added or changed and
+	// the names gone since. A stream holding exactly that set needs only
+	// these (see xds/cache).
+	from             string
+	changed, removed []string
+	// enc: the resources as Any values, made when a SotW response first
+	// needs them; reuse: the shared set a proxy's merged set extends.
+	enc   *encodings
+	reuse *Set
+}
+
+// newSet prepares a set: the go-control-plane index and the plain one.
+func newSet(version string, items []types.Resource, versionMap map[string]string) Set {
+	res := cachev3.NewResources(version, items)
+	plain := make(map[string]types.Resource, len(res.Items))
+	for name, r := range res.Items {
+		plain[name] = r.Resource
+	}
+	return Set{version: version, items: items, resources: res, versionMap: versionMap, plain: plain, enc: &encodings{}}
+}
+
+// Version is the set's content-hash version.
+func (v Set) Version() string { return v.version }
+
+// Len is the number of resources in the set (by name).
+func (v Set) Len() int { return len(v.plain) }
+
+// Has reports whether the set has a resource of that name.
+func (v Set) Has(name string) bool {
+	_, ok := v.plain[name]
+	return ok
+}
+
+// VersionMap is each resource's version, by name. It is the set's own:
+// callers must not modify it.
+func (v Set) VersionMap() map[string]string { return v.versionMap }
+
+// Refs are the names of other types' resources the set's resources
+// reference (listeners: routes; clusters: endpoint sets), by type. It is
+// the set's own: callers must not modify it.
+func (v Set) Refs() map[resourcev3.Type]map[string]bool { return v.refs }
+
+// From is the version of the set this one replaced ("" when none was
+// recorded: see Since).
+func (v Set) From() string { return v.from }
+
+// Changed are the names added or at a new version since From, sorted. The
+// set's own: callers must not modify it.
+func (v Set) Changed() []string { return v.changed }
+
+// Removed are the names gone since From, sorted. The set's own: callers
+// must not modify it.
+func (v Set) Removed() []string { return v.removed }
+
+// Since returns the set recording what changed from old, the set it
+// replaces (of the same type): the names added or at a new version, and
+// the names gone. A stream holding exactly old needs only these.
+func (v Set) Since(old Set) Set {
+	v.from, v.changed, v.removed = old.version, nil, nil
+	for name, ver := range v.versionMap {
+		if old.versionMap[name] != ver {
+			v.changed = append(v.changed, name)
+		}
+	}
+	for name := range old.versionMap {
+		if _, ok := v.versionMap[name]; !ok {
+			v.removed = append(v.removed, name)
+		}
+	}
+	slices.Sort(v.changed)
+	slices.Sort(v.removed)
+	return v
+}
+
+// allTypes are the types every snapshot holds, in ADS order (clusters
+// before endpoints, listeners before routes).
+var allTypes = [...]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
+
+// Types are the types every snapshot holds, in ADS order (an array: the
+// caller's copy, made without allocating).
+func Types() [len(allTypes)]resourcev3.Type { return allTypes }
+
+// Order is a type's place in ADS order; types not served come last.
+func Order(typeURL string) int {
+	if i := slices.Index(allTypes[:], typeURL); i >= 0 {
+		return i
+	}
+	return len(allTypes)
+}
+
+// ShortType is a type URL's last part (Cluster, ClusterLoadAssignment...).
+func ShortType(url string) string {
+	for i := len(url) - 1; i >= 0; i-- {
+		if url[i] == '.' {
+			return url[i+1:]
+		}
+	}
+	return url
+}
+
+// emptySet is the prepared form of a type with no resources.
+var emptySet = newSet("empty", nil, map[string]string{})
+
+// Empty is the prepared form of a type with no resources. It still has a
+// version: a SotW client asking with version "" must be answered, or it
+// waits for ever.
+func Empty() Set { return emptySet }
+
+// Merge is a proxy's set of a type: the shared set with the proxy's own
+// resources (an own resource replaces a shared one of the same name). A
+// type the proxy has nothing of its own in is the shared set as prepared.
+func Merge(shared, own Set) Set {
+	switch {
+	case len(own.items) == 0 && len(shared.items) == 0:
+		return emptySet
+	case len(own.items) == 0:
+		return shared
+	case len(shared.items) == 0:
+		return own
+	}
+	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
+	version := hex.EncodeToString(h[:8])
+	items := slices.Concat(shared.items, own.items)
+	vm := make(map[string]string, len(shared.versionMap)+len(own.versionMap))
+	maps.Copy(vm, shared.versionMap)
+	maps.Copy(vm, own.versionMap)
+	v := newSet(version, items, vm)
+	v.reuse = &shared
+	return v
+}
