@@ -204,7 +204,9 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 		}
 		return nil, false
 	}
-	slices.Sort(names)
+	if len(names) < set.Len() { // the whole set goes out in its own order
+		slices.Sort(names)
+	}
 	return names, true
 }
 
@@ -230,7 +232,9 @@ func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, e
 		var resources []*anypb.Any
 		var body []byte
 		var err error
-		if r.all {
+		if r.all || len(r.names) == r.set.Len() {
+			// The whole set (a proxy connecting asks for every endpoint
+			// set and route): its one shared encoding, not a copy per stream.
 			body, resources, err = r.set.SotwBody(typeURL)
 		} else {
 			resources, err = r.set.Encoded(typeURL, r.names)
