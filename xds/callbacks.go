@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshd/meshd/xds/cache"
 	"github.com/meshd/meshd/xds/resource"
 )
 
@@ -135,13 +136,7 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 		return err
 	}
 	// After request: the stream is bound to its node by now.
-	if err := c.boundSubscriptions(id, req); err != nil {
-		return err
-	}
-	if len(req.GetInitialResourceVersions()) > 0 {
-		c.resumed(id, req.GetTypeUrl(), req.GetInitialResourceVersions(), req.GetResourceNamesSubscribe())
-	}
-	return nil
+	return c.boundSubscriptions(id, req)
 }
 
 // resubscribe is a delta stream's subscribed names after a request that
@@ -170,85 +165,30 @@ func (c *callbacks) effectiveType(id int64, typeURL string) string {
 	return typeURL
 }
 
-// resumed handles a delta stream that starts a type already holding
-// resources (a proxy reconnecting, e.g. after meshd restarted): when it
-// holds the published version of every resource it subscribes to, nothing
-// is sent (the versions are content hashes), yet the type is in sync, and is
-// recorded so: sent and ACKed at the published version. The proxy may
-// reconnect before its snapshot is published (meshd restarting and still
-// reading the cluster): the claim is kept and checked again on each
-// snapshot of the node until it holds or a response goes out.
-func (c *callbacks) resumed(id int64, typeURL string, initial map[string]string, names []string) {
-	// Recorded before the snapshot is looked at: a snapshot published in
-	// between finds it (snapshotSet).
-	c.streams.setResume(id, typeURL, resume{initial: initial, names: names})
-	nodeID, version, acked := c.checkResumed(id, typeURL)
-	if h, ok := c.hooks.(ACKHook); ok && acked {
-		h.OnACK(nodeID, typeURL, version)
-	}
-}
-
-// resume is what a delta stream said it holds of a type when it started it.
-type resume struct {
-	initial map[string]string
-	names   []string
-}
-
-// snapshotSet checks the pending resumes of the node's streams against its
-// new snapshot. The cache calls it after each snapshot of a node
-// (cache.Cache.Notify), under the Publisher's lock: the ACK hook (the
-// Publisher) hears of it later.
-func (c *callbacks) snapshotSet(node string) {
-	for _, st := range c.streams.pendingResumes(node) {
-		nodeID, version, acked := c.checkResumed(st.id, st.typeURL)
-		if h, ok := c.hooks.(ACKHook); ok && acked {
-			go h.OnACK(nodeID, st.typeURL, version)
-		}
-	}
-}
-
-// checkResumed records the stream's type in sync if what it said it holds
-// is the node's published version of every resource it subscribes to, and
-// reports the version it is now known to hold.
-func (c *callbacks) checkResumed(id int64, typeURL string) (nodeID, version string, acked bool) {
-	if c.snapshot == nil {
-		return "", "", false
-	}
-	nodeID, r, ok := c.streams.resume(id, typeURL)
-	if !ok {
-		return "", "", false
-	}
-	snap, err := c.snapshot(nodeID)
-	if err != nil {
-		return "", "", false // not published yet
-	}
-	if !holds(r, snap.GetVersionMap(typeURL)) {
-		return "", "", false // the cache sends the difference, tracked as any response
-	}
-	version = snap.GetVersion(typeURL)
-	return nodeID, version, c.streams.confirmResume(id, typeURL, version)
-}
-
-// holds reports whether a stream resuming with r holds exactly the
-// published versions of what it subscribes to.
-func holds(r resume, published map[string]string) bool {
-	if len(r.names) == 0 || slices.Contains(r.names, "*") {
-		if len(r.initial) != len(published) {
-			return false
-		}
-		for name, v := range published {
-			if r.initial[name] != v {
-				return false
+// inSync records delta streams the cache found holding exactly the
+// published version of a type they started with initial versions (a proxy
+// reconnecting, e.g. after meshd restarted): nothing was sent (versions
+// are content hashes), yet the type is in sync, recorded sent and ACKed at
+// that version unless a response went out before (then tracked as usual).
+// The cache calls it from the stream's goroutine or under the Publisher's
+// lock: the ACK hook (the Publisher) hears of it later.
+func (c *callbacks) inSync(synced []cache.InSync) {
+	h, hooked := c.hooks.(ACKHook)
+	now := c.streams.clock.Now()
+	for _, st := range synced {
+		var nodeID string
+		recorded := c.streams.with(st.Stream, func(s *stream) {
+			ts := s.typ(st.TypeURL)
+			if ts.SentVersion != "" {
+				return
 			}
+			ts.SentVersion, ts.SentAt, ts.AckedVersion, ts.AckedAt = st.Version, now, st.Version, now
+			nodeID = s.peer.NodeID
+		})
+		if hooked && recorded && nodeID != "" {
+			go h.OnACK(nodeID, st.TypeURL, st.Version)
 		}
-		return true
 	}
-	for _, name := range r.names {
-		if v, ok := published[name]; !ok || r.initial[name] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // request authorizes one request and records its ACK or NACK.

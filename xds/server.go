@@ -140,7 +140,7 @@ func (s *Server) Proxies() []ProxyStatus { return s.streams.status() }
 func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
 		cache: s.Cache, snapshot: s.Cache.GetSnapshot}
-	s.Cache.Notify(cb.snapshotSet)
+	s.Cache.OnInSync(cb.inSync)
 	ads := serverv3.NewServer(ctx, s.Cache, cb)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)

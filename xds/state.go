@@ -60,9 +60,6 @@ type stream struct {
 	serviceType string
 	// named: a request of the stream carried the node.
 	named bool
-	// resumes are the types the stream started holding resources whose
-	// versions are not yet confirmed (see callbacks.resumed).
-	resumes map[string]resume
 }
 
 func (s *stream) typ(url string) *TypeStatus {
@@ -76,15 +73,13 @@ func (s *stream) typ(url string) *TypeStatus {
 
 // streams holds the state of every open stream. Safe for concurrent use.
 type streams struct {
-	mu   sync.Mutex
-	byID map[int64]*stream
-	// resuming indexes, by node ID, the streams with pending resumes.
-	resuming map[string]map[int64]struct{}
-	clock    clock.PassiveClock
+	mu    sync.Mutex
+	byID  map[int64]*stream
+	clock clock.PassiveClock
 }
 
 func newStreams(clk clock.PassiveClock) *streams {
-	return &streams{byID: map[int64]*stream{}, resuming: map[string]map[int64]struct{}{}, clock: clk}
+	return &streams{byID: map[int64]*stream{}, clock: clk}
 }
 
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
@@ -103,7 +98,6 @@ func (ss *streams) close(id int64) (p Peer, announced, opened bool) {
 	if !ok {
 		return Peer{}, false, false
 	}
-	ss.dropResumingLocked(s.peer.NodeID, id)
 	return s.peer, s.announced, true
 }
 
@@ -116,92 +110,6 @@ func (ss *streams) with(id int64, f func(*stream)) bool {
 		f(s)
 	}
 	return ok
-}
-
-// setResume records what a stream said it holds of a type on starting it.
-func (ss *streams) setResume(id int64, typeURL string, r resume) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s, ok := ss.byID[id]
-	if !ok {
-		return
-	}
-	if s.resumes == nil {
-		s.resumes = map[string]resume{}
-	}
-	s.resumes[typeURL] = r
-	ids := ss.resuming[s.peer.NodeID]
-	if ids == nil {
-		ids = map[int64]struct{}{}
-		ss.resuming[s.peer.NodeID] = ids
-	}
-	ids[id] = struct{}{}
-}
-
-// resume returns the stream's node and its pending resume of a type.
-func (ss *streams) resume(id int64, typeURL string) (nodeID string, r resume, ok bool) {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s, found := ss.byID[id]
-	if !found {
-		return "", resume{}, false
-	}
-	r, ok = s.resumes[typeURL]
-	return s.peer.NodeID, r, ok
-}
-
-// confirmResume ends a pending resume: the stream holds version of the
-// type. Unless a response went out meanwhile (then tracked as usual), the
-// type is recorded sent and ACKed at it, and confirmResume reports true.
-func (ss *streams) confirmResume(id int64, typeURL, version string) bool {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	s, ok := ss.byID[id]
-	if !ok {
-		return false
-	}
-	if _, pending := s.resumes[typeURL]; !pending {
-		return false
-	}
-	delete(s.resumes, typeURL)
-	if len(s.resumes) == 0 {
-		ss.dropResumingLocked(s.peer.NodeID, id)
-	}
-	ts := s.typ(typeURL)
-	if ts.SentVersion != "" {
-		return false
-	}
-	now := ss.clock.Now()
-	ts.SentVersion, ts.SentAt, ts.AckedVersion, ts.AckedAt = version, now, version, now
-	return true
-}
-
-func (ss *streams) dropResumingLocked(nodeID string, id int64) {
-	if ids := ss.resuming[nodeID]; ids != nil {
-		delete(ids, id)
-		if len(ids) == 0 {
-			delete(ss.resuming, nodeID)
-		}
-	}
-}
-
-// pendingResumes returns the node's streams and types whose resume is not
-// yet confirmed (an index: most snapshots find none).
-func (ss *streams) pendingResumes(nodeID string) []streamType {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	var out []streamType
-	for id := range ss.resuming[nodeID] {
-		for typeURL := range ss.byID[id].resumes {
-			out = append(out, streamType{id, typeURL})
-		}
-	}
-	return out
-}
-
-type streamType struct {
-	id      int64
-	typeURL string
 }
 
 // status returns copies of every stream's state, ordered by node ID.

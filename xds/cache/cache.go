@@ -21,8 +21,8 @@
 // ClearSnapshot), and the gRPC server in package xds, which hands it
 // go-control-plane's watches and tells it, through an explicit interface,
 // which stream each request came on and when a stream closed
-// (NoteRequest, NoteDeltaRequest, StreamClosed); the server hears of each
-// snapshot set through Notify. It reads sets only through xds/resource's
+// (NoteRequest, NoteDeltaRequest, StreamClosed); the server hears of the
+// streams found in sync without a response through OnInSync. It reads sets only through xds/resource's
 // methods. It must not import xds or xds/publish.
 package cache
 
@@ -50,8 +50,9 @@ type Cache struct {
 	snaps   map[string]*resource.Snapshot
 	watches map[string]map[*deltaWatch]struct{} // by node ID
 	sotw    map[string]map[*sotwWatch]struct{}  // by node ID
-	// onSet, if set, is told each node whose snapshot was set (outside mu).
-	onSet func(node string)
+	// inSync, if set, is told of streams found in sync without a response
+	// (outside mu).
+	inSync func([]InSync)
 
 	// held is what each stream holds (its own lock; see streams.go).
 	held heldStreams
@@ -68,16 +69,34 @@ func New(log *slog.Logger) *Cache {
 		sotw: map[string]map[*sotwWatch]struct{}{}, held: newHeldStreams()}
 }
 
-// Notify sets the function told each node whose snapshot was set (nil:
-// none), replacing the one set before. It is called after the node's
-// watches were answered, outside the cache's lock but in the caller of
-// SetSnapshot (the Publisher, under its lock): it must return quickly and
-// must not publish. The server sets it when it starts serving, to check
-// the streams that resumed holding a version not yet published.
-func (c *Cache) Notify(f func(node string)) {
+// InSync is a delta stream found holding exactly the published version of
+// a type it started with initial versions (a proxy reconnecting, e.g. after
+// meshd restarted, possibly before meshd published again): nothing is sent
+// (versions are content hashes), yet the type is in sync at Version.
+type InSync struct {
+	Stream  int64
+	TypeURL string
+	Version string
+}
+
+// OnInSync sets the function told of streams in sync without a response
+// (nil: none), replacing the one set before. It is called outside the
+// cache's lock, in the stream's goroutine or in the caller of SetSnapshot
+// (the Publisher, under its lock): it must return quickly and must not
+// publish.
+func (c *Cache) OnInSync(f func([]InSync)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.onSet = f
+	c.inSync = f
+}
+
+// tell unlocks c.mu and passes synced on.
+func (c *Cache) tell(synced []InSync) {
+	f := c.inSync
+	c.mu.Unlock()
+	if f != nil && len(synced) > 0 {
+		f(synced)
+	}
 }
 
 // GetSnapshot returns the node's current snapshot.
@@ -97,16 +116,14 @@ func (c *Cache) SetSnapshot(_ context.Context, node string, snap cachev3.Resourc
 	if !ok {
 		return fmt.Errorf("xds: snapshot of %s: only the Publisher's snapshots are served, not %T", node, snap)
 	}
-	if onSet := c.set(node, s); onSet != nil {
-		onSet(node)
-	}
+	c.mu.Lock()
+	c.tell(c.setLocked(node, s)) // unlocks c.mu
 	return nil
 }
 
-// set answers the node's watches from s, returning onSet.
-func (c *Cache) set(node string, s *resource.Snapshot) func(string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// setLocked answers the node's watches from s, returning the streams found
+// in sync.
+func (c *Cache) setLocked(node string, s *resource.Snapshot) []InSync {
 	c.snaps[node] = s
 	if ws := c.sotw[node]; len(ws) > 0 {
 		for _, w := range slices.SortedFunc(maps.Keys(ws), func(a, b *sotwWatch) int {
@@ -119,19 +136,20 @@ func (c *Cache) set(node string, s *resource.Snapshot) func(string) {
 	}
 	ws := c.watches[node]
 	if len(ws) == 0 {
-		return c.onSet
+		return nil
 	}
 	// In ADS order (clusters before endpoints, listeners before routes):
 	// one stream reads its responses in the order they are queued.
 	ordered := slices.SortedFunc(maps.Keys(ws), func(a, b *deltaWatch) int {
 		return resource.Order(a.req.GetTypeUrl()) - resource.Order(b.req.GetTypeUrl())
 	})
+	var synced []InSync
 	for _, w := range ordered {
-		if c.answerLocked(w, s) {
+		if c.answerLocked(w, s, &synced) {
 			delete(ws, w)
 		}
 	}
-	return c.onSet
+	return synced
 }
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.

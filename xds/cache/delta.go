@@ -34,6 +34,8 @@ type deltaHeld struct {
 	// sent is the version last sent; rejected the one last NACKed, not sent
 	// again.
 	sent, rejected string
+	// stream is the stream's ID (0: a request of no stream noted).
+	stream int64
 }
 
 // observe takes a request into what the stream holds.
@@ -67,16 +69,21 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[deltaHeld](c, req, req.GetTypeUrl())}
 	w.held.observe(req)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s) {
+	var synced []InSync
+	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s, &synced) {
+		c.mu.Unlock()
 		return func() {}, nil
 	}
-	return wait(c, c.watches, w.node, w), nil
+	cancel := wait(c, c.watches, w.node, w)
+	c.tell(synced) // unlocks c.mu
+	return cancel, nil
 }
 
 // answerLocked sends the watch what its stream lacks of snapshot s, if
-// anything, and reports whether it did (the watch is then done).
-func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot) bool {
+// anything, and reports whether it did (the watch is then done). A stream
+// that started the type holding exactly the set (a proxy reconnecting
+// with its versions) is sent nothing and added to synced.
+func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot, synced *[]InSync) bool {
 	typeURL := w.req.GetTypeUrl()
 	set := setOf(s, typeURL)
 	h := w.held
@@ -102,6 +109,9 @@ func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot) bool {
 	if len(names) == 0 && len(removed) == 0 && !first {
 		if h.set == nil {
 			h.set, h.lacking = &set, nil // nothing lacking: it holds set exactly
+			if h.sent == "" && h.stream != 0 && len(w.sub.ReturnedResources()) > 0 {
+				*synced = append(*synced, InSync{Stream: h.stream, TypeURL: typeURL, Version: set.Version()})
+			}
 		}
 		return false
 	}

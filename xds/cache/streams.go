@@ -101,6 +101,9 @@ func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
 	h, ok := s.held[typeURL].(*H)
 	if !ok {
 		h = new(H)
+		if d, delta := any(h).(*deltaHeld); delta {
+			d.stream = id
+		}
 		s.held[typeURL] = h
 	}
 	return h
