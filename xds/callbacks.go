@@ -361,15 +361,11 @@ func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.
 // maxNACKText bounds the error text of a NACK that meshd keeps and logs.
 const maxNACKText = 1024
 
-// knownTypes are the types meshd serves; metric labels name only these.
-var knownTypes = map[string]bool{resourcev3.ClusterType: true, resourcev3.ListenerType: true, resourcev3.EndpointType: true,
-	resourcev3.RouteType: true, resourcev3.SecretType: true}
-
 // metricType is a type URL's metric label: its short name for the types
-// meshd serves, "other" for whatever else a client sends (the label set
-// stays bounded).
+// meshd serves (resource.Types), "other" for whatever else a client sends
+// (the label set stays bounded).
 func metricType(url string) string {
-	if !knownTypes[url] {
+	if resource.Order(url) == len(resource.Types()) {
 		return "other"
 	}
 	return resource.ShortType(url)

@@ -1,6 +1,10 @@
 package xds
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshd/meshd/xds/resource"
+)
 
 // metrics are the xds server's Prometheus collectors.
 type metrics struct {
@@ -28,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Time from sending an xDS response to the proxy's ACK of it, by resource type.", Buckets: latencyBuckets}, []string{"type"}),
 	}
 	// Every series a dashboard asks for exists from the start, at 0.
-	for url := range knownTypes {
+	for _, url := range resource.Types() {
 		t := metricType(url)
 		m.pushes.WithLabelValues(t)
 		m.nacks.WithLabelValues(t)

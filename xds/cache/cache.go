@@ -22,8 +22,9 @@
 // go-control-plane's watches and tells it, through an explicit interface,
 // which stream each request came on and when a stream closed
 // (NoteRequest, NoteDeltaRequest, StreamClosed); the server hears of the
-// streams found in sync without a response through OnInSync. It reads sets only through xds/resource's
-// methods. It must not import xds or xds/publish.
+// streams found in sync without a response through OnInSync. It reads
+// sets only through xds/resource's methods. It must not import xds or
+// xds/publish.
 package cache
 
 import (
