@@ -164,13 +164,10 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 				}
 			}
 			if a == nil {
-				b := v.raw[name]
-				if b == nil {
-					var err error
-					if b, err = cachev3.MarshalResource(v.plain[name]); err != nil {
-						e.err = err
-						return
-					}
+				b, err := v.Encoding(name)
+				if err != nil {
+					e.err = err
+					return
 				}
 				a = &anypb.Any{TypeUrl: typeURL, Value: b}
 			}
