@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"iter"
+	"maps"
 	"slices"
 	"sync"
 
@@ -168,22 +170,43 @@ func difference(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names
 }
 
 // compareHeld is what a stream holding h lacks of set, resource by
-// resource (h.set is neither set nor the set it replaced).
+// resource (h.set is neither set nor the set it replaced): it holds h.set's
+// versions but for the names subscribed to since.
 func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
-	held := func(name string) (string, bool) {
+	held := h.set.VersionMap()
+	return lacks(sub, set, maps.Keys(held), func(name string) (string, bool) {
 		if _, late := h.lacking[name]; late {
 			return "", false
 		}
-		v, ok := h.set.VersionMap()[name]
+		v, ok := held[name]
 		return v, ok
-	}
+	})
+}
+
+// compare is what a stream lacks by the per-resource versions in its
+// subscription (the client's initial versions), as go-control-plane's delta
+// cache computes it.
+func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
+	held := sub.ReturnedResources()
+	return lacks(sub, set, maps.Keys(held), func(name string) (string, bool) {
+		v, ok := held[name]
+		return v, ok
+	})
+}
+
+// lacks is what a stream lacks of set, resource by resource, given the
+// version it holds of a name (held) and the names it may hold (heldNames):
+// for a wildcard subscription every resource of the set it does not hold
+// at the set's version, and every held one no longer in the set; otherwise
+// the same among the subscribed names.
+func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string], held func(string) (string, bool)) (names, removed []string) {
 	if sub.IsWildcard() {
 		for name, v := range set.VersionMap() {
 			if hv, ok := held(name); !ok || hv != v {
 				names = append(names, name)
 			}
 		}
-		for name := range h.set.VersionMap() {
+		for name := range heldNames {
 			if _, ok := set.VersionMap()[name]; !ok {
 				if _, had := held(name); had {
 					removed = append(removed, name)
@@ -196,41 +219,6 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 			hv, had := held(name)
 			switch {
 			case ok && (!had || hv != v):
-				names = append(names, name)
-			case !ok && had:
-				removed = append(removed, name)
-			}
-		}
-	}
-	sortPart(names, set)
-	slices.Sort(removed)
-	return names, removed
-}
-
-// compare is what a stream lacks by the per-resource versions in its
-// subscription (the client's initial versions), as go-control-plane's delta
-// cache computes it: for a wildcard subscription every resource of the set
-// at another version than the stream holds, and every held one no longer
-// in the set; otherwise the same among the subscribed names.
-func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
-	held := sub.ReturnedResources()
-	if sub.IsWildcard() {
-		for name, v := range set.VersionMap() {
-			if held[name] != v {
-				names = append(names, name)
-			}
-		}
-		for name := range held {
-			if _, ok := set.VersionMap()[name]; !ok {
-				removed = append(removed, name)
-			}
-		}
-	} else {
-		for name := range sub.SubscribedResources() {
-			v, ok := set.VersionMap()[name]
-			_, had := held[name]
-			switch {
-			case ok && held[name] != v:
 				names = append(names, name)
 			case !ok && had:
 				removed = append(removed, name)
