@@ -193,13 +193,23 @@ func secretFor(ns, sa, pod, proxyID string, probes map[string]bootstrap.AppProbe
 
 // secretProbes reads back the app probes a Secret was rendered with.
 func secretProbes(s *corev1.Secret) (map[string]bootstrap.AppProbe, error) {
-	raw := s.Annotations[annotationProbes]
+	probes, err := parseProbes(s.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("inject: Secret %s/%s: %w", s.Namespace, s.Name, err)
+	}
+	return probes, nil
+}
+
+// parseProbes reads the app probes annotation of a pod or Secret (nil when
+// there is none).
+func parseProbes(annotations map[string]string) (map[string]bootstrap.AppProbe, error) {
+	raw := annotations[annotationProbes]
 	if raw == "" {
 		return nil, nil
 	}
 	var probes map[string]bootstrap.AppProbe
 	if err := json.Unmarshal([]byte(raw), &probes); err != nil {
-		return nil, fmt.Errorf("inject: Secret %s/%s: annotation %s: %w", s.Namespace, s.Name, annotationProbes, err)
+		return nil, fmt.Errorf("annotation %s: %w", annotationProbes, err)
 	}
 	return probes, nil
 }

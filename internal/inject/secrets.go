@@ -3,7 +3,6 @@ package inject
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -294,13 +293,9 @@ func podServiceAccount(pod *corev1.Pod) string {
 // podProbes reads the app probes the injector recorded on the pod; only
 // well-formed routes under the sidecar's probe prefix are kept.
 func podProbes(pod *corev1.Pod) (map[string]bootstrap.AppProbe, error) {
-	raw := pod.Annotations[annotationProbes]
-	if raw == "" {
-		return nil, nil
-	}
-	var probes map[string]bootstrap.AppProbe
-	if err := json.Unmarshal([]byte(raw), &probes); err != nil {
-		return nil, fmt.Errorf("annotation %s: %w", annotationProbes, err)
+	probes, err := parseProbes(pod.Annotations)
+	if err != nil {
+		return nil, err
 	}
 	for path, p := range probes {
 		if !strings.HasPrefix(path, bootstrap.AppProbePrefix) || p.Port == 0 || p.Port > 65535 || !strings.HasPrefix(p.Path, "/") {
