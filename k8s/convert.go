@@ -57,88 +57,46 @@ type Problem = model.Problem
 
 // Convert builds the mesh model from Kubernetes state. Invalid objects are
 // skipped alone and reported as Problems; everything else goes into the
-// snapshot. Convert is pure: it reads st and never mutates it.
+// snapshot. Convert is pure: it reads st and never mutates it. A Converter
+// does the same for a sequence of states, converting only what changed.
 func Convert(st *State, trustDomain string) (*model.Snapshot, []Problem) {
-	c := converter{trustDomain: trustDomain, namespaces: map[string]*corev1.Namespace{}, pods: map[string]*model.Workload{},
-		serverFirstPorts: map[string]string{}, policyUIDs: map[string]string{}}
-	for _, ns := range st.Namespaces {
-		c.namespaces[ns.Name] = ns
-	}
-	snap := &model.Snapshot{TrustDomain: trustDomain, ChangedAt: st.ChangedAt}
-	for _, p := range st.Pods {
-		if w := c.workload(p); w != nil {
-			c.pods[w.Key()] = w
-			snap.Workloads = append(snap.Workloads, w)
-		}
-	}
-	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
-	for _, s := range st.Slices {
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			key := name + "." + s.Namespace
-			slicesBySvc[key] = append(slicesBySvc[key], s)
-		}
-	}
-	for _, s := range st.Services {
-		if svc := c.service(s, slicesBySvc[s.Name+"."+s.Namespace]); svc != nil {
-			snap.Services = append(snap.Services, svc)
-		}
-	}
-	for _, w := range snap.Workloads {
-		w.Ports = uniquePorts(w.Ports)
-		c.serverFirst(w)
-	}
-	c.policies(st.Policies, st.Pods)
-	c.httpRulesOnTCP(snap.Workloads)
-	slices.SortFunc(snap.Services, func(a, b *model.Service) int { return cmp.Compare(a.Key(), b.Key()) })
-	slices.SortFunc(snap.Workloads, func(a, b *model.Workload) int { return cmp.Compare(a.Key(), b.Key()) })
-	slices.SortFunc(c.problems, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })
-	return snap, c.problems
+	return NewConverter(trustDomain).Convert(st)
 }
 
-type converter struct {
-	trustDomain string
-	namespaces  map[string]*corev1.Namespace
-	pods        map[string]*model.Workload
-	policyUIDs  map[string]string
-	problems    []Problem
-	// serverFirstPorts holds pods' AnnotationServerFirstPorts by key.
-	serverFirstPorts map[string]string
-}
+// problems collects the Problems found converting one object.
+type problems []Problem
 
-func (c *converter) problem(kind, ns, name, reason, format string, args ...any) {
-	c.problems = append(c.problems, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: fmt.Sprintf(format, args...)})
+func (ps *problems) add(kind, ns, name, reason, format string, args ...any) {
+	*ps = append(*ps, Problem{Kind: kind, Namespace: ns, Name: name, Reason: reason, Message: fmt.Sprintf(format, args...)})
 }
 
 // workload converts a pod; finished pods are left out.
-func (c *converter) workload(p *corev1.Pod) *model.Workload {
+func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *problems) (w *model.Workload, serverFirstPorts string) {
 	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-		return nil
+		return nil, ""
 	}
 	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
-	w := &model.Workload{
+	w = &model.Workload{
 		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa,
-		Identity: model.SPIFFEID(c.trustDomain, p.Namespace, sa),
-		Meshed:   c.meshed(p),
-		Mode:     c.mode(p),
+		Identity: model.SPIFFEID(trustDomain, p.Namespace, sa),
+		Meshed:   meshed(p, ns),
+		Mode:     mode(p, ns, ps),
 		ProxyID:  p.Annotations[AnnotationProxyID],
 
 		NoInterception: p.Annotations[AnnotationInterception] == "none",
 	}
-	if v := p.Annotations[AnnotationServerFirstPorts]; v != "" {
-		c.serverFirstPorts[w.Key()] = v
-	}
-	c.sidecarImage(p)
+	sidecarImage(p, ps)
 	if why, ok := strings.CutPrefix(p.Annotations[AnnotationStatus], StatusSkipped+": "); ok {
-		c.problem("Pod", p.Namespace, p.Name, "NotInjected", "meshd did not inject a sidecar: %s", why)
+		ps.add("Pod", p.Namespace, p.Name, "NotInjected", "meshd did not inject a sidecar: %s", why)
 	}
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && ip.Is4() {
 		w.IP = ip.String()
 	}
-	w.Egress = c.egress(p)
+	w.Egress = egress(p, ns, ps)
 	if v, ok := p.Annotations[AnnotationDetectionTimeout]; ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Millisecond || d > time.Minute {
-			c.problem("Pod", p.Namespace, p.Name, "InvalidAnnotation", "annotation %s=%q is not a duration from 10ms to 1m; using the mesh's", AnnotationDetectionTimeout, v)
+			ps.add("Pod", p.Namespace, p.Name, "InvalidAnnotation", "annotation %s=%q is not a duration from 10ms to 1m; using the mesh's", AnnotationDetectionTimeout, v)
 		} else {
 			w.DetectionTimeout = d
 		}
@@ -151,16 +109,15 @@ func (c *converter) workload(p *corev1.Pod) *model.Workload {
 			w.Ports = append(w.Ports, model.Port{Name: cp.Name, Port: uint32(cp.ContainerPort), Protocol: protocolFromName(cp.Name)})
 		}
 	}
-	return w
+	return w, p.Annotations[AnnotationServerFirstPorts]
 }
 
 // egress is the pod's outbound scope: its annotation, else its namespace's.
 // A scope that does not parse is reported and not applied (the sidecar gets
 // every service: a typo must not cut a workload off).
-func (c *converter) egress(p *corev1.Pod) model.Egress {
+func egress(p *corev1.Pod, ns *corev1.Namespace, ps *problems) model.Egress {
 	kind, name, v, ok := "Pod", p.Name, p.Annotations[AnnotationEgress], true
 	if _, set := p.Annotations[AnnotationEgress]; !set {
-		ns := c.namespaces[p.Namespace]
 		if ns == nil {
 			return nil
 		}
@@ -172,21 +129,19 @@ func (c *converter) egress(p *corev1.Pod) model.Egress {
 	e, err := model.ParseEgress(v, p.Namespace)
 	if err != nil {
 		if kind == "Pod" {
-			c.problem(kind, p.Namespace, name, "InvalidAnnotation", "annotation %s: %v; the sidecar gets every service", AnnotationEgress, err)
-		} else if !slices.ContainsFunc(c.problems, func(q Problem) bool {
-			return q.Kind == kind && q.Name == p.Namespace && strings.Contains(q.Message, AnnotationEgress)
-		}) {
-			c.problem(kind, "", p.Namespace, "InvalidAnnotation", "annotation %s: %v; its pods' sidecars get every service", AnnotationEgress, err)
+			ps.add(kind, p.Namespace, name, "InvalidAnnotation", "annotation %s: %v; the sidecar gets every service", AnnotationEgress, err)
+		} else {
+			// Every pod of the namespace finds it: Converter reports it once.
+			ps.add(kind, "", p.Namespace, "InvalidAnnotation", "annotation %s: %v; its pods' sidecars get every service", AnnotationEgress, err)
 		}
 		return nil
 	}
 	return e
 }
 
-// serverFirst marks the ports a pod's annotation declares server-first
+// serverFirst marks the ports a pod's annotation (v) declares server-first
 // (Service appProtocols have marked theirs already).
-func (c *converter) serverFirst(w *model.Workload) {
-	v := c.serverFirstPorts[w.Key()]
+func serverFirst(w *model.Workload, v string, ps *problems) {
 	if v == "" {
 		return
 	}
@@ -194,7 +149,7 @@ func (c *converter) serverFirst(w *model.Workload) {
 		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
 		i := slices.IndexFunc(w.Ports, func(port model.Port) bool { return uint64(port.Port) == n })
 		if err != nil || i < 0 {
-			c.problem("Pod", w.Namespace, w.Name, "InvalidAnnotation", "annotation %s=%q: %q is not one of the pod's ports; ignored", AnnotationServerFirstPorts, v, f)
+			ps.add("Pod", w.Namespace, w.Name, "InvalidAnnotation", "annotation %s=%q: %q is not one of the pod's ports; ignored", AnnotationServerFirstPorts, v, f)
 			continue
 		}
 		w.Ports[i].ServerFirst = true
@@ -208,19 +163,19 @@ var pullErrors = map[string]bool{"ErrImagePull": true, "ImagePullBackOff": true,
 // sidecarImage reports an injected container whose image the node cannot
 // get: the pod never starts, and the kubelet's words do not say that the
 // image came from meshd.
-func (c *converter) sidecarImage(p *corev1.Pod) {
+func sidecarImage(p *corev1.Pod, ps *problems) {
 	// Both injected containers are init containers.
 	for _, st := range p.Status.InitContainerStatuses {
 		if st.Name != ContainerProxy && st.Name != ContainerInit || st.State.Waiting == nil || !pullErrors[st.State.Waiting.Reason] {
 			continue
 		}
-		c.problem("Pod", p.Namespace, p.Name, "SidecarImageUnavailable",
+		ps.add("Pod", p.Namespace, p.Name, "SidecarImageUnavailable",
 			"meshd's injected container %s cannot start: the node cannot get image %s (%s: %s); meshd injects the images its own Deployment runs (container meshd, init container proxy-image; names in deploy/images.env): load them on the node or point meshd at images the node can pull",
 			st.Name, st.Image, st.State.Waiting.Reason, st.State.Waiting.Message)
 	}
 }
 
-func (c *converter) meshed(p *corev1.Pod) bool {
+func meshed(p *corev1.Pod, ns *corev1.Namespace) bool {
 	if p.Annotations[AnnotationStatus] == StatusInjected {
 		return true
 	}
@@ -232,7 +187,6 @@ func (c *converter) meshed(p *corev1.Pod) bool {
 	if p.Labels[LabelInject] == "true" {
 		return true
 	}
-	ns := c.namespaces[p.Namespace]
 	return ns != nil && ns.Labels[LabelInject] == "enabled"
 }
 
@@ -250,10 +204,10 @@ func NotMeshable(p *corev1.Pod) string {
 	return ""
 }
 
-func (c *converter) mode(p *corev1.Pod) model.Mode {
+func mode(p *corev1.Pod, ns *corev1.Namespace, ps *problems) model.Mode {
 	kind, name, v := "Pod", p.Name, p.Labels[LabelMTLSMode]
 	if v == "" {
-		if ns := c.namespaces[p.Namespace]; ns != nil {
+		if ns != nil {
 			kind, name, v = "Namespace", "", ns.Labels[LabelMTLSMode]
 		}
 	}
@@ -264,20 +218,49 @@ func (c *converter) mode(p *corev1.Pod) model.Mode {
 		return m
 	}
 	if kind == "Pod" {
-		c.problem(kind, p.Namespace, name, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
-	} else if !c.reported(kind, p.Namespace) {
-		c.problem(kind, "", p.Namespace, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
+		ps.add(kind, p.Namespace, name, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
+	} else { // every pod of the namespace finds it: Converter reports it once
+		ps.add(kind, "", p.Namespace, "InvalidMTLSMode", "label %s=%q is neither STRICT nor PERMISSIVE; using STRICT", LabelMTLSMode, v)
 	}
 	return model.ModeStrict
 }
 
-func (c *converter) reported(kind, name string) bool {
-	return slices.ContainsFunc(c.problems, func(p Problem) bool { return p.Kind == kind && p.Name == name })
+// serviceConv converts one Service. pod finds an endpoint's pod by key (its
+// workload before service ports are added; nil: none), and what the
+// conversion read of pods and found for them is recorded, so that a
+// Converter knows when to convert the service again and which workloads'
+// ports it gives.
+type serviceConv struct {
+	pod      func(key string) *model.Workload
+	problems problems
+	// deps are the pods its endpoints named, as they were read.
+	deps map[string]podDep
+	// ports are the target ports resolved to pods.
+	ports []podPort
+}
+
+// podDep is what an endpoint takes from its pod.
+type podDep struct {
+	present, meshed bool
+	identity        string
+}
+
+func depOf(w *model.Workload) podDep {
+	if w == nil {
+		return podDep{}
+	}
+	return podDep{present: true, meshed: w.Meshed, identity: w.Identity}
+}
+
+// podPort is a port a service resolves to the pod with key key.
+type podPort struct {
+	key  string
+	port model.Port
 }
 
 // service converts a Service and its EndpointSlices. ExternalName services
 // are not part of the mesh.
-func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSlice) *model.Service {
+func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointSlice) *model.Service {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -286,13 +269,13 @@ func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSli
 		svc.ClusterIP = ip.String()
 	}
 	if len(s.Spec.Ports) == 0 {
-		c.problem("Service", s.Namespace, s.Name, "NoPorts", "the service has no ports; skipped")
+		c.problems.add("Service", s.Namespace, s.Name, "NoPorts", "the service has no ports; skipped")
 		return nil
 	}
 	seenNum, seenName := map[int32]bool{}, map[string]bool{}
 	for _, p := range s.Spec.Ports {
 		if seenNum[p.Port] || seenName[p.Name] {
-			c.problem("Service", s.Namespace, s.Name, "ConflictingPorts", "port %d (%q) is declared twice; service skipped", p.Port, p.Name)
+			c.problems.add("Service", s.Namespace, s.Name, "ConflictingPorts", "port %d (%q) is declared twice; service skipped", p.Port, p.Name)
 			return nil
 		}
 		seenNum[p.Port], seenName[p.Name] = true, true
@@ -301,7 +284,7 @@ func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSli
 		}
 		proto, ok := protocol(p)
 		if !ok {
-			c.problem("Service", s.Namespace, s.Name, "UnknownAppProtocol", "port %d: appProtocol %q is not one of http, http2, grpc, tcp, kubernetes.io/h2c, kubernetes.io/ws, or the server-first mysql, smtp, ftp, meshd.io/server-first; port skipped", p.Port, *p.AppProtocol)
+			c.problems.add("Service", s.Namespace, s.Name, "UnknownAppProtocol", "port %d: appProtocol %q is not one of http, http2, grpc, tcp, kubernetes.io/h2c, kubernetes.io/ws, or the server-first mysql, smtp, ftp, meshd.io/server-first; port skipped", p.Port, *p.AppProtocol)
 			continue
 		}
 		svc.Ports = append(svc.Ports, model.Port{Name: p.Name, Port: uint32(p.Port), Protocol: proto, ServerFirst: serverFirstProtocols[appProtocol(p)]})
@@ -316,7 +299,7 @@ func (c *converter) service(s *corev1.Service, slices []*discoveryv1.EndpointSli
 
 // endpoints collects the IPv4 endpoints of a service's slices for its ports,
 // and records the resolved target ports on the workloads behind them.
-func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.EndpointSlice) []model.Endpoint {
+func (c *serviceConv) endpoints(svc *model.Service, slices []*discoveryv1.EndpointSlice) []model.Endpoint {
 	protos := map[string]model.Port{}
 	for _, p := range svc.Ports {
 		protos[p.Name] = p
@@ -347,10 +330,15 @@ func (c *converter) endpoints(svc *model.Service, slices []*discoveryv1.Endpoint
 	return out
 }
 
-func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint32, svcPort model.Port) []model.Endpoint {
+func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uint32, svcPort model.Port) []model.Endpoint {
 	var w *model.Workload
 	if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" {
-		w = c.pods[ref.Name+"."+ref.Namespace]
+		key := ref.Name + "." + ref.Namespace
+		w = c.pod(key)
+		if c.deps == nil {
+			c.deps = map[string]podDep{}
+		}
+		c.deps[key] = depOf(w)
 	}
 	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true)}
 	if w != nil {
@@ -358,7 +346,7 @@ func (c *converter) endpoint(e discoveryv1.Endpoint, portName string, port uint3
 		if w.Meshed {
 			base.Identity = w.Identity
 		}
-		w.Ports = append(w.Ports, model.Port{Name: portName, Port: port, Protocol: svcPort.Protocol, ServerFirst: svcPort.ServerFirst})
+		c.ports = append(c.ports, podPort{w.Key(), model.Port{Name: portName, Port: port, Protocol: svcPort.Protocol, ServerFirst: svcPort.ServerFirst}})
 	}
 	var out []model.Endpoint
 	for _, a := range e.Addresses {

@@ -283,57 +283,74 @@ func (v *policyChecker) to(at string, t *toSpec) *model.Operation {
 	return op
 }
 
-// policies converts the policies, attaches each valid one to the workloads
-// it selects (sorted by key), and records problems: invalid policies, and
-// HTTP rules on TCP ports.
-func (c *converter) policies(objs []*unstructured.Unstructured, pods []*corev1.Pod) {
-	for _, u := range objs {
-		c.policyUIDs[u.GetNamespace()+"/"+u.GetName()] = string(u.GetUID())
-		p, sel, err := PolicyFromObject(u, c.trustDomain)
-		if err != nil {
-			c.policyProblem(u.GetNamespace(), u.GetName(), PolicyInvalid, "not enforced: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+// policyEntry is an AuthorizationPolicy object as converted: the policy
+// and its selector, or why it is not enforced.
+type policyEntry struct {
+	obj     *unstructured.Unstructured
+	policy  *model.Policy
+	sel     labels.Selector
+	problem *Problem
+	round   uint64
+}
+
+func newPolicyEntry(u *unstructured.Unstructured, trustDomain string) *policyEntry {
+	e := &policyEntry{obj: u}
+	p, sel, err := PolicyFromObject(u, trustDomain)
+	if err != nil {
+		e.problem = &Problem{Kind: PolicyKind, Namespace: u.GetNamespace(), Name: u.GetName(), Reason: PolicyInvalid,
+			Message: "not enforced: " + strings.ReplaceAll(err.Error(), "\n", "; "), UID: string(u.GetUID())}
+		return e
+	}
+	e.policy, e.sel = p, sel
+	return e
+}
+
+// selecting returns the valid policies of entries (a namespace's) that
+// select pod, sorted by Key.
+func selecting(entries []*policyEntry, pod *corev1.Pod) []*model.Policy {
+	var out []*model.Policy
+	for _, e := range entries {
+		if e.policy != nil && e.sel.Matches(labels.Set(pod.Labels)) {
+			out = append(out, e.policy)
+		}
+	}
+	slices.SortFunc(out, func(a, b *model.Policy) int { return cmp.Compare(a.Key(), b.Key()) })
+	return out
+}
+
+// onTCP is an HTTP condition of a policy that falls on a TCP port of a
+// workload it selects; reported once per policy and port.
+type onTCP struct {
+	policy *model.Policy
+	port   uint32
+	// workload is the key of the workload it was found on.
+	workload string
+}
+
+// httpRulesOnTCP finds w's policies whose HTTP conditions fall on its TCP
+// ports.
+func httpRulesOnTCP(w *model.Workload) []onTCP {
+	var out []onTCP
+	for _, p := range w.Policies {
+		if !slices.ContainsFunc(p.Rules, func(r model.Rule) bool { return r.To != nil }) {
 			continue
 		}
-		for _, pod := range pods {
-			w := c.pods[pod.Name+"."+pod.Namespace]
-			if pod.Namespace != p.Namespace || w == nil || !sel.Matches(labels.Set(pod.Labels)) {
-				continue
-			}
-			w.Policies = append(w.Policies, p)
-		}
-	}
-	for _, w := range c.pods {
-		slices.SortFunc(w.Policies, func(a, b *model.Policy) int { return cmp.Compare(a.Key(), b.Key()) })
-	}
-}
-
-// httpRulesOnTCP reports policies whose HTTP conditions fall on TCP ports
-// of the workloads they select (once per policy and port).
-func (c *converter) httpRulesOnTCP(workloads []*model.Workload) {
-	seen := map[string]bool{}
-	for _, w := range workloads {
-		for _, p := range w.Policies {
-			if !slices.ContainsFunc(p.Rules, func(r model.Rule) bool { return r.To != nil }) {
-				continue
-			}
-			for _, port := range w.Ports {
-				key := fmt.Sprint(p.Key(), port.Port)
-				if port.Protocol.IsHTTP() || !p.AppliesTo(port.Port) || seen[key] {
-					continue
-				}
-				seen[key] = true
-				effect := "its ALLOW rules with paths, methods or hosts match nothing there"
-				if p.Action == model.ActionDeny {
-					effect = "its DENY rules with paths, methods or hosts deny every request of their callers there"
-				}
-				c.policyProblem(p.Namespace, p.Name, PolicyHTTPRuleOnTCPPort,
-					"port %d of %s is TCP, where HTTP conditions cannot be checked: %s (name the port http-* or set appProtocol, or limit the policy with ports)", port.Port, w.Key(), effect)
+		for _, port := range w.Ports {
+			if !port.Protocol.IsHTTP() && p.AppliesTo(port.Port) {
+				out = append(out, onTCP{policy: p, port: port.Port, workload: w.Key()})
 			}
 		}
 	}
+	return out
 }
 
-func (c *converter) policyProblem(ns, name, reason, format string, args ...any) {
-	c.problems = append(c.problems, Problem{Kind: PolicyKind, Namespace: ns, Name: name, Reason: reason,
-		Message: fmt.Sprintf(format, args...), UID: c.policyUIDs[ns+"/"+name]})
+// problem reports t; uid is the policy's.
+func (t onTCP) problem(uid string) Problem {
+	p := t.policy
+	effect := "its ALLOW rules with paths, methods or hosts match nothing there"
+	if p.Action == model.ActionDeny {
+		effect = "its DENY rules with paths, methods or hosts deny every request of their callers there"
+	}
+	return Problem{Kind: PolicyKind, Namespace: p.Namespace, Name: p.Name, Reason: PolicyHTTPRuleOnTCPPort, UID: uid,
+		Message: fmt.Sprintf("port %d of %s is TCP, where HTTP conditions cannot be checked: %s (name the port http-* or set appProtocol, or limit the policy with ports)", t.port, t.workload, effect)}
 }

@@ -39,9 +39,10 @@ func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logg
 
 // onState converts a state, reports its problems and publishes the model.
 func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logger) func(context.Context, *k8s.State) {
+	conv := k8s.NewConverter(cfg.TrustDomain) // converts what changed; OnState is called from one goroutine
 	return func(ctx context.Context, st *k8s.State) {
 		w.pods.Set(st.Pods)
-		snap, probs := k8s.Convert(st, cfg.TrustDomain)
+		snap, probs := conv.Convert(st)
 		// A connection made just before a renewal (at about two thirds of
 		// a certificate's life) still ends before that certificate.
 		snap.ConnectionMaxAge = cfg.CertTTL / 3

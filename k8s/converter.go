@@ -1,0 +1,382 @@
+package k8s
+
+import (
+	"cmp"
+	"maps"
+	"reflect"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/meshd/meshd/model"
+)
+
+// Converter is Convert for a sequence of states. It keeps what each object
+// converted to, by object: informers hand on a new object for every change
+// and the same one otherwise. A state converts again only what changed or
+// depends on what changed:
+//   - a pod, when it or its namespace changed;
+//   - a service, when it, its EndpointSlices, or what its endpoints read of
+//     their pods (present, meshed, identity) changed;
+//   - a workload's ports, policies and server-first marks, when its pod,
+//     the ports services resolve to it, or its namespace's policies changed.
+//
+// The rest of a conversion is a pass over the objects comparing pointers.
+// Snapshots share the services and workloads that did not change (none is
+// ever mutated once handed on). Not safe for concurrent use.
+type Converter struct {
+	trustDomain string
+	round       uint64
+	namespaces  map[string]*corev1.Namespace
+	pods        map[string]*podEntry // by key
+	podsByObj   map[*corev1.Pod]*podEntry
+	services    map[string]*serviceEntry // by key
+	policies    map[*unstructured.Unstructured]*policyEntry
+	// troubled are the pods with problems of their own.
+	troubled map[string]*podEntry
+	// policiesByNs are the last state's policies by namespace, sorted by
+	// name.
+	policiesByNs map[string][]*policyEntry
+	// given is, per workload key, the ports each service (by key) resolves
+	// to it.
+	given map[string]map[string][]model.Port
+	// podOrder and serviceOrder are the entries handed on, sorted by key;
+	// nil when they must be sorted again.
+	podOrder     []*podEntry
+	serviceOrder []*serviceEntry
+}
+
+// podEntry is a pod as converted. An entry stays the key's while the pod
+// exists; its fields are replaced when the pod changes.
+type podEntry struct {
+	key   string
+	pod   *corev1.Pod
+	ns    *corev1.Namespace
+	round uint64
+	// base is its workload before services' ports, policies and
+	// server-first marks (nil: a finished pod); problems are the pod's own.
+	base        *model.Workload
+	serverFirst string
+	problems    problems
+	// out is the workload handed on; outProblems and onTCP what working
+	// out its ports and policies found.
+	out         *model.Workload
+	outProblems problems
+	onTCP       []onTCP
+}
+
+// serviceEntry is a service as converted, with what the conversion read.
+type serviceEntry struct {
+	svc      *corev1.Service
+	slices   []*discoveryv1.EndpointSlice
+	round    uint64
+	out      *model.Service // nil: left out of the mesh
+	problems problems
+	deps     map[string]podDep
+	ports    map[string][]model.Port // by pod key
+}
+
+// NewConverter returns a Converter for the mesh's trust domain.
+func NewConverter(trustDomain string) *Converter {
+	return &Converter{trustDomain: trustDomain, pods: map[string]*podEntry{}, podsByObj: map[*corev1.Pod]*podEntry{},
+		services: map[string]*serviceEntry{}, policies: map[*unstructured.Unstructured]*policyEntry{}, troubled: map[string]*podEntry{},
+		given: map[string]map[string][]model.Port{}}
+}
+
+// Convert converts st (see Convert), reusing what the states before
+// converted.
+func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
+	c.round++
+	c.namespaces = make(map[string]*corev1.Namespace, len(st.Namespaces))
+	for _, ns := range st.Namespaces {
+		c.namespaces[ns.Name] = ns
+	}
+	policyChanged := c.setPolicies(st.Policies)
+	dirty := map[string]bool{} // workloads whose ports or policies are to be worked out again
+	depChanged, podsMoved := c.setPods(st.Pods, dirty)
+	servicesMoved := c.setServices(st.Services, st.Slices, depChanged, dirty)
+	if len(policyChanged) > 0 {
+		for key, e := range c.pods {
+			if policyChanged[e.pod.Namespace] {
+				dirty[key] = true
+			}
+		}
+	}
+	for key := range dirty {
+		c.finish(c.pods[key])
+	}
+	if podsMoved || c.podOrder == nil {
+		c.podOrder = c.podOrder[:0]
+		for _, e := range c.pods {
+			if e.base != nil {
+				c.podOrder = append(c.podOrder, e)
+			}
+		}
+		slices.SortFunc(c.podOrder, func(a, b *podEntry) int { return cmp.Compare(a.key, b.key) })
+	}
+	if servicesMoved || c.serviceOrder == nil {
+		c.serviceOrder = c.serviceOrder[:0]
+		for _, e := range c.services {
+			if e.out != nil {
+				c.serviceOrder = append(c.serviceOrder, e)
+			}
+		}
+		slices.SortFunc(c.serviceOrder, func(a, b *serviceEntry) int { return cmp.Compare(a.out.Key(), b.out.Key()) })
+	}
+	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt,
+		Workloads: make([]*model.Workload, len(c.podOrder)), Services: make([]*model.Service, len(c.serviceOrder))}
+	for i, e := range c.podOrder {
+		snap.Workloads[i] = e.out
+	}
+	for i, e := range c.serviceOrder {
+		snap.Services[i] = e.out
+	}
+	return snap, c.problems()
+}
+
+// setPolicies converts the policies that are new and returns the
+// namespaces whose policies changed.
+func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bool {
+	byNs := map[string][]*policyEntry{}
+	for _, u := range list {
+		e := c.policies[u]
+		if e == nil {
+			e = newPolicyEntry(u, c.trustDomain)
+			c.policies[u] = e
+		}
+		e.round = c.round
+		byNs[u.GetNamespace()] = append(byNs[u.GetNamespace()], e)
+	}
+	maps.DeleteFunc(c.policies, func(_ *unstructured.Unstructured, e *policyEntry) bool { return e.round != c.round })
+	changed := map[string]bool{}
+	for ns, es := range byNs {
+		slices.SortFunc(es, func(a, b *policyEntry) int { return cmp.Compare(a.obj.GetName(), b.obj.GetName()) })
+		if !slices.Equal(es, c.policiesByNs[ns]) {
+			changed[ns] = true
+		}
+	}
+	for ns := range c.policiesByNs {
+		if byNs[ns] == nil {
+			changed[ns] = true
+		}
+	}
+	c.policiesByNs = byNs
+	return changed
+}
+
+// setPods converts the pods that are new or changed (or whose namespace
+// changed) and marks their workloads dirty. It returns the pods whose
+// endpoints read differently now (depChanged), and whether workloads were
+// added or removed.
+func (c *Converter) setPods(list []*corev1.Pod, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
+	depChanged = map[string]bool{}
+	seen := 0
+	for _, p := range list {
+		ns := c.namespaces[p.Namespace]
+		if e := c.podsByObj[p]; e != nil && e.ns == ns {
+			if e.round != c.round {
+				e.round = c.round
+				seen++
+			}
+			continue
+		}
+		key := p.Name + "." + p.Namespace
+		e := c.pods[key]
+		if e == nil {
+			e = &podEntry{key: key}
+			c.pods[key] = e
+		} else {
+			delete(c.podsByObj, e.pod)
+		}
+		if e.round != c.round {
+			seen++
+		}
+		before := e.base
+		e.pod, e.ns, e.round, e.problems = p, ns, c.round, nil
+		e.base, e.serverFirst = workload(p, ns, c.trustDomain, &e.problems)
+		c.podsByObj[p] = e
+		if len(e.problems) > 0 {
+			c.troubled[key] = e
+		} else {
+			delete(c.troubled, key)
+		}
+		dirty[key] = true
+		if depOf(before) != depOf(e.base) {
+			depChanged[key] = true
+		}
+		moved = moved || (before == nil) != (e.base == nil)
+	}
+	if seen == len(c.pods) {
+		return depChanged, moved
+	}
+	for key, e := range c.pods {
+		if e.round == c.round {
+			continue
+		}
+		delete(c.pods, key)
+		delete(c.podsByObj, e.pod)
+		delete(c.troubled, key)
+		depChanged[key] = true
+		moved = moved || e.base != nil
+	}
+	return depChanged, moved
+}
+
+// setServices converts the services that are new or changed, or whose
+// slices or endpoints' pods changed, and marks dirty the workloads whose
+// given ports changed. It returns whether services were added or removed.
+func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.EndpointSlice, depChanged, dirty map[string]bool) (moved bool) {
+	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range all {
+		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+			key := name + "." + s.Namespace
+			slicesBySvc[key] = append(slicesBySvc[key], s)
+		}
+	}
+	pod := func(key string) *model.Workload {
+		if e := c.pods[key]; e != nil {
+			return e.base
+		}
+		return nil
+	}
+	for _, s := range list {
+		key := s.Name + "." + s.Namespace
+		group := slicesBySvc[key]
+		slices.SortFunc(group, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
+		e := c.services[key]
+		if e != nil && e.svc == s && slices.Equal(e.slices, group) && !readsAny(e.deps, depChanged) {
+			e.round = c.round
+			continue
+		}
+		if e == nil {
+			e = &serviceEntry{}
+			c.services[key] = e
+		}
+		conv := serviceConv{pod: pod}
+		out := conv.service(s, group)
+		moved = moved || (e.out == nil) != (out == nil)
+		if e.out != nil && out != nil && reflect.DeepEqual(*e.out, *out) {
+			out = e.out // the same service: downstream compares pointers first
+		}
+		ports := map[string][]model.Port{}
+		for _, pp := range conv.ports {
+			ports[pp.key] = append(ports[pp.key], pp.port)
+		}
+		c.give(key, e.ports, ports, dirty)
+		*e = serviceEntry{svc: s, slices: group, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
+	}
+	for key, e := range c.services {
+		if e.round != c.round {
+			c.give(key, e.ports, nil, dirty)
+			delete(c.services, key)
+			moved = moved || e.out != nil
+		}
+	}
+	return moved
+}
+
+// readsAny reports whether deps names a pod in changed.
+func readsAny(deps map[string]podDep, changed map[string]bool) bool {
+	if len(changed) == 0 || len(deps) == 0 {
+		return false
+	}
+	if len(changed) < len(deps) {
+		for key := range changed {
+			if _, ok := deps[key]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	for key := range deps {
+		if changed[key] {
+			return true
+		}
+	}
+	return false
+}
+
+// give records the ports service svc now resolves to each pod (was: what
+// it resolved before), marking dirty the workloads whose ports moved.
+func (c *Converter) give(svc string, was, now map[string][]model.Port, dirty map[string]bool) {
+	for key, ports := range was {
+		if _, ok := now[key]; !ok {
+			delete(c.given[key], svc)
+			if len(c.given[key]) == 0 {
+				delete(c.given, key)
+			}
+			dirty[key] = true
+		} else if !slices.Equal(ports, now[key]) {
+			dirty[key] = true
+		}
+	}
+	for key, ports := range now {
+		if _, ok := was[key]; !ok {
+			dirty[key] = true
+		}
+		if c.given[key] == nil {
+			c.given[key] = map[string][]model.Port{}
+		}
+		c.given[key][svc] = ports
+	}
+}
+
+// finish works out the workload of e handed on: its ports (its own and
+// those services resolve to it, in service key order), server-first marks
+// and policies. The workload handed on before is kept when it is the same.
+func (c *Converter) finish(e *podEntry) {
+	if e == nil {
+		return
+	}
+	e.outProblems, e.onTCP = nil, nil
+	if e.base == nil {
+		e.out = nil
+		return
+	}
+	w := *e.base
+	ports := slices.Clone(w.Ports)
+	given := c.given[e.key]
+	for _, svc := range slices.Sorted(maps.Keys(given)) {
+		ports = append(ports, given[svc]...)
+	}
+	w.Ports = uniquePorts(ports)
+	serverFirst(&w, e.serverFirst, &e.outProblems)
+	w.Policies = selecting(c.policiesByNs[w.Namespace], e.pod)
+	if e.out == nil || !reflect.DeepEqual(*e.out, w) {
+		e.out = &w
+	}
+	e.onTCP = httpRulesOnTCP(e.out)
+}
+
+// problems are the problems of every object, sorted, each once (a
+// namespace's is found by each of its pods).
+func (c *Converter) problems() []Problem {
+	var out []Problem
+	uids := map[string]string{}
+	for u, e := range c.policies {
+		uids[u.GetNamespace()+"/"+u.GetName()] = string(u.GetUID())
+		if e.problem != nil {
+			out = append(out, *e.problem)
+		}
+	}
+	for _, e := range c.troubled {
+		out = append(out, e.problems...)
+	}
+	reported := map[onTCP]bool{}
+	for _, e := range c.podOrder { // in key order: the first workload names it
+		out = append(out, e.outProblems...)
+		for _, t := range e.onTCP {
+			if k := (onTCP{policy: t.policy, port: t.port}); !reported[k] {
+				reported[k] = true
+				out = append(out, t.problem(uids[t.policy.Key()]))
+			}
+		}
+	}
+	for _, e := range c.services {
+		out = append(out, e.problems...)
+	}
+	slices.SortFunc(out, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })
+	return slices.Compact(out)
+}

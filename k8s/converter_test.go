@@ -1,0 +1,279 @@
+package k8s_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshd/meshd/k8s"
+)
+
+// TestConverterIsConvert: a Converter fed a long sequence of states (objects
+// added, replaced, removed, lists shuffled, as informers hand them on)
+// returns after every state exactly what converting that state from
+// scratch returns: the same snapshot and the same problems.
+func TestConverterIsConvert(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(seed, 7))
+		g := stateGen{r: r}
+		st := g.initial()
+		conv := k8s.NewConverter("cluster.local")
+		for step := range 150 {
+			got, gotProblems := conv.Convert(st)
+			want, wantProblems := k8s.Convert(st, "cluster.local")
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("seed %d step %d (after %s): the converter's snapshot differs from a fresh conversion's:\n got %s\nwant %s", seed, step, g.last, dump(got), dump(want))
+			}
+			if !reflect.DeepEqual(gotProblems, wantProblems) {
+				t.Fatalf("seed %d step %d (after %s): problems differ:\n got %v\nwant %v", seed, step, g.last, gotProblems, wantProblems)
+			}
+			st = g.mutate(st)
+		}
+	}
+}
+
+func dump(v any) string { return fmt.Sprintf("%+v", v) }
+
+// stateGen makes random states of a few namespaces, pods, services, slices
+// and policies, with enough invalid values to raise every kind of problem,
+// and changes them one object at a time.
+type stateGen struct {
+	r    *rand.Rand
+	n    int
+	last string
+}
+
+func (g *stateGen) pick(options ...string) string { return options[g.r.IntN(len(options))] }
+
+func (g *stateGen) initial() *k8s.State {
+	st := &k8s.State{}
+	for i := range 3 {
+		st.Namespaces = append(st.Namespaces, g.namespace(fmt.Sprintf("ns%d", i)))
+	}
+	for range 12 {
+		st.Pods = append(st.Pods, g.pod(fmt.Sprintf("pod%d", g.r.IntN(16)), g.nsName()))
+	}
+	for i := range 6 {
+		name, ns := fmt.Sprintf("svc%d", i), g.nsName()
+		st.Services = append(st.Services, g.service(name, ns))
+		st.Slices = append(st.Slices, g.slice(name, ns, 1))
+	}
+	for i := range 8 {
+		st.Policies = append(st.Policies, g.policy(fmt.Sprintf("p%d", i), g.nsName()))
+	}
+	return st
+}
+
+func (g *stateGen) nsName() string { return fmt.Sprintf("ns%d", g.r.IntN(3)) }
+
+func (g *stateGen) namespace(name string) *corev1.Namespace {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}, Annotations: map[string]string{}}}
+	if g.r.IntN(3) > 0 {
+		ns.Labels[k8s.LabelInject] = "enabled"
+	}
+	if v := g.pick("", "", "PERMISSIVE", "bogus"); v != "" {
+		ns.Labels[k8s.LabelMTLSMode] = v
+	}
+	if v := g.pick("", "", "./*", "ns0/svc1", "bad scope!"); v != "" {
+		ns.Annotations[k8s.AnnotationEgress] = v
+	}
+	return ns
+}
+
+func (g *stateGen) pod(name, ns string) *corev1.Pod {
+	g.n++
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("uid-" + strconv.Itoa(g.n)),
+		Labels: map[string]string{"app": g.pick("a", "b")}, Annotations: map[string]string{}},
+		Spec:   corev1.PodSpec{ServiceAccountName: g.pick("", "sa1", "sa2")},
+		Status: corev1.PodStatus{Phase: corev1.PodPhase(g.pick("Running", "Running", "Running", "Succeeded")), PodIP: fmt.Sprintf("198.18.0.%d", g.r.IntN(20)+1)}}
+	if v := g.pick("", k8s.StatusInjected, k8s.StatusInjected, k8s.StatusSkipped+": hostNetwork"); v != "" {
+		p.Annotations[k8s.AnnotationStatus] = v
+	}
+	if g.r.IntN(4) == 0 {
+		p.Labels[k8s.LabelInject] = g.pick("true", "false")
+	}
+	if g.r.IntN(5) == 0 {
+		p.Labels[k8s.LabelMTLSMode] = g.pick("STRICT", "nope")
+	}
+	if g.r.IntN(5) == 0 {
+		p.Annotations[k8s.AnnotationServerFirstPorts] = g.pick("25", "8080", "9999,x")
+	}
+	if g.r.IntN(6) == 0 {
+		p.Annotations[k8s.AnnotationDetectionTimeout] = g.pick("500ms", "1h", "soon")
+	}
+	if g.r.IntN(6) == 0 {
+		p.Annotations[k8s.AnnotationEgress] = g.pick("./*", "bad scope!")
+	}
+	if g.r.IntN(2) == 0 {
+		p.Spec.Containers = []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: g.pick("http", "tcp", "grpc-x"), ContainerPort: int32(g.pick2(8080, 25, 9090))}}}}
+	}
+	return p
+}
+
+func (g *stateGen) pick2(options ...int) int { return options[g.r.IntN(len(options))] }
+
+func (g *stateGen) service(name, ns string) *corev1.Service {
+	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.ServiceSpec{ClusterIP: g.pick("None", fmt.Sprintf("198.19.0.%d", g.r.IntN(4)+1))}}
+	for i := range g.r.IntN(3) + 1 {
+		p := corev1.ServicePort{Name: g.pick("http", "tcp", "grpc", "http2-x"), Port: int32(g.pick2(80, 81, 25, 8080))}
+		if i > 0 && g.r.IntN(4) > 0 {
+			p.Name += strconv.Itoa(i)
+		}
+		if g.r.IntN(5) == 0 {
+			ap := g.pick("http", "mysql", "kubernetes.io/h2c", "weird")
+			p.AppProtocol = &ap
+		}
+		s.Spec.Ports = append(s.Spec.Ports, p)
+	}
+	if g.r.IntN(12) == 0 {
+		s.Spec.Type = corev1.ServiceTypeExternalName
+	}
+	if g.r.IntN(12) == 0 {
+		s.Spec.Ports = nil
+	}
+	return s
+}
+
+func (g *stateGen) slice(svc, ns string, n int) *discoveryv1.EndpointSlice {
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", svc, n), Namespace: ns,
+		Labels: map[string]string{discoveryv1.LabelServiceName: svc}}, AddressType: discoveryv1.AddressTypeIPv4}
+	for range g.r.IntN(2) + 1 {
+		name, port := g.pick("http", "tcp", "grpc", "http1"), int32(g.pick2(8080, 25, 9090))
+		sl.Ports = append(sl.Ports, discoveryv1.EndpointPort{Name: &name, Port: &port})
+	}
+	for range g.r.IntN(4) {
+		ready := g.r.IntN(4) > 0
+		pod := fmt.Sprintf("pod%d", g.r.IntN(16))
+		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("198.18.0.%d", g.r.IntN(20)+1)},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: g.pick(ns, ns, "ns1"), Name: pod}})
+	}
+	return sl
+}
+
+func (g *stateGen) policy(name, ns string) *unstructured.Unstructured {
+	g.n++
+	rule := map[string]any{"from": map[string]any{"serviceAccounts": []any{g.pick("ns0/sa1", "ns1/sa2", "ns2/sa1", "sa1")}}}
+	if g.r.IntN(2) == 0 {
+		rule["to"] = map[string]any{"paths": []any{"/admin"}}
+	}
+	spec := map[string]any{"selector": map[string]any{"matchLabels": map[string]any{"app": g.pick("a", "b")}},
+		"action": g.pick("ALLOW", "DENY", "ALLOW", "ALLOW", "MAYBE"), "rules": []any{rule}}
+	if g.r.IntN(3) == 0 {
+		spec["ports"] = []any{int64(g.pick2(25, 8080))}
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": k8s.PolicyKind,
+		"metadata": map[string]any{"name": name, "namespace": ns, "uid": "uid-" + strconv.Itoa(g.n)}, "spec": spec}}
+	return u
+}
+
+// mutate returns the next state: one object added, replaced or removed
+// (a new object: informers never change one in place), the lists in a new
+// order.
+func (g *stateGen) mutate(old *k8s.State) *k8s.State {
+	st := &k8s.State{Namespaces: cloneList(old.Namespaces), Pods: cloneList(old.Pods), Services: cloneList(old.Services),
+		Slices: cloneList(old.Slices), Policies: cloneList(old.Policies)}
+	switch op := g.r.IntN(11); op {
+	case 0:
+		i := g.r.IntN(len(st.Namespaces))
+		st.Namespaces[i] = g.namespace(st.Namespaces[i].Name)
+		g.last = "namespace " + st.Namespaces[i].Name + " changed"
+	case 1:
+		if len(st.Pods) > 0 {
+			i := g.r.IntN(len(st.Pods))
+			st.Pods[i] = g.pod(st.Pods[i].Name, st.Pods[i].Namespace)
+			g.last = "pod " + st.Pods[i].Name + " changed"
+		}
+	case 2:
+		p := g.pod(fmt.Sprintf("pod%d", g.r.IntN(16)), g.nsName())
+		if !containsKey(st.Pods, p.Name, p.Namespace) {
+			st.Pods = append(st.Pods, p)
+		}
+		g.last = "pod " + p.Name + " added"
+	case 3:
+		if len(st.Pods) > 0 {
+			i := g.r.IntN(len(st.Pods))
+			g.last = "pod " + st.Pods[i].Name + " removed"
+			st.Pods = append(st.Pods[:i], st.Pods[i+1:]...)
+		}
+	case 4:
+		if len(st.Slices) > 0 { // the same endpoints on another port
+			i := g.r.IntN(len(st.Slices))
+			sl := st.Slices[i].DeepCopy()
+			port := int32(g.pick2(8080, 25, 9090, 7070))
+			sl.Ports[0].Port = &port
+			st.Slices[i] = sl
+			g.last = "slice " + sl.Name + " port changed"
+		}
+	case 5, 6:
+		if len(st.Slices) > 0 {
+			i := g.r.IntN(len(st.Slices))
+			sl := st.Slices[i]
+			st.Slices[i] = g.slice(sl.Labels[discoveryv1.LabelServiceName], sl.Namespace, 1)
+			st.Slices[i].Name = sl.Name
+			g.last = "slice " + sl.Name + " changed"
+		}
+	case 7:
+		if len(st.Services) > 0 {
+			s := st.Services[g.r.IntN(len(st.Services))]
+			sl := g.slice(s.Name, s.Namespace, g.n)
+			g.n++
+			st.Slices = append(st.Slices, sl)
+			g.last = "slice " + sl.Name + " added"
+		}
+	case 8:
+		i := g.r.IntN(len(st.Services))
+		st.Services[i] = g.service(st.Services[i].Name, st.Services[i].Namespace)
+		g.last = "service " + st.Services[i].Name + " changed"
+	case 9:
+		if len(st.Slices) > 0 {
+			i := g.r.IntN(len(st.Slices))
+			g.last = "slice " + st.Slices[i].Name + " removed"
+			st.Slices = append(st.Slices[:i], st.Slices[i+1:]...)
+		}
+	case 10:
+		i := g.r.IntN(len(st.Policies) + 1)
+		switch {
+		case i == len(st.Policies):
+			p := g.policy(fmt.Sprintf("p%d", g.n), g.nsName())
+			st.Policies = append(st.Policies, p)
+			g.last = "policy " + p.GetName() + " added"
+		case g.r.IntN(2) == 0:
+			g.last = "policy " + st.Policies[i].GetName() + " removed"
+			st.Policies = append(st.Policies[:i], st.Policies[i+1:]...)
+		default:
+			st.Policies[i] = g.policy(st.Policies[i].GetName(), st.Policies[i].GetNamespace())
+			g.last = "policy " + st.Policies[i].GetName() + " changed"
+		}
+	}
+	shuffle(g.r, st.Namespaces)
+	shuffle(g.r, st.Pods)
+	shuffle(g.r, st.Services)
+	shuffle(g.r, st.Slices)
+	shuffle(g.r, st.Policies)
+	return st
+}
+
+func cloneList[T any](s []T) []T { return append([]T(nil), s...) }
+
+func shuffle[T any](r *rand.Rand, s []T) {
+	r.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+}
+
+func containsKey(pods []*corev1.Pod, name, ns string) bool {
+	for _, p := range pods {
+		if p.Name == name && p.Namespace == ns {
+			return true
+		}
+	}
+	return false
+}
