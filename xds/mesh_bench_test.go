@@ -33,11 +33,22 @@ func BenchmarkMeshUpdate(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		// An endpoint moves, as in real churn.
-		snap.Services[0].Endpoints[0].Ready = i%2 == 0
-		if _, err := mesh.Update(ctx, snap); err != nil {
+		if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// withReady is snap with its first service's first endpoint ready or not:
+// a new snapshot, as the model is never mutated.
+func withReady(snap *model.Snapshot, ready bool) *model.Snapshot {
+	svc := *snap.Services[0]
+	svc.Endpoints = slices.Clone(svc.Endpoints)
+	svc.Endpoints[0].Ready = ready
+	next := *snap
+	next.Services = slices.Clone(snap.Services)
+	next.Services[0] = &svc
+	return &next
 }
 
 // benchMesh returns a Mesh with the first proxies workloads of snap
@@ -86,8 +97,7 @@ func BenchmarkMeshUpdateScoped(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		snap.Services[0].Endpoints[0].Ready = i%2 == 0
-		if _, err := mesh.Update(ctx, snap); err != nil {
+		if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
 			b.Fatal(err)
 		}
 	}

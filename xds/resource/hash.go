@@ -63,6 +63,9 @@ func (e *Encoder) Shared(res Resources) (map[resourcev3.Type]Set, error) {
 type encoded struct {
 	raw     []byte
 	version string
+	// refs are a listener's references (parsing them reads every filter
+	// chain's HTTP connection manager: kept with the encoding).
+	refs map[resourcev3.Type]map[string]bool
 }
 
 // encodingCache keeps the encodings of the last shared resources by
@@ -85,6 +88,10 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Typ
 		h := sha256.New()
 		vm := make(map[string]string, len(sorted))
 		var raw map[string][]byte
+		var refs map[resourcev3.Type]map[string]bool
+		if t == resourcev3.ListenerType {
+			refs = map[resourcev3.Type]map[string]bool{}
+		}
 		if keepRaw {
 			raw = make(map[string][]byte, len(sorted))
 		}
@@ -97,8 +104,12 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Typ
 				}
 				rh := sha256.Sum256(b)
 				e = encoded{raw: b, version: hex.EncodeToString(rh[:8])}
+				if t == resourcev3.ListenerType {
+					e.refs = cachev3.GetResourceReferences(map[string]types.ResourceWithTTL{cachev3.GetResourceName(r): {Resource: r}})
+				}
 			}
 			c.record(r, e)
+			mergeRefs(refs, e.refs)
 			// The set's version hashes each resource's name and content
 			// hash, not the encodings again (megabytes per change).
 			name := cachev3.GetResourceName(r)
@@ -111,7 +122,8 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Typ
 		version := hex.EncodeToString(h.Sum(nil)[:8])
 		v := newSet(version, sorted, vm)
 		v.raw = raw
-		if t == resourcev3.ListenerType || t == resourcev3.ClusterType {
+		v.refs = refs
+		if t == resourcev3.ClusterType {
 			named := make(map[string]types.ResourceWithTTL, len(sorted))
 			for _, r := range sorted {
 				named[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
@@ -121,6 +133,18 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Typ
 		out[t] = v
 	}
 	return out, nil
+}
+
+// mergeRefs adds from's references to into.
+func mergeRefs(into, from map[resourcev3.Type]map[string]bool) {
+	for t, names := range from {
+		if into[t] == nil {
+			into[t] = make(map[string]bool, len(names))
+		}
+		for n := range names {
+			into[t][n] = true
+		}
+	}
 }
 
 func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {

@@ -97,15 +97,32 @@ type Translator struct {
 	// locals are the local clusters of the last Shared's workloads, which
 	// Scoped (of the same snapshot) reuses.
 	locals []types.Resource
+	// localsOf are the workloads the locals were found from (never
+	// mutated: the same pointers are the same workloads).
+	localsOf []*model.Workload
 }
 
 // serviceOut is what a service translates to, and from what.
 type serviceOut struct {
-	svc      model.Service // a deep copy
+	// from is the model service it was translated from (a snapshot's
+	// services are never mutated: the same pointer is the same service);
+	// svc is a deep copy of it, compared when the pointer differs.
+	from     *model.Service
+	svc      model.Service
 	maxAge   time.Duration
 	res      Resources // clusters, endpoint sets, routes
 	ports    []portChains
 	directOf []types.Resource // per port: the headless direct cluster, or nil
+	ids      []string         // the identities its clusters accept
+}
+
+// endpointsOnly reports whether next differs from prev in nothing but the
+// endpoints of a ClusterIP service, with the same identities (ids): what
+// its clusters, routes and filter chains are made of did not change.
+func endpointsOnly(prev, next *serviceOut, ids []string) bool {
+	a, b := prev.svc, next.svc
+	return a.ClusterIP != "" && a.ClusterIP == b.ClusterIP && a.Namespace == b.Namespace && a.Name == b.Name &&
+		prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
 }
 
 // portChains are the outbound chains one service port asks for: its
@@ -186,7 +203,9 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	}
 	add(resourcev3.ListenerType, l)
 	if scope == "" {
-		t.locals = t.localClusters(snap)
+		if !slices.Equal(t.localsOf, snap.Workloads) {
+			t.locals, t.localsOf = t.localClusters(snap), snap.Workloads
+		}
 	}
 	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
 	sortResources(res)
@@ -227,13 +246,31 @@ func (t *Translator) cached(name string, build func() types.Resource) types.Reso
 // service returns svc's resources: the ones translated before when neither
 // the service nor the connection age bound changed.
 func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceOut {
-	if out := t.services[svc.Key()]; out != nil && out.maxAge == snap.ConnectionMaxAge && reflect.DeepEqual(out.svc, *svc) {
+	if out := t.services[svc.Key()]; out != nil && out.maxAge == snap.ConnectionMaxAge && (out.from == svc || reflect.DeepEqual(out.svc, *svc)) {
+		out.from = svc
 		return out
 	}
-	out := &serviceOut{svc: *svc, maxAge: snap.ConnectionMaxAge, res: Resources{}}
+	out := &serviceOut{from: svc, svc: *svc, maxAge: snap.ConnectionMaxAge, res: Resources{}}
 	out.svc.Ports, out.svc.Endpoints = slices.Clone(svc.Ports), slices.Clone(svc.Endpoints)
 	add := func(typ resourcev3.Type, r types.Resource) { out.res[typ] = append(out.res[typ], r) }
 	ids := identities(svc)
+	if prev := t.services[svc.Key()]; prev != nil && endpointsOnly(prev, out, ids) {
+		// Only endpoints moved: the clusters, routes and filter chains are
+		// the same values (so the outbound listener, thousands of chains,
+		// is not rebuilt and encoded again).
+		for typ, items := range prev.res {
+			if typ != resourcev3.EndpointType {
+				out.res[typ] = items
+			}
+		}
+		for _, p := range svc.Ports {
+			add(resourcev3.EndpointType, loadAssignment(ClusterName(svc, p.Port), svc, p))
+		}
+		out.ports, out.directOf, out.ids = prev.ports, prev.directOf, prev.ids
+		t.services[svc.Key()] = out
+		return out
+	}
+	out.ids = ids
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
 		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))

@@ -19,8 +19,9 @@ import (
 
 // TestTranslatorIsShared: one Translator fed a sequence of snapshots (every
 // golden input, then random changes of them: endpoints becoming ready or
-// not, services gone, the connection age bound moved, scopes) gives, each
-// time, exactly what a fresh translation gives, problems included.
+// not, changing identity or gone, services gone, the connection age bound
+// moved, scopes) gives, each time, exactly what a fresh translation gives,
+// problems included.
 func TestTranslatorIsShared(t *testing.T) {
 	ins, err := filepath.Glob("testdata/in/*.yaml")
 	if err != nil || len(ins) == 0 {
@@ -68,9 +69,18 @@ func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
 		s := *svc
 		s.Endpoints = slices.Clone(svc.Endpoints)
 		for j := range s.Endpoints {
-			if rng.IntN(3) == 0 {
+			switch rng.IntN(12) {
+			case 0, 1, 2, 3:
 				s.Endpoints[j].Ready = !s.Endpoints[j].Ready
+			case 4: // another workload behind it: the clusters accept another identity
+				s.Endpoints[j].Identity = model.SPIFFEID("cluster.local", s.Namespace, "other")
+			case 5: // out of the mesh
+				s.Endpoints[j].Identity = ""
 			}
+		}
+		if len(s.Endpoints) > 0 && rng.IntN(4) == 0 { // one gone (a headless service's chain with it)
+			i := rng.IntN(len(s.Endpoints))
+			s.Endpoints = slices.Delete(s.Endpoints, i, i+1)
 		}
 		c.Services = append(c.Services, &s)
 	}
