@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -103,14 +104,19 @@ func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared reso
 func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared resource.Resources, scopes map[string]resource.Resources, own map[string]resource.Resources, scopeOf map[string]string) error {
 	p.encMu.Lock()
 	defer p.encMu.Unlock()
+	// The sets these replace: only SetScoped (holding encMu) replaces
+	// p.shared, but SetProxyScope adds scopes under mu alone.
+	p.mu.Lock()
+	prevShared, prevScopes := p.shared, maps.Clone(p.scopes)
+	p.mu.Unlock()
 	round := p.enc.Begin()
-	hashed, err := prepareShared(shared, round)
+	hashed, err := prepareShared(shared, round, prevShared)
 	if err != nil {
 		return err
 	}
 	hashedScopes := make(map[string]map[resourcev3.Type]resource.Set, len(scopes))
 	for key, res := range scopes {
-		if hashedScopes[key], err = prepareShared(res, round); err != nil {
+		if hashedScopes[key], err = prepareShared(res, round, prevScopes[key]); err != nil {
 			return fmt.Errorf("scope %s: %w", key, err)
 		}
 	}
@@ -152,12 +158,13 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 // sharedPreparer prepares shared sets: a resource.Round (a model change)
 // or the resource.Encoder between rounds.
 type sharedPreparer interface {
-	Shared(resource.Resources) (map[resourcev3.Type]resource.Set, error)
+	Shared(res resource.Resources, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error)
 }
 
-// prepareShared prepares resources every proxy (of a scope) shares.
-func prepareShared(res resource.Resources, enc sharedPreparer) (map[resourcev3.Type]resource.Set, error) {
-	hashed, err := enc.Shared(res)
+// prepareShared prepares resources every proxy (of a scope) shares; prev
+// are the sets they replace (nil: none).
+func prepareShared(res resource.Resources, enc sharedPreparer, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error) {
+	hashed, err := enc.Shared(res, prev)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +199,7 @@ func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope
 	if key != "" && scope != nil {
 		var err error
 		p.encMu.Lock()
-		hashedScope, err = prepareShared(scope, &p.enc)
+		hashedScope, err = prepareShared(scope, &p.enc, nil)
 		p.encMu.Unlock()
 		if err != nil {
 			return fmt.Errorf("scope %s: %w", key, err)

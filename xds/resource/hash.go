@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"slices"
+	"strconv"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -18,7 +20,7 @@ import (
 // Two replicas with the same input agree, and a reconnect sends nothing
 // new. The encodings are not kept (they are the proxy's alone).
 func Own(res Resources) (map[resourcev3.Type]Set, error) {
-	return hashWith(res, false, nil)
+	return hashWith(res, false, nil, nil)
 }
 
 // Encoder prepares the sets many proxies share (the mesh's, an egress
@@ -41,12 +43,16 @@ type Round struct {
 
 // Begin starts a round.
 func (e *Encoder) Begin() *Round {
-	return &Round{e: e, c: encodingCache{prev: e.last, next: map[types.Resource]encoded{}}}
+	return &Round{e: e, c: encodingCache{prev: e.last, next: make(map[types.Resource]encoded, len(e.last))}}
 }
 
-// Shared prepares shared sets in the round.
-func (r *Round) Shared(res Resources) (map[resourcev3.Type]Set, error) {
-	return hashWith(res, true, &r.c)
+// Shared prepares shared sets in the round. prev (nil: none) are the sets
+// they replace: a type whose resources are the same values is prev's set,
+// and one whose resources were replaced by others of the same names is
+// prev's with those replaced (what an endpoint change makes), without
+// going over the whole set again.
+func (r *Round) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
+	return hashWith(res, true, &r.c, prev)
 }
 
 // End makes the round's encodings the ones the next round reuses (those
@@ -55,8 +61,8 @@ func (r *Round) End() { r.e.last = r.c.next }
 
 // Shared prepares shared sets between rounds (a scope that appears with a
 // proxy), reusing the last round's encodings and recording nothing.
-func (e *Encoder) Shared(res Resources) (map[resourcev3.Type]Set, error) {
-	return hashWith(res, true, &encodingCache{prev: e.last})
+func (e *Encoder) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
+	return hashWith(res, true, &encodingCache{prev: e.last}, prev)
 }
 
 // encoded is a resource's deterministic encoding and its version.
@@ -76,16 +82,26 @@ type encodingCache struct {
 }
 
 // hashWith prepares each type's set, keeping the encodings if keepRaw, and
-// reusing and recording encodings in c (if not nil).
-func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Type]Set, error) {
+// reusing and recording encodings in c (if not nil), and the sets of prev
+// (shared sets only) where their resources are the same values.
+func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	out := make(map[resourcev3.Type]Set, len(res))
-	opts := proto.MarshalOptions{Deterministic: true}
 	for t, items := range res {
 		sorted := slices.Clone(items)
 		slices.SortFunc(sorted, func(a, b types.Resource) int {
 			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
 		})
-		h := sha256.New()
+		if p, ok := prev[t]; ok && keepRaw {
+			v, ok, err := p.replaced(t, sorted, c)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out[t] = v
+				continue
+			}
+		}
+		h := newVersionHash()
 		vm := make(map[string]string, len(sorted))
 		var raw map[string][]byte
 		var refs map[resourcev3.Type]map[string]bool
@@ -96,31 +112,19 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache) (map[resourcev3.Typ
 			raw = make(map[string][]byte, len(sorted))
 		}
 		for _, r := range sorted {
-			e, ok := c.lookup(r)
-			if !ok {
-				b, err := opts.Marshal(r)
-				if err != nil {
-					return nil, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
-				}
-				rh := sha256.Sum256(b)
-				e = encoded{raw: b, version: hex.EncodeToString(rh[:8])}
-				if t == resourcev3.ListenerType {
-					e.refs = cachev3.GetResourceReferences(map[string]types.ResourceWithTTL{cachev3.GetResourceName(r): {Resource: r}})
-				}
+			e, err := c.encoding(t, r)
+			if err != nil {
+				return nil, err
 			}
-			c.record(r, e)
 			mergeRefs(refs, e.refs)
-			// The set's version hashes each resource's name and content
-			// hash, not the encodings again (megabytes per change).
 			name := cachev3.GetResourceName(r)
-			fmt.Fprintf(h, "%d:%s:%s\n", len(name), name, e.version)
+			h.add(name, e.version)
 			vm[name] = e.version
 			if keepRaw {
 				raw[name] = e.raw
 			}
 		}
-		version := hex.EncodeToString(h.Sum(nil)[:8])
-		v := newSet(version, sorted, vm)
+		v := newSet(h.version(), sorted, vm)
 		v.raw = raw
 		v.refs = refs
 		if t == resourcev3.ClusterType {
@@ -146,6 +150,42 @@ func mergeRefs(into, from map[resourcev3.Type]map[string]bool) {
 		}
 	}
 }
+
+// encoding returns r's encoding: the one kept, or made now (and recorded).
+func (c *encodingCache) encoding(t resourcev3.Type, r types.Resource) (encoded, error) {
+	e, ok := c.lookup(r)
+	if !ok {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+		if err != nil {
+			return encoded{}, fmt.Errorf("xds: marshal %s %s: %w", t, cachev3.GetResourceName(r), err)
+		}
+		rh := sha256.Sum256(b)
+		e = encoded{raw: b, version: hex.EncodeToString(rh[:8])}
+		if t == resourcev3.ListenerType {
+			e.refs = cachev3.GetResourceReferences(map[string]types.ResourceWithTTL{cachev3.GetResourceName(r): {Resource: r}})
+		}
+	}
+	c.record(r, e)
+	return e, nil
+}
+
+// versionHash makes a set's version: the hash of each resource's name and
+// content hash in name order (not the encodings again: megabytes per
+// change).
+type versionHash struct {
+	h   hash.Hash
+	buf []byte
+}
+
+func newVersionHash() *versionHash { return &versionHash{h: sha256.New()} }
+
+func (vh *versionHash) add(name, version string) {
+	vh.buf = strconv.AppendInt(vh.buf[:0], int64(len(name)), 10)
+	vh.buf = append(append(append(append(append(vh.buf, ':'), name...), ':'), version...), '\n')
+	vh.h.Write(vh.buf)
+}
+
+func (vh *versionHash) version() string { return hex.EncodeToString(vh.h.Sum(nil)[:8]) }
 
 func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
 	if c == nil {

@@ -27,7 +27,7 @@ func clusters(names ...string) []types.Resource {
 // resource of the set, once, at the set's versions.
 func TestWholeSetBodies(t *testing.T) {
 	var enc resource.Encoder
-	shared, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")})
+	shared, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +89,14 @@ func TestRoundsReuseEncodings(t *testing.T) {
 	var enc resource.Encoder
 	kept, moved := &clusterv3.Cluster{Name: "kept"}, &clusterv3.Cluster{Name: "moved"}
 	round := enc.Begin()
-	first, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved}})
+	first, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	round.End()
 	moved = &clusterv3.Cluster{Name: "moved", AltStatName: "new"}
 	round = enc.Begin()
-	second, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved, &clusterv3.Cluster{Name: "added"}}})
+	second, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved, &clusterv3.Cluster{Name: "added"}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

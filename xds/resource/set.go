@@ -107,6 +107,9 @@ func (v Set) Removed() []string { return v.removed }
 // replaces (of the same type): the names added or at a new version, and
 // the names gone. A stream holding exactly old needs only these.
 func (v Set) Since(old Set) Set {
+	if v.from != "" && v.from == old.version {
+		return v // made from old (replaced): it knows already
+	}
 	v.from, v.changed, v.removed = old.version, nil, nil
 	for name, ver := range v.versionMap {
 		if old.versionMap[name] != ver {
@@ -121,6 +124,69 @@ func (v Set) Since(old Set) Set {
 	slices.Sort(v.changed)
 	slices.Sort(v.removed)
 	return v
+}
+
+// replaced returns v with items (sorted by name) as its resources, when
+// they are v's resources but for some replaced by others of the same
+// names (ok false otherwise: the set is to be built whole). Only the
+// replaced resources are encoded (or found in c) and only their entries
+// change in copies of v's indexes: an endpoint change costs the endpoint
+// sets it touched plus copying and hashing the set's index, not a rebuild
+// of every entry. The result records what changed since v.
+//
+// Sets whose references are worked out from every resource (listeners,
+// clusters) are replaced only when nothing changed.
+func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCache) (Set, bool, error) {
+	if len(items) != len(v.items) || v.raw == nil {
+		return Set{}, false, nil
+	}
+	var diff []int
+	for i, r := range items {
+		if r != v.items[i] {
+			if cachev3.GetResourceName(r) != cachev3.GetResourceName(v.items[i]) || len(diff) > len(items)/4 {
+				return Set{}, false, nil
+			}
+			diff = append(diff, i)
+		}
+	}
+	if len(diff) > 0 && (t == resourcev3.ListenerType || t == resourcev3.ClusterType) {
+		return Set{}, false, nil
+	}
+	next := v
+	next.from, next.changed, next.removed = v.version, nil, nil
+	replacing := len(diff) > 0
+	if replacing {
+		next.items, next.enc = items, &encodings{}
+		next.versionMap, next.raw, next.plain = maps.Clone(v.versionMap), maps.Clone(v.raw), maps.Clone(v.plain)
+		next.resources.Items = maps.Clone(v.resources.Items)
+	}
+	for i, r := range items {
+		e, err := c.encoding(t, r) // recorded: the next round finds it too
+		if err != nil {
+			return Set{}, false, err
+		}
+		if len(diff) == 0 || i != diff[0] {
+			continue // not replaced
+		}
+		diff = diff[1:]
+		name := cachev3.GetResourceName(r)
+		if next.versionMap[name] != e.version {
+			next.changed = append(next.changed, name)
+		}
+		next.versionMap[name], next.raw[name], next.plain[name] = e.version, e.raw, r
+		next.resources.Items[name] = types.ResourceWithTTL{Resource: r}
+	}
+	if !replacing {
+		return next, true, nil
+	}
+	h := newVersionHash()
+	for _, r := range items {
+		name := cachev3.GetResourceName(r)
+		h.add(name, next.versionMap[name])
+	}
+	next.version = h.version()
+	next.resources.Version = next.version
+	return next, true, nil
 }
 
 // allTypes are the types every snapshot holds, in ADS order (clusters
