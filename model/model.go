@@ -10,6 +10,7 @@ package model
 
 import (
 	"cmp"
+	"strings"
 	"time"
 )
 
@@ -163,7 +164,7 @@ func (s *Snapshot) Workload(key string) *Workload {
 	if s == nil {
 		return nil
 	}
-	i, ok := binarySearch(s.Workloads, key, (*Workload).Key)
+	i, ok := binarySearch(s.Workloads, key, func(w *Workload) (string, string) { return w.Name, w.Namespace })
 	if !ok {
 		return nil
 	}
@@ -175,25 +176,46 @@ func (s *Snapshot) Service(key string) *Service {
 	if s == nil {
 		return nil
 	}
-	i, ok := binarySearch(s.Services, key, (*Service).Key)
+	i, ok := binarySearch(s.Services, key, func(svc *Service) (string, string) { return svc.Name, svc.Namespace })
 	if !ok {
 		return nil
 	}
 	return s.Services[i]
 }
 
-// binarySearch finds key in items sorted by keyOf.
-func binarySearch[T any](items []T, key string, keyOf func(T) string) (int, bool) {
+// binarySearch finds key in items sorted by their keys, "name.namespace"
+// of the parts nameOf gives (compared without building them: a proxy's
+// lookup on every model change, for every proxy).
+func binarySearch[T any](items []T, key string, nameOf func(T) (name, namespace string)) (int, bool) {
 	lo, hi := 0, len(items)
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
-		if cmp.Less(keyOf(items[mid]), key) {
+		if name, ns := nameOf(items[mid]); compareKey(name, ns, key) < 0 {
 			lo = mid + 1
 		} else {
 			hi = mid
 		}
 	}
-	return lo, lo < len(items) && keyOf(items[lo]) == key
+	if lo == len(items) {
+		return lo, false
+	}
+	name, ns := nameOf(items[lo])
+	return lo, compareKey(name, ns, key) == 0
+}
+
+// compareKey compares name+"."+namespace with key.
+func compareKey(name, namespace, key string) int {
+	n := min(len(name), len(key))
+	if c := strings.Compare(name[:n], key[:n]); c != 0 {
+		return c
+	}
+	if n == len(key) {
+		return 1 // key is a prefix of name: the key built is longer
+	}
+	if c := cmp.Compare('.', key[n]); c != 0 {
+		return c
+	}
+	return strings.Compare(namespace, key[n+1:])
 }
 
 // SPIFFEID returns the identity of a service account:

@@ -93,3 +93,4 @@ func TestParseEgress(t *testing.T) {
 		}
 	}
 }
+

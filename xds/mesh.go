@@ -41,7 +41,11 @@ type Mesh struct {
 // ownEntry is a proxy's own resources and their inputs: the proxy, its
 // workload (a copy) and the snapshot-wide settings its inbound side uses.
 type ownEntry struct {
-	peer     Peer
+	peer Peer
+	// from is the model's workload (never mutated: the same pointer is the
+	// same workload), workload a copy of it, compared when the pointer
+	// differs.
+	from     *model.Workload
 	workload *model.Workload
 	settings [3]any
 	res      resource.Resources
@@ -154,11 +158,15 @@ func (m *Mesh) ownCached(p Peer) (resource.Resources, bool) {
 	}
 	prev, ok := m.owned[p.NodeID]
 	if ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
-		(w == nil || !w.NoInterception && reflect.DeepEqual(*w, *prev.workload)) {
+		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload))) {
+		if prev.from != w {
+			prev.from = w
+			m.owned[p.NodeID] = prev
+		}
 		return prev.res, false
 	}
 	res := m.own(p)
-	entry := ownEntry{peer: p, settings: settings, res: res}
+	entry := ownEntry{peer: p, from: w, settings: settings, res: res}
 	if w != nil {
 		c := *w
 		entry.workload = &c

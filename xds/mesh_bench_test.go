@@ -146,11 +146,16 @@ func BenchmarkPolicyChange(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		target.Policies = nil
+		// A new snapshot with a new workload: the model is never mutated.
+		w := *target
+		w.Policies = nil
 		if i%2 == 0 {
-			target.Policies = []*model.Policy{policy}
+			w.Policies = []*model.Policy{policy}
 		}
-		if _, err := mesh.Update(ctx, snap); err != nil {
+		next := *snap
+		next.Workloads = slices.Clone(snap.Workloads)
+		next.Workloads[0] = &w
+		if _, err := mesh.Update(ctx, &next); err != nil {
 			b.Fatal(err)
 		}
 	}
