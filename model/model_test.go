@@ -93,4 +93,3 @@ func TestParseEgress(t *testing.T) {
 		}
 	}
 }
-
