@@ -89,13 +89,10 @@ func NewConverter(trustDomain string) *Converter {
 // converted.
 func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 	c.round++
-	c.namespaces = make(map[string]*corev1.Namespace, len(st.Namespaces))
-	for _, ns := range st.Namespaces {
-		c.namespaces[ns.Name] = ns
-	}
+	nsMoved := c.setNamespaces(st.Namespaces)
 	policyChanged := c.setPolicies(st.Policies)
 	dirty := map[string]bool{} // workloads whose ports or policies are to be worked out again
-	depChanged, podsMoved := c.setPods(st.Pods, dirty)
+	depChanged, podsMoved := c.setPods(st.Pods, nsMoved, dirty)
 	servicesMoved := c.setServices(st.Services, st.Slices, depChanged, dirty)
 	if len(policyChanged) > 0 {
 		for key, e := range c.pods {
@@ -136,6 +133,19 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 	return snap, c.problems()
 }
 
+// setNamespaces records the namespaces and reports whether any was
+// added, changed or removed.
+func (c *Converter) setNamespaces(list []*corev1.Namespace) bool {
+	nss := make(map[string]*corev1.Namespace, len(list))
+	moved := len(list) != len(c.namespaces)
+	for _, ns := range list {
+		nss[ns.Name] = ns
+		moved = moved || c.namespaces[ns.Name] != ns
+	}
+	c.namespaces = nss
+	return moved
+}
+
 // setPolicies converts the policies that are new and returns the
 // namespaces whose policies changed.
 func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bool {
@@ -170,19 +180,18 @@ func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bo
 // changed) and marks their workloads dirty. It returns the pods whose
 // endpoints read differently now (depChanged), and whether workloads were
 // added or removed.
-func (c *Converter) setPods(list []*corev1.Pod, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
+func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
 	depChanged = map[string]bool{}
 	seen := 0
 	for _, p := range list {
-		ns := c.namespaces[p.Namespace]
-		if e := c.podsByObj[p]; e != nil && e.ns == ns {
+		if e := c.podsByObj[p]; e != nil && (!nsMoved || e.ns == c.namespaces[p.Namespace]) {
 			if e.round != c.round {
 				e.round = c.round
 				seen++
 			}
 			continue
 		}
-		key := p.Name + "." + p.Namespace
+		key, ns := p.Name+"."+p.Namespace, c.namespaces[p.Namespace]
 		e := c.pods[key]
 		if e == nil {
 			e = &podEntry{key: key}
