@@ -142,6 +142,7 @@ func (c *Converter) setNamespaces(list []*corev1.Namespace) bool {
 		nss[ns.Name] = ns
 		moved = moved || c.namespaces[ns.Name] != ns
 	}
+	moved = moved || len(nss) != len(c.namespaces) // a name listed twice
 	c.namespaces = nss
 	return moved
 }
@@ -373,11 +374,18 @@ func (c *Converter) problems() []Problem {
 	for _, e := range c.troubled {
 		out = append(out, e.problems...)
 	}
-	reported := map[onTCP]bool{}
+	type policyPort struct {
+		policy string
+		port   uint32
+	}
+	reported := map[policyPort]bool{}
 	for _, e := range c.podOrder { // in key order: the first workload names it
 		out = append(out, e.outProblems...)
 		for _, t := range e.onTCP {
-			if k := (onTCP{policy: t.policy, port: t.port}); !reported[k] {
+			// By key: workloads not worked out again keep the policy value
+			// they were given, and a policy rewritten with the same spec
+			// (its status written) is a new value.
+			if k := (policyPort{t.policy.Key(), t.port}); !reported[k] {
 				reported[k] = true
 				out = append(out, t.problem(uids[t.policy.Key()]))
 			}

@@ -17,11 +17,12 @@ import (
 )
 
 // TestConverterIsConvert: a Converter fed a long sequence of states (objects
-// added, replaced, removed, lists shuffled, as informers hand them on)
+// added, replaced, rewritten unchanged, removed, lists shuffled, as
+// informers hand them on)
 // returns after every state exactly what converting that state from
 // scratch returns: the same snapshot and the same problems.
 func TestConverterIsConvert(t *testing.T) {
-	for seed := range uint64(20) {
+	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		g := stateGen{r: r}
 		st := g.initial()
@@ -182,7 +183,7 @@ func (g *stateGen) policy(name, ns string) *unstructured.Unstructured {
 func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 	st := &k8s.State{Namespaces: cloneList(old.Namespaces), Pods: cloneList(old.Pods), Services: cloneList(old.Services),
 		Slices: cloneList(old.Slices), Policies: cloneList(old.Policies)}
-	switch op := g.r.IntN(11); op {
+	switch op := g.r.IntN(13); op {
 	case 0:
 		i := g.r.IntN(len(st.Namespaces))
 		st.Namespaces[i] = g.namespace(st.Namespaces[i].Name)
@@ -254,6 +255,30 @@ func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 			st.Policies[i] = g.policy(st.Policies[i].GetName(), st.Policies[i].GetNamespace())
 			g.last = "policy " + st.Policies[i].GetName() + " changed"
 		}
+	case 11: // a policy written again with the same spec (its status, say)
+		if len(st.Policies) > 0 {
+			i := g.r.IntN(len(st.Policies))
+			u := st.Policies[i].DeepCopy()
+			u.SetResourceVersion(strconv.Itoa(g.n))
+			g.n++
+			st.Policies[i] = u
+			g.last = "policy " + u.GetName() + " rewritten"
+		}
+	case 12: // a pod updated in place: new IP, labels or phase
+		if len(st.Pods) > 0 {
+			i := g.r.IntN(len(st.Pods))
+			p := st.Pods[i].DeepCopy()
+			switch g.r.IntN(3) {
+			case 0:
+				p.Status.PodIP = fmt.Sprintf("198.18.0.%d", g.r.IntN(20)+1)
+			case 1:
+				p.Labels["app"] = g.pick("a", "b")
+			default:
+				p.Status.Phase = corev1.PodPhase(g.pick("Running", "Succeeded"))
+			}
+			st.Pods[i] = p
+			g.last = "pod " + p.Name + " updated"
+		}
 	}
 	shuffle(g.r, st.Namespaces)
 	shuffle(g.r, st.Pods)
@@ -276,4 +301,25 @@ func containsKey(pods []*corev1.Pod, name, ns string) bool {
 		}
 	}
 	return false
+}
+
+// TestConverterNamespaceListedTwice: a namespace gone while another is
+// listed twice (as a local directory may list it) is still gone for its
+// pods, as in a fresh conversion.
+func TestConverterNamespaceListedTwice(t *testing.T) {
+	g := stateGen{r: rand.New(rand.NewPCG(1, 1))}
+	a, b := g.namespace("ns0"), g.namespace("ns1")
+	b.Labels[k8s.LabelInject] = "enabled"
+	pod := g.pod("pod0", "ns1")
+	delete(pod.Annotations, k8s.AnnotationStatus)
+	delete(pod.Labels, k8s.LabelInject)
+	pod.Status.Phase = corev1.PodRunning
+	conv := k8s.NewConverter("cluster.local")
+	conv.Convert(&k8s.State{Namespaces: []*corev1.Namespace{a, b}, Pods: []*corev1.Pod{pod}})
+	st := &k8s.State{Namespaces: []*corev1.Namespace{a, a}, Pods: []*corev1.Pod{pod}}
+	got, _ := conv.Convert(st)
+	want, _ := k8s.Convert(st, "cluster.local")
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %s\nwant %s", dump(got), dump(want))
+	}
 }
