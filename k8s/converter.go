@@ -27,13 +27,18 @@ import (
 // Snapshots share the services and workloads that did not change (none is
 // ever mutated once handed on). Not safe for concurrent use.
 type Converter struct {
-	trustDomain string
-	round       uint64
-	namespaces  map[string]*corev1.Namespace
-	pods        map[string]*podEntry // by key
-	podsByObj   map[*corev1.Pod]*podEntry
-	services    map[string]*serviceEntry // by key
-	policies    map[*unstructured.Unstructured]*policyEntry
+	trustDomain   string
+	round         uint64
+	namespaces    map[string]*corev1.Namespace
+	pods          map[string]*podEntry // by key
+	podsByObj     map[*corev1.Pod]*podEntry
+	services      map[string]*serviceEntry // by key
+	servicesByObj map[*corev1.Service]*serviceEntry
+	// slices are the EndpointSlices, with the service each names; groups
+	// a service's slices (by key), sorted by name.
+	slices   map[*discoveryv1.EndpointSlice]*sliceEntry
+	groups   map[string][]*discoveryv1.EndpointSlice
+	policies map[*unstructured.Unstructured]*policyEntry
 	// troubled are the pods with problems of their own.
 	troubled map[string]*podEntry
 	// policiesByNs are the last state's policies by namespace, sorted by
@@ -69,8 +74,8 @@ type podEntry struct {
 
 // serviceEntry is a service as converted, with what the conversion read.
 type serviceEntry struct {
+	key      string
 	svc      *corev1.Service
-	slices   []*discoveryv1.EndpointSlice
 	round    uint64
 	out      *model.Service // nil: left out of the mesh
 	problems problems
@@ -78,10 +83,17 @@ type serviceEntry struct {
 	ports    map[string][]model.Port // by pod key
 }
 
+// sliceEntry is an EndpointSlice's service key ("" when it names none).
+type sliceEntry struct {
+	service string
+	round   uint64
+}
+
 // NewConverter returns a Converter for the mesh's trust domain.
 func NewConverter(trustDomain string) *Converter {
 	return &Converter{trustDomain: trustDomain, pods: map[string]*podEntry{}, podsByObj: map[*corev1.Pod]*podEntry{},
-		services: map[string]*serviceEntry{}, policies: map[*unstructured.Unstructured]*policyEntry{}, troubled: map[string]*podEntry{},
+		services: map[string]*serviceEntry{}, servicesByObj: map[*corev1.Service]*serviceEntry{},
+		slices: map[*discoveryv1.EndpointSlice]*sliceEntry{}, groups: map[string][]*discoveryv1.EndpointSlice{}, policies: map[*unstructured.Unstructured]*policyEntry{}, troubled: map[string]*podEntry{},
 		given: map[string]map[string][]model.Port{}}
 }
 
@@ -238,34 +250,35 @@ func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]b
 // slices or endpoints' pods changed, and marks dirty the workloads whose
 // given ports changed. It returns whether services were added or removed.
 func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.EndpointSlice, depChanged, dirty map[string]bool) (moved bool) {
-	slicesBySvc := map[string][]*discoveryv1.EndpointSlice{}
-	for _, s := range all {
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			key := name + "." + s.Namespace
-			slicesBySvc[key] = append(slicesBySvc[key], s)
-		}
-	}
+	sliced := c.setSlices(all)
 	pod := func(key string) *model.Workload {
 		if e := c.pods[key]; e != nil {
 			return e.base
 		}
 		return nil
 	}
+	seen := 0
 	for _, s := range list {
-		key := s.Name + "." + s.Namespace
-		group := slicesBySvc[key]
-		slices.SortFunc(group, func(a, b *discoveryv1.EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-		e := c.services[key]
-		if e != nil && e.svc == s && slices.Equal(e.slices, group) && !readsAny(e.deps, depChanged) {
-			e.round = c.round
+		if e := c.servicesByObj[s]; e != nil && !sliced[e.key] && !readsAny(e.deps, depChanged) {
+			if e.round != c.round {
+				e.round = c.round
+				seen++
+			}
 			continue
 		}
+		key := s.Name + "." + s.Namespace
+		e := c.services[key]
 		if e == nil {
-			e = &serviceEntry{}
+			e = &serviceEntry{key: key}
 			c.services[key] = e
+		} else {
+			delete(c.servicesByObj, e.svc)
+		}
+		if e.round != c.round {
+			seen++
 		}
 		conv := serviceConv{pod: pod}
-		out := conv.service(s, group)
+		out := conv.service(s, c.groups[key])
 		moved = moved || (e.out == nil) != (out == nil)
 		if e.out != nil && out != nil && reflect.DeepEqual(*e.out, *out) {
 			out = e.out // the same service: downstream compares pointers first
@@ -275,16 +288,79 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 			ports[pp.key] = append(ports[pp.key], pp.port)
 		}
 		c.give(key, e.ports, ports, dirty)
-		*e = serviceEntry{svc: s, slices: group, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
+		*e = serviceEntry{key: key, svc: s, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
+		c.servicesByObj[s] = e
+	}
+	if seen == len(c.services) {
+		return moved
 	}
 	for key, e := range c.services {
 		if e.round != c.round {
 			c.give(key, e.ports, nil, dirty)
 			delete(c.services, key)
+			delete(c.servicesByObj, e.svc)
 			moved = moved || e.out != nil
 		}
 	}
 	return moved
+}
+
+// setSlices records the EndpointSlices by the service they name, and
+// returns the keys of the services whose slices were added, changed or
+// removed.
+func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool {
+	changed := map[string]bool{}
+	seen := 0
+	for _, s := range all {
+		if e := c.slices[s]; e != nil {
+			if e.round != c.round {
+				e.round = c.round
+				seen++
+			}
+			continue
+		}
+		e := &sliceEntry{round: c.round}
+		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+			e.service = name + "." + s.Namespace
+			c.group(e.service, s, true)
+			changed[e.service] = true
+		}
+		c.slices[s] = e
+		seen++
+	}
+	if seen == len(c.slices) {
+		return changed
+	}
+	for s, e := range c.slices {
+		if e.round == c.round {
+			continue
+		}
+		delete(c.slices, s)
+		if e.service != "" {
+			c.group(e.service, s, false)
+			changed[e.service] = true
+		}
+	}
+	return changed
+}
+
+// group adds s to (or removes it from) its service's slices, kept sorted
+// by name. The slices are new each time: a service's conversion read the
+// old ones.
+func (c *Converter) group(service string, s *discoveryv1.EndpointSlice, add bool) {
+	old := c.groups[service]
+	var next []*discoveryv1.EndpointSlice
+	if add {
+		i, _ := slices.BinarySearchFunc(old, s.Name, func(a *discoveryv1.EndpointSlice, name string) int { return cmp.Compare(a.Name, name) })
+		next = slices.Insert(slices.Clone(old), i, s)
+	} else {
+		next = slices.DeleteFunc(slices.Clone(old), func(a *discoveryv1.EndpointSlice) bool { return a == s })
+	}
+	if len(next) == 0 {
+		delete(c.groups, service)
+		return
+	}
+	c.groups[service] = next
 }
 
 // readsAny reports whether deps names a pod in changed.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -183,7 +184,7 @@ func (g *stateGen) policy(name, ns string) *unstructured.Unstructured {
 func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 	st := &k8s.State{Namespaces: cloneList(old.Namespaces), Pods: cloneList(old.Pods), Services: cloneList(old.Services),
 		Slices: cloneList(old.Slices), Policies: cloneList(old.Policies)}
-	switch op := g.r.IntN(13); op {
+	switch op := g.r.IntN(14); op {
 	case 0:
 		i := g.r.IntN(len(st.Namespaces))
 		st.Namespaces[i] = g.namespace(st.Namespaces[i].Name)
@@ -254,6 +255,17 @@ func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 		default:
 			st.Policies[i] = g.policy(st.Policies[i].GetName(), st.Policies[i].GetNamespace())
 			g.last = "policy " + st.Policies[i].GetName() + " changed"
+		}
+	case 13: // a service gone, or one added
+		if i := g.r.IntN(len(st.Services) + 1); i < len(st.Services) && len(st.Services) > 2 {
+			g.last = "service " + st.Services[i].Name + " removed"
+			st.Services = append(st.Services[:i], st.Services[i+1:]...)
+		} else {
+			svc := g.service(fmt.Sprintf("svc%d", g.r.IntN(9)), g.nsName())
+			if !slices.ContainsFunc(st.Services, func(s *corev1.Service) bool { return s.Name == svc.Name && s.Namespace == svc.Namespace }) {
+				st.Services = append(st.Services, svc)
+			}
+			g.last = "service " + svc.Name + " added"
 		}
 	case 11: // a policy written again with the same spec (its status, say)
 		if len(st.Policies) > 0 {
