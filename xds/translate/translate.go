@@ -90,10 +90,16 @@ func Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 // the services it touched. Not safe for concurrent use; the zero value is
 // ready.
 type Translator struct {
-	services  map[string]*serviceOut // by service key
+	services map[string]*serviceOut // by service key
+	// byModel is services by the model value they were translated from
+	// (found without building the key or comparing).
+	byModel   map[*model.Service]*serviceOut
 	local     map[string]types.Resource
 	listeners map[string]*listenerv3.Listener // the last outbound listener, by scope key
 	used      map[string]bool                 // scopes translated since the last Shared
+	// outbound is, by scope key, the outbound chains last worked out and
+	// what from: the same services' chains give the same result.
+	outbound map[string]*outboundChains
 	// locals are the local clusters of the last Shared's workloads, which
 	// Scoped (of the same snapshot) reuses.
 	locals []types.Resource
@@ -107,13 +113,29 @@ type serviceOut struct {
 	// from is the model service it was translated from (a snapshot's
 	// services are never mutated: the same pointer is the same service);
 	// svc is a deep copy of it, compared when the pointer differs.
-	from     *model.Service
-	svc      model.Service
-	maxAge   time.Duration
-	res      Resources // clusters, endpoint sets, routes
+	from   *model.Service
+	svc    model.Service
+	maxAge time.Duration
+	res    Resources // clusters, endpoint sets, routes
+	chains *serviceChains
+	ids    []string // the identities its clusters accept
+}
+
+// serviceChains are a service's outbound filter chains (kept, the same
+// value, when only its endpoints change).
+type serviceChains struct {
 	ports    []portChains
 	directOf []types.Resource // per port: the headless direct cluster, or nil
-	ids      []string         // the identities its clusters accept
+}
+
+// outboundChains are a scope's outbound filter chains, the address
+// conflicts found and the direct clusters of the headless services that
+// got chains, worked out from services' chains (from, in order).
+type outboundChains struct {
+	from     []*serviceChains
+	chains   []*listenerv3.FilterChain
+	problems []model.Problem
+	directs  []types.Resource
 }
 
 // endpointsOnly reports whether next differs from prev in nothing but the
@@ -144,15 +166,25 @@ func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 	for scope := range t.listeners {
 		if !t.used[scope] {
 			delete(t.listeners, scope)
+			delete(t.outbound, scope)
 		}
 	}
 	t.used = map[string]bool{}
 	res, problems := t.translate(snap, "")
-	keep := make(map[string]*serviceOut, len(snap.Services))
-	for _, svc := range snap.Services {
-		keep[svc.Key()] = t.services[svc.Key()]
+	// Every service of snap is in t.services now: it holds more only when
+	// services went.
+	if len(t.services) != len(snap.Services) {
+		keep := make(map[string]bool, len(snap.Services))
+		for _, svc := range snap.Services {
+			keep[svc.Key()] = true
+		}
+		for key, out := range t.services {
+			if !keep[key] {
+				delete(t.services, key)
+				delete(t.byModel, out.from)
+			}
+		}
 	}
-	t.services = keep
 	return res, problems
 }
 
@@ -168,6 +200,7 @@ func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Resources, []
 func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, []model.Problem) {
 	if t.services == nil {
 		t.services, t.local, t.listeners = map[string]*serviceOut{}, map[string]types.Resource{}, map[string]*listenerv3.Listener{}
+		t.byModel, t.outbound = map[*model.Service]*serviceOut{}, map[string]*outboundChains{}
 	}
 	if t.used == nil {
 		t.used = map[string]bool{}
@@ -175,30 +208,26 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	res := Resources{}
 	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
 	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
-	var chains chainSet
-	for _, svc := range snap.Services {
+	from := make([]*serviceChains, len(snap.Services))
+	for i, svc := range snap.Services {
 		out := t.service(snap, svc)
 		for typ, items := range out.res {
 			res[typ] = append(res[typ], items...)
 		}
-		for i, pc := range out.ports {
-			added := false
-			for _, c := range pc.chains {
-				if chains.add(c.ip, c.port, svc, c.chain) {
-					added = true
-				}
-			}
-			if out.directOf[i] != nil && added {
-				add(resourcev3.ClusterType, out.directOf[i])
-			}
-		}
+		from[i] = out.chains
 	}
+	ob := t.outbound[scope]
+	if ob == nil || !slices.Equal(ob.from, from) {
+		ob = outbound(snap.Services, from)
+		t.outbound[scope] = ob
+	}
+	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], ob.directs...)
 	// The listener is rebuilt only when its chains changed (services
 	// added, removed, readdressed; an endpoint change keeps it).
 	t.used[scope] = true
 	l := t.listeners[scope]
-	if l == nil || !slices.Equal(l.FilterChains, chains.chains) {
-		l = outboundListener(chains.chains)
+	if l == nil || !slices.Equal(l.FilterChains, ob.chains) {
+		l = outboundListener(ob.chains)
 		t.listeners[scope] = l
 	}
 	add(resourcev3.ListenerType, l)
@@ -209,7 +238,30 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	}
 	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
 	sortResources(res)
-	return res, chains.problems
+	return res, ob.problems
+}
+
+// outbound works out the outbound chains of services (from: each one's
+// chains): the first service in key order keeps an address and port two
+// claim.
+func outbound(services []*model.Service, from []*serviceChains) *outboundChains {
+	var cs chainSet
+	ob := &outboundChains{from: from}
+	for i, svc := range services {
+		for j, pc := range from[i].ports {
+			added := false
+			for _, c := range pc.chains {
+				if cs.add(c.ip, c.port, svc, c.chain) {
+					added = true
+				}
+			}
+			if d := from[i].directOf[j]; d != nil && added {
+				ob.directs = append(ob.directs, d)
+			}
+		}
+	}
+	ob.chains, ob.problems = cs.chains, cs.problems
+	return ob
 }
 
 // localClusters are the clusters the inbound sides forward to: one per
@@ -246,15 +298,25 @@ func (t *Translator) cached(name string, build func() types.Resource) types.Reso
 // service returns svc's resources: the ones translated before when neither
 // the service nor the connection age bound changed.
 func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceOut {
-	if out := t.services[svc.Key()]; out != nil && out.maxAge == snap.ConnectionMaxAge && (out.from == svc || reflect.DeepEqual(out.svc, *svc)) {
-		out.from = svc
+	if out := t.byModel[svc]; out != nil && out.maxAge == snap.ConnectionMaxAge {
 		return out
+	}
+	key := svc.Key()
+	prev := t.services[key]
+	if prev != nil {
+		delete(t.byModel, prev.from)
+	}
+	if prev != nil && prev.maxAge == snap.ConnectionMaxAge && reflect.DeepEqual(prev.svc, *svc) {
+		prev.from = svc
+		t.byModel[svc] = prev
+		return prev
 	}
 	out := &serviceOut{from: svc, svc: *svc, maxAge: snap.ConnectionMaxAge, res: Resources{}}
 	out.svc.Ports, out.svc.Endpoints = slices.Clone(svc.Ports), slices.Clone(svc.Endpoints)
+	t.services[key], t.byModel[svc] = out, out
 	add := func(typ resourcev3.Type, r types.Resource) { out.res[typ] = append(out.res[typ], r) }
 	ids := identities(svc)
-	if prev := t.services[svc.Key()]; prev != nil && endpointsOnly(prev, out, ids) {
+	if prev != nil && endpointsOnly(prev, out, ids) {
 		// Only endpoints moved: the clusters, routes and filter chains are
 		// the same values (so the outbound listener, thousands of chains,
 		// is not rebuilt and encoded again).
@@ -266,11 +328,10 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 		for _, p := range svc.Ports {
 			add(resourcev3.EndpointType, loadAssignment(ClusterName(svc, p.Port), svc, p))
 		}
-		out.ports, out.directOf, out.ids = prev.ports, prev.directOf, prev.ids
-		t.services[svc.Key()] = out
+		out.chains, out.ids = prev.chains, prev.ids
 		return out
 	}
-	out.ids = ids
+	out.ids, out.chains = ids, &serviceChains{}
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
 		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
@@ -278,15 +339,15 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 		if p.Protocol.IsHTTP() {
 			add(resourcev3.RouteType, routeConfig(name, name))
 		}
+		c := out.chains
 		if svc.ClusterIP != "" {
-			out.ports = append(out.ports, portChains{chains: []addrChain{{svc.ClusterIP, p.Port, outboundChain(name, svc.ClusterIP, p)}}})
-			out.directOf = append(out.directOf, nil)
+			c.ports = append(c.ports, portChains{chains: []addrChain{{svc.ClusterIP, p.Port, outboundChain(name, svc.ClusterIP, p)}}})
+			c.directOf = append(c.directOf, nil)
 			continue
 		}
-		out.ports = append(out.ports, portChains{chains: directChains(svc, p)})
-		out.directOf = append(out.directOf, boundAge(directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
+		c.ports = append(c.ports, portChains{chains: directChains(svc, p)})
+		c.directOf = append(c.directOf, boundAge(directCluster(directClusterName(svc, p.Port), sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
 	}
-	t.services[svc.Key()] = out
 	return out
 }
 

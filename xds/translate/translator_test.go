@@ -66,6 +66,10 @@ func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
 		if rng.IntN(8) == 0 {
 			continue // gone
 		}
+		if rng.IntN(3) == 0 { // unchanged: the same value, as a Converter hands it on
+			c.Services = append(c.Services, svc)
+			continue
+		}
 		s := *svc
 		s.Endpoints = slices.Clone(svc.Endpoints)
 		for j := range s.Endpoints {
@@ -116,3 +120,34 @@ func sameResources(got, want translate.Resources) error {
 }
 
 func name(r types.Resource) string { return fmt.Sprintf("%T %v", r, r) }
+
+// TestTranslatorAgeBoundMoves: the same services (the same values, as a
+// Converter hands on services that did not change) under a new connection
+// age bound are translated again.
+func TestTranslatorAgeBoundMoves(t *testing.T) {
+	ins, err := filepath.Glob("testdata/in/*.yaml")
+	if err != nil || len(ins) == 0 {
+		t.Fatalf("no inputs: %v", err)
+	}
+	for _, in := range ins {
+		b, err := os.ReadFile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := k8s.StateFromYAML(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, _ := k8s.Convert(st, "cluster.local")
+		var tr translate.Translator
+		for _, age := range []time.Duration{0, time.Hour, 2 * time.Hour, 0} {
+			next := *snap
+			next.ConnectionMaxAge = age
+			got, _ := tr.Shared(&next)
+			want, _ := translate.Shared(&next)
+			if err := sameResources(got, want); err != nil {
+				t.Fatalf("%s, age bound %v: %v", in, age, err)
+			}
+		}
+	}
+}
