@@ -23,23 +23,7 @@ import (
 // moved, scopes) gives, each time, exactly what a fresh translation gives,
 // problems included.
 func TestTranslatorIsShared(t *testing.T) {
-	ins, err := filepath.Glob("testdata/in/*.yaml")
-	if err != nil || len(ins) == 0 {
-		t.Fatalf("no inputs: %v", err)
-	}
-	var snaps []*model.Snapshot
-	for _, in := range ins {
-		b, err := os.ReadFile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := k8s.StateFromYAML(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap, _ := k8s.Convert(st, "cluster.local")
-		snaps = append(snaps, snap)
-	}
+	snaps := goldenSnapshots(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	var tr translate.Translator
 	for i := range 400 {
@@ -125,10 +109,28 @@ func name(r types.Resource) string { return fmt.Sprintf("%T %v", r, r) }
 // Converter hands on services that did not change) under a new connection
 // age bound are translated again.
 func TestTranslatorAgeBoundMoves(t *testing.T) {
+	for i, snap := range goldenSnapshots(t) {
+		var tr translate.Translator
+		for _, age := range []time.Duration{0, time.Hour, 2 * time.Hour, 0} {
+			next := *snap
+			next.ConnectionMaxAge = age
+			got, _ := tr.Shared(&next)
+			want, _ := translate.Shared(&next)
+			if err := sameResources(got, want); err != nil {
+				t.Fatalf("golden input #%d, age bound %v: %v", i, age, err)
+			}
+		}
+	}
+}
+
+// goldenSnapshots are the golden inputs' models.
+func goldenSnapshots(t *testing.T) []*model.Snapshot {
+	t.Helper()
 	ins, err := filepath.Glob("testdata/in/*.yaml")
 	if err != nil || len(ins) == 0 {
 		t.Fatalf("no inputs: %v", err)
 	}
+	var snaps []*model.Snapshot
 	for _, in := range ins {
 		b, err := os.ReadFile(in)
 		if err != nil {
@@ -139,15 +141,7 @@ func TestTranslatorAgeBoundMoves(t *testing.T) {
 			t.Fatal(err)
 		}
 		snap, _ := k8s.Convert(st, "cluster.local")
-		var tr translate.Translator
-		for _, age := range []time.Duration{0, time.Hour, 2 * time.Hour, 0} {
-			next := *snap
-			next.ConnectionMaxAge = age
-			got, _ := tr.Shared(&next)
-			want, _ := translate.Shared(&next)
-			if err := sameResources(got, want); err != nil {
-				t.Fatalf("%s, age bound %v: %v", in, age, err)
-			}
-		}
+		snaps = append(snaps, snap)
 	}
+	return snaps
 }
