@@ -25,13 +25,25 @@ func Own(res Resources) (map[resourcev3.Type]Set, error) {
 
 // Encoder prepares the sets many proxies share (the mesh's, an egress
 // scope's), versioned as Own's and keeping each resource's encoding, which
-// delta responses to every stream reuse. It remembers the encodings of the
-// resource values of its last round: the translator gives back the same
-// values for what did not change, so a change encodes only what it
-// touched. The zero Encoder is ready; it is not safe for concurrent use.
+// delta responses to every stream reuse. It remembers the encodings of
+// resource values by value: the translator gives back the same values for
+// what did not change, so a change encodes only what it touched. The zero
+// Encoder is ready; it is not safe for concurrent use.
+//
+// Most rounds add to what it remembers (a set found unchanged, or patched,
+// costs nothing per resource it kept); every fullEvery-th round, or when
+// it remembers twice what the last such round recorded, a round records
+// anew only what its sets hold, so that values no set holds any more are
+// forgotten.
 type Encoder struct {
 	last map[types.Resource]encoded
+	// rounds is the number of rounds since the last that recorded anew,
+	// full what that one recorded.
+	rounds, full int
 }
+
+// fullEvery bounds the rounds between two that record anew.
+const fullEvery = 32
 
 // Round is one round of shared sets (one model change: the mesh's and
 // every scope's). It reuses the encodings of the Encoder's last round and
@@ -43,7 +55,12 @@ type Round struct {
 
 // Begin starts a round.
 func (e *Encoder) Begin() *Round {
-	return &Round{e: e, c: encodingCache{prev: e.last, next: make(map[types.Resource]encoded, len(e.last))}}
+	if e.last == nil || e.rounds >= fullEvery || len(e.last) > 2*e.full+1024 {
+		e.rounds = 0
+		return &Round{e: e, c: encodingCache{prev: e.last, next: make(map[types.Resource]encoded, len(e.last))}}
+	}
+	e.rounds++
+	return &Round{e: e, c: encodingCache{next: e.last, adding: true}}
 }
 
 // Shared prepares shared sets in the round. prev (nil: none) are the sets
@@ -55,9 +72,14 @@ func (r *Round) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourc
 	return hashWith(res, true, &r.c, prev)
 }
 
-// End makes the round's encodings the ones the next round reuses (those
-// of the last round not used again are forgotten).
-func (r *Round) End() { r.e.last = r.c.next }
+// End makes the round's encodings the ones the next round reuses (in a
+// round that recorded anew, those of the rounds before not used again are
+// forgotten).
+func (r *Round) End() {
+	if !r.c.adding {
+		r.e.last, r.e.full = r.c.next, len(r.c.next)
+	}
+}
 
 // Shared prepares shared sets between rounds (a scope that appears with a
 // proxy), reusing the last round's encodings and recording nothing.
@@ -74,11 +96,14 @@ type encoded struct {
 	refs map[resourcev3.Type]map[string]bool
 }
 
-// encodingCache keeps the encodings of the last shared resources by
-// resource value. prev is read, next filled (what the next round may
-// reuse; nil: nothing is recorded).
+// encodingCache keeps the encodings of shared resources by resource
+// value. prev is read, next filled (what the next round may reuse; nil:
+// nothing is recorded).
 type encodingCache struct {
 	prev, next map[types.Resource]encoded
+	// adding: next is the Encoder's map, added to (what it holds is
+	// there from the rounds before).
+	adding bool
 }
 
 // hashWith prepares each type's set, keeping the encodings if keepRaw, and

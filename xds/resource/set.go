@@ -161,12 +161,16 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		next.resources.Items = maps.Clone(v.resources.Items)
 	}
 	for i, r := range items {
+		replaced := len(diff) > 0 && i == diff[0]
+		if !replaced && c.adding {
+			continue // kept: v has its encoding, the Encoder too since an earlier round
+		}
 		e, err := c.encoding(t, r) // recorded: the next round finds it too
 		if err != nil {
 			return Set{}, false, err
 		}
-		if len(diff) == 0 || i != diff[0] {
-			continue // not replaced
+		if !replaced {
+			continue
 		}
 		diff = diff[1:]
 		name := cachev3.GetResourceName(r)
