@@ -18,13 +18,14 @@ package translate
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/model"
@@ -100,6 +101,8 @@ type Translator struct {
 	// outbound is, by scope key, the outbound chains last worked out and
 	// what from: the same services' chains give the same result.
 	outbound map[string]*outboundChains
+	// results are the scopes' last translations, by scope key.
+	results map[string]*result
 	// locals are the local clusters of the last Shared's workloads, which
 	// Scoped (of the same snapshot) reuses.
 	locals []types.Resource
@@ -167,6 +170,7 @@ func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 		if !t.used[scope] {
 			delete(t.listeners, scope)
 			delete(t.outbound, scope)
+			delete(t.results, scope)
 		}
 	}
 	t.used = map[string]bool{}
@@ -200,28 +204,22 @@ func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Resources, []
 func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, []model.Problem) {
 	if t.services == nil {
 		t.services, t.local, t.listeners = map[string]*serviceOut{}, map[string]types.Resource{}, map[string]*listenerv3.Listener{}
-		t.byModel, t.outbound = map[*model.Service]*serviceOut{}, map[string]*outboundChains{}
+		t.byModel, t.outbound, t.results = map[*model.Service]*serviceOut{}, map[string]*outboundChains{}, map[string]*result{}
 	}
 	if t.used == nil {
 		t.used = map[string]bool{}
 	}
-	res := Resources{}
-	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
-	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
+	outs := make([]*serviceOut, len(snap.Services))
 	from := make([]*serviceChains, len(snap.Services))
 	for i, svc := range snap.Services {
-		out := t.service(snap, svc)
-		for typ, items := range out.res {
-			res[typ] = append(res[typ], items...)
-		}
-		from[i] = out.chains
+		outs[i] = t.service(snap, svc)
+		from[i] = outs[i].chains
 	}
 	ob := t.outbound[scope]
 	if ob == nil || !slices.Equal(ob.from, from) {
 		ob = outbound(snap.Services, from)
 		t.outbound[scope] = ob
 	}
-	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], ob.directs...)
 	// The listener is rebuilt only when its chains changed (services
 	// added, removed, readdressed; an endpoint change keeps it).
 	t.used[scope] = true
@@ -230,15 +228,103 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 		l = outboundListener(ob.chains)
 		t.listeners[scope] = l
 	}
-	add(resourcev3.ListenerType, l)
 	if scope == "" {
 		if !slices.Equal(t.localsOf, snap.Workloads) {
 			t.locals, t.localsOf = t.localClusters(snap), snap.Workloads
 		}
 	}
+	last := t.results[scope]
+	if last != nil && last.ob == ob && last.listener == l && slices.Equal(last.locals, t.locals) {
+		if res, ok := last.patched(outs); ok {
+			t.results[scope] = &result{outs: outs, res: res, pos: last.pos, ob: ob, listener: l, locals: t.locals}
+			return res, ob.problems
+		}
+	}
+	res := Resources{}
+	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
+	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
+	for _, out := range outs {
+		for typ, items := range out.res {
+			res[typ] = append(res[typ], items...)
+		}
+	}
+	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], ob.directs...)
+	add(resourcev3.ListenerType, l)
 	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
 	sortResources(res)
+	t.results[scope] = newResult(outs, res, ob, l, t.locals)
 	return res, ob.problems
+}
+
+// result is a scope's last translation and what it was made of: the
+// services' results (in order), the outbound chains, listener and local
+// clusters; pos is each resource's place in its sorted list, by type and
+// name.
+type result struct {
+	outs     []*serviceOut
+	res      Resources
+	pos      map[resourcev3.Type]map[string]int
+	ob       *outboundChains
+	listener *listenerv3.Listener
+	locals   []types.Resource
+}
+
+func newResult(outs []*serviceOut, res Resources, ob *outboundChains, l *listenerv3.Listener, locals []types.Resource) *result {
+	r := &result{outs: outs, res: res, ob: ob, listener: l, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
+	for typ, items := range res {
+		m := make(map[string]int, len(items))
+		for i, it := range items {
+			m[cachev3.GetResourceName(it)] = i
+		}
+		r.pos[typ] = m
+	}
+	return r
+}
+
+// patched returns the last result with the resources of the services in
+// outs (the same services, some translated again into resources of the
+// same names: an endpoint change) in place of the old ones: sorted lists
+// copied and patched, not built and sorted again (the lists handed on are
+// never changed). ok is false when outs are not such.
+func (r *result) patched(outs []*serviceOut) (res Resources, ok bool) {
+	if len(outs) != len(r.outs) {
+		return nil, false
+	}
+	res = r.res
+	copied := map[resourcev3.Type]bool{}
+	for i, out := range outs {
+		prev := r.outs[i]
+		if out == prev {
+			continue
+		}
+		if len(out.res) != len(prev.res) {
+			return nil, false
+		}
+		for typ, items := range out.res {
+			old := prev.res[typ]
+			if len(items) != len(old) {
+				return nil, false
+			}
+			for j, it := range items {
+				if it == old[j] {
+					continue
+				}
+				name := cachev3.GetResourceName(it)
+				at, found := r.pos[typ][name]
+				if !found || name != cachev3.GetResourceName(old[j]) {
+					return nil, false
+				}
+				if !copied[typ] {
+					if len(copied) == 0 {
+						res = maps.Clone(r.res)
+					}
+					res[typ], copied[typ] = slices.Clone(res[typ]), true
+				}
+				res[typ][at] = it
+			}
+		}
+	}
+	return res, true
 }
 
 // outbound works out the outbound chains of services (from: each one's

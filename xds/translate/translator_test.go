@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/k8s"
@@ -144,4 +145,60 @@ func goldenSnapshots(t *testing.T) []*model.Snapshot {
 		snaps = append(snaps, snap)
 	}
 	return snaps
+}
+
+// TestTranslatorPatchesEndpointChanges: endpoint changes alone (services
+// replaced by values differing in endpoints' readiness) give what a fresh
+// translation gives, through the path that patches the last result's
+// sorted lists, and leave the results handed on before as they were.
+func TestTranslatorPatchesEndpointChanges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 1))
+	kept := 0 // steps whose cluster list is the last one's (patched, not built again)
+	for i, snap := range goldenSnapshots(t) {
+		var tr translate.Translator
+		var before []translate.Resources
+		var copies []map[resourcev3.Type][]types.Resource
+		for step := range 30 {
+			next := *snap
+			next.Services = slices.Clone(snap.Services)
+			for j, svc := range next.Services {
+				if rng.IntN(2) == 0 {
+					continue
+				}
+				s := *svc
+				s.Endpoints = slices.Clone(svc.Endpoints)
+				for k := range s.Endpoints {
+					if rng.IntN(2) == 0 {
+						s.Endpoints[k].Ready = !s.Endpoints[k].Ready
+					}
+				}
+				next.Services[j] = &s
+			}
+			snap = &next
+			got, gotProblems := tr.Shared(snap)
+			want, wantProblems := translate.Shared(snap)
+			if err := sameResources(got, want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
+				t.Fatalf("golden input #%d step %d: %v; problems %v, want %v", i, step, err, gotProblems, wantProblems)
+			}
+			for k, res := range before {
+				for typ, items := range res {
+					if !slices.Equal(items, copies[k][typ]) {
+						t.Fatalf("golden input #%d step %d: the %s list handed on at step %d changed", i, step, typ, k)
+					}
+				}
+			}
+			if n := len(before); n > 0 && len(got[resourcev3.ClusterType]) > 0 && &got[resourcev3.ClusterType][0] == &before[n-1][resourcev3.ClusterType][0] {
+				kept++
+			}
+			before = append(before, got)
+			c := map[resourcev3.Type][]types.Resource{}
+			for typ, items := range got {
+				c[typ] = slices.Clone(items)
+			}
+			copies = append(copies, c)
+		}
+	}
+	if kept == 0 {
+		t.Fatal("no endpoint change kept the cluster list")
+	}
 }
