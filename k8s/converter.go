@@ -39,8 +39,10 @@ type Converter struct {
 	slices   map[*discoveryv1.EndpointSlice]*sliceEntry
 	groups   map[string][]*discoveryv1.EndpointSlice
 	policies map[*unstructured.Unstructured]*policyEntry
-	// troubled are the pods with problems of their own.
-	troubled map[string]*podEntry
+	// troubled are the pods and services with problems (of their own, or
+	// found working out their workloads), by key.
+	troubled     map[string]*podEntry
+	troubledSvcs map[string]*serviceEntry
 	// policiesByNs are the last state's policies by namespace, sorted by
 	// name.
 	policiesByNs map[string][]*policyEntry
@@ -93,7 +95,7 @@ type sliceEntry struct {
 func NewConverter(trustDomain string) *Converter {
 	return &Converter{trustDomain: trustDomain, pods: map[string]*podEntry{}, podsByObj: map[*corev1.Pod]*podEntry{},
 		services: map[string]*serviceEntry{}, servicesByObj: map[*corev1.Service]*serviceEntry{},
-		slices: map[*discoveryv1.EndpointSlice]*sliceEntry{}, groups: map[string][]*discoveryv1.EndpointSlice{}, policies: map[*unstructured.Unstructured]*policyEntry{}, troubled: map[string]*podEntry{},
+		slices: map[*discoveryv1.EndpointSlice]*sliceEntry{}, groups: map[string][]*discoveryv1.EndpointSlice{}, policies: map[*unstructured.Unstructured]*policyEntry{}, troubled: map[string]*podEntry{}, troubledSvcs: map[string]*serviceEntry{},
 		given: map[string]map[string][]model.Port{}}
 }
 
@@ -219,12 +221,7 @@ func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]b
 		e.pod, e.ns, e.round, e.problems = p, ns, c.round, nil
 		e.base, e.serverFirst = workload(p, ns, c.trustDomain, &e.problems)
 		c.podsByObj[p] = e
-		if len(e.problems) > 0 {
-			c.troubled[key] = e
-		} else {
-			delete(c.troubled, key)
-		}
-		dirty[key] = true
+		dirty[key] = true // finish notes its problems
 		if depOf(before) != depOf(e.base) {
 			depChanged[key] = true
 		}
@@ -290,6 +287,7 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 		c.give(key, e.ports, ports, dirty)
 		*e = serviceEntry{key: key, svc: s, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
 		c.servicesByObj[s] = e
+		noteTroubled(c.troubledSvcs, key, e, len(e.problems) > 0)
 	}
 	if seen == len(c.services) {
 		return moved
@@ -299,6 +297,7 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 			c.give(key, e.ports, nil, dirty)
 			delete(c.services, key)
 			delete(c.servicesByObj, e.svc)
+			delete(c.troubledSvcs, key)
 			moved = moved || e.out != nil
 		}
 	}
@@ -417,6 +416,7 @@ func (c *Converter) finish(e *podEntry) {
 		return
 	}
 	e.outProblems, e.onTCP = nil, nil
+	defer func() { noteTroubled(c.troubled, e.key, e, len(e.problems)+len(e.outProblems)+len(e.onTCP) > 0) }()
 	if e.base == nil {
 		e.out = nil
 		return
@@ -436,6 +436,15 @@ func (c *Converter) finish(e *podEntry) {
 	e.onTCP = httpRulesOnTCP(e.out)
 }
 
+// noteTroubled records whether the entry of key has problems.
+func noteTroubled[E any](m map[string]*E, key string, e *E, has bool) {
+	if has {
+		m[key] = e
+	} else {
+		delete(m, key)
+	}
+}
+
 // problems are the problems of every object, sorted, each once (a
 // namespace's is found by each of its pods).
 func (c *Converter) problems() []Problem {
@@ -447,16 +456,21 @@ func (c *Converter) problems() []Problem {
 			out = append(out, *e.problem)
 		}
 	}
+	var onTCPs []*podEntry
 	for _, e := range c.troubled {
 		out = append(out, e.problems...)
+		out = append(out, e.outProblems...)
+		if len(e.onTCP) > 0 {
+			onTCPs = append(onTCPs, e)
+		}
 	}
 	type policyPort struct {
 		policy string
 		port   uint32
 	}
 	reported := map[policyPort]bool{}
-	for _, e := range c.podOrder { // in key order: the first workload names it
-		out = append(out, e.outProblems...)
+	slices.SortFunc(onTCPs, func(a, b *podEntry) int { return cmp.Compare(a.key, b.key) })
+	for _, e := range onTCPs { // in key order: the first workload names it
 		for _, t := range e.onTCP {
 			// By key: workloads not worked out again keep the policy value
 			// they were given, and a policy rewritten with the same spec
@@ -467,7 +481,7 @@ func (c *Converter) problems() []Problem {
 			}
 		}
 	}
-	for _, e := range c.services {
+	for _, e := range c.troubledSvcs {
 		out = append(out, e.problems...)
 	}
 	slices.SortFunc(out, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })

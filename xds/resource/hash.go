@@ -112,19 +112,26 @@ type encodingCache struct {
 func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	out := make(map[resourcev3.Type]Set, len(res))
 	for t, items := range res {
+		// Items that are prev's or in its places need no sorting (the
+		// translator's lists are sorted); others are tried sorted.
+		v, ok, err := fromPrev(prev, t, items, keepRaw, c)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out[t] = v
+			continue
+		}
 		sorted := slices.Clone(items)
 		slices.SortFunc(sorted, func(a, b types.Resource) int {
 			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
 		})
-		if p, ok := prev[t]; ok && keepRaw {
-			v, ok, err := p.replaced(t, sorted, c)
-			if err != nil {
-				return nil, err
-			}
-			if ok {
-				out[t] = v
-				continue
-			}
+		if v, ok, err = fromPrev(prev, t, sorted, keepRaw, c); err != nil {
+			return nil, err
+		}
+		if ok {
+			out[t] = v
+			continue
 		}
 		h := newVersionHash()
 		vm := make(map[string]string, len(sorted))
@@ -149,7 +156,7 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 				raw[name] = e.raw
 			}
 		}
-		v := newSet(h.version(), sorted, vm)
+		v = newSet(h.version(), sorted, vm)
 		v.raw = raw
 		v.refs = refs
 		if t == resourcev3.ClusterType {
@@ -162,6 +169,16 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 		out[t] = v
 	}
 	return out, nil
+}
+
+// fromPrev is prev's set of type t with items as its resources (see
+// Set.replaced); ok is false without one.
+func fromPrev(prev map[resourcev3.Type]Set, t resourcev3.Type, items []types.Resource, keepRaw bool, c *encodingCache) (Set, bool, error) {
+	p, ok := prev[t]
+	if !ok || !keepRaw {
+		return Set{}, false, nil
+	}
+	return p.replaced(t, items, c)
 }
 
 // mergeRefs adds from's references to into.

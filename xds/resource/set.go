@@ -126,9 +126,9 @@ func (v Set) Since(old Set) Set {
 	return v
 }
 
-// replaced returns v with items (sorted by name) as its resources, when
-// they are v's resources but for some replaced by others of the same
-// names (ok false otherwise: the set is to be built whole). Only the
+// replaced returns v with items as its resources, when they are v's
+// resources but for some replaced by others of the same names, in v's
+// order (ok false otherwise: the set is to be built whole). Only the
 // replaced resources are encoded (or found in c) and only their entries
 // change in copies of v's indexes: an endpoint change costs the endpoint
 // sets it touched plus copying and hashing the set's index, not a rebuild
@@ -156,7 +156,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	next.from, next.changed, next.removed = v.version, nil, nil
 	replacing := len(diff) > 0
 	if replacing {
-		next.items, next.enc = items, &encodings{}
+		next.items, next.enc = slices.Clone(items), &encodings{}
 		next.versionMap, next.raw, next.plain = maps.Clone(v.versionMap), maps.Clone(v.raw), maps.Clone(v.plain)
 		next.resources.Items = maps.Clone(v.resources.Items)
 	}
