@@ -163,7 +163,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	for i, r := range items {
 		replaced := len(diff) > 0 && i == diff[0]
 		if !replaced && c.adding {
-			continue // kept: v has its encoding, the Encoder too since an earlier round
+			continue // kept: v has its encoding (and the Encoder, unless v was made between rounds: then a lookup misses and encodes again)
 		}
 		e, err := c.encoding(t, r) // recorded: the next round finds it too
 		if err != nil {
