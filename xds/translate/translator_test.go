@@ -3,7 +3,6 @@ package translate_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -133,15 +132,7 @@ func goldenSnapshots(t *testing.T) []*model.Snapshot {
 	}
 	var snaps []*model.Snapshot
 	for _, in := range ins {
-		b, err := os.ReadFile(in)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := k8s.StateFromYAML(b)
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap, _ := k8s.Convert(st, "cluster.local")
+		snap, _ := k8s.Convert(mustState(t, in), "cluster.local")
 		snaps = append(snaps, snap)
 	}
 	return snaps
