@@ -151,12 +151,14 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 // added, changed or removed.
 func (c *Converter) setNamespaces(list []*corev1.Namespace) bool {
 	nss := make(map[string]*corev1.Namespace, len(list))
-	moved := len(list) != len(c.namespaces)
+	moved := false
 	for _, ns := range list {
 		nss[ns.Name] = ns
 		moved = moved || c.namespaces[ns.Name] != ns
 	}
-	moved = moved || len(nss) != len(c.namespaces) // a name listed twice
+	// Every name maps to its old namespace: one went only if fewer are
+	// listed (a name may be listed twice).
+	moved = moved || len(nss) != len(c.namespaces)
 	c.namespaces = nss
 	return moved
 }
