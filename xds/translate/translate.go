@@ -233,10 +233,11 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 			t.locals, t.localsOf = t.localClusters(snap), snap.Workloads
 		}
 	}
+	// The same outbound chains are the same listener (it was kept above).
 	last := t.results[scope]
-	if last != nil && last.ob == ob && last.listener == l && slices.Equal(last.locals, t.locals) {
+	if last != nil && last.ob == ob && slices.Equal(last.locals, t.locals) {
 		if res, ok := last.patched(outs); ok {
-			t.results[scope] = &result{outs: outs, res: res, pos: last.pos, ob: ob, listener: l, locals: t.locals}
+			t.results[scope] = &result{outs: outs, res: res, pos: last.pos, ob: ob, locals: t.locals}
 			return res, ob.problems
 		}
 	}
@@ -252,25 +253,24 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	add(resourcev3.ListenerType, l)
 	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
 	sortResources(res)
-	t.results[scope] = newResult(outs, res, ob, l, t.locals)
+	t.results[scope] = newResult(outs, res, ob, t.locals)
 	return res, ob.problems
 }
 
 // result is a scope's last translation and what it was made of: the
-// services' results (in order), the outbound chains, listener and local
-// clusters; pos is each resource's place in its sorted list, by type and
-// name.
+// services' results (in order), the outbound chains (and so the listener)
+// and local clusters; pos is each resource's place in its sorted list, by
+// type and name.
 type result struct {
-	outs     []*serviceOut
-	res      Resources
-	pos      map[resourcev3.Type]map[string]int
-	ob       *outboundChains
-	listener *listenerv3.Listener
-	locals   []types.Resource
+	outs   []*serviceOut
+	res    Resources
+	pos    map[resourcev3.Type]map[string]int
+	ob     *outboundChains
+	locals []types.Resource
 }
 
-func newResult(outs []*serviceOut, res Resources, ob *outboundChains, l *listenerv3.Listener, locals []types.Resource) *result {
-	r := &result{outs: outs, res: res, ob: ob, listener: l, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
+func newResult(outs []*serviceOut, res Resources, ob *outboundChains, locals []types.Resource) *result {
+	r := &result{outs: outs, res: res, ob: ob, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
 	for typ, items := range res {
 		m := make(map[string]int, len(items))
 		for i, it := range items {
