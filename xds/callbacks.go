@@ -114,7 +114,6 @@ func (c *callbacks) closed(id int64) {
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
-	c.internRepeated(id, typeURL, req.ResourceNames)
 	c.cache.NoteRequest(id, req) // the cache finds what the stream holds by it
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
@@ -290,9 +289,11 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	ts := s.typ(typeURL)
 	switch {
 	case !s.delta && len(names.names) > 0:
-		// The request's (interned) names, not a copy: a request is not
-		// changed once handled, and SotW proxies send every name with each
-		// ACK (a copy per request was 16 bytes x names x proxies).
+		// The request's names, not a copy: a request is not changed once
+		// handled, and SotW proxies send every name with each ACK (a copy
+		// per request was 16 bytes x names x proxies). The codec made
+		// them canonical, and an ACK's are the previous request's slice
+		// (see request.go).
 		ts.Subscribed = names.names
 	case s.delta && len(ts.Subscribed) == 0 && len(names.gone) == 0 && len(names.names) > 0:
 		ts.Subscribed = names.names // a delta stream's first subscription
@@ -386,27 +387,5 @@ func truncate(s string, n int) string {
 func intern(names []string) {
 	for i, n := range names {
 		names[i] = unique.Make(n).Value()
-	}
-}
-
-// internRepeated is intern for a SotW request, which names every resource
-// of its type the proxy wants, ACKs included: a name equal to the one at
-// its place in the stream's previous request of the type takes that one's
-// canonical copy, a comparison instead of a lookup (with 1,000 proxies
-// naming 1,000 endpoint sets, the lookups were 15% of meshd's CPU per
-// change).
-func (c *callbacks) internRepeated(id int64, typeURL string, names []string) {
-	var prev []string
-	c.streams.with(id, func(s *stream) {
-		if ts := s.types[typeURL]; ts != nil {
-			prev = ts.Subscribed
-		}
-	})
-	for i, n := range names {
-		if i < len(prev) && prev[i] == n {
-			names[i] = prev[i]
-		} else {
-			names[i] = unique.Make(n).Value()
-		}
 	}
 }

@@ -59,6 +59,11 @@ func (unpooledCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (unpooledCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if r, ok := v.(*sotwRequest); ok {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return decodeSotwRequest(buf.ReadOnlyData(), *r)
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return fmt.Errorf("xds: cannot decode into %T: not a proto message", v)

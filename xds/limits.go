@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -96,11 +97,13 @@ func (l *limiter) intercept(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	return handler(srv, &throttledStream{ServerStream: ss, rate: rate.NewLimiter(rate.Limit(l.limits.RequestsPerSecond), l.limits.Burst), limited: l.limited})
 }
 
-// throttledStream reads requests no faster than its rate.
+// throttledStream reads requests no faster than its rate, and decodes a
+// SotW request's names against its previous request's (see request.go).
 type throttledStream struct {
 	grpc.ServerStream
 	rate    *rate.Limiter
 	limited func(reason string)
+	prev    prevNames
 }
 
 func (s *throttledStream) RecvMsg(m any) error {
@@ -109,6 +112,9 @@ func (s *throttledStream) RecvMsg(m any) error {
 		if err := s.rate.Wait(s.Context()); err != nil {
 			return status.FromContextError(s.Context().Err()).Err()
 		}
+	}
+	if req, ok := m.(*discoveryv3.DiscoveryRequest); ok {
+		return s.ServerStream.RecvMsg(&sotwRequest{req: req, prev: &s.prev})
 	}
 	return s.ServerStream.RecvMsg(m)
 }

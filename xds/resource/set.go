@@ -197,9 +197,12 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 // before endpoints, listeners before routes).
 var allTypes = [...]resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
 
+// NumTypes is the number of types every snapshot holds.
+const NumTypes = len(allTypes)
+
 // Types are the types every snapshot holds, in ADS order (an array: the
 // caller's copy, made without allocating).
-func Types() [len(allTypes)]resourcev3.Type { return allTypes }
+func Types() [NumTypes]resourcev3.Type { return allTypes }
 
 // Order is a type's place in ADS order; types not served come last.
 func Order(typeURL string) int {

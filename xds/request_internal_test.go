@@ -1,0 +1,202 @@
+package xds
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"unique"
+	"unsafe"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/xds/resource"
+)
+
+// A stream's SotW requests decode as protobuf decodes them; names that
+// repeat the previous request's of the type are its strings (all of them:
+// its slice), others are the canonical copies; types are kept apart.
+func TestSotwRequestNames(t *testing.T) {
+	var prev prevNames
+	decode := func(req *discoveryv3.DiscoveryRequest) *discoveryv3.DiscoveryRequest {
+		t.Helper()
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &discoveryv3.DiscoveryRequest{}
+		if err := decodeSotwRequest(b, sotwRequest{req: got, prev: &prev}); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(got, req) {
+			t.Fatalf("decoded %v, want %v", got, req)
+		}
+		return got
+	}
+	same := func(a, b string) bool { return unsafe.StringData(a) == unsafe.StringData(b) }
+	sameSlice := func(a, b []string) bool { return len(a) == len(b) && len(a) > 0 && &a[0] == &b[0] }
+	var names []string
+	for i := range 5 {
+		names = append(names, fmt.Sprintf("outbound|80|svc-%d.demo", i))
+	}
+	eds := resourcev3.EndpointType
+	first := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds, ResourceNames: names,
+		Node: &corev3.Node{Id: "sidecar~198.18.0.2~p.demo~demo.svc.cluster.local"}})
+	for i, n := range first.ResourceNames {
+		if !same(n, unique.Make(names[i]).Value()) {
+			t.Fatalf("first request: name %d (%q) is not the canonical copy", i, n)
+		}
+	}
+	ack := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds, ResourceNames: names, VersionInfo: "v1", ResponseNonce: "1"})
+	if !sameSlice(ack.ResourceNames, first.ResourceNames) {
+		t.Error("an ACK naming the same resources did not take the previous request's names")
+	}
+	// One new name, two swapped, one gone: the rest are the previous strings.
+	moved := []string{names[0], names[2], names[1], names[3], "outbound|80|new.demo"}
+	third := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds, ResourceNames: moved, VersionInfo: "v1", ResponseNonce: "2",
+		ErrorDetail: &status.Status{Code: 3, Message: "rejected"}})
+	for i, n := range third.ResourceNames {
+		if !same(n, unique.Make(n).Value()) {
+			t.Errorf("third request: name %d (%q) is not the canonical copy", i, n)
+		}
+	}
+	if sameSlice(third.ResourceNames, ack.ResourceNames) {
+		t.Error("a changed request took the previous slice")
+	}
+	// Fewer names, all repeating: a slice of their own.
+	fewer := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds, ResourceNames: moved[:2]})
+	if sameSlice(fewer.ResourceNames, third.ResourceNames) {
+		t.Error("a shorter request shares the previous request's storage")
+	}
+	// Another type starts from nothing; a type meshd does not serve is
+	// decoded without a previous request.
+	rds := decode(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.RouteType, ResourceNames: moved[:2]})
+	if sameSlice(rds.ResourceNames, fewer.ResourceNames) {
+		t.Error("a route request took the endpoint request's names")
+	}
+	odd := decode(&discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/x", ResourceNames: names})
+	again := decode(&discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/x", ResourceNames: names})
+	if sameSlice(odd.ResourceNames, again.ResourceNames) {
+		t.Error("an unserved type's names were kept")
+	}
+	// No names at all.
+	if got := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds}); got.ResourceNames != nil {
+		t.Errorf("no names decoded as %q", got.ResourceNames)
+	}
+}
+
+// Whatever bytes arrive, the decoder fails where protobuf fails and
+// otherwise decodes what protobuf decodes: valid requests, requests with
+// unknown fields, mutated bytes, names that are not UTF-8, fields of the
+// wrong wire type.
+func TestSotwRequestIsProtobuf(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	types := []string{resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ClusterType, "type.googleapis.com/x", ""}
+	pool := []string{"a", "outbound|80|svc.demo", "outbound|80|svc-2.demo", "", "\u00e9t\u00e9", "*"}
+	var prev prevNames
+	var fails, ok int
+	for i := range 20000 {
+		req := &discoveryv3.DiscoveryRequest{TypeUrl: types[rng.IntN(len(types))], VersionInfo: fmt.Sprint(rng.IntN(3)), ResponseNonce: fmt.Sprint(i)}
+		for range rng.IntN(6) {
+			req.ResourceNames = append(req.ResourceNames, pool[rng.IntN(len(pool))])
+		}
+		if rng.IntN(4) == 0 {
+			req.Node = &corev3.Node{Id: "n", Cluster: "c"}
+		}
+		b, err := proto.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch rng.IntN(6) {
+		case 0: // an unknown field, between or after
+			b = protowire.AppendVarint(protowire.AppendTag(b, 99, protowire.VarintType), 5)
+		case 1: // a name that is not UTF-8
+			b = protowire.AppendBytes(protowire.AppendTag(b, requestResourceNames, protowire.BytesType), []byte{0xff, 'a'})
+		case 2: // names or the type URL in the wrong wire type
+			b = protowire.AppendVarint(protowire.AppendTag(b, protowire.Number(requestResourceNames+rng.IntN(2)), protowire.VarintType), 1)
+		case 3: // flipped bytes
+			for range 1 + rng.IntN(3) {
+				if len(b) > 0 {
+					b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
+				}
+			}
+		case 4: // cut short
+			if len(b) > 0 {
+				b = b[:rng.IntN(len(b))]
+			}
+		}
+		want := &discoveryv3.DiscoveryRequest{}
+		wantErr := proto.Unmarshal(b, want)
+		got := &discoveryv3.DiscoveryRequest{VersionInfo: "stale", ResourceNames: []string{"stale"}}
+		gotErr := decodeSotwRequest(b, sotwRequest{req: got, prev: &prev})
+		if (gotErr != nil) != (wantErr != nil) {
+			t.Fatalf("case %d (%x): decoder error %v, protobuf error %v", i, b, gotErr, wantErr)
+		}
+		if wantErr != nil {
+			fails++
+			continue
+		}
+		ok++
+		if !proto.Equal(got, want) {
+			t.Fatalf("case %d (%x): decoded %v, protobuf decoded %v", i, b, got, want)
+		}
+	}
+	if fails < 1000 || ok < 1000 {
+		t.Fatalf("%d requests failed to decode and %d decoded: the cases do not cover both", fails, ok)
+	}
+}
+
+// The codec takes a stream's request through the decoder, which records
+// the names as the stream's previous ones of the type.
+func TestCodecDecodesSotwRequests(t *testing.T) {
+	req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{"x", "y"}}
+	data, err := unpooledCodec{}.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prev prevNames
+	got := &discoveryv3.DiscoveryRequest{}
+	if err := (unpooledCodec{}).Unmarshal(data, &sotwRequest{req: got, prev: &prev}); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(got, req) {
+		t.Fatalf("decoded %v, want %v", got, req)
+	}
+	if slot := prev[resource.Order(resourcev3.EndpointType)]; len(slot) != 2 || &slot[0] != &got.ResourceNames[0] {
+		t.Fatalf("the stream's previous names are %q, not the request's", slot)
+	}
+}
+
+// An ACK repeating 1,000 names, decoded as the codec decodes it and as
+// protobuf alone would.
+func BenchmarkSotwACKDecode(b *testing.B) {
+	req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: "v1", ResponseNonce: "7"}
+	for i := range 1000 {
+		req.ResourceNames = append(req.ResourceNames, fmt.Sprintf("outbound|8080|svc-%d.ns-%d.svc.cluster.local", i, i%50))
+	}
+	wire, err := proto.Marshal(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("codec", func(b *testing.B) {
+		var prev prevNames
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := decodeSotwRequest(wire, sotwRequest{req: &discoveryv3.DiscoveryRequest{}, prev: &prev}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("protobuf", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := proto.Unmarshal(wire, &discoveryv3.DiscoveryRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
