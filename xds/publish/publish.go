@@ -168,6 +168,9 @@ func prepareShared(res resource.Resources, enc sharedPreparer, prev map[resource
 	if err != nil {
 		return nil, err
 	}
+	if sameShape(hashed, prev) {
+		return hashed, nil // as complete as prev, checked when it was prepared
+	}
 	if err := selfComplete(hashed); err != nil {
 		return nil, fmt.Errorf("xds: shared resources are inconsistent: %w", err)
 	}
@@ -341,6 +344,23 @@ func complete(shared, own map[resourcev3.Type]resource.Set) error {
 		}
 	}
 	return nil
+}
+
+// sameShape reports whether sets have the names of prev's and the same
+// references (a set that references nothing may change its resources):
+// what an endpoint change makes. Checking their completeness would go over
+// every reference again and find what it found for prev.
+func sameShape(sets, prev map[resourcev3.Type]resource.Set) bool {
+	if prev == nil || len(sets) != len(prev) {
+		return false
+	}
+	for t, v := range sets {
+		p, ok := prev[t]
+		if !ok || !v.SameNames(p) || (len(v.Refs())+len(p.Refs()) > 0 && v.Version() != p.Version()) {
+			return false
+		}
+	}
+	return true
 }
 
 // selfComplete checks that a set of resources has every route and endpoint

@@ -12,6 +12,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/xds/publish"
 	"github.com/meshd/meshd/xds/resource"
@@ -87,5 +88,54 @@ func TestVersionsAreContentHashes(t *testing.T) {
 	}
 	if c[resourcev3.ClusterType] != a[resourcev3.ClusterType] {
 		t.Error("cluster version changed though clusters did not")
+	}
+}
+
+// Shared sets that reference what they lack are refused, also when they
+// replace complete ones, whatever moved: an endpoint set gone or renamed,
+// a cluster naming another. An endpoint change is published.
+func TestIncompleteSharedIsRefused(t *testing.T) {
+	ctx := context.Background()
+	renamed := func(res resource.Resources, typ, name string) resource.Resources {
+		out := resource.Resources{}
+		for k, v := range res {
+			out[k] = v
+		}
+		switch r := res[typ][0].(type) {
+		case *clusterv3.Cluster:
+			c := proto.Clone(r).(*clusterv3.Cluster)
+			c.Name = name
+			out[typ] = []types.Resource{c}
+		case *endpointv3.ClusterLoadAssignment:
+			e := proto.Clone(r).(*endpointv3.ClusterLoadAssignment)
+			e.ClusterName = name
+			out[typ] = []types.Resource{e}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		next resource.Resources
+		ok   bool
+	}{
+		{"endpoint change", shared(9090), true},
+		{"endpoint set gone", resource.Resources{resourcev3.ClusterType: shared(8080)[resourcev3.ClusterType]}, false},
+		{"endpoint set renamed", renamed(shared(9090), resourcev3.EndpointType, "other"), false},
+		{"cluster renamed", renamed(shared(8080), resourcev3.ClusterType, "other"), false},
+		{"cluster naming another endpoint set", func() resource.Resources {
+			res := shared(8080)
+			c := proto.Clone(res[resourcev3.ClusterType][0]).(*clusterv3.Cluster)
+			c.EdsClusterConfig.ServiceName = "other"
+			res[resourcev3.ClusterType] = []types.Resource{c}
+			return res
+		}(), false},
+	} {
+		pub := publish.New(cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil))
+		if err := pub.SetAll(ctx, time.Time{}, shared(8080), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.SetAll(ctx, time.Time{}, tc.next, nil); (err == nil) != tc.ok {
+			t.Errorf("%s: published: %v, want %v (error %v)", tc.name, err == nil, tc.ok, err)
+		}
 	}
 }

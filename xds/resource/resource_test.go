@@ -117,3 +117,36 @@ func TestRoundsReuseEncodings(t *testing.T) {
 		t.Error("Since changed the set it was called on")
 	}
 }
+
+// A set has the same names as another when it is that set, or was made
+// from it with nothing added or removed, whatever changed in content.
+func TestSameNames(t *testing.T) {
+	var enc resource.Encoder
+	set := func(cs ...types.Resource) resource.Set {
+		t.Helper()
+		s, err := enc.Shared(resource.Resources{resourcev3.ClusterType: cs}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s[resourcev3.ClusterType]
+	}
+	old := set(clusters("a", "b")...)
+	changed := set(&clusterv3.Cluster{Name: "a", AltStatName: "x"}, &clusterv3.Cluster{Name: "b"})
+	for _, tc := range []struct {
+		name string
+		v    resource.Set
+		want bool
+	}{
+		{"the same content", set(clusters("a", "b")...), true},
+		{"changed content, since old", changed.Since(old), true},
+		{"changed content, not known to be from old", changed, false},
+		{"one added", set(clusters("a", "b", "c")...).Since(old), false},
+		{"one removed", set(clusters("a")...).Since(old), false},
+		{"one renamed", set(clusters("a", "c")...).Since(old), false},
+		{"from another set", changed.Since(set(clusters("a")...)), false},
+	} {
+		if got := tc.v.SameNames(old); got != tc.want {
+			t.Errorf("%s: SameNames %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

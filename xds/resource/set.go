@@ -103,6 +103,15 @@ func (v Set) Changed() []string { return v.changed }
 // must not modify it.
 func (v Set) Removed() []string { return v.removed }
 
+// SameNames reports whether the set has exactly old's names: it is old, or
+// was made from old (Since, replaced) with nothing added or removed.
+func (v Set) SameNames(old Set) bool {
+	if v.version == old.version {
+		return true
+	}
+	return v.from == old.version && len(v.removed) == 0 && len(v.plain) == len(old.plain)
+}
+
 // Since returns the set recording what changed from old, the set it
 // replaces (of the same type): the names added or at a new version, and
 // the names gone. A stream holding exactly old needs only these.
