@@ -53,6 +53,22 @@ type Converter struct {
 	// nil when they must be sorted again.
 	podOrder     []*podEntry
 	serviceOrder []*serviceEntry
+	// lastPods, lastServices and lastSlices are the lists last converted: a
+	// state handing on the same list again (the Watcher, when no event of
+	// the kind came) has the same objects.
+	lastPods     []*corev1.Pod
+	lastServices []*corev1.Service
+	lastSlices   []*discoveryv1.EndpointSlice
+	// workloads and servicesOut are the lists the last snapshot handed on;
+	// serviceOutChanged is set when a service's value changed since.
+	workloads         []*model.Workload
+	servicesOut       []*model.Service
+	serviceOutChanged bool
+}
+
+// sameList reports whether a and b are the same list (not equal ones).
+func sameList[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // podEntry is a pod as converted. An entry stays the key's while the pod
@@ -115,9 +131,18 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 			}
 		}
 	}
+	workloadsChanged := podsMoved || c.workloads == nil
 	for key := range dirty {
-		c.finish(c.pods[key])
+		e := c.pods[key]
+		var before *model.Workload
+		if e != nil {
+			before = e.out
+		}
+		c.finish(e)
+		workloadsChanged = workloadsChanged || (e != nil && e.out != before)
 	}
+	servicesChanged := servicesMoved || c.servicesOut == nil || c.serviceOutChanged
+	c.serviceOutChanged = false
 	if podsMoved || c.podOrder == nil {
 		c.podOrder = c.podOrder[:0]
 		for _, e := range c.pods {
@@ -136,14 +161,21 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 		}
 		slices.SortFunc(c.serviceOrder, func(a, b *serviceEntry) int { return cmp.Compare(a.out.Key(), b.out.Key()) })
 	}
-	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt,
-		Workloads: make([]*model.Workload, len(c.podOrder)), Services: make([]*model.Service, len(c.serviceOrder))}
-	for i, e := range c.podOrder {
-		snap.Workloads[i] = e.out
+	// The lists handed on last time again when no entry's value moved:
+	// snapshots are never mutated, so they may share them.
+	if workloadsChanged {
+		c.workloads = make([]*model.Workload, len(c.podOrder))
+		for i, e := range c.podOrder {
+			c.workloads[i] = e.out
+		}
 	}
-	for i, e := range c.serviceOrder {
-		snap.Services[i] = e.out
+	if servicesChanged {
+		c.servicesOut = make([]*model.Service, len(c.serviceOrder))
+		for i, e := range c.serviceOrder {
+			c.servicesOut[i] = e.out
+		}
 	}
+	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt, Workloads: c.workloads, Services: c.servicesOut}
 	return snap, c.problems()
 }
 
@@ -199,6 +231,10 @@ func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bo
 // added or removed.
 func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
 	depChanged = map[string]bool{}
+	if !nsMoved && sameList(list, c.lastPods) {
+		return depChanged, false
+	}
+	c.lastPods = list
 	seen := 0
 	for _, p := range list {
 		if e := c.podsByObj[p]; e != nil && (!nsMoved || e.ns == c.namespaces[p.Namespace]) {
@@ -250,12 +286,16 @@ func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]b
 // given ports changed. It returns whether services were added or removed.
 func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.EndpointSlice, depChanged, dirty map[string]bool) (moved bool) {
 	sliced := c.setSlices(all)
-	pod := func(key string) *model.Workload {
-		if e := c.pods[key]; e != nil {
-			return e.base
+	if len(depChanged) == 0 && sameList(list, c.lastServices) {
+		// The same services: only those whose slices changed.
+		for key := range sliced {
+			if e := c.services[key]; e != nil {
+				moved = c.setService(e.svc, dirty) || moved
+			}
 		}
-		return nil
+		return moved
 	}
+	c.lastServices = list
 	seen := 0
 	for _, s := range list {
 		if e := c.servicesByObj[s]; e != nil && !sliced[e.key] && !readsAny(e.deps, depChanged) {
@@ -265,31 +305,10 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 			}
 			continue
 		}
-		key := s.Name + "." + s.Namespace
-		e := c.services[key]
-		if e == nil {
-			e = &serviceEntry{key: key}
-			c.services[key] = e
-		} else {
-			delete(c.servicesByObj, e.svc)
-		}
-		if e.round != c.round {
+		if e := c.services[s.Name+"."+s.Namespace]; e == nil || e.round != c.round {
 			seen++
 		}
-		conv := serviceConv{pod: pod}
-		out := conv.service(s, c.groups[key])
-		moved = moved || (e.out == nil) != (out == nil)
-		if e.out != nil && out != nil && reflect.DeepEqual(*e.out, *out) {
-			out = e.out // the same service: downstream compares pointers first
-		}
-		ports := map[string][]model.Port{}
-		for _, pp := range conv.ports {
-			ports[pp.key] = append(ports[pp.key], pp.port)
-		}
-		c.give(key, e.ports, ports, dirty)
-		*e = serviceEntry{key: key, svc: s, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
-		c.servicesByObj[s] = e
-		noteTroubled(c.troubledSvcs, key, e, len(e.problems) > 0)
+		moved = c.setService(s, dirty) || moved
 	}
 	if seen == len(c.services) {
 		return moved
@@ -306,11 +325,50 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 	return moved
 }
 
+// setService converts a service (new, changed, or reading what changed),
+// marks dirty the workloads whose given ports changed, and reports whether
+// the service entered or left the mesh.
+func (c *Converter) setService(s *corev1.Service, dirty map[string]bool) (moved bool) {
+	key := s.Name + "." + s.Namespace
+	e := c.services[key]
+	if e == nil {
+		e = &serviceEntry{key: key}
+		c.services[key] = e
+	} else {
+		delete(c.servicesByObj, e.svc)
+	}
+	conv := serviceConv{pod: func(key string) *model.Workload {
+		if e := c.pods[key]; e != nil {
+			return e.base
+		}
+		return nil
+	}}
+	out := conv.service(s, c.groups[key])
+	moved = (e.out == nil) != (out == nil)
+	if e.out != nil && out != nil && reflect.DeepEqual(*e.out, *out) {
+		out = e.out // the same service: downstream compares pointers first
+	}
+	c.serviceOutChanged = c.serviceOutChanged || out != e.out
+	ports := map[string][]model.Port{}
+	for _, pp := range conv.ports {
+		ports[pp.key] = append(ports[pp.key], pp.port)
+	}
+	c.give(key, e.ports, ports, dirty)
+	*e = serviceEntry{key: key, svc: s, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
+	c.servicesByObj[s] = e
+	noteTroubled(c.troubledSvcs, key, e, len(e.problems) > 0)
+	return moved
+}
+
 // setSlices records the EndpointSlices by the service they name, and
 // returns the keys of the services whose slices were added, changed or
 // removed.
 func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool {
 	changed := map[string]bool{}
+	if sameList(all, c.lastSlices) {
+		return changed
+	}
+	c.lastSlices = all
 	seen := 0
 	for _, s := range all {
 		if e := c.slices[s]; e != nil {

@@ -27,7 +27,8 @@ import (
 )
 
 // State is the Kubernetes state the mesh is built from. The objects are the
-// informers' cached copies: readers must not mutate them.
+// informers' cached copies, and a kind with no event since the last state
+// is the last state's list itself: readers must not mutate either.
 type State struct {
 	Services   []*corev1.Service
 	Slices     []*discoveryv1.EndpointSlice
@@ -119,16 +120,22 @@ func (w *Watcher) Start(ctx context.Context) error {
 	slices := factory.Discovery().V1().EndpointSlices()
 	pods := factory.Core().V1().Pods()
 	nss := factory.Core().V1().Namespaces()
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { w.batcher.Notify() },
-		UpdateFunc: func(any, any) { w.batcher.Notify() },
-		DeleteFunc: func(any) { w.batcher.Notify() },
-	}
-	for _, inf := range []cache.SharedIndexInformer{svc.Informer(), slices.Informer(), pods.Informer(), nss.Informer()} {
-		if err := inf.SetTransform(stripManagedFields); err != nil {
+	handler := notifier(w.batcher.Notify)
+	var (
+		svcList   listed[*corev1.Service]
+		sliceList listed[*discoveryv1.EndpointSlice]
+		podList   listed[*corev1.Pod]
+		nsList    listed[*corev1.Namespace]
+	)
+	for _, inf := range []struct {
+		informer cache.SharedIndexInformer
+		events   *atomic.Uint64
+	}{{svc.Informer(), &svcList.events}, {slices.Informer(), &sliceList.events}, {pods.Informer(), &podList.events}, {nss.Informer(), &nsList.events}} {
+		if err := inf.informer.SetTransform(stripManagedFields); err != nil {
 			return fmt.Errorf("k8s: informer transform: %w", err)
 		}
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		events := inf.events
+		if _, err := inf.informer.AddEventHandler(notifier(func() { events.Add(1); w.batcher.Notify() })); err != nil {
 			return fmt.Errorf("k8s: informer handler: %w", err)
 		}
 	}
@@ -170,13 +177,13 @@ func (w *Watcher) Start(ctx context.Context) error {
 		st := &State{ChangedAt: first}
 		var errs []error
 		var err error
-		st.Services, err = svc.Lister().List(labels.Everything())
+		st.Services, err = svcList.get(svc.Lister().List)
 		errs = append(errs, err)
-		st.Slices, err = slices.Lister().List(labels.Everything())
+		st.Slices, err = sliceList.get(slices.Lister().List)
 		errs = append(errs, err)
-		st.Pods, err = pods.Lister().List(labels.Everything())
+		st.Pods, err = podList.get(pods.Lister().List)
 		errs = append(errs, err)
-		st.Namespaces, err = nss.Lister().List(labels.Everything())
+		st.Namespaces, err = nsList.get(nss.Lister().List)
 		errs = append(errs, err)
 		st.Policies, err = listPolicies(policies.Load())
 		errs = append(errs, err)
@@ -189,6 +196,42 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.batcher.Notify() // the initial state
 	w.batcher.Run(ctx, list)
 	return nil
+}
+
+// notifier is an informer event handler calling f on every event.
+func notifier(f func()) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f() },
+		UpdateFunc: func(any, any) { f() },
+		DeleteFunc: func(any) { f() },
+	}
+}
+
+// listed is one kind's list from its informer's cache, listed again only
+// after an event of the kind: a state after an endpoint change hands on
+// the same pod list as the state before (listing 100,000 pods is a slice
+// of 100,000, and the Converter skips a list it has seen).
+type listed[T any] struct {
+	events atomic.Uint64 // the informer's events so far
+	seen   uint64        // events counted before list was listed
+	list   []T
+	ok     bool
+}
+
+// get returns the kind's list: the last one if no event came since it was
+// listed. The count is read before listing: an event the list may miss is
+// counted after, and its Notify brings another state, listed again.
+func (l *listed[T]) get(list func(labels.Selector) ([]T, error)) ([]T, error) {
+	n := l.events.Load()
+	if l.ok && n == l.seen {
+		return l.list, nil
+	}
+	out, err := list(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	l.list, l.seen, l.ok = out, n, true
+	return out, nil
 }
 
 // startSource hands on the Source's state after each batch of its changes.

@@ -58,16 +58,47 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, svc2, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	withDB := awaitState(ctx, t, states, "the new service", func(s *State) bool { return hasService(s, ns, "db") })
+
+	// A pod: the next states list the pods again, and hand on the
+	// services' list unchanged (no service event came).
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "nginx"}}}}
+	if _, err := env.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	withPod := awaitState(ctx, t, states, "the new pod", func(s *State) bool { return hasPod(s, ns, "p") })
+	if !sameList(withPod.Services, withDB.Services) {
+		t.Error("the services were listed again though none changed")
+	}
+	if err := env.Client.CoreV1().Pods(ns).Delete(ctx, "p", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	awaitState(ctx, t, states, "the pod gone", func(s *State) bool { return !hasPod(s, ns, "p") && hasService(s, ns, "db") })
+}
+
+// awaitState returns the first state handed on that is ok.
+func awaitState(ctx context.Context, t *testing.T, states <-chan *State, what string, ok func(*State) bool) *State {
+	t.Helper()
 	for {
 		select {
 		case s := <-states:
-			if hasService(s, ns, "db") {
-				return
+			if ok(s) {
+				return s
 			}
 		case <-ctx.Done():
-			t.Fatal("no state with the new service")
+			t.Fatalf("no state with %s", what)
 		}
 	}
+}
+
+func hasPod(s *State, ns, name string) bool {
+	for _, p := range s.Pods {
+		if p.Namespace == ns && p.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 func hasService(s *State, ns, name string) bool {

@@ -3,6 +3,7 @@ package xds_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,11 +31,16 @@ func BenchmarkEndpointWrite(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
-				// The informer hands on a new object for every write.
+				// The informer hands on a new object for every write, and
+				// the watcher a new list of its kind (the lists of the
+				// kinds no event came for are the last state's).
 				sl := st.Slices[0].DeepCopy()
 				ready := i%2 == 0
 				sl.Endpoints[0].Conditions.Ready = &ready
-				st.Slices[0] = sl
+				next := *st
+				next.Slices = slices.Clone(st.Slices)
+				next.Slices[0] = sl
+				st = &next
 				snap, _ := convert.Convert(st)
 				if _, err := mesh.Update(ctx, snap); err != nil {
 					b.Fatal(err)

@@ -38,11 +38,16 @@ type Pods struct {
 // NewPods returns an empty Pods.
 func NewPods() *Pods { return &Pods{changed: make(chan struct{}, 1)} }
 
-// Set replaces the pods; it never blocks.
+// Set replaces the pods; it never blocks. The same list again (the
+// watcher hands on its last one when no pod changed) is no change.
 func (p *Pods) Set(pods []*corev1.Pod) {
 	p.mu.Lock()
+	same := len(p.pods) == len(pods) && len(pods) > 0 && &p.pods[0] == &pods[0]
 	p.pods = pods
 	p.mu.Unlock()
+	if same {
+		return
+	}
 	select {
 	case p.changed <- struct{}{}:
 	default:
