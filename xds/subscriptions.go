@@ -2,7 +2,6 @@ package xds
 
 import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,10 +36,15 @@ func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscovery
 	typeURL := req.GetTypeUrl()
 	var node string
 	c.streams.with(id, func(s *stream) { node = s.peer.NodeID })
-	var known map[string]types.Resource // the snapshot's own index: shared, not copied
+	known := func(string) bool { return false }
 	if node != "" && c.snapshot != nil {
 		if snap, err := c.snapshot(node); err == nil && snap != nil {
-			known = snap.GetResources(typeURL)
+			if rs, ok := snap.(*resource.Snapshot); ok {
+				known = func(name string) bool { return rs.Has(typeURL, name) }
+			} else {
+				all := snap.GetResources(typeURL)
+				known = func(name string) bool { _, ok := all[name]; return ok }
+			}
 		}
 	}
 	var err error
@@ -57,7 +61,7 @@ func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscovery
 				err = status.Errorf(codes.InvalidArgument, "xds: resource name of %d bytes (limit %d)", len(n), MaxNameLength)
 				return
 			}
-			if _, ok := known[n]; ok || n == "*" {
+			if known(n) || n == "*" {
 				continue
 			}
 			if set == nil {

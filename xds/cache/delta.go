@@ -142,7 +142,7 @@ func sends(sub cachev3.Subscription, name string) bool {
 func lackingIn(h *deltaHeld, set resource.Set) []string {
 	var names []string
 	for name := range h.lacking {
-		if _, ok := set.VersionMap()[name]; ok {
+		if set.Has(name) {
 			names = append(names, name)
 		}
 	}
@@ -173,13 +173,18 @@ func difference(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names
 // resource (h.set is neither set nor the set it replaced): it holds h.set's
 // versions but for the names subscribed to since.
 func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
-	held := h.set.VersionMap()
-	return lacks(sub, set, maps.Keys(held), func(name string) (string, bool) {
+	held := *h.set
+	return lacks(sub, set, func(yield func(string) bool) {
+		for name := range held.Versions() {
+			if !yield(name) {
+				return
+			}
+		}
+	}, func(name string) (string, bool) {
 		if _, late := h.lacking[name]; late {
 			return "", false
 		}
-		v, ok := held[name]
-		return v, ok
+		return held.VersionOf(name)
 	})
 }
 
@@ -201,13 +206,13 @@ func compare(sub cachev3.Subscription, set resource.Set) (names, removed []strin
 // the same among the subscribed names.
 func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string], held func(string) (string, bool)) (names, removed []string) {
 	if sub.IsWildcard() {
-		for name, v := range set.VersionMap() {
+		for name, v := range set.Versions() {
 			if hv, ok := held(name); !ok || hv != v {
 				names = append(names, name)
 			}
 		}
 		for name := range heldNames {
-			if _, ok := set.VersionMap()[name]; !ok {
+			if !set.Has(name) {
 				if _, had := held(name); had {
 					removed = append(removed, name)
 				}
@@ -215,7 +220,7 @@ func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string
 		}
 	} else {
 		for name := range sub.SubscribedResources() {
-			v, ok := set.VersionMap()[name]
+			v, ok := set.VersionOf(name)
 			hv, had := held(name)
 			switch {
 			case ok && (!had || hv != v):
@@ -235,7 +240,7 @@ func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string
 // (see deltaResponse), in its order, and a connecting stream's ~1,000
 // names per type are not sorted again for each proxy.
 func sortPart(names []string, set resource.Set) {
-	if len(names) != len(set.VersionMap()) {
+	if len(names) != set.Len() {
 		slices.Sort(names)
 	}
 }
@@ -277,7 +282,8 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 			if b, r.err = r.set.Encoding(name); r.err != nil {
 				return
 			}
-			out = append(out, &discoveryv3.Resource{Name: name, Version: r.set.VersionMap()[name], Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
+			version, _ := r.set.VersionOf(name)
+			out = append(out, &discoveryv3.Resource{Name: name, Version: version, Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
 		}
 		r.resp.Resources = out
 	})
@@ -295,7 +301,7 @@ func (r *deltaResponse) commit() {
 	}
 	set := r.set
 	for name := range h.lacking {
-		if _, ok := set.VersionMap()[name]; !ok || slices.Contains(r.names, name) {
+		if !set.Has(name) || slices.Contains(r.names, name) {
 			delete(h.lacking, name)
 		}
 	}

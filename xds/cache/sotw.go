@@ -148,6 +148,12 @@ func (c *Cache) answerSotwLocked(w *sotwWatch, s *resource.Snapshot) bool {
 	return true
 }
 
+// heldVersion is the version of name in set ("" when not there).
+func heldVersion(set *resource.Set, name string) string {
+	v, _ := set.VersionOf(name)
+	return v
+}
+
 // lacking is what a stream subscribed by name lacks of set, and whether a
 // response is due (a stream that asks for the first time is answered even
 // when none of its names exist, so that it knows).
@@ -157,7 +163,7 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 	switch {
 	case h.set != nil && h.set.Version() == set.Version():
 		for name := range w.added {
-			if _, ok := set.VersionMap()[name]; ok {
+			if set.Has(name) {
 				names = append(names, name)
 			}
 		}
@@ -169,24 +175,24 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 			}
 		}
 		for name := range w.added {
-			if _, ok := set.VersionMap()[name]; ok && !slices.Contains(set.Changed(), name) {
+			if set.Has(name) && !slices.Contains(set.Changed(), name) {
 				names = append(names, name)
 			}
 		}
 	case set.Version() == h.rejected:
 		// Only what was not in the rejected response.
 		for name := range w.added {
-			if _, ok := set.VersionMap()[name]; ok {
+			if set.Has(name) {
 				names = append(names, name)
 			}
 		}
 	default:
 		for name := range subscribed {
-			v, ok := set.VersionMap()[name]
+			v, ok := set.VersionOf(name)
 			if !ok {
 				continue
 			}
-			if _, add := w.added[name]; add || h.set == nil || h.set.VersionMap()[name] != v {
+			if _, add := w.added[name]; add || h.set == nil || heldVersion(h.set, name) != v {
 				names = append(names, name)
 			}
 		}

@@ -2,6 +2,7 @@ package resource
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -58,7 +59,7 @@ func (v Set) SotwBody(typeURL string) (body []byte, rest []*anypb.Any, err error
 			}
 		})
 		return enc.sotw, nil, enc.sotwErr
-	case len(v.plain) == len(v.items): // shared and own names are disjoint
+	case v.Len() == len(v.items): // shared and own names are disjoint
 		body, _, err := v.reuse.SotwBody(typeURL)
 		if err != nil {
 			return nil, nil, err
@@ -90,7 +91,7 @@ func (v Set) DeltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resourc
 			}
 		})
 		return enc.delta, nil, enc.deltaErr
-	case len(v.plain) == len(v.items):
+	case v.Len() == len(v.items):
 		body, _, err := v.reuse.DeltaBody(typeURL)
 		if err != nil {
 			return nil, nil, err
@@ -124,14 +125,19 @@ func (v Set) Encoded(typeURL string, names []string) ([]*anypb.Any, error) {
 // Encoding returns one resource's encoding: the one kept when the set was
 // prepared (shared sets), or made now. Every name must be the set's.
 func (v Set) Encoding(name string) ([]byte, error) {
-	if b := v.raw[name]; b != nil {
-		return b, nil
+	e, ok := v.idx.get(name)
+	if !ok {
+		return nil, fmt.Errorf("xds: no resource %q in the set", name)
 	}
-	return cachev3.MarshalResource(v.plain[name])
+	if e.raw != nil {
+		return e.raw, nil
+	}
+	return cachev3.MarshalResource(e.res)
 }
 
 func (v Set) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
-	return &discoveryv3.Resource{Name: name, Version: v.versionMap[name], Resource: enc.byName[name]}
+	version, _ := v.VersionOf(name)
+	return &discoveryv3.Resource{Name: name, Version: version, Resource: enc.byName[name]}
 }
 
 // own returns the names of a merged set's resources that are not the
@@ -139,10 +145,20 @@ func (v Set) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
 func (v Set) own(enc *encodings) []string {
 	var out []string
 	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-		if _, shared := v.reuse.plain[name]; !shared {
+		if !v.reuse.Has(name) {
 			out = append(out, name)
 		}
 	}
+	return out
+}
+
+// names are the set's names, sorted.
+func (v Set) names() []string {
+	out := make([]string, 0, v.Len())
+	for name := range v.idx.all() {
+		out = append(out, name)
+	}
+	slices.Sort(out)
 	return out
 }
 
@@ -152,9 +168,9 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 		return nil, errors.New("xds: a set without encodings")
 	}
 	e.once.Do(func() {
-		e.byName = make(map[string]*anypb.Any, len(v.plain))
-		e.all = make([]*anypb.Any, 0, len(v.plain))
-		for _, name := range slices.Sorted(maps.Keys(v.plain)) {
+		e.byName = make(map[string]*anypb.Any, v.Len())
+		e.all = make([]*anypb.Any, 0, v.Len())
+		for _, name := range v.names() {
 			var a *anypb.Any
 			if v.reuse != nil {
 				// A proxy's merged set: the shared resources' Any values are

@@ -4,9 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"slices"
-	"strconv"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -133,15 +131,10 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 			out[t] = v
 			continue
 		}
-		h := newVersionHash()
-		vm := make(map[string]string, len(sorted))
-		var raw map[string][]byte
+		entries := make(map[string]*entry, len(sorted))
 		var refs map[resourcev3.Type]map[string]bool
 		if t == resourcev3.ListenerType {
 			refs = map[resourcev3.Type]map[string]bool{}
-		}
-		if keepRaw {
-			raw = make(map[string][]byte, len(sorted))
 		}
 		for _, r := range sorted {
 			e, err := c.encoding(t, r)
@@ -149,15 +142,14 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 				return nil, err
 			}
 			mergeRefs(refs, e.refs)
-			name := cachev3.GetResourceName(r)
-			h.add(name, e.version)
-			vm[name] = e.version
+			ent := &entry{version: e.version, res: r}
 			if keepRaw {
-				raw[name] = e.raw
+				ent.raw = e.raw
 			}
+			entries[cachev3.GetResourceName(r)] = ent
 		}
-		v = newSet(h.version(), sorted, vm)
-		v.raw = raw
+		v = newSet(sorted, flatIndex(entries))
+		v.keepsRaw = keepRaw
 		v.refs = refs
 		if t == resourcev3.ClusterType {
 			named := make(map[string]types.ResourceWithTTL, len(sorted))
@@ -210,24 +202,6 @@ func (c *encodingCache) encoding(t resourcev3.Type, r types.Resource) (encoded, 
 	c.record(r, e)
 	return e, nil
 }
-
-// versionHash makes a set's version: the hash of each resource's name and
-// content hash in name order (not the encodings again: megabytes per
-// change).
-type versionHash struct {
-	h   hash.Hash
-	buf []byte
-}
-
-func newVersionHash() *versionHash { return &versionHash{h: sha256.New()} }
-
-func (vh *versionHash) add(name, version string) {
-	vh.buf = strconv.AppendInt(vh.buf[:0], int64(len(name)), 10)
-	vh.buf = append(append(append(append(append(vh.buf, ':'), name...), ':'), version...), '\n')
-	vh.h.Write(vh.buf)
-}
-
-func (vh *versionHash) version() string { return hex.EncodeToString(vh.h.Sum(nil)[:8]) }
 
 func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
 	if c == nil {

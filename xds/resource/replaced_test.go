@@ -74,8 +74,18 @@ func TestReplacedIsBuilt(t *testing.T) {
 			// go-control-plane's view of the set, as its snapshot gives it.
 			gs := resource.NewSnapshot(map[resourcev3.Type]resource.Set{typ: g})
 			ws := resource.NewSnapshot(map[resourcev3.Type]resource.Set{typ: w})
-			if !reflect.DeepEqual(gs.Resources, ws.Resources) {
-				t.Fatalf("step %d, %s: go-control-plane's index differs", step, typ)
+			if !reflect.DeepEqual(gs.GetResourcesAndTTL(typ), ws.GetResourcesAndTTL(typ)) || gs.GetVersion(typ) != ws.GetVersion(typ) ||
+				!reflect.DeepEqual(gs.GetVersionMap(typ), ws.GetVersionMap(typ)) {
+				t.Fatalf("step %d, %s: go-control-plane's view differs", step, typ)
+			}
+			// A proxy's own resources over the set: one in place of a
+			// shared one, one of its own.
+			own, err := resource.Own(resource.Resources{typ: {edsCluster(fmt.Sprintf("svc%03d", step%40)), edsCluster("own")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sameSet(resource.Merge(g, own[typ]), resource.Merge(w, own[typ]), typ); err != nil {
+				t.Fatalf("step %d, %s, merged: %v", step, typ, err)
 			}
 		}
 		prev, older = got, prev
@@ -121,6 +131,14 @@ func edsCluster(name string) *clusterv3.Cluster {
 func sameSet(g, w resource.Set, typ resourcev3.Type) error {
 	if g.Version() != w.Version() || !reflect.DeepEqual(g.VersionMap(), w.VersionMap()) || g.Len() != w.Len() {
 		return fmt.Errorf("version %s (%d), want %s (%d)", g.Version(), g.Len(), w.Version(), w.Len())
+	}
+	for n, v := range w.Versions() {
+		if got, ok := g.VersionOf(n); !ok || got != v {
+			return fmt.Errorf("%s: version %q (%v), want %q", n, got, ok, v)
+		}
+	}
+	if _, ok := g.VersionOf("absent"); ok || g.Has("absent") {
+		return fmt.Errorf("a name not in the set is there")
 	}
 	if !reflect.DeepEqual(g.Refs(), w.Refs()) {
 		return fmt.Errorf("refs %v, want %v", g.Refs(), w.Refs())

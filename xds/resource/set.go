@@ -1,5 +1,5 @@
 // Package resource prepares xDS resources for serving. It turns one type's
-// resources into a Set (a content-hash version, go-control-plane's index,
+// resources into a Set (a content-hash version, the resources by name with
 // the per-resource versions delta xDS compares, the names the set
 // references, the resources' deterministic encodings, and what changed
 // since the set it replaced), merges a proxy's own resources into the set
@@ -18,6 +18,7 @@ package resource
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"iter"
 	"maps"
 	"slices"
 
@@ -31,23 +32,20 @@ type Resources map[resourcev3.Type][]types.Resource
 
 // Set is one type's resources, prepared once when the set is built and
 // then shared by every proxy that gets it unchanged: the content-hash
-// version, the go-control-plane resource index, the per-resource versions
-// delta xDS compares, and the names the set references (routes, endpoint
-// sets). Nothing in it is mutated after it is built (Since returns a new
+// version, the resources by name with the per-resource versions delta xDS
+// compares, and the names the set references (routes, endpoint sets). Nothing in it is mutated after it is built (Since returns a new
 // value); copies share the encodings, made once per set.
 type Set struct {
-	version    string
-	items      []types.Resource
-	resources  cachev3.Resources
-	versionMap map[string]string
-	refs       map[resourcev3.Type]map[string]bool
-	// raw holds each resource's deterministic encoding, by name (shared
-	// sets only): delta responses to every stream reuse it.
-	raw map[string][]byte
-	// plain is the resources by name, built once: go-control-plane's
-	// Snapshot.GetResources would build it again for every proxy and type
-	// on every change.
-	plain map[string]types.Resource
+	version string
+	sum     versionSum
+	items   []types.Resource
+	// idx is the resources by name, with their versions and (shared sets)
+	// their deterministic encodings, which delta responses to every stream
+	// reuse.
+	idx  index
+	refs map[resourcev3.Type]map[string]bool
+	// keepsRaw: the entries hold their encodings (a shared set).
+	keepsRaw bool
 	// from, changed, removed: the set this one replaced (shared sets only;
 	// from is "" when there was none), and the names added or changed and
 	// the names gone since. A stream holding exactly that set needs only
@@ -60,31 +58,58 @@ type Set struct {
 	reuse *Set
 }
 
-// newSet prepares a set: the go-control-plane index and the plain one.
-func newSet(version string, items []types.Resource, versionMap map[string]string) Set {
-	res := cachev3.NewResources(version, items)
-	plain := make(map[string]types.Resource, len(res.Items))
-	for name, r := range res.Items {
-		plain[name] = r.Resource
+// newSet prepares a set of items, whose entries idx holds.
+func newSet(items []types.Resource, idx index) Set {
+	v := Set{items: items, idx: idx, enc: &encodings{}}
+	for name, e := range idx.all() {
+		v.sum.add(name, e.version)
 	}
-	return Set{version: version, items: items, resources: res, versionMap: versionMap, plain: plain, enc: &encodings{}}
+	v.version = v.sum.version()
+	return v
 }
 
 // Version is the set's content-hash version.
 func (v Set) Version() string { return v.version }
 
 // Len is the number of resources in the set (by name).
-func (v Set) Len() int { return len(v.plain) }
+func (v Set) Len() int { return v.idx.len() }
 
 // Has reports whether the set has a resource of that name.
 func (v Set) Has(name string) bool {
-	_, ok := v.plain[name]
+	_, ok := v.idx.get(name)
 	return ok
 }
 
-// VersionMap is each resource's version, by name. It is the set's own:
-// callers must not modify it.
-func (v Set) VersionMap() map[string]string { return v.versionMap }
+// VersionOf is the version of the named resource, ok false when the set
+// has none of that name.
+func (v Set) VersionOf(name string) (version string, ok bool) {
+	e, ok := v.idx.get(name)
+	if !ok {
+		return "", false
+	}
+	return e.version, true
+}
+
+// Versions yields each resource's name and version (in no order).
+func (v Set) Versions() iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		for name, e := range v.idx.all() {
+			if !yield(name, e.version) {
+				return
+			}
+		}
+	}
+}
+
+// VersionMap is each resource's version, by name: a new map (go-control-
+// plane's interfaces want one; meshd reads VersionOf and Versions).
+func (v Set) VersionMap() map[string]string {
+	out := make(map[string]string, v.Len())
+	for name, ver := range v.Versions() {
+		out[name] = ver
+	}
+	return out
+}
 
 // Refs are the names of other types' resources the set's resources
 // reference (listeners: routes; clusters: endpoint sets), by type. It is
@@ -109,7 +134,7 @@ func (v Set) SameNames(old Set) bool {
 	if v.version == old.version {
 		return true
 	}
-	return v.from == old.version && len(v.removed) == 0 && len(v.plain) == len(old.plain)
+	return v.from == old.version && len(v.removed) == 0 && v.Len() == old.Len()
 }
 
 // Since returns the set recording what changed from old, the set it
@@ -120,13 +145,13 @@ func (v Set) Since(old Set) Set {
 		return v // made from old (replaced): it knows already
 	}
 	v.from, v.changed, v.removed = old.version, nil, nil
-	for name, ver := range v.versionMap {
-		if old.versionMap[name] != ver {
+	for name, e := range v.idx.all() {
+		if o, ok := old.idx.get(name); !ok || o.version != e.version {
 			v.changed = append(v.changed, name)
 		}
 	}
-	for name := range old.versionMap {
-		if _, ok := v.versionMap[name]; !ok {
+	for name := range old.idx.all() {
+		if !v.Has(name) {
 			v.removed = append(v.removed, name)
 		}
 	}
@@ -138,15 +163,16 @@ func (v Set) Since(old Set) Set {
 // replaced returns v with items as its resources, when they are v's
 // resources but for some replaced by others of the same names, in v's
 // order (ok false otherwise: the set is to be built whole). Only the
-// replaced resources are encoded (or found in c) and only their entries
-// change in copies of v's indexes: an endpoint change costs the endpoint
-// sets it touched plus copying and hashing the set's index, not a rebuild
-// of every entry. The result records what changed since v.
+// replaced resources are encoded (or found in c), their entries go on top
+// of v's index (see index), and the version is v's with theirs exchanged:
+// an endpoint change costs the endpoint sets it touched and a pass
+// comparing the items, not a copy or a hash of every entry. The result
+// records what changed since v.
 //
 // Sets whose references are worked out from every resource (listeners,
 // clusters) are replaced only when nothing changed.
 func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCache) (Set, bool, error) {
-	if len(items) != len(v.items) || v.raw == nil {
+	if len(items) != len(v.items) || !v.keepsRaw {
 		return Set{}, false, nil
 	}
 	var diff []int
@@ -163,11 +189,10 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	}
 	next := v
 	next.from, next.changed, next.removed = v.version, nil, nil
-	replacing := len(diff) > 0
-	if replacing {
+	var changes map[string]*entry
+	if len(diff) > 0 {
 		next.items, next.enc = slices.Clone(items), &encodings{}
-		next.versionMap, next.raw, next.plain = maps.Clone(v.versionMap), maps.Clone(v.raw), maps.Clone(v.plain)
-		next.resources.Items = maps.Clone(v.resources.Items)
+		changes = make(map[string]*entry, len(diff))
 	}
 	for i, r := range items {
 		replaced := len(diff) > 0 && i == diff[0]
@@ -183,22 +208,19 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		}
 		diff = diff[1:]
 		name := cachev3.GetResourceName(r)
-		if next.versionMap[name] != e.version {
+		old, _ := v.idx.get(name)
+		if old.version != e.version {
 			next.changed = append(next.changed, name)
+			next.sum.add(name, old.version) // out
+			next.sum.add(name, e.version)   // in
 		}
-		next.versionMap[name], next.raw[name], next.plain[name] = e.version, e.raw, r
-		next.resources.Items[name] = types.ResourceWithTTL{Resource: r}
+		changes[name] = &entry{version: e.version, raw: e.raw, res: r}
 	}
-	if !replacing {
+	if changes == nil {
 		return next, true, nil
 	}
-	h := newVersionHash()
-	for _, r := range items {
-		name := cachev3.GetResourceName(r)
-		h.add(name, next.versionMap[name])
-	}
-	next.version = h.version()
-	next.resources.Version = next.version
+	next.idx = v.idx.replacing(changes)
+	next.version = next.sum.version()
 	return next, true, nil
 }
 
@@ -232,7 +254,7 @@ func ShortType(url string) string {
 }
 
 // emptySet is the prepared form of a type with no resources.
-var emptySet = newSet("empty", nil, map[string]string{})
+var emptySet = Set{version: "empty", idx: flatIndex(map[string]*entry{}), enc: &encodings{}}
 
 // Empty is the prepared form of a type with no resources. It still has a
 // version: a SotW client asking with version "" must be answered, or it
@@ -252,12 +274,28 @@ func Merge(shared, own Set) Set {
 		return own
 	}
 	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
-	version := hex.EncodeToString(h[:8])
-	items := slices.Concat(shared.items, own.items)
-	vm := make(map[string]string, len(shared.versionMap)+len(own.versionMap))
-	maps.Copy(vm, shared.versionMap)
-	maps.Copy(vm, own.versionMap)
-	v := newSet(version, items, vm)
-	v.reuse = &shared
+	v := Set{version: hex.EncodeToString(h[:8]), items: slices.Concat(shared.items, own.items), enc: &encodings{}, reuse: &shared}
+	// The own entries over the shared ones: copying neither index when the
+	// shared one is of one layer (a proxy's local clusters beside 10,000
+	// shared ones).
+	ownEntries := make(map[string]*entry, own.Len())
+	for name, e := range own.idx.all() {
+		ownEntries[name] = e
+	}
+	if len(shared.idx.over) == 0 {
+		v.idx = index{base: shared.idx.base, over: ownEntries}
+		for name := range ownEntries {
+			if _, ok := shared.idx.base[name]; !ok {
+				v.idx.added++
+			}
+		}
+	} else {
+		all := make(map[string]*entry, shared.Len()+len(ownEntries))
+		for name, e := range shared.idx.all() {
+			all[name] = e
+		}
+		maps.Copy(all, ownEntries)
+		v.idx = flatIndex(all)
+	}
 	return v
 }

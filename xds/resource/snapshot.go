@@ -6,24 +6,23 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
-// Snapshot is one node's configuration: a go-control-plane snapshot (any
-// go-control-plane cache can hold it) whose GetResources returns the
-// prepared name index of each set instead of building one per call, and
-// whose sets are what xds/cache answers streams from. Immutable once made.
+// Snapshot is one node's configuration: a go-control-plane ResourceSnapshot
+// (any go-control-plane cache can hold it) of one prepared set per type,
+// which xds/cache answers streams from. Immutable once made.
+//
+// The maps go-control-plane's interface returns are made for each call
+// from the sets (which keep no such maps: a set patched from another
+// copies only what changed); xds/cache reads the sets.
 type Snapshot struct {
-	*cachev3.Snapshot
 	sets map[resourcev3.Type]Set
 }
+
+var _ cachev3.ResourceSnapshot = (*Snapshot)(nil)
 
 // NewSnapshot makes a snapshot of one set per type. The snapshot keeps
 // sets: the caller must not modify it afterwards.
 func NewSnapshot(sets map[resourcev3.Type]Set) *Snapshot {
-	s := &Snapshot{Snapshot: &cachev3.Snapshot{VersionMap: make(map[string]map[string]string, len(sets))}, sets: sets}
-	for t, v := range sets {
-		s.Resources[cachev3.GetResponseType(t)] = v.resources
-		s.VersionMap[t] = v.versionMap
-	}
-	return s
+	return &Snapshot{sets: sets}
 }
 
 // SetOf returns the snapshot's set of a type.
@@ -32,11 +31,54 @@ func (s *Snapshot) SetOf(typeURL resourcev3.Type) (Set, bool) {
 	return v, ok
 }
 
-// GetResources returns the set's resources by name (the set's own map:
-// callers must not modify it).
-func (s *Snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
+// Has reports whether the snapshot has a resource of the type and name.
+func (s *Snapshot) Has(typeURL resourcev3.Type, name string) bool {
+	return s.sets[typeURL].Has(name)
+}
+
+// GetVersion returns the version of the type's set ("" without one).
+func (s *Snapshot) GetVersion(typeURL string) string {
 	if v, ok := s.sets[typeURL]; ok {
-		return v.plain
+		return v.Version()
 	}
-	return s.Snapshot.GetResources(typeURL)
+	return ""
+}
+
+// GetResources returns the type's resources by name (a new map).
+func (s *Snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
+	v, ok := s.sets[typeURL]
+	if !ok {
+		return nil
+	}
+	out := make(map[string]types.Resource, v.Len())
+	for name, e := range v.idx.all() {
+		out[name] = e.res
+	}
+	return out
+}
+
+// GetResourcesAndTTL returns the type's resources by name, without TTLs (a
+// new map).
+func (s *Snapshot) GetResourcesAndTTL(typeURL resourcev3.Type) map[string]types.ResourceWithTTL {
+	v, ok := s.sets[typeURL]
+	if !ok {
+		return nil
+	}
+	out := make(map[string]types.ResourceWithTTL, v.Len())
+	for name, e := range v.idx.all() {
+		out[name] = types.ResourceWithTTL{Resource: e.res}
+	}
+	return out
+}
+
+// ConstructVersionMap does nothing: every set has its versions.
+func (s *Snapshot) ConstructVersionMap() error { return nil }
+
+// GetVersionMap returns the type's resources' versions by name (a new map).
+func (s *Snapshot) GetVersionMap(typeURL string) map[string]string {
+	v, ok := s.sets[typeURL]
+	if !ok {
+		return nil
+	}
+	return v.VersionMap()
 }
