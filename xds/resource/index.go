@@ -2,7 +2,6 @@ package resource
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"iter"
 	"maps"
@@ -10,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 )
 
 // entry is one resource of a set: its version, its deterministic encoding
@@ -87,35 +87,55 @@ func (x index) replacing(changes map[string]*entry) index {
 	return index{base: x.base, over: over, added: x.added}
 }
 
-// Versions: a set's version is the hash of the exclusive-or of its
-// entries' hashes, each the hash of the entry's name and version. The same
-// resources give the same version in any order (two replicas agree), and a
-// set patched from another updates its predecessor's sum with the entries
-// it replaced instead of hashing every entry again.
+// Versions: a set's version is the hash of its blocks' hashes, a block
+// being versionBlock entries in name order and its hash the hash of each
+// entry's name and version. The same resources give the same version in
+// any order (two replicas agree; the items are sorted first); a set patched
+// from another hashes again only the blocks that hold a replaced entry,
+// and the blocks' hashes, instead of every entry. Every hash is SHA-256:
+// unlike a sum of entry hashes, whose linearity would let whoever shapes
+// enough resources cancel out a change, two contents with one version need
+// a SHA-256 collision.
 
-// versionSum is the exclusive-or of a set's entries' hashes.
-type versionSum [2]uint64
+// versionBlock is the number of entries hashed together.
+const versionBlock = 64
 
-// entryHash is the hash of one entry's name and version.
-func entryHash(name, version string) versionSum {
-	buf := make([]byte, 0, 24+len(name)+len(version))
-	buf = strconv.AppendInt(buf, int64(len(name)), 10)
-	buf = append(append(append(append(buf, ':'), name...), ':'), version...)
-	h := sha256.Sum256(buf)
-	return versionSum{binary.LittleEndian.Uint64(h[:8]), binary.LittleEndian.Uint64(h[8:16])}
+// blockHash is the hash of one block of entries.
+type blockHash [sha256.Size]byte
+
+// hashBlock hashes items[from:to] (in name order), each entry's version
+// read from idx.
+func hashBlock(items []types.Resource, idx index, buf []byte) (blockHash, []byte) {
+	h := sha256.New()
+	for _, r := range items {
+		name := cachev3.GetResourceName(r)
+		e, _ := idx.get(name)
+		buf = strconv.AppendInt(buf[:0], int64(len(name)), 10)
+		buf = append(append(append(append(append(buf, ':'), name...), ':'), e.version...), '\n')
+		h.Write(buf)
+	}
+	var out blockHash
+	h.Sum(out[:0])
+	return out, buf
 }
 
-func (s *versionSum) add(name, version string) {
-	h := entryHash(name, version)
-	s[0] ^= h[0]
-	s[1] ^= h[1]
+// hashBlocks hashes every block of items (sorted by name).
+func hashBlocks(items []types.Resource, idx index) []blockHash {
+	out := make([]blockHash, 0, (len(items)+versionBlock-1)/versionBlock)
+	var buf []byte
+	for from := 0; from < len(items); from += versionBlock {
+		var b blockHash
+		b, buf = hashBlock(items[from:min(from+versionBlock, len(items))], idx, buf)
+		out = append(out, b)
+	}
+	return out
 }
 
-// version is the set version of the sum.
-func (s versionSum) version() string {
-	var b [16]byte
-	binary.LittleEndian.PutUint64(b[:8], s[0])
-	binary.LittleEndian.PutUint64(b[8:], s[1])
-	h := sha256.Sum256(b[:])
-	return hex.EncodeToString(h[:8])
+// versionOf is the set version of its blocks' hashes.
+func versionOf(blocks []blockHash) string {
+	h := sha256.New()
+	for _, b := range blocks {
+		h.Write(b[:])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }

@@ -33,7 +33,7 @@ func TestReplacedIsBuilt(t *testing.T) {
 		return out
 	}
 	cur := map[resourcev3.Type][]types.Resource{}
-	for _, name := range names(40) {
+	for _, name := range names(150) {
 		cur[resourcev3.EndpointType] = append(cur[resourcev3.EndpointType], cla(name, r.IntN(3)))
 		cur[resourcev3.ClusterType] = append(cur[resourcev3.ClusterType], edsCluster(name))
 	}
@@ -80,7 +80,7 @@ func TestReplacedIsBuilt(t *testing.T) {
 			}
 			// A proxy's own resources over the set: one in place of a
 			// shared one, one of its own.
-			own, err := resource.Own(resource.Resources{typ: {edsCluster(fmt.Sprintf("svc%03d", step%40)), edsCluster("own")}})
+			own, err := resource.Own(resource.Resources{typ: {edsCluster(fmt.Sprintf("svc%03d", step%150)), edsCluster("own")}})
 			if err != nil {
 				t.Fatal(err)
 			}

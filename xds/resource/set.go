@@ -37,8 +37,9 @@ type Resources map[resourcev3.Type][]types.Resource
 // value); copies share the encodings, made once per set.
 type Set struct {
 	version string
-	sum     versionSum
-	items   []types.Resource
+	// blocks are the hashes the version is made of (see hashBlocks).
+	blocks []blockHash
+	items  []types.Resource
 	// idx is the resources by name, with their versions and (shared sets)
 	// their deterministic encodings, which delta responses to every stream
 	// reuse.
@@ -58,13 +59,10 @@ type Set struct {
 	reuse *Set
 }
 
-// newSet prepares a set of items, whose entries idx holds.
+// newSet prepares a set of items (sorted by name), whose entries idx holds.
 func newSet(items []types.Resource, idx index) Set {
-	v := Set{items: items, idx: idx, enc: &encodings{}}
-	for name, e := range idx.all() {
-		v.sum.add(name, e.version)
-	}
-	v.version = v.sum.version()
+	v := Set{items: items, idx: idx, enc: &encodings{}, blocks: hashBlocks(items, idx)}
+	v.version = versionOf(v.blocks)
 	return v
 }
 
@@ -190,6 +188,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	next := v
 	next.from, next.changed, next.removed = v.version, nil, nil
 	var changes map[string]*entry
+	var touched []int // the blocks holding a replaced entry of a new version, in order
 	if len(diff) > 0 {
 		next.items, next.enc = slices.Clone(items), &encodings{}
 		changes = make(map[string]*entry, len(diff))
@@ -208,11 +207,9 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		}
 		diff = diff[1:]
 		name := cachev3.GetResourceName(r)
-		old, _ := v.idx.get(name)
-		if old.version != e.version {
+		if old, _ := v.idx.get(name); old.version != e.version {
 			next.changed = append(next.changed, name)
-			next.sum.add(name, old.version) // out
-			next.sum.add(name, e.version)   // in
+			touched = append(touched, i/versionBlock)
 		}
 		changes[name] = &entry{version: e.version, raw: e.raw, res: r}
 	}
@@ -220,7 +217,15 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		return next, true, nil
 	}
 	next.idx = v.idx.replacing(changes)
-	next.version = next.sum.version()
+	if len(touched) > 0 {
+		next.blocks = slices.Clone(v.blocks)
+		var buf []byte
+		for _, b := range slices.Compact(touched) {
+			from := b * versionBlock
+			next.blocks[b], buf = hashBlock(next.items[from:min(from+versionBlock, len(next.items))], next.idx, buf)
+		}
+		next.version = versionOf(next.blocks)
+	}
 	return next, true, nil
 }
 
