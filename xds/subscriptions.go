@@ -40,7 +40,8 @@ func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscovery
 	if node != "" && c.snapshot != nil {
 		if snap, err := c.snapshot(node); err == nil && snap != nil {
 			if rs, ok := snap.(*resource.Snapshot); ok {
-				known = func(name string) bool { return rs.Has(typeURL, name) }
+				set, _ := rs.SetOf(typeURL)
+				known = set.Index().Has
 			} else {
 				all := snap.GetResources(typeURL)
 				known = func(name string) bool { _, ok := all[name]; return ok }

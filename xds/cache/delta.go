@@ -141,8 +141,9 @@ func sends(sub cachev3.Subscription, name string) bool {
 // that set has.
 func lackingIn(h *deltaHeld, set resource.Set) []string {
 	var names []string
+	ix := set.Index()
 	for name := range h.lacking {
-		if set.Has(name) {
+		if ix.Has(name) {
 			names = append(names, name)
 		}
 	}
@@ -173,9 +174,9 @@ func difference(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names
 // resource (h.set is neither set nor the set it replaced): it holds h.set's
 // versions but for the names subscribed to since.
 func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
-	held := *h.set
+	held := h.set.Index()
 	return lacks(sub, set, func(yield func(string) bool) {
-		for name := range held.Versions() {
+		for name := range h.set.Versions() {
 			if !yield(name) {
 				return
 			}
@@ -205,6 +206,7 @@ func compare(sub cachev3.Subscription, set resource.Set) (names, removed []strin
 // at the set's version, and every held one no longer in the set; otherwise
 // the same among the subscribed names.
 func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string], held func(string) (string, bool)) (names, removed []string) {
+	ix := set.Index()
 	if sub.IsWildcard() {
 		for name, v := range set.Versions() {
 			if hv, ok := held(name); !ok || hv != v {
@@ -212,7 +214,7 @@ func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string
 			}
 		}
 		for name := range heldNames {
-			if !set.Has(name) {
+			if !ix.Has(name) {
 				if _, had := held(name); had {
 					removed = append(removed, name)
 				}
@@ -220,7 +222,7 @@ func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string
 		}
 	} else {
 		for name := range sub.SubscribedResources() {
-			v, ok := set.VersionOf(name)
+			v, ok := ix.VersionOf(name)
 			hv, had := held(name)
 			switch {
 			case ok && (!had || hv != v):
@@ -277,12 +279,13 @@ func (r *deltaResponse) GetDeltaDiscoveryResponse() (*discoveryv3.DeltaDiscovery
 			return
 		}
 		out := make([]*discoveryv3.Resource, 0, len(r.names))
+		ix := r.set.Index()
 		for _, name := range r.names {
 			var b []byte
 			if b, r.err = r.set.Encoding(name); r.err != nil {
 				return
 			}
-			version, _ := r.set.VersionOf(name)
+			version, _ := ix.VersionOf(name)
 			out = append(out, &discoveryv3.Resource{Name: name, Version: version, Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
 		}
 		r.resp.Resources = out
@@ -300,8 +303,9 @@ func (r *deltaResponse) commit() {
 		return
 	}
 	set := r.set
+	ix := set.Index()
 	for name := range h.lacking {
-		if !set.Has(name) || slices.Contains(r.names, name) {
+		if !ix.Has(name) || slices.Contains(r.names, name) {
 			delete(h.lacking, name)
 		}
 	}

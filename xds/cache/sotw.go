@@ -159,11 +159,12 @@ func heldVersion(set *resource.Set, name string) string {
 // when none of its names exist, so that it knows).
 func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 	subscribed := w.sub.SubscribedResources()
+	ix := set.Index()
 	var names []string
 	switch {
 	case h.set != nil && h.set.Version() == set.Version():
 		for name := range w.added {
-			if set.Has(name) {
+			if ix.Has(name) {
 				names = append(names, name)
 			}
 		}
@@ -175,20 +176,20 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 			}
 		}
 		for name := range w.added {
-			if set.Has(name) && !slices.Contains(set.Changed(), name) {
+			if ix.Has(name) && !slices.Contains(set.Changed(), name) {
 				names = append(names, name)
 			}
 		}
 	case set.Version() == h.rejected:
 		// Only what was not in the rejected response.
 		for name := range w.added {
-			if set.Has(name) {
+			if ix.Has(name) {
 				names = append(names, name)
 			}
 		}
 	default:
 		for name := range subscribed {
-			v, ok := set.VersionOf(name)
+			v, ok := ix.VersionOf(name)
 			if !ok {
 				continue
 			}

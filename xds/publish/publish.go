@@ -333,11 +333,12 @@ func (pub published) reuse(t resourcev3.Type, parts [2]string) (resource.Set, bo
 func complete(shared, own map[resourcev3.Type]resource.Set) error {
 	for _, v := range own {
 		for t, names := range v.Refs() {
+			sharedIx, ownIx := shared[t].Index(), own[t].Index()
 			for name := range names {
-				if shared[t].Has(name) {
+				if sharedIx.Has(name) {
 					continue
 				}
-				if !own[t].Has(name) {
+				if !ownIx.Has(name) {
 					return fmt.Errorf("%s %q is referenced but missing", resource.ShortType(t), name)
 				}
 			}
@@ -368,8 +369,9 @@ func sameShape(sets, prev map[resourcev3.Type]resource.Set) bool {
 func selfComplete(set map[resourcev3.Type]resource.Set) error {
 	for _, v := range set {
 		for t, names := range v.Refs() {
+			ix := set[t].Index()
 			for name := range names {
-				if !set[t].Has(name) {
+				if !ix.Has(name) {
 					return fmt.Errorf("%s %q is referenced but missing", resource.ShortType(t), name)
 				}
 			}

@@ -73,15 +73,29 @@ func (v Set) Version() string { return v.version }
 func (v Set) Len() int { return v.idx.len() }
 
 // Has reports whether the set has a resource of that name.
-func (v Set) Has(name string) bool {
-	_, ok := v.idx.get(name)
+func (v Set) Has(name string) bool { return v.Index().Has(name) }
+
+// VersionOf is the version of the named resource, ok false when the set
+// has none of that name.
+func (v Set) VersionOf(name string) (version string, ok bool) { return v.Index().VersionOf(name) }
+
+// Index is the set's resources by name, for loops that look up many names
+// (a Set is a large value; an Index is three words).
+func (v Set) Index() Index { return Index{v.idx} }
+
+// Index looks up a set's resources by name.
+type Index struct{ x index }
+
+// Has reports whether the set has a resource of that name.
+func (ix Index) Has(name string) bool {
+	_, ok := ix.x.get(name)
 	return ok
 }
 
 // VersionOf is the version of the named resource, ok false when the set
 // has none of that name.
-func (v Set) VersionOf(name string) (version string, ok bool) {
-	e, ok := v.idx.get(name)
+func (ix Index) VersionOf(name string) (version string, ok bool) {
+	e, ok := ix.x.get(name)
 	if !ok {
 		return "", false
 	}
