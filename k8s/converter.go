@@ -23,9 +23,14 @@ import (
 //   - a workload's ports, policies and server-first marks, when its pod,
 //     the ports services resolve to it, or its namespace's policies changed.
 //
-// The rest of a conversion is a pass over the objects comparing pointers.
-// Snapshots share the services and workloads that did not change (none is
-// ever mutated once handed on). Not safe for concurrent use.
+// The rest of a conversion is a pass over the objects of a kind whose list
+// is new, comparing pointers; a list handed on again (the same slice, as
+// the Watcher hands on a kind no event came for) is not gone over at all.
+// So a State's lists, like its objects, must never be edited once handed
+// on: a list edited in place and handed on again would be taken as
+// unchanged. Snapshots share the services and workloads that did not
+// change (none is ever mutated once handed on). Not safe for concurrent
+// use.
 type Converter struct {
 	trustDomain   string
 	round         uint64
@@ -116,7 +121,8 @@ func NewConverter(trustDomain string) *Converter {
 }
 
 // Convert converts st (see Convert), reusing what the states before
-// converted.
+// converted. A list of st that is a list of an earlier state (the same
+// slice) must hold the same objects: lists are never edited in place.
 func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 	c.round++
 	nsMoved := c.setNamespaces(st.Namespaces)

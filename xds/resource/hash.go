@@ -146,7 +146,13 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 			if keepRaw {
 				ent.raw = e.raw
 			}
-			entries[cachev3.GetResourceName(r)] = ent
+			name := cachev3.GetResourceName(r)
+			if _, dup := entries[name]; dup {
+				// A client would keep one of them; which one, and what the
+				// version says, would be chance.
+				return nil, fmt.Errorf("xds: two %s resources named %q", ShortType(t), name)
+			}
+			entries[name] = ent
 		}
 		v = newSet(sorted, flatIndex(entries))
 		v.keepsRaw = keepRaw

@@ -150,3 +150,16 @@ func TestSameNames(t *testing.T) {
 		}
 	}
 }
+
+// Two resources of one type and name are refused: a client would keep one
+// of them, and which one would be chance.
+func TestDuplicateNamesRefused(t *testing.T) {
+	var enc resource.Encoder
+	dup := []types.Resource{&clusterv3.Cluster{Name: "a"}, &clusterv3.Cluster{Name: "a", AltStatName: "x"}}
+	if _, err := enc.Shared(resource.Resources{resourcev3.ClusterType: dup}, nil); err == nil {
+		t.Error("a shared set with two clusters named a was prepared")
+	}
+	if _, err := resource.Own(resource.Resources{resourcev3.ClusterType: dup}); err == nil {
+		t.Error("an own set with two clusters named a was prepared")
+	}
+}

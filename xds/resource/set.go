@@ -176,10 +176,11 @@ func (v Set) Since(old Set) Set {
 // resources but for some replaced by others of the same names, in v's
 // order (ok false otherwise: the set is to be built whole). Only the
 // replaced resources are encoded (or found in c), their entries go on top
-// of v's index (see index), and the version is v's with theirs exchanged:
-// an endpoint change costs the endpoint sets it touched and a pass
-// comparing the items, not a copy or a hash of every entry. The result
-// records what changed since v.
+// of v's index (see index), and the version hashes again the blocks that
+// hold an entry at a new version, then the blocks' hashes: an endpoint
+// change costs the endpoint sets it touched, a pass comparing the items
+// and a hash of 32 bytes per 64 entries, not a copy or a hash of every
+// entry. The result records what changed since v.
 //
 // Sets whose references are worked out from every resource (listeners,
 // clusters) are replaced only when nothing changed.
@@ -294,27 +295,19 @@ func Merge(shared, own Set) Set {
 	}
 	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
 	v := Set{version: hex.EncodeToString(h[:8]), items: slices.Concat(shared.items, own.items), enc: &encodings{}, reuse: &shared}
-	// The own entries over the shared ones: copying neither index when the
-	// shared one is of one layer (a proxy's local clusters beside 10,000
-	// shared ones).
-	ownEntries := make(map[string]*entry, own.Len())
+	// The own entries over the shared ones, on the shared set's base: the
+	// shared set's index is not copied (a proxy's local clusters beside
+	// 10,000 shared ones), only its top layer if it has one.
+	over := make(map[string]*entry, len(shared.idx.over)+own.Len())
+	maps.Copy(over, shared.idx.over)
 	for name, e := range own.idx.all() {
-		ownEntries[name] = e
+		over[name] = e
 	}
-	if len(shared.idx.over) == 0 {
-		v.idx = index{base: shared.idx.base, over: ownEntries}
-		for name := range ownEntries {
-			if _, ok := shared.idx.base[name]; !ok {
-				v.idx.added++
-			}
+	v.idx = index{base: shared.idx.base, over: over}
+	for name := range over {
+		if _, ok := shared.idx.base[name]; !ok {
+			v.idx.added++
 		}
-	} else {
-		all := make(map[string]*entry, shared.Len()+len(ownEntries))
-		for name, e := range shared.idx.all() {
-			all[name] = e
-		}
-		maps.Copy(all, ownEntries)
-		v.idx = flatIndex(all)
 	}
 	return v
 }

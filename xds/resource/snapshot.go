@@ -31,11 +31,6 @@ func (s *Snapshot) SetOf(typeURL resourcev3.Type) (Set, bool) {
 	return v, ok
 }
 
-// Has reports whether the snapshot has a resource of the type and name.
-func (s *Snapshot) Has(typeURL resourcev3.Type, name string) bool {
-	return s.sets[typeURL].Has(name)
-}
-
 // GetVersion returns the version of the type's set ("" without one).
 func (s *Snapshot) GetVersion(typeURL string) string {
 	if v, ok := s.sets[typeURL]; ok {
