@@ -100,6 +100,17 @@ var errStop = errors.New("stopped")
 // value. It fails when b is malformed or f returns false.
 func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, field, value []byte) bool) error {
 	for i := 0; i < len(b); {
+		// The common case first: a length-delimited field of a one-byte
+		// tag and a one-byte length (every resource name under 128 bytes).
+		if t := b[i]; t < 0x80 && t>>3 != 0 && protowire.Type(t&7) == protowire.BytesType && i+1 < len(b) && b[i+1] < 0x80 {
+			if end := i + 2 + int(b[i+1]); end <= len(b) {
+				if !f(protowire.Number(t>>3), protowire.BytesType, b[i:end], b[i+2:end]) {
+					return errStop
+				}
+				i = end
+				continue
+			}
+		}
 		num, typ, n := protowire.ConsumeTag(b[i:])
 		if n < 0 {
 			return protowire.ParseError(n)

@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"unique"
 	"unsafe"
@@ -96,7 +97,8 @@ func TestSotwRequestNames(t *testing.T) {
 func TestSotwRequestIsProtobuf(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 11))
 	types := []string{resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ClusterType, "type.googleapis.com/x", ""}
-	pool := []string{"a", "outbound|80|svc.demo", "outbound|80|svc-2.demo", "", "\u00e9t\u00e9", "*"}
+	pool := []string{"a", "outbound|80|svc.demo", "outbound|80|svc-2.demo", "", "\u00e9t\u00e9", "*",
+		strings.Repeat("n", 127), strings.Repeat("l", 128), strings.Repeat("x", 300)} // one- and two-byte lengths
 	var prev prevNames
 	var fails, ok int
 	for i := range 20000 {
