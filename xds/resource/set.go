@@ -33,8 +33,9 @@ type Resources map[resourcev3.Type][]types.Resource
 // Set is one type's resources, prepared once when the set is built and
 // then shared by every proxy that gets it unchanged: the content-hash
 // version, the resources by name with the per-resource versions delta xDS
-// compares, and the names the set references (routes, endpoint sets). Nothing in it is mutated after it is built (Since returns a new
-// value); copies share the encodings, made once per set.
+// compares, and the names the set references (routes, endpoint sets).
+// Nothing in it is mutated after it is built (Since returns a new value);
+// copies share the encodings, made once per set.
 type Set struct {
 	version string
 	// blocks are the hashes the version is made of (see hashBlocks).
@@ -222,7 +223,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		}
 		diff = diff[1:]
 		name := cachev3.GetResourceName(r)
-		if old, _ := v.idx.get(name); old.version != e.version {
+		if old, ok := v.idx.get(name); !ok || old.version != e.version {
 			next.changed = append(next.changed, name)
 			touched = append(touched, i/versionBlock)
 		}
