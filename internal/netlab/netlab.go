@@ -6,7 +6,8 @@
 //
 // A Lab removes every namespace, link, file and process it made on Close.
 // A lab whose owner died without Close (SIGKILL, a crash) is removed by the
-// next New: each lab records its owner's pid under StateDir.
+// next New, processes left in its namespaces included: each lab records its
+// owner's pid under StateDir.
 //
 // Needs root, iproute2, iptables and util-linux's setpriv.
 package netlab
@@ -200,6 +201,7 @@ func reapDead(ctx context.Context) {
 		out, _ := exec.CommandContext(ctx, "ip", "netns", "list").Output()
 		for _, line := range strings.Split(string(out), "\n") {
 			if ns, _, _ := strings.Cut(line, " "); strings.HasPrefix(ns, fmt.Sprintf("meshd-%d-", k)) {
+				killIn(ctx, ns)
 				_ = run(ctx, "ip", "netns", "del", ns)
 			}
 		}
@@ -209,6 +211,18 @@ func reapDead(ctx context.Context) {
 			_ = os.RemoveAll(d)
 		}
 		_ = os.Remove(filepath.Join(StateDir, e.Name()))
+	}
+}
+
+// killIn kills every process left in a dead lab's namespace: a process the
+// lab started dies with its owner (Pdeathsig), but what that process forked
+// (nginx's workers) would live on, holding the namespace.
+func killIn(ctx context.Context, ns string) {
+	out, _ := exec.CommandContext(ctx, "ip", "netns", "pids", ns).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 && pid != os.Getpid() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 }
 
