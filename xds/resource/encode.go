@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -20,6 +21,14 @@ type encodings struct {
 	all    []*anypb.Any
 	byName map[string]*anypb.Any
 	err    error
+	// made is set once all and byName are.
+	made atomic.Bool
+
+	// some are the Any values of the few resources a change touched, made
+	// for the streams that need only those (see Encoded) while the whole
+	// set's are not made.
+	someMu sync.Mutex
+	some   map[string]*anypb.Any
 
 	// The whole set as entries of a response's resources field, SotW
 	// (google.protobuf.Any) and delta (Resource), made once per shared set.
@@ -111,6 +120,12 @@ func (v Set) DeltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resourc
 // order of names, made once per set and shared by every response (callers
 // must not modify them). Every name must be the set's.
 func (v Set) Encoded(typeURL string, names []string) ([]*anypb.Any, error) {
+	if e := v.enc; e != nil && v.reuse == nil && !e.made.Load() && len(names) <= v.Len()/8 {
+		// A few names of a set whose whole Any index is not made (the
+		// endpoint sets a change touched, to streams holding the rest):
+		// those alone, not the set's thousands.
+		return v.encodedSome(e, typeURL, names)
+	}
 	enc, err := v.encodings(typeURL)
 	if err != nil {
 		return nil, err
@@ -118,6 +133,28 @@ func (v Set) Encoded(typeURL string, names []string) ([]*anypb.Any, error) {
 	out := make([]*anypb.Any, 0, len(names))
 	for _, name := range names {
 		out = append(out, enc.byName[name])
+	}
+	return out, nil
+}
+
+func (v Set) encodedSome(e *encodings, typeURL string, names []string) ([]*anypb.Any, error) {
+	e.someMu.Lock()
+	defer e.someMu.Unlock()
+	if e.some == nil {
+		e.some = make(map[string]*anypb.Any, len(names))
+	}
+	out := make([]*anypb.Any, 0, len(names))
+	for _, name := range names {
+		a := e.some[name]
+		if a == nil {
+			b, err := v.Encoding(name)
+			if err != nil {
+				return nil, err
+			}
+			a = &anypb.Any{TypeUrl: typeURL, Value: b}
+			e.some[name] = a
+		}
+		out = append(out, a)
 	}
 	return out, nil
 }
@@ -190,6 +227,7 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 			e.byName[name] = a
 			e.all = append(e.all, a)
 		}
+		e.made.Store(e.err == nil)
 	})
 	return e, e.err
 }

@@ -1,6 +1,7 @@
 package resource_test
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshd/meshd/xds/resource"
 )
@@ -161,5 +163,56 @@ func TestDuplicateNamesRefused(t *testing.T) {
 	}
 	if _, err := resource.Own(resource.Resources{resourcev3.ClusterType: dup}); err == nil {
 		t.Error("an own set with two clusters named a was prepared")
+	}
+}
+
+// A few names of a large set are encoded alone, once for every caller;
+// they decode to the same bytes as the whole set's Any values, which later
+// calls take once made.
+func TestEncodedFew(t *testing.T) {
+	var enc resource.Encoder
+	var names []string
+	for i := range 100 {
+		names = append(names, fmt.Sprintf("c%03d", i))
+	}
+	sets, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters(names...)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := sets[resourcev3.ClusterType]
+	few := []string{"c007", "c042", "c099"}
+	check := func(got []*anypb.Any, names []string) {
+		t.Helper()
+		for i, a := range got {
+			want, err := set.Encoding(names[i])
+			if err != nil || a.GetTypeUrl() != resourcev3.ClusterType || !bytes.Equal(a.GetValue(), want) {
+				t.Fatalf("%s: Any %v, want the encoding of %s (%v)", names[i], a, names[i], err)
+			}
+		}
+	}
+	first, err := set.Encoded(resourcev3.ClusterType, few)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(first, few)
+	again, err := set.Encoded(resourcev3.ClusterType, few[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again[0] != first[0] || again[1] != first[1] {
+		t.Error("the few names' Any values were made again for a second caller")
+	}
+	all, err := set.Encoded(resourcev3.ClusterType, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(all, names)
+	after, err := set.Encoded(resourcev3.ClusterType, few)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(after, few)
+	if after[0] != all[7] {
+		t.Error("once the whole set's Any values are made, a few names do not take them")
 	}
 }
