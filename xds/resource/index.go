@@ -29,16 +29,75 @@ type entry struct {
 // holds the index.
 type index struct {
 	base, over map[string]*entry
+	// baseVer and overVer are base's and over's versions by name: the
+	// per-name comparisons of delta and SotW streams read them without
+	// reaching each entry (a lookup in a map of strings, as they did
+	// before sets had layers).
+	baseVer, overVer map[string]string
 	// added is the number of over's names not in base.
 	added int
 }
 
 // flatIndex is an index of one layer.
-func flatIndex(m map[string]*entry) index { return index{base: m} }
+func flatIndex(m map[string]*entry) index {
+	return index{base: m, baseVer: versionsOf(m)}
+}
+
+// layered is base with over on top.
+func layered(base index, over map[string]*entry) index {
+	x := index{base: base.base, baseVer: base.baseVer, over: over, overVer: versionsOf(over)}
+	for name := range over {
+		if _, ok := base.base[name]; !ok {
+			x.added++
+		}
+	}
+	return x
+}
+
+func versionsOf(m map[string]*entry) map[string]string {
+	out := make(map[string]string, len(m))
+	for name, e := range m {
+		out[name] = e.version
+	}
+	return out
+}
+
+// versions yields every entry's name and version once, over's in place
+// of base's.
+func (x index) versions() iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		if len(x.overVer) == 0 {
+			for name, v := range x.baseVer {
+				if !yield(name, v) {
+					return
+				}
+			}
+			return
+		}
+		for name, v := range x.baseVer {
+			if o, ok := x.overVer[name]; ok {
+				v = o
+			}
+			if !yield(name, v) {
+				return
+			}
+		}
+		if x.added == 0 {
+			return
+		}
+		for name, v := range x.overVer {
+			if _, ok := x.baseVer[name]; !ok && !yield(name, v) {
+				return
+			}
+		}
+	}
+}
 
 func (x index) get(name string) (*entry, bool) {
-	if e, ok := x.over[name]; ok {
-		return e, true
+	if len(x.over) > 0 {
+		if e, ok := x.over[name]; ok {
+			return e, true
+		}
 	}
 	e, ok := x.base[name]
 	return e, ok
@@ -49,6 +108,14 @@ func (x index) len() int { return len(x.base) + x.added }
 // all yields every entry once, over's in place of base's.
 func (x index) all() iter.Seq2[string, *entry] {
 	return func(yield func(string, *entry) bool) {
+		if len(x.over) == 0 { // one layer (most sets): no lookup per entry
+			for name, e := range x.base {
+				if !yield(name, e) {
+					return
+				}
+			}
+			return
+		}
 		for name, e := range x.base {
 			if o, ok := x.over[name]; ok {
 				e = o
@@ -84,7 +151,7 @@ func (x index) replacing(changes map[string]*entry) index {
 		maps.Copy(base, over)
 		return flatIndex(base) // over's added names are base's now
 	}
-	return index{base: x.base, over: over, added: x.added}
+	return index{base: x.base, baseVer: x.baseVer, over: over, overVer: versionsOf(over), added: x.added}
 }
 
 // Versions: a set's version is the hash of its blocks' hashes, a block

@@ -81,38 +81,32 @@ func (v Set) Has(name string) bool { return v.Index().Has(name) }
 func (v Set) VersionOf(name string) (version string, ok bool) { return v.Index().VersionOf(name) }
 
 // Index is the set's resources by name, for loops that look up many names
-// (a Set is a large value; an Index is three words).
-func (v Set) Index() Index { return Index{v.idx} }
+// (a Set is a large value; an Index is a few words).
+func (v Set) Index() Index { return Index{base: v.idx.baseVer, over: v.idx.overVer} }
 
 // Index looks up a set's resources by name.
-type Index struct{ x index }
+type Index struct{ base, over map[string]string }
 
 // Has reports whether the set has a resource of that name.
 func (ix Index) Has(name string) bool {
-	_, ok := ix.x.get(name)
+	_, ok := ix.VersionOf(name)
 	return ok
 }
 
 // VersionOf is the version of the named resource, ok false when the set
 // has none of that name.
 func (ix Index) VersionOf(name string) (version string, ok bool) {
-	e, ok := ix.x.get(name)
-	if !ok {
-		return "", false
+	if ix.over != nil {
+		if v, ok := ix.over[name]; ok {
+			return v, true
+		}
 	}
-	return e.version, true
+	v, ok := ix.base[name]
+	return v, ok
 }
 
 // Versions yields each resource's name and version (in no order).
-func (v Set) Versions() iter.Seq2[string, string] {
-	return func(yield func(string, string) bool) {
-		for name, e := range v.idx.all() {
-			if !yield(name, e.version) {
-				return
-			}
-		}
-	}
-}
+func (v Set) Versions() iter.Seq2[string, string] { return v.idx.versions() }
 
 // VersionMap is each resource's version, by name: a new map (go-control-
 // plane's interfaces want one; meshd reads VersionOf and Versions).
@@ -304,11 +298,6 @@ func Merge(shared, own Set) Set {
 	for name, e := range own.idx.all() {
 		over[name] = e
 	}
-	v.idx = index{base: shared.idx.base, over: over}
-	for name := range over {
-		if _, ok := shared.idx.base[name]; !ok {
-			v.idx.added++
-		}
-	}
+	v.idx = layered(shared.idx, over)
 	return v
 }
