@@ -64,34 +64,7 @@ func versionsOf(m map[string]*entry) map[string]string {
 
 // versions yields every entry's name and version once, over's in place
 // of base's.
-func (x index) versions() iter.Seq2[string, string] {
-	return func(yield func(string, string) bool) {
-		if len(x.overVer) == 0 {
-			for name, v := range x.baseVer {
-				if !yield(name, v) {
-					return
-				}
-			}
-			return
-		}
-		for name, v := range x.baseVer {
-			if o, ok := x.overVer[name]; ok {
-				v = o
-			}
-			if !yield(name, v) {
-				return
-			}
-		}
-		if x.added == 0 {
-			return
-		}
-		for name, v := range x.overVer {
-			if _, ok := x.baseVer[name]; !ok && !yield(name, v) {
-				return
-			}
-		}
-	}
-}
+func (x index) versions() iter.Seq2[string, string] { return layers(x.baseVer, x.overVer, x.added) }
 
 func (x index) get(name string) (*entry, bool) {
 	if len(x.over) > 0 {
@@ -106,29 +79,33 @@ func (x index) get(name string) (*entry, bool) {
 func (x index) len() int { return len(x.base) + x.added }
 
 // all yields every entry once, over's in place of base's.
-func (x index) all() iter.Seq2[string, *entry] {
-	return func(yield func(string, *entry) bool) {
-		if len(x.over) == 0 { // one layer (most sets): no lookup per entry
-			for name, e := range x.base {
-				if !yield(name, e) {
+func (x index) all() iter.Seq2[string, *entry] { return layers(x.base, x.over, x.added) }
+
+// layers yields every name of base and over once, with over's value in
+// place of base's; added is the number of over's names not in base.
+func layers[V any](base, over map[string]V, added int) iter.Seq2[string, V] {
+	return func(yield func(string, V) bool) {
+		if len(over) == 0 { // one layer (most sets): no lookup per entry
+			for name, v := range base {
+				if !yield(name, v) {
 					return
 				}
 			}
 			return
 		}
-		for name, e := range x.base {
-			if o, ok := x.over[name]; ok {
-				e = o
+		for name, v := range base {
+			if o, ok := over[name]; ok {
+				v = o
 			}
-			if !yield(name, e) {
+			if !yield(name, v) {
 				return
 			}
 		}
-		if x.added == 0 {
+		if added == 0 {
 			return
 		}
-		for name, e := range x.over {
-			if _, ok := x.base[name]; !ok && !yield(name, e) {
+		for name, v := range over {
+			if _, ok := base[name]; !ok && !yield(name, v) {
 				return
 			}
 		}

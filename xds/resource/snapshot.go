@@ -41,27 +41,24 @@ func (s *Snapshot) GetVersion(typeURL string) string {
 
 // GetResources returns the type's resources by name (a new map).
 func (s *Snapshot) GetResources(typeURL resourcev3.Type) map[string]types.Resource {
-	v, ok := s.sets[typeURL]
-	if !ok {
-		return nil
-	}
-	out := make(map[string]types.Resource, v.Len())
-	for name, e := range v.idx.all() {
-		out[name] = e.res
-	}
-	return out
+	return collect(s, typeURL, func(e *entry) types.Resource { return e.res })
 }
 
 // GetResourcesAndTTL returns the type's resources by name, without TTLs (a
 // new map).
 func (s *Snapshot) GetResourcesAndTTL(typeURL resourcev3.Type) map[string]types.ResourceWithTTL {
+	return collect(s, typeURL, func(e *entry) types.ResourceWithTTL { return types.ResourceWithTTL{Resource: e.res} })
+}
+
+// collect maps each resource of the type's set by name (nil without one).
+func collect[V any](s *Snapshot, typeURL resourcev3.Type, f func(*entry) V) map[string]V {
 	v, ok := s.sets[typeURL]
 	if !ok {
 		return nil
 	}
-	out := make(map[string]types.ResourceWithTTL, v.Len())
+	out := make(map[string]V, v.Len())
 	for name, e := range v.idx.all() {
-		out[name] = types.ResourceWithTTL{Resource: e.res}
+		out[name] = f(e)
 	}
 	return out
 }
