@@ -71,11 +71,6 @@ type Converter struct {
 	serviceOutChanged bool
 }
 
-// sameList reports whether a and b are the same list (not equal ones).
-func sameList[T any](a, b []T) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
-}
-
 // podEntry is a pod as converted. An entry stays the key's while the pod
 // exists; its fields are replaced when the pod changes.
 type podEntry struct {
@@ -237,7 +232,7 @@ func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bo
 // added or removed.
 func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
 	depChanged = map[string]bool{}
-	if !nsMoved && sameList(list, c.lastPods) {
+	if !nsMoved && model.SameList(list, c.lastPods) {
 		return depChanged, false
 	}
 	c.lastPods = list
@@ -292,7 +287,7 @@ func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]b
 // given ports changed. It returns whether services were added or removed.
 func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.EndpointSlice, depChanged, dirty map[string]bool) (moved bool) {
 	sliced := c.setSlices(all)
-	if len(depChanged) == 0 && sameList(list, c.lastServices) {
+	if len(depChanged) == 0 && model.SameList(list, c.lastServices) {
 		// The same services: only those whose slices changed.
 		for key := range sliced {
 			if e := c.services[key]; e != nil {
@@ -371,7 +366,7 @@ func (c *Converter) setService(s *corev1.Service, dirty map[string]bool) (moved 
 // removed.
 func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool {
 	changed := map[string]bool{}
-	if sameList(all, c.lastSlices) {
+	if model.SameList(all, c.lastSlices) {
 		return changed
 	}
 	c.lastSlices = all

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshd/meshd/internal/testenv"
+	"github.com/meshd/meshd/model"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -68,7 +69,7 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	withPod := awaitState(ctx, t, states, "the new pod", func(s *State) bool { return hasPod(s, ns, "p") })
-	if !sameList(withPod.Services, withDB.Services) {
+	if !model.SameList(withPod.Services, withDB.Services) {
 		t.Error("the services were listed again though none changed")
 	}
 	if err := env.Client.CoreV1().Pods(ns).Delete(ctx, "p", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {

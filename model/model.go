@@ -41,6 +41,14 @@ const (
 	ModePermissive Mode = "PERMISSIVE"
 )
 
+// SameList reports whether a and b are the same list (one backing array,
+// one length), not merely equal ones. Lists handed on are never edited
+// (a Snapshot's, a k8s.State's), so the same list is the same content,
+// told without comparing an element.
+func SameList[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // Snapshot is the whole mesh at one moment. Services and Workloads are
 // sorted by Key; nothing in a Snapshot may be mutated after it is built.
 type Snapshot struct {

@@ -93,3 +93,22 @@ func TestParseEgress(t *testing.T) {
 		}
 	}
 }
+
+// SameList tells the same list from an equal one.
+func TestSameList(t *testing.T) {
+	a := []int{1, 2, 3}
+	for _, tc := range []struct {
+		name string
+		x, y []int
+		want bool
+	}{
+		{"the same list", a, a, true},
+		{"an equal copy", a, []int{1, 2, 3}, false},
+		{"a shorter view", a, a[:2], false},
+		{"both empty", nil, []int{}, true},
+	} {
+		if got := model.SameList(tc.x, tc.y); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

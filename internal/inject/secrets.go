@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
 )
 
 // Secret mode without side effects at admission: the webhook only mutates
@@ -42,7 +43,7 @@ func NewPods() *Pods { return &Pods{changed: make(chan struct{}, 1)} }
 // watcher hands on its last one when no pod changed) is no change.
 func (p *Pods) Set(pods []*corev1.Pod) {
 	p.mu.Lock()
-	same := len(p.pods) == len(pods) && len(pods) > 0 && &p.pods[0] == &pods[0]
+	same := len(pods) > 0 && model.SameList(p.pods, pods)
 	p.pods = pods
 	p.mu.Unlock()
 	if same {

@@ -361,10 +361,7 @@ func outbound(services []*model.Service, from []*serviceChains) *outboundChains 
 // list (the converter hands on its last one when no workload moved; 100,000
 // comparisons saved) or equal ones.
 func sameWorkloads(a, b []*model.Workload) bool {
-	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
-		return true
-	}
-	return slices.Equal(a, b)
+	return model.SameList(a, b) || slices.Equal(a, b)
 }
 
 // localClusters are the clusters the inbound sides forward to: one per
