@@ -148,12 +148,6 @@ func (c *Cache) answerSotwLocked(w *sotwWatch, s *resource.Snapshot) bool {
 	return true
 }
 
-// heldVersion is the version of name in set ("" when not there).
-func heldVersion(set *resource.Set, name string) string {
-	v, _ := set.VersionOf(name)
-	return v
-}
-
 // lacking is what a stream subscribed by name lacks of set, and whether a
 // response is due (a stream that asks for the first time is answered even
 // when none of its names exist, so that it knows).
@@ -188,12 +182,17 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 			}
 		}
 	default:
+		var held resource.Index // what the stream holds, if known
+		if h.set != nil {
+			held = h.set.Index()
+		}
 		for name := range subscribed {
 			v, ok := ix.VersionOf(name)
 			if !ok {
 				continue
 			}
-			if _, add := w.added[name]; add || h.set == nil || heldVersion(h.set, name) != v {
+			hv, _ := held.VersionOf(name)
+			if _, add := w.added[name]; add || h.set == nil || hv != v {
 				names = append(names, name)
 			}
 		}
