@@ -122,6 +122,13 @@ func New(cfg Config) (*Server, error) {
 		// A proxy's connection is idle most of its life and its requests
 		// are small (grpc-go releases write buffers after each flush).
 		grpc.ReadBufferSize(8<<10),
+		// Fixed flow-control windows, as Envoy's own: grpc-go's dynamic
+		// ones send a ping (bandwidth-delay estimate) on the first data
+		// after each quiet spell, that is after nearly every ACK, and read
+		// its answer: two more frames, each a TLS record and a system call,
+		// per proxy per change.
+		grpc.StaticStreamWindowSize(recvWindow),
+		grpc.StaticConnWindowSize(recvWindow),
 		grpc.ForceServerCodecV2(unpooledCodec{}),
 		grpc.StreamInterceptor(lim.intercept),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -129,6 +136,12 @@ func New(cfg Config) (*Server, error) {
 	)
 	return s, nil
 }
+
+// recvWindow is how much a proxy may send before meshd has read it, per
+// stream and per connection: a SotW ACK naming 1,000 resources is ~40 KB,
+// so a window update goes out every few dozen requests, and a client that
+// sends without reading answers holds at most this much in meshd.
+const recvWindow = 1 << 20
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
