@@ -65,10 +65,10 @@ type Converter struct {
 	lastServices []*corev1.Service
 	lastSlices   []*discoveryv1.EndpointSlice
 	// workloads and servicesOut are the lists the last snapshot handed on;
-	// serviceOutChanged is set when a service's value changed since.
-	workloads         []*model.Workload
-	servicesOut       []*model.Service
-	serviceOutChanged bool
+	// outChanged are the services whose value changed since.
+	workloads   []*model.Workload
+	servicesOut []*model.Service
+	outChanged  []*serviceEntry
 }
 
 // podEntry is a pod as converted. An entry stays the key's while the pod
@@ -96,6 +96,7 @@ type serviceEntry struct {
 	svc      *corev1.Service
 	round    uint64
 	out      *model.Service // nil: left out of the mesh
+	at       int            // its place in serviceOrder (and servicesOut)
 	problems problems
 	deps     map[string]podDep
 	ports    map[string][]model.Port // by pod key
@@ -142,8 +143,8 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 		c.finish(e)
 		workloadsChanged = workloadsChanged || (e != nil && e.out != before)
 	}
-	servicesChanged := servicesMoved || c.servicesOut == nil || c.serviceOutChanged
-	c.serviceOutChanged = false
+	outChanged := c.outChanged
+	c.outChanged = c.outChanged[:0]
 	if podsMoved || c.podOrder == nil {
 		c.podOrder = c.podOrder[:0]
 		for _, e := range c.pods {
@@ -161,6 +162,9 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 			}
 		}
 		slices.SortFunc(c.serviceOrder, func(a, b *serviceEntry) int { return cmp.Compare(a.out.Key(), b.out.Key()) })
+		for i, e := range c.serviceOrder {
+			e.at = i
+		}
 	}
 	// The lists handed on last time again when no entry's value moved:
 	// snapshots are never mutated, so they may share them.
@@ -170,10 +174,17 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 			c.workloads[i] = e.out
 		}
 	}
-	if servicesChanged {
+	switch {
+	case servicesMoved || c.servicesOut == nil:
 		c.servicesOut = make([]*model.Service, len(c.serviceOrder))
 		for i, e := range c.serviceOrder {
 			c.servicesOut[i] = e.out
+		}
+	case len(outChanged) > 0:
+		// The same services, some with new values: in their places.
+		c.servicesOut = slices.Clone(c.servicesOut)
+		for _, e := range outChanged {
+			c.servicesOut[e.at] = e.out
 		}
 	}
 	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt, Workloads: c.workloads, Services: c.servicesOut}
@@ -349,13 +360,15 @@ func (c *Converter) setService(s *corev1.Service, dirty map[string]bool) (moved 
 	if e.out != nil && out != nil && reflect.DeepEqual(*e.out, *out) {
 		out = e.out // the same service: downstream compares pointers first
 	}
-	c.serviceOutChanged = c.serviceOutChanged || out != e.out
+	if out != e.out {
+		c.outChanged = append(c.outChanged, e)
+	}
 	ports := map[string][]model.Port{}
 	for _, pp := range conv.ports {
 		ports[pp.key] = append(ports[pp.key], pp.port)
 	}
 	c.give(key, e.ports, ports, dirty)
-	*e = serviceEntry{key: key, svc: s, round: c.round, out: out, problems: conv.problems, deps: conv.deps, ports: ports}
+	*e = serviceEntry{key: key, svc: s, round: c.round, out: out, at: e.at, problems: conv.problems, deps: conv.deps, ports: ports}
 	c.servicesByObj[s] = e
 	noteTroubled(c.troubledSvcs, key, e, len(e.problems) > 0)
 	return moved
@@ -369,7 +382,27 @@ func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool 
 	if model.SameList(all, c.lastSlices) {
 		return changed
 	}
+	last := c.lastSlices
 	c.lastSlices = all
+	if gone, came, ok := placeDiff(last, all); ok {
+		for _, s := range gone {
+			e := c.slices[s]
+			if e == nil || slices.Contains(came, s) || slices.Contains(all, s) {
+				continue // moved, or there twice
+			}
+			delete(c.slices, s)
+			if e.service != "" {
+				c.group(e.service, s, false)
+				changed[e.service] = true
+			}
+		}
+		for _, s := range came {
+			if c.slices[s] == nil {
+				c.addSlice(s, changed)
+			}
+		}
+		return changed
+	}
 	seen := 0
 	for _, s := range all {
 		if e := c.slices[s]; e != nil {
@@ -379,13 +412,7 @@ func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool 
 			}
 			continue
 		}
-		e := &sliceEntry{round: c.round}
-		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
-			e.service = name + "." + s.Namespace
-			c.group(e.service, s, true)
-			changed[e.service] = true
-		}
-		c.slices[s] = e
+		c.addSlice(s, changed)
 		seen++
 	}
 	if seen == len(c.slices) {
@@ -403,6 +430,45 @@ func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool 
 	}
 	return changed
 }
+
+// addSlice records a slice new to the Converter.
+func (c *Converter) addSlice(s *discoveryv1.EndpointSlice, changed map[string]bool) {
+	e := &sliceEntry{round: c.round}
+	if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+		e.service = name + "." + s.Namespace
+		c.group(e.service, s, true)
+		changed[e.service] = true
+	}
+	c.slices[s] = e
+}
+
+// placeDiff compares two lists place by place, as the Watcher hands them
+// on (see kept: an update in its object's place, an addition last, a
+// deletion replaced by the last object): gone are the objects at the
+// places where last differs from next, came next's there. ok is false when
+// more places differ than maxPlaces or a quarter of the list (a list in a
+// new order, a large change): the caller then looks every object up.
+func placeDiff[T comparable](last, next []T) (gone, came []T, ok bool) {
+	n := min(len(last), len(next))
+	limit := min(maxPlaces, max(len(last), len(next))/4+1)
+	if len(last)-n > limit || len(next)-n > limit {
+		return nil, nil, false
+	}
+	for i := range n {
+		if last[i] != next[i] {
+			if len(gone) == limit {
+				return nil, nil, false
+			}
+			gone, came = append(gone, last[i]), append(came, next[i])
+		}
+	}
+	return append(gone, last[n:]...), append(came, next[n:]...), true
+}
+
+// maxPlaces bounds the places placeDiff tells apart: an object that left
+// a place is looked for in the whole new list (it may have moved, or be
+// there twice), a pass per place.
+const maxPlaces = 32
 
 // group adds s to (or removes it from) its service's slices, kept sorted
 // by name. The slices are new each time: a service's conversion read the

@@ -246,7 +246,13 @@ func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 		if len(st.Slices) > 0 {
 			i := g.r.IntN(len(st.Slices))
 			g.last = "slice " + st.Slices[i].Name + " removed"
-			st.Slices = append(st.Slices[:i], st.Slices[i+1:]...)
+			if g.r.IntN(2) == 0 { // as the Watcher's lists remove: the last in its place
+				last := len(st.Slices) - 1
+				st.Slices[i] = st.Slices[last]
+				st.Slices = st.Slices[:last]
+			} else {
+				st.Slices = append(st.Slices[:i], st.Slices[i+1:]...)
+			}
 		}
 	case 10:
 		i := g.r.IntN(len(st.Policies) + 1)
@@ -308,8 +314,9 @@ func (g *stateGen) mutate(old *k8s.State) *k8s.State {
 
 // relisted is a kind's list as the Watcher hands it on: the old list itself
 // when the kind has the same objects (no event came; 1 in 4 is listed
-// again, as after an event that changed nothing), else the new one in a
-// lister's random order.
+// again, as after an event that changed nothing), else the new one, half
+// the time in the generator's order (changes in place, as the Watcher's
+// lists keep them), half in a random order (as a Source may list them).
 func relisted[T comparable](r *rand.Rand, old, now []T) []T {
 	if len(old) == len(now) && r.IntN(4) > 0 {
 		same := true
@@ -320,7 +327,9 @@ func relisted[T comparable](r *rand.Rand, old, now []T) []T {
 			return old
 		}
 	}
-	shuffle(r, now)
+	if r.IntN(2) == 0 {
+		shuffle(r, now)
+	}
 	return now
 }
 
@@ -357,5 +366,25 @@ func TestConverterNamespaceListedTwice(t *testing.T) {
 	want, _ := k8s.Convert(st, "cluster.local")
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %s\nwant %s", dump(got), dump(want))
+	}
+}
+
+// TestConverterSliceListedTwice: EndpointSlice lists compared place by
+// place (as the Watcher hands them on) still convert as a fresh
+// conversion when a slice is there twice (as a local directory may list
+// it), moves, or leaves.
+func TestConverterSliceListedTwice(t *testing.T) {
+	g := stateGen{r: rand.New(rand.NewPCG(2, 2))}
+	st := g.initial()
+	a, b := st.Slices[0], st.Slices[1]
+	conv := k8s.NewConverter("cluster.local")
+	for i, list := range [][]*discoveryv1.EndpointSlice{{a, b}, {a, a}, {a}, {b, a}, {b}, {a, b, a}, {b}} {
+		next := *st
+		next.Slices = list
+		got, _ := conv.Convert(&next)
+		want, _ := k8s.Convert(&next, "cluster.local")
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("list %d: got %s\nwant %s", i, dump(got), dump(want))
+		}
 	}
 }

@@ -122,22 +122,25 @@ func (w *Watcher) Start(ctx context.Context) error {
 	nss := factory.Core().V1().Namespaces()
 	handler := notifier(w.batcher.Notify)
 	var (
-		svcList   listed[*corev1.Service]
-		sliceList listed[*discoveryv1.EndpointSlice]
-		podList   listed[*corev1.Pod]
-		nsList    listed[*corev1.Namespace]
+		svcList   kept[*corev1.Service]
+		sliceList kept[*discoveryv1.EndpointSlice]
+		podList   kept[*corev1.Pod]
+		nsList    kept[*corev1.Namespace]
 	)
+	var delivered []cache.InformerSynced
 	for _, inf := range []struct {
 		informer cache.SharedIndexInformer
-		events   *atomic.Uint64
-	}{{svc.Informer(), &svcList.events}, {slices.Informer(), &sliceList.events}, {pods.Informer(), &podList.events}, {nss.Informer(), &nsList.events}} {
+		handler  cache.ResourceEventHandler
+	}{{svc.Informer(), svcList.handler(w.batcher.Notify)}, {slices.Informer(), sliceList.handler(w.batcher.Notify)},
+		{pods.Informer(), podList.handler(w.batcher.Notify)}, {nss.Informer(), nsList.handler(w.batcher.Notify)}} {
 		if err := inf.informer.SetTransform(stripManagedFields); err != nil {
 			return fmt.Errorf("k8s: informer transform: %w", err)
 		}
-		events := inf.events
-		if _, err := inf.informer.AddEventHandler(notifier(func() { events.Add(1); w.batcher.Notify() })); err != nil {
+		reg, err := inf.informer.AddEventHandler(inf.handler)
+		if err != nil {
 			return fmt.Errorf("k8s: informer handler: %w", err)
 		}
+		delivered = append(delivered, reg.HasSynced)
 	}
 	var policies atomic.Pointer[cache.GenericLister]
 	if w.cfg.Dynamic != nil {
@@ -171,23 +174,17 @@ func (w *Watcher) Start(ctx context.Context) error {
 			return fmt.Errorf("k8s: %v informer did not sync", typ)
 		}
 	}
+	// The lists are the events' (see kept): the initial ones are complete
+	// once every object listed at the start has reached the handlers.
+	if !cache.WaitForCacheSync(ctx.Done(), delivered...) {
+		return nil // ctx ended
+	}
 	w.synced.Store(true)
 	w.cfg.Logger.Info("k8s: informers synced")
 	list := func(ctx context.Context, first time.Time) {
-		st := &State{ChangedAt: first}
-		var errs []error
+		st := &State{ChangedAt: first, Services: svcList.get(), Slices: sliceList.get(), Pods: podList.get(), Namespaces: nsList.get()}
 		var err error
-		st.Services, err = svcList.get(svc.Lister().List)
-		errs = append(errs, err)
-		st.Slices, err = sliceList.get(slices.Lister().List)
-		errs = append(errs, err)
-		st.Pods, err = podList.get(pods.Lister().List)
-		errs = append(errs, err)
-		st.Namespaces, err = nsList.get(nss.Lister().List)
-		errs = append(errs, err)
-		st.Policies, err = listPolicies(policies.Load())
-		errs = append(errs, err)
-		if err := errors.Join(errs...); err != nil {
+		if st.Policies, err = listPolicies(policies.Load()); err != nil {
 			w.cfg.Logger.Error("k8s: list from cache", "error", err)
 			return
 		}
@@ -205,33 +202,6 @@ func notifier(f func()) cache.ResourceEventHandler {
 		UpdateFunc: func(any, any) { f() },
 		DeleteFunc: func(any) { f() },
 	}
-}
-
-// listed is one kind's list from its informer's cache, listed again only
-// after an event of the kind: a state after an endpoint change hands on
-// the same pod list as the state before (listing 100,000 pods is a slice
-// of 100,000, and the Converter skips a list it has seen).
-type listed[T any] struct {
-	events atomic.Uint64 // the informer's events so far
-	seen   uint64        // events counted before list was listed
-	list   []T
-	ok     bool
-}
-
-// get returns the kind's list: the last one if no event came since it was
-// listed. The count is read before listing: an event the list may miss is
-// counted after, and its Notify brings another state, listed again.
-func (l *listed[T]) get(list func(labels.Selector) ([]T, error)) ([]T, error) {
-	n := l.events.Load()
-	if l.ok && n == l.seen {
-		return l.list, nil
-	}
-	out, err := list(labels.Everything())
-	if err != nil {
-		return nil, err
-	}
-	l.list, l.seen, l.ok = out, n, true
-	return out, nil
 }
 
 // startSource hands on the Source's state after each batch of its changes.

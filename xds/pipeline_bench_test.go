@@ -32,8 +32,9 @@ func BenchmarkEndpointWrite(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				// The informer hands on a new object for every write, and
-				// the watcher a new list of its kind (the lists of the
-				// kinds no event came for are the last state's).
+				// the watcher a new list of its kind, the object in its
+				// place (the lists of the kinds no event came for are the
+				// last state's).
 				sl := st.Slices[0].DeepCopy()
 				ready := i%2 == 0
 				sl.Endpoints[0].Conditions.Ready = &ready

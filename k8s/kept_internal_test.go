@@ -1,0 +1,115 @@
+package k8s
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// TestKeptFollowsEvents: a kind's list kept from informer events (adds,
+// updates, resyncs, deletes, tombstones) holds exactly the objects the
+// events leave, an update stays in its object's place, and a list handed
+// on is never edited by the events after it.
+func TestKeptFollowsEvents(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	var k kept[*corev1.Pod]
+	notified := 0
+	h := k.handler(func() { notified++ })
+	want := map[string]*corev1.Pod{}
+	type handed struct {
+		list, copy []*corev1.Pod
+	}
+	var out []handed
+	for step := range 5000 {
+		key := fmt.Sprintf("p%d", r.IntN(40))
+		ns := []string{"a", "b"}[r.IntN(2)]
+		name := ns + "/" + key
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key}}
+		old := want[name]
+		var before []*corev1.Pod
+		if old != nil {
+			before = slices.Clone(k.list)
+		}
+		switch r.IntN(6) {
+		case 0, 1:
+			if old == nil {
+				h.OnAdd(pod, false)
+			} else {
+				h.OnUpdate(old, pod)
+				i := slices.Index(before, old)
+				if k.list[i] != pod {
+					t.Fatalf("step %d: %s updated at place %d, not in its place", step, name, i)
+				}
+			}
+			want[name] = pod
+		case 2:
+			if old != nil {
+				h.OnUpdate(old, old) // a resync
+			}
+		case 3:
+			if old != nil {
+				h.OnDelete(old)
+				delete(want, name)
+			}
+		case 4:
+			if old != nil { // deleted while the watch was down
+				h.OnDelete(cache.DeletedFinalStateUnknown{Key: name, Obj: old})
+				delete(want, name)
+			}
+		case 5:
+			list := k.get()
+			out = append(out, handed{list, slices.Clone(list)})
+		}
+		got := map[string]*corev1.Pod{}
+		for _, p := range k.list {
+			if got[keyOf(p)] != nil {
+				t.Fatalf("step %d: %s twice in the list", step, keyOf(p))
+			}
+			got[keyOf(p)] = p
+		}
+		if len(got) != len(want) {
+			t.Fatalf("step %d: %d objects kept, want %d", step, len(got), len(want))
+		}
+		for n, p := range want {
+			if got[n] != p {
+				t.Fatalf("step %d: %s is not the last object its events left", step, n)
+			}
+			if k.list[k.pos[n]] != p {
+				t.Fatalf("step %d: %s's place is wrong", step, n)
+			}
+		}
+	}
+	for i, h := range out {
+		if !slices.Equal(h.list, h.copy) {
+			t.Fatalf("list %d handed on was edited by later events", i)
+		}
+	}
+	if notified == 0 || len(out) == 0 {
+		t.Fatalf("%d notifications, %d lists handed on: the test tested nothing", notified, len(out))
+	}
+}
+
+// TestKeptTombstoneByKey: a tombstone without its object removes by key,
+// for namespaced and cluster-scoped objects alike.
+func TestKeptTombstoneByKey(t *testing.T) {
+	var k kept[*corev1.Namespace]
+	h := k.handler(func() {})
+	h.OnAdd(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a"}}, false)
+	h.OnAdd(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "b"}}, false)
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "a"})
+	if l := k.get(); len(l) != 1 || l[0].Name != "b" {
+		t.Fatalf("after a's tombstone: %v", l)
+	}
+	var p kept[*corev1.Pod]
+	ph := p.handler(func() {})
+	ph.OnAdd(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a"}}, false)
+	ph.OnDelete(cache.DeletedFinalStateUnknown{Key: "x/a"})
+	if l := p.get(); len(l) != 0 {
+		t.Fatalf("after x/a's tombstone: %v", l)
+	}
+}
