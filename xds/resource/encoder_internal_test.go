@@ -46,3 +46,36 @@ func TestEncoderForgets(t *testing.T) {
 		t.Fatalf("only %d of 200 rounds added to what the Encoder remembers", adding)
 	}
 }
+
+// TestEncoderForgetsReplaced: rounds that patch sets (an endpoint change)
+// forget the values they replaced: the Encoder remembers exactly what the
+// sets hold and never needs a round that records every resource anew.
+func TestEncoderForgetsReplaced(t *testing.T) {
+	const n = 2000
+	var enc Encoder
+	var prev map[resourcev3.Type]Set
+	for round := range 200 {
+		items := make([]types.Resource, n)
+		for i := range items {
+			name := fmt.Sprintf("svc%04d", i)
+			if round == 0 || (i+round)%97 == 0 {
+				items[i] = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{Priority: uint32(round)}}}
+			} else {
+				items[i] = prev[resourcev3.EndpointType].items[i]
+			}
+		}
+		r := enc.Begin()
+		if round > 0 && !r.c.adding {
+			t.Fatalf("round %d recorded every resource anew", round)
+		}
+		got, err := r.Shared(Resources{resourcev3.EndpointType: items}, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.End()
+		if len(enc.last) != n {
+			t.Fatalf("round %d: %d encodings remembered for %d resources", round, len(enc.last), n)
+		}
+		prev = got
+	}
+}

@@ -29,19 +29,17 @@ func Own(res Resources) (map[resourcev3.Type]Set, error) {
 // Encoder is ready; it is not safe for concurrent use.
 //
 // Most rounds add to what it remembers (a set found unchanged, or patched,
-// costs nothing per resource it kept); every fullEvery-th round, or when
-// it remembers twice what the last such round recorded, a round records
-// anew only what its sets hold, so that values no set holds any more are
-// forgotten.
+// costs nothing per resource it kept) and forget the values a patched set
+// replaced; when it remembers twice what the last round that recorded
+// anew did (sets built whole leave their old values behind), a round
+// records anew only what its sets hold, so that values no set holds any
+// more are forgotten. An endpoint change thus costs the Encoder the
+// endpoint sets it touched, whatever the mesh's size.
 type Encoder struct {
 	last map[types.Resource]encoded
-	// rounds is the number of rounds since the last that recorded anew,
-	// full what that one recorded.
-	rounds, full int
+	// full is what the last round that recorded anew recorded.
+	full int
 }
-
-// fullEvery bounds the rounds between two that record anew.
-const fullEvery = 32
 
 // Round is one round of shared sets (one model change: the mesh's and
 // every scope's). It reuses the encodings of the Encoder's last round and
@@ -53,11 +51,9 @@ type Round struct {
 
 // Begin starts a round.
 func (e *Encoder) Begin() *Round {
-	if e.last == nil || e.rounds >= fullEvery || len(e.last) > 2*e.full+1024 {
-		e.rounds = 0
+	if e.last == nil || len(e.last) > 2*e.full+1024 {
 		return &Round{e: e, c: encodingCache{prev: e.last, next: make(map[types.Resource]encoded, len(e.last))}}
 	}
-	e.rounds++
 	return &Round{e: e, c: encodingCache{next: e.last, adding: true}}
 }
 
@@ -223,6 +219,14 @@ func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
 func (c *encodingCache) record(r types.Resource, e encoded) {
 	if c != nil && c.next != nil {
 		c.next[r] = e
+	}
+}
+
+// forget drops r's encoding from what the next round may reuse (a value
+// held by a set of another round too is encoded again if it comes back).
+func (c *encodingCache) forget(r types.Resource) {
+	if c != nil && c.next != nil {
+		delete(c.next, r)
 	}
 }
 

@@ -216,6 +216,9 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 			continue
 		}
 		diff = diff[1:]
+		if c.adding {
+			c.forget(v.items[i]) // replaced: no set of the round holds it
+		}
 		name := cachev3.GetResourceName(r)
 		if old, ok := v.idx.get(name); !ok || old.version != e.version {
 			next.changed = append(next.changed, name)
