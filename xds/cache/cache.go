@@ -31,7 +31,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 
@@ -127,9 +126,8 @@ func (c *Cache) SetSnapshot(_ context.Context, node string, snap cachev3.Resourc
 func (c *Cache) setLocked(node string, s *resource.Snapshot) []InSync {
 	c.snaps[node] = s
 	if ws := c.sotw[node]; len(ws) > 0 {
-		for _, w := range slices.SortedFunc(maps.Keys(ws), func(a, b *sotwWatch) int {
-			return resource.Order(a.req.GetTypeUrl()) - resource.Order(b.req.GetTypeUrl())
-		}) {
+		var buf [2 * resource.NumTypes]*sotwWatch
+		for _, w := range inADSOrder(buf[:0], ws) {
 			if c.answerSotwLocked(w, s) {
 				delete(ws, w)
 			}
@@ -141,9 +139,8 @@ func (c *Cache) setLocked(node string, s *resource.Snapshot) []InSync {
 	}
 	// In ADS order (clusters before endpoints, listeners before routes):
 	// one stream reads its responses in the order they are queued.
-	ordered := slices.SortedFunc(maps.Keys(ws), func(a, b *deltaWatch) int {
-		return resource.Order(a.req.GetTypeUrl()) - resource.Order(b.req.GetTypeUrl())
-	})
+	var buf [2 * resource.NumTypes]*deltaWatch
+	ordered := inADSOrder(buf[:0], ws)
 	var synced []InSync
 	for _, w := range ordered {
 		if c.answerLocked(w, s, &synced) {
@@ -151,6 +148,25 @@ func (c *Cache) setLocked(node string, s *resource.Snapshot) []InSync {
 		}
 	}
 	return synced
+}
+
+// ordered is a watch with its type's place in ADS order (resource.Order).
+type ordered interface {
+	comparable
+	order() int
+}
+
+func (w *sotwWatch) order() int  { return w.typeOrder }
+func (w *deltaWatch) order() int { return w.typeOrder }
+
+// inADSOrder appends a node's watches to buf in ADS order (a node has a
+// watch or two per type: buf on the caller's stack holds them).
+func inADSOrder[W ordered](buf []W, ws map[W]struct{}) []W {
+	for w := range ws {
+		buf = append(buf, w)
+	}
+	slices.SortFunc(buf, func(a, b W) int { return a.order() - b.order() })
+	return buf
 }
 
 // ClearSnapshot forgets a node's snapshot; its open watches wait for a new one.

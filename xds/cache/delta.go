@@ -20,6 +20,8 @@ type deltaWatch struct {
 	sub  cachev3.Subscription
 	ch   chan cachev3.DeltaResponse
 	held *deltaHeld
+	// typeOrder is the type's place in ADS order.
+	typeOrder int
 }
 
 // deltaHeld is what one delta stream holds of one type, as far as meshd
@@ -68,7 +70,7 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[deltaHeld](c, req, req.GetTypeUrl())}
+	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[deltaHeld](c, req, req.GetTypeUrl()), typeOrder: resource.Order(req.GetTypeUrl())}
 	w.held.observe(req)
 	c.mu.Lock()
 	var synced []InSync

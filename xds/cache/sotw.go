@@ -57,6 +57,8 @@ type sotwWatch struct {
 	ch    chan cachev3.Response
 	held  *sotwHeld
 	added map[string]struct{} // subscribed names not in held.names
+	// typeOrder is the type's place in ADS order.
+	typeOrder int
 }
 
 // fullState reports whether a SotW response of the type must hold every
@@ -68,7 +70,7 @@ func fullState(typeURL string) bool {
 // CreateWatch answers at once when the stream lacks something of its node's
 // current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[sotwHeld](c, req, req.GetTypeUrl())}
+	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[sotwHeld](c, req, req.GetTypeUrl()), typeOrder: resource.Order(req.GetTypeUrl())}
 	w.held.observe(w)
 	c.mu.Lock()
 	defer c.mu.Unlock()
