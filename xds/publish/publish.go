@@ -69,12 +69,16 @@ type Publisher struct {
 	clock       clock.PassiveClock
 }
 
-// published is a proxy's last snapshot and, by type, the versions of the
-// shared and own sets each of its sets was merged from: the next snapshot
-// reuses a set whose parts did not move instead of merging them again.
+// published is a proxy's last snapshot and, by type (in resource.Types'
+// order), the versions of the shared and own sets each of its sets was
+// merged from, and the shared set's size: the next snapshot reuses a set
+// whose parts did not move instead of merging them again, and is not
+// checked for completeness again when the proxy's own sets are the same
+// and the shared ones have the same names (an endpoint change).
 type published struct {
-	snap *resource.Snapshot
-	from map[resourcev3.Type][2]string
+	snap      *resource.Snapshot
+	from      [resource.NumTypes][2]string
+	sharedLen [resource.NumTypes]int
 }
 
 // New returns a Publisher that publishes into cache.
@@ -286,12 +290,17 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	}
 	shared := p.sharedOfLocked(nodeID)
 	prev, same := p.published[nodeID], true
+	// What completeness reads (the own sets' references, the names of both)
+	// is what it read for the last snapshot, which was complete.
+	checked := prev.snap != nil
 	types := resource.Types()
-	next := published{from: make(map[resourcev3.Type][2]string, len(types))}
+	var next published
 	sets := make(map[resourcev3.Type]resource.Set, len(types))
-	for _, t := range types {
+	for i, t := range types {
 		parts := [2]string{shared[t].Version(), own[t].Version()}
-		v, ok := prev.reuse(t, parts)
+		checked = checked && parts[1] == prev.from[i][1] && shared[t].SameNamesAs(prev.from[i][0], prev.sharedLen[i])
+		next.from[i], next.sharedLen[i] = parts, shared[t].Len()
+		v, ok := prev.reuse(i, t, parts)
 		if !ok {
 			// Merging a type the proxy has resources of its own in costs a
 			// map entry per resource: not again for a type nothing moved in
@@ -299,13 +308,15 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 			// endpoint change).
 			v, same = resource.Merge(shared[t], own[t]), false
 		}
-		sets[t], next.from[t] = v, parts
+		sets[t] = v
 	}
 	if same {
 		return nil // nothing moved for this proxy (a change outside its scope)
 	}
-	if err := complete(shared, own); err != nil {
-		return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
+	if !checked {
+		if err := complete(shared, own); err != nil {
+			return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
+		}
 	}
 	next.snap = resource.NewSnapshot(sets)
 	if err := p.cache.SetSnapshot(ctx, nodeID, next.snap); err != nil {
@@ -316,10 +327,10 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	return nil
 }
 
-// reuse returns the published snapshot's set of type t if it was merged
-// from parts.
-func (pub published) reuse(t resourcev3.Type, parts [2]string) (resource.Set, bool) {
-	if pub.snap == nil || pub.from[t] != parts {
+// reuse returns the published snapshot's set of type t (at place i) if it
+// was merged from parts.
+func (pub published) reuse(i int, t resourcev3.Type, parts [2]string) (resource.Set, bool) {
+	if pub.snap == nil || pub.from[i] != parts {
 		return resource.Set{}, false
 	}
 	return pub.snap.SetOf(t)

@@ -139,3 +139,50 @@ func TestIncompleteSharedIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestIncompleteProxyIsRefused: a proxy's snapshot whose own resources
+// reference what neither they nor the shared ones have is refused, whether
+// its own resources or the shared ones moved; an endpoint change (the
+// completeness check skipped: nothing it reads moved) is published.
+func TestIncompleteProxyIsRefused(t *testing.T) {
+	ctx := context.Background()
+	ads := &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+	own := func(endpoints string) map[string]resource.Resources {
+		return map[string]resource.Resources{node: {resourcev3.SecretType: secrets(), resourcev3.ClusterType: {&clusterv3.Cluster{Name: "mine",
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: ads, ServiceName: endpoints}}}}}
+	}
+	renamed := shared(8080)
+	c := proto.Clone(renamed[resourcev3.ClusterType][0]).(*clusterv3.Cluster)
+	c.Name = "other"
+	e := proto.Clone(renamed[resourcev3.EndpointType][0]).(*endpointv3.ClusterLoadAssignment)
+	e.ClusterName = "other"
+	renamed = resource.Resources{resourcev3.ClusterType: {c}, resourcev3.EndpointType: {e}}
+
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := publish.New(cache)
+	if err := pub.SetAll(ctx, time.Time{}, shared(8080), own("backend")); err != nil {
+		t.Fatal(err)
+	}
+	for i, port := range []uint32{9090, 8080, 9090} {
+		if err := pub.SetAll(ctx, time.Time{}, shared(port), nil); err != nil {
+			t.Fatalf("endpoint change %d: %v", i, err)
+		}
+		snap, err := cache.GetSnapshot(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := snap.GetResources(resourcev3.EndpointType)["backend"].(*endpointv3.ClusterLoadAssignment); got.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue() != port {
+			t.Fatalf("endpoint change %d not published", i)
+		}
+	}
+	if err := pub.SetAll(ctx, time.Time{}, shared(9090), own("missing")); err == nil {
+		t.Error("own cluster naming a missing endpoint set (own resources moved): published")
+	}
+	if err := pub.SetAll(ctx, time.Time{}, shared(9090), own("backend")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.SetAll(ctx, time.Time{}, renamed, nil); err == nil {
+		t.Error("own cluster naming an endpoint set the shared ones no longer have (shared names moved): published")
+	}
+}

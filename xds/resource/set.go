@@ -137,11 +137,14 @@ func (v Set) Removed() []string { return v.removed }
 
 // SameNames reports whether the set has exactly old's names: it is old, or
 // was made from old (Since, replaced) with nothing added or removed.
-func (v Set) SameNames(old Set) bool {
-	if v.version == old.version {
+func (v Set) SameNames(old Set) bool { return v.SameNamesAs(old.version, old.Len()) }
+
+// SameNamesAs is SameNames for the set of version old and n resources.
+func (v Set) SameNamesAs(old string, n int) bool {
+	if v.version == old {
 		return true
 	}
-	return v.from == old.version && len(v.removed) == 0 && v.Len() == old.Len()
+	return v.from == old && len(v.removed) == 0 && v.Len() == n
 }
 
 // Since returns the set recording what changed from old, the set it
