@@ -187,6 +187,7 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 			c.servicesOut[e.at] = e.out
 		}
 	}
+	clear(outChanged) // the array is reused: it holds no entry past this change
 	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt, Workloads: c.workloads, Services: c.servicesOut}
 	return snap, c.problems()
 }
@@ -446,17 +447,19 @@ func (c *Converter) addSlice(s *discoveryv1.EndpointSlice, changed map[string]bo
 // on (see kept: an update in its object's place, an addition last, a
 // deletion replaced by the last object): gone are the objects at the
 // places where last differs from next, came next's there. ok is false when
-// more places differ than maxPlaces or a quarter of the list (a list in a
-// new order, a large change): the caller then looks every object up.
+// more places differ (a longer list's tail included) than maxPlaces or a
+// quarter of the list (a list in a new order, a large change): the caller
+// then looks every object up.
 func placeDiff[T comparable](last, next []T) (gone, came []T, ok bool) {
 	n := min(len(last), len(next))
 	limit := min(maxPlaces, max(len(last), len(next))/4+1)
-	if len(last)-n > limit || len(next)-n > limit {
+	tail := max(len(last), len(next)) - n // places one list has beyond the other
+	if tail > limit {
 		return nil, nil, false
 	}
 	for i := range n {
 		if last[i] != next[i] {
-			if len(gone) == limit {
+			if len(gone)+tail == limit {
 				return nil, nil, false
 			}
 			gone, came = append(gone, last[i]), append(came, next[i])

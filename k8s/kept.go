@@ -86,13 +86,13 @@ func (k *kept[T]) remove(obj any) {
 	switch o := obj.(type) {
 	case cache.DeletedFinalStateUnknown:
 		key = o.Key
-		if m, ok := o.Obj.(metav1.Object); ok {
+		if m, ok := o.Obj.(T); ok {
 			key = keyOf(m)
 		}
-	case metav1.Object:
+	case T:
 		key = keyOf(o)
 	default:
-		return
+		return // not of this kind
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()

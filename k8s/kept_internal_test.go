@@ -53,8 +53,14 @@ func TestKeptFollowsEvents(t *testing.T) {
 			}
 		case 3:
 			if old != nil {
+				i, last := slices.Index(before, old), before[len(before)-1]
 				h.OnDelete(old)
 				delete(want, name)
+				if last != old && k.list[i] != last {
+					t.Fatalf("step %d: %s deleted at place %d, the last object not moved into it", step, name, i)
+				}
+			} else {
+				h.OnDelete(pod) // a name never added: nothing happens
 			}
 		case 4:
 			if old != nil { // deleted while the watch was down
@@ -91,6 +97,20 @@ func TestKeptFollowsEvents(t *testing.T) {
 	}
 	if notified == 0 || len(out) == 0 {
 		t.Fatalf("%d notifications, %d lists handed on: the test tested nothing", notified, len(out))
+	}
+}
+
+// TestKeptIgnoresOtherKinds: an object of another kind (no informer of
+// this kind hands one on) is not kept, and its deletion removes nothing.
+func TestKeptIgnoresOtherKinds(t *testing.T) {
+	var k kept[*corev1.Pod]
+	h := k.handler(func() {})
+	h.OnAdd(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a"}}, false)
+	h.OnAdd(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b"}}, false)
+	h.OnDelete(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a"}})
+	h.OnDelete("junk")
+	if l := k.get(); len(l) != 1 || l[0].Name != "a" {
+		t.Fatalf("kept %v, want pod x/a alone", l)
 	}
 }
 

@@ -137,10 +137,13 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// recvWindow is how much a proxy may send before meshd has read it, per
-// stream and per connection: a SotW ACK naming 1,000 resources is ~40 KB,
-// so a window update goes out every few dozen requests, and a client that
-// sends without reading answers holds at most this much in meshd.
+// recvWindow is how much a proxy may send on a stream before meshd has
+// read it (grpc-go opens it further for one request up to MaxRecvMsgSize;
+// the connection's window is handed back as data arrives, so a connection
+// holds at most StreamsPerConnection times that). A SotW ACK naming 1,000
+// resources is ~40 KB: a window update goes out every six or seven of them
+// (at a quarter of the window), for the stream and for the connection.
+// grpc-go's dynamic windows grew to 16 MiB.
 const recvWindow = 1 << 20
 
 // Addr is the address the server listens on.

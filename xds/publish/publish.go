@@ -53,8 +53,10 @@ type Publisher struct {
 	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
 	scopes  map[string]map[resourcev3.Type]resource.Set
 	scopeOf map[string]string
-	// published is each proxy's last snapshot.
+	// published is each proxy's last snapshot; checks counts the proxy
+	// snapshots checked for completeness (what tests read).
 	published map[string]published
+	checks    int
 
 	// enc keeps the encodings of the last shared and scope resources
 	// (guarded by encMu, taken before mu).
@@ -314,6 +316,7 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		return nil // nothing moved for this proxy (a change outside its scope)
 	}
 	if !checked {
+		p.checks++
 		if err := complete(shared, own); err != nil {
 			return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 		}

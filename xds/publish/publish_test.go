@@ -164,9 +164,16 @@ func TestIncompleteProxyIsRefused(t *testing.T) {
 	if err := pub.SetAll(ctx, time.Time{}, shared(8080), own("backend")); err != nil {
 		t.Fatal(err)
 	}
+	checks := pub.Checks()
+	if checks == 0 {
+		t.Fatal("the first snapshot was not checked for completeness")
+	}
 	for i, port := range []uint32{9090, 8080, 9090} {
 		if err := pub.SetAll(ctx, time.Time{}, shared(port), nil); err != nil {
 			t.Fatalf("endpoint change %d: %v", i, err)
+		}
+		if n := pub.Checks(); n != checks {
+			t.Fatalf("endpoint change %d: checked for completeness again (%d checks, %d before)", i, n, checks)
 		}
 		snap, err := cache.GetSnapshot(node)
 		if err != nil {

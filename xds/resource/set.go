@@ -220,7 +220,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		}
 		diff = diff[1:]
 		if c.adding {
-			c.forget(v.items[i]) // replaced: no set of the round holds it
+			c.forget(v.items[i]) // replaced here (a set still holding it keeps its encoding; a later round meeting it encodes it again)
 		}
 		name := cachev3.GetResourceName(r)
 		if old, ok := v.idx.get(name); !ok || old.version != e.version {
