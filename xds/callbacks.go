@@ -292,13 +292,13 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 		// The request's names, not a copy: a request is not changed once
 		// handled, and SotW proxies send every name with each ACK (a copy
 		// per request was 16 bytes x names x proxies). The codec made
-		// them canonical, and an ACK's are the previous request's slice
-		// (see request.go).
+		// them canonical, shared among streams, and an ACK's are the
+		// previous request's slice (see request.go).
 		ts.Subscribed = names.names
 	case s.delta && len(ts.Subscribed) == 0 && len(names.gone) == 0 && len(names.names) > 0:
-		ts.Subscribed = names.names // a delta stream's first subscription
+		ts.Subscribed = lists.share(names.names) // a delta stream's first subscription
 	case s.delta && len(names.names)+len(names.gone) > 0:
-		ts.Subscribed = resubscribe(ts.Subscribed, names)
+		ts.Subscribed = lists.share(resubscribe(ts.Subscribed, names))
 	}
 	if nonce == "" {
 		return "" // first request of this type: neither ACK nor NACK

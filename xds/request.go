@@ -25,7 +25,8 @@ import (
 // checked as protobuf checks it (valid UTF-8) and takes its canonical copy
 // (unique.Make), which thousands of proxies naming the same resources
 // share; the collector drops canonical copies no one holds, so a client
-// naming junk keeps nothing alive.
+// naming junk keeps nothing alive. A new list is shared the same way, with
+// every stream naming the same resources (see lists.go).
 
 // sotwRequest is what a stream hands the codec to decode a SotW request
 // into: the message, and the stream's previous names by type.
@@ -86,6 +87,9 @@ func decodeSotwRequest(b []byte, r sotwRequest) error {
 		return err
 	}
 	r.req.ResourceNames = names.result()
+	if names.fresh() {
+		r.req.ResourceNames = lists.share(r.req.ResourceNames)
+	}
 	if slot < resource.NumTypes {
 		r.prev[slot] = r.req.ResourceNames
 	}
@@ -161,6 +165,11 @@ func (ns *namesOf) add(b []byte) bool {
 	}
 	ns.out[i] = unique.Make(string(b)).Value()
 	return true
+}
+
+// fresh reports whether result is a new list rather than prev.
+func (ns *namesOf) fresh() bool {
+	return ns.out != nil || ns.count != len(ns.prev)
 }
 
 func (ns *namesOf) result() []string {
