@@ -97,6 +97,15 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 	names := req.GetResourceNames()
 	if h.names == nil || slices.Equal(names, h.lastNames) {
 		h.lastNames = names
+		// An ACK: go-control-plane made a new map of the same names for
+		// its subscription. h.names is a subset of that subscription's
+		// names (it was set from the stream's subscription, or from the
+		// names held of it); of the same size, it has the same names:
+		// it is the new map from now on, so that the stream holds one
+		// map of its ~1,000 endpoint names, not two.
+		if sub := w.sub.SubscribedResources(); h.names != nil && len(sub) == len(h.names) {
+			h.names = sub
+		}
 		return
 	}
 	h.lastNames = names
