@@ -119,9 +119,11 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
 		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout),
-		// A proxy's connection is idle most of its life and its requests
-		// are small (grpc-go releases write buffers after each flush).
-		grpc.ReadBufferSize(8<<10),
+		// No read buffer of gRPC's own: crypto/tls decrypts each record
+		// into its connection's buffer, and gRPC's framer reads from that
+		// (a second buffer was 8 KB per connection, 80 MB at 10,000
+		// proxies). grpc-go releases write buffers after each flush.
+		grpc.ReadBufferSize(0),
 		// Fixed flow-control windows, as Envoy's own: grpc-go's dynamic
 		// ones send a ping (bandwidth-delay estimate) on the first data
 		// after each quiet spell, that is after nearly every ACK, and read
