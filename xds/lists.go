@@ -58,7 +58,7 @@ func (l *sharedLists) share(names []string) []string {
 	key := l.hash(names)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if canon := l.byHash[key].names(); slices.Equal(canon, names) && canon != nil {
+	if canon := l.byHash[key].names(); canon != nil && slices.Equal(canon, names) {
 		return canon
 	}
 	canon := slices.Clone(names) // without protobuf's spare capacity
