@@ -54,9 +54,17 @@ type Publisher struct {
 	scopes  map[string]map[resourcev3.Type]resource.Set
 	scopeOf map[string]string
 	// published is each proxy's last snapshot; checks counts the proxy
-	// snapshots checked for completeness (what tests read).
+	// snapshots checked for completeness and composed counts the proxies
+	// composed again (what tests read).
 	published map[string]published
 	checks    int
+	composed  int
+	// gens numbers the shared resources ("") and each scope's (by key):
+	// a new number whenever a version in them moves. A proxy whose own
+	// resources did not move and whose shared ones have the number its
+	// last snapshot was composed from is not composed again.
+	gens map[string]uint64
+	gen  uint64
 
 	// enc keeps the encodings of the last shared and scope resources
 	// (guarded by encMu, taken before mu).
@@ -81,12 +89,16 @@ type published struct {
 	snap      *resource.Snapshot
 	from      [resource.NumTypes][2]string
 	sharedLen [resource.NumTypes]int
+	// scope and gen are the shared resources it was composed from: the
+	// scope's key ("" for the mesh's) and their number (see gens).
+	scope string
+	gen   uint64
 }
 
 // New returns a Publisher that publishes into cache.
 func New(cache Cache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]resource.Set{}, proxies: map[string]map[resourcev3.Type]resource.Set{},
-		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, published: map[string]published{},
+		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, published: map[string]published{}, gens: map[string]uint64{},
 		conv: map[string]*convergence{}, clock: clock.RealClock{}, convergence: newConvergenceHistogram()}
 }
 
@@ -141,6 +153,15 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 			since(p.scopes[key], h)
 		}
 	}
+	p.renumberLocked("", p.shared, hashed)
+	for key := range p.gens {
+		if _, kept := hashedScopes[key]; key != "" && !kept {
+			delete(p.gens, key)
+		}
+	}
+	for key, h := range hashedScopes {
+		p.renumberLocked(key, p.scopes[key], h)
+	}
 	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
@@ -151,6 +172,9 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 	}
 	var errs []error
 	for node := range p.proxies {
+		if _, moved := ownHashed[node]; !moved && p.composedLocked(node) {
+			continue // nothing it is composed of moved (a change outside its scope)
+		}
 		if err := p.publishLocked(ctx, node); err != nil {
 			errs = append(errs, err)
 		}
@@ -159,6 +183,47 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 		return fmt.Errorf("xds: publish: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// renumberLocked gives the shared resources of a scope ("": the mesh's) a
+// new number when next moves a version of prev.
+func (p *Publisher) renumberLocked(key string, prev, next map[resourcev3.Type]resource.Set) {
+	_, numbered := p.gens[key]
+	if numbered && len(prev) == len(next) && sameVersions(prev, next) {
+		return
+	}
+	p.gen++
+	p.gens[key] = p.gen
+}
+
+// sameVersions reports whether next has every type of prev at its version.
+func sameVersions(prev, next map[resourcev3.Type]resource.Set) bool {
+	for t, v := range prev {
+		if n, ok := next[t]; !ok || n.Version() != v.Version() {
+			return false
+		}
+	}
+	return true
+}
+
+// sharedKeyLocked is the key of the shared resources a proxy is composed
+// from: its scope's, or "" for the mesh's (unscoped, or its scope not
+// known).
+func (p *Publisher) sharedKeyLocked(nodeID string) string {
+	if key, ok := p.scopeOf[nodeID]; ok {
+		if _, ok := p.scopes[key]; ok {
+			return key
+		}
+	}
+	return ""
+}
+
+// composedLocked reports whether a proxy's last snapshot was composed from
+// the shared resources it has now (its own resources did not move).
+func (p *Publisher) composedLocked(nodeID string) bool {
+	pub, ok := p.published[nodeID]
+	key := p.sharedKeyLocked(nodeID)
+	return ok && pub.snap != nil && pub.scope == key && pub.gen == p.gens[key]
 }
 
 // sharedPreparer prepares shared sets: a resource.Round (a model change)
@@ -222,6 +287,7 @@ func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope
 	defer p.mu.Unlock()
 	if _, known := p.scopes[key]; key != "" && !known && hashedScope != nil {
 		p.scopes[key] = hashedScope
+		p.renumberLocked(key, nil, hashedScope)
 	}
 	p.setOwnLocked(nodeID, hashed)
 	p.setScopeLocked(nodeID, key)
@@ -239,10 +305,8 @@ func (p *Publisher) HasScope(key string) bool {
 // sharedOfLocked is what the proxy shares: its scope's resources, or the
 // mesh's.
 func (p *Publisher) sharedOfLocked(nodeID string) map[resourcev3.Type]resource.Set {
-	if key, ok := p.scopeOf[nodeID]; ok {
-		if sc, ok := p.scopes[key]; ok {
-			return sc
-		}
+	if key := p.sharedKeyLocked(nodeID); key != "" {
+		return p.scopes[key]
 	}
 	return p.shared
 }
@@ -290,13 +354,14 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	if !p.started || own[resourcev3.SecretType].Len() == 0 {
 		return nil // not before the mesh config and the secrets
 	}
-	shared := p.sharedOfLocked(nodeID)
+	p.composed++
+	shared, key := p.sharedOfLocked(nodeID), p.sharedKeyLocked(nodeID)
 	prev, same := p.published[nodeID], true
 	// What completeness reads (the own sets' references, the names of both)
 	// is what it read for the last snapshot, which was complete.
 	checked := prev.snap != nil
 	types := resource.Types()
-	var next published
+	next := published{scope: key, gen: p.gens[key]}
 	sets := make(map[resourcev3.Type]resource.Set, len(types))
 	for i, t := range types {
 		parts := [2]string{shared[t].Version(), own[t].Version()}
@@ -313,7 +378,11 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		sets[t] = v
 	}
 	if same {
-		return nil // nothing moved for this proxy (a change outside its scope)
+		// Nothing moved for this proxy (a change outside its scope): the
+		// snapshot stands, composed from what it has now.
+		prev.scope, prev.gen = key, next.gen
+		p.published[nodeID] = prev
+		return nil
 	}
 	if !checked {
 		p.checks++

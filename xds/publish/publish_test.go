@@ -193,3 +193,69 @@ func TestIncompleteProxyIsRefused(t *testing.T) {
 		t.Error("own cluster naming an endpoint set the shared ones no longer have (shared names moved): published")
 	}
 }
+
+// A change composes again only the proxies whose shared resources or own
+// resources moved, and every proxy's snapshot is what it would be composed
+// from now: after changes in one scope, in the mesh's shared resources, a
+// proxy moving between scopes, and a scope forgotten.
+func TestChangeComposesOnlyProxiesItMoves(t *testing.T) {
+	ctx := context.Background()
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := publish.New(cache)
+	nodes := map[string]string{"a1": "a", "a2": "a", "b1": "b", "u1": ""}
+	own := map[string]resource.Resources{}
+	for n := range nodes {
+		own[n] = resource.Resources{resourcev3.SecretType: secrets()}
+	}
+	ports := map[string]uint32{"": 8080, "a": 8081, "b": 8082}
+	set := func(scopeOf map[string]string, own map[string]resource.Resources, scopes ...string) {
+		t.Helper()
+		sc := map[string]resource.Resources{}
+		for _, s := range scopes {
+			sc[s] = shared(ports[s])
+		}
+		if err := pub.SetScoped(ctx, time.Time{}, shared(ports[""]), sc, own, scopeOf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// check requires n proxies composed since the last check, and every
+	// proxy's endpoint port to be its scope's (the mesh's for "").
+	composed := 0
+	check := func(step string, n int, want map[string]string) {
+		t.Helper()
+		if got := pub.Composed() - composed; got != n {
+			t.Errorf("%s: %d proxies composed, want %d", step, got, n)
+		}
+		composed = pub.Composed()
+		for node, scope := range want {
+			snap, err := cache.GetSnapshot(node)
+			if err != nil {
+				t.Fatalf("%s: %s: %v", step, node, err)
+			}
+			cla := snap.GetResources(resourcev3.EndpointType)["backend"].(*endpointv3.ClusterLoadAssignment)
+			if got := cla.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetPortValue(); got != ports[scope] {
+				t.Errorf("%s: %s has port %d, want %d (scope %q)", step, node, got, ports[scope], scope)
+			}
+		}
+	}
+	set(nodes, own, "a", "b")
+	check("first", 4, nodes)
+	set(nodes, nil, "a", "b")
+	check("nothing moved", 0, nodes)
+	ports["a"] = 9081
+	set(nodes, nil, "a", "b")
+	check("scope a moved", 2, nodes)
+	ports[""] = 9080
+	set(nodes, nil, "a", "b")
+	check("the mesh's shared resources moved", 1, nodes)
+	set(nodes, map[string]resource.Resources{"b1": {resourcev3.SecretType: secrets()}}, "a", "b")
+	check("b1's own resources given again", 1, nodes)
+	nodes["a2"] = "b"
+	set(map[string]string{"a2": "b"}, nil, "a", "b")
+	check("a2 moved to scope b", 1, nodes)
+	// Scope b forgotten: its proxies fall back to the mesh's resources.
+	set(nil, nil, "a")
+	check("scope b forgotten", 2, map[string]string{"a1": "a", "a2": "", "b1": "", "u1": ""})
+	set(nil, nil, "a", "b")
+	check("scope b back", 2, nodes)
+}
