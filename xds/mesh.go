@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -47,7 +48,7 @@ type ownEntry struct {
 	// differs.
 	from     *model.Workload
 	workload *model.Workload
-	settings [3]any
+	settings inboundSettings
 	res      resource.Resources
 }
 
@@ -79,11 +80,12 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	own := make(map[string]resource.Resources, len(m.proxies))
 	scopes, scopeOf := map[string]resource.Resources{}, make(map[string]string, len(m.proxies))
 	for node, ref := range m.proxies {
-		if res, changed := m.ownCached(ref.peer); changed {
+		w := snap.Workload(node) // looked up once per proxy
+		if res, changed := m.ownCached(ref.peer, w); changed {
 			own[node] = res // only proxies whose own resources moved are hashed again
 		}
 		scopeOf[node] = ""
-		if e := m.egress(ref.peer); e != nil {
+		if e := egress(ref.peer, w); e != nil {
 			key := e.Key()
 			if _, done := scopes[key]; !done {
 				scopes[key], _ = m.tr.Scoped(snap, e) // its problems are the mesh's, reported above
@@ -94,10 +96,11 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
 }
 
-// egress is the proxy's outbound scope (nil: every service): its pod's, when
-// the proxy is the pod's.
-func (m *Mesh) egress(p Peer) model.Egress {
-	if w := m.snap.Workload(p.NodeID); w != nil && w.Identity == p.Identity.String() {
+// egress is the proxy's outbound scope (nil: every service): its pod's
+// (w, the model's workload of the proxy's node), when the proxy is the
+// pod's.
+func egress(p Peer, w *model.Workload) model.Egress {
+	if w != nil && w.Identity == p.Identity.String() {
 		return w.Egress
 	}
 	return nil
@@ -115,7 +118,8 @@ func (m *Mesh) Snapshot() *model.Snapshot {
 func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if w := m.snap.Workload(p.NodeID); w != nil && w.Identity != p.Identity.String() {
+	w := m.snap.Workload(p.NodeID)
+	if w != nil && w.Identity != p.Identity.String() {
 		m.log.Warn("xds: proxy's certificate identity differs from its pod's; refused", "proxy", p.NodeID, "identity", p.Identity.String(), "pod_identity", w.Identity)
 		return status.Errorf(codes.PermissionDenied, "xds: %s runs as %s; this certificate is %s", p.NodeID, w.Identity, p.Identity)
 	}
@@ -124,12 +128,12 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	m.proxies[p.NodeID] = ref
 	var key string
 	var scope resource.Resources
-	if e := m.egress(p); e != nil {
+	if e := egress(p, w); e != nil {
 		if key = e.Key(); !m.pub.HasScope(key) {
 			scope, _ = m.tr.Scoped(m.snap, e)
 		}
 	}
-	res, _ := m.ownCached(p)
+	res, _ := m.ownCached(p, w)
 	return m.pub.SetProxyScope(ctx, p.NodeID, key, scope, res)
 }
 
@@ -148,13 +152,13 @@ func (m *Mesh) RemoveProxy(nodeID string) {
 }
 
 // ownCached is own, translated again only when what it depends on moved:
-// the proxy, its workload, the snapshot's settings for the inbound side
-// (and, for a sidecar without interception, every service: not cached).
-func (m *Mesh) ownCached(p Peer) (resource.Resources, bool) {
-	w := m.snap.Workload(p.NodeID)
-	var settings [3]any
+// the proxy, its workload w (the model's of its node), the snapshot's
+// settings for the inbound side (and, for a sidecar without interception,
+// every service: not cached).
+func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
+	var settings inboundSettings
 	if m.snap != nil {
-		settings = [3]any{m.snap.TrustDomain, m.snap.ConnectionMaxAge, m.snap.DetectionTimeout}
+		settings = inboundSettings{m.snap.TrustDomain, m.snap.ConnectionMaxAge, m.snap.DetectionTimeout}
 	}
 	prev, ok := m.owned[p.NodeID]
 	if ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
@@ -165,7 +169,7 @@ func (m *Mesh) ownCached(p Peer) (resource.Resources, bool) {
 		}
 		return prev.res, false
 	}
-	res := m.own(p)
+	res := m.own(p, w)
 	entry := ownEntry{peer: p, from: w, settings: settings, res: res}
 	if w != nil {
 		c := *w
@@ -175,13 +179,19 @@ func (m *Mesh) ownCached(p Peer) (resource.Resources, bool) {
 	return res, true
 }
 
+// inboundSettings are the snapshot-wide settings a proxy's inbound side
+// uses.
+type inboundSettings struct {
+	trustDomain                 string
+	connectionMaxAge, detection time.Duration
+}
+
 // own translates a proxy's own resources. The listener type is always
 // present, so a workload that lost its ports loses its inbound listener. A proxy whose
 // pod is unknown, or runs under another service account than its
 // certificate says, gets no inbound side.
-func (m *Mesh) own(p Peer) resource.Resources {
+func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
 	res := resource.Resources{resourcev3.ListenerType: nil}
-	w := m.snap.Workload(p.NodeID)
 	switch {
 	case w == nil:
 		if m.snap != nil {
