@@ -160,7 +160,9 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 		}
 	}
 	for key, h := range hashedScopes {
-		p.renumberLocked(key, p.scopes[key], h)
+		if key != "" { // no proxy is of scope "": it is the mesh's number
+			p.renumberLocked(key, p.scopes[key], h)
+		}
 	}
 	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
 	defer func() { p.changedAt = time.Time{} }()
