@@ -46,7 +46,11 @@ type sharedList struct {
 
 // lists is the process's table: streams of every server share it, as
 // names are shared through unique.
-var lists = sharedLists{seed: maphash.MakeSeed(), byHash: map[uint64]sharedList{}}
+var lists = newSharedLists()
+
+func newSharedLists() *sharedLists {
+	return &sharedLists{seed: maphash.MakeSeed(), byHash: map[uint64]sharedList{}}
+}
 
 // share returns the canonical list of the same names as names (which the
 // caller must not write afterwards), making a copy of names canonical if

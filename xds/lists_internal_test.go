@@ -2,7 +2,6 @@ package xds
 
 import (
 	"fmt"
-	"hash/maphash"
 	"runtime"
 	"slices"
 	"testing"
@@ -11,10 +10,6 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 )
-
-func newLists() *sharedLists {
-	return &sharedLists{seed: maphash.MakeSeed(), byHash: map[uint64]sharedList{}}
-}
 
 // nameList is n names, each its own string (as decoded from a request).
 func nameList(prefix string, n int) []string {
@@ -28,7 +23,7 @@ func nameList(prefix string, n int) []string {
 func sameArray(a, b []string) bool { return len(a) > 0 && len(b) > 0 && &a[0] == &b[0] }
 
 func TestSharedListsShareEqualLists(t *testing.T) {
-	l := newLists()
+	l := newSharedLists()
 	a, b := nameList("outbound|80|svc", 100), nameList("outbound|80|svc", 100)
 	ca, cb := l.share(a), l.share(b)
 	if !slices.Equal(ca, a) || !slices.Equal(cb, b) {
@@ -56,7 +51,7 @@ func TestSharedListsShareEqualLists(t *testing.T) {
 }
 
 func TestSharedListsCollisionIsNotShared(t *testing.T) {
-	l := newLists()
+	l := newSharedLists()
 	a, b := nameList("a", 50), nameList("b", 50)
 	cb := l.share(b)
 	// b's canonical list under a's key: a hash collision.
@@ -73,7 +68,7 @@ func TestSharedListsCollisionIsNotShared(t *testing.T) {
 // A client sending a new list with every request leaves garbage, not a
 // growing table.
 func TestSharedListsForgetCollectedLists(t *testing.T) {
-	l := newLists()
+	l := newSharedLists()
 	kept := l.share(nameList("kept", 20))
 	for i := range 5000 {
 		l.share(nameList(fmt.Sprint("junk", i), 20))

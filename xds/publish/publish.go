@@ -304,10 +304,10 @@ func (p *Publisher) HasScope(key string) bool {
 	return ok
 }
 
-// sharedOfLocked is what the proxy shares: its scope's resources, or the
-// mesh's.
-func (p *Publisher) sharedOfLocked(nodeID string) map[resourcev3.Type]resource.Set {
-	if key := p.sharedKeyLocked(nodeID); key != "" {
+// sharedLocked is the shared resources of key (sharedKeyLocked's): a
+// scope's, or the mesh's for "".
+func (p *Publisher) sharedLocked(key string) map[resourcev3.Type]resource.Set {
+	if key != "" {
 		return p.scopes[key]
 	}
 	return p.shared
@@ -357,7 +357,8 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 		return nil // not before the mesh config and the secrets
 	}
 	p.composed++
-	shared, key := p.sharedOfLocked(nodeID), p.sharedKeyLocked(nodeID)
+	key := p.sharedKeyLocked(nodeID)
+	shared := p.sharedLocked(key)
 	prev, same := p.published[nodeID], true
 	// What completeness reads (the own sets' references, the names of both)
 	// is what it read for the last snapshot, which was complete.
