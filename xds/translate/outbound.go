@@ -175,10 +175,14 @@ func passthroughCluster() *clusterv3.Cluster {
 	}
 }
 
-// loadAssignment lists a service port's ready endpoints; each endpoint with
-// a sidecar carries the metadata that selects mutual TLS.
+// loadAssignment lists a service port's ready endpoints. The metadata that
+// selects mutual TLS marks the endpoints with a sidecar: once, on their
+// locality, when every one has one (Envoy reads a locality's metadata when
+// an endpoint's own selects nothing); on each of them otherwise. Marked
+// endpoint by endpoint, a mesh endpoint took ~80 bytes instead of ~25.
 func loadAssignment(name string, svc *model.Service, p model.Port) *endpointv3.ClusterLoadAssignment {
 	var lbs []*endpointv3.LbEndpoint
+	meshed := 0
 	for _, e := range svc.Endpoints {
 		if e.PortName != p.Name || !e.Ready {
 			continue
@@ -187,15 +191,29 @@ func loadAssignment(name string, svc *model.Service, p model.Port) *endpointv3.C
 			Address: socketAddress(e.Address, e.Port),
 		}}}
 		if e.Identity != "" {
-			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
-				"envoy.transport_socket_match": mustStruct(transportSocketMatch),
-			}}
+			lb.Metadata = mtlsMetadata()
+			meshed++
 		}
 		lbs = append(lbs, lb)
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-	if len(lbs) > 0 {
-		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	if len(lbs) == 0 {
+		return cla
 	}
+	group := &endpointv3.LocalityLbEndpoints{LbEndpoints: lbs}
+	if meshed == len(lbs) {
+		for _, lb := range lbs {
+			lb.Metadata = nil
+		}
+		group.Metadata = mtlsMetadata()
+	}
+	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{group}
 	return cla
+}
+
+// mtlsMetadata selects the cluster's mutual TLS transport socket.
+func mtlsMetadata() *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"envoy.transport_socket_match": mustStruct(transportSocketMatch),
+	}}
 }
