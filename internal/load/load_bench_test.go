@@ -67,7 +67,9 @@ func BenchmarkLoad(b *testing.B) {
 	ns := fmt.Sprintf("load%d", time.Now().UnixNano()%100000)
 	// MESHD_LOAD_SCOPE=<n>: each sidecar's pod scopes it to n services.
 	scope := envInt("MESHD_LOAD_SCOPE", 0)
-	w := &load.Workload{Client: env.Client, Namespace: ns, Services: services, Endpoints: endpoints, Sidecars: sidecars, Scope: scope}
+	// MESHD_LOAD_MESHED=1: the endpoints are the sidecars' pods, in the mesh.
+	meshed := os.Getenv("MESHD_LOAD_MESHED") == "1"
+	w := &load.Workload{Client: env.Client, Namespace: ns, Services: services, Endpoints: endpoints, Sidecars: sidecars, Scope: scope, Meshed: meshed}
 	start := time.Now()
 	if err := w.Create(ctx); err != nil {
 		b.Fatal(err)
@@ -154,8 +156,9 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(float64(fleet.Dropped()), "dropped")
 	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
 		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
-	b.Logf("%d sidecars (%s, scope %d services) x %d services x %d endpoints: full config in %s; convergence over %d changes (%d deliveries): p50 %s p99 %s max %s; dropped %d",
-		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], cmp.Or(scope, services), services, endpoints, fleet.TimeToFull.Round(time.Millisecond), changes,
+	b.Logf("%d sidecars (%s, scope %d services) x %d services x %d endpoints (%s): full config in %s; convergence over %d changes (%d deliveries): p50 %s p99 %s max %s; dropped %d",
+		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], cmp.Or(scope, services), services, endpoints,
+		map[bool]string{true: "in the mesh", false: "outside the mesh"}[meshed], fleet.TimeToFull.Round(time.Millisecond), changes,
 		len(all), Percentile(all, 50), Percentile(all, 99), all[len(all)-1], fleet.Dropped())
 	if reasons := fleet.DropReasons(); len(reasons) > 0 {
 		// One line, most frequent first: a benchmark's log keeps only its

@@ -23,8 +23,15 @@ type Workload struct {
 	// sidecar (load-<i>, service account load) whose meshd.io/egress
 	// annotation lists Scope services (ScopeOf).
 	Sidecars, Scope int
-	next            int // addresses handed out
-	churn           int
+	// Meshed: the sidecars' pods (load-<i>) are in the mesh and back the
+	// services' endpoints (endpoint j is pod j mod Sidecars), as in a mesh
+	// where every pod has a sidecar: each endpoint then has an identity,
+	// each cluster mutual TLS and each sidecar an inbound listener.
+	// Without it the endpoints are outside the mesh (plaintext).
+	Meshed bool
+	next   int // addresses handed out
+	churn  int
+	pods   int // endpoints handed a pod
 }
 
 // ScopeOf is the services sidecar i reaches (nil: every service): the
@@ -41,18 +48,26 @@ func (w *Workload) ScopeOf(i int) []string {
 	return out
 }
 
-// createPods writes the sidecars' pods with their scopes.
+// createPods writes the sidecars' pods with their scopes (if any), in the
+// mesh if Meshed.
 func (w *Workload) createPods(ctx context.Context) error {
 	for i := range w.Sidecars {
 		scope := w.ScopeOf(i)
-		if scope == nil {
+		if scope == nil && !w.Meshed {
 			return nil
 		}
-		var entries []string
-		for _, svc := range scope {
-			entries = append(entries, "./"+svc)
+		annotations := map[string]string{}
+		if scope != nil {
+			var entries []string
+			for _, svc := range scope {
+				entries = append(entries, "./"+svc)
+			}
+			annotations["meshd.io/egress"] = strings.Join(entries, ",")
 		}
-		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("load-%d", i), Annotations: map[string]string{"meshd.io/egress": strings.Join(entries, ",")}},
+		if w.Meshed {
+			annotations["meshd.io/status"] = "injected" // as the injector marks it
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("load-%d", i), Annotations: annotations},
 			Spec: corev1.PodSpec{ServiceAccountName: "load", Containers: []corev1.Container{{Name: "app", Image: "load"}}}}
 		if _, err := w.Client.CoreV1().Pods(w.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("load: pod %s: %w", pod.Name, err)
@@ -85,7 +100,7 @@ func (w *Workload) Create(ctx context.Context) error {
 		slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
 			AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}}}
 		for range w.Endpoints {
-			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{w.addr()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+			slice.Endpoints = append(slice.Endpoints, w.endpoint(w.addr()))
 		}
 		if _, err := c.DiscoveryV1().EndpointSlices(w.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("load: endpoint slice %s: %w", name, err)
@@ -105,11 +120,22 @@ func (w *Workload) AddEndpoint(ctx context.Context) (cluster, addr string, err e
 		return "", "", err
 	}
 	addr = w.addr()
-	s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
+	s.Endpoints = append(s.Endpoints, w.endpoint(addr))
 	if _, err := api.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
 		return "", "", err
 	}
 	return fmt.Sprintf("outbound|80|%s.%s", name, w.Namespace), addr, nil
+}
+
+// endpoint is a ready endpoint at addr, backed by the next sidecar's pod if
+// Meshed.
+func (w *Workload) endpoint(addr string) discoveryv1.Endpoint {
+	e := discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}}
+	if w.Meshed && w.Sidecars > 0 {
+		e.TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: w.Namespace, Name: fmt.Sprintf("load-%d", w.pods%w.Sidecars)}
+		w.pods++
+	}
+	return e
 }
 
 func ptr[T any](v T) *T { return &v }
