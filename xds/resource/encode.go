@@ -3,7 +3,6 @@ package resource
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,10 @@ import (
 // encodings are a set's resources as Any values, made once per set and
 // shared by every response that carries them.
 type encodings struct {
-	once   sync.Once
+	once sync.Once
+	// all, in the order of names: the set's resources (a merged set: its
+	// own; see encodings), and byName the same by name.
+	names  []string
 	all    []*anypb.Any
 	byName map[string]*anypb.Any
 	err    error
@@ -68,17 +70,15 @@ func (v Set) SotwBody(typeURL string) (body []byte, rest []*anypb.Any, err error
 			}
 		})
 		return enc.sotw, nil, enc.sotwErr
-	case v.Len() == len(v.items): // shared and own names are disjoint
+	case v.disjoint: // the shared set's body, then the own resources
 		body, _, err := v.reuse.SotwBody(typeURL)
 		if err != nil {
 			return nil, nil, err
 		}
-		for _, name := range v.own(enc) {
-			rest = append(rest, enc.byName[name])
-		}
-		return body, rest, nil
+		return body, slices.Clone(enc.all), nil
 	}
-	return nil, enc.all, nil
+	_, all, err := v.mergedAll(typeURL, enc)
+	return nil, all, err
 }
 
 // DeltaBody is SotwBody for delta responses carrying the whole set.
@@ -90,8 +90,8 @@ func (v Set) DeltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resourc
 	switch {
 	case v.reuse == nil:
 		enc.deltaOnce.Do(func() {
-			for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-				b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{v.deltaResource(enc, name)}})
+			for i, a := range enc.all {
+				b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryResponse{Resources: []*discoveryv3.Resource{v.deltaResource(enc.names[i], a)}})
 				if err != nil {
 					enc.deltaErr = err
 					return
@@ -100,18 +100,22 @@ func (v Set) DeltaBody(typeURL string) (body []byte, rest []*discoveryv3.Resourc
 			}
 		})
 		return enc.delta, nil, enc.deltaErr
-	case v.Len() == len(v.items):
+	case v.disjoint:
 		body, _, err := v.reuse.DeltaBody(typeURL)
 		if err != nil {
 			return nil, nil, err
 		}
-		for _, name := range v.own(enc) {
-			rest = append(rest, v.deltaResource(enc, name))
+		for i, a := range enc.all {
+			rest = append(rest, v.deltaResource(enc.names[i], a))
 		}
 		return body, rest, nil
 	}
-	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-		rest = append(rest, v.deltaResource(enc, name))
+	names, all, err := v.mergedAll(typeURL, enc)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, a := range all {
+		rest = append(rest, v.deltaResource(names[i], a))
 	}
 	return nil, rest, nil
 }
@@ -130,9 +134,32 @@ func (v Set) Encoded(typeURL string, names []string) ([]*anypb.Any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*anypb.Any, 0, len(names))
-	for _, name := range names {
-		out = append(out, enc.byName[name])
+	if v.reuse == nil {
+		out := make([]*anypb.Any, 0, len(names))
+		for _, name := range names {
+			out = append(out, enc.byName[name])
+		}
+		return out, nil
+	}
+	// A merged set: its own resources', the shared set's for the rest.
+	out := make([]*anypb.Any, len(names))
+	var shared []string
+	var at []int
+	for i, name := range names {
+		if a, ok := enc.byName[name]; ok {
+			out[i] = a
+		} else {
+			shared, at = append(shared, name), append(at, i)
+		}
+	}
+	if len(shared) > 0 {
+		sh, err := v.reuse.Encoded(typeURL, shared)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range at {
+			out[i] = sh[j]
+		}
 	}
 	return out, nil
 }
@@ -172,21 +199,17 @@ func (v Set) Encoding(name string) ([]byte, error) {
 	return cachev3.MarshalResource(e.res)
 }
 
-func (v Set) deltaResource(enc *encodings, name string) *discoveryv3.Resource {
+func (v Set) deltaResource(name string, a *anypb.Any) *discoveryv3.Resource {
 	version, _ := v.VersionOf(name)
-	return &discoveryv3.Resource{Name: name, Version: version, Resource: enc.byName[name]}
+	return &discoveryv3.Resource{Name: name, Version: version, Resource: a}
 }
 
-// own returns the names of a merged set's resources that are not the
-// shared set's.
-func (v Set) own(enc *encodings) []string {
-	var out []string
-	for _, name := range slices.Sorted(maps.Keys(enc.byName)) {
-		if !v.reuse.Has(name) {
-			out = append(out, name)
-		}
-	}
-	return out
+// mergedAll is every resource of a merged set whose own resources replace
+// shared ones, by name: its own Any values and the shared set's.
+func (v Set) mergedAll(typeURL string, enc *encodings) ([]string, []*anypb.Any, error) {
+	names := v.names()
+	all, err := v.Encoded(typeURL, names)
+	return names, all, err
 }
 
 // names are the set's names, sorted.
@@ -205,29 +228,38 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 		return nil, errors.New("xds: a set without encodings")
 	}
 	e.once.Do(func() {
-		e.byName = make(map[string]*anypb.Any, v.Len())
-		e.all = make([]*anypb.Any, 0, v.Len())
-		for _, name := range v.names() {
-			var a *anypb.Any
-			if v.reuse != nil {
-				// A proxy's merged set: the shared resources' Any values are
-				// the shared set's.
-				if se, err := v.reuse.encodings(typeURL); err == nil {
-					a = se.byName[name]
-				}
+		// A merged set's shared resources are the shared set's: only its
+		// own are made here (a proxy's few local clusters beside the
+		// mesh's thousands, which took 64 KB per proxy and type as a
+		// second index).
+		names := v.names()
+		if v.reuse != nil {
+			names = v.ownNames()
+		}
+		e.names = names
+		e.byName = make(map[string]*anypb.Any, len(names))
+		e.all = make([]*anypb.Any, 0, len(names))
+		for _, name := range names {
+			b, err := v.Encoding(name)
+			if err != nil {
+				e.err = err
+				return
 			}
-			if a == nil {
-				b, err := v.Encoding(name)
-				if err != nil {
-					e.err = err
-					return
-				}
-				a = &anypb.Any{TypeUrl: typeURL, Value: b}
-			}
+			a := &anypb.Any{TypeUrl: typeURL, Value: b}
 			e.byName[name] = a
 			e.all = append(e.all, a)
 		}
 		e.made.Store(e.err == nil)
 	})
 	return e, e.err
+}
+
+// ownNames are a merged set's own resources' names, sorted.
+func (v Set) ownNames() []string {
+	out := make([]string, 0, len(v.items))
+	for _, r := range v.items {
+		out = append(out, cachev3.GetResourceName(r))
+	}
+	slices.Sort(out)
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -25,8 +26,9 @@ func clusters(names ...string) []types.Resource {
 }
 
 // TestWholeSetBodies: a shared set's and a merged set's whole-set bodies
-// (the shared encoding plus the proxy's own resources) decode to every
-// resource of the set, once, at the set's versions.
+// (the shared encoding plus the proxy's own resources) and Encoded values
+// decode to every resource of the set, once, at the set's versions; a
+// proxy's own resource stands over a shared one of the same name.
 func TestWholeSetBodies(t *testing.T) {
 	var enc resource.Encoder
 	shared, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")}, nil)
@@ -37,10 +39,28 @@ func TestWholeSetBodies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, set := range map[string]resource.Set{
-		"shared": shared[resourcev3.ClusterType],
-		"merged": resource.Merge(shared[resourcev3.ClusterType], own[resourcev3.ClusterType]),
+	over, err := resource.Own(resource.Resources{resourcev3.ClusterType: {&clusterv3.Cluster{Name: "b", AltStatName: "own"}, &clusterv3.Cluster{Name: "local"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A cluster as "name", or "name/alt stat name" when it has one.
+	label := func(a *anypb.Any) string {
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSuffix(c.GetName()+"/"+c.GetAltStatName(), "/")
+	}
+	for _, tc := range []struct {
+		name string
+		set  resource.Set
+		want []string
+	}{
+		{"shared", shared[resourcev3.ClusterType], []string{"a", "b", "c"}},
+		{"merged", resource.Merge(shared[resourcev3.ClusterType], own[resourcev3.ClusterType]), []string{"a", "b", "c", "local"}},
+		{"replacing", resource.Merge(shared[resourcev3.ClusterType], over[resourcev3.ClusterType]), []string{"a", "b/own", "c", "local"}},
 	} {
+		name, set := tc.name, tc.set
 		body, rest, err := set.SotwBody(resourcev3.ClusterType)
 		if err != nil {
 			t.Fatal(err)
@@ -51,11 +71,7 @@ func TestWholeSetBodies(t *testing.T) {
 		}
 		var got []string
 		for _, a := range append(sotw.GetResources(), rest...) {
-			var c clusterv3.Cluster
-			if err := a.UnmarshalTo(&c); err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, c.GetName())
+			got = append(got, label(a))
 		}
 		body, deltaRest, err := set.DeltaBody(resourcev3.ClusterType)
 		if err != nil {
@@ -70,16 +86,31 @@ func TestWholeSetBodies(t *testing.T) {
 			if r.GetVersion() != set.VersionMap()[r.GetName()] {
 				t.Errorf("%s: %s at version %q, the set has %q", name, r.GetName(), r.GetVersion(), set.VersionMap()[r.GetName()])
 			}
-			gotDelta = append(gotDelta, r.GetName())
+			gotDelta = append(gotDelta, label(r.GetResource()))
 		}
 		slices.Sort(got)
 		slices.Sort(gotDelta)
-		want := []string{"a", "b", "c"}
-		if name == "merged" {
-			want = []string{"a", "b", "c", "local"}
+		if !slices.Equal(got, tc.want) || !slices.Equal(gotDelta, tc.want) || set.Len() != len(tc.want) {
+			t.Errorf("%s: SotW body holds %v, delta body %v, Len %d; want %v", name, got, gotDelta, set.Len(), tc.want)
 		}
-		if !slices.Equal(got, want) || !slices.Equal(gotDelta, want) || set.Len() != len(want) {
-			t.Errorf("%s: SotW body holds %v, delta body %v, Len %d; want %v", name, got, gotDelta, set.Len(), want)
+		// Encoded, in the order asked.
+		var ask []string
+		for _, w := range slices.Backward(tc.want) {
+			n, _, _ := strings.Cut(w, "/")
+			ask = append(ask, n)
+		}
+		picked, err := set.Encoded(resourcev3.ClusterType, ask)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotPicked []string
+		for _, a := range picked {
+			gotPicked = append(gotPicked, label(a))
+		}
+		wantPicked := slices.Clone(tc.want)
+		slices.Reverse(wantPicked)
+		if !slices.Equal(gotPicked, wantPicked) {
+			t.Errorf("%s: Encoded(%v) = %v, want %v", name, ask, gotPicked, wantPicked)
 		}
 	}
 }

@@ -55,9 +55,12 @@ type Set struct {
 	from             string
 	changed, removed []string
 	// enc: the resources as Any values, made when a SotW response first
-	// needs them; reuse: the shared set a proxy's merged set extends.
-	enc   *encodings
-	reuse *Set
+	// needs them; reuse: the shared set a proxy's merged set extends (its
+	// items are then its own resources alone), disjoint: none of them
+	// replaces a shared one.
+	enc      *encodings
+	reuse    *Set
+	disjoint bool
 }
 
 // newSet prepares a set of items (sorted by name), whose entries idx holds.
@@ -295,7 +298,7 @@ func Merge(shared, own Set) Set {
 		return own
 	}
 	h := sha256.Sum256([]byte(shared.version + "+" + own.version))
-	v := Set{version: hex.EncodeToString(h[:8]), items: slices.Concat(shared.items, own.items), enc: &encodings{}, reuse: &shared}
+	v := Set{version: hex.EncodeToString(h[:8]), items: own.items, enc: &encodings{}, reuse: &shared}
 	// The own entries over the shared ones, on the shared set's base: the
 	// shared set's index is not copied (a proxy's local clusters beside
 	// 10,000 shared ones), only its top layer if it has one.
@@ -305,5 +308,6 @@ func Merge(shared, own Set) Set {
 		over[name] = e
 	}
 	v.idx = layered(shared.idx, over)
+	v.disjoint = v.Len() == shared.Len()+own.Len()
 	return v
 }
