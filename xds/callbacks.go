@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"unique"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -123,7 +122,6 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	intern(req.ResourceNamesSubscribe)
 	c.cache.NoteDeltaRequest(id, req) // the cache finds what the stream holds by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
@@ -377,15 +375,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + fmt.Sprintf("... (%d bytes)", len(s))
-}
-
-// intern replaces names by their canonical copies. The names a proxy
-// subscribes to live as long as its stream (go-control-plane's subscription
-// keeps them), and thousands of proxies name the same resources: one copy
-// of each instead of one per proxy (about 60 KB per proxy subscribing to
-// 1,000 endpoint sets).
-func intern(names []string) {
-	for i, n := range names {
-		names[i] = unique.Make(n).Value()
-	}
 }

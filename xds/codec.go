@@ -3,6 +3,8 @@ package xds
 import (
 	"fmt"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
@@ -63,6 +65,11 @@ func (unpooledCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 		defer buf.Free()
 		return decodeSotwRequest(buf.ReadOnlyData(), *r)
+	}
+	if r, ok := v.(*discoveryv3.DeltaDiscoveryRequest); ok {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		defer buf.Free()
+		return decodeDeltaRequest(buf.ReadOnlyData(), r)
 	}
 	m, ok := v.(proto.Message)
 	if !ok {

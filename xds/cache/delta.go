@@ -177,7 +177,7 @@ func difference(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names
 // versions but for the names subscribed to since.
 func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (names, removed []string) {
 	held := h.set.Index()
-	return lacks(sub, set, func(yield func(string) bool) {
+	return lacks(sub, set, 0, func(yield func(string) bool) {
 		for name := range h.set.Versions() {
 			if !yield(name) {
 				return
@@ -196,7 +196,16 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 // cache computes it.
 func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
-	return lacks(sub, set, maps.Keys(held), func(name string) (string, bool) {
+	// A stream holding nothing (a proxy connecting) lacks everything it
+	// subscribed to: one list of that size, not one grown by doubling.
+	size := 0
+	if len(held) == 0 {
+		size = set.Len()
+		if !sub.IsWildcard() {
+			size = min(size, len(sub.SubscribedResources()))
+		}
+	}
+	return lacks(sub, set, size, maps.Keys(held), func(name string) (string, bool) {
 		v, ok := held[name]
 		return v, ok
 	})
@@ -206,9 +215,13 @@ func compare(sub cachev3.Subscription, set resource.Set) (names, removed []strin
 // version it holds of a name (held) and the names it may hold (heldNames):
 // for a wildcard subscription every resource of the set it does not hold
 // at the set's version, and every held one no longer in the set; otherwise
-// the same among the subscribed names.
-func lacks(sub cachev3.Subscription, set resource.Set, heldNames iter.Seq[string], held func(string) (string, bool)) (names, removed []string) {
+// the same among the subscribed names. size is the names' expected number
+// (0: unknown).
+func lacks(sub cachev3.Subscription, set resource.Set, size int, heldNames iter.Seq[string], held func(string) (string, bool)) (names, removed []string) {
 	ix := set.Index()
+	if size > 0 {
+		names = make([]string, 0, size)
+	}
 	if sub.IsWildcard() {
 		for name, v := range set.Versions() {
 			if hv, ok := held(name); !ok || hv != v {
