@@ -301,7 +301,7 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	if nonce == "" {
 		return "" // first request of this type: neither ACK nor NACK
 	}
-	sentVersion := s.nonces[typeURL+"\x00"+nonce]
+	sentVersion := s.nonces.version(typeURL, nonce)
 	if nack != nil {
 		ts.NACKs++
 		msg := truncate(nack.GetMessage(), maxNACKText)
@@ -319,7 +319,7 @@ func (c *callbacks) record(s *stream, typeURL, nonce, version string, nack *rpcs
 	}
 	now := c.streams.clock.Now()
 	if ts.SentNonce == nonce && !ts.SentAt.IsZero() {
-		c.metrics.ackLatency.WithLabelValues(metricType(typeURL)).Observe(now.Sub(ts.SentAt).Seconds())
+		c.metrics.acked(typeURL, now.Sub(ts.SentAt))
 	}
 	ts.AckedVersion, ts.AckedNonce, ts.AckedAt = version, nonce, now
 	return version
@@ -334,20 +334,12 @@ func (c *callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscover
 }
 
 func (c *callbacks) sent(id int64, typeURL, nonce, version string) {
-	c.metrics.pushes.WithLabelValues(resource.ShortType(typeURL)).Inc()
+	c.metrics.pushed(typeURL)
 	c.streams.with(id, func(s *stream) {
 		ts := s.typ(typeURL)
 		ts.SentVersion, ts.SentNonce, ts.SentAt = version, nonce, c.streams.clock.Now()
 		ts.Responses++
-		s.nonces[typeURL+"\x00"+nonce] = version
-		if len(s.nonces) > 64 { // keep only recent nonces
-			for k := range s.nonces {
-				if k != typeURL+"\x00"+nonce {
-					delete(s.nonces, k)
-					break
-				}
-			}
-		}
+		s.nonces.add(typeURL, nonce, version)
 	})
 }
 

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshd/meshd/xds/resource"
@@ -15,6 +17,10 @@ type metrics struct {
 	limited   *prometheus.CounterVec
 	// ackLatency: from sending a response to its ACK, by type.
 	ackLatency *prometheus.HistogramVec
+	// The served types' series, by resource.Order: each response and ACK
+	// finds its type's without hashing the label value.
+	pushesBy [resource.NumTypes]prometheus.Counter
+	ackedBy  [resource.NumTypes]prometheus.Observer
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,11 +38,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Time from sending an xDS response to the proxy's ACK of it, by resource type.", Buckets: latencyBuckets}, []string{"type"}),
 	}
 	// Every series a dashboard asks for exists from the start, at 0.
-	for _, url := range resource.Types() {
+	for i, url := range resource.Types() {
 		t := metricType(url)
-		m.pushes.WithLabelValues(t)
+		m.pushesBy[i] = m.pushes.WithLabelValues(t)
 		m.nacks.WithLabelValues(t)
-		m.ackLatency.WithLabelValues(t)
+		m.ackedBy[i] = m.ackLatency.WithLabelValues(t)
 	}
 	for _, l := range []string{"streams_per_identity", "request_rate", "subscribed_names", "connections_per_identity"} {
 		m.limited.WithLabelValues(l)
@@ -45,6 +51,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.connected, m.pushes, m.nacks, m.denied, m.limited, m.ackLatency)
 	}
 	return m
+}
+
+// pushed counts a response of the type.
+func (m *metrics) pushed(typeURL string) {
+	if i := resource.Order(typeURL); i < resource.NumTypes {
+		m.pushesBy[i].Inc()
+		return
+	}
+	m.pushes.WithLabelValues(resource.ShortType(typeURL)).Inc()
+}
+
+// acked observes the time from a response of the type to its ACK.
+func (m *metrics) acked(typeURL string, d time.Duration) {
+	if i := resource.Order(typeURL); i < resource.NumTypes {
+		m.ackedBy[i].Observe(d.Seconds())
+		return
+	}
+	m.ackLatency.WithLabelValues(metricType(typeURL)).Observe(d.Seconds())
 }
 
 // latencyBuckets span 1 ms to about 33 s.

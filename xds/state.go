@@ -50,9 +50,9 @@ type stream struct {
 	since     time.Time
 	announced bool // OnConnect was called
 	types     map[string]*TypeStatus
-	// nonces maps type URL + nonce to the version sent with it, so a NACK
-	// names the version it rejects.
-	nonces map[string]string
+	// nonces are the versions sent with the stream's recent responses, so
+	// that a NACK names the version it rejects.
+	nonces sentNonces
 	// unknown are the subscribed names of resources that do not exist
 	// (bounded: see boundSubscriptions).
 	unknown unknownNames
@@ -71,6 +71,33 @@ func (s *stream) typ(url string) *TypeStatus {
 	return ts
 }
 
+// sentNonces are the type, nonce and version of a stream's last responses
+// (a client answers one of the last few: one in flight per type). A ring
+// searched from the newest: a response costs no allocation, where a map
+// keyed by type and nonce cost two and a random eviction.
+type sentNonces struct {
+	ring [16]sentNonce
+	next int
+}
+
+type sentNonce struct{ typeURL, nonce, version string }
+
+func (r *sentNonces) add(typeURL, nonce, version string) {
+	r.ring[r.next] = sentNonce{typeURL: typeURL, nonce: nonce, version: version}
+	r.next = (r.next + 1) % len(r.ring)
+}
+
+// version is the version sent with the nonce, "" if it is not recent.
+func (r *sentNonces) version(typeURL, nonce string) string {
+	for i := range len(r.ring) {
+		e := &r.ring[(r.next-1-i+2*len(r.ring))%len(r.ring)]
+		if e.nonce == nonce && e.typeURL == typeURL && nonce != "" {
+			return e.version
+		}
+	}
+	return ""
+}
+
 // streams holds the state of every open stream. Safe for concurrent use.
 type streams struct {
 	mu    sync.Mutex
@@ -85,7 +112,7 @@ func newStreams(clk clock.PassiveClock) *streams {
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.clock.Now(), types: map[string]*TypeStatus{}, nonces: map[string]string{}}
+	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.clock.Now(), types: map[string]*TypeStatus{}}
 }
 
 // close forgets a stream: its peer, whether it was announced to the hooks,
