@@ -36,6 +36,7 @@ func main() {
 		sidecars, services, endpoints, n    int
 		pid                                 int
 		rate                                float64
+		meshed                              bool
 	)
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "cluster meshd watches (required)")
 	flag.StringVar(&caDir, "ca-dir", "", "meshd's --ca-dir, to mint the sidecars' client certificates (required)")
@@ -48,16 +49,19 @@ func main() {
 	flag.IntVar(&n, "changes", 20, "single endpoint writes to measure")
 	flag.IntVar(&pid, "meshd-pid", 0, "meshd's pid, for RSS and CPU")
 	flag.Float64Var(&rate, "rate", 500, "new connections per second")
+	flag.BoolVar(&meshed, "meshed", false, "the endpoints are the sidecars' pods, in the mesh (identities, mutual-TLS clusters, inbound listeners)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, kubeconfig, caDir, xdsAddr, api, ns, sidecars, services, endpoints, n, pid, rate); err != nil {
+	w := &load.Workload{Namespace: ns, Services: services, Endpoints: endpoints, Sidecars: sidecars, Meshed: meshed}
+	if err := run(ctx, kubeconfig, caDir, xdsAddr, api, w, n, pid, rate); err != nil {
 		fmt.Fprintln(os.Stderr, "meshd-load:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, kubeconfig, caDir, xdsAddr, api, ns string, sidecars, services, endpoints, n, pid int, rate float64) error {
+func run(ctx context.Context, kubeconfig, caDir, xdsAddr, api string, w *load.Workload, n, pid int, rate float64) error {
+	ns, sidecars, services, endpoints := w.Namespace, w.Sidecars, w.Services, w.Endpoints
 	if kubeconfig == "" || caDir == "" {
 		return fmt.Errorf("--kubeconfig and --ca-dir are required")
 	}
@@ -70,7 +74,7 @@ func run(ctx context.Context, kubeconfig, caDir, xdsAddr, api, ns string, sideca
 	if err != nil {
 		return err
 	}
-	w := &load.Workload{Client: client, Namespace: ns, Services: services, Endpoints: endpoints}
+	w.Client = client
 	start := time.Now()
 	if err := w.Create(ctx); err != nil {
 		return err
