@@ -114,43 +114,60 @@ func TestSotwRequestIsProtobuf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch rng.IntN(6) {
-		case 0: // an unknown field, between or after
-			b = protowire.AppendVarint(protowire.AppendTag(b, 99, protowire.VarintType), 5)
-		case 1: // a name that is not UTF-8
-			b = protowire.AppendBytes(protowire.AppendTag(b, requestResourceNames, protowire.BytesType), []byte{0xff, 'a'})
-		case 2: // names or the type URL in the wrong wire type
-			b = protowire.AppendVarint(protowire.AppendTag(b, protowire.Number(requestResourceNames+rng.IntN(2)), protowire.VarintType), 1)
-		case 3: // flipped bytes
-			for range 1 + rng.IntN(3) {
-				if len(b) > 0 {
-					b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
-				}
-			}
-		case 4: // cut short
-			if len(b) > 0 {
-				b = b[:rng.IntN(len(b))]
-			}
-		}
-		want := &discoveryv3.DiscoveryRequest{}
-		wantErr := proto.Unmarshal(b, want)
+		b = mutated(rng, b, requestResourceNames)
 		got := &discoveryv3.DiscoveryRequest{VersionInfo: "stale", ResourceNames: []string{"stale"}}
-		gotErr := decodeSotwRequest(b, sotwRequest{req: got, prev: &prev})
-		if (gotErr != nil) != (wantErr != nil) {
-			t.Fatalf("case %d (%x): decoder error %v, protobuf error %v", i, b, gotErr, wantErr)
-		}
-		if wantErr != nil {
+		if !decodesAsProtobuf(t, i, b, got, func() error { return decodeSotwRequest(b, sotwRequest{req: got, prev: &prev}) }) {
 			fails++
 			continue
 		}
 		ok++
-		if !proto.Equal(got, want) {
-			t.Fatalf("case %d (%x): decoded %v, protobuf decoded %v", i, b, got, want)
-		}
 	}
 	if fails < 1000 || ok < 1000 {
 		t.Fatalf("%d requests failed to decode and %d decoded: the cases do not cover both", fails, ok)
 	}
+}
+
+// decodesAsProtobuf runs decode (into got) on case i's bytes b, and fails
+// the test unless it fails where protobuf fails and otherwise decodes what
+// protobuf decodes; it reports whether b decoded.
+func decodesAsProtobuf(t *testing.T, i int, b []byte, got proto.Message, decode func() error) bool {
+	t.Helper()
+	want := got.ProtoReflect().New().Interface()
+	wantErr := proto.Unmarshal(b, want)
+	gotErr := decode()
+	if (gotErr != nil) != (wantErr != nil) {
+		t.Fatalf("case %d (%x): decoder error %v, protobuf error %v", i, b, gotErr, wantErr)
+	}
+	if wantErr == nil && !proto.Equal(got, want) {
+		t.Fatalf("case %d (%x): decoded %v, protobuf decoded %v", i, b, got, want)
+	}
+	return wantErr == nil
+}
+
+// mutated is b as it is, or one time in six each: with an unknown field;
+// with a field named (field or the one after it: names, or the type URL or
+// other names) that is not UTF-8, or of the wrong wire type; with flipped
+// bytes; cut short.
+func mutated(rng *rand.Rand, b []byte, field protowire.Number) []byte {
+	switch rng.IntN(6) {
+	case 0:
+		b = protowire.AppendVarint(protowire.AppendTag(b, 99, protowire.VarintType), 5)
+	case 1:
+		b = protowire.AppendBytes(protowire.AppendTag(b, field+protowire.Number(rng.IntN(2)), protowire.BytesType), []byte{0xff, 'a'})
+	case 2:
+		b = protowire.AppendVarint(protowire.AppendTag(b, field+protowire.Number(rng.IntN(2)), protowire.VarintType), 1)
+	case 3:
+		for range 1 + rng.IntN(3) {
+			if len(b) > 0 {
+				b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
+			}
+		}
+	case 4:
+		if len(b) > 0 {
+			b = b[:rng.IntN(len(b))]
+		}
+	}
+	return b
 }
 
 // The codec takes a stream's request through the decoder, which records
@@ -231,39 +248,13 @@ func TestDeltaRequestIsProtobuf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch rng.IntN(6) {
-		case 0: // an unknown field
-			b = protowire.AppendVarint(protowire.AppendTag(b, 99, protowire.VarintType), 5)
-		case 1: // a name that is not UTF-8
-			b = protowire.AppendBytes(protowire.AppendTag(b, protowire.Number(deltaSubscribe+rng.IntN(2)), protowire.BytesType), []byte{0xff, 'a'})
-		case 2: // names in the wrong wire type
-			b = protowire.AppendVarint(protowire.AppendTag(b, protowire.Number(deltaSubscribe+rng.IntN(2)), protowire.VarintType), 1)
-		case 3: // flipped bytes
-			for range 1 + rng.IntN(3) {
-				if len(b) > 0 {
-					b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
-				}
-			}
-		case 4: // cut short
-			if len(b) > 0 {
-				b = b[:rng.IntN(len(b))]
-			}
-		}
-		want := &discoveryv3.DeltaDiscoveryRequest{}
-		wantErr := proto.Unmarshal(b, want)
+		b = mutated(rng, b, deltaSubscribe)
 		got := &discoveryv3.DeltaDiscoveryRequest{ResponseNonce: "stale", ResourceNamesSubscribe: []string{"stale"}}
-		gotErr := decodeDeltaRequest(b, got)
-		if (gotErr != nil) != (wantErr != nil) {
-			t.Fatalf("case %d (%x): decoder error %v, protobuf error %v", i, b, gotErr, wantErr)
-		}
-		if wantErr != nil {
+		if !decodesAsProtobuf(t, i, b, got, func() error { return decodeDeltaRequest(b, got) }) {
 			fails++
 			continue
 		}
 		ok++
-		if !proto.Equal(got, want) {
-			t.Fatalf("case %d (%x): decoded %v, protobuf decoded %v", i, b, got, want)
-		}
 		named += len(got.ResourceNamesSubscribe) + len(got.ResourceNamesUnsubscribe)
 	}
 	if fails < 1000 || ok < 1000 || named < 1000 {
