@@ -197,27 +197,27 @@ const (
 // message, a field of the wrong wire type, a name that is not UTF-8) is
 // left to proto.Unmarshal, with its errors.
 func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error {
-	var rest []byte
+	// First count the names (an ACK has none, and is left to protobuf as
+	// it is), then read them and the rest of the message.
 	subs, unsubs := 0, 0
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, field, _ []byte) bool {
-		switch num {
-		case deltaSubscribe, deltaUnsubscribe:
-			if typ != protowire.BytesType {
-				return false
-			}
-			if num == deltaSubscribe {
-				subs++
-			} else {
-				unsubs++
-			}
-		default:
-			rest = append(rest, field...)
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, _, _ []byte) bool {
+		if num != deltaSubscribe && num != deltaUnsubscribe {
+			return true
+		}
+		if typ != protowire.BytesType {
+			return false
+		}
+		if num == deltaSubscribe {
+			subs++
+		} else {
+			unsubs++
 		}
 		return true
 	})
 	if err != nil || subs+unsubs == 0 {
-		return proto.Unmarshal(b, req) // an ACK names nothing: nothing to share
+		return proto.Unmarshal(b, req)
 	}
+	var rest []byte
 	var sub, unsub []string
 	if subs > 0 {
 		sub = make([]string, 0, subs)
@@ -225,8 +225,9 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 	if unsubs > 0 {
 		unsub = make([]string, 0, unsubs)
 	}
-	if eachField(b, func(num protowire.Number, _ protowire.Type, _, value []byte) bool {
+	if eachField(b, func(num protowire.Number, _ protowire.Type, field, value []byte) bool {
 		if num != deltaSubscribe && num != deltaUnsubscribe {
+			rest = append(rest, field...)
 			return true
 		}
 		if !utf8.Valid(value) {
