@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 )
@@ -61,21 +60,15 @@ func (unpooledCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (unpooledCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	if r, ok := v.(*sotwRequest); ok {
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		return decodeSotwRequest(buf.ReadOnlyData(), *r)
-	}
-	if r, ok := v.(*discoveryv3.DeltaDiscoveryRequest); ok {
-		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		defer buf.Free()
-		return decodeDeltaRequest(buf.ReadOnlyData(), r)
-	}
-	m, ok := v.(proto.Message)
-	if !ok {
-		return fmt.Errorf("xds: cannot decode into %T: not a proto message", v)
-	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), m)
+	switch r := v.(type) {
+	case *sotwRequest:
+		return decodeSotwRequest(buf.ReadOnlyData(), *r)
+	case *discoveryv3.DeltaDiscoveryRequest:
+		return decodeDeltaRequest(buf.ReadOnlyData(), r)
+	case proto.Message:
+		return proto.Unmarshal(buf.ReadOnlyData(), r)
+	}
+	return fmt.Errorf("xds: cannot decode into %T: not a proto message", v)
 }
