@@ -181,8 +181,7 @@ func passthroughCluster() *clusterv3.Cluster {
 // an endpoint's own selects nothing); on each of them otherwise. Marked
 // endpoint by endpoint, a mesh endpoint took ~80 bytes instead of ~25.
 func loadAssignment(name string, svc *model.Service, p model.Port) *endpointv3.ClusterLoadAssignment {
-	var lbs []*endpointv3.LbEndpoint
-	meshed := 0
+	var lbs, meshed []*endpointv3.LbEndpoint
 	for _, e := range svc.Endpoints {
 		if e.PortName != p.Name || !e.Ready {
 			continue
@@ -190,22 +189,22 @@ func loadAssignment(name string, svc *model.Service, p model.Port) *endpointv3.C
 		lb := &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 			Address: socketAddress(e.Address, e.Port),
 		}}}
-		if e.Identity != "" {
-			lb.Metadata = mtlsMetadata()
-			meshed++
-		}
 		lbs = append(lbs, lb)
+		if e.Identity != "" {
+			meshed = append(meshed, lb)
+		}
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	if len(lbs) == 0 {
 		return cla
 	}
 	group := &endpointv3.LocalityLbEndpoints{LbEndpoints: lbs}
-	if meshed == len(lbs) {
-		for _, lb := range lbs {
-			lb.Metadata = nil
-		}
+	if len(meshed) == len(lbs) {
 		group.Metadata = mtlsMetadata()
+	} else {
+		for _, lb := range meshed {
+			lb.Metadata = mtlsMetadata()
+		}
 	}
 	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{group}
 	return cla
