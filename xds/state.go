@@ -89,9 +89,12 @@ func (r *sentNonces) add(typeURL, nonce, version string) {
 
 // version is the version sent with the nonce, "" if it is not recent.
 func (r *sentNonces) version(typeURL, nonce string) string {
-	for i := range len(r.ring) {
-		e := &r.ring[(r.next-1-i+2*len(r.ring))%len(r.ring)]
-		if e.nonce == nonce && e.typeURL == typeURL && nonce != "" {
+	if nonce == "" {
+		return ""
+	}
+	n := len(r.ring)
+	for back := 1; back <= n; back++ { // newest first
+		if e := &r.ring[(r.next-back+n)%n]; e.nonce == nonce && e.typeURL == typeURL {
 			return e.version
 		}
 	}
