@@ -39,7 +39,11 @@ type ACKHook interface {
 // streamCache is the cache's side of the streams (cache.Cache): what each
 // stream holds is kept there, found by the request go-control-plane hands
 // the cache after these callbacks saw it. Every request is noted before it
-// is checked, and every stream that opened is reported closed.
+// is checked, and every stream that opened is reported closed. Noting a
+// request takes its subscription (names, initial versions) out of it: the
+// cache keeps each stream's subscription, shared among streams, and
+// go-control-plane's server, which reads the request after the callbacks,
+// keeps none.
 type streamCache interface {
 	NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest)
 	NoteDeltaRequest(stream int64, req *discoveryv3.DeltaDiscoveryRequest)
@@ -111,29 +115,33 @@ func (c *callbacks) closed(id int64) {
 	}
 }
 
+// The cache takes a request's names out of it when noting it (it keeps
+// the stream's subscription itself), so they are read first.
+
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
+	names := req.GetResourceNames()
 	c.cache.NoteRequest(id, req) // the cache finds what the stream holds by it
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
-		secrets = req.GetResourceNames()
+		secrets = names
 	}
-	return c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), asked{names: req.GetResourceNames()})
+	return c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), req.GetVersionInfo(), req.GetErrorDetail(), asked{names: names})
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	a := asked{names: req.GetResourceNamesSubscribe(), gone: req.GetResourceNamesUnsubscribe()}
 	c.cache.NoteDeltaRequest(id, req) // the cache finds what the stream holds by it
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
-		secrets = req.GetResourceNamesSubscribe()
+		secrets = a.names
 	}
-	if err := c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), "", req.GetErrorDetail(),
-		asked{names: req.GetResourceNamesSubscribe(), gone: req.GetResourceNamesUnsubscribe()}); err != nil {
+	if err := c.request(id, req.GetNode(), typeURL, secrets, req.GetResponseNonce(), "", req.GetErrorDetail(), a); err != nil {
 		return err
 	}
 	// After request: the stream is bound to its node by now.
-	return c.boundSubscriptions(id, req)
+	return c.boundSubscriptions(id, typeURL, a)
 }
 
 // resubscribe is a delta stream's subscribed names after a request that

@@ -1,7 +1,6 @@
 package xds
 
 import (
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -28,12 +27,11 @@ type unknownNames map[string]map[string]struct{}
 // node's published snapshot and the stream's allowance. It runs before the
 // request reaches go-control-plane, so a refused request subscribes to
 // nothing.
-func (c *callbacks) boundSubscriptions(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
-	subscribe, unsubscribe := req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()
+func (c *callbacks) boundSubscriptions(id int64, typeURL string, a asked) error {
+	subscribe, unsubscribe := a.names, a.gone
 	if len(subscribe) == 0 && len(unsubscribe) == 0 {
 		return nil
 	}
-	typeURL := req.GetTypeUrl()
 	var node string
 	c.streams.with(id, func(s *stream) { node = s.peer.NodeID })
 	known := func(string) bool { return false }

@@ -17,7 +17,7 @@ import (
 type deltaWatch struct {
 	node string
 	req  *cachev3.DeltaRequest
-	sub  cachev3.Subscription
+	sub  *subscription
 	ch   chan cachev3.DeltaResponse
 	held *deltaHeld
 	// typeOrder is the type's place in ADS order.
@@ -42,8 +42,8 @@ type deltaHeld struct {
 	stream int64
 }
 
-// observe takes a request into what the stream holds.
-func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
+// observe takes a request, which asked a, into what the stream holds.
+func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a *asked) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if req.GetErrorDetail() != nil {
@@ -54,7 +54,7 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 	if h.set == nil {
 		return
 	}
-	for _, name := range req.GetResourceNamesSubscribe() {
+	for _, name := range a.names {
 		if name != "*" {
 			if h.lacking == nil {
 				h.lacking = map[string]struct{}{}
@@ -62,7 +62,7 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 			h.lacking[name] = struct{}{}
 		}
 	}
-	for _, name := range req.GetResourceNamesUnsubscribe() {
+	for _, name := range a.dropped {
 		delete(h.lacking, name) // the client forgets it: neither held nor lacking
 	}
 }
@@ -70,8 +70,13 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest) {
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[deltaHeld](c, req, req.GetTypeUrl()), typeOrder: resource.Order(req.GetTypeUrl())}
-	w.held.observe(req)
+	held, ours, a := heldOf[deltaHeld](c, req, req.GetTypeUrl(), sub)
+	if a == nil {
+		// A request of no stream noted keeps its names.
+		a = &asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe()}
+	}
+	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: resource.Order(req.GetTypeUrl())}
+	w.held.observe(req, a)
 	c.mu.Lock()
 	var synced []InSync
 	if s := c.snaps[w.node]; s != nil && c.answerLocked(w, s, &synced) {
@@ -102,7 +107,7 @@ func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot, synced *[]InSy
 	var names, removed []string
 	switch {
 	case h.set == nil:
-		names, removed = compare(w.sub, set)
+		names, removed = compare(w.sub, h.sent != "", set)
 	case h.set.Version() == set.Version():
 		names = lackingIn(h, set)
 	case h.set.Version() == set.From() && set.From() != "":
@@ -192,10 +197,13 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 }
 
 // compare is what a stream lacks by the per-resource versions in its
-// subscription (the client's initial versions), as go-control-plane's delta
-// cache computes it.
-func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
+// subscription (the client's initial versions, until it was sent the type:
+// then none), as go-control-plane's delta cache computes it.
+func compare(sub cachev3.Subscription, sent bool, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
+	if sent {
+		held = nil
+	}
 	// A stream holding nothing (a proxy connecting) lacks everything it
 	// subscribed to: one list of that size, not one grown by doubling.
 	size := 0

@@ -42,9 +42,9 @@ type sotwHeld struct {
 	// need only version.
 	set   *resource.Set
 	names map[string]struct{}
-	// lastNames are the names of the stream's last request, to tell a
-	// changed subscription from an ACK cheaply.
-	lastNames []string
+	// last is the subscription of the stream's last request, to tell a
+	// changed subscription from an ACK at once.
+	last *subscription
 	// rejected is the version the stream last NACKed: it is not sent again.
 	rejected string
 }
@@ -53,7 +53,7 @@ type sotwHeld struct {
 type sotwWatch struct {
 	node  string
 	req   *cachev3.Request
-	sub   cachev3.Subscription
+	sub   *subscription
 	ch    chan cachev3.Response
 	held  *sotwHeld
 	added map[string]struct{} // subscribed names not in held.names
@@ -70,7 +70,8 @@ func fullState(typeURL string) bool {
 // CreateWatch answers at once when the stream lacks something of its node's
 // current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: sub, ch: ch, held: heldOf[sotwHeld](c, req, req.GetTypeUrl()), typeOrder: resource.Order(req.GetTypeUrl())}
+	held, ours, _ := heldOf[sotwHeld](c, req, req.GetTypeUrl(), sub)
+	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: resource.Order(req.GetTypeUrl())}
 	w.held.observe(w)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -94,21 +95,12 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 		// subset type that is no longer known exactly.
 		h.rejected, h.version, h.set, h.names = h.version, req.GetVersionInfo(), nil, nil
 	}
-	names := req.GetResourceNames()
-	if h.names == nil || slices.Equal(names, h.lastNames) {
-		h.lastNames = names
-		// An ACK: go-control-plane made a new map of the same names for
-		// its subscription. h.names is a subset of that subscription's
-		// names (it was set from the stream's subscription, or from the
-		// names held of it); of the same size, it has the same names:
-		// it is the new map from now on, so that the stream holds one
-		// map of its ~1,000 endpoint names, not two.
-		if sub := w.sub.SubscribedResources(); h.names != nil && len(sub) == len(h.names) {
-			h.names = sub
-		}
+	if h.names == nil || w.sub == h.last {
+		// An ACK, or nothing held by name yet.
+		h.last = w.sub
 		return
 	}
-	h.lastNames = names
+	h.last = w.sub
 	subscribed := w.sub.SubscribedResources()
 	kept := make(map[string]struct{}, len(h.names))
 	for name := range h.names {
@@ -117,6 +109,11 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 		}
 	}
 	h.names = kept
+	if len(kept) == len(subscribed) {
+		// Every name kept: the subscription's own set, shared.
+		h.names = subscribed
+		return
+	}
 	for name := range subscribed {
 		if _, ok := kept[name]; !ok {
 			if w.added == nil {

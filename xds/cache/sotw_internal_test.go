@@ -112,10 +112,11 @@ func (s *sotwStream) watch(names []string) chan cachev3.Response {
 		req.ResponseNonce = fmt.Sprint(s.nonce)
 	}
 	s.c.NoteRequest(s.id, req)
+	// As go-control-plane's server does, after the callbacks noted it.
 	if s.nonce == 0 && s.sub.SubscribedResources() == nil {
-		s.sub = stream.NewSotwSubscription(names, false)
+		s.sub = stream.NewSotwSubscription(req.GetResourceNames(), false)
 	} else {
-		s.sub.SetResourceSubscription(names)
+		s.sub.SetResourceSubscription(req.GetResourceNames())
 	}
 	ch := make(chan cachev3.Response, 1)
 	if _, err := s.c.CreateWatch(req, s.sub, ch); err != nil {
@@ -155,9 +156,12 @@ func (s *sotwStream) request(names []string) ([]string, bool) {
 	}
 }
 
-// An ACK repeating a stream's names leaves the stream holding one map of
-// them (go-control-plane's new one), and what it is sent is unchanged:
-// names it adds later are sent, names it held are not sent again.
+// A stream's names are the cache's to keep: go-control-plane's server
+// gets the request without them (and keeps no map of them); after an ACK
+// the stream holds one map of its names, the set its subscription shares
+// with every stream subscribing to the same names; and what it is sent is
+// unchanged: names it adds later are sent, names it held are not sent
+// again.
 func TestSotwACKHoldsOneNameMap(t *testing.T) {
 	c := New(nil)
 	all := []string{"a", "b", "c", "d"}
@@ -171,9 +175,18 @@ func TestSotwACKHoldsOneNameMap(t *testing.T) {
 	if got, ok := s.request(all[:2]); ok {
 		t.Fatalf("an ACK was answered with %v", got)
 	}
-	h := heldOf[sotwHeld](c, c.held.byID[1].lastReq, resourcev3.EndpointType)
-	if reflect.ValueOf(h.names).UnsafePointer() != reflect.ValueOf(s.sub.SubscribedResources()).UnsafePointer() {
+	if n := len(s.sub.SubscribedResources()); n != 0 {
+		t.Errorf("go-control-plane's subscription holds %d names, want none", n)
+	}
+	h := c.held.byID[1].held[resourcev3.EndpointType].(*sotwHeld)
+	sub := c.held.byID[1].subs[resourcev3.EndpointType]
+	if reflect.ValueOf(h.names).UnsafePointer() != reflect.ValueOf(sub.SubscribedResources()).UnsafePointer() {
 		t.Error("after an ACK the stream holds another map of its names than its subscription's")
+	}
+	other := &sotwStream{t: t, c: c, id: 2}
+	other.request([]string{"b", "a"})
+	if c.held.byID[2].subs[resourcev3.EndpointType].names != sub.names {
+		t.Error("two streams subscribing to the same names hold two sets of them")
 	}
 	// A name added: only it is sent.
 	if got, ok := s.request(all[:3]); !ok || !slices.Equal(got, all[2:3]) {

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 )
 
 // What each stream holds outlives its watches (one per request), so it is
@@ -17,9 +18,19 @@ import (
 //   - StreamClosed is called once a stream has ended; what it held is
 //     forgotten.
 //
+// Noting a request also takes its subscription out of it (the names it
+// subscribes to or drops, a delta stream's initial versions): the cache
+// keeps each stream's subscription itself, shared among streams (see
+// subscription.go), and go-control-plane's server, reading the request
+// after the callbacks, keeps empty maps. The subscription is taken in when
+// go-control-plane hands the cache the request (a SotW request it ignores,
+// its nonce being stale, changes nothing), so a watch answers the request
+// it was made for.
+//
 // A request of no stream noted (the cache used without that server) gets
 // a fresh record: nothing is known of what its stream holds, and
-// everything it subscribes to is sent.
+// everything it subscribes to is sent; its subscription is the one
+// go-control-plane's server kept.
 
 // heldStreams is what every noted stream holds, by type: *sotwHeld for
 // SotW streams, *deltaHeld for delta ones. Safe for concurrent use.
@@ -28,28 +39,39 @@ type heldStreams struct {
 	byID map[int64]*heldStream
 	// reqs maps each stream's latest request to the stream.
 	reqs map[any]int64
+	// sets are the name sets the streams' subscriptions share.
+	sets *nameSets
 }
 
-// heldStream is one stream's records and its latest request (either kind).
+// heldStream is one stream's records and its latest request (either kind),
+// with what that request asked of its subscription until it is taken in.
 type heldStream struct {
 	held    map[string]any
 	lastReq any
+	asked   *asked
+	// subs is the stream's subscription, by type.
+	subs map[string]*subscription
 }
 
 func newHeldStreams() heldStreams {
-	return heldStreams{byID: map[int64]*heldStream{}, reqs: map[any]int64{}}
+	return heldStreams{byID: map[int64]*heldStream{}, reqs: map[any]int64{}, sets: newNameSets()}
 }
 
 // NoteRequest records a SotW stream's latest request: the next watch made
-// for it belongs to that stream.
+// for it belongs to that stream. It takes the request's names out of it
+// (read them first).
 func (c *Cache) NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest) {
-	c.held.note(stream, req)
+	c.held.note(stream, req, &asked{names: req.GetResourceNames()})
+	req.ResourceNames = nil
 }
 
 // NoteDeltaRequest records a delta stream's latest request: the next delta
-// watch made for it belongs to that stream.
+// watch made for it belongs to that stream. It takes the names subscribed
+// and unsubscribed and the initial versions out of the request (read them
+// first).
 func (c *Cache) NoteDeltaRequest(stream int64, req *discoveryv3.DeltaDiscoveryRequest) {
-	c.held.note(stream, req)
+	c.held.note(stream, req, &asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe(), initial: req.GetInitialResourceVersions()})
+	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe, req.InitialResourceVersions = nil, nil, nil
 }
 
 // StreamClosed forgets what a stream held.
@@ -67,7 +89,7 @@ func (c *Cache) StreamClosed(stream int64) {
 	}
 }
 
-func (hs *heldStreams) note(id int64, req any) {
+func (hs *heldStreams) note(id int64, req any, a *asked) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	s := hs.byID[id]
@@ -78,25 +100,28 @@ func (hs *heldStreams) note(id int64, req any) {
 	if s.lastReq != nil {
 		delete(hs.reqs, s.lastReq)
 	}
-	s.lastReq = req
+	s.lastReq, s.asked = req, a
 	hs.reqs[req] = id
 }
 
 // heldOf returns what the stream whose latest request is req holds of a
 // type (made empty on first use: *sotwHeld for SotW requests, *deltaHeld
 // for delta ones), or a fresh record for a request of no stream noted
-// (nothing known).
-func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
+// (nothing known), with the stream's subscription after req (sub, the one
+// go-control-plane's server kept, for a request of no stream noted) and
+// what req asked (nil if nothing known).
+func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cachev3.Subscription) (*H, *subscription, *asked) {
 	hs := &c.held
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	id, ok := hs.reqs[req]
 	if !ok {
-		return new(H)
+		return new(H), fromServer(sub, hs.sets), nil
 	}
 	s := hs.byID[id]
 	if s.held == nil {
 		s.held = map[string]any{}
+		s.subs = map[string]*subscription{}
 	}
 	h, ok := s.held[typeURL].(*H)
 	if !ok {
@@ -106,5 +131,16 @@ func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
 		}
 		s.held[typeURL] = h
 	}
-	return h
+	a := s.asked
+	if a == nil {
+		// Taken in already (a request handed to the cache twice): as it is.
+		if cur := s.subs[typeURL]; cur != nil {
+			return h, cur, nil
+		}
+		return h, fromServer(sub, hs.sets), nil
+	}
+	s.asked = nil
+	next := s.subs[typeURL].next(*a, hs.sets)
+	s.subs[typeURL] = next
+	return h, next, a
 }

@@ -1,0 +1,113 @@
+package cache
+
+import (
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+)
+
+// randomNames is up to 4 of the names r0..r5 and "*", possibly repeated.
+func randomNames(rng *rand.Rand) []string {
+	var names []string
+	for range rng.IntN(5) {
+		if rng.IntN(7) == 0 {
+			names = append(names, wildcardName)
+		} else {
+			names = append(names, fmt.Sprintf("r%d", rng.IntN(6)))
+		}
+	}
+	return names
+}
+
+// TestSubscriptionIsGoControlPlanes: the subscription the cache keeps
+// after each request of a stream is the one go-control-plane's server
+// would have kept from the same requests (wildcard, legacy wildcard,
+// names, and a delta stream's initial versions with its unsubscribes),
+// for random sequences of SotW and delta requests.
+func TestSubscriptionIsGoControlPlanes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	sets := newNameSets()
+	for i := range 20000 {
+		delta := i%2 == 0
+		var ours *subscription
+		var theirs stream.Subscription
+		for j := range 1 + rng.IntN(6) {
+			var a asked
+			if delta {
+				a = asked{delta: true, names: randomNames(rng), dropped: randomNames(rng)}
+				if j == 0 && rng.IntN(2) == 0 {
+					a.initial = map[string]string{"r0": "1", "r3": "2", "r5": "3"}
+				}
+				if j == 0 {
+					theirs = stream.NewDeltaSubscription(a.names, a.dropped, maps.Clone(a.initial), true)
+				} else {
+					theirs.UpdateResourceSubscriptions(a.names, a.dropped)
+				}
+			} else {
+				a = asked{names: randomNames(rng)}
+				if j == 0 {
+					theirs = stream.NewSotwSubscription(a.names, true)
+				} else {
+					theirs.SetResourceSubscription(a.names)
+				}
+			}
+			before := fmt.Sprint(a.initial)
+			ours = ours.next(a, sets)
+			if fmt.Sprint(a.initial) != before {
+				t.Fatal("the request's initial versions were written")
+			}
+			if ours.IsWildcard() != theirs.IsWildcard() || !maps.Equal(ours.SubscribedResources(), theirs.SubscribedResources()) {
+				t.Fatalf("sequence %d, request %d (%+v): got wildcard %v names %v, go-control-plane has %v %v",
+					i, j, a, ours.IsWildcard(), ours.SubscribedResources(), theirs.IsWildcard(), theirs.SubscribedResources())
+			}
+			if delta && !maps.Equal(ours.ReturnedResources(), theirs.ReturnedResources()) {
+				t.Fatalf("sequence %d, request %d (%+v): initial versions %v, go-control-plane has %v", i, j, a, ours.ReturnedResources(), theirs.ReturnedResources())
+			}
+		}
+	}
+}
+
+// TestSubscriptionsShareNames: streams subscribing to the same names hold
+// one set of them, whatever the order or the route (one request, or names
+// added and dropped); a repeated request keeps the subscription as it is;
+// sets no subscription holds are forgotten.
+func TestSubscriptionsShareNames(t *testing.T) {
+	sets := newNameSets()
+	a := (*subscription)(nil).next(asked{names: []string{"x", "y", "z"}}, sets)
+	b := (*subscription)(nil).next(asked{names: []string{"z", "x", "y"}}, sets)
+	if a.names != b.names {
+		t.Error("the same names in another order are another set")
+	}
+	c := (*subscription)(nil).next(asked{delta: true, names: []string{"x", "w"}}, sets)
+	c = c.next(asked{delta: true, names: []string{"y", "z"}, dropped: []string{"w"}}, sets)
+	if c.names != a.names {
+		t.Error("the same names subscribed over delta requests are another set")
+	}
+	if again := a.next(asked{names: a.list}, sets); again != a {
+		t.Error("a SotW ACK of the same list made a new subscription")
+	}
+	if again := a.next(asked{names: []string{"x", "y", "z"}}, sets); again.names != a.names {
+		t.Error("a SotW request of equal names made a new set")
+	}
+	if again := c.next(asked{delta: true}, sets); again != c {
+		t.Error("a delta ACK made a new subscription")
+	}
+	if d := a.next(asked{names: []string{"x"}}, sets); d.names == a.names || len(d.names.m) != 1 {
+		t.Errorf("other names share the set: %v", d.names.m)
+	}
+	for i := range 10000 {
+		if i%500 == 0 {
+			runtime.GC()
+		}
+		(*subscription)(nil).next(asked{names: []string{fmt.Sprint(i)}}, sets)
+	}
+	if n := len(sets.byHash); n > 2500 {
+		t.Errorf("10,000 sets nobody holds left %d entries", n)
+	}
+	runtime.KeepAlive(a)
+	runtime.KeepAlive(c)
+}
