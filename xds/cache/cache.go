@@ -16,6 +16,10 @@
 // replaced gets the change's difference, computed once for every proxy
 // sharing that set (resource.Set.Since). The resources sent are the
 // encodings computed once per change, not marshalled again per stream.
+// What a stream subscribes to is kept here too (subscription.go): one
+// immutable value per stream and type whose names are a set shared by
+// every stream naming the same resources; go-control-plane's server is
+// handed requests without names and keeps no map of them.
 //
 // Where it sits: between xds/publish, which sets snapshots (SetSnapshot,
 // ClearSnapshot), and the gRPC server in package xds, which hands it

@@ -43,7 +43,7 @@ type deltaHeld struct {
 }
 
 // observe takes a request, which asked a, into what the stream holds.
-func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a *asked) {
+func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a asked) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if req.GetErrorDetail() != nil {
@@ -70,10 +70,10 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a *asked) {
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	held, ours, a := heldOf[deltaHeld](c, req, req.GetTypeUrl(), sub)
-	if a == nil {
+	held, ours, a, known := heldOf[deltaHeld](c, req, req.GetTypeUrl(), sub)
+	if !known {
 		// A request of no stream noted keeps its names.
-		a = &asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe()}
+		a = asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe()}
 	}
 	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: resource.Order(req.GetTypeUrl())}
 	w.held.observe(req, a)

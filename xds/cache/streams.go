@@ -48,7 +48,10 @@ type heldStreams struct {
 type heldStream struct {
 	held    map[string]any
 	lastReq any
-	asked   *asked
+	// asked is what lastReq asked of its subscription, until taken in
+	// (pending).
+	asked   asked
+	pending bool
 	// subs is the stream's subscription, by type.
 	subs map[string]*subscription
 }
@@ -61,7 +64,7 @@ func newHeldStreams() heldStreams {
 // for it belongs to that stream. It takes the request's names out of it
 // (read them first).
 func (c *Cache) NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest) {
-	c.held.note(stream, req, &asked{names: req.GetResourceNames()})
+	c.held.note(stream, req, asked{names: req.GetResourceNames()})
 	req.ResourceNames = nil
 }
 
@@ -70,7 +73,7 @@ func (c *Cache) NoteRequest(stream int64, req *discoveryv3.DiscoveryRequest) {
 // and unsubscribed and the initial versions out of the request (read them
 // first).
 func (c *Cache) NoteDeltaRequest(stream int64, req *discoveryv3.DeltaDiscoveryRequest) {
-	c.held.note(stream, req, &asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe(), initial: req.GetInitialResourceVersions()})
+	c.held.note(stream, req, asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe(), initial: req.GetInitialResourceVersions()})
 	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe, req.InitialResourceVersions = nil, nil, nil
 }
 
@@ -89,7 +92,7 @@ func (c *Cache) StreamClosed(stream int64) {
 	}
 }
 
-func (hs *heldStreams) note(id int64, req any, a *asked) {
+func (hs *heldStreams) note(id int64, req any, a asked) {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	s := hs.byID[id]
@@ -100,7 +103,7 @@ func (hs *heldStreams) note(id int64, req any, a *asked) {
 	if s.lastReq != nil {
 		delete(hs.reqs, s.lastReq)
 	}
-	s.lastReq, s.asked = req, a
+	s.lastReq, s.asked, s.pending = req, a, true
 	hs.reqs[req] = id
 }
 
@@ -109,21 +112,21 @@ func (hs *heldStreams) note(id int64, req any, a *asked) {
 // for delta ones), or a fresh record for a request of no stream noted
 // (nothing known), with the stream's subscription after req (sub, the one
 // go-control-plane's server kept, for a request of no stream noted) and
-// what req asked (nil if nothing known).
-func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cachev3.Subscription) (*H, *subscription, *asked) {
+// what req asked (known false if nothing is known).
+func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cachev3.Subscription) (h *H, next *subscription, a asked, known bool) {
 	hs := &c.held
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
 	id, ok := hs.reqs[req]
 	if !ok {
-		return new(H), fromServer(sub, hs.sets), nil
+		return new(H), fromServer(sub, hs.sets), asked{}, false
 	}
 	s := hs.byID[id]
 	if s.held == nil {
 		s.held = map[string]any{}
 		s.subs = map[string]*subscription{}
 	}
-	h, ok := s.held[typeURL].(*H)
+	h, ok = s.held[typeURL].(*H)
 	if !ok {
 		h = new(H)
 		if d, delta := any(h).(*deltaHeld); delta {
@@ -131,16 +134,16 @@ func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cache
 		}
 		s.held[typeURL] = h
 	}
-	a := s.asked
-	if a == nil {
+	if !s.pending {
 		// Taken in already (a request handed to the cache twice): as it is.
 		if cur := s.subs[typeURL]; cur != nil {
-			return h, cur, nil
+			return h, cur, asked{}, false
 		}
-		return h, fromServer(sub, hs.sets), nil
+		return h, fromServer(sub, hs.sets), asked{}, false
 	}
-	s.asked = nil
-	next := s.subs[typeURL].next(*a, hs.sets)
+	a = s.asked
+	s.asked, s.pending = asked{}, false
+	next = s.subs[typeURL].next(a, hs.sets)
 	s.subs[typeURL] = next
-	return h, next, a
+	return h, next, a, true
 }

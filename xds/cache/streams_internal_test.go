@@ -56,6 +56,6 @@ func TestHeldByStream(t *testing.T) {
 
 // heldIn is heldOf's record alone.
 func heldIn[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
-	h, _, _ := heldOf[H](c, req, typeURL, sub{})
+	h, _, _, _ := heldOf[H](c, req, typeURL, sub{})
 	return h
 }
