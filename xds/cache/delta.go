@@ -70,12 +70,14 @@ func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a asked) {
 // CreateDeltaWatch answers at once when the stream lacks something of its
 // node's current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
-	held, ours, a, known := heldOf[deltaHeld](c, req, req.GetTypeUrl(), sub)
+	typeURL := req.GetTypeUrl()
+	slot := resource.Order(typeURL)
+	held, ours, a, known := heldOf[deltaHeld](c, req, typeURL, slot, sub)
 	if !known {
 		// A request of no stream noted keeps its names.
 		a = asked{delta: true, names: req.GetResourceNamesSubscribe(), dropped: req.GetResourceNamesUnsubscribe()}
 	}
-	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: resource.Order(req.GetTypeUrl())}
+	w := &deltaWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: slot}
 	w.held.observe(req, a)
 	c.mu.Lock()
 	var synced []InSync

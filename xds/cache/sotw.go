@@ -70,8 +70,10 @@ func fullState(typeURL string) bool {
 // CreateWatch answers at once when the stream lacks something of its node's
 // current snapshot, or waits for a snapshot that changes the type.
 func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
-	held, ours, _, _ := heldOf[sotwHeld](c, req, req.GetTypeUrl(), sub)
-	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: resource.Order(req.GetTypeUrl())}
+	typeURL := req.GetTypeUrl()
+	slot := resource.Order(typeURL)
+	held, ours, _, _ := heldOf[sotwHeld](c, req, typeURL, slot, sub)
+	w := &sotwWatch{node: req.GetNode().GetId(), req: req, sub: ours, ch: ch, held: held, typeOrder: slot}
 	w.held.observe(w)
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -178,14 +178,15 @@ func TestSotwACKHoldsOneNameMap(t *testing.T) {
 	if n := len(s.sub.SubscribedResources()); n != 0 {
 		t.Errorf("go-control-plane's subscription holds %d names, want none", n)
 	}
-	h := c.held.byID[1].held[resourcev3.EndpointType].(*sotwHeld)
-	sub := c.held.byID[1].subs[resourcev3.EndpointType]
+	ep := resource.Order(resourcev3.EndpointType)
+	h := c.held.byID[1].types[ep].held.(*sotwHeld)
+	sub := c.held.byID[1].types[ep].sub
 	if reflect.ValueOf(h.names).UnsafePointer() != reflect.ValueOf(sub.SubscribedResources()).UnsafePointer() {
 		t.Error("after an ACK the stream holds another map of its names than its subscription's")
 	}
 	other := &sotwStream{t: t, c: c, id: 2}
 	other.request([]string{"b", "a"})
-	if c.held.byID[2].subs[resourcev3.EndpointType].names != sub.names {
+	if c.held.byID[2].types[ep].sub.names != sub.names {
 		t.Error("two streams subscribing to the same names hold two sets of them")
 	}
 	// A name added: only it is sent.

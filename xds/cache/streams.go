@@ -5,6 +5,8 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // What each stream holds outlives its watches (one per request), so it is
@@ -46,14 +48,22 @@ type heldStreams struct {
 // heldStream is one stream's records and its latest request (either kind),
 // with what that request asked of its subscription until it is taken in.
 type heldStream struct {
-	held    map[string]any
+	// types holds the records of the types meshd serves, by their place in
+	// ADS order (resource.Order); other those of any other type.
+	types   [resource.NumTypes]heldType
+	other   map[string]*heldType
 	lastReq any
 	// asked is what lastReq asked of its subscription, until taken in
 	// (pending).
 	asked   asked
 	pending bool
-	// subs is the stream's subscription, by type.
-	subs map[string]*subscription
+}
+
+// heldType is what a stream holds of one type (*sotwHeld or *deltaHeld)
+// and its subscription.
+type heldType struct {
+	held any
+	sub  *subscription
 }
 
 func newHeldStreams() heldStreams {
@@ -112,8 +122,9 @@ func (hs *heldStreams) note(id int64, req any, a asked) {
 // for delta ones), or a fresh record for a request of no stream noted
 // (nothing known), with the stream's subscription after req (sub, the one
 // go-control-plane's server kept, for a request of no stream noted) and
-// what req asked (known false if nothing is known).
-func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cachev3.Subscription) (h *H, next *subscription, a asked, known bool) {
+// what req asked (known false if nothing is known). slot is the type's
+// place in ADS order.
+func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, slot int, sub cachev3.Subscription) (h *H, next *subscription, a asked, known bool) {
 	hs := &c.held
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
@@ -122,28 +133,35 @@ func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, sub cache
 		return new(H), fromServer(sub, hs.sets), asked{}, false
 	}
 	s := hs.byID[id]
-	if s.held == nil {
-		s.held = map[string]any{}
-		s.subs = map[string]*subscription{}
+	var t *heldType
+	if slot < resource.NumTypes {
+		t = &s.types[slot]
+	} else {
+		if s.other == nil {
+			s.other = map[string]*heldType{}
+		}
+		if t = s.other[typeURL]; t == nil {
+			t = &heldType{}
+			s.other[typeURL] = t
+		}
 	}
-	h, ok = s.held[typeURL].(*H)
+	h, ok = t.held.(*H)
 	if !ok {
 		h = new(H)
 		if d, delta := any(h).(*deltaHeld); delta {
 			d.stream = id
 		}
-		s.held[typeURL] = h
+		t.held = h
 	}
 	if !s.pending {
 		// Taken in already (a request handed to the cache twice): as it is.
-		if cur := s.subs[typeURL]; cur != nil {
-			return h, cur, asked{}, false
+		if t.sub != nil {
+			return h, t.sub, asked{}, false
 		}
 		return h, fromServer(sub, hs.sets), asked{}, false
 	}
 	a = s.asked
 	s.asked, s.pending = asked{}, false
-	next = s.subs[typeURL].next(a, hs.sets)
-	s.subs[typeURL] = next
-	return h, next, a, true
+	t.sub = t.sub.next(a, hs.sets)
+	return h, t.sub, a, true
 }

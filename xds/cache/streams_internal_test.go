@@ -6,6 +6,8 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // TestHeldByStream: the record of what a stream holds is found by the
@@ -56,6 +58,6 @@ func TestHeldByStream(t *testing.T) {
 
 // heldIn is heldOf's record alone.
 func heldIn[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string) *H {
-	h, _, _, _ := heldOf[H](c, req, typeURL, sub{})
+	h, _, _, _ := heldOf[H](c, req, typeURL, resource.Order(typeURL), sub{})
 	return h
 }
