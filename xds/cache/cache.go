@@ -180,9 +180,14 @@ func (c *Cache) ClearSnapshot(node string) {
 	delete(c.snaps, node)
 }
 
-// setOf is snapshot s's set of a type (the empty set if it has none).
-func setOf(s *resource.Snapshot, typeURL string) resource.Set {
-	if set, ok := s.SetOf(typeURL); ok {
+// setOf is snapshot s's set of a type, at place slot in ADS order (the
+// empty set if it has none).
+func setOf(s *resource.Snapshot, slot int, typeURL string) resource.Set {
+	set, ok := s.SetAt(slot)
+	if !ok && slot >= resource.NumTypes {
+		set, ok = s.SetOf(typeURL)
+	}
+	if ok {
 		return set
 	}
 	return resource.Empty()

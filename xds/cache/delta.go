@@ -96,7 +96,7 @@ func (c *Cache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscrip
 // with its versions) is sent nothing and added to synced.
 func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot, synced *[]InSync) bool {
 	typeURL := w.req.GetTypeUrl()
-	set := setOf(s, typeURL)
+	set := setOf(s, w.typeOrder, typeURL)
 	h := w.held
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -130,7 +130,7 @@ func (h *sotwHeld) observe(w *sotwWatch) {
 // anything, and reports whether it did (the watch is then done).
 func (c *Cache) answerSotwLocked(w *sotwWatch, s *resource.Snapshot) bool {
 	typeURL := w.req.GetTypeUrl()
-	set := setOf(s, typeURL)
+	set := setOf(s, w.typeOrder, typeURL)
 	h := w.held
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -10,10 +10,12 @@ import (
 )
 
 // convergence is what one proxy has been published and has yet to ACK.
+// Both by type, at its place in ADS order (resource.Order).
 type convergence struct {
-	published map[resourcev3.Type]string // versions in the proxy's snapshot
-	pending   map[resourcev3.Type]string // moved by a model change, not yet ACKed
-	changedAt time.Time                  // the earliest change still pending
+	published [resource.NumTypes]string // versions in the proxy's snapshot
+	pending   [resource.NumTypes]string // moved by a model change, not yet ACKed ("": not pending)
+	npending  int                       // types pending
+	changedAt time.Time                 // the earliest change still pending
 }
 
 // newConvergenceHistogram is meshd_xds_convergence_seconds, with the
@@ -35,11 +37,13 @@ func (p *Publisher) OnACK(nodeID, typeURL, version string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c := p.conv[nodeID]
-	if c == nil || c.pending[typeURL] != version {
+	i := resource.Order(typeURL)
+	if c == nil || i >= resource.NumTypes || version == "" || c.pending[i] != version {
 		return
 	}
-	delete(c.pending, typeURL)
-	if len(c.pending) == 0 && !c.changedAt.IsZero() {
+	c.pending[i] = ""
+	c.npending--
+	if c.npending == 0 && !c.changedAt.IsZero() {
 		p.convergence.Observe(p.clock.Since(c.changedAt).Seconds())
 		c.changedAt = time.Time{}
 	}
@@ -49,20 +53,29 @@ func (p *Publisher) OnACK(nodeID, typeURL, version string) {
 func (p *Publisher) trackLocked(nodeID string, snap *resource.Snapshot) {
 	c := p.conv[nodeID]
 	if c == nil {
-		c = &convergence{published: map[resourcev3.Type]string{}, pending: map[resourcev3.Type]string{}}
+		c = &convergence{}
 		p.conv[nodeID] = c
 	}
-	for _, t := range resource.Types() {
-		v := snap.GetVersion(t)
-		if c.published[t] == v {
+	for i, t := range resource.Types() {
+		var v string
+		if set, ok := snap.SetAt(i); ok {
+			v = set.Version()
+		}
+		if c.published[i] == v {
 			continue
 		}
-		c.published[t] = v
+		c.published[i] = v
 		if !p.changedAt.IsZero() && t != resourcev3.SecretType {
-			c.pending[t] = v
+			switch {
+			case c.pending[i] == "" && v != "":
+				c.npending++
+			case c.pending[i] != "" && v == "":
+				c.npending--
+			}
+			c.pending[i] = v
 		}
 	}
-	if len(c.pending) > 0 && c.changedAt.IsZero() && !p.changedAt.IsZero() {
+	if c.npending > 0 && c.changedAt.IsZero() && !p.changedAt.IsZero() {
 		c.changedAt = p.changedAt
 	}
 }

@@ -14,26 +14,52 @@ import (
 // from the sets (which keep no such maps: a set patched from another
 // copies only what changed); xds/cache reads the sets.
 type Snapshot struct {
-	sets map[resourcev3.Type]Set
+	// sets holds the sets of the types every snapshot holds, by their place
+	// in ADS order (Order), has which of them it has; other any other type's.
+	sets  [NumTypes]Set
+	has   [NumTypes]bool
+	other map[resourcev3.Type]Set
 }
 
 var _ cachev3.ResourceSnapshot = (*Snapshot)(nil)
 
-// NewSnapshot makes a snapshot of one set per type. The snapshot keeps
-// sets: the caller must not modify it afterwards.
+// NewSnapshot makes a snapshot of one set per type.
 func NewSnapshot(sets map[resourcev3.Type]Set) *Snapshot {
-	return &Snapshot{sets: sets}
+	s := &Snapshot{}
+	for t, set := range sets {
+		if i := Order(t); i < NumTypes {
+			s.sets[i], s.has[i] = set, true
+			continue
+		}
+		if s.other == nil {
+			s.other = map[resourcev3.Type]Set{}
+		}
+		s.other[t] = set
+	}
+	return s
 }
 
 // SetOf returns the snapshot's set of a type.
 func (s *Snapshot) SetOf(typeURL resourcev3.Type) (Set, bool) {
-	v, ok := s.sets[typeURL]
+	if i := Order(typeURL); i < NumTypes {
+		return s.sets[i], s.has[i]
+	}
+	v, ok := s.other[typeURL]
 	return v, ok
+}
+
+// SetAt returns the snapshot's set of the type at place i in ADS order
+// (Order).
+func (s *Snapshot) SetAt(i int) (Set, bool) {
+	if i < 0 || i >= NumTypes {
+		return Set{}, false
+	}
+	return s.sets[i], s.has[i]
 }
 
 // GetVersion returns the version of the type's set ("" without one).
 func (s *Snapshot) GetVersion(typeURL string) string {
-	if v, ok := s.sets[typeURL]; ok {
+	if v, ok := s.SetOf(typeURL); ok {
 		return v.Version()
 	}
 	return ""
@@ -52,7 +78,7 @@ func (s *Snapshot) GetResourcesAndTTL(typeURL resourcev3.Type) map[string]types.
 
 // collect maps each resource of the type's set by name (nil without one).
 func collect[V any](s *Snapshot, typeURL resourcev3.Type, f func(*entry) V) map[string]V {
-	v, ok := s.sets[typeURL]
+	v, ok := s.SetOf(typeURL)
 	if !ok {
 		return nil
 	}
@@ -68,7 +94,7 @@ func (s *Snapshot) ConstructVersionMap() error { return nil }
 
 // GetVersionMap returns the type's resources' versions by name (a new map).
 func (s *Snapshot) GetVersionMap(typeURL string) map[string]string {
-	v, ok := s.sets[typeURL]
+	v, ok := s.SetOf(typeURL)
 	if !ok {
 		return nil
 	}
