@@ -55,11 +55,11 @@ func FuzzRequests(f *testing.F) {
 				t.Fatalf("secret %q accepted", name)
 			}
 			c.streams.with(1, func(s *stream) {
-				for _, ts := range s.types {
+				s.eachType(func(_ string, ts *TypeStatus) {
 					if ts.LastNACK != nil && len(ts.LastNACK.Error) > maxNACKText+64 {
 						t.Fatalf("NACK text of %d bytes kept", len(ts.LastNACK.Error))
 					}
-				}
+				})
 			})
 			c.closed(1)
 		}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // TypeStatus is the protocol state of one resource type on one stream.
@@ -49,7 +51,10 @@ type stream struct {
 	delta     bool
 	since     time.Time
 	announced bool // OnConnect was called
-	types     map[string]*TypeStatus
+	// types is the state of each type meshd serves, by its place in ADS
+	// order (resource.Order); otherTypes any other type's.
+	types      [resource.NumTypes]*TypeStatus
+	otherTypes map[string]*TypeStatus
 	// nonces are the versions sent with the stream's recent responses, so
 	// that a NACK names the version it rejects.
 	nonces sentNonces
@@ -63,12 +68,33 @@ type stream struct {
 }
 
 func (s *stream) typ(url string) *TypeStatus {
-	ts := s.types[url]
+	if i := resource.Order(url); i < resource.NumTypes {
+		if s.types[i] == nil {
+			s.types[i] = &TypeStatus{}
+		}
+		return s.types[i]
+	}
+	ts := s.otherTypes[url]
 	if ts == nil {
+		if s.otherTypes == nil {
+			s.otherTypes = map[string]*TypeStatus{}
+		}
 		ts = &TypeStatus{}
-		s.types[url] = ts
+		s.otherTypes[url] = ts
 	}
 	return ts
+}
+
+// eachType calls f with every type the stream has a state of.
+func (s *stream) eachType(f func(url string, ts *TypeStatus)) {
+	for i, url := range resource.Types() {
+		if s.types[i] != nil {
+			f(url, s.types[i])
+		}
+	}
+	for url, ts := range s.otherTypes {
+		f(url, ts)
+	}
 }
 
 // sentNonces are the type, nonce and version of a stream's last responses
@@ -115,7 +141,7 @@ func newStreams(clk clock.PassiveClock) *streams {
 func (ss *streams) open(id int64, p Peer, delta bool, serviceType string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.clock.Now(), types: map[string]*TypeStatus{}}
+	ss.byID[id] = &stream{peer: p, delta: delta, serviceType: serviceType, since: ss.clock.Now()}
 }
 
 // close forgets a stream: its peer, whether it was announced to the hooks,
@@ -149,8 +175,8 @@ func (ss *streams) status() []ProxyStatus {
 	out := make([]ProxyStatus, 0, len(ss.byID))
 	for id, s := range ss.byID {
 		ps := ProxyStatus{StreamID: id, NodeID: s.peer.NodeID, Identity: s.peer.Identity.String(), ClientSerial: s.peer.Serial,
-			Delta: s.delta, ConnectedSince: s.since, Types: make(map[string]*TypeStatus, len(s.types))}
-		for url, ts := range s.types {
+			Delta: s.delta, ConnectedSince: s.since, Types: map[string]*TypeStatus{}}
+		s.eachType(func(url string, ts *TypeStatus) {
 			c := *ts
 			c.Subscribed = slices.Clone(ts.Subscribed)
 			if ts.LastNACK != nil {
@@ -158,7 +184,7 @@ func (ss *streams) status() []ProxyStatus {
 				c.LastNACK = &n
 			}
 			ps.Types[url] = &c
-		}
+		})
 		out = append(out, ps)
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int {
