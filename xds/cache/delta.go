@@ -42,6 +42,13 @@ type deltaHeld struct {
 	stream int64
 }
 
+// wasSent reports whether the stream was sent a response of the type.
+func (h *deltaHeld) wasSent() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sent != ""
+}
+
 // observe takes a request, which asked a, into what the stream holds.
 func (h *deltaHeld) observe(req *cachev3.DeltaRequest, a asked) {
 	h.mu.Lock()

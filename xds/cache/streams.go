@@ -163,5 +163,13 @@ func heldOf[H sotwHeld | deltaHeld](c *Cache, req any, typeURL string, slot int,
 	a = s.asked
 	s.asked, s.pending = asked{}, false
 	t.sub = t.sub.next(a, hs.sets)
+	if d, delta := any(h).(*deltaHeld); delta && t.sub.initial != nil && d.wasSent() {
+		// The initial versions count only until the stream is first sent
+		// the type (as go-control-plane's server keeps them): not kept
+		// for the stream's life.
+		n := *t.sub
+		n.initial = nil
+		t.sub = &n
+	}
 	return h, t.sub, a, true
 }

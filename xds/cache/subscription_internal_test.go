@@ -1,13 +1,20 @@
 package cache
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"runtime"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // randomNames is up to 4 of the names r0..r5 and "*", possibly repeated.
@@ -110,4 +117,50 @@ func TestSubscriptionsShareNames(t *testing.T) {
 	}
 	runtime.KeepAlive(a)
 	runtime.KeepAlive(c)
+}
+
+// TestInitialVersionsKeptUntilSent: a delta stream's initial versions
+// (a proxy reconnecting) are compared until the stream is sent the type,
+// then no longer kept: its ~1,000 names and versions do not stay with the
+// stream for its life. go-control-plane's server gets the requests without
+// names or versions.
+func TestInitialVersionsKeptUntilSent(t *testing.T) {
+	c := New(nil)
+	if err := c.SetSnapshot(context.Background(), "n", endpointSnapshot(t, "1", "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	slot := resource.Order(resourcev3.EndpointType)
+	node := &corev3.Node{Id: "n"}
+	first := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node,
+		ResourceNamesSubscribe: []string{"a", "b"}, InitialResourceVersions: map[string]string{"a": "old", "b": "old"}}
+	c.NoteDeltaRequest(1, first)
+	if first.GetResourceNamesSubscribe() != nil || first.GetInitialResourceVersions() != nil {
+		t.Fatal("the request handed on to go-control-plane's server still has its names or versions")
+	}
+	ch := make(chan cachev3.DeltaResponse, 2)
+	if _, err := c.CreateDeltaWatch(first, stream.NewDeltaSubscription(nil, nil, nil, true), ch); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.held.byID[1].types[slot].sub.ReturnedResources(); len(got) != 2 {
+		t.Fatalf("before anything was sent the initial versions are %v", got)
+	}
+	r := <-ch
+	if names := r.(*deltaResponse).names; len(names) != 2 {
+		t.Fatalf("first response sends %v, want a and b (their initial versions are old)", names)
+	}
+	if _, err := r.GetDeltaDiscoveryResponse(); err != nil {
+		t.Fatal(err)
+	}
+	ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, Node: node, ResponseNonce: "1"}
+	c.NoteDeltaRequest(1, ack)
+	if _, err := c.CreateDeltaWatch(ack, stream.NewDeltaSubscription(nil, nil, nil, true), ch); err != nil {
+		t.Fatal(err)
+	}
+	sub := c.held.byID[1].types[slot].sub
+	if sub.ReturnedResources() != nil {
+		t.Errorf("after the type was sent the stream keeps initial versions %v", sub.ReturnedResources())
+	}
+	if len(sub.SubscribedResources()) != 2 {
+		t.Errorf("the subscription lost its names: %v", sub.SubscribedResources())
+	}
 }
