@@ -116,7 +116,7 @@ func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot, synced *[]InSy
 	var names, removed []string
 	switch {
 	case h.set == nil:
-		names, removed = compare(w.sub, h.sent != "", set)
+		names, removed = compare(w.sub, set)
 	case h.set.Version() == set.Version():
 		names = lackingIn(h, set)
 	case h.set.Version() == set.From() && set.From() != "":
@@ -206,13 +206,10 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 }
 
 // compare is what a stream lacks by the per-resource versions in its
-// subscription (the client's initial versions, until it was sent the type:
-// then none), as go-control-plane's delta cache computes it.
-func compare(sub cachev3.Subscription, sent bool, set resource.Set) (names, removed []string) {
+// subscription (the client's initial versions until it was sent the type:
+// then none, see heldOf), as go-control-plane's delta cache computes it.
+func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
-	if sent {
-		held = nil
-	}
 	// A stream holding nothing (a proxy connecting) lacks everything it
 	// subscribed to: one list of that size, not one grown by doubling.
 	size := 0

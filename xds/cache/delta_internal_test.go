@@ -71,7 +71,7 @@ func TestDifferenceIsCompare(t *testing.T) {
 				s.returned[name] = v
 			}
 		}
-		wantNames, wantRemoved := compare(s, false, set)
+		wantNames, wantRemoved := compare(s, set)
 		// Names are in order unless they are the whole set (that goes out
 		// as the set's encoding, in its order): compared as sets.
 		slices.Sort(wantNames)
