@@ -24,7 +24,12 @@ import (
 	"github.com/meshd/meshd/internal/testenv"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(floorServeEnv); addr != "" {
+		os.Exit(serveFloor(addr)) // BenchmarkTransportFloor's server
+	}
+	os.Exit(testenv.Main(m))
+}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
