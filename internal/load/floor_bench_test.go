@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -49,6 +50,12 @@ const floorServeEnv = "MESHD_FLOOR_SERVE"
 // load tool's sidecars do. Every encoding is made once and shared by every
 // stream: nothing is left but gRPC, TLS, the kernel and Go's scheduler.
 //
+// MESHD_LOAD_API=sotw makes them state-of-the-world streams, each request
+// of which (ACKs included) names the MESHD_LOAD_SERVICES endpoint sets
+// (default 1,000) the stream subscribes to, as an Envoy's EDS requests do;
+// the server walks each request's fields without copying the names (the
+// least a server that notices a changed subscription can do).
+//
 // MESHD_LOAD_SIDECARS streams (default 100) connecting at MESHD_LOAD_RATE
 // a second (default 1,000), MESHD_LOAD_CHANGES rounds (default 20): it
 // reports the server's CPU per round and for the connect phase, the time
@@ -59,6 +66,12 @@ const floorServeEnv = "MESHD_FLOOR_SERVE"
 func BenchmarkTransportFloor(b *testing.B) {
 	streams, rounds := envInt("MESHD_LOAD_SIDECARS", 100), envInt("MESHD_LOAD_CHANGES", 20)
 	rate := envInt("MESHD_LOAD_RATE", 1000)
+	var names []string // a SotW stream's subscription; nil: delta
+	if os.Getenv("MESHD_LOAD_API") == "sotw" {
+		for i := range envInt("MESHD_LOAD_SERVICES", 1000) {
+			names = append(names, floorEndpoints(i).GetClusterName())
+		}
+	}
 	dir := b.TempDir()
 	roots, clientCert := floorPKI(b, dir)
 	addr := freeAddr(b)
@@ -100,7 +113,7 @@ func BenchmarkTransportFloor(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := floorClient(ctx, addr, clientCert, roots, full, got)
+			err := floorClient(ctx, addr, clientCert, roots, names, full, got)
 			if err != nil && ctx.Err() == nil {
 				b.Error(err)
 			}
@@ -140,14 +153,14 @@ func BenchmarkTransportFloor(b *testing.B) {
 	b.ReportMetric(float64(load.Percentile(all, 50).Microseconds())/1000, "ms-conv-p50")
 	b.ReportMetric(float64(load.Percentile(all, 99).Microseconds())/1000, "ms-conv-p99")
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "ms-conv-max")
-	b.Logf("transport floor, %d streams: full config in %s (server CPU %s, RSS %.1f MiB above idle); %d rounds: server CPU %s a round, delivery p50 %s p99 %s max %s",
-		streams, timeToFull.Round(time.Millisecond), cpu1-cpu0, float64(rssConnected-rssIdle)/(1<<20), rounds,
+	b.Logf("transport floor, %d %s streams: full config in %s (server CPU %s, RSS %.1f MiB above idle); %d rounds: server CPU %s a round, delivery p50 %s p99 %s max %s",
+		streams, map[bool]string{true: "delta", false: "sotw"}[names == nil], timeToFull.Round(time.Millisecond), cpu1-cpu0, float64(rssConnected-rssIdle)/(1<<20), rounds,
 		(cpu2-cpu1)/time.Duration(rounds), load.Percentile(all, 50), load.Percentile(all, 99), all[len(all)-1])
 }
 
-// floorClient holds one delta stream: it reports its full response on
-// full and each later one's arrival on got, and ACKs each.
-func floorClient(ctx context.Context, addr string, cert tls.Certificate, roots *x509.CertPool, full chan<- error, got chan<- time.Time) error {
+// floorClient holds one stream, delta or (names set) SotW: it reports its
+// full response on full and each later one's arrival on got, and ACKs each.
+func floorClient(ctx context.Context, addr string, cert tls.Certificate, roots *x509.CertPool, names []string, full chan<- error, got chan<- time.Time) error {
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, MinVersion: tls.VersionTLS13,
 		// The server's certificate names a SPIFFE ID, not a host: its chain
 		// is checked against the roots, as the load tool does with meshd's.
@@ -168,29 +181,50 @@ func floorClient(ctx context.Context, addr string, cert tls.Certificate, roots *
 		return nil
 	}
 	defer conn.Close()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err == nil {
-		err = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{"*"}})
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	// exchange sends the first request or the ACK of the last response
+	// (nonce set) and returns the next response's nonce.
+	var exchange func(nonce string) (string, error)
+	if names == nil {
+		stream, err := ads.DeltaAggregatedResources(ctx)
+		exchange = func(nonce string) (string, error) {
+			if err != nil {
+				return "", err
+			}
+			req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: nonce}
+			if nonce == "" {
+				req.ResourceNamesSubscribe = []string{"*"}
+			}
+			if err := stream.Send(req); err != nil {
+				return "", err
+			}
+			resp, err := stream.Recv()
+			return resp.GetNonce(), err
+		}
+	} else {
+		stream, err := ads.StreamAggregatedResources(ctx)
+		version := ""
+		exchange = func(nonce string) (string, error) {
+			if err != nil {
+				return "", err
+			}
+			req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names, VersionInfo: version, ResponseNonce: nonce}
+			if err := stream.Send(req); err != nil {
+				return "", err
+			}
+			resp, err := stream.Recv()
+			version = resp.GetVersionInfo()
+			return resp.GetNonce(), err
+		}
 	}
-	reported := false // the full response, or why not
+	nonce, err := exchange("")
+	full <- err
 	for err == nil {
-		var resp *discoveryv3.DeltaDiscoveryResponse
-		if resp, err = stream.Recv(); err != nil {
-			break
+		// The response's arrival, then its ACK (which asks for the next).
+		if nonce != "full" {
+			got <- time.Now()
 		}
-		at := time.Now()
-		if err = stream.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}); err != nil {
-			break
-		}
-		if reported {
-			got <- at
-		} else {
-			full <- nil
-			reported = true
-		}
-	}
-	if !reported {
-		full <- err
+		nonce, err = exchange(nonce)
 	}
 	if ctx.Err() != nil {
 		return nil
@@ -266,8 +300,11 @@ func runFloor(addr, dir string, fullKB int) error {
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: roots})),
 		grpc.ReadBufferSize(0), grpc.StaticStreamWindowSize(1<<20), grpc.StaticConnWindowSize(1<<20),
 		grpc.ForceServerCodecV2(rawCodec{}))
-	fs := &floorServer{rounds: newRounds()}
+	fs := &floorServer{rounds: newRounds(), sotwRounds: newRounds()}
 	if fs.full, err = floorResponse(fullKB<<10, "full"); err != nil {
+		return err
+	}
+	if fs.sotwFull, err = floorSotwResponse(fullKB<<10, "full"); err != nil {
 		return err
 	}
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(srv, fs)
@@ -278,12 +315,19 @@ func runFloor(addr, dir string, fullKB int) error {
 				srv.Stop()
 				return
 			}
-			resp, err := floorResponse(0, strconv.Itoa(fs.rounds.count()+1))
+			nonce := strconv.Itoa(fs.rounds.count() + 1)
+			resp, err := floorResponse(0, nonce)
+			if err != nil {
+				srv.Stop()
+				return
+			}
+			sotw, err := floorSotwResponse(0, nonce)
 			if err != nil {
 				srv.Stop()
 				return
 			}
 			fs.rounds.next(resp)
+			fs.sotwRounds.next(sotw)
 		}
 	}()
 	return srv.Serve(lis)
@@ -320,6 +364,58 @@ func floorEndpoints(i int) *endpointv3.ClusterLoadAssignment {
 	return &endpointv3.ClusterLoadAssignment{ClusterName: fmt.Sprintf("outbound|80|svc%d.floor", i), Endpoints: []*endpointv3.LocalityLbEndpoints{loc}}
 }
 
+// floorSotwResponse is floorResponse's endpoint sets in a SotW response
+// (one of EDS may hold only the sets that changed).
+func floorSotwResponse(size int, nonce string) (raw, error) {
+	resp := &discoveryv3.DiscoveryResponse{TypeUrl: resourcev3.EndpointType, Nonce: nonce, VersionInfo: nonce}
+	for i, n := 0, 0; n == 0 || n < size; i++ {
+		a, err := anypb.New(floorEndpoints(i))
+		if err != nil {
+			return nil, err
+		}
+		resp.Resources = append(resp.Resources, a)
+		n += proto.Size(a)
+	}
+	return proto.Marshal(resp)
+}
+
+// wireRequest is what the floor server reads of a request: its nonce, and
+// how many names it holds. The names are walked, not copied.
+type wireRequest struct {
+	nonce string
+	names int
+}
+
+func (r *wireRequest) decode(b []byte) error {
+	*r = wireRequest{}
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if typ != protowire.BytesType {
+			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+				return protowire.ParseError(n)
+			}
+			b = b[n:]
+			continue
+		}
+		v, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		switch num {
+		case 3: // resource_names (the same number in both requests)
+			r.names++
+		case 5: // response_nonce
+			r.nonce = string(v)
+		}
+	}
+	return nil
+}
+
 // raw is an encoded message, sent as it is.
 type raw []byte
 
@@ -337,13 +433,13 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	m, ok := v.(proto.Message)
+	r, ok := v.(*wireRequest)
 	if !ok {
 		return fmt.Errorf("floor: cannot decode into %T", v)
 	}
 	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
 	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), m)
+	return r.decode(buf.ReadOnlyData())
 }
 
 // rounds hands each stream every round's response in turn.
@@ -390,18 +486,28 @@ func (r *rounds) after(ctx context.Context, i int) (raw, error) {
 
 type floorServer struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
-	full   raw
-	rounds *rounds
+	full, sotwFull     raw
+	rounds, sotwRounds *rounds
 }
 
 func (fs *floorServer) DeltaAggregatedResources(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	req := new(discoveryv3.DeltaDiscoveryRequest)
+	return fs.serve(stream, fs.full, fs.rounds)
+}
+
+func (fs *floorServer) StreamAggregatedResources(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
+	return fs.serve(stream, fs.sotwFull, fs.sotwRounds)
+}
+
+// serve answers the stream's first request with full, and each ACK with
+// the next round's response once it starts.
+func (fs *floorServer) serve(stream grpc.ServerStream, full raw, rounds *rounds) error {
+	req := new(wireRequest)
 	if err := stream.RecvMsg(req); err != nil {
 		return err
 	}
 	// Rounds started before the stream's full response are not its.
-	i := fs.rounds.count()
-	resp := fs.full
+	i := rounds.count()
+	resp := full
 	for {
 		if err := stream.SendMsg(resp); err != nil {
 			return err
@@ -413,7 +519,7 @@ func (fs *floorServer) DeltaAggregatedResources(stream grpc.BidiStreamingServer[
 			return err
 		}
 		var err error
-		if resp, err = fs.rounds.after(stream.Context(), i); err != nil {
+		if resp, err = rounds.after(stream.Context(), i); err != nil {
 			return err
 		}
 		i++
