@@ -100,7 +100,9 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 // (w, the model's workload of the proxy's node), when the proxy is the
 // pod's.
 func egress(p Peer, w *model.Workload) model.Egress {
-	if w != nil && w.Identity == p.Identity.String() {
+	// The scope first: the identity's string is made anew (every proxy, on
+	// every change).
+	if w != nil && w.Egress != nil && w.Identity == p.Identity.String() {
 		return w.Egress
 	}
 	return nil

@@ -53,6 +53,10 @@ type Publisher struct {
 	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
 	scopes  map[string]map[resourcev3.Type]resource.Set
 	scopeOf map[string]string
+	// refs are the shared sets of the mesh ("") and of each scope by their
+	// place in ADS order, as every snapshot composed from them refers to
+	// them (see refsLocked); dropped when the sets are replaced.
+	refs map[string]*[resource.NumTypes]*resource.Set
 	// published is each proxy's last snapshot; checks counts the proxy
 	// snapshots checked for completeness and composed counts the proxies
 	// composed again (what tests read).
@@ -98,7 +102,7 @@ type published struct {
 // New returns a Publisher that publishes into cache.
 func New(cache Cache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]resource.Set{}, proxies: map[string]map[resourcev3.Type]resource.Set{},
-		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, published: map[string]published{}, gens: map[string]uint64{},
+		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, refs: map[string]*[resource.NumTypes]*resource.Set{}, published: map[string]published{}, gens: map[string]uint64{},
 		conv: map[string]*convergence{}, clock: clock.RealClock{}, convergence: newConvergenceHistogram()}
 }
 
@@ -165,6 +169,7 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 		}
 	}
 	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
+	clear(p.refs)
 	defer func() { p.changedAt = time.Time{} }()
 	for node, h := range ownHashed {
 		p.setOwnLocked(node, h)
@@ -289,6 +294,7 @@ func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope
 	defer p.mu.Unlock()
 	if _, known := p.scopes[key]; key != "" && !known && hashedScope != nil {
 		p.scopes[key] = hashedScope
+		delete(p.refs, key)
 		p.renumberLocked(key, nil, hashedScope)
 	}
 	p.setOwnLocked(nodeID, hashed)
@@ -302,6 +308,22 @@ func (p *Publisher) HasScope(key string) bool {
 	defer p.mu.Unlock()
 	_, ok := p.scopes[key]
 	return ok
+}
+
+// refsLocked is sharedLocked(key) by place in ADS order, a set for every
+// type (empty where key has none), made once for every snapshot composed
+// from them to refer to.
+func (p *Publisher) refsLocked(key string) *[resource.NumTypes]*resource.Set {
+	if refs := p.refs[key]; refs != nil {
+		return refs
+	}
+	shared, refs := p.sharedLocked(key), new([resource.NumTypes]*resource.Set)
+	for i, t := range resource.Types() {
+		v := shared[t]
+		refs[i] = &v
+	}
+	p.refs[key] = refs
+	return refs
 }
 
 // sharedLocked is the shared resources of key (sharedKeyLocked's): a
@@ -358,27 +380,27 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	}
 	p.composed++
 	key := p.sharedKeyLocked(nodeID)
-	shared := p.sharedLocked(key)
+	shared := p.refsLocked(key)
 	prev, same := p.published[nodeID], true
 	// What completeness reads (the own sets' references, the names of both)
 	// is what it read for the last snapshot, which was complete.
 	checked := prev.snap != nil
-	types := resource.Types()
 	next := published{scope: key, gen: p.gens[key]}
-	sets := make(map[resourcev3.Type]resource.Set, len(types))
-	for i, t := range types {
-		parts := [2]string{shared[t].Version(), own[t].Version()}
-		checked = checked && parts[1] == prev.from[i][1] && shared[t].SameNamesAs(prev.from[i][0], prev.sharedLen[i])
-		next.from[i], next.sharedLen[i] = parts, shared[t].Len()
-		v, ok := prev.reuse(i, t, parts)
-		if !ok {
+	var sets [resource.NumTypes]*resource.Set
+	for i, t := range resource.Types() {
+		parts := [2]string{shared[i].Version(), own[t].Version()}
+		checked = checked && parts[1] == prev.from[i][1] && shared[i].SameNamesAs(prev.from[i][0], prev.sharedLen[i])
+		next.from[i], next.sharedLen[i] = parts, shared[i].Len()
+		v := prev.reuse(i, parts)
+		if v == nil {
 			// Merging a type the proxy has resources of its own in costs a
 			// map entry per resource: not again for a type nothing moved in
 			// (a proxy's inbound route beside 1,000 shared routes, on every
-			// endpoint change).
-			v, same = resource.Merge(shared[t], own[t]), false
+			// endpoint change). A type it has none of refers to the shared
+			// set itself.
+			v, same = resource.MergeRef(shared[i], own[t]), false
 		}
-		sets[t] = v
+		sets[i] = v
 	}
 	if same {
 		// Nothing moved for this proxy (a change outside its scope): the
@@ -389,11 +411,11 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	}
 	if !checked {
 		p.checks++
-		if err := complete(shared, own); err != nil {
+		if err := complete(p.sharedLocked(key), own); err != nil {
 			return fmt.Errorf("xds: snapshot for %s is inconsistent: %w", nodeID, err)
 		}
 	}
-	next.snap = resource.NewSnapshot(sets)
+	next.snap = resource.SnapshotOf(sets)
 	if err := p.cache.SetSnapshot(ctx, nodeID, next.snap); err != nil {
 		return err
 	}
@@ -402,13 +424,13 @@ func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
 	return nil
 }
 
-// reuse returns the published snapshot's set of type t (at place i) if it
-// was merged from parts.
-func (pub published) reuse(i int, t resourcev3.Type, parts [2]string) (resource.Set, bool) {
+// reuse returns the published snapshot's set of the type at place i (nil:
+// none) if it was merged from parts.
+func (pub published) reuse(i int, parts [2]string) *resource.Set {
 	if pub.snap == nil || pub.from[i] != parts {
-		return resource.Set{}, false
+		return nil
 	}
-	return pub.snap.SetOf(t)
+	return pub.snap.RefAt(i)
 }
 
 // complete checks that every route and endpoint set the proxy's own

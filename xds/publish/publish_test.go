@@ -259,3 +259,60 @@ func TestChangeComposesOnlyProxiesItMoves(t *testing.T) {
 	set(nil, nil, "a", "b")
 	check("scope b back", 2, nodes)
 }
+
+// TestSnapshotsShareSets: every proxy's snapshot refers to the one shared
+// set of each type it has nothing of its own in, and a proxy's next
+// snapshot keeps the sets of the types that did not move: an endpoint
+// change costs a proxy no copy of any set.
+func TestSnapshotsShareSets(t *testing.T) {
+	ctx := context.Background()
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := publish.New(cache)
+	if err := pub.SetAll(ctx, time.Time{}, shared(8080), nil); err != nil {
+		t.Fatal(err)
+	}
+	snaps := func() [2]*resource.Snapshot {
+		var out [2]*resource.Snapshot
+		for i, n := range []string{node, "api-0.demo"} {
+			s, err := cache.GetSnapshot(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[i] = s.(*resource.Snapshot)
+		}
+		return out
+	}
+	for _, n := range []string{node, "api-0.demo"} {
+		if err := pub.SetProxy(ctx, n, resource.Resources{resourcev3.SecretType: secrets()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snaps()
+	cds, eds, sds := resource.Order(resourcev3.ClusterType), resource.Order(resourcev3.EndpointType), resource.Order(resourcev3.SecretType)
+	for _, i := range []int{cds, eds} {
+		if before[0].RefAt(i) == nil || before[0].RefAt(i) != before[1].RefAt(i) {
+			t.Errorf("type %d: the proxies' snapshots hold sets %p and %p, not the one shared set", i, before[0].RefAt(i), before[1].RefAt(i))
+		}
+	}
+	if before[0].RefAt(sds) == before[1].RefAt(sds) {
+		t.Error("the proxies' secrets are one set")
+	}
+	// An endpoint change.
+	if err := pub.SetAll(ctx, time.Time{}, shared(8081), nil); err != nil {
+		t.Fatal(err)
+	}
+	after := snaps()
+	for p := range after {
+		if after[p] == before[p] {
+			t.Fatalf("proxy %d: no new snapshot for the endpoint change", p)
+		}
+		for _, i := range []int{cds, sds} {
+			if after[p].RefAt(i) != before[p].RefAt(i) {
+				t.Errorf("proxy %d, type %d: a new set though nothing of it moved", p, i)
+			}
+		}
+		if after[p].RefAt(eds) == before[p].RefAt(eds) || after[p].RefAt(eds) != after[0].RefAt(eds) {
+			t.Errorf("proxy %d: endpoints not the one new shared set", p)
+		}
+	}
+}

@@ -289,6 +289,21 @@ func Empty() Set { return emptySet }
 // resources (an own resource replaces a shared one of the same name). A
 // type the proxy has nothing of its own in is the shared set as prepared.
 func Merge(shared, own Set) Set {
+	return merge(shared, own)
+}
+
+// MergeRef is Merge for a snapshot to refer to (SnapshotOf): shared itself
+// when own holds nothing, which every proxy's snapshot then shares, or a
+// new set.
+func MergeRef(shared *Set, own Set) *Set {
+	if len(own.items) == 0 && len(shared.items) > 0 {
+		return shared
+	}
+	v := merge(*shared, own)
+	return &v
+}
+
+func merge(shared, own Set) Set {
 	switch {
 	case len(own.items) == 0 && len(shared.items) == 0:
 		return emptySet

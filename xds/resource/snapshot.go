@@ -15,9 +15,11 @@ import (
 // copies only what changed); xds/cache reads the sets.
 type Snapshot struct {
 	// sets holds the sets of the types every snapshot holds, by their place
-	// in ADS order (Order), has which of them it has; other any other type's.
-	sets  [NumTypes]Set
-	has   [NumTypes]bool
+	// in ADS order (Order; nil: none of the type), other any other type's.
+	// Sets are never changed once made: a proxy's snapshots share the sets
+	// that did not move, and every proxy's the shared sets it takes as they
+	// were prepared.
+	sets  [NumTypes]*Set
 	other map[resourcev3.Type]Set
 }
 
@@ -28,7 +30,7 @@ func NewSnapshot(sets map[resourcev3.Type]Set) *Snapshot {
 	s := &Snapshot{}
 	for t, set := range sets {
 		if i := Order(t); i < NumTypes {
-			s.sets[i], s.has[i] = set, true
+			s.sets[i] = &set
 			continue
 		}
 		if s.other == nil {
@@ -39,10 +41,15 @@ func NewSnapshot(sets map[resourcev3.Type]Set) *Snapshot {
 	return s
 }
 
+// SnapshotOf makes a snapshot of the sets of the types every snapshot
+// holds, by their place in ADS order (nil: none of the type). It refers to
+// the sets, which must not change afterwards.
+func SnapshotOf(sets [NumTypes]*Set) *Snapshot { return &Snapshot{sets: sets} }
+
 // SetOf returns the snapshot's set of a type.
 func (s *Snapshot) SetOf(typeURL resourcev3.Type) (Set, bool) {
 	if i := Order(typeURL); i < NumTypes {
-		return s.sets[i], s.has[i]
+		return s.SetAt(i)
 	}
 	v, ok := s.other[typeURL]
 	return v, ok
@@ -51,10 +58,19 @@ func (s *Snapshot) SetOf(typeURL resourcev3.Type) (Set, bool) {
 // SetAt returns the snapshot's set of the type at place i in ADS order
 // (Order).
 func (s *Snapshot) SetAt(i int) (Set, bool) {
-	if i < 0 || i >= NumTypes {
-		return Set{}, false
+	if p := s.RefAt(i); p != nil {
+		return *p, true
 	}
-	return s.sets[i], s.has[i]
+	return Set{}, false
+}
+
+// RefAt is the snapshot's own set of the type at place i in ADS order (nil:
+// none), for a snapshot to share (see SnapshotOf).
+func (s *Snapshot) RefAt(i int) *Set {
+	if i < 0 || i >= NumTypes {
+		return nil
+	}
+	return s.sets[i]
 }
 
 // GetVersion returns the version of the type's set ("" without one).
