@@ -30,7 +30,7 @@ func TestAuthorizationPolicyOnAPIServer(t *testing.T) {
 	defer cancel()
 	const ns = "authz-demo"
 	for _, n := range []string{"meshd-system", ns} {
-		if err := env.EnsureNamespace(ctx, n); err != nil {
+		if err := env.FreshNamespace(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

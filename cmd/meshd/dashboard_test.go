@@ -50,7 +50,7 @@ func TestDashboardQueriesExistingMetrics(t *testing.T) {
 	env := testenv.Kube(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+	if err := env.FreshNamespace(ctx, "meshd-system"); err != nil {
 		t.Fatal(err)
 	}
 	health := freeAddr(t)

@@ -26,7 +26,7 @@ func TestDebugAPIKubernetesAuth(t *testing.T) {
 	defer cancel()
 	const ns = "debug-auth"
 	for _, n := range []string{"meshd-system", ns} {
-		if err := env.EnsureNamespace(ctx, n); err != nil {
+		if err := env.FreshNamespace(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

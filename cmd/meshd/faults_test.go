@@ -29,7 +29,7 @@ func TestSurvivesAPIServerAndEtcdRestarts(t *testing.T) {
 	defer cancel()
 	const ns = "faults"
 	for _, n := range []string{"meshd-system", ns} {
-		if err := env.EnsureNamespace(ctx, n); err != nil {
+		if err := env.FreshNamespace(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -24,7 +24,7 @@ func TestLeaderElection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const ns = "meshd-ha"
-	if err := env.EnsureNamespace(ctx, ns); err != nil {
+	if err := env.FreshNamespace(ctx, ns); err != nil {
 		t.Fatal(err)
 	}
 	type replica struct {

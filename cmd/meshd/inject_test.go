@@ -37,7 +37,7 @@ func TestInjectionWithEnvoy(t *testing.T) {
 	defer cancel()
 	const ns = "inject-demo"
 	for _, n := range []string{"meshd-system", ns} {
-		if err := env.EnsureNamespace(ctx, n); err != nil {
+		if err := env.FreshNamespace(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

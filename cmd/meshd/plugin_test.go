@@ -67,7 +67,7 @@ func TestKubectlPlugin(t *testing.T) {
 	}
 
 	for _, ns := range []string{"meshd-system", "plugin-empty"} {
-		if err := env.EnsureNamespace(ctx, ns); err != nil {
+		if err := env.FreshNamespace(ctx, ns); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -55,7 +55,7 @@ func podCertificateSidecar(t *testing.T, mode string) {
 	c := env.Client
 	ns := "podcert-" + mode
 	for _, n := range []string{"meshd-system", ns} {
-		if err := env.EnsureNamespace(ctx, n); err != nil {
+		if err := env.FreshNamespace(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

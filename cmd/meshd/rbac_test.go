@@ -34,7 +34,7 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 	env := testenv.Kube(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+	if err := env.FreshNamespace(ctx, "meshd-system"); err != nil {
 		t.Fatal(err)
 	}
 	base := "../../deploy/base/"
@@ -79,6 +79,9 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "x", Port: 81, AppProtocol: &bad}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = env.Client.CoreV1().Services("default").Delete(context.Background(), "rbac-odd", metav1.DeleteOptions{})
+	})
 	checks := map[string]func(context.Context) bool{
 		"CA Secret created": func(ctx context.Context) bool {
 			_, err := env.Client.CoreV1().Secrets("meshd-system").Get(ctx, "meshd-ca", metav1.GetOptions{})

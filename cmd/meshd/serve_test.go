@@ -358,7 +358,7 @@ func TestServeAgainstAPIServer(t *testing.T) {
 	env := testenv.Kube(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+	if err := env.FreshNamespace(ctx, "meshd-system"); err != nil {
 		t.Fatal(err)
 	}
 	start := func() (string, chan error) {

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
@@ -105,3 +108,47 @@ func applyOne(ctx context.Context, dyn dynamic.Interface, mapper *restmapper.Def
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// FreshNamespace makes sure the namespace exists and holds no object: what
+// an earlier test (or an earlier run of the same test, `go test -count=2`)
+// left there is deleted at once, whatever its kind, so that a test starts
+// from the same state in any order. Without the namespace controller a
+// deleted namespace keeps its objects, hence this.
+func (e *Env) FreshNamespace(ctx context.Context, name string) error {
+	if err := e.EnsureNamespace(ctx, name); err != nil {
+		return err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(e.Config)
+	if err != nil {
+		return err
+	}
+	lists, err := dc.ServerPreferredNamespacedResources()
+	if err != nil && len(lists) == 0 {
+		return fmt.Errorf("testenv: discovery: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(e.Config)
+	if err != nil {
+		return err
+	}
+	now := int64(0)
+	for _, list := range lists {
+		gv, err := schema.ParseGroupVersion(list.GroupVersion)
+		if err != nil {
+			return err
+		}
+		for _, r := range list.APIResources {
+			if !slices.Contains(r.Verbs, "deletecollection") || !slices.Contains(r.Verbs, "list") {
+				continue
+			}
+			if r.Name == "events" {
+				continue // the record of what happened, kept; nothing reads them back as state
+			}
+			err := dyn.Resource(gv.WithResource(r.Name)).Namespace(name).DeleteCollection(ctx,
+				metav1.DeleteOptions{GracePeriodSeconds: &now}, metav1.ListOptions{})
+			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsMethodNotSupported(err) {
+				return fmt.Errorf("testenv: empty namespace %s of %s: %w", name, r.Name, err)
+			}
+		}
+	}
+	return nil
+}
