@@ -182,16 +182,21 @@ func (c *Cache) ClearSnapshot(node string) {
 
 // setOf is snapshot s's set of a type, at place slot in ADS order (the
 // empty set if it has none).
-func setOf(s *resource.Snapshot, slot int, typeURL string) resource.Set {
-	set, ok := s.SetAt(slot)
-	if !ok && slot >= resource.NumTypes {
-		set, ok = s.SetOf(typeURL)
-	}
-	if ok {
+func setOf(s *resource.Snapshot, slot int, typeURL string) *resource.Set {
+	if set := s.RefAt(slot); set != nil {
 		return set
 	}
-	return resource.Empty()
+	if slot >= resource.NumTypes {
+		if set, ok := s.SetOf(typeURL); ok {
+			return &set
+		}
+	}
+	return &emptySet
 }
+
+// emptySet is what a stream holds of a type its snapshot has none of (sets
+// are never changed: every such stream refers to this one).
+var emptySet = resource.Empty()
 
 // wait registers a watch of node that waits for a snapshot (under c.mu)
 // and returns its cancel function.

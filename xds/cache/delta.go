@@ -116,17 +116,17 @@ func (c *Cache) answerLocked(w *deltaWatch, s *resource.Snapshot, synced *[]InSy
 	var names, removed []string
 	switch {
 	case h.set == nil:
-		names, removed = compare(w.sub, set)
+		names, removed = compare(w.sub, *set)
 	case h.set.Version() == set.Version():
-		names = lackingIn(h, set)
+		names = lackingIn(h, *set)
 	case h.set.Version() == set.From() && set.From() != "":
-		names, removed = difference(w.sub, h, set)
+		names, removed = difference(w.sub, h, *set)
 	default:
-		names, removed = compareHeld(w.sub, h, set)
+		names, removed = compareHeld(w.sub, h, *set)
 	}
 	if len(names) == 0 && len(removed) == 0 && !first {
 		if h.set == nil {
-			h.set, h.lacking = &set, nil // nothing lacking: it holds set exactly
+			h.set, h.lacking = set, nil // nothing lacking: it holds set exactly
 			if h.sent == "" && h.stream != 0 && len(w.sub.ReturnedResources()) > 0 {
 				*synced = append(*synced, InSync{Stream: h.stream, TypeURL: typeURL, Version: set.Version()})
 			}
@@ -282,7 +282,7 @@ func sortPart(names []string, set resource.Set) {
 type deltaResponse struct {
 	req     *cachev3.DeltaRequest
 	held    *deltaHeld
-	set     resource.Set
+	set     *resource.Set // the snapshot's
 	names   []string
 	removed []string
 
@@ -338,7 +338,7 @@ func (r *deltaResponse) commit() {
 			delete(h.lacking, name)
 		}
 	}
-	h.set, h.sent = &set, set.Version()
+	h.set, h.sent = set, set.Version()
 }
 
 func (r *deltaResponse) GetDeltaRequest() *discoveryv3.DeltaDiscoveryRequest { return r.req }

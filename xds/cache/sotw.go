@@ -161,7 +161,7 @@ func (c *Cache) answerSotwLocked(w *sotwWatch, s *resource.Snapshot) bool {
 // lacking is what a stream subscribed by name lacks of set, and whether a
 // response is due (a stream that asks for the first time is answered even
 // when none of its names exist, so that it knows).
-func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
+func lacking(w *sotwWatch, h *sotwHeld, set *resource.Set) ([]string, bool) {
 	subscribed := w.sub.SubscribedResources()
 	ix := set.Index()
 	var names []string
@@ -216,7 +216,7 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 		if h.set == nil && set.Version() != h.rejected {
 			// What it holds is now known: every subscribed name is at the
 			// set's version (or absent from it).
-			h.set, h.names, h.version = &set, subscribed, set.Version()
+			h.set, h.names, h.version = set, subscribed, set.Version()
 		}
 		return nil, false
 	}
@@ -232,9 +232,9 @@ func lacking(w *sotwWatch, h *sotwHeld, set resource.Set) ([]string, bool) {
 type sotwResponse struct {
 	req        *cachev3.Request
 	held       *sotwHeld
-	set        resource.Set
-	all        bool     // the whole set
-	names      []string // else these
+	set        *resource.Set // the snapshot's
+	all        bool          // the whole set
+	names      []string      // else these
 	subscribed map[string]struct{}
 
 	once sync.Once
@@ -272,8 +272,7 @@ func (r *sotwResponse) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, e
 		defer h.mu.Unlock()
 		h.version = r.set.Version()
 		if !r.all {
-			set := r.set
-			h.set, h.names = &set, r.subscribed
+			h.set, h.names = r.set, r.subscribed
 		}
 	})
 	return r.resp, r.err

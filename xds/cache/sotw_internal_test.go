@@ -42,7 +42,7 @@ func TestSotwWholeSetShared(t *testing.T) {
 		names  []string
 		shared bool
 	}{{all, true}, {all[3:9], false}} {
-		r := &sotwResponse{req: req, held: &sotwHeld{}, set: set, names: tc.names}
+		r := &sotwResponse{req: req, held: &sotwHeld{}, set: &set, names: tc.names}
 		resp, err := r.GetDiscoveryResponse()
 		if err != nil {
 			t.Fatal(err)
