@@ -26,10 +26,11 @@ func newConnCap(inner credentials.TransportCredentials, max int, limited func(st
 	return &connCap{TransportCredentials: inner, max: max, limited: limited, open: map[string]int{}}
 }
 
-// ServerHandshake runs the TLS handshake, then counts the connection
-// against its client certificate's identity until it closes.
+// ServerHandshake runs the TLS handshake (reading through a recordConn),
+// then counts the connection against its client certificate's identity
+// until it closes.
 func (c *connCap) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	conn, info, err := c.TransportCredentials.ServerHandshake(newRecordConn(raw))
 	if err != nil {
 		return conn, info, err
 	}
