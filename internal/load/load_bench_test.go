@@ -1,6 +1,7 @@
 package load_test
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"fmt"
@@ -108,6 +109,7 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	pid := cmd.Process.Pid
 	rssIdle, _, _ := load.Proc(pid)
+	liveIdle := liveHeap(b, debugAddr)
 	root, err := rootca.Load(ctx, store.Files{Dir: caDir}, "meshd-ca", time.Now())
 	if err != nil {
 		b.Fatal(err)
@@ -133,6 +135,7 @@ func BenchmarkLoad(b *testing.B) {
 	// connected fleet costs (MESHD_LOAD_SETTLE seconds later, default 10).
 	time.Sleep(time.Duration(envInt("MESHD_LOAD_SETTLE", 10)) * time.Second)
 	rssSettled, _, _ := load.Proc(pid)
+	liveSettled := liveHeap(b, debugAddr)
 	if profDir != "" {
 		// gc=1: what is live, not what awaits collection.
 		saveProfile(b, "http://"+debugAddr+"/debug/pprof/heap?gc=1", filepath.Join(profDir, "heap.pprof"))
@@ -158,6 +161,9 @@ func BenchmarkLoad(b *testing.B) {
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "ms-conv-max")
 	b.ReportMetric(mib(rssConnected-rssIdle)/float64(sidecars), "MiB-rss/sidecar")
 	b.ReportMetric(mib(rssSettled-rssIdle)/float64(sidecars), "MiB-settled/sidecar")
+	// The heap that stays live (RSS above it is the collector's headroom,
+	// which swings with when the connect storm's collections fell).
+	b.ReportMetric(float64(liveSettled-liveIdle)/float64(sidecars)/1024, "KiB-live/sidecar")
 	b.ReportMetric(float64(fleet.Dropped()), "dropped")
 	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
 		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
@@ -174,6 +180,35 @@ func BenchmarkLoad(b *testing.B) {
 		}
 		b.Logf("dropped: %s", strings.Join(parts, "; "))
 	}
+}
+
+// liveHeap is meshd's heap right after a collection: its heap profile
+// handler collects first (gc=1), then go_memstats_heap_alloc_bytes is read.
+func liveHeap(b *testing.B, debugAddr string) int64 {
+	resp, err := http.Get("http://" + debugAddr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	resp, err = http.Get("http://" + debugAddr + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_memstats_heap_alloc_bytes "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return int64(f)
+		}
+	}
+	b.Fatal("meshd's /metrics has no go_memstats_heap_alloc_bytes")
+	return 0
 }
 
 // Percentile aliases load.Percentile.
