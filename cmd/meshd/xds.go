@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"path"
+	"sync/atomic"
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -71,20 +73,34 @@ func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheu
 
 // xdsTLS is TLS 1.3 only (sidecars' client certificates travel encrypted),
 // meshd's current serving certificate, client certificates verified against
-// the current bundle.
+// the current bundle. One configuration serves every handshake until the
+// authority or the serving certificate changes: a connection keeps the
+// configuration it was accepted with, and one built per handshake cost each
+// proxy its own parsed copy of the bundle and each handshake the parsing.
 func xdsTLS(creds *credentials) *tls.Config {
+	type built struct {
+		authority *ca.Authority
+		serving   *tls.Certificate
+		cfg       *tls.Config
+	}
+	var last atomic.Pointer[built]
 	return &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"},
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			authority, serving := creds.issuer.Authority(), creds.serving.Load()
+			if b := last.Load(); b != nil && b.authority == authority && b.serving == serving {
+				return b.cfg, nil
+			}
 			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(creds.issuer.Authority().BundlePEM) {
+			if !pool.AppendCertsFromPEM(authority.BundlePEM) {
 				return nil, errors.New("xds: empty trust bundle")
 			}
-			c := creds.serving.Load()
-			if c == nil {
+			if serving == nil {
 				return nil, errors.New("xds: no serving certificate yet")
 			}
-			return &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}, Certificates: []tls.Certificate{*c},
-				ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}, nil
+			cfg := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}, Certificates: []tls.Certificate{*serving},
+				ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+			last.Store(&built{authority: authority, serving: serving, cfg: cfg})
+			return cfg, nil
 		}}
 }
 
