@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"container/heap"
 	"context"
 	crand "crypto/rand"
 	"errors"
@@ -39,10 +40,38 @@ type RenewerConfig struct {
 // hands over every new certificate, renews at RenewAt of the lifetime (with
 // jitter), retries with backoff, and re-issues everything on Reissue (after a
 // root change). Safe for concurrent use.
+//
+// A watch waiting for its renewal is an entry in a queue that one goroutine
+// serves (with one timer, for the earliest); a goroutine exists per
+// issuance in flight only. A goroutine and a timer per watch cost ~8 KB per
+// pod for the months a certificate mostly waits.
 type Renewer struct {
-	cfg  RenewerConfig
-	mu   sync.Mutex
-	kick chan struct{} // closed and replaced by Reissue
+	cfg RenewerConfig
+
+	mu    sync.Mutex
+	queue dueQueue // waiting watches, earliest first
+	live  int      // watches whose context has not ended
+	gen   uint64   // Reissue's count
+	// wake nudges the scheduler (the queue's head or live changed); nil
+	// while no scheduler runs (no live watch).
+	wake chan struct{}
+}
+
+// watch is one watched certificate.
+type watch struct {
+	ctx    context.Context
+	key    string
+	req    Request
+	onCert func(*Certificate)
+	// backoff is used by the issuing goroutine alone (one at a time).
+	backoff time.Duration
+	// Under Renewer.mu: when it is due, its place in the queue (-1: not
+	// queued: issuing or ended), the Reissue count its issuance started
+	// under, and whether its context ended.
+	at    time.Time
+	index int
+	gen   uint64
+	ended bool
 }
 
 // NewRenewer returns a Renewer.
@@ -74,58 +103,150 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Renewer{cfg: cfg, kick: make(chan struct{})}, nil
+	return &Renewer{cfg: cfg}, nil
 }
 
 // Reissue makes every watched certificate be issued again now (the bundle
-// changed). Subscribers get the new bundle with the new certificate.
+// changed), and those being issued again once they are. Subscribers get the
+// new bundle with the new certificate.
 func (r *Renewer) Reissue() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	close(r.kick)
-	r.kick = make(chan struct{})
-}
-
-func (r *Renewer) kicked() <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.kick
+	r.gen++
+	now := r.cfg.Clock.Now()
+	for _, w := range r.queue {
+		w.at = now
+	}
+	heap.Init(&r.queue)
+	r.nudgeLocked()
 }
 
 // Watch starts keeping a certificate for req (a fresh key each time) until
-// ctx ends; onCert is called from one goroutine per watch. It returns at once.
+// ctx ends; onCert is never called concurrently for one watch. It returns
+// at once.
 func (r *Renewer) Watch(ctx context.Context, key string, req Request, onCert func(*Certificate)) {
-	go r.loop(ctx, key, req, onCert)
+	w := &watch{ctx: ctx, key: key, req: req, onCert: onCert, backoff: r.cfg.MinBackoff, index: -1}
+	r.mu.Lock()
+	r.live++
+	if r.wake == nil {
+		r.wake = make(chan struct{}, 1)
+		go r.schedule(r.wake)
+	}
+	w.gen = r.gen
+	r.mu.Unlock()
+	context.AfterFunc(ctx, func() { r.end(w) })
+	go r.issue(w)
 }
 
-func (r *Renewer) loop(ctx context.Context, key string, req Request, onCert func(*Certificate)) {
-	backoff := r.cfg.MinBackoff
+// end drops a watch whose context ended.
+func (r *Renewer) end(w *watch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w.ended = true
+	if w.index >= 0 {
+		heap.Remove(&r.queue, w.index)
+	}
+	r.live--
+	r.nudgeLocked()
+}
+
+func (r *Renewer) nudgeLocked() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// schedule starts the issuance of each watch when it is due, until no watch
+// is live.
+func (r *Renewer) schedule(wake chan struct{}) {
 	for {
-		kick := r.kicked()
-		wait, err := r.once(ctx, req, onCert)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			r.cfg.Logger.Warn("ca: issuance failed; retrying", "proxy", key, "identity", req.Identity.String(), "retry_in", backoff, "error", err)
-			if r.cfg.OnError != nil {
-				r.cfg.OnError(key, req, err)
-			}
-			wait = backoff
-			backoff = min(2*backoff, r.cfg.MaxBackoff)
-		} else {
-			backoff = r.cfg.MinBackoff
+		r.mu.Lock()
+		if r.live == 0 {
+			r.wake = nil
+			r.mu.Unlock()
+			return
+		}
+		now := r.cfg.Clock.Now()
+		var due []*watch
+		for len(r.queue) > 0 && !r.queue[0].at.After(now) {
+			w := heap.Pop(&r.queue).(*watch)
+			w.gen = r.gen
+			due = append(due, w)
+		}
+		var wait time.Duration
+		if len(r.queue) > 0 {
+			wait = r.queue[0].at.Sub(now)
+		}
+		r.mu.Unlock()
+		for _, w := range due {
+			go r.issue(w)
+		}
+		if wait == 0 {
+			<-wake
+			continue
 		}
 		t := r.cfg.Clock.NewTimer(wait)
 		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-kick:
-			t.Stop()
+		case <-wake:
 		case <-t.C():
 		}
+		t.Stop()
 	}
+}
+
+// issue issues one certificate for w and queues it for the next.
+func (r *Renewer) issue(w *watch) {
+	wait, err := r.once(w.ctx, w.req, w.onCert)
+	if err != nil {
+		if w.ctx.Err() != nil {
+			return
+		}
+		r.cfg.Logger.Warn("ca: issuance failed; retrying", "proxy", w.key, "identity", w.req.Identity.String(), "retry_in", w.backoff, "error", err)
+		if r.cfg.OnError != nil {
+			r.cfg.OnError(w.key, w.req, err)
+		}
+		wait = w.backoff
+		w.backoff = min(2*w.backoff, r.cfg.MaxBackoff)
+	} else {
+		w.backoff = r.cfg.MinBackoff
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w.ended {
+		return
+	}
+	if w.gen != r.gen {
+		wait = 0 // the bundle changed while it was issued
+	}
+	w.at = r.cfg.Clock.Now().Add(wait)
+	heap.Push(&r.queue, w)
+	if w.index == 0 {
+		r.nudgeLocked()
+	}
+}
+
+// dueQueue is a min-heap of watches by due time.
+type dueQueue []*watch
+
+func (q dueQueue) Len() int           { return len(q) }
+func (q dueQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
+func (q dueQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *dueQueue) Push(x any) {
+	w := x.(*watch)
+	w.index = len(*q)
+	*q = append(*q, w)
+}
+func (q *dueQueue) Pop() any {
+	old := *q
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	w.index = -1
+	*q = old[:len(old)-1]
+	return w
 }
 
 // once issues one certificate and returns how long to wait until renewal.

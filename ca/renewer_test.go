@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -152,5 +154,94 @@ func TestRenewerShortLifetime(t *testing.T) {
 	case <-certs:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no renewal at half the lifetime")
+	}
+}
+
+// Watches that wait for their renewal hold no goroutine each: one serves
+// them all, and it ends with the last watch.
+func TestRenewerWaitingWatchesShareOneGoroutine(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Now())
+	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
+	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	const watches = 200
+	certs := make(chan *ca.Certificate, 2*watches)
+	ctx, cancel := context.WithCancel(context.Background())
+	for i := range watches {
+		r.Watch(ctx, fmt.Sprintf("web-%d.demo", i), ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	}
+	for range watches {
+		<-certs
+	}
+	waitTimer(t, fc)
+	waitGoroutines(t, func(n int) bool { return n <= before+2 }, "while every watch waits for its renewal")
+	// All renew (at 27-33 minutes with the default jitter).
+	fc.Step(34 * time.Minute)
+	for range watches {
+		select {
+		case <-certs:
+		case <-time.After(10 * time.Second):
+			t.Fatal("not every watch renewed")
+		}
+	}
+	cancel()
+	waitGoroutines(t, func(n int) bool { return n <= before }, "after every watch ended")
+}
+
+func waitGoroutines(t *testing.T, ok func(int) bool, when string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !ok(runtime.NumGoroutine()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines %s", runtime.NumGoroutine(), when)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// blockingIssuer holds its first issuance until release is closed.
+type blockingIssuer struct {
+	ca.Issuer
+	started, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingIssuer) Issue(ctx context.Context, r ca.Request) (*ca.Certificate, error) {
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		close(b.started)
+		<-b.release
+	}
+	return b.Issuer.Issue(ctx, r)
+}
+
+// A Reissue while a certificate is being issued (perhaps under the old
+// root) issues it again as soon as that issuance ends.
+func TestRenewerReissueDuringIssuance(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Now())
+	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
+	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
+	b := &blockingIssuer{Issuer: in, started: make(chan struct{}), release: make(chan struct{})}
+	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: b, Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := make(chan *ca.Certificate, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	<-b.started
+	r.Reissue()
+	close(b.release)
+	<-certs
+	select {
+	case <-certs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the certificate issued across a Reissue was not issued again")
 	}
 }
