@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"net"
 	"sync"
 )
@@ -14,20 +15,24 @@ import (
 // record in it, the buffer doubles. A proxy's first subscription (1,000
 // names, about 40 KB, three full records) leaves ~40 KB behind for the life
 // of the connection: 29-39 MB at 1,000 proxies, the largest single
-// per-proxy allocation in meshd's heap. Stopping each read at the end of
-// its record keeps that buffer at one record (~18 KB).
+// per-proxy allocation in meshd's heap.
+//
+// recordConn hands over a record that fits the room whole, and a larger
+// one as its header first, then its body, never a byte past its end:
+// crypto/tls, knowing the length from the header, grows its buffer once to
+// the record's size (~18 KB for a full record) and keeps it there.
 //
 // Reads still go straight into crypto/tls's buffer, one system call as
-// before: what a read brings past the end of the record is set aside in a
-// pooled buffer and handed over by the following reads, so it costs a
-// copy, not a system call, and no memory once handed over.
+// before: what a read brings past the end of what is handed over is set
+// aside in a pooled buffer and handed over by the following reads, so it
+// costs a copy, not a system call, and no memory once handed over.
 type recordConn struct {
 	net.Conn
 	hdr  [recordHeaderLen]byte
 	nhdr int // bytes of the current record's header handed over
 	left int // bytes of its body not yet handed over, once the header is
-	// pending holds bytes read past the current record: pending[off:] is
-	// yet to be handed over; pend is the pooled buffer behind it.
+	// pending holds bytes read but not yet handed over; pend is the
+	// pooled buffer behind it.
 	pend    *[]byte
 	pending []byte
 	err     error // the read error that came with pending
@@ -50,7 +55,7 @@ func (c *recordConn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	if len(c.pending) > 0 {
-		n := c.upTo(c.pending[:min(len(p), len(c.pending))])
+		n := c.upTo(c.pending[:min(len(p), len(c.pending))], len(p))
 		copy(p, c.pending[:n])
 		c.pending = c.pending[n:]
 		if len(c.pending) > 0 {
@@ -68,7 +73,7 @@ func (c *recordConn) Read(p []byte) (int, error) {
 	if m <= 0 {
 		return m, err
 	}
-	n := c.upTo(p[:m])
+	n := c.upTo(p[:m], len(p))
 	if n < m {
 		c.setAside(p[n:m])
 		c.err, err = err, nil
@@ -77,8 +82,16 @@ func (c *recordConn) Read(p []byte) (int, error) {
 }
 
 // upTo accounts for handing over b up to the end of the current record's
-// header, or of its body, and returns how many bytes of b that is.
-func (c *recordConn) upTo(b []byte) int {
+// header, or of its body, and returns how many bytes of b that is. A whole
+// record (header and body) goes over at once if it leaves the caller room
+// of at least bytes.MinRead: crypto/tls reads on into its buffer's room,
+// and grows it when less is left.
+func (c *recordConn) upTo(b []byte, room int) int {
+	if c.nhdr == 0 && len(b) >= recordHeaderLen {
+		if n := recordHeaderLen + (int(b[3])<<8 | int(b[4])); n <= len(b) && n <= room-bytes.MinRead {
+			return n
+		}
+	}
 	var n int
 	if c.nhdr < recordHeaderLen {
 		n = copy(c.hdr[c.nhdr:], b)
