@@ -38,9 +38,7 @@ func (f *flakyIssuer) setFail(v bool) { f.mu.Lock(); f.fail = v; f.mu.Unlock() }
 func (f *flakyIssuer) calls() int     { f.mu.Lock(); defer f.mu.Unlock(); return f.n }
 
 func TestRenewerFakeClock(t *testing.T) {
-	fc := clocktesting.NewFakeClock(time.Now())
-	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
+	fc, in := fakeCA(t, time.Hour)
 	flaky := &flakyIssuer{Issuer: in}
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: flaky, Clock: fc, Random: func() float64 { return 0.5 }, MinBackoff: time.Second})
 	if err != nil {
@@ -104,6 +102,22 @@ func TestRenewDelayJitterBand(t *testing.T) {
 	}
 }
 
+// fakeCA is an internal CA issuing certificates of the given lifetime on
+// a fake clock.
+func fakeCA(t *testing.T, ttl time.Duration) (*clocktesting.FakeClock, *ca.Internal) {
+	t.Helper()
+	fc := clocktesting.NewFakeClock(time.Now())
+	root, err := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: ttl, Clock: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fc, in
+}
+
 func waitTimer(t *testing.T, fc *clocktesting.FakeClock) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -130,9 +144,7 @@ func waitCalls(t *testing.T, f *flakyIssuer, n int) {
 // one-minute backdating, renewal still comes at half the lifetime after
 // issuance, not at once (a renewal loop seen with 1-minute certificates).
 func TestRenewerShortLifetime(t *testing.T) {
-	fc := clocktesting.NewFakeClock(time.Now())
-	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Minute, Clock: fc})
+	fc, in := fakeCA(t, time.Minute)
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)
@@ -160,9 +172,7 @@ func TestRenewerShortLifetime(t *testing.T) {
 // Watches that wait for their renewal hold no goroutine each: one serves
 // them all, and it ends with the last watch.
 func TestRenewerWaitingWatchesShareOneGoroutine(t *testing.T) {
-	fc := clocktesting.NewFakeClock(time.Now())
-	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
+	fc, in := fakeCA(t, time.Hour)
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc})
 	if err != nil {
 		t.Fatal(err)
@@ -223,9 +233,7 @@ func (b *blockingIssuer) Issue(ctx context.Context, r ca.Request) (*ca.Certifica
 // A Reissue while a certificate is being issued (perhaps under the old
 // root) issues it again as soon as that issuance ends.
 func TestRenewerReissueDuringIssuance(t *testing.T) {
-	fc := clocktesting.NewFakeClock(time.Now())
-	root, _ := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	in, _ := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: time.Hour, Clock: fc})
+	fc, in := fakeCA(t, time.Hour)
 	b := &blockingIssuer{Issuer: in, started: make(chan struct{}), release: make(chan struct{})}
 	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: b, Clock: fc})
 	if err != nil {

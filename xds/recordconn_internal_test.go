@@ -182,17 +182,21 @@ func TestRecordConnUnderTLS(t *testing.T) {
 	}
 }
 
+// readPaths are the two ways the benchmarks read: directly, and through a
+// recordConn.
+var readPaths = []struct {
+	name string
+	wrap func(net.Conn) net.Conn
+}{
+	{"direct", func(c net.Conn) net.Conn { return c }},
+	{"recordConn", func(c net.Conn) net.Conn { return newRecordConn(c) }},
+}
+
 // BenchmarkTLSReadBuffer reports the heap each server-side TLS connection
 // keeps once it has read a 40 KB request (a SotW request naming 1,000
 // resources), read directly and through a recordConn.
 func BenchmarkTLSReadBuffer(b *testing.B) {
-	for _, tc := range []struct {
-		name string
-		wrap func(net.Conn) net.Conn
-	}{
-		{"direct", func(c net.Conn) net.Conn { return c }},
-		{"recordConn", func(c net.Conn) net.Conn { return newRecordConn(c) }},
-	} {
+	for _, tc := range readPaths {
 		b.Run(tc.name, func(b *testing.B) {
 			const conns = 100
 			cfg := selfSigned(b)
@@ -238,13 +242,7 @@ func BenchmarkTLSReadBuffer(b *testing.B) {
 // client write, directly and through a recordConn: the cost it adds to
 // the read path of every ACK.
 func BenchmarkTLSSmallReads(b *testing.B) {
-	for _, tc := range []struct {
-		name string
-		wrap func(net.Conn) net.Conn
-	}{
-		{"direct", func(c net.Conn) net.Conn { return c }},
-		{"recordConn", func(c net.Conn) net.Conn { return newRecordConn(c) }},
-	} {
+	for _, tc := range readPaths {
 		b.Run(tc.name, func(b *testing.B) {
 			client, server := tlsPair(b, selfSigned(b), tc.wrap)
 			defer server.Close()
