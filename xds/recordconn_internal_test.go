@@ -2,19 +2,18 @@ package xds
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
+	"context"
 	crand "crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"io"
-	"math/big"
 	"math/rand/v2"
 	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/ca"
 )
 
 // chunkConn returns data in reads of random sizes, then err; with the
@@ -138,24 +137,33 @@ func tlsPair(tb testing.TB, cfg *tls.Config, wrap func(net.Conn) net.Conn) (clie
 	return client, server
 }
 
-func selfSigned(tb testing.TB) *tls.Config {
+// serverTLS is a TLS 1.3 server configuration with a certificate of the
+// project's internal CA.
+func serverTLS(tb testing.TB) *tls.Config {
 	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	root, err := ca.NewRoot(crand.Reader, time.Now(), "cluster.local")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, key.Public(), key)
+	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS13}
+	c, err := issuer.Issue(context.Background(), ca.Request{Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "meshd-system", ServiceAccount: "meshd"}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kp, err := tls.X509KeyPair(c.ChainPEM, c.KeyPEM)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS13}
 }
 
 // Through crypto/tls, with messages of several full records (as a SotW
 // request naming 1,000 resources is), every byte arrives in order.
 func TestRecordConnUnderTLS(t *testing.T) {
-	client, server := tlsPair(t, selfSigned(t), func(c net.Conn) net.Conn { return newRecordConn(c) })
+	client, server := tlsPair(t, serverTLS(t), func(c net.Conn) net.Conn { return newRecordConn(c) })
 	defer client.Close()
 	defer server.Close()
 	rnd := rand.New(rand.NewPCG(1, 2))
@@ -199,7 +207,7 @@ func BenchmarkTLSReadBuffer(b *testing.B) {
 	for _, tc := range readPaths {
 		b.Run(tc.name, func(b *testing.B) {
 			const conns = 100
-			cfg := selfSigned(b)
+			cfg := serverTLS(b)
 			msg := bytes.Repeat([]byte("x"), 40<<10)
 			var perConn float64
 			for b.Loop() {
@@ -244,7 +252,7 @@ func BenchmarkTLSReadBuffer(b *testing.B) {
 func BenchmarkTLSSmallReads(b *testing.B) {
 	for _, tc := range readPaths {
 		b.Run(tc.name, func(b *testing.B) {
-			client, server := tlsPair(b, selfSigned(b), tc.wrap)
+			client, server := tlsPair(b, serverTLS(b), tc.wrap)
 			defer server.Close()
 			msg := bytes.Repeat([]byte("a"), 100)
 			go func() {
