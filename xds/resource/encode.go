@@ -232,9 +232,11 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 		// own are made here (a proxy's few local clusters beside the
 		// mesh's thousands, which took 64 KB per proxy and type as a
 		// second index).
-		names := v.names()
+		var names []string
 		if v.reuse != nil {
 			names = v.ownNames()
+		} else {
+			names = v.names()
 		}
 		e.names = names
 		e.byName = make(map[string]*anypb.Any, len(names))
