@@ -103,7 +103,7 @@ func run(ctx context.Context, kubeconfig, caDir, xdsAddr, api string, w *load.Wo
 		return err
 	}
 	defer fleet.Close()
-	fmt.Printf("%d sidecars (%s): full config and secrets in %s (client certificates minted at %.0f/s)\n", sidecars, api, fleet.TimeToFull.Round(time.Millisecond), fleet.CertsPerSecond)
+	fmt.Printf("%d sidecars (%s): full config and secrets in %s, %.0f KiB each (client certificates minted at %.0f/s)\n", sidecars, api, fleet.TimeToFull.Round(time.Millisecond), float64(fleet.ConfigBytes)/1024, fleet.CertsPerSecond)
 	procLine("connected")
 	var all []time.Duration
 	for range n {

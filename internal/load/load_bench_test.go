@@ -156,6 +156,7 @@ func BenchmarkLoad(b *testing.B) {
 	sortDurations(all)
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 	b.ReportMetric(fleet.TimeToFull.Seconds(), "s-full-config")
+	b.ReportMetric(float64(fleet.ConfigBytes)/1024, "KiB-config/sidecar")
 	b.ReportMetric(float64(Percentile(all, 50).Microseconds())/1000, "ms-conv-p50")
 	b.ReportMetric(float64(Percentile(all, 99).Microseconds())/1000, "ms-conv-p99")
 	b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "ms-conv-max")

@@ -49,6 +49,10 @@ type Fleet struct {
 	// Figures of Connect.
 	CertsPerSecond float64
 	TimeToFull     time.Duration
+	// ConfigBytes is what a sidecar had received when every sidecar held
+	// its full configuration (the mean over those that did): the size of
+	// its responses' protobuf encodings, without gRPC's framing or TLS.
+	ConfigBytes int64
 }
 
 // Connect mints certificates, connects every sidecar at the configured
@@ -111,9 +115,12 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 	}
 	// Every sidecar complete, or its stream ended (a dropped stream is
 	// counted, not waited for: Envoy would reconnect, this tool does not).
+	full := int64(0)
 	for _, s := range f.sidecars {
 		select {
 		case <-s.complete:
+			f.ConfigBytes += s.received.Load()
+			full++
 		case <-s.ended:
 		case <-ctx.Done():
 			f.Close()
@@ -121,6 +128,9 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 		}
 	}
 	f.TimeToFull = time.Since(start)
+	if full > 0 {
+		f.ConfigBytes /= full
+	}
 	return f, nil
 }
 

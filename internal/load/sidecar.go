@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -48,7 +49,10 @@ type sidecar struct {
 	secrets   map[string]bool
 	complete  chan struct{}
 	ended     chan struct{} // closed when the stream ends
-	done      bool
+	// received is the size of the responses received (their protobuf
+	// encoding, as meshd wrote them before gRPC's framing and TLS).
+	received atomic.Int64
+	done     bool
 	// watch, if set, is called with every ClusterLoadAssignment received.
 	watch func(cla *endpointv3.ClusterLoadAssignment, at time.Time)
 }

@@ -8,6 +8,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -54,6 +55,7 @@ func (s *sidecar) runSotW(ctx context.Context, client discoveryv3.AggregatedDisc
 		if err != nil {
 			return err
 		}
+		s.received.Add(int64(proto.Size(resp)))
 		if err := s.handle(resp.GetTypeUrl(), resp.GetResources(), time.Now()); err != nil {
 			return err
 		}
@@ -108,6 +110,7 @@ func (s *sidecar) runDelta(ctx context.Context, client discoveryv3.AggregatedDis
 		if err != nil {
 			return err
 		}
+		s.received.Add(int64(proto.Size(resp)))
 		anys := make([]*anypb.Any, 0, len(resp.GetResources()))
 		for _, r := range resp.GetResources() {
 			anys = append(anys, r.GetResource())
