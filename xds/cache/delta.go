@@ -210,6 +210,13 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 // then none, see heldOf), as go-control-plane's delta cache computes it.
 func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
+	if len(held) == 0 && lacksWhole(sub, set) {
+		// A proxy connecting to the mesh: the set's one list of its names,
+		// not a list and a lookup per name for each proxy.
+		if all := set.SortedNames(); all != nil {
+			return all, nil
+		}
+	}
 	// A stream holding nothing (a proxy connecting) lacks everything it
 	// subscribed to: one list of that size, not one grown by doubling.
 	size := 0
@@ -223,6 +230,16 @@ func compare(sub cachev3.Subscription, set resource.Set) (names, removed []strin
 		v, ok := held[name]
 		return v, ok
 	})
+}
+
+// lacksWhole reports whether a stream holding nothing lacks the whole of
+// set: it subscribes to every name, or to exactly the set's.
+func lacksWhole(sub cachev3.Subscription, set resource.Set) bool {
+	if sub.IsWildcard() {
+		return true
+	}
+	s, ok := sub.(*subscription)
+	return ok && s.names.isSetOf(set)
 }
 
 // lacks is what a stream lacks of set, resource by resource, given the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 
@@ -92,4 +93,52 @@ func TestDifferenceIsCompare(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCompareWholeSetIsLacks: a stream holding nothing is sent the set's
+// shared list of names when it subscribes to all of them (or to the
+// wildcard), and otherwise what comparing name by name gives, over random
+// sets and subscriptions sharing canonical name sets (so that a set of
+// names found to be one set's is asked again about others).
+func TestCompareWholeSetIsLacks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	sets := newNameSets()
+	var keep []*subscription
+	for i := range 5000 {
+		set := randomSet(t, rng)
+		var names []string
+		if rng.IntN(3) == 0 {
+			names = slices.Collect(maps.Keys(set.VersionMap())) // exactly the set's
+		} else {
+			for j := range 10 {
+				if rng.IntN(2) == 0 {
+					names = append(names, fmt.Sprintf("r%d", j))
+				}
+			}
+		}
+		if rng.IntN(8) == 0 {
+			names = append(names, wildcardName)
+		}
+		s := (*subscription)(nil).next(asked{delta: true, names: names}, sets)
+		keep = append(keep, s)
+		got, gotRemoved := compare(s, set)
+		want, wantRemoved := lacks(s, set, 0, func(func(string) bool) {}, func(string) (string, bool) { return "", false })
+		slices.Sort(want)
+		if !slices.Equal(slices.Sorted(slices.Values(got)), want) || len(gotRemoved) != 0 || len(wantRemoved) != 0 {
+			t.Fatalf("case %d: subscribed %v (wildcard %v) to %v: sent %v, want %v", i, slices.Sorted(maps.Keys(s.names.m)), s.wildcard, set.VersionMap(), got, want)
+		}
+		shared := s.wildcard || maps.Equal(s.names.m, setNames(set))
+		if set.Len() > 0 && shared && &got[0] != &set.SortedNames()[0] {
+			t.Fatalf("case %d: the whole set's names are a list of the stream's own", i)
+		}
+	}
+	runtime.KeepAlive(keep)
+}
+
+func setNames(set resource.Set) map[string]struct{} {
+	m := map[string]struct{}{}
+	for name := range set.VersionMap() {
+		m[name] = struct{}{}
+	}
+	return m
 }

@@ -5,9 +5,12 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"weak"
 
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // Subscriptions kept by the cache, shared among streams.
@@ -177,6 +180,30 @@ type nameSet struct {
 	// a name's bit when a list is compared with the set.
 	atOnce sync.Once
 	at     map[string]int32
+	// setOf is the version of the last resource set found to have exactly
+	// these names (see isSetOf).
+	setOf atomic.Pointer[string]
+}
+
+// isSetOf reports whether set's names are exactly s's, remembering the
+// last set's version it found so: the proxies subscribing to a mesh's
+// every endpoint set are compared once per version, not once each.
+func (s *nameSet) isSetOf(set resource.Set) bool {
+	if len(s.m) != set.Len() {
+		return false
+	}
+	version := set.Version()
+	if last := s.setOf.Load(); last != nil && *last == version {
+		return true
+	}
+	ix := set.Index()
+	for name := range s.m {
+		if !ix.Has(name) {
+			return false
+		}
+	}
+	s.setOf.Store(&version)
+	return true
 }
 
 // hasAll reports whether every name of list but "*" is in s.

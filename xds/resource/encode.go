@@ -26,6 +26,10 @@ type encodings struct {
 	// made is set once all and byName are.
 	made atomic.Bool
 
+	// sorted is an unmerged set's names, sorted (see SortedNames).
+	sortedOnce sync.Once
+	sorted     []string
+
 	// some are the Any values of the few resources a change touched, made
 	// for the streams that need only those (see Encoded) while the whole
 	// set's are not made.
@@ -212,6 +216,19 @@ func (v Set) mergedAll(typeURL string, enc *encodings) ([]string, []*anypb.Any, 
 	return names, all, err
 }
 
+// SortedNames returns the names of a set no proxy's own resources are
+// merged into (a prepared shared set, or a proxy's own secrets), sorted,
+// made once and shared by every caller, who must not modify them; nil for
+// a merged set.
+func (v Set) SortedNames() []string {
+	e := v.enc
+	if v.reuse != nil || e == nil {
+		return nil
+	}
+	e.sortedOnce.Do(func() { e.sorted = v.names() })
+	return e.sorted
+}
+
 // names are the set's names, sorted.
 func (v Set) names() []string {
 	out := make([]string, 0, v.Len())
@@ -232,11 +249,9 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 		// own are made here (a proxy's few local clusters beside the
 		// mesh's thousands, which took 64 KB per proxy and type as a
 		// second index).
-		var names []string
+		names := v.SortedNames()
 		if v.reuse != nil {
 			names = v.ownNames()
-		} else {
-			names = v.names()
 		}
 		e.names = names
 		e.byName = make(map[string]*anypb.Any, len(names))
