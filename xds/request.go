@@ -2,6 +2,7 @@ package xds
 
 import (
 	"errors"
+	"sync/atomic"
 	"unicode/utf8"
 	"unique"
 
@@ -183,9 +184,21 @@ func (ns *namesOf) result() []string {
 }
 
 const (
+	deltaTypeURL     = 2 // DeltaDiscoveryRequest.type_url
 	deltaSubscribe   = 3 // DeltaDiscoveryRequest.resource_names_subscribe
 	deltaUnsubscribe = 4 // DeltaDiscoveryRequest.resource_names_unsubscribe
 )
+
+// lastSubscribed are, by served type, the names of the last delta request
+// that subscribed to minShared or more (a proxy connecting, as a rule):
+// the next such request is decoded against them, as a SotW request is
+// against its stream's previous one. The proxies of a mesh subscribe to
+// the same names in the same order (the order of the sets meshd sent
+// them), so a connecting proxy's ~1,000 names are each a comparison with
+// the last proxy's instead of a lookup of their canonical copy, and the
+// list itself is the last proxy's when they all repeat it. Process-wide,
+// as the canonical lists are (lists.go); never written once stored.
+var lastSubscribed [resource.NumTypes]atomic.Pointer[[]string]
 
 // decodeDeltaRequest decodes b into req as proto.Unmarshal would, each
 // subscribed and unsubscribed name taken as its canonical copy
@@ -193,14 +206,20 @@ const (
 // of a type, the ones every other proxy names, and go-control-plane keeps
 // them for the stream's life: decoded by protobuf, each was a new string
 // (120 MB of garbage in a 1,000-proxy connect storm) that meshd then
-// replaced by its canonical copy. Anything it does not expect (a malformed
-// message, a field of the wrong wire type, a name that is not UTF-8) is
-// left to proto.Unmarshal, with its errors.
+// replaced by its canonical copy. A request subscribing to many names is
+// decoded against the last such request of its type (lastSubscribed), and
+// takes its list when it names the same. Anything it does not expect (a
+// malformed message, a field of the wrong wire type, a name that is not
+// UTF-8) is left to proto.Unmarshal, with its errors.
 func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error {
 	// First count the names (an ACK has none, and is left to protobuf as
 	// it is), then read them and the rest of the message.
 	subs, unsubs := 0, 0
-	err := eachField(b, func(num protowire.Number, typ protowire.Type, _, _ []byte) bool {
+	var typeURL []byte
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, _, value []byte) bool {
+		if num == deltaTypeURL && typ == protowire.BytesType {
+			typeURL = value
+		}
 		if num != deltaSubscribe && num != deltaUnsubscribe {
 			return true
 		}
@@ -218,26 +237,30 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 		return proto.Unmarshal(b, req)
 	}
 	var rest []byte
-	var sub, unsub []string
-	if subs > 0 {
-		sub = make([]string, 0, subs)
-	}
+	var unsub []string
 	if unsubs > 0 {
 		unsub = make([]string, 0, unsubs)
 	}
+	var last *atomic.Pointer[[]string]
+	var prev []string
+	if slot := resource.Order(string(typeURL)); slot < resource.NumTypes && subs >= minShared {
+		last = &lastSubscribed[slot]
+		if p := last.Load(); p != nil {
+			prev = *p
+		}
+	}
+	sub := namesOf{prev: prev, count: subs}
 	if eachField(b, func(num protowire.Number, _ protowire.Type, field, value []byte) bool {
-		if num != deltaSubscribe && num != deltaUnsubscribe {
+		switch num {
+		case deltaSubscribe:
+			return sub.add(value)
+		case deltaUnsubscribe:
+			if !utf8.Valid(value) {
+				return false
+			}
+			unsub = append(unsub, unique.Make(string(value)).Value())
+		default:
 			rest = append(rest, field...)
-			return true
-		}
-		if !utf8.Valid(value) {
-			return false
-		}
-		name := unique.Make(string(value)).Value()
-		if num == deltaSubscribe {
-			sub = append(sub, name)
-		} else {
-			unsub = append(unsub, name)
 		}
 		return true
 	}) != nil {
@@ -246,6 +269,14 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 	if err := proto.Unmarshal(rest, req); err != nil {
 		return err
 	}
-	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe = sub, unsub
+	if subs > 0 {
+		req.ResourceNamesSubscribe = sub.result()
+		if last != nil && sub.fresh() {
+			names := lists.share(req.ResourceNamesSubscribe)
+			req.ResourceNamesSubscribe = names
+			last.Store(&names)
+		}
+	}
+	req.ResourceNamesUnsubscribe = unsub
 	return nil
 }

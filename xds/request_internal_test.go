@@ -231,7 +231,11 @@ func TestDeltaRequestIsProtobuf(t *testing.T) {
 	var fails, ok, named int
 	for i := range 20000 {
 		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: fmt.Sprint(rng.IntN(3))}
-		for range rng.IntN(6) {
+		subs := rng.IntN(6)
+		if rng.IntN(3) == 0 {
+			subs = minShared + rng.IntN(3) // decoded against the last such request
+		}
+		for range subs {
 			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, pool[rng.IntN(len(pool))])
 		}
 		for range rng.IntN(3) {
@@ -283,6 +287,55 @@ func TestCodecDecodesDeltaRequests(t *testing.T) {
 		if unsafe.StringData(n) != unsafe.StringData(handles[i].Value()) {
 			t.Errorf("name %q is not the canonical copy", n)
 		}
+	}
+}
+
+// TestDeltaSubscribeTakesLastList: a delta request subscribing to the names
+// the last one did (the proxies of a mesh connecting) is decoded to that
+// request's list, one naming another list to its own (and the next is
+// decoded against that one), per type; the names are canonical copies.
+func TestDeltaSubscribeTakesLastList(t *testing.T) {
+	decode := func(typeURL string, names []string) []string {
+		t.Helper()
+		b, err := proto.Marshal(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURL, ResourceNamesSubscribe: names})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := &discoveryv3.DeltaDiscoveryRequest{}
+		if err := decodeDeltaRequest(b, got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.ResourceNamesSubscribe, names) {
+			t.Fatalf("decoded %v, want %v", got.ResourceNamesSubscribe, names)
+		}
+		return got.ResourceNamesSubscribe
+	}
+	var names []string
+	for i := range 20 {
+		names = append(names, fmt.Sprintf("outbound|80|last-%d.demo", i))
+	}
+	first := decode(resourcev3.EndpointType, names)
+	if again := decode(resourcev3.EndpointType, slices.Clone(names)); &again[0] != &first[0] {
+		t.Error("the same names as the last request are a list of their own")
+	}
+	routes := decode(resourcev3.RouteType, names)
+	if p := lastSubscribed[resource.Order(resourcev3.RouteType)].Load(); p == nil || &(*p)[0] != &routes[0] {
+		t.Error("the routes' last list is not the one decoded")
+	}
+	other := slices.Clone(names)
+	other[5] = "outbound|80|other.demo"
+	changed := decode(resourcev3.EndpointType, other)
+	if &changed[0] == &first[0] {
+		t.Error("other names decoded to the last request's list")
+	}
+	if unsafe.StringData(changed[0]) != unsafe.StringData(first[0]) || unsafe.StringData(changed[5]) != unsafe.StringData(unique.Make(other[5]).Value()) {
+		t.Error("the names are not the canonical copies")
+	}
+	if again := decode(resourcev3.EndpointType, slices.Clone(other)); &again[0] != &changed[0] {
+		t.Error("the next request is not decoded against the last one")
+	}
+	if short := decode(resourcev3.EndpointType, names[:3]); len(short) != 3 {
+		t.Errorf("a short list decoded to %v", short)
 	}
 }
 
