@@ -44,9 +44,9 @@ const floorServeEnv = "MESHD_FLOOR_SERVE"
 // control plane behind it: a gRPC server in its own process, set up as
 // meshd's xDS server is (TLS 1.3 with client certificates, no read buffer
 // of gRPC's own, fixed flow-control windows), whose delta ADS streams each
-// get one pre-encoded response of MESHD_FLOOR_FULL_KB (default 1,830: what
-// BenchmarkLoad's KiB-config/sidecar gives for a 1,000-service sidecar
-// outside the mesh; 2,330 in it) and then, per round, one
+// get one pre-encoded response of MESHD_FLOOR_FULL_KB KiB (default 1,780:
+// what BenchmarkLoad's KiB-config/sidecar gives for a 1,000-service
+// sidecar outside the mesh; 2,270 in it) and then, per round, one
 // pre-encoded response of one endpoint set, which each client ACKs as the
 // load tool's sidecars do. Every encoding is made once and shared by every
 // stream: nothing is left but gRPC, TLS, the kernel and Go's scheduler.
@@ -273,7 +273,7 @@ func floorPKI(b *testing.B, dir string) (*x509.CertPool, tls.Certificate) {
 // serveFloor is the floor server's process: it serves addr until its
 // standard input ends, starting a round at each byte read.
 func serveFloor(addr string) int {
-	if err := runFloor(addr, os.Getenv("MESHD_FLOOR_DIR"), envInt("MESHD_FLOOR_FULL_KB", 1830)); err != nil {
+	if err := runFloor(addr, os.Getenv("MESHD_FLOOR_DIR"), envInt("MESHD_FLOOR_FULL_KB", 1780)); err != nil {
 		fmt.Fprintln(os.Stderr, "floor server:", err)
 		return 1
 	}
