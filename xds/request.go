@@ -197,8 +197,14 @@ const (
 // them), so a connecting proxy's ~1,000 names are each a comparison with
 // the last proxy's instead of a lookup of their canonical copy, and the
 // list itself is the last proxy's when they all repeat it. Process-wide,
-// as the canonical lists are (lists.go); never written once stored.
+// as the canonical lists are (lists.go); never written once stored. A list
+// is kept only up to maxLastSubscribed bytes of names: it is kept before
+// the request is checked, and a client's junk must not pin more.
 var lastSubscribed [resource.NumTypes]atomic.Pointer[[]string]
+
+// maxLastSubscribed bounds the names' bytes of a list kept in
+// lastSubscribed (a mesh of 10,000 services names ~500 KB of endpoint sets).
+const maxLastSubscribed = 1 << 20
 
 // decodeDeltaRequest decodes b into req as proto.Unmarshal would, each
 // subscribed and unsubscribed name taken as its canonical copy
@@ -214,7 +220,7 @@ var lastSubscribed [resource.NumTypes]atomic.Pointer[[]string]
 func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error {
 	// First count the names (an ACK has none, and is left to protobuf as
 	// it is), then read them and the rest of the message.
-	subs, unsubs := 0, 0
+	subs, unsubs, subBytes := 0, 0, 0
 	var typeURL []byte
 	err := eachField(b, func(num protowire.Number, typ protowire.Type, _, value []byte) bool {
 		if num == deltaTypeURL && typ == protowire.BytesType {
@@ -228,6 +234,7 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 		}
 		if num == deltaSubscribe {
 			subs++
+			subBytes += len(value)
 		} else {
 			unsubs++
 		}
@@ -243,7 +250,7 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 	}
 	var last *atomic.Pointer[[]string]
 	var prev []string
-	if slot := resource.Order(string(typeURL)); slot < resource.NumTypes && subs >= minShared {
+	if slot := resource.Order(string(typeURL)); slot < resource.NumTypes && subs >= minShared && subBytes <= maxLastSubscribed {
 		last = &lastSubscribed[slot]
 		if p := last.Load(); p != nil {
 			prev = *p

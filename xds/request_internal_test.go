@@ -337,6 +337,16 @@ func TestDeltaSubscribeTakesLastList(t *testing.T) {
 	if short := decode(resourcev3.EndpointType, names[:3]); len(short) != 3 {
 		t.Errorf("a short list decoded to %v", short)
 	}
+	// A list of more than maxLastSubscribed bytes of names is not kept.
+	kept := lastSubscribed[resource.Order(resourcev3.EndpointType)].Load()
+	var big []string
+	for i := range minShared {
+		big = append(big, fmt.Sprintf("%d-%s", i, strings.Repeat("x", maxLastSubscribed/minShared)))
+	}
+	decode(resourcev3.EndpointType, big)
+	if lastSubscribed[resource.Order(resourcev3.EndpointType)].Load() != kept {
+		t.Error("a list of more than maxLastSubscribed bytes was kept")
+	}
 }
 
 // A connecting proxy's subscription to 1,000 endpoint sets, decoded as the

@@ -49,9 +49,9 @@ type Fleet struct {
 	// Figures of Connect.
 	CertsPerSecond float64
 	TimeToFull     time.Duration
-	// ConfigBytes is what a sidecar had received when every sidecar held
-	// its full configuration (the mean over those that did): the size of
-	// its responses' protobuf encodings, without gRPC's framing or TLS.
+	// ConfigBytes is what a sidecar had received when it first held its
+	// full configuration (the mean over those that did): the size of its
+	// responses' protobuf encodings, without gRPC's framing or TLS.
 	ConfigBytes int64
 }
 
@@ -119,7 +119,7 @@ func Connect(ctx context.Context, cfg Config) (*Fleet, error) {
 	for _, s := range f.sidecars {
 		select {
 		case <-s.complete:
-			f.ConfigBytes += s.received.Load()
+			f.ConfigBytes += s.configBytes
 			full++
 		case <-s.ended:
 		case <-ctx.Done():

@@ -50,9 +50,12 @@ type sidecar struct {
 	complete  chan struct{}
 	ended     chan struct{} // closed when the stream ends
 	// received is the size of the responses received (their protobuf
-	// encoding, as meshd wrote them before gRPC's framing and TLS).
-	received atomic.Int64
-	done     bool
+	// encoding, as meshd wrote them before gRPC's framing and TLS), and
+	// configBytes what it was when the sidecar first held its full
+	// configuration (read once complete is closed).
+	received    atomic.Int64
+	configBytes int64
+	done        bool
 	// watch, if set, is called with every ClusterLoadAssignment received.
 	watch func(cla *endpointv3.ClusterLoadAssignment, at time.Time)
 }
@@ -219,7 +222,7 @@ func (s *sidecar) checkComplete() {
 		!s.clusters.subsetOf(s.endpoints) || !s.routes.subsetOf(s.gotRoutes) {
 		return
 	}
-	s.done = true
+	s.done, s.configBytes = true, s.received.Load()
 	close(s.complete)
 }
 

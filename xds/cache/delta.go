@@ -210,7 +210,7 @@ func compareHeld(sub cachev3.Subscription, h *deltaHeld, set resource.Set) (name
 // then none, see heldOf), as go-control-plane's delta cache computes it.
 func compare(sub cachev3.Subscription, set resource.Set) (names, removed []string) {
 	held := sub.ReturnedResources()
-	if len(held) == 0 && lacksWhole(sub, set) {
+	if len(held) == 0 && !set.Merged() && lacksWhole(sub, set) {
 		// A proxy connecting to the mesh: the set's one list of its names,
 		// not a list and a lookup per name for each proxy.
 		if all := set.SortedNames(); all != nil {

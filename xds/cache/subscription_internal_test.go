@@ -157,6 +157,11 @@ func TestSubscriptionFindsSharedSetFromList(t *testing.T) {
 	if first.names.isList(twice, len(twice)) {
 		t.Error("a list naming one name twice and missing another is the set")
 	}
+	other := slices.Clone(names)
+	other[3] = "not-in-the-set"
+	if first.names.isList(other, len(other)) {
+		t.Error("a list naming one name the set does not have is the set")
+	}
 	if s := (*subscription)(nil).next(asked{delta: true, names: twice}, sets); len(s.names.m) != 999 || s.names == first.names {
 		t.Errorf("a list naming one name twice subscribes to %d names", len(s.names.m))
 	}

@@ -216,6 +216,10 @@ func (v Set) mergedAll(typeURL string, enc *encodings) ([]string, []*anypb.Any, 
 	return names, all, err
 }
 
+// Merged reports whether the set is a proxy's own resources merged into a
+// shared set (SortedNames is then nil).
+func (v Set) Merged() bool { return v.reuse != nil }
+
 // SortedNames returns the names of a set no proxy's own resources are
 // merged into (a prepared shared set, or a proxy's own secrets), sorted,
 // made once and shared by every caller, who must not modify them; nil for
