@@ -23,11 +23,19 @@ var web = ca.Identity{TrustDomain: "cluster.local", Namespace: "demo", ServiceAc
 
 func newInternal(t testing.TB, now time.Time) *ca.Internal {
 	t.Helper()
-	root, err := ca.NewRoot(rand.Reader, now, "cluster.local")
+	return internalCA(t, ca.InternalConfig{Clock: clocktesting.NewFakePassiveClock(now)})
+}
+
+// internalCA is an internal CA configured as cfg, with a new root made at
+// cfg.Clock's time.
+func internalCA(t testing.TB, cfg ca.InternalConfig) *ca.Internal {
+	t.Helper()
+	root, err := ca.NewRoot(rand.Reader, cfg.Clock.Now(), "cluster.local")
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, Clock: clocktesting.NewFakePassiveClock(now)})
+	cfg.Authority = root
+	in, err := ca.NewInternal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package ca_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"runtime"
@@ -107,15 +106,7 @@ func TestRenewDelayJitterBand(t *testing.T) {
 func fakeCA(t *testing.T, ttl time.Duration) (*clocktesting.FakeClock, *ca.Internal) {
 	t.Helper()
 	fc := clocktesting.NewFakeClock(time.Now())
-	root, err := ca.NewRoot(rand.Reader, fc.Now(), "cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := ca.NewInternal(ca.InternalConfig{Authority: root, TTL: ttl, Clock: fc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fc, in
+	return fc, internalCA(t, ca.InternalConfig{TTL: ttl, Clock: fc})
 }
 
 func waitTimer(t *testing.T, fc *clocktesting.FakeClock) {
