@@ -244,10 +244,6 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 		return proto.Unmarshal(b, req)
 	}
 	var rest []byte
-	var unsub []string
-	if unsubs > 0 {
-		unsub = make([]string, 0, unsubs)
-	}
 	var last *atomic.Pointer[[]string]
 	var prev []string
 	if slot := resource.Order(string(typeURL)); slot < resource.NumTypes && subs >= minShared && subBytes <= maxLastSubscribed {
@@ -256,16 +252,13 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 			prev = *p
 		}
 	}
-	sub := namesOf{prev: prev, count: subs}
+	sub, unsub := namesOf{prev: prev, count: subs}, namesOf{count: unsubs}
 	if eachField(b, func(num protowire.Number, _ protowire.Type, field, value []byte) bool {
 		switch num {
 		case deltaSubscribe:
 			return sub.add(value)
 		case deltaUnsubscribe:
-			if !utf8.Valid(value) {
-				return false
-			}
-			unsub = append(unsub, unique.Make(string(value)).Value())
+			return unsub.add(value)
 		default:
 			rest = append(rest, field...)
 		}
@@ -284,6 +277,8 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) error 
 			last.Store(&names)
 		}
 	}
-	req.ResourceNamesUnsubscribe = unsub
+	if unsubs > 0 {
+		req.ResourceNamesUnsubscribe = unsub.result()
+	}
 	return nil
 }
