@@ -3,8 +3,10 @@ package xds
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -15,21 +17,32 @@ import (
 // connection beyond the cap is closed right after its handshake.
 type connCap struct {
 	credentials.TransportCredentials
-	max     int
-	limited func(reason string)
+	max         int
+	peerTimeout time.Duration
+	log         *slog.Logger
+	watchFailed sync.Once
+	limited     func(reason string)
 
 	mu   sync.Mutex
 	open map[string]int
 }
 
-func newConnCap(inner credentials.TransportCredentials, max int, limited func(string)) *connCap {
-	return &connCap{TransportCredentials: inner, max: max, limited: limited, open: map[string]int{}}
+func newConnCap(inner credentials.TransportCredentials, limits Limits, log *slog.Logger, limited func(string)) *connCap {
+	return &connCap{TransportCredentials: inner, max: limits.ConnectionsPerIdentity, peerTimeout: limits.PeerTimeout,
+		log: log, limited: limited, open: map[string]int{}}
 }
 
-// ServerHandshake runs the TLS handshake (reading through a recordConn),
-// then counts the connection against its client certificate's identity
-// until it closes.
+// ServerHandshake has the kernel watch the peer (watchPeer), runs the TLS
+// handshake (reading through a recordConn), then counts the connection
+// against its client certificate's identity until it closes.
 func (c *connCap) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if err := watchPeer(raw, c.peerTimeout); err != nil {
+		// Served all the same: a dead peer is then found only when a
+		// write fails.
+		c.watchFailed.Do(func() {
+			c.log.Warn("xds: the kernel cannot watch client connections; dead clients are found late", "err", err)
+		})
+	}
 	conn, info, err := c.TransportCredentials.ServerHandshake(newRecordConn(raw))
 	if err != nil {
 		return conn, info, err

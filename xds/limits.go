@@ -33,6 +33,16 @@ type Limits struct {
 	// ConnectionsPerIdentity bounds the connections, idle or not, one
 	// client identity holds open (default 16).
 	ConnectionsPerIdentity int
+	// PeerTimeout is how long a client's kernel may leave meshd without a
+	// sign of life before its connection is closed (default 60s): no
+	// acknowledgement of what meshd sent, or a receive window that stays
+	// shut, or no answer to TCP keepalive probes on an idle connection
+	// (see peer.go).
+	PeerTimeout time.Duration
+	// MinPingInterval is how often a client may ping meshd (default 10s;
+	// Envoy's bootstrap pings every 30s): a client pinging more often has
+	// its connection closed (grpc-go's too_many_pings).
+	MinPingInterval time.Duration
 }
 
 func (l *Limits) setDefaults() {
@@ -53,6 +63,12 @@ func (l *Limits) setDefaults() {
 	}
 	if l.ConnectionsPerIdentity == 0 {
 		l.ConnectionsPerIdentity = 16
+	}
+	if l.PeerTimeout == 0 {
+		l.PeerTimeout = time.Minute
+	}
+	if l.MinPingInterval == 0 {
+		l.MinPingInterval = 10 * time.Second
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"time"
 
@@ -115,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, lis: lis, Cache: cfg.Cache, streams: newStreams(cfg.Clock), metrics: newMetrics(cfg.Registerer)}
 	lim := newLimiter(cfg.Limits, func(reason string) { s.metrics.limited.WithLabelValues(reason).Inc() })
 	s.grpc = grpc.NewServer(
-		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits.ConnectionsPerIdentity, lim.limited)),
+		grpc.Creds(newConnCap(credentials.NewTLS(cfg.TLS), cfg.Limits, cfg.Logger, lim.limited)),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.Limits.StreamsPerConnection),
 		grpc.ConnectionTimeout(cfg.Limits.HandshakeTimeout),
@@ -133,8 +134,10 @@ func New(cfg Config) (*Server, error) {
 		grpc.StaticConnWindowSize(recvWindow),
 		grpc.ForceServerCodecV2(unpooledCodec{}),
 		grpc.StreamInterceptor(lim.intercept),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		// No pings of meshd's own: a client is judged alive by its kernel
+		// (see watchPeer). Envoy's pings are answered.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: noPings}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.Limits.MinPingInterval, PermitWithoutStream: true}),
 	)
 	return s, nil
 }
@@ -147,6 +150,9 @@ func New(cfg Config) (*Server, error) {
 // (at a quarter of the window), for the stream and for the connection.
 // grpc-go's dynamic windows grew to 16 MiB.
 const recvWindow = 1 << 20
+
+// noPings is grpc-go's "infinity": its server sends no keepalive pings.
+const noPings = time.Duration(math.MaxInt64)
 
 // Addr is the address the server listens on.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
