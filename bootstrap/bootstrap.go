@@ -95,6 +95,17 @@ type Config struct {
 	// listener that references a workload secret must not go live without it,
 	// and meshd publishes secrets first, so waiting is never long.
 	InitialFetchTimeout time.Duration
+	// XDSKeepalive is how often Envoy pings meshd (default 30s); a
+	// connection that brings no frame at all for as long again after a
+	// ping is closed, and Envoy connects again (to another replica if
+	// there are several). Without it a sidecar whose meshd vanished (its
+	// node down, a network partition) would keep the connection, and the
+	// config it had, for good: Envoy sends nothing on a quiet stream. Any
+	// frame counts as an answer, so a large response under way does not
+	// make meshd look dead, and the wait is long so that a meshd slowed
+	// by a reconnect storm is not left for another. meshd accepts pings
+	// every 10s or less often (xds.Limits.MinPingInterval).
+	XDSKeepalive time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -114,6 +125,9 @@ func (c *Config) defaults() error {
 	}
 	if c.NodeID == "" {
 		c.NodeID = c.Pod + "." + c.Namespace
+	}
+	if c.XDSKeepalive == 0 {
+		c.XDSKeepalive = 30 * time.Second
 	}
 	if c.API == "" {
 		c.API = Delta
@@ -214,7 +228,8 @@ func xdsCluster(cfg Config) (*clusterv3.Cluster, error) {
 	}
 	h2, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 		ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+			Http2ProtocolOptions: &corev3.Http2ProtocolOptions{ConnectionKeepalive: &corev3.KeepaliveSettings{
+				Interval: durationpb.New(cfg.XDSKeepalive), Timeout: durationpb.New(cfg.XDSKeepalive)}}}}}})
 	if err != nil {
 		return nil, err
 	}

@@ -146,8 +146,9 @@ func (m *meshd) stop(t testing.TB) {
 }
 
 // startSidecar writes the sidecar's credentials and bootstrap (as the
-// injector would) and starts the real Envoy with them.
-func startSidecar(t *testing.T, pki *testPKI, xdsAddr string, api bootstrap.APIType) *testenv.Envoy {
+// injector would, opts changing its configuration) and starts the real
+// Envoy with them.
+func startSidecar(t *testing.T, pki *testPKI, xdsAddr string, api bootstrap.APIType, opts ...func(*bootstrap.Config)) *testenv.Envoy {
 	t.Helper()
 	dir := t.TempDir()
 	client := pki.issue(webID, webNode)
@@ -162,8 +163,12 @@ func startSidecar(t *testing.T, pki *testPKI, xdsAddr string, api bootstrap.APIT
 		}
 	}
 	adminPort := freePort(t)
-	b, err := bootstrap.Render(bootstrap.Config{Namespace: "demo", Pod: "web-0", ServiceAccount: "web", XDSAddress: xdsAddr,
-		XDSServerSAN: meshdID.String(), CredsDir: dir, API: api, AdminPort: uint32(adminPort)})
+	cfg := bootstrap.Config{Namespace: "demo", Pod: "web-0", ServiceAccount: "web", XDSAddress: xdsAddr,
+		XDSServerSAN: meshdID.String(), CredsDir: dir, API: api, AdminPort: uint32(adminPort)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	b, err := bootstrap.Render(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
