@@ -24,6 +24,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/meshd/meshd/ca"
@@ -92,9 +93,12 @@ func dial(addr string, cert *ca.Certificate, roots *x509.CertPool) (*grpc.Client
 		}}
 	// Envoy's flow-control windows (256 MiB per stream and connection by
 	// default, fixed): grpc-go's dynamic ones would have each sidecar ping
-	// meshd after nearly every response, which no Envoy does.
+	// meshd after nearly every response, which no Envoy does. Envoy's
+	// keepalive pings as meshd's bootstrap sets them (every 30s, 30s for
+	// an answer; grpc-go's after 30s without a frame from meshd).
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
 		grpc.WithStaticStreamWindowSize(envoyWindow), grpc.WithStaticConnWindowSize(envoyWindow),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 30 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 }
 
