@@ -276,7 +276,17 @@ func (e *Env) runAPIServer(ctx context.Context, bin string) error {
 	}
 	e.track(p)
 	e.apiProc = p
-	return p.waitFor(ctx, "apiserver /readyz", httpOK(e.URL+"/readyz", e.adminHTTPClient()))
+	if err := p.waitFor(ctx, "apiserver /readyz", httpOK(e.URL+"/readyz", e.adminHTTPClient())); err != nil {
+		return err
+	}
+	// The apiserver makes its own default/kubernetes Service in the
+	// background, tens of milliseconds after it is ready or seconds on a
+	// busy machine: a watcher a test starts meanwhile would see a Service
+	// arrive that the test did not make (the likely cause of one failure
+	// of TestWatcherAgainstAPIServer in CI: "the services were listed again
+	// though none changed").
+	return p.waitFor(ctx, "the apiserver's default/kubernetes Service",
+		httpOK(e.URL+"/api/v1/namespaces/default/services/kubernetes", e.adminHTTPClient()))
 }
 
 // untrack forgets a process stopped on purpose.
