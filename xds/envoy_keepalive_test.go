@@ -111,6 +111,13 @@ func TestEnvoyLeavesSilentMeshd(t *testing.T) {
 		return nil
 	}
 	eventually(t, "Envoy connected through the relay", connected)
+	// Pings meshd allows (MinPingInterval) keep the connection: grpc-go
+	// closes one at its fourth ping when the last three came too soon
+	// (~4-5 s here with the default limit).
+	time.Sleep(7 * time.Second)
+	if n := r.accepted(); n != 1 {
+		t.Fatalf("%d connections through the relay after six pings, want 1", n)
+	}
 	cds := func() int64 { v, _ := envoy.Stat(ctx, "cluster_manager.cds.update_success"); return v }
 	before, updates := r.accepted(), cds()
 	r.silence()
@@ -127,6 +134,21 @@ func TestEnvoyLeavesSilentMeshd(t *testing.T) {
 	eventually(t, "Envoy's config over the new connection", func() error {
 		if v := cds(); v <= updates {
 			return fmt.Errorf("cluster_manager.cds.update_success = %d, as before the silence", v)
+		}
+		return nil
+	})
+}
+
+// TestEnvoyPingingTooOftenIsCut: with meshd's default ping limit (one per
+// 10s), an Envoy pinging every second has its connections closed
+// (grpc-go's too_many_pings) and connects again and again.
+func TestEnvoyPingingTooOftenIsCut(t *testing.T) {
+	pki, addr, _ := serveMeshd(t)
+	r := startRelay(t, addr)
+	startSidecar(t, pki, r.addr, bootstrap.Delta, func(c *bootstrap.Config) { c.XDSKeepalive = time.Second })
+	eventually(t, "a connection closed for its pings", func() error {
+		if n := r.accepted(); n < 2 {
+			return fmt.Errorf("%d connection(s) through the relay", n)
 		}
 		return nil
 	})
