@@ -2,7 +2,6 @@ package xds
 
 import (
 	"net"
-	"syscall"
 	"time"
 )
 
@@ -37,18 +36,5 @@ func watchPeer(c net.Conn, timeout time.Duration) error {
 	}); err != nil {
 		return err
 	}
-	raw, err := tc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(timeout.Milliseconds()))
-	}); err != nil {
-		return err
-	}
-	return serr
+	return setUserTimeout(tc, timeout)
 }
-
-// tcpUserTimeout is TCP_USER_TIMEOUT (linux/tcp.h).
-const tcpUserTimeout = 0x12
