@@ -26,6 +26,11 @@ import (
 // A sidecar whose kernel lives on while Envoy is stuck and idle keeps its
 // connection until meshd's pushes fill its buffers; its pod's probes are
 // what restart it.
+//
+// Both are set on each accepted connection, not once on the listener:
+// TCP_USER_TIMEOUT set on the listening socket failed here with "protocol
+// not available" (Go may open it as multipath TCP), and the accepted
+// sockets then had none.
 func watchPeer(c net.Conn, timeout time.Duration) error {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {

@@ -99,7 +99,8 @@ func bulkyClusters(n int) resource.Resources {
 
 // peerStream opens an ADS stream over a gatedConn, with Envoy's large
 // flow-control windows (meshd is not held back by HTTP/2), and waits for
-// its secrets.
+// its secrets. Not through dialADS: its 20s deadline would end a stuck
+// stream by itself, and TestStuckPeerIsClosed could no longer fail.
 func peerStream(t *testing.T, pki *testPKI, addr string) (discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, *gatedConn) {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: pki.pool(), InsecureSkipVerify: true, Certificates: []tls.Certificate{pki.tlsCert(pki.issue(webID, webNode))}}
