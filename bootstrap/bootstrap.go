@@ -108,6 +108,10 @@ type Config struct {
 	XDSKeepalive time.Duration
 }
 
+// DefaultXDSKeepalive is Config.XDSKeepalive's default, what injected
+// sidecars get.
+const DefaultXDSKeepalive = 30 * time.Second
+
 func (c *Config) defaults() error {
 	if c.Namespace == "" || c.ServiceAccount == "" || (c.Pod == "" && c.NodeID == "") {
 		return errors.New("bootstrap: namespace, service account and the pod (or a node ID) are required")
@@ -127,7 +131,7 @@ func (c *Config) defaults() error {
 		c.NodeID = c.Pod + "." + c.Namespace
 	}
 	if c.XDSKeepalive == 0 {
-		c.XDSKeepalive = 30 * time.Second
+		c.XDSKeepalive = DefaultXDSKeepalive
 	}
 	if c.API == "" {
 		c.API = Delta

@@ -117,6 +117,9 @@ func TestChartPassesServerSideDryRun(t *testing.T) {
 				"image.meshd=registry.example/meshd:v1", "image.proxy=registry.example/proxy:v1", "image.pullPolicy=IfNotPresent"},
 			wantArgs: []string{"--debug-token-file=/etc/meshd/debug-token/token"},
 			noObjs:   []string{"MutatingWebhookConfiguration//meshd-sidecar-injector"}},
+		"xDS limits as extra flags": {ns: "meshd-system",
+			set:      []string{"extraArgs={--xds-streams-per-identity=16,--xds-request-rate=100,--hold-off=50ms}"},
+			wantArgs: []string{"--xds-streams-per-identity=16", "--xds-request-rate=100", "--hold-off=50ms"}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

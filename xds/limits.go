@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -74,6 +76,39 @@ func (l *Limits) setDefaults() {
 	if l.MinPingInterval == 0 {
 		l.MinPingInterval = 10 * time.Second
 	}
+}
+
+// DefaultLimits are the limits a zero Limits stands for.
+func DefaultLimits() Limits {
+	var l Limits
+	l.setDefaults()
+	return l
+}
+
+// Validate reports every limit that cannot work (a negative one), joined;
+// zero values stand for the defaults.
+func (l Limits) Validate() error {
+	var errs []error
+	for _, c := range []struct {
+		what string
+		v    int
+	}{{"streams per identity", l.StreamsPerIdentity}, {"connections per identity", l.ConnectionsPerIdentity}, {"request burst", l.Burst}} {
+		if c.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %d: must be at least 1", c.what, c.v))
+		}
+	}
+	if l.RequestsPerSecond < 0 {
+		errs = append(errs, fmt.Errorf("requests per second %g: must be above 0", l.RequestsPerSecond))
+	}
+	for _, c := range []struct {
+		what string
+		d    time.Duration
+	}{{"handshake timeout", l.HandshakeTimeout}, {"peer timeout", l.PeerTimeout}, {"minimum ping interval", l.MinPingInterval}} {
+		if c.d < 0 {
+			errs = append(errs, fmt.Errorf("%s %s: must not be negative", c.what, c.d))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // limiter enforces Limits as a gRPC stream interceptor.

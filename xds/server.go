@@ -102,11 +102,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TLS.ClientAuth != tls.RequireAndVerifyClientCert && cfg.TLS.GetConfigForClient == nil {
 		return nil, errors.New("xds: TLS must require and verify client certificates")
 	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("xds: limits: %w", err)
+	}
+	cfg.Limits.setDefaults()
 	lis, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("xds: listen %s: %w", cfg.Addr, err)
 	}
-	cfg.Limits.setDefaults()
 	if cfg.Cache == nil {
 		cfg.Cache = cache.New(cfg.Logger)
 	}
@@ -170,7 +173,7 @@ func (s *Server) Start(ctx context.Context) error {
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(s.lis) }()
-	s.cfg.Logger.Info("xds: serving ADS", "addr", s.lis.Addr().String())
+	s.cfg.Logger.Info("xds: serving ADS", "addr", s.lis.Addr().String(), "limits", fmt.Sprintf("%+v", s.cfg.Limits))
 	select {
 	case err := <-errc:
 		return fmt.Errorf("xds: serve: %w", err)

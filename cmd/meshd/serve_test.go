@@ -114,33 +114,9 @@ func freeAddr(t *testing.T) string {
 // as an EDS-only update.
 func TestServeLocalWithRealEnvoy(t *testing.T) {
 	testenv.Need(t, "envoy")
-	dir := t.TempDir()
-	localDir, caDir := filepath.Join(dir, "mesh"), filepath.Join(dir, "ca")
-	if err := os.MkdirAll(localDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	xdsAddr, debugAddr, healthAddr := freeAddr(t), freeAddr(t), freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() {
-		done <- run(ctx, []string{"serve", "--local-dir", localDir, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
-			"--health-addr", healthAddr}, io.Discard, &syncWriter{w: &logs})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
-		}
-	})
-	base := "http://" + debugAddr
-	waitHTTP(t, base+"/readyz")
+	healthAddr := freeAddr(t)
+	md := serveLocal(t, "--health-addr", healthAddr)
+	ctx, localDir, caDir, xdsAddr, debugAddr, base := md.ctx, md.localDir, md.caDir, md.xdsAddr, md.debugAddr, md.base
 	waitHTTP(t, "http://"+healthAddr+"/readyz") // the probe address: health only
 	if resp, err := http.Get("http://" + healthAddr + "/debug/proxies"); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Errorf("the health address serves debug views: %v %v", resp, err)
@@ -184,6 +160,82 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	// That change's convergence (noticed -> every moved type ACKed) was measured.
 	if m := getBody(t, base+"/metrics"); !strings.Contains(m, "meshd_xds_convergence_seconds_count 1") {
 		t.Errorf("no convergence observed for the endpoint change:\n%s", grepLines(m, "convergence"))
+	}
+}
+
+// localMeshd is a `meshd serve --local-dir` run by serveLocal.
+type localMeshd struct {
+	ctx                                       context.Context
+	localDir, caDir, xdsAddr, debugAddr, base string
+}
+
+// serveLocal runs `meshd serve` on a local directory holding demoMesh, with
+// extra flags, until the test ends, and waits until it is ready.
+func serveLocal(t *testing.T, extra ...string) localMeshd {
+	t.Helper()
+	dir := t.TempDir()
+	m := localMeshd{localDir: filepath.Join(dir, "mesh"), caDir: filepath.Join(dir, "ca"), xdsAddr: freeAddr(t), debugAddr: freeAddr(t)}
+	m.base = "http://" + m.debugAddr
+	if err := os.MkdirAll(m.localDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(m.localDir, "mesh.yaml"), []byte(fmt.Sprintf(demoMesh, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.ctx = ctx
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--local-dir", m.localDir, "--ca-dir", m.caDir, "--xds-addr", m.xdsAddr, "--debug-addr", m.debugAddr}, extra...),
+			io.Discard, &syncWriter{w: &logs})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("meshd log:\n%s", logs.String())
+		}
+	})
+	waitHTTP(t, m.base+"/readyz")
+	return m
+}
+
+// TestServeXDSLimitFlags: the --xds-* flags reach the xDS server. With one
+// stream per identity, a second real Envoy of the same pod is refused
+// (the default, 8, takes both), and a limit that cannot work stops meshd
+// before it starts.
+func TestServeXDSLimitFlags(t *testing.T) {
+	testenv.Need(t, "envoy")
+	m := serveLocal(t, "--xds-streams-per-identity", "1")
+	startSidecar(m.ctx, t, m.caDir, m.xdsAddr, "demo", "web-0", "web")
+	waitProxies(t, m.base, func(p proxyView) bool { return p.acked(xdsTypes...) })
+	startSidecar(m.ctx, t, m.caDir, m.xdsAddr, "demo", "web-0", "web")
+	// The counter is shown at 0 from the start: wait for a refusal.
+	limited := `meshd_xds_limited_total{limit="streams_per_identity"} `
+	refused := func() bool {
+		line := grepLines(getBody(t, m.base+"/metrics"), limited)
+		var n float64
+		_, err := fmt.Sscan(strings.TrimPrefix(strings.TrimSpace(line), limited), &n)
+		return err == nil && n >= 1
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !refused() {
+		if time.Now().After(deadline) {
+			t.Fatalf("a second stream of web-0.demo was not refused:\n%s", grepLines(getBody(t, m.base+"/metrics"), "meshd_xds_"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if metrics := getBody(t, m.base+"/metrics"); !strings.Contains(metrics, "meshd_xds_connected_streams 1\n") {
+		t.Errorf("not one connected stream:\n%s", grepLines(metrics, "connected_streams"))
+	}
+
+	err := run(context.Background(), []string{"serve", "--local-dir", m.localDir, "--ca-dir", t.TempDir(), "--xds-request-rate", "0",
+		"--xds-min-ping-interval", "1m"}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--xds-request-rate 0") || !strings.Contains(err.Error(), "--xds-min-ping-interval 1m0s") {
+		t.Errorf("serve with impossible limits: %v", err)
 	}
 }
 

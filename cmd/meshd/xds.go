@@ -63,7 +63,7 @@ func newXDS(cfg config.Config, creds *credentials, keyOnNode bool, reg prometheu
 	}
 	hooks := &xds.ProxyHooks{Secrets: mgr, Publisher: pub, Mesh: mesh, KeyOnNode: keyOnNode}
 	srv, err := xds.New(xds.Config{Addr: cfg.XDSAddr, TLS: xdsTLS(creds), Hooks: hooks, Registerer: reg, Logger: log,
-		ResolveProxy: resolve, TrustDomain: cfg.TrustDomain, Cache: xdsCache})
+		ResolveProxy: resolve, TrustDomain: cfg.TrustDomain, Cache: xdsCache, Limits: cfg.XDSLimits})
 	if err != nil {
 		return nil, err
 	}

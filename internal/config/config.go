@@ -11,11 +11,14 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca/certmanager"
 	"github.com/meshd/meshd/model"
+	"github.com/meshd/meshd/xds"
 )
 
 // Config is the configuration of `meshd serve`.
@@ -95,6 +98,9 @@ type Config struct {
 	// API; "workload" also takes sidecars' workload mTLS certificates from
 	// that volume; "off" keeps per-pod Secrets.
 	PodCertificates string
+	// XDSLimits bound what one xDS client can take from meshd (the
+	// --xds-* flags; xds.Limits says what each means).
+	XDSLimits xds.Limits
 }
 
 // Default returns the configuration used when no flag is given.
@@ -121,6 +127,8 @@ func Default() Config {
 		DebugAuth:       "token",
 		ClusterDomain:   "cluster.local",
 		PodCertificates: "auto",
+
+		XDSLimits: xds.DefaultLimits(),
 	}
 }
 
@@ -160,6 +168,29 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PodCertificates, "pod-certificates", c.PodCertificates, "auto: when the apiserver serves PodCertificateRequest, sign them (signer meshd.io/spiffe), publish the trust bundle as a ClusterTrustBundle and give injected sidecars a podCertificate volume (key made by the kubelet) instead of a per-pod Secret for their xDS credentials; workload: auto, and sidecars use that volume for workload mTLS too (the key never leaves the node); off: per-pod Secrets")
 	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
+	l := &c.XDSLimits
+	fs.IntVar(&l.StreamsPerIdentity, "xds-streams-per-identity", l.StreamsPerIdentity, "open xDS streams one proxy identity may hold across its connections (more: ResourceExhausted)")
+	fs.IntVar(&l.ConnectionsPerIdentity, "xds-connections-per-identity", l.ConnectionsPerIdentity, "xDS connections, idle or not, one client identity may hold open")
+	fs.Var((*uint32Value)(&l.StreamsPerConnection), "xds-streams-per-connection", "concurrent HTTP/2 streams on one xDS connection")
+	fs.Float64Var(&l.RequestsPerSecond, "xds-request-rate", l.RequestsPerSecond, "requests read from one xDS stream per second (a flood waits)")
+	fs.IntVar(&l.Burst, "xds-request-burst", l.Burst, "requests one xDS stream may send at once before --xds-request-rate applies")
+	fs.DurationVar(&l.HandshakeTimeout, "xds-handshake-timeout", l.HandshakeTimeout, "time a new xDS connection has for its TLS and HTTP/2 handshake")
+	fs.DurationVar(&l.PeerTimeout, "xds-peer-timeout", l.PeerTimeout, "time a client's kernel may leave data unacknowledged, its window shut or keepalive probes unanswered before its xDS connection is closed (TCP_USER_TIMEOUT and keepalive)")
+	fs.DurationVar(&l.MinPingInterval, "xds-min-ping-interval", l.MinPingInterval, fmt.Sprintf("shortest interval at which an xDS client may ping (more often: its connection is closed); at most half the %s injected sidecars ping at", bootstrap.DefaultXDSKeepalive))
+}
+
+// uint32Value is a flag.Value of a uint32 field.
+type uint32Value uint32
+
+func (v *uint32Value) String() string { return strconv.FormatUint(uint64(*v), 10) }
+
+func (v *uint32Value) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return errors.New("want a whole number from 0 to 4294967295")
+	}
+	*v = uint32Value(n)
+	return nil
 }
 
 // Validate reports every problem of c, joined.
@@ -236,7 +267,41 @@ func (c *Config) Validate() error {
 	if c.HoldOff <= 0 || c.MaxDelay < c.HoldOff {
 		errs = append(errs, fmt.Errorf("--hold-off %s / --max-delay %s: need 0 < hold-off <= max-delay", c.HoldOff, c.MaxDelay))
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, c.validateXDSLimits()...)...)
+}
+
+// validateXDSLimits holds the --xds-* flags to values a production meshd
+// can run with (xds.Limits takes smaller ones, for tests): a zero would
+// silently mean the default, a sub-second timeout would cut clients on a
+// busy node, and a ping interval near the sidecars' own would cut them.
+func (c *Config) validateXDSLimits() []error {
+	var errs []error
+	l := c.XDSLimits
+	for _, f := range []struct {
+		flag string
+		v    int
+	}{{"xds-streams-per-identity", l.StreamsPerIdentity}, {"xds-connections-per-identity", l.ConnectionsPerIdentity},
+		{"xds-streams-per-connection", int(l.StreamsPerConnection)}, {"xds-request-burst", l.Burst}} {
+		if f.v < 1 {
+			errs = append(errs, fmt.Errorf("--%s %d: must be at least 1", f.flag, f.v))
+		}
+	}
+	if l.RequestsPerSecond <= 0 {
+		errs = append(errs, fmt.Errorf("--xds-request-rate %g: must be above 0", l.RequestsPerSecond))
+	}
+	for _, f := range []struct {
+		flag string
+		d    time.Duration
+	}{{"xds-handshake-timeout", l.HandshakeTimeout}, {"xds-peer-timeout", l.PeerTimeout}, {"xds-min-ping-interval", l.MinPingInterval}} {
+		if f.d < time.Second {
+			errs = append(errs, fmt.Errorf("--%s %s: must be at least 1s", f.flag, f.d))
+		}
+	}
+	if most := bootstrap.DefaultXDSKeepalive / 2; l.MinPingInterval > most {
+		errs = append(errs, fmt.Errorf("--xds-min-ping-interval %s: at most %s (injected sidecars ping every %s; pings more frequent than the interval close their connections)",
+			l.MinPingInterval, most, bootstrap.DefaultXDSKeepalive))
+	}
+	return errs
 }
 
 func orLoopback(addr string) string {
