@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -120,6 +121,9 @@ func (c *callbacks) closed(id int64) {
 
 func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	typeURL := c.effectiveType(id, req.GetTypeUrl())
+	if err := c.served(id, typeURL); err != nil {
+		return err
+	}
 	names := req.GetResourceNames()
 	c.cache.NoteRequest(id, req) // the cache finds what the stream holds by it
 	var secrets []string
@@ -130,9 +134,12 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 }
 
 func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	typeURL := c.effectiveType(id, req.GetTypeUrl())
+	if err := c.served(id, typeURL); err != nil {
+		return err
+	}
 	a := asked{names: req.GetResourceNamesSubscribe(), gone: req.GetResourceNamesUnsubscribe()}
 	c.cache.NoteDeltaRequest(id, req) // the cache finds what the stream holds by it
-	typeURL := c.effectiveType(id, req.GetTypeUrl())
 	var secrets []string
 	if typeURL == resourcev3.SecretType {
 		secrets = a.names
@@ -143,6 +150,28 @@ func (c *callbacks) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscove
 	// After request: the stream is bound to its node by now.
 	return c.boundSubscriptions(id, typeURL, a)
 }
+
+// served refuses a request for a type meshd does not serve: nothing would
+// ever answer it, and each type a stream asks for is a watch and state kept
+// for the stream's life (by go-control-plane's server too), so a client
+// inventing type URLs could grow them without bound. It also bounds what
+// one stream can have queued (go-control-plane's server queues a stream's
+// responses of every type in one channel with room for one per type).
+func (c *callbacks) served(id int64, typeURL string) error {
+	if resource.Order(typeURL) < resource.NumTypes {
+		return nil
+	}
+	var p Peer
+	c.streams.with(id, func(s *stream) { p = s.peer })
+	c.log.Warn("xds: request for a type meshd does not serve", "stream", id, "proxy", p.NodeID, "identity", p.Identity.String(), "type_url", typeURL)
+	return status.Errorf(codes.InvalidArgument, "xds: meshd does not serve %q (it serves %s)", typeURL, servedTypes)
+}
+
+// servedTypes lists the types meshd serves, for errors.
+var servedTypes = func() string {
+	types := resource.Types()
+	return strings.Join(types[:], ", ")
+}()
 
 // resubscribe is a delta stream's subscribed names after a request that
 // subscribes to some and drops others (sorted).

@@ -13,6 +13,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // TestChecksThatCouldBeSkipped: what a hostile client tried to get past.
@@ -103,15 +105,11 @@ func TestBoundedCostOfClientValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	huge := strings.Repeat("x", 1<<20)
-	for i := range 3 {
-		_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: fmt.Sprintf("type.googleapis.com/evil.T%d", i), ResponseNonce: resp.Nonce,
-			ErrorDetail: &rpcstatus.Status{Message: huge}})
-	}
 	_ = stream.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResponseNonce: resp.Nonce,
 		ResourceNames: []string{"default", "ROOTCA"}, ErrorDetail: &rpcstatus.Status{Message: huge}})
-	eventually(t, "the NACKs counted", func() error {
-		if n := metricValue(t, reg, "meshd_xds_nacks_total", "type", "other"); n != 3 {
-			return fmt.Errorf("nacks{type=other} = %v", n)
+	eventually(t, "the NACK counted", func() error {
+		if n := metricValue(t, reg, "meshd_xds_nacks_total", "type", "Secret"); n != 1 {
+			return fmt.Errorf("nacks{type=Secret} = %v", n)
 		}
 		return nil
 	})
@@ -153,6 +151,69 @@ func TestBoundedCostOfClientValues(t *testing.T) {
 	start := time.Now()
 	if _, err := conn.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("a silent connection still open after %s (read: %v)", time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+// TestUnservedTypeRefused: a request for a type meshd does not serve, SotW
+// or delta, first or later on a stream, NACK or not, ends the stream with
+// InvalidArgument naming the type (nothing would answer it, and each type
+// asked for is state kept for the stream's life: a client inventing type
+// URLs could grow it without bound); no NACK of it is counted; the served
+// types still are.
+func TestUnservedTypeRefused(t *testing.T) {
+	// What makes ordered ADS safe (see xds.Server.Start): go-control-plane
+	// queues a SotW stream's responses in one channel of this capacity.
+	if resource.NumTypes > int(types.UnknownType) {
+		t.Fatalf("meshd serves %d types, go-control-plane queues %d responses a stream", resource.NumTypes, types.UnknownType)
+	}
+	reg := prometheus.NewRegistry()
+	pki, addr, _ := serveMeshd(t, func(c *xds.Config) { c.Registerer = reg })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const ecds = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+	refused := func(what string, err error) {
+		t.Helper()
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), ecds) {
+			t.Errorf("%s: %v; want InvalidArgument naming %s", what, err, ecds)
+		}
+	}
+
+	sotw, done := adsClient(t, pki, addr, pki.issue(webID, webNode))
+	defer done()
+	_ = sotw.Send(&discoveryv3.DiscoveryRequest{Node: node(webNode, nil), TypeUrl: ecds, ResourceNames: []string{"x"}})
+	_, err := sotw.Recv()
+	refused("SotW, first request", err)
+
+	served, done2 := adsClient(t, pki, addr, pki.issue(webID, webNode))
+	defer done2()
+	if err := served.Send(secretsRequest(webNode)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := served.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = served.Send(&discoveryv3.DiscoveryRequest{TypeUrl: ecds, ResponseNonce: resp.Nonce, ErrorDetail: &rpcstatus.Status{Message: "nack"}})
+	for err == nil {
+		_, err = served.Recv() // the SotW stream may get its secrets' ACK answered first
+	}
+	refused("SotW, a NACK after a served type", err)
+
+	delta, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialConn(t, pki, addr, pki.issue(webID, webNode))).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: node(webNode, nil), TypeUrl: resourcev3.ClusterType})
+	if _, err := delta.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	_ = delta.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: ecds, ResourceNamesSubscribe: []string{"x"}})
+	for err == nil {
+		_, err = delta.Recv()
+	}
+	refused("delta, after a served type", err)
+	if n := metricValue(t, reg, "meshd_xds_nacks_total", "type", "other"); n > 0 {
+		t.Errorf("nacks{type=other} = %v: the refused NACK was counted", n)
 	}
 }
 

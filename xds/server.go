@@ -28,6 +28,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -168,7 +169,14 @@ func (s *Server) Start(ctx context.Context) error {
 	cb := &callbacks{log: s.cfg.Logger, streams: s.streams, hooks: s.cfg.Hooks, ctx: ctx, metrics: s.metrics, resolve: s.cfg.ResolveProxy, trustDomain: s.cfg.TrustDomain,
 		cache: s.Cache, snapshot: s.Cache.GetSnapshot}
 	s.Cache.OnInSync(cb.inSync)
-	ads := serverv3.NewServer(ctx, s.Cache, cb)
+	// Ordered ADS: a SotW stream's responses of every type go through one
+	// queue, sent in the order the cache answers them (ADS order), instead
+	// of a select over a channel per type rebuilt on every request (a
+	// reflect.Select, 9% of meshd's CPU while 1,000 SotW proxies took
+	// endpoint changes). The queue has room for one response per type
+	// go-control-plane knows; a stream has at most one watch, so at most
+	// one response, per type meshd serves (others are refused: served).
+	ads := serverv3.NewServer(ctx, s.Cache, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, ads)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, ads)
 	errc := make(chan error, 1)
