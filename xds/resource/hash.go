@@ -61,7 +61,9 @@ func (e *Encoder) Begin() *Round {
 // they replace: a type whose resources are the same values is prev's set,
 // and one whose resources were replaced by others of the same names is
 // prev's with those replaced (what an endpoint change makes), without
-// going over the whole set again.
+// going over the whole set again. The sets keep res's lists: the caller
+// does not change them after (the translator never changes a list it
+// handed on).
 func (r *Round) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	return hashWith(res, true, &r.c, prev)
 }
@@ -76,7 +78,8 @@ func (r *Round) End() {
 }
 
 // Shared prepares shared sets between rounds (a scope that appears with a
-// proxy), reusing the last round's encodings and recording nothing.
+// proxy), reusing the last round's encodings and recording nothing; res's
+// lists are kept as Round.Shared keeps them.
 func (e *Encoder) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	return hashWith(res, true, &encodingCache{prev: e.last}, prev)
 }
@@ -224,6 +227,11 @@ func (c *encodingCache) record(r types.Resource, e encoded) {
 
 // forget drops r's encoding from what the next round may reuse (a value
 // held by a set of another round too is encoded again if it comes back).
+// recordsAnew reports whether c records every resource of the round (a
+// fresh map, the last round's read beside it) rather than adding to what
+// it holds or recording nothing.
+func (c *encodingCache) recordsAnew() bool { return c != nil && c.next != nil && !c.adding }
+
 func (c *encodingCache) forget(r types.Resource) {
 	if c != nil && c.next != nil {
 		delete(c.next, r)

@@ -181,13 +181,21 @@ func (v Set) Since(old Set) Set {
 // hold an entry at a new version, then the blocks' hashes: an endpoint
 // change costs the endpoint sets it touched, a pass comparing the items
 // and a hash of 32 bytes per 64 entries, not a copy or a hash of every
-// entry. The result records what changed since v.
+// entry. The list items is kept, not copied: whoever hands it on (the
+// translator) does not change it after. v's own list handed on again (a
+// type nothing changed in) is v, at once. The result records what changed
+// since v.
 //
 // Sets whose references are worked out from every resource (listeners,
 // clusters) are replaced only when nothing changed.
 func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCache) (Set, bool, error) {
 	if len(items) != len(v.items) || !v.keepsRaw {
 		return Set{}, false, nil
+	}
+	next := v
+	next.from, next.changed, next.removed = v.version, nil, nil
+	if (len(items) == 0 || &items[0] == &v.items[0]) && !c.recordsAnew() {
+		return next, true, nil
 	}
 	var diff []int
 	for i, r := range items {
@@ -201,27 +209,31 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	if len(diff) > 0 && (t == resourcev3.ListenerType || t == resourcev3.ClusterType) {
 		return Set{}, false, nil
 	}
-	next := v
-	next.from, next.changed, next.removed = v.version, nil, nil
-	var changes map[string]*entry
-	var touched []int // the blocks holding a replaced entry of a new version, in order
-	if len(diff) > 0 {
-		next.items, next.enc = slices.Clone(items), &encodings{}
-		changes = make(map[string]*entry, len(diff))
-	}
-	for i, r := range items {
-		replaced := len(diff) > 0 && i == diff[0]
-		if !replaced && c.adding {
-			continue // kept: v has its encoding (and the Encoder, unless v was made between rounds: then a lookup misses and encodes again)
+	if c.recordsAnew() {
+		// A round recording anew records what it keeps (v has the
+		// encodings; a lookup that misses, v being made between rounds,
+		// encodes again).
+		for i, r := range items {
+			if _, replaced := slices.BinarySearch(diff, i); replaced {
+				continue
+			}
+			if _, err := c.encoding(t, r); err != nil {
+				return Set{}, false, err
+			}
 		}
+	}
+	if len(diff) == 0 {
+		return next, true, nil
+	}
+	next.items, next.enc = items, &encodings{}
+	changes := make(map[string]*entry, len(diff))
+	var touched []int // the blocks holding a replaced entry of a new version, in order
+	for _, i := range diff {
+		r := items[i]
 		e, err := c.encoding(t, r) // recorded: the next round finds it too
 		if err != nil {
 			return Set{}, false, err
 		}
-		if !replaced {
-			continue
-		}
-		diff = diff[1:]
 		if c.adding {
 			c.forget(v.items[i]) // replaced here (a set still holding it keeps its encoding; a later round meeting it encodes it again)
 		}
@@ -231,9 +243,6 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 			touched = append(touched, i/versionBlock)
 		}
 		changes[name] = &entry{version: e.version, raw: e.raw, res: r}
-	}
-	if changes == nil {
-		return next, true, nil
 	}
 	next.idx = v.idx.replacing(changes)
 	if len(touched) > 0 {

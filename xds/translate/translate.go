@@ -210,8 +210,9 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 		t.used = map[string]bool{}
 	}
 	last := t.results[scope]
+	ob := t.outbound[scope]
+	sameChains := ob != nil && len(ob.from) == len(snap.Services)
 	outs := make([]*serviceOut, len(snap.Services))
-	from := make([]*serviceChains, len(snap.Services))
 	for i, svc := range snap.Services {
 		// A service at the place it had in the scope's last translation
 		// (the same value) is that translation's, found by one comparison
@@ -221,10 +222,13 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 		} else {
 			outs[i] = t.service(snap, svc)
 		}
-		from[i] = outs[i].chains
+		sameChains = sameChains && ob.from[i] == outs[i].chains
 	}
-	ob := t.outbound[scope]
-	if ob == nil || !slices.Equal(ob.from, from) {
+	if !sameChains {
+		from := make([]*serviceChains, len(outs))
+		for i, out := range outs {
+			from[i] = out.chains
+		}
 		ob = outbound(snap.Services, from)
 		t.outbound[scope] = ob
 	}
