@@ -52,6 +52,9 @@ const (
 // does not expect (a malformed message, a field of the wrong wire type, a
 // name that is not UTF-8) is left to proto.Unmarshal, with its errors.
 func decodeSotwRequest(b []byte, r sotwRequest) error {
+	if ok, err := decodeSotwRun(b, r); ok {
+		return err
+	}
 	// First the rest of the message and the type (which protobuf writes
 	// after the names), then the names against that type's previous ones.
 	var rest, typeURL []byte
@@ -95,6 +98,82 @@ func decodeSotwRequest(b []byte, r sotwRequest) error {
 		r.prev[slot] = r.req.ResourceNames
 	}
 	return nil
+}
+
+// namesTag is a resource name's tag (resource_names, length-delimited).
+const namesTag = requestResourceNames<<3 | byte(protowire.BytesType)
+
+// decodeSotwRun is decodeSotwRequest for the request every client sends:
+// its names one run of fields, each with a one-byte tag and length (names
+// under 128 bytes), the other fields before or after them. It walks the
+// run without a call per name, twice (to count the names, then to read
+// them against the type's previous ones), as a comparison of the bytes at
+// hand. ok is false, with nothing decoded, for any other request, which
+// decodeSotwRequest reads field by field.
+func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
+	var rest, typeURL []byte
+	start, end, count := -1, -1, 0
+	for i := 0; i < len(b); {
+		if b[i] == namesTag {
+			if start >= 0 {
+				return false, nil // a second run
+			}
+			start = i
+			for i+1 < len(b) && b[i] == namesTag && b[i+1] < 0x80 && i+2+int(b[i+1]) <= len(b) {
+				i += 2 + int(b[i+1])
+				count++
+			}
+			end = i
+			if i < len(b) && b[i] == namesTag {
+				return false, nil // a long name, or one cut short
+			}
+			continue
+		}
+		num, typ, n := protowire.ConsumeTag(b[i:])
+		if n < 0 || num == requestResourceNames || (num == requestTypeURL && typ != protowire.BytesType) {
+			return false, nil
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[i+n:])
+		if m < 0 {
+			return false, nil
+		}
+		if num == requestTypeURL {
+			typeURL, _ = protowire.ConsumeBytes(b[i+n:])
+		}
+		rest = append(rest, b[i:i+n+m]...)
+		i += n + m
+	}
+	var prev []string
+	slot := resource.Order(string(typeURL))
+	if slot < resource.NumTypes {
+		prev = r.prev[slot]
+	}
+	names := namesOf{prev: prev, count: count}
+	for i := start; i < end; {
+		v := b[i+2 : i+2+int(b[i+1])]
+		i += 2 + len(v)
+		if names.out == nil && names.n < len(prev) && prev[names.n] == string(v) {
+			names.n++ // the common case of add, at hand
+			continue
+		}
+		if !names.add(v) {
+			return false, nil // not UTF-8: protobuf's error
+		}
+	}
+	if err := proto.Unmarshal(rest, r.req); err != nil {
+		return true, err
+	}
+	r.req.ResourceNames = nil
+	if count > 0 {
+		r.req.ResourceNames = names.result()
+		if names.fresh() {
+			r.req.ResourceNames = lists.share(r.req.ResourceNames)
+		}
+	}
+	if slot < resource.NumTypes {
+		r.prev[slot] = r.req.ResourceNames
+	}
+	return true, nil
 }
 
 // errStop is eachField's error when its function stopped it.
