@@ -225,13 +225,13 @@ func (c *encodingCache) record(r types.Resource, e encoded) {
 	}
 }
 
-// forget drops r's encoding from what the next round may reuse (a value
-// held by a set of another round too is encoded again if it comes back).
 // recordsAnew reports whether c records every resource of the round (a
 // fresh map, the last round's read beside it) rather than adding to what
 // it holds or recording nothing.
 func (c *encodingCache) recordsAnew() bool { return c != nil && c.next != nil && !c.adding }
 
+// forget drops r's encoding from what the next round may reuse (a value
+// held by a set of another round too is encoded again if it comes back).
 func (c *encodingCache) forget(r types.Resource) {
 	if c != nil && c.next != nil {
 		delete(c.next, r)
