@@ -213,6 +213,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	ob := t.outbound[scope]
 	sameChains := ob != nil && len(ob.from) == len(snap.Services)
 	outs := make([]*serviceOut, len(snap.Services))
+	var moved []int // the places whose result is not the last translation's
 	for i, svc := range snap.Services {
 		// A service at the place it had in the scope's last translation
 		// (the same value) is that translation's, found by one comparison
@@ -221,6 +222,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 			outs[i] = last.outs[i]
 		} else {
 			outs[i] = t.service(snap, svc)
+			moved = append(moved, i)
 		}
 		sameChains = sameChains && ob.from[i] == outs[i].chains
 	}
@@ -247,7 +249,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	}
 	// The same outbound chains are the same listener (it was kept above).
 	if last != nil && last.ob == ob && slices.Equal(last.locals, t.locals) {
-		if res, ok := last.patched(outs); ok {
+		if res, ok := last.patched(outs, moved); ok {
 			t.results[scope] = &result{outs: outs, res: res, pos: last.pos, ob: ob, locals: t.locals}
 			return res, ob.problems
 		}
@@ -296,15 +298,16 @@ func newResult(outs []*serviceOut, res Resources, ob *outboundChains, locals []t
 // outs (the same services, some translated again into resources of the
 // same names: an endpoint change) in place of the old ones: sorted lists
 // copied and patched, not built and sorted again (the lists handed on are
-// never changed). ok is false when outs are not such.
-func (r *result) patched(outs []*serviceOut) (res Resources, ok bool) {
+// never changed). moved are the places where outs differ from the last
+// result's (none else is looked at). ok is false when outs are not such.
+func (r *result) patched(outs []*serviceOut, moved []int) (res Resources, ok bool) {
 	if len(outs) != len(r.outs) {
 		return nil, false
 	}
 	res = r.res
 	copied := map[resourcev3.Type]bool{}
-	for i, out := range outs {
-		prev := r.outs[i]
+	for _, i := range moved {
+		out, prev := outs[i], r.outs[i]
 		if out == prev {
 			continue
 		}
