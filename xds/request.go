@@ -76,17 +76,30 @@ func decodeSotwRequest(b []byte, r sotwRequest) error {
 	if err != nil {
 		return proto.Unmarshal(b, r.req)
 	}
-	var prev []string
-	slot := resource.Order(string(typeURL))
-	if slot < resource.NumTypes {
-		prev = r.prev[slot]
-	}
+	slot, prev := r.prevOf(typeURL)
 	names := namesOf{prev: prev, count: count}
 	if eachField(b, func(num protowire.Number, _ protowire.Type, _, value []byte) bool {
 		return num != requestResourceNames || names.add(value)
 	}) != nil {
 		return proto.Unmarshal(b, r.req)
 	}
+	return r.finish(rest, slot, &names)
+}
+
+// prevOf is the place of the type named typeURL and the stream's previous
+// request's names of that type (none for a type meshd does not serve).
+func (r sotwRequest) prevOf(typeURL []byte) (slot int, prev []string) {
+	slot = resource.Order(string(typeURL))
+	if slot < resource.NumTypes {
+		prev = r.prev[slot]
+	}
+	return slot, prev
+}
+
+// finish decodes rest (the request but its names) into r.req, gives it
+// names' result (shared with every stream naming the same when new) and
+// keeps that as the type's previous names.
+func (r sotwRequest) finish(rest []byte, slot int, names *namesOf) error {
 	if err := proto.Unmarshal(rest, r.req); err != nil {
 		return err
 	}
@@ -143,11 +156,7 @@ func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
 		rest = append(rest, b[i:i+n+m]...)
 		i += n + m
 	}
-	var prev []string
-	slot := resource.Order(string(typeURL))
-	if slot < resource.NumTypes {
-		prev = r.prev[slot]
-	}
+	slot, prev := r.prevOf(typeURL)
 	names := namesOf{prev: prev, count: count}
 	for i := start; i < end; {
 		v := b[i+2 : i+2+int(b[i+1])]
@@ -160,20 +169,7 @@ func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
 			return false, nil // not UTF-8: protobuf's error
 		}
 	}
-	if err := proto.Unmarshal(rest, r.req); err != nil {
-		return true, err
-	}
-	r.req.ResourceNames = nil
-	if count > 0 {
-		r.req.ResourceNames = names.result()
-		if names.fresh() {
-			r.req.ResourceNames = lists.share(r.req.ResourceNames)
-		}
-	}
-	if slot < resource.NumTypes {
-		r.prev[slot] = r.req.ResourceNames
-	}
-	return true, nil
+	return true, r.finish(rest, slot, &names)
 }
 
 // errStop is eachField's error when its function stopped it.
