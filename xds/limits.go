@@ -94,11 +94,11 @@ func (l Limits) Validate() error {
 		v    int
 	}{{"streams per identity", l.StreamsPerIdentity}, {"connections per identity", l.ConnectionsPerIdentity}, {"request burst", l.Burst}} {
 		if c.v < 0 {
-			errs = append(errs, fmt.Errorf("%s %d: must be at least 1", c.what, c.v))
+			errs = append(errs, fmt.Errorf("%s %d: must not be negative", c.what, c.v))
 		}
 	}
 	if l.RequestsPerSecond < 0 {
-		errs = append(errs, fmt.Errorf("requests per second %g: must be above 0", l.RequestsPerSecond))
+		errs = append(errs, fmt.Errorf("requests per second %g: must not be negative", l.RequestsPerSecond))
 	}
 	for _, c := range []struct {
 		what string
