@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 )
 
@@ -98,7 +99,7 @@ func dial(addr string, cert *ca.Certificate, roots *x509.CertPool) (*grpc.Client
 	// an answer; grpc-go's after 30s without a frame from meshd).
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
 		grpc.WithStaticStreamWindowSize(envoyWindow), grpc.WithStaticConnWindowSize(envoyWindow),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 30 * time.Second, PermitWithoutStream: true}),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: bootstrap.DefaultXDSKeepalive, Timeout: bootstrap.DefaultXDSKeepalive, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
 }
 
