@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -43,21 +42,7 @@ func TestSurvivesAPIServerAndEtcdRestarts(t *testing.T) {
 	addService("before")
 	dir := t.TempDir()
 	caDir, xdsAddr, debugAddr := filepath.Join(dir, "ca"), freeAddr(t), freeAddr(t)
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() {
-		done <- run(sctx, []string{"serve", "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr}, io.Discard, &syncWriter{w: &logs})
-	}()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
-		}
-	})
+	runServe(ctx, t, "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr)
 	base := "http://" + debugAddr
 	waitHTTP(t, base+"/readyz")
 	first := startSidecar(ctx, t, caDir, xdsAddr, ns, "one", "default")

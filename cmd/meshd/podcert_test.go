@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,23 +82,9 @@ func podCertificateSidecar(t *testing.T, mode string) {
 		_ = c.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), mwc.Name, metav1.DeleteOptions{})
 	})
 	kubeconfig := serviceAccountKubeconfig(ctx, t, env, "meshd-system", "meshd")
-	var logs bytes.Buffer
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(sctx, []string{"serve", "--kubeconfig", kubeconfig, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
-			"--webhook-addr", webhookAddr, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds, "--lease-duration", "3s",
-			"--cert-ttl", "2h", "--pod-certificates", mode, "--webhook-client-ca", env.CAFile, "--webhook-client-name", testenv.WebhookClientName}, io.Discard, &syncWriter{w: &logs})
-	}()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
-		}
-	})
+	logs := runServe(ctx, t, "--kubeconfig", kubeconfig, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
+		"--webhook-addr", webhookAddr, "--sidecar-xds-addr", xdsAddr, "--sidecar-creds-dir", creds, "--lease-duration", "3s",
+		"--cert-ttl", "2h", "--pod-certificates", mode, "--webhook-client-ca", env.CAFile, "--webhook-client-name", testenv.WebhookClientName)
 	waitHTTP(t, "http://"+debugAddr+"/readyz")
 	var ctb *certsv1beta1.ClusterTrustBundle
 	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
@@ -207,8 +191,8 @@ func podCertificateSidecar(t *testing.T, mode string) {
 	if err != nil || sar.Status.Allowed {
 		t.Errorf("the deploy RBAC lets meshd sign for another signer (%v)", err)
 	}
-	if strings.Contains(strings.ToLower(logs.String()), "forbidden") {
-		t.Errorf("meshd hit a forbidden call under the deploy RBAC:\n%s", grepLines(logs.String(), "orbidden"))
+	if log := logs(); strings.Contains(strings.ToLower(log), "forbidden") {
+		t.Errorf("meshd hit a forbidden call under the deploy RBAC:\n%s", grepLines(log, "orbidden"))
 	}
 }
 

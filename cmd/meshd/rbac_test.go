@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,23 +54,9 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 	})
 	kubeconfig := serviceAccountKubeconfig(ctx, t, env, "meshd-system", "meshd")
 
-	var logs bytes.Buffer
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
 	debugAddr := freeAddr(t)
-	go func() {
-		done <- run(sctx, []string{"serve", "--kubeconfig", kubeconfig, "--namespace", "meshd-system", "--xds-addr", freeAddr(t),
-			"--debug-addr", debugAddr, "--webhook-addr", freeAddr(t), "--lease-duration", "3s"}, io.Discard, &syncWriter{w: &logs})
-	}()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
-		}
-	})
+	logs := runServe(ctx, t, "--kubeconfig", kubeconfig, "--namespace", "meshd-system", "--xds-addr", freeAddr(t),
+		"--debug-addr", debugAddr, "--webhook-addr", freeAddr(t), "--lease-duration", "3s")
 	waitHTTP(t, "http://"+debugAddr+"/readyz")
 	bad := "carrier-pigeon"
 	if _, err := env.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "rbac-odd"},
@@ -113,8 +97,8 @@ func TestServeUnderDeployRBAC(t *testing.T) {
 			t.Errorf("%s: not under the deploy RBAC", name)
 		}
 	}
-	if strings.Contains(strings.ToLower(logs.String()), "forbidden") {
-		t.Errorf("meshd hit a forbidden call under the deploy RBAC:\n%s", grepLines(logs.String(), "orbidden"))
+	if log := logs(); strings.Contains(strings.ToLower(log), "forbidden") {
+		t.Errorf("meshd hit a forbidden call under the deploy RBAC:\n%s", grepLines(log, "orbidden"))
 	}
 	sa := "system:serviceaccount:meshd-system:meshd"
 	for _, attr := range []authorizationv1.ResourceAttributes{

@@ -183,24 +183,38 @@ func serveLocal(t *testing.T, extra ...string) localMeshd {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	m.ctx = ctx
+	runServe(ctx, t, append([]string{"--local-dir", m.localDir, "--ca-dir", m.caDir, "--xds-addr", m.xdsAddr, "--debug-addr", m.debugAddr}, extra...)...)
+	waitHTTP(t, m.base+"/readyz")
+	return m
+}
+
+// runServe runs `meshd serve` with args until the test ends (or ctx
+// does): an error it ends with fails the test, and its log is shown when
+// the test failed. It returns the log so far.
+func runServe(ctx context.Context, t *testing.T, args ...string) (log func() string) {
+	t.Helper()
+	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	var logs bytes.Buffer
-	go func() {
-		done <- run(ctx, append([]string{"serve", "--local-dir", m.localDir, "--ca-dir", m.caDir, "--xds-addr", m.xdsAddr, "--debug-addr", m.debugAddr}, extra...),
-			io.Discard, &syncWriter{w: &logs})
-	}()
+	var buf bytes.Buffer
+	logs := &syncWriter{w: &buf}
+	log = func() string {
+		logs.mu.Lock()
+		defer logs.mu.Unlock()
+		return buf.String()
+	}
+	go func() { done <- run(sctx, append([]string{"serve"}, args...), io.Discard, logs) }()
 	t.Cleanup(func() {
-		cancel()
+		stop()
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
 		if t.Failed() {
-			t.Logf("meshd log:\n%s", logs.String())
+			t.Logf("meshd log:\n%s", log())
 		}
 	})
-	waitHTTP(t, m.base+"/readyz")
-	return m
+	return log
 }
 
 // TestServeXDSLimitFlags: the --xds-* flags reach the xDS server. With one
