@@ -182,41 +182,32 @@ func floorClient(ctx context.Context, addr string, cert tls.Certificate, roots *
 		return nil
 	}
 	defer conn.Close()
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	// Responses are read as the load tool's sidecars read them.
+	stream, err := load.OpenADS(ctx, conn, names == nil)
+	version := ""
+	var resp load.Response
 	// exchange sends the first request or the ACK of the last response
 	// (nonce set) and returns the next response's nonce.
-	var exchange func(nonce string) (string, error)
-	if names == nil {
-		stream, err := ads.DeltaAggregatedResources(ctx)
-		exchange = func(nonce string) (string, error) {
-			if err != nil {
-				return "", err
-			}
-			req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: nonce}
+	exchange := func(nonce string) (string, error) {
+		if err != nil {
+			return "", err
+		}
+		var req proto.Message = &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names, VersionInfo: version, ResponseNonce: nonce}
+		if names == nil {
+			delta := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: nonce}
 			if nonce == "" {
-				req.ResourceNamesSubscribe = []string{"*"}
+				delta.ResourceNamesSubscribe = []string{"*"}
 			}
-			if err := stream.Send(req); err != nil {
-				return "", err
-			}
-			resp, err := stream.Recv()
-			return resp.GetNonce(), err
+			req = delta
 		}
-	} else {
-		stream, err := ads.StreamAggregatedResources(ctx)
-		version := ""
-		exchange = func(nonce string) (string, error) {
-			if err != nil {
-				return "", err
-			}
-			req := &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names, VersionInfo: version, ResponseNonce: nonce}
-			if err := stream.Send(req); err != nil {
-				return "", err
-			}
-			resp, err := stream.Recv()
-			version = resp.GetVersionInfo()
-			return resp.GetNonce(), err
+		if err := stream.Send(req); err != nil {
+			return "", err
 		}
+		if err := stream.Recv(&resp); err != nil {
+			return "", err
+		}
+		version = resp.Version
+		return resp.Nonce, nil
 	}
 	nonce, err := exchange("")
 	full <- err

@@ -62,14 +62,6 @@ func BenchmarkLoad(b *testing.B) {
 	env := testenv.Kube(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "meshd")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/meshd/meshd/cmd/meshd").CombinedOutput(); err != nil {
-		b.Fatalf("build meshd: %v\n%s", err, out)
-	}
-	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
-		b.Fatal(err)
-	}
 	ns := fmt.Sprintf("load%d", time.Now().UnixNano()%100000)
 	// MESHD_LOAD_SCOPE=<n>: each sidecar's pod scopes it to n services.
 	scope := envInt("MESHD_LOAD_SCOPE", 0)
@@ -82,55 +74,25 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	b.Logf("workload: %d services x %d endpoints written in %s", services, endpoints, time.Since(start).Round(time.Millisecond))
 
-	caDir, xdsAddr, debugAddr := filepath.Join(dir, "ca"), freeAddr(b), freeAddr(b)
-	cmd := exec.Command(bin, "serve", "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
-		"--hold-off", "10ms", "--max-delay", "100ms")
-	if lim := os.Getenv("MESHD_LOAD_MESHD_GOMEMLIMIT"); lim != "" {
-		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+lim) // meshd's soft memory limit, as deploy/ sets it
-	}
-	logDir := dir
-	if profDir := os.Getenv("MESHD_LOAD_PROFILE"); profDir != "" {
-		logDir = profDir // kept with the profiles
-	}
-	logFile, _ := os.Create(filepath.Join(logDir, "meshd.log"))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := http.Get("http://" + debugAddr + "/readyz"); err == nil && resp.StatusCode == 200 {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("meshd not ready")
-		}
-	}
-	pid := cmd.Process.Pid
-	rssIdle, _, _ := load.Proc(pid)
-	liveIdle := liveHeap(b, debugAddr)
-	root, err := rootca.Load(ctx, store.Files{Dir: caDir}, "meshd-ca", time.Now())
-	if err != nil {
-		b.Fatal(err)
-	}
-	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root})
-	if err != nil {
-		b.Fatal(err)
-	}
 	// MESHD_LOAD_PROFILE=<dir>: meshd's CPU profiles over the connect phase
 	// and the churn phase (MESHD_LOAD_PROFILE_SECONDS each, default 20) and
-	// its heap once connected.
+	// its heap once connected, with its log.
 	profDir := os.Getenv("MESHD_LOAD_PROFILE")
+	m := startMeshd(ctx, b, env, profDir)
+	pid, debugAddr := m.pid, m.debugAddr
+	rssIdle, _, _ := load.Proc(pid)
+	liveIdle := liveHeap(b, debugAddr)
 	connectProfiled := profileCPU(b, debugAddr, profDir, "cpu.pprof")
 	_, cpu0, _ := load.Proc(pid)
-	fleet, err := load.Connect(ctx, load.Config{XDSAddr: xdsAddr, Issuer: issuer, Bundle: root.BundlePEM, TrustDomain: "cluster.local",
+	_, own0, _ := load.Proc(os.Getpid())
+	fleet, err := load.Connect(ctx, load.Config{XDSAddr: m.xdsAddr, Issuer: m.issuer, Bundle: m.bundle, TrustDomain: "cluster.local",
 		Namespace: ns, Sidecars: sidecars, Delta: delta, Rate: float64(envInt("MESHD_LOAD_RATE", 1000)), ScopeOf: w.ScopeOf})
 	if err != nil {
-		b.Fatalf("%v\nmeshd log: %s", err, tail(filepath.Join(logDir, "meshd.log")))
+		b.Fatalf("%v\nmeshd log: %s", err, tail(m.log))
 	}
 	defer fleet.Close()
 	rssConnected, cpu1, _ := load.Proc(pid)
+	_, own1, _ := load.Proc(os.Getpid())
 	// Once the connect storm's garbage is collected and returned: the RSS a
 	// connected fleet costs (MESHD_LOAD_SETTLE seconds later, default 10).
 	time.Sleep(time.Duration(envInt("MESHD_LOAD_SETTLE", 10)) * time.Second)
@@ -152,6 +114,7 @@ func BenchmarkLoad(b *testing.B) {
 		all = append(all, lat...)
 	}
 	rssAfter, cpu2, _ := load.Proc(pid)
+	_, own2, _ := load.Proc(os.Getpid())
 	churnProfiled()
 	sortDurations(all)
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
@@ -166,8 +129,8 @@ func BenchmarkLoad(b *testing.B) {
 	// which swings with when the connect storm's collections fell).
 	b.ReportMetric(float64(liveSettled-liveIdle)/float64(sidecars)/1024, "KiB-live/sidecar")
 	b.ReportMetric(float64(fleet.Dropped()), "dropped")
-	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; client certs %.0f/s (load tool side)",
-		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, fleet.CertsPerSecond)
+	b.Logf("meshd: RSS idle %.1f MiB, connected %.1f MiB, settled %.1f MiB, after %d changes %.1f MiB; CPU connect %s, churn %s; load tool CPU connect %s (certificates included), churn %s; client certs %.0f/s (load tool side)",
+		mib(rssIdle), mib(rssConnected), mib(rssSettled), changes, mib(rssAfter), cpu1-cpu0, cpu2-cpu1, own1-own0, own2-own1, fleet.CertsPerSecond)
 	b.Logf("%d sidecars (%s, scope %d services) x %d services x %d endpoints (%s): full config in %s; convergence over %d changes (%d deliveries): p50 %s p99 %s max %s; dropped %d",
 		sidecars, map[bool]string{true: "delta", false: "sotw"}[delta], cmp.Or(scope, services), services, endpoints,
 		map[bool]string{true: "in the mesh", false: "outside the mesh"}[meshed], fleet.TimeToFull.Round(time.Millisecond), changes,
@@ -181,6 +144,62 @@ func BenchmarkLoad(b *testing.B) {
 		}
 		b.Logf("dropped: %s", strings.Join(parts, "; "))
 	}
+}
+
+// meshdUnderLoad is a meshd serve process for the load tool.
+type meshdUnderLoad struct {
+	pid                int
+	xdsAddr, debugAddr string
+	log                string // its log file
+	issuer             ca.Issuer
+	bundle             []byte
+}
+
+// startMeshd builds meshd, runs it against env until tb ends (its log in
+// logDir, or tb's temporary folder if empty) and waits until it is ready.
+func startMeshd(ctx context.Context, tb testing.TB, env *testenv.Env, logDir string) *meshdUnderLoad {
+	dir := tb.TempDir()
+	bin := filepath.Join(dir, "meshd")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/meshd/meshd/cmd/meshd").CombinedOutput(); err != nil {
+		tb.Fatalf("build meshd: %v\n%s", err, out)
+	}
+	if err := env.EnsureNamespace(ctx, "meshd-system"); err != nil {
+		tb.Fatal(err)
+	}
+	caDir, xdsAddr, debugAddr := filepath.Join(dir, "ca"), freeAddr(tb), freeAddr(tb)
+	cmd := exec.Command(bin, "serve", "--kubeconfig", env.Kubeconfig, "--ca-dir", caDir, "--xds-addr", xdsAddr, "--debug-addr", debugAddr,
+		"--hold-off", "10ms", "--max-delay", "100ms")
+	if lim := os.Getenv("MESHD_LOAD_MESHD_GOMEMLIMIT"); lim != "" {
+		cmd.Env = append(os.Environ(), "GOMEMLIMIT="+lim) // meshd's soft memory limit, as deploy/ sets it
+	}
+	logPath := filepath.Join(cmp.Or(logDir, dir), "meshd.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logFile.Close() })
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get("http://" + debugAddr + "/readyz"); err == nil && resp.StatusCode == 200 {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("meshd not ready\nmeshd log: %s", tail(logPath))
+		}
+	}
+	root, err := rootca.Load(ctx, store.Files{Dir: caDir}, "meshd-ca", time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	issuer, err := ca.NewInternal(ca.InternalConfig{Authority: root})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &meshdUnderLoad{pid: cmd.Process.Pid, xdsAddr: xdsAddr, debugAddr: debugAddr, log: logPath, issuer: issuer, bundle: root.BundlePEM}
 }
 
 // liveHeap is meshd's heap right after a collection: its heap profile

@@ -289,3 +289,14 @@ func Proc(pid int) (rssBytes int64, cpu time.Duration, err error) {
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return rssBytes, time.Duration(utime+stime) * (time.Second / 100), nil
 }
+
+// Clusters is, per sidecar, how many EDS clusters it holds.
+func (f *Fleet) Clusters() []int {
+	out := make([]int, 0, len(f.sidecars))
+	for _, s := range f.sidecars {
+		s.mu.Lock()
+		out = append(out, s.clusters.count())
+		s.mu.Unlock()
+	}
+	return out
+}

@@ -11,6 +11,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,13 +21,14 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
@@ -43,9 +46,11 @@ type sidecar struct {
 	// Sets of interned names (see nameTable): a fleet of 10,000 sidecars
 	// each holding 1,000 names in maps of strings would cost the load tool
 	// more memory than the meshd it measures.
-	clusters  nameSet // EDS clusters named by CDS
-	endpoints nameSet // endpoint sets received
-	listeners int
+	clusters  nameSet // the EDS service names of the clusters held
+	endpoints nameSet // endpoint sets held
+	// listeners are the listeners held, each with the RDS route
+	// configurations it names (a sidecar holds a few listeners).
+	listeners map[int][]int
 	routes    nameSet // named by listeners
 	gotRoutes nameSet
 	secrets   map[string]bool
@@ -105,11 +110,10 @@ func dial(addr string, cert *ca.Certificate, roots *x509.CertPool) (*grpc.Client
 
 // run holds the stream until ctx ends.
 func (s *sidecar) run(ctx context.Context) error {
-	client := discoveryv3.NewAggregatedDiscoveryServiceClient(s.conn)
 	if s.delta {
-		return s.runDelta(ctx, client)
+		return s.runDelta(ctx)
 	}
-	return s.runSotW(ctx, client)
+	return s.runSotW(ctx)
 }
 
 func (s *sidecar) nodeProto() *corev3.Node { return &corev3.Node{Id: s.node} }
@@ -120,7 +124,7 @@ func (s *sidecar) nodeProto() *corev3.Node { return &corev3.Node{Id: s.node} }
 // machine with meshd, and its time is better spent reading streams.
 type decoded struct {
 	name   int                               // interned (secrets: -1)
-	eds    int                               // clusters: the EDS service name, -1 if not EDS
+	eds    int                               // clusters: the EDS service name, -1 if not EDS (and in shared.edsOf)
 	routes []int                             // listeners: the RDS route configurations named
 	cla    *endpointv3.ClusterLoadAssignment // endpoints (read-only)
 	secret string
@@ -136,17 +140,18 @@ type shared struct {
 	// shares).
 	mu        sync.RWMutex
 	decodings map[string]*decoded
+	edsOf     map[int]int // a cluster's EDS service name by its name (a delta response removes a cluster by name)
 	names     nameTable
 }
 
 func newShared() *shared {
-	return &shared{names: nameTable{ids: map[string]int{}}, decodings: map[string]*decoded{}}
+	return &shared{names: nameTable{ids: map[string]int{}}, decodings: map[string]*decoded{}, edsOf: map[int]int{}}
 }
 
-func (sh *shared) decode(typeURL string, a *anypb.Any) (*decoded, error) {
+func (sh *shared) decode(typeURL string, b []byte) (*decoded, error) {
 	names := &sh.names
 	sh.mu.RLock()
-	d, ok := sh.decodings[string(a.GetValue())]
+	d, ok := sh.decodings[string(b)]
 	sh.mu.RUnlock()
 	if ok {
 		return d, nil
@@ -155,7 +160,7 @@ func (sh *shared) decode(typeURL string, a *anypb.Any) (*decoded, error) {
 	switch typeURL {
 	case resourcev3.ClusterType:
 		var c clusterv3.Cluster
-		if err := a.UnmarshalTo(&c); err != nil {
+		if err := proto.Unmarshal(b, &c); err != nil {
 			return nil, err
 		}
 		d.name = names.id(c.GetName())
@@ -164,13 +169,13 @@ func (sh *shared) decode(typeURL string, a *anypb.Any) (*decoded, error) {
 		}
 	case resourcev3.EndpointType:
 		var cla endpointv3.ClusterLoadAssignment
-		if err := a.UnmarshalTo(&cla); err != nil {
+		if err := proto.Unmarshal(b, &cla); err != nil {
 			return nil, err
 		}
 		d.name, d.cla = names.id(cla.GetClusterName()), &cla
 	case resourcev3.ListenerType:
 		var l listenerv3.Listener
-		if err := a.UnmarshalTo(&l); err != nil {
+		if err := proto.Unmarshal(b, &l); err != nil {
 			return nil, err
 		}
 		d.name = names.id(l.GetName())
@@ -185,28 +190,76 @@ func (sh *shared) decode(typeURL string, a *anypb.Any) (*decoded, error) {
 			}
 		}
 	case resourcev3.RouteType:
-		d.name = names.id(routeName(a))
+		var r routev3.RouteConfiguration
+		if err := proto.Unmarshal(b, &r); err != nil {
+			return nil, err
+		}
+		d.name = names.id(r.GetName())
 	case resourcev3.SecretType:
-		return &decoded{secret: secretName(a)}, nil // per sidecar: not shared
+		var s tlsv3.Secret // per sidecar: not shared
+		if err := proto.Unmarshal(b, &s); err != nil {
+			return nil, err
+		}
+		return &decoded{secret: s.GetName()}, nil
 	}
 	sh.mu.Lock()
-	sh.decodings[string(a.GetValue())] = d
+	sh.decodings[string(b)] = d
+	if typeURL == resourcev3.ClusterType {
+		sh.edsOf[d.name] = d.eds
+	}
 	sh.mu.Unlock()
 	return d, nil
 }
 
-// handle records one response's resources.
-func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) error {
+// handle records one response: its resources, and the names it removes
+// (delta). A state-of-the-world response of clusters or listeners is
+// every one the sidecar holds; one of endpoints or routes updates those it
+// has and keeps the others, as Envoy does.
+func (s *sidecar) handle(typeURL string, resources, removed [][]byte, at time.Time) error {
 	ds := make([]*decoded, 0, len(resources))
-	for _, a := range resources {
-		d, err := s.shared.decode(typeURL, a)
+	for _, b := range resources {
+		d, err := s.shared.decode(typeURL, b)
 		if err != nil {
 			return err
 		}
 		ds = append(ds, d)
 	}
+	gone := make([]int, 0, len(removed))
+	for _, name := range removed {
+		id := s.shared.names.id(string(name))
+		if typeURL == resourcev3.ClusterType {
+			s.shared.mu.RLock()
+			eds, ok := s.shared.edsOf[id]
+			s.shared.mu.RUnlock()
+			if !ok || eds < 0 {
+				continue // not one the fleet holds as an EDS cluster
+			}
+			id = eds
+		}
+		gone = append(gone, id)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.delta {
+		switch typeURL {
+		case resourcev3.ClusterType:
+			clear(s.clusters)
+		case resourcev3.ListenerType:
+			clear(s.listeners)
+		}
+	}
+	for _, id := range gone {
+		switch typeURL {
+		case resourcev3.ClusterType:
+			s.clusters.remove(id)
+		case resourcev3.EndpointType:
+			s.endpoints.remove(id)
+		case resourcev3.ListenerType:
+			delete(s.listeners, id)
+		case resourcev3.RouteType:
+			s.gotRoutes.remove(id)
+		}
+	}
 	for _, d := range ds {
 		switch typeURL {
 		case resourcev3.ClusterType:
@@ -219,14 +272,19 @@ func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) e
 				s.watch(d.cla, at)
 			}
 		case resourcev3.ListenerType:
-			s.listeners++
-			for _, r := range d.routes {
-				s.routes.add(r)
-			}
+			s.listeners[d.name] = d.routes
 		case resourcev3.RouteType:
 			s.gotRoutes.add(d.name)
 		case resourcev3.SecretType:
 			s.secrets[d.secret] = true
+		}
+	}
+	if typeURL == resourcev3.ListenerType {
+		clear(s.routes)
+		for _, routes := range s.listeners {
+			for _, r := range routes {
+				s.routes.add(r)
+			}
 		}
 	}
 	s.checkComplete()
@@ -236,7 +294,7 @@ func (s *sidecar) handle(typeURL string, resources []*anypb.Any, at time.Time) e
 // checkComplete closes complete once the sidecar holds everything its
 // listeners and clusters reference, and its secrets.
 func (s *sidecar) checkComplete() {
-	if s.done || len(s.secrets) < 2 || s.listeners == 0 || s.clusters.empty() ||
+	if s.done || len(s.secrets) < 2 || len(s.listeners) == 0 || s.clusters.empty() ||
 		!s.clusters.subsetOf(s.endpoints) || !s.routes.subsetOf(s.gotRoutes) {
 		return
 	}
@@ -249,17 +307,40 @@ func (s *sidecar) checkComplete() {
 func (s *sidecar) names(typeURL string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch typeURL {
-	case resourcev3.EndpointType:
-		return s.clusters.names(&s.shared.names)
-	case resourcev3.RouteType:
-		return s.routes.names(&s.shared.names)
+	if set := s.referenced(typeURL); set != nil {
+		return set.names(&s.shared.names)
 	}
 	return nil
 }
 
+// referenced is the set of EDS or RDS names the sidecar's clusters or
+// listeners reference (nil for other types); s.mu held.
+func (s *sidecar) referenced(typeURL string) *nameSet {
+	switch typeURL {
+	case resourcev3.EndpointType:
+		return &s.clusters
+	case resourcev3.RouteType:
+		return &s.routes
+	}
+	return nil
+}
+
+// resubscribe returns the EDS or RDS names to subscribe to and those to
+// unsubscribe from, given those subscribed to (which it updates): a delta
+// stream's subscriptions follow what the clusters and listeners reference,
+// as Envoy's do.
+func (s *sidecar) resubscribe(typeURL string, subscribed *nameSet) (add, drop []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := s.referenced(typeURL)
+	add = want.minus(*subscribed).names(&s.shared.names)
+	drop = subscribed.minus(*want).names(&s.shared.names)
+	*subscribed = slices.Clone(*want)
+	return add, drop
+}
+
 func newSidecar(node string, delta bool, conn *grpc.ClientConn, sh *shared) *sidecar {
-	return &sidecar{node: node, delta: delta, conn: conn, shared: sh, secrets: map[string]bool{}, complete: make(chan struct{}),
+	return &sidecar{node: node, delta: delta, conn: conn, shared: sh, secrets: map[string]bool{}, listeners: map[int][]int{}, complete: make(chan struct{}),
 		ended: make(chan struct{})}
 }
 
@@ -287,12 +368,6 @@ func (t *nameTable) id(name string) int {
 	return len(t.all) - 1
 }
 
-func (t *nameTable) name(i int) string {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	return t.all[i]
-}
-
 // nameSet is a set of interned names, a bit each.
 type nameSet []uint64
 
@@ -301,6 +376,29 @@ func (s *nameSet) add(i int) {
 		*s = append(*s, 0)
 	}
 	(*s)[i/64] |= 1 << (i % 64)
+}
+
+func (s nameSet) remove(i int) {
+	if i/64 < len(s) {
+		s[i/64] &^= 1 << (i % 64)
+	}
+}
+
+// minus returns the names of s that o has not.
+func (s nameSet) minus(o nameSet) nameSet {
+	out := slices.Clone(s)
+	for i := range min(len(out), len(o)) {
+		out[i] &^= o[i]
+	}
+	return out
+}
+
+func (s nameSet) count() int {
+	n := 0
+	for _, w := range s {
+		n += bits.OnesCount64(w)
+	}
+	return n
 }
 
 func (s nameSet) has(i int) bool { return i/64 < len(s) && s[i/64]&(1<<(i%64)) != 0 }
@@ -327,13 +425,17 @@ func (s nameSet) subsetOf(o nameSet) bool {
 	return true
 }
 
+// names returns the set's names, looked up under one read lock (a SotW
+// ACK names every endpoint set).
 func (s nameSet) names(names *nameTable) []string {
-	var out []string
+	out := make([]string, 0, s.count())
+	names.mu.RLock()
+	defer names.mu.RUnlock()
 	for i, w := range s {
-		for b := range 64 {
-			if w&(1<<b) != 0 {
-				out = append(out, names.name(i*64+b))
-			}
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			out = append(out, names.all[i*64+b])
+			w &^= 1 << b
 		}
 	}
 	return out
