@@ -38,10 +38,12 @@ type sharedLists struct {
 }
 
 // sharedList is a canonical list: a weak pointer to its first name and its
-// length.
+// length, and one to the encoding of its run of fields once a SotW request
+// gave it (see shareRun).
 type sharedList struct {
 	first weak.Pointer[string]
 	n     int
+	run   weak.Pointer[[]byte]
 }
 
 // lists is the process's table: streams of every server share it, as
@@ -56,21 +58,45 @@ func newSharedLists() *sharedLists {
 // caller must not write afterwards), making a copy of names canonical if
 // there is none.
 func (l *sharedLists) share(names []string) []string {
+	canon, _ := l.shareRun(names, nil)
+	return canon
+}
+
+// shareRun is share for names a SotW request held as one run of fields
+// (see decodeSotwRun), run (if not nil) the run's bytes. It also returns
+// the shared copy of those bytes that goes with the canonical list (nil
+// for a list too short to share): the encoding of a list as such a run is
+// the only one there is (a one-byte tag and length before each name), so
+// every stream holding the list shares one, and a request whose run is the
+// same bytes names exactly the list's names.
+func (l *sharedLists) shareRun(names []string, run []byte) ([]string, *[]byte) {
 	if len(names) < minShared {
-		return names
+		return names, nil
 	}
 	key := l.hash(names)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if canon := l.byHash[key].names(); canon != nil && slices.Equal(canon, names) {
-		return canon
+	e := l.byHash[key]
+	canon := e.names()
+	if canon == nil || !slices.Equal(canon, names) {
+		canon = slices.Clone(names) // without protobuf's spare capacity
+		e = sharedList{first: weak.Make(&canon[0]), n: len(canon)}
+		l.byHash[key] = e
+		if len(l.byHash) > 2*l.swept+64 {
+			l.sweepLocked()
+		}
 	}
-	canon := slices.Clone(names) // without protobuf's spare capacity
-	l.byHash[key] = sharedList{first: weak.Make(&canon[0]), n: len(canon)}
-	if len(l.byHash) > 2*l.swept+64 {
-		l.sweepLocked()
+	if run == nil {
+		return canon, nil
 	}
-	return canon
+	if p := e.run.Value(); p != nil {
+		return canon, p
+	}
+	p := new([]byte)
+	*p = slices.Clone(run)
+	e.run = weak.Make(p)
+	l.byHash[key] = e
+	return canon, p
 }
 
 // hash is the table's key of a list.

@@ -1,14 +1,18 @@
 package xds
 
 import (
+	"bytes"
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/xds/resource"
 )
 
 // nameList is n names, each its own string (as decoded from a request).
@@ -110,5 +114,24 @@ func TestSotwStreamsShareNames(t *testing.T) {
 	}
 	if !slices.Equal(r2.ResourceNames, nameList("outbound|80|shared-svc", 200)) {
 		t.Error("the shared list does not have the request's names")
+	}
+	// And one encoding of the names, which an ACK is compared with.
+	slot := resource.Order(resourcev3.EndpointType)
+	if run1, run2 := prev1.runs[slot], prev2.runs[slot]; run1 == nil || run1 != run2 || !bytes.Contains(wire, *run1) {
+		t.Errorf("the streams hold runs %p and %p, not one shared encoding of the names", run1, run2)
+	}
+	// An ACK naming one resource differently (the same length) is not the list.
+	other := nameList("outbound|80|shared-svc", 200)
+	other[100] = strings.Replace(other[100], "shared", "sharex", 1)
+	changed, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r3 := &discoveryv3.DiscoveryRequest{}
+	if err := decodeSotwRequest(changed, sotwRequest{req: r3, prev: &prev1}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(r3.ResourceNames, other) || prev1.runs[slot] == prev2.runs[slot] {
+		t.Error("a changed name was taken for the stream's previous one")
 	}
 }

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"errors"
 	"sync/atomic"
 	"unicode/utf8"
@@ -22,7 +23,12 @@ import (
 // of a type name the same resources in the same order, so each name is
 // compared with the one at its place in the previous request and takes
 // that string (and a request naming exactly the same takes the previous
-// slice): an ACK allocates nothing for its names. A name not found there is
+// slice): an ACK allocates nothing for its names. Where the names came as
+// one run of short fields, as every client sends them, the stream also
+// holds that run's bytes (one copy for every stream naming the same list,
+// see lists.go), and an ACK whose run is the same bytes is known to name
+// the same without a comparison per name (4 us instead of 9 for 1,000
+// names). A name not found there is
 // checked as protobuf checks it (valid UTF-8) and takes its canonical copy
 // (unique.Make), which thousands of proxies naming the same resources
 // share; the collector drops canonical copies no one holds, so a client
@@ -40,7 +46,14 @@ type sotwRequest struct {
 // meshd does not serve is decoded without them, so a client inventing type
 // URLs makes the stream hold nothing more). Used by the stream's one
 // receiving goroutine.
-type prevNames [resource.NumTypes][]string
+type prevNames struct {
+	names [resource.NumTypes][]string
+	// runs are, where known, the encodings of names' run of fields as
+	// decodeSotwRun reads them (shared by every stream holding the same
+	// list; see sharedLists.shareRun): an ACK whose run is these bytes
+	// names exactly names, which one comparison of the bytes tells.
+	runs [resource.NumTypes]*[]byte
+}
 
 const (
 	requestResourceNames = 3 // DiscoveryRequest.resource_names
@@ -83,7 +96,7 @@ func decodeSotwRequest(b []byte, r sotwRequest) error {
 	}) != nil {
 		return proto.Unmarshal(b, r.req)
 	}
-	return r.finish(rest, slot, &names)
+	return r.finish(rest, slot, &names, nil)
 }
 
 // prevOf is the place of the type named typeURL and the stream's previous
@@ -91,25 +104,36 @@ func decodeSotwRequest(b []byte, r sotwRequest) error {
 func (r sotwRequest) prevOf(typeURL []byte) (slot int, prev []string) {
 	slot = resource.Order(string(typeURL))
 	if slot < resource.NumTypes {
-		prev = r.prev[slot]
+		prev = r.prev.names[slot]
 	}
 	return slot, prev
 }
 
 // finish decodes rest (the request but its names) into r.req, gives it
 // names' result (shared with every stream naming the same when new) and
-// keeps that as the type's previous names.
-func (r sotwRequest) finish(rest []byte, slot int, names *namesOf) error {
+// keeps that as the type's previous names, with run, the encoding of the
+// names' run of fields if decodeSotwRun read them (nil otherwise).
+func (r sotwRequest) finish(rest []byte, slot int, names *namesOf, run []byte) error {
 	if err := proto.Unmarshal(rest, r.req); err != nil {
 		return err
 	}
 	r.req.ResourceNames = names.result()
-	if names.fresh() {
-		r.req.ResourceNames = lists.share(r.req.ResourceNames)
+	if slot >= resource.NumTypes {
+		if names.fresh() {
+			r.req.ResourceNames = lists.share(r.req.ResourceNames)
+		}
+		return nil
 	}
-	if slot < resource.NumTypes {
-		r.prev[slot] = r.req.ResourceNames
+	switch {
+	case run == nil:
+		if names.fresh() {
+			r.req.ResourceNames = lists.share(r.req.ResourceNames)
+		}
+		r.prev.runs[slot] = nil
+	case names.fresh() || r.prev.runs[slot] == nil:
+		r.req.ResourceNames, r.prev.runs[slot] = lists.shareRun(r.req.ResourceNames, run)
 	}
+	r.prev.names[slot] = r.req.ResourceNames
 	return nil
 }
 
@@ -158,6 +182,16 @@ func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
 	}
 	slot, prev := r.prevOf(typeURL)
 	names := namesOf{prev: prev, count: count}
+	var run []byte
+	if start >= 0 {
+		run = b[start:end]
+	}
+	if slot < resource.NumTypes && count == len(prev) {
+		if known := r.prev.runs[slot]; known != nil && bytes.Equal(run, *known) {
+			// The previous request's names, in the same encoding: an ACK.
+			return true, r.finish(rest, slot, &names, run)
+		}
+	}
 	for i := start; i < end; {
 		v := b[i+2 : i+2+int(b[i+1])]
 		i += 2 + len(v)
@@ -169,7 +203,7 @@ func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
 			return false, nil // not UTF-8: protobuf's error
 		}
 	}
-	return true, r.finish(rest, slot, &names)
+	return true, r.finish(rest, slot, &names, run)
 }
 
 // errStop is eachField's error when its function stopped it.

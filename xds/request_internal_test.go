@@ -102,11 +102,22 @@ func TestSotwRequestIsProtobuf(t *testing.T) {
 		strings.Repeat("n", 127), strings.Repeat("l", 128), strings.Repeat("x", 300)} // one- and two-byte lengths
 	var prev prevNames
 	var fails, ok int
+	last := map[string][]string{} // by type: the last request's names
 	for i := range 20000 {
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: types[rng.IntN(len(types))], VersionInfo: fmt.Sprint(rng.IntN(3)), ResponseNonce: fmt.Sprint(i)}
-		for range rng.IntN(6) {
-			req.ResourceNames = append(req.ResourceNames, pool[rng.IntN(len(pool))])
+		switch rng.IntN(3) {
+		case 0: // an ACK: the type's last names again
+			req.ResourceNames = last[req.TypeUrl]
+		case 1: // a few names
+			for range rng.IntN(6) {
+				req.ResourceNames = append(req.ResourceNames, pool[rng.IntN(len(pool))])
+			}
+		case 2: // enough to be shared with other streams (minShared)
+			for range minShared + rng.IntN(4) {
+				req.ResourceNames = append(req.ResourceNames, pool[rng.IntN(len(pool))])
+			}
 		}
+		last[req.TypeUrl] = req.ResourceNames
 		if rng.IntN(4) == 0 {
 			req.Node = &corev3.Node{Id: "n", Cluster: "c"}
 		}
@@ -186,7 +197,7 @@ func TestCodecDecodesSotwRequests(t *testing.T) {
 	if !proto.Equal(got, req) {
 		t.Fatalf("decoded %v, want %v", got, req)
 	}
-	if slot := prev[resource.Order(resourcev3.EndpointType)]; len(slot) != 2 || &slot[0] != &got.ResourceNames[0] {
+	if slot := prev.names[resource.Order(resourcev3.EndpointType)]; len(slot) != 2 || &slot[0] != &got.ResourceNames[0] {
 		t.Fatalf("the stream's previous names are %q, not the request's", slot)
 	}
 }
