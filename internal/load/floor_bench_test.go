@@ -374,38 +374,26 @@ func floorSotwResponse(size int, nonce string) (raw, error) {
 // wireRequest is what the floor server reads of a request: its nonce, and
 // how many names it holds. The names are walked, not copied.
 type wireRequest struct {
+	delta bool // a DeltaDiscoveryRequest (else a DiscoveryRequest)
 	nonce string
 	names int
 }
 
 func (r *wireRequest) decode(b []byte) error {
-	*r = wireRequest{}
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ != protowire.BytesType {
-			if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
-				return protowire.ParseError(n)
-			}
-			b = b[n:]
-			continue
-		}
-		v, n := protowire.ConsumeBytes(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
+	r.nonce, r.names = "", 0
+	nonceField := protowire.Number(5) // response_nonce
+	if r.delta {
+		nonceField = 6
+	}
+	return load.EachBytesField(b, func(num protowire.Number, v []byte) error {
 		switch num {
-		case 3: // resource_names (the same number in both requests)
+		case 3: // resource_names, resource_names_subscribe
 			r.names++
-		case 5: // response_nonce
+		case nonceField:
 			r.nonce = string(v)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // raw is an encoded message, sent as it is.
@@ -483,17 +471,17 @@ type floorServer struct {
 }
 
 func (fs *floorServer) DeltaAggregatedResources(stream grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	return fs.serve(stream, fs.full, fs.rounds)
+	return fs.serve(stream, true, fs.full, fs.rounds)
 }
 
 func (fs *floorServer) StreamAggregatedResources(stream grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	return fs.serve(stream, fs.sotwFull, fs.sotwRounds)
+	return fs.serve(stream, false, fs.sotwFull, fs.sotwRounds)
 }
 
 // serve answers the stream's first request with full, and each ACK with
 // the next round's response once it starts.
-func (fs *floorServer) serve(stream grpc.ServerStream, full raw, rounds *rounds) error {
-	req := new(wireRequest)
+func (fs *floorServer) serve(stream grpc.ServerStream, delta bool, full raw, rounds *rounds) error {
+	req := &wireRequest{delta: delta}
 	if err := stream.RecvMsg(req); err != nil {
 		return err
 	}

@@ -111,7 +111,7 @@ func (wireCodec) Unmarshal(data mem.BufferSlice, v any) error {
 func decodeResponse(b []byte, delta bool, r *Response) error {
 	*r = Response{Resources: r.Resources[:0], Removed: r.Removed[:0], Size: len(b)}
 	var anyTypes [][]byte // each resource's type URL, checked at the end
-	err := walk(b, func(num protowire.Number, v []byte) error {
+	err := EachBytesField(b, func(num protowire.Number, v []byte) error {
 		switch {
 		case num == 2 && !delta: // resources (Any)
 			t, val, err := readAny(v)
@@ -122,7 +122,7 @@ func decodeResponse(b []byte, delta bool, r *Response) error {
 		case num == 2: // resources (Resource); its resource (Any) is field 2
 			var t, val []byte
 			found := false
-			if err := walk(v, func(num protowire.Number, v []byte) error {
+			if err := EachBytesField(v, func(num protowire.Number, v []byte) error {
 				if num != 2 {
 					return nil
 				}
@@ -162,7 +162,7 @@ func decodeResponse(b []byte, delta bool, r *Response) error {
 // readAny returns a google.protobuf.Any's type URL and value.
 func readAny(b []byte) (typeURL, value []byte, err error) {
 	value = []byte{} // an empty value is a resource all the same
-	err = walk(b, func(num protowire.Number, v []byte) error {
+	err = EachBytesField(b, func(num protowire.Number, v []byte) error {
 		switch num {
 		case 1:
 			typeURL = v
@@ -174,9 +174,11 @@ func readAny(b []byte) (typeURL, value []byte, err error) {
 	return typeURL, value, err
 }
 
-// walk calls f with each length-delimited field of b (the only kind the
-// fields read here are), skipping the others.
-func walk(b []byte, f func(num protowire.Number, v []byte) error) error {
+// EachBytesField calls f with the number and value of each
+// length-delimited field of b (the kind every field read here is, strings
+// and messages), skipping the others, and stops at f's first error or at
+// bytes that are not protobuf.
+func EachBytesField(b []byte, f func(num protowire.Number, v []byte) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
