@@ -392,3 +392,28 @@ func BenchmarkDeltaSubscribeDecode(b *testing.B) {
 		}
 	})
 }
+
+// FuzzSotwRequestSequence decodes two requests in turn on one stream (the
+// second against the first's names, as an ACK is) and each must decode as
+// protobuf decodes it, whatever the bytes.
+func FuzzSotwRequestSequence(f *testing.F) {
+	names := nameList("outbound|80|fuzz-svc", minShared+2)
+	for _, second := range [][]string{names, append(slices.Clone(names[:5]), "outbound|80|fuzz-svx|5"), nil} {
+		first, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: names})
+		if err != nil {
+			f.Fatal(err)
+		}
+		ack, err := proto.Marshal(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: second, VersionInfo: "v1", ResponseNonce: "1"})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(first, ack)
+	}
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		var prev prevNames
+		for i, b := range [][]byte{first, second, first} {
+			got := &discoveryv3.DiscoveryRequest{}
+			decodesAsProtobuf(t, i, b, got, func() error { return decodeSotwRequest(b, sotwRequest{req: got, prev: &prev}) })
+		}
+	})
+}
