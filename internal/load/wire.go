@@ -18,7 +18,7 @@ import (
 // DeltaDiscoveryResponse, read off the wire without protobuf's decoder:
 // the load tool shares the machine with the meshd it measures, and
 // decoding every response into messages (an Any, a type URL string and a
-// copy of each resource, then proto.Size of it all) was about a third of
+// copy of each resource, then proto.Size of it all) was about 30% of
 // its CPU. What the fleet needs of a resource it decodes once for every
 // sidecar (see shared.decode).
 type Response struct {
