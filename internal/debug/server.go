@@ -84,14 +84,7 @@ func Handler(cfg Config) http.Handler {
 		cfg.Clock = clock.RealClock{}
 	}
 	s := &server{cfg: cfg}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", s.readyz)
-	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
-	if cfg.Authorize != nil {
-		metrics = s.auth(metrics)
-	}
-	mux.Handle("GET /metrics", metrics)
+	mux := s.healthMux()
 	mux.Handle("GET /debug/proxies", s.auth(http.HandlerFunc(s.proxies)))
 	mux.Handle("GET /debug/config_dump", s.auth(http.HandlerFunc(s.configDump)))
 	mux.Handle("GET /debug/certs", s.auth(http.HandlerFunc(s.certs)))
@@ -110,12 +103,17 @@ func HealthHandler(cfg Config) http.Handler {
 	if cfg.Gatherer == nil {
 		cfg.Gatherer = prometheus.NewRegistry()
 	}
-	s := &server{cfg: cfg}
+	return (&server{cfg: cfg}).healthMux()
+}
+
+// healthMux is a mux serving /healthz, /readyz and /metrics (the latter
+// behind Authorize when it is set).
+func (s *server) healthMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	metrics := promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{})
-	if cfg.Authorize != nil {
+	metrics := promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{})
+	if s.cfg.Authorize != nil {
 		metrics = s.auth(metrics)
 	}
 	mux.Handle("GET /metrics", metrics)
