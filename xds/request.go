@@ -139,10 +139,11 @@ const namesTag = requestResourceNames<<3 | byte(protowire.BytesType)
 // decodeSotwRun is decodeSotwRequest for the request every client sends:
 // its names one run of fields, each with a one-byte tag and length (names
 // under 128 bytes), the other fields before or after them. It walks the
-// run without a call per name, twice (to count the names, then to read
-// them against the type's previous ones), as a comparison of the bytes at
-// hand. ok is false, with nothing decoded, for any other request, which
-// decodeSotwRequest reads field by field.
+// run without a call per name to count the names, then compares the whole
+// run with the previous request's (prevNames.runs) or, when that differs
+// or is not known, reads the names against the type's previous ones, as a
+// comparison of the bytes at hand. ok is false, with nothing decoded, for
+// any other request, which decodeSotwRequest reads field by field.
 func decodeSotwRun(b []byte, r sotwRequest) (ok bool, err error) {
 	var rest, typeURL []byte
 	start, end, count := -1, -1, 0
