@@ -1,8 +1,10 @@
 // Package k8s watches Kubernetes (Services, EndpointSlices, Pods,
 // Namespaces) with client-go informers and hands the current state to the
-// next stage in batches: a change starts a hold-off timer, further changes
-// restart it, and a maximum delay bounds how long a stream of changes can
-// postpone a rebuild. Nothing is handed on before the informers have synced.
+// next stage in batches: a change after a quiet spell is handed on at once;
+// one that follows another within the hold-off starts a hold-off timer,
+// further changes restart it, and a maximum delay bounds how long a stream
+// of changes can postpone a rebuild. Nothing is handed on before the
+// informers have synced.
 //
 // Where it sits in the pipeline: first. It feeds model building; it knows
 // nothing about Envoy.
@@ -42,11 +44,18 @@ func (b *Batcher) Notify() {
 	}
 }
 
-// Run calls fn once per batch until ctx ends: HoldOff after the last change,
-// or MaxDelay after the first change of the batch, whichever comes first.
-// fn gets the time the batch's first change was noticed (the start of the
-// convergence meshd measures).
+// Run calls fn once per batch until ctx ends. A change that comes after
+// a quiet spell (nothing handed on for the hold-off) is a batch of its own,
+// handed on at once: an isolated change, such as a pod turning unready, is
+// not delayed. A change that follows a batch within the hold-off starts a
+// batch that ends HoldOff after its last change, or MaxDelay after its
+// first, whichever comes first: a burst of changes costs two rebuilds (its
+// first change, then the rest together) instead of one per change. This is
+// kube-proxy's bounded-frequency runner's shape: at once when idle,
+// batched when busy. fn gets the time the batch's first change was
+// noticed (the start of the convergence meshd measures).
 func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first time.Time)) {
+	var done time.Time // when fn last returned
 	for {
 		select {
 		case <-ctx.Done():
@@ -54,6 +63,11 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 		case <-b.notify:
 		}
 		first := b.clock.Now()
+		if done.IsZero() || first.Sub(done) >= b.holdOff {
+			fn(ctx, first)
+			done = b.clock.Now()
+			continue
+		}
 		deadline := first.Add(b.maxDelay)
 		quiet := b.clock.NewTimer(b.holdOff)
 	batch:
@@ -74,5 +88,6 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 			}
 		}
 		fn(ctx, first)
+		done = b.clock.Now()
 	}
 }

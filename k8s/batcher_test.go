@@ -45,7 +45,12 @@ func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
 	defer cancel()
 	go b.Run(ctx, func(context.Context, time.Time) { calls <- fc.Now() })
 
-	// One change: fn runs after the hold-off, not before.
+	// The first change: at once, nothing to batch it with.
+	b.Notify()
+	expectCalls(t, calls, 1)
+
+	// One right after: fn runs after the hold-off, not before.
+	fc.Step(10 * time.Millisecond)
 	b.Notify()
 	waitWaiters(t, fc)
 	fc.Step(90 * time.Millisecond)
@@ -73,19 +78,31 @@ func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
 	if d := ran.Sub(start); d > 300*time.Millisecond {
 		t.Errorf("fn ran %s after the first change, want <= max delay 300ms", d)
 	}
+
+	// After a quiet spell of the hold-off, a change goes at once again.
+	fc.Step(100 * time.Millisecond)
+	b.Notify()
+	expectCalls(t, calls, 1)
 }
 
+// TestBatcherCoalesces: a burst costs two runs, its first change and the
+// rest together, however many changes it has.
 func TestBatcherCoalesces(t *testing.T) {
 	fc := clocktesting.NewFakeClock(time.Unix(0, 0))
 	b := NewBatcher(100*time.Millisecond, time.Second, fc)
 	calls := make(chan time.Time, 10)
+	ran := make(chan struct{}, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	go b.Run(ctx, func(context.Context, time.Time) { calls <- fc.Now(); ran <- struct{}{} })
+	b.Notify()
+	<-ran
 	for range 50 {
 		b.Notify()
+		fc.Step(time.Millisecond)
 	}
-	go b.Run(ctx, func(context.Context, time.Time) { calls <- fc.Now() })
 	waitWaiters(t, fc)
+	expectCalls(t, calls, 1)
 	fc.Step(100 * time.Millisecond)
 	expectCalls(t, calls, 1)
 }

@@ -70,7 +70,8 @@ type Config struct {
 	// OnState receives the full current state after every batch of changes
 	// (and once after the initial sync). Called from one goroutine.
 	OnState func(context.Context, *State)
-	// HoldOff and MaxDelay batch changes (defaults 100ms and 1s).
+	// HoldOff and MaxDelay batch changes that follow each other (defaults
+	// 100ms and 1s; see Batcher.Run).
 	HoldOff, MaxDelay time.Duration
 	// Resync is the informers' resync period (default 0: none).
 	Resync time.Duration

@@ -166,7 +166,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.IssuerTimeout, "issuer-timeout", c.IssuerTimeout, "with --issuer-ref: how long one CertificateRequest may take before it counts as failed (then retried with backoff)")
 	fs.StringVar(&c.TrustBundle, "trust-bundle", c.TrustBundle, "with --issuer-ref: serve this bundle instead of the issuer's CA: configmap/<name>/<key> or secret/<name>/<key> in --namespace")
 	fs.StringVar(&c.PodCertificates, "pod-certificates", c.PodCertificates, "auto: when the apiserver serves PodCertificateRequest, sign them (signer meshd.io/spiffe), publish the trust bundle as a ClusterTrustBundle and give injected sidecars a podCertificate volume (key made by the kubelet) instead of a per-pod Secret for their xDS credentials; workload: auto, and sidecars use that volume for workload mTLS too (the key never leaves the node); off: per-pod Secrets")
-	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time before a rebuild after a Kubernetes change")
+	fs.DurationVar(&c.HoldOff, "hold-off", c.HoldOff, "quiet time a burst of Kubernetes changes waits for before a rebuild (a change after a quiet spell of this long goes at once)")
 	fs.DurationVar(&c.MaxDelay, "max-delay", c.MaxDelay, "longest a rebuild waits while changes keep coming")
 	l := &c.XDSLimits
 	fs.IntVar(&l.StreamsPerIdentity, "xds-streams-per-identity", l.StreamsPerIdentity, "open xDS streams one proxy identity may hold across its connections (more: ResourceExhausted)")
