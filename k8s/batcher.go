@@ -45,17 +45,17 @@ func (b *Batcher) Notify() {
 }
 
 // Run calls fn once per batch until ctx ends. A change that comes after
-// a quiet spell (nothing handed on for the hold-off) is a batch of its own,
-// handed on at once: an isolated change, such as a pod turning unready, is
-// not delayed. A change that follows a batch within the hold-off starts a
-// batch that ends HoldOff after its last change, or MaxDelay after its
-// first, whichever comes first: a burst of changes costs two rebuilds (its
-// first change, then the rest together) instead of one per change. This is
+// a quiet spell (no change for the hold-off) is a batch of its own, handed
+// on at once: an isolated change, such as a pod turning unready, is not
+// delayed. A change within the hold-off of the one before starts a batch
+// that ends HoldOff after its last change, or MaxDelay after its first,
+// whichever comes first: a burst costs two rebuilds (its first change,
+// then the rest together), a steady stream one per MaxDelay. This is
 // kube-proxy's bounded-frequency runner's shape: at once when idle,
 // batched when busy. fn gets the time the batch's first change was
 // noticed (the start of the convergence meshd measures).
 func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first time.Time)) {
-	var done time.Time // when fn last returned
+	var last time.Time // when the last change was noticed
 	for {
 		select {
 		case <-ctx.Done():
@@ -63,9 +63,10 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 		case <-b.notify:
 		}
 		first := b.clock.Now()
-		if done.IsZero() || first.Sub(done) >= b.holdOff {
+		quietSpell := last.IsZero() || first.Sub(last) >= b.holdOff
+		last = first
+		if quietSpell {
 			fn(ctx, first)
-			done = b.clock.Now()
 			continue
 		}
 		deadline := first.Add(b.maxDelay)
@@ -78,7 +79,8 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 				return
 			case <-b.notify:
 				quiet.Stop()
-				wait := min(b.holdOff, deadline.Sub(b.clock.Now()))
+				last = b.clock.Now()
+				wait := min(b.holdOff, deadline.Sub(last))
 				if wait <= 0 {
 					break batch
 				}
@@ -88,6 +90,5 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 			}
 		}
 		fn(ctx, first)
-		done = b.clock.Now()
 	}
 }

@@ -58,7 +58,11 @@ func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
 	fc.Step(10 * time.Millisecond)
 	expectCalls(t, calls, 1)
 
-	// A steady stream of changes every 50ms: the max delay forces a run.
+	// A steady stream of changes every 50ms: its first at once (the last
+	// change was 100ms ago), then the max delay forces a run.
+	b.Notify()
+	expectCalls(t, calls, 1)
+	fc.Step(50 * time.Millisecond)
 	start := fc.Now()
 	b.Notify()
 	waitWaiters(t, fc)
