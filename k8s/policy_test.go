@@ -2,17 +2,21 @@ package k8s_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	clienttesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/yaml"
 
@@ -203,5 +207,65 @@ func TestPolicyStatus(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if after := len(client.Actions()); after != before {
 		t.Errorf("%d writes for unchanged statuses", after-before)
+	}
+}
+
+// A status write that conflicts (another writer's status came first) is
+// made again on the object as it now is, when its generation is the one
+// the verdict was for; not when the spec moved on.
+func TestPolicyStatusConflict(t *testing.T) {
+	gvr := schema.GroupVersionResource{Group: "meshd.io", Version: "v1alpha1", Resource: "authorizationpolicies"}
+	for _, tc := range []struct {
+		name     string
+		gen      int64 // the generation the other writer leaves
+		rewrites bool
+	}{{"same spec", 3, true}, {"spec moved on", 4, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			pol := policyObject(t, "  selector: {}\n  action: DENY\n  rules: [{}]\n")
+			pol.SetName("good")
+			pol.SetGeneration(3)
+			client := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{gvr: "AuthorizationPolicyList"}, pol)
+			// The first status write conflicts: someone else wrote a status
+			// (and, in the second case, a new spec) in between.
+			var conflicted atomic.Bool
+			client.PrependReactor("update", "authorizationpolicies", func(a clienttesting.Action) (bool, runtime.Object, error) {
+				if a.GetSubresource() != "status" || !conflicted.CompareAndSwap(false, true) {
+					return false, nil, nil
+				}
+				other := pol.DeepCopy()
+				other.SetGeneration(tc.gen)
+				other.Object["status"] = map[string]any{"workloads": int64(7), "conditions": []any{map[string]any{"type": "Accepted", "status": "Unknown"}}}
+				if err := client.Tracker().Update(gvr, other, "shop"); err != nil {
+					t.Error(err)
+				}
+				return true, nil, apierrors.NewConflict(gvr.GroupResource(), "good", errors.New("the object has been modified"))
+			})
+			s := k8s.NewPolicyStatus(client, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go s.Start(ctx)
+			snap := &model.Snapshot{Workloads: []*model.Workload{{Name: "web-0", Namespace: "shop", Policies: []*model.Policy{{Namespace: "shop", Name: "good"}}}}}
+			s.Update([]*unstructured.Unstructured{pol}, snap, nil)
+			want := int64(7)
+			if tc.rewrites {
+				want = 1
+			}
+			var n int64
+			for range 100 {
+				u, err := client.Resource(gvr).Namespace("shop").Get(ctx, "good", metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n, _, _ = unstructured.NestedInt64(u.Object, "status", "workloads"); conflicted.Load() && n == want {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond) // and nothing written after
+			u, _ := client.Resource(gvr).Namespace("shop").Get(ctx, "good", metav1.GetOptions{})
+			if n, _, _ = unstructured.NestedInt64(u.Object, "status", "workloads"); !conflicted.Load() || n != want {
+				t.Errorf("conflicted %v, status.workloads %d, want %d", conflicted.Load(), n, want)
+			}
+		})
 	}
 }

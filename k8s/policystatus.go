@@ -134,7 +134,11 @@ func (s *PolicyStatus) transition(u *unstructured.Unstructured, want metav1.Cond
 }
 
 // Start writes queued statuses until ctx ends. A write that fails is
-// logged and dropped: the next change of the object brings it back.
+// logged and dropped: the next change of the object's spec brings it back.
+// A write that conflicts with another (the object changed since it was
+// listed) is made again on the object as it now is when its spec is the
+// same (its generation): a write of the status alone, another replica's or
+// anyone's, is no change meshd rebuilds for (see policyNotifier).
 func (s *PolicyStatus) Start(ctx context.Context) error {
 	for {
 		select {
@@ -147,10 +151,48 @@ func (s *PolicyStatus) Start(ctx context.Context) error {
 		s.pending = map[string]*unstructured.Unstructured{}
 		s.mu.Unlock()
 		for key, u := range batch {
-			_, err := s.client.Resource(PolicyResource).Namespace(u.GetNamespace()).UpdateStatus(ctx, u, metav1.UpdateOptions{FieldManager: "meshd"})
+			err := s.write(ctx, u)
+			if apierrors.IsConflict(err) {
+				err = s.writeAgain(ctx, u)
+			}
 			if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) && ctx.Err() == nil {
 				s.log.Warn("k8s: policy status not written", "policy", key, "error", err)
 			}
 		}
 	}
+}
+
+func (s *PolicyStatus) write(ctx context.Context, u *unstructured.Unstructured) error {
+	_, err := s.client.Resource(PolicyResource).Namespace(u.GetNamespace()).UpdateStatus(ctx, u, metav1.UpdateOptions{FieldManager: "meshd"})
+	return err
+}
+
+// writeAgain writes u's status on the policy as the apiserver now has it,
+// if that is the generation u's status was worked out for and its status
+// differs (a later spec brings its own status through a batch).
+func (s *PolicyStatus) writeAgain(ctx context.Context, u *unstructured.Unstructured) error {
+	now, err := s.client.Resource(PolicyResource).Namespace(u.GetNamespace()).Get(ctx, u.GetName(), metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if now.GetGeneration() != u.GetGeneration() || sameVerdict(now, u) {
+		return nil
+	}
+	now.Object["status"] = u.Object["status"]
+	return s.write(ctx, now)
+}
+
+// sameVerdict reports whether two policies' statuses say the same, their
+// transition times aside (two replicas may each have set theirs).
+func sameVerdict(a, b *unstructured.Unstructured) bool {
+	conds, _, _ := unstructured.NestedSlice(b.Object, "status", "conditions")
+	n, _, _ := unstructured.NestedInt64(b.Object, "status", "workloads")
+	if len(conds) != 1 {
+		return false
+	}
+	c, _ := conds[0].(map[string]any)
+	gen, _, _ := unstructured.NestedInt64(c, "observedGeneration")
+	str := func(k string) string { v, _ := c[k].(string); return v }
+	want := metav1.Condition{Type: str("type"), Status: metav1.ConditionStatus(str("status")), Reason: str("reason"), Message: str("message"), ObservedGeneration: gen}
+	return sameStatus(a, want, int(n))
 }

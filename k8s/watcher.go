@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -121,7 +122,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	slices := factory.Discovery().V1().EndpointSlices()
 	pods := factory.Core().V1().Pods()
 	nss := factory.Core().V1().Namespaces()
-	handler := notifier(w.batcher.Notify)
+	handler := policyNotifier(w.batcher.Notify)
 	var (
 		svcList   kept[*corev1.Service]
 		sliceList kept[*discoveryv1.EndpointSlice]
@@ -196,13 +197,34 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// notifier is an informer event handler calling f on every event.
-func notifier(f func()) cache.ResourceEventHandler {
+// policyNotifier is the policies' informer event handler: it calls f on
+// every event but an update that leaves the spec as it was (meshd reads
+// nothing else of a policy but its name): meshd's own status writes would
+// otherwise count as changes, and an edit following one within the
+// hold-off would wait for a batch.
+func policyNotifier(f func()) cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { f() },
-		UpdateFunc: func(any, any) { f() },
+		AddFunc: func(any) { f() },
+		UpdateFunc: func(was, is any) {
+			if sameSpec(was, is) {
+				return
+			}
+			f()
+		},
 		DeleteFunc: func(any) { f() },
 	}
+}
+
+// sameSpec reports whether two versions of a policy have equal specs.
+func sameSpec(was, is any) bool {
+	a, ok := was.(*unstructured.Unstructured)
+	b, ok2 := is.(*unstructured.Unstructured)
+	if !ok || !ok2 {
+		return false
+	}
+	sa, hasA := a.Object["spec"]
+	sb, hasB := b.Object["spec"]
+	return hasA == hasB && equality.Semantic.DeepEqual(sa, sb)
 }
 
 // startSource hands on the Source's state after each batch of its changes.

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
@@ -145,4 +146,34 @@ func TestPoliciesWatchedOnceTheirCRDIsInstalled(t *testing.T) {
 	waitState(ctx, t, states, func(s *State) bool { return len(s.Pods) == 1 && len(s.Policies) == 0 })
 	installed.Store(true)
 	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 1 })
+}
+
+// TestPolicyNotifier: a policy's status write (meshd's own) is not a
+// change; an edit of its spec, an add and a delete are.
+func TestPolicyNotifier(t *testing.T) {
+	n := 0
+	h := policyNotifier(func() { n++ })
+	pol := func(action, status string) *unstructured.Unstructured {
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": "AuthorizationPolicy",
+			"metadata": map[string]any{"name": "p", "namespace": "ns", "generation": int64(1)},
+			"spec":     map[string]any{"action": action, "rules": []any{map[string]any{}}}}}
+		if status != "" {
+			u.Object["status"] = map[string]any{"workloads": int64(1), "conditions": []any{map[string]any{"type": status}}}
+		}
+		return u
+	}
+	h.OnAdd(pol("ALLOW", ""), false)
+	h.OnUpdate(pol("ALLOW", ""), pol("ALLOW", "Accepted"))
+	if n != 1 {
+		t.Fatalf("after an add and a status write: %d notifications, want 1", n)
+	}
+	h.OnUpdate(pol("ALLOW", "Accepted"), pol("DENY", "Accepted"))
+	noSpec := pol("DENY", "Accepted")
+	delete(noSpec.Object, "spec")
+	h.OnUpdate(pol("DENY", "Accepted"), noSpec)
+	h.OnUpdate(pol("DENY", ""), "not a policy")
+	h.OnDelete(pol("DENY", "Accepted"))
+	if n != 5 {
+		t.Fatalf("after two spec edits, an update of another type and a delete: %d notifications, want 5", n)
+	}
 }
