@@ -41,8 +41,7 @@ type ProxyHooks struct {
 func (h ProxyHooks) OnConnect(ctx context.Context, p Peer) error {
 	if h.Mesh != nil {
 		if err := h.Mesh.AddProxy(ctx, p); err != nil {
-			h.Mesh.RemoveProxy(p.NodeID)
-			return err
+			return err // not added
 		}
 	}
 	add := func() error { return h.Secrets.Add(ctx, p.NodeID, p.Identity, p.Pod()) }

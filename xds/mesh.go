@@ -2,8 +2,10 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"reflect"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -67,33 +69,63 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 
 // Update publishes a new model. It returns the translation's problems
 // (addresses claimed twice); each is logged once, when it first appears.
+// A model the translator fails on (a panic: a meshd bug met on some input)
+// is not published: the configuration published before stays, and Update
+// returns the error with its stack (see translated).
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	shared, problems := m.tr.Shared(snap)
-	for _, p := range problems {
-		if !slices.Contains(m.problems, p) {
-			m.log.Warn("xds: translation problem", "problem", p.String())
-		}
-	}
-	m.snap, m.problems = snap, problems
+	var shared resource.Resources
+	var problems []model.Problem
 	own := make(map[string]resource.Resources, len(m.proxies))
 	scopes, scopeOf := map[string]resource.Resources{}, make(map[string]string, len(m.proxies))
-	for node, ref := range m.proxies {
-		w := snap.Workload(node) // looked up once per proxy
-		if res, changed := m.ownCached(ref.peer, w); changed {
-			own[node] = res // only proxies whose own resources moved are hashed again
-		}
-		scopeOf[node] = ""
-		if e := egress(ref.peer, w); e != nil {
-			key := e.Key()
-			if _, done := scopes[key]; !done {
-				scopes[key], _ = m.tr.Scoped(snap, e) // its problems are the mesh's, reported above
+	prev, prevProblems := m.snap, m.problems
+	err := m.translated(func() {
+		shared, problems = m.tr.Shared(snap)
+		for _, p := range problems {
+			if !slices.Contains(m.problems, p) {
+				m.log.Warn("xds: translation problem", "problem", p.String())
 			}
-			scopeOf[node] = key
 		}
+		m.snap, m.problems = snap, problems
+		for node, ref := range m.proxies {
+			w := snap.Workload(node) // looked up once per proxy
+			if res, changed := m.ownCached(ref.peer, w); changed {
+				own[node] = res // only proxies whose own resources moved are hashed again
+			}
+			scopeOf[node] = ""
+			if e := egress(ref.peer, w); e != nil {
+				key := e.Key()
+				if _, done := scopes[key]; !done {
+					scopes[key], _ = m.tr.Scoped(snap, e) // its problems are the mesh's, reported above
+				}
+				scopeOf[node] = key
+			}
+		}
+	})
+	if err != nil {
+		m.snap, m.problems = prev, prevProblems
+		return nil, err
 	}
 	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
+}
+
+// translated runs f, a translation (under mu). A panic in it is a bug of meshd's
+// met on some input (every model should translate, with its problems
+// reported): rather than crash-loop the control plane for as long as that
+// input exists (no certificate renewed, no proxy reconnected), it becomes
+// an error with its stack, and the translator and the proxies' own
+// resources start afresh (a translation cut short may have left them
+// half-updated).
+func (m *Mesh) translated(f func()) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			m.tr, m.owned = translate.Translator{}, map[string]ownEntry{}
+			err = fmt.Errorf("xds: translation failed, the configuration published before is kept (a meshd bug: please report it with this stack): %v\n%s", r, debug.Stack())
+		}
+	}()
+	f()
+	return nil
 }
 
 // egress is the proxy's outbound scope (nil: every service): its pod's
@@ -116,7 +148,8 @@ func (m *Mesh) Snapshot() *model.Snapshot {
 }
 
 // AddProxy sets a connecting proxy's own resources from the current model.
-// A second stream of the same proxy shares them.
+// A second stream of the same proxy shares them. A proxy refused, or whose
+// configuration fails, is not added (RemoveProxy is not to be called).
 func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -129,20 +162,35 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	ref.peer, ref.refs = p, ref.refs+1
 	m.proxies[p.NodeID] = ref
 	var key string
-	var scope resource.Resources
-	if e := egress(p, w); e != nil {
-		if key = e.Key(); !m.pub.HasScope(key) {
-			scope, _ = m.tr.Scoped(m.snap, e)
+	var scope, res resource.Resources
+	err := m.translated(func() {
+		if e := egress(p, w); e != nil {
+			if key = e.Key(); !m.pub.HasScope(key) {
+				scope, _ = m.tr.Scoped(m.snap, e)
+			}
 		}
+		res, _ = m.ownCached(p, w)
+	})
+	if err != nil {
+		m.log.Error("xds: proxy's configuration not translated", "proxy", p.NodeID, "error", err)
+		m.releaseLocked(p.NodeID)
+		return status.Errorf(codes.Internal, "xds: configuration for %s could not be translated (see meshd's log)", p.NodeID)
 	}
-	res, _ := m.ownCached(p, w)
-	return m.pub.SetProxyScope(ctx, p.NodeID, key, scope, res)
+	if err := m.pub.SetProxyScope(ctx, p.NodeID, key, scope, res); err != nil {
+		m.releaseLocked(p.NodeID)
+		return err
+	}
+	return nil
 }
 
 // RemoveProxy forgets a proxy's stream; the last one takes its resources.
 func (m *Mesh) RemoveProxy(nodeID string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.releaseLocked(nodeID)
+}
+
+func (m *Mesh) releaseLocked(nodeID string) {
 	ref := m.proxies[nodeID]
 	if ref.refs <= 1 {
 		delete(m.proxies, nodeID)

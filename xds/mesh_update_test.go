@@ -2,8 +2,12 @@ package xds_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -116,5 +120,80 @@ func TestEndpointChangeIsEDSOnly(t *testing.T) {
 				t.Errorf("%s: %s version moved=%v, want %v", name, typ, moved, want)
 			}
 		}
+	}
+}
+
+// TestUpdateSurvivesTranslationPanic: a model the translator panics on (a
+// nil service: no conversion makes one, it stands for a bug met on some
+// input) is refused with an error naming the panic, the configuration
+// published before stays, and the next model publishes as usual. A proxy
+// whose own resources cannot be translated is refused, not added.
+func TestUpdateSurvivesTranslationPanic(t *testing.T) {
+	pki := newTestPKI(t)
+	cert := pki.issue(webID, webNode)
+	ctx := context.Background()
+	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	pub := publish.New(cache)
+	mesh := xds.NewMesh(pub, nil)
+	if err := mesh.AddProxy(ctx, xds.Peer{NodeID: webNode, Identity: webID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.SetProxy(ctx, webNode, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
+		t.Fatal(err)
+	}
+	good := modelFrom(t, "")
+	if _, err := mesh.Update(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	version := func() string {
+		snap, err := cache.GetSnapshot(webNode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.GetVersion(resourcev3.EndpointType) + snap.GetVersion(resourcev3.ClusterType)
+	}
+	before := version()
+
+	bad := *good
+	bad.Services = append(bad.Services[:len(bad.Services):len(bad.Services)], nil)
+	_, err := mesh.Update(ctx, &bad)
+	if err == nil || !strings.Contains(err.Error(), "translation failed") || !strings.Contains(err.Error(), "nil pointer") {
+		t.Fatalf("Update of a model the translator panics on: %v", err)
+	}
+	if v := version(); v != before {
+		t.Errorf("the failed model was published: versions %s, were %s", v, before)
+	}
+	if mesh.Snapshot() != good {
+		t.Error("the mesh's model is the failed one")
+	}
+
+	next := modelFrom(t, "- addresses: [198.18.0.11]\n  targetRef: {kind: Pod, namespace: demo, name: web-1}\n")
+	if _, err := mesh.Update(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(); v == before {
+		t.Error("the model after the failed one was not published")
+	}
+
+	// A proxy whose workload cannot be translated (a nil policy): refused.
+	odd := *next
+	odd.Workloads = slices.Clone(next.Workloads)
+	for i, w := range odd.Workloads {
+		if w.Name == "web-1" {
+			c := *w
+			c.Policies = []*model.Policy{nil}
+			odd.Workloads[i] = &c
+		}
+	}
+	if _, err := mesh.Update(ctx, &odd); err != nil {
+		t.Fatal(err) // web-1 has no proxy yet: nothing of its own translated
+	}
+	web1 := xds.Peer{NodeID: "web-1.demo", Identity: webID}
+	err = mesh.AddProxy(ctx, web1)
+	if status.Code(err) != codes.Internal {
+		t.Fatalf("AddProxy of a proxy whose configuration panics: %v, want Internal", err)
+	}
+	if _, err := cache.GetSnapshot(web1.NodeID); err == nil {
+		t.Error("the refused proxy has a snapshot")
 	}
 }

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync/atomic"
 
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds"
 )
 
@@ -42,7 +45,14 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 	conv := k8s.NewConverter(cfg.TrustDomain) // converts what changed; OnState is called from one goroutine
 	return func(ctx context.Context, st *k8s.State) {
 		w.pods.Set(st.Pods)
-		snap, probs := conv.Convert(st)
+		snap, probs, err := convertSafely(conv, st)
+		if err != nil {
+			// The model published before stays; the next change converts
+			// everything afresh.
+			conv = k8s.NewConverter(cfg.TrustDomain)
+			log.Error("k8s: state not converted", "error", err)
+			return
+		}
 		// A connection made just before a renewal (at about two thirds of
 		// a certificate's life) still ends before that certificate.
 		snap.ConnectionMaxAge = cfg.CertTTL / 3
@@ -61,4 +71,19 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 		w.published.Store(true)
 		log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
 	}
+}
+
+// convertSafely is conv.Convert(st), with a panic (a meshd bug met on some
+// object: every object should convert or be reported as a problem) turned
+// into an error with its stack: the control plane keeps serving the
+// configuration it has, and renewing certificates, instead of crash-looping
+// for as long as that object exists.
+func convertSafely(conv *k8s.Converter, st *k8s.State) (snap *model.Snapshot, probs []k8s.Problem, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("conversion failed, the configuration published before is kept (a meshd bug: please report it with this stack): %v\n%s", r, debug.Stack())
+		}
+	}()
+	snap, probs = conv.Convert(st)
+	return snap, probs, nil
 }
