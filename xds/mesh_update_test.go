@@ -70,11 +70,10 @@ func modelFrom(t *testing.T, extra string) *model.Snapshot {
 	return snap
 }
 
-// TestEndpointChangeIsEDSOnly: a second endpoint (ready, then not ready) of
-// a ClusterIP service moves only the endpoints version of a connected
-// proxy; clusters, listeners and routes keep theirs, so Envoy gets an
-// EDS-only update.
-func TestEndpointChangeIsEDSOnly(t *testing.T) {
+// meshWithWeb is a Mesh publishing into a snapshot cache, with web-0's
+// proxy connected and its secrets set (no model yet).
+func meshWithWeb(t *testing.T) (*xds.Mesh, cachev3.SnapshotCache) {
+	t.Helper()
 	pki := newTestPKI(t)
 	cert := pki.issue(webID, webNode)
 	ctx := context.Background()
@@ -87,6 +86,16 @@ func TestEndpointChangeIsEDSOnly(t *testing.T) {
 	if err := pub.SetProxy(ctx, webNode, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
 		t.Fatal(err)
 	}
+	return mesh, cache
+}
+
+// TestEndpointChangeIsEDSOnly: a second endpoint (ready, then not ready) of
+// a ClusterIP service moves only the endpoints version of a connected
+// proxy; clusters, listeners and routes keep theirs, so Envoy gets an
+// EDS-only update.
+func TestEndpointChangeIsEDSOnly(t *testing.T) {
+	ctx := context.Background()
+	mesh, cache := meshWithWeb(t)
 	if _, err := cache.GetSnapshot(webNode); err == nil {
 		t.Fatal("published before the mesh config was known")
 	}
@@ -129,18 +138,8 @@ func TestEndpointChangeIsEDSOnly(t *testing.T) {
 // published before stays, and the next model publishes as usual. A proxy
 // whose own resources cannot be translated is refused, not added.
 func TestUpdateSurvivesTranslationPanic(t *testing.T) {
-	pki := newTestPKI(t)
-	cert := pki.issue(webID, webNode)
 	ctx := context.Background()
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := publish.New(cache)
-	mesh := xds.NewMesh(pub, nil)
-	if err := mesh.AddProxy(ctx, xds.Peer{NodeID: webNode, Identity: webID}); err != nil {
-		t.Fatal(err)
-	}
-	if err := pub.SetProxy(ctx, webNode, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
-		t.Fatal(err)
-	}
+	mesh, cache := meshWithWeb(t)
 	good := modelFrom(t, "")
 	if _, err := mesh.Update(ctx, good); err != nil {
 		t.Fatal(err)
