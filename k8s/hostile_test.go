@@ -1,0 +1,58 @@
+package k8s_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/meshd/meshd/k8s"
+)
+
+// TestConvertInvalidNames: pods, services and policies named as the
+// apiserver never names one (invalid UTF-8 once panicked the translation;
+// dots make keys of two objects collide) are left out, each with a
+// Problem; the objects beside them are converted.
+func TestConvertInvalidNames(t *testing.T) {
+	pod := func(ns, name, sa string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Annotations: map[string]string{k8s.AnnotationStatus: k8s.StatusInjected}},
+			Spec: corev1.PodSpec{ServiceAccountName: sa}, Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.1"}}
+	}
+	svc := func(ns, name string) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: "198.19.0.1", Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	}
+	policy := func(ns, name string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": k8s.PolicyKind,
+			"metadata": map[string]any{"name": name, "namespace": ns},
+			"spec":     map[string]any{"selector": map[string]any{}, "action": "ALLOW", "rules": []any{map[string]any{}}}}}
+	}
+	st := &k8s.State{
+		Pods:     []*corev1.Pod{pod("demo", "web-0.x", "web"), pod("demo", "a\xffb", ""), pod("demo", "api-0", "a/b"), pod("de.mo", "web-0", ""), pod("demo", strings.Repeat("x", 254), "")},
+		Services: []*corev1.Service{svc("demo", "web"), svc("demo", "a.b"), svc("demo", "9web"), svc("", "web"), svc("demo", "we\xffb")},
+		Policies: []*unstructured.Unstructured{policy("demo", "allow.all"), policy("demo", "a|b"), policy("de mo", "p")},
+	}
+	snap, problems := k8s.Convert(st, "cluster.local")
+	if len(snap.Workloads) != 1 || snap.Workloads[0].Name != "web-0.x" || len(snap.Services) != 1 || snap.Services[0].Name != "web" {
+		t.Fatalf("workloads %+v, services %+v: want only web-0.x and web", snap.Workloads, snap.Services)
+	}
+	if got := len(snap.Workloads[0].Policies); got != 1 {
+		t.Errorf("web-0.x has %d policies, want allow.all only", got)
+	}
+	var invalid []string
+	for _, p := range problems {
+		if p.Reason == "InvalidName" || p.Reason == k8s.PolicyInvalid {
+			invalid = append(invalid, p.Kind+" "+p.Namespace+"/"+p.Name)
+		}
+	}
+	want := []string{"AuthorizationPolicy de mo/p", "AuthorizationPolicy demo/a|b", "Pod de.mo/web-0", "Pod demo/" + strings.Repeat("x", 254),
+		"Pod demo/a\xffb", "Pod demo/api-0", "Service /web", "Service demo/9web", "Service demo/a.b", "Service demo/we\xffb"}
+	slices.Sort(invalid)
+	slices.Sort(want)
+	if !slices.Equal(invalid, want) {
+		t.Errorf("problems for %q\nwant %q\n(all: %v)", invalid, want, problems)
+	}
+}
