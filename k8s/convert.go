@@ -107,7 +107,11 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 	}
 	for _, ctr := range p.Spec.Containers {
 		for _, cp := range ctr.Ports {
-			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP || cp.ContainerPort <= 0 {
+			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP {
+				continue
+			}
+			if cp.ContainerPort <= 0 || cp.ContainerPort > 65535 {
+				ps.add("Pod", p.Namespace, p.Name, "InvalidPort", "container %s: port %d is not 1-65535; port skipped", ctr.Name, cp.ContainerPort)
 				continue
 			}
 			w.Ports = append(w.Ports, model.Port{Name: cp.Name, Port: uint32(cp.ContainerPort), Protocol: protocolFromName(cp.Name)})

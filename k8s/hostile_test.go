@@ -56,3 +56,24 @@ func TestConvertInvalidNames(t *testing.T) {
 		t.Errorf("problems for %q\nwant %q\n(all: %v)", invalid, want, problems)
 	}
 }
+
+// TestConvertContainerPortOutOfRange: a container port outside 1-65535
+// is skipped with a Problem (it once reached the inbound listener, whose
+// port Envoy refuses, and with it the whole listener).
+func TestConvertContainerPortOutOfRange(t *testing.T) {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web-0", Annotations: map[string]string{k8s.AnnotationStatus: k8s.StatusInjected}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{
+			{Name: "http", ContainerPort: 8080}, {ContainerPort: 70000}, {ContainerPort: 0}, {ContainerPort: -1}, {ContainerPort: 65535}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.1"}}
+	snap, problems := k8s.Convert(&k8s.State{Pods: []*corev1.Pod{p}}, "cluster.local")
+	var ports []uint32
+	for _, port := range snap.Workloads[0].Ports {
+		ports = append(ports, port.Port)
+	}
+	if !slices.Equal(ports, []uint32{8080, 65535}) {
+		t.Errorf("ports %v, want [8080 65535]", ports)
+	}
+	if len(problems) != 3 || problems[0].Reason != "InvalidPort" {
+		t.Errorf("problems %v, want one InvalidPort per port out of range", problems)
+	}
+}
