@@ -614,6 +614,8 @@ func (c *Converter) problems() []Problem {
 	for _, e := range c.troubledSvcs {
 		out = append(out, e.problems...)
 	}
-	slices.SortFunc(out, func(a, b Problem) int { return cmp.Compare(a.String(), b.String()) })
+	// By UID too: two objects of one name (a Source listing both) are in
+	// the same order every time.
+	slices.SortFunc(out, func(a, b Problem) int { return cmp.Or(cmp.Compare(a.String(), b.String()), cmp.Compare(a.UID, b.UID)) })
 	return slices.Compact(out)
 }

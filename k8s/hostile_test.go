@@ -77,3 +77,21 @@ func TestConvertContainerPortOutOfRange(t *testing.T) {
 		t.Errorf("problems %v, want one InvalidPort per port out of range", problems)
 	}
 }
+
+// TestProblemsOfOneNameInOrder: two objects of one name (a Source may list
+// both) have their problems in the same order whichever is listed first,
+// so that a Converter's problems are a fresh conversion's.
+func TestProblemsOfOneNameInOrder(t *testing.T) {
+	policy := func(uid string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": k8s.PolicyKind,
+			"metadata": map[string]any{"name": "p", "namespace": "demo", "uid": uid}, "spec": map[string]any{"action": "MAYBE"}}}
+	}
+	a, b := policy("uid-a"), policy("uid-b")
+	conv := k8s.NewConverter("cluster.local")
+	for i, list := range [][]*unstructured.Unstructured{{a, b}, {b, a}, {a, b}} {
+		_, problems := conv.Convert(&k8s.State{Policies: list})
+		if len(problems) != 2 || problems[0].UID != "uid-a" || problems[1].UID != "uid-b" {
+			t.Fatalf("list %d: problems %+v, want uid-a's then uid-b's", i, problems)
+		}
+	}
+}
