@@ -20,13 +20,14 @@ import (
 //   - inbound, per port of the workload, a listener on <pod IP>:<port> with
 //     the inbound chains (mutual TLS, the peer's SPIFFE ID checked); the app
 //     listens on 127.0.0.1:<port>, where the sidecar forwards;
-//   - outbound, per service port, a listener the app connects to instead of
-//     the service: on 127.0.0.1:<service port>, or on the pod IP when that
-//     is itself a loopback address (several such sidecars on one host, as in
-//     `make demo` without root). Never on a routable pod IP: other pods
-//     could then send through this pod's identity. A port already taken on
-//     that address (by an inbound listener, or a service earlier in key
-//     order) is left out.
+//   - outbound, per service port in its scope (model.Workload.Egress: the
+//     sidecar has no other service's cluster or route), a listener the app
+//     connects to instead of the service: on 127.0.0.1:<service port>, or on
+//     the pod IP when that is itself a loopback address (several such
+//     sidecars on one host, as in `make demo` without root). Never on a
+//     routable pod IP: other pods could then send through this pod's
+//     identity. A port already taken on that address (by an inbound
+//     listener, or a service earlier in key order) is left out.
 //
 // The shared outbound listener (0.0.0.0:15001) is still sent; nothing
 // reaches it.
@@ -54,7 +55,7 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 	if ip.IsLoopback() {
 		bind = w.IP
 	}
-	for _, svc := range snap.Services {
+	for _, svc := range snap.Scoped(w.Egress).Services {
 		if svc.ClusterIP == "" {
 			continue // headless: the app reaches its pods by address
 		}
