@@ -581,7 +581,12 @@ func (c *Converter) problems() []Problem {
 	var out []Problem
 	uids := map[string]string{}
 	for u, e := range c.policies {
-		uids[u.GetNamespace()+"/"+u.GetName()] = string(u.GetUID())
+		// Of two policies of one name (a Source listing both), the same
+		// one every time: the map is walked in no order.
+		key, uid := u.GetNamespace()+"/"+u.GetName(), string(u.GetUID())
+		if had, ok := uids[key]; !ok || uid < had {
+			uids[key] = uid
+		}
 		if e.problem != nil {
 			out = append(out, *e.problem)
 		}

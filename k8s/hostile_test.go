@@ -95,3 +95,29 @@ func TestProblemsOfOneNameInOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPRuleOnTCPPortOfOneName: of two policies of one name, the
+// problem an HTTP rule on a TCP port raises names the same one's UID
+// every time.
+func TestHTTPRuleOnTCPPortOfOneName(t *testing.T) {
+	policy := func(uid string) *unstructured.Unstructured {
+		return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": k8s.PolicyKind,
+			"metadata": map[string]any{"name": "p", "namespace": "demo", "uid": uid},
+			"spec": map[string]any{"selector": map[string]any{}, "action": "ALLOW",
+				"rules": []any{map[string]any{"to": map[string]any{"paths": []any{"/admin"}}}}}}}
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "db-0", Annotations: map[string]string{k8s.AnnotationStatus: k8s.StatusInjected}},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Ports: []corev1.ContainerPort{{Name: "tcp", ContainerPort: 5432}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.1"}}
+	a, b := policy("uid-a"), policy("uid-b")
+	for i := range 20 {
+		list := []*unstructured.Unstructured{a, b}
+		if i%2 == 1 {
+			list = []*unstructured.Unstructured{b, a}
+		}
+		_, problems := k8s.Convert(&k8s.State{Pods: []*corev1.Pod{pod}, Policies: list}, "cluster.local")
+		if len(problems) != 1 || problems[0].Reason != k8s.PolicyHTTPRuleOnTCPPort || problems[0].UID != "uid-a" {
+			t.Fatalf("run %d: problems %+v, want one %s of uid-a", i, problems, k8s.PolicyHTTPRuleOnTCPPort)
+		}
+	}
+}
