@@ -1,0 +1,517 @@
+package xds_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	cachetypes "github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/sds"
+	"github.com/meshd/meshd/xds"
+	"github.com/meshd/meshd/xds/publish"
+	"github.com/meshd/meshd/xds/resource"
+	"github.com/meshd/meshd/xds/translate"
+)
+
+// FuzzPipeline: whatever the Kubernetes objects hold (ports out of range
+// or twice, names odd or empty, addresses that do not parse or are IPv6,
+// slices naming no service, pods without IP or namespace, annotations and
+// labels meshd reads holding nonsense), conversion and translation never
+// panic, Update publishes (a bad object is a Problem, never an error that
+// holds back the rest of the mesh), and every resource a proxy gets passes
+// Envoy's validation. Over three states (a few objects changed each time,
+// as the Watcher hands them on) the Converter and the Translator kept from
+// one to the next give what fresh ones do.
+func FuzzPipeline(f *testing.F) {
+	// The seeds (FuzzPipeline's inputs are choices: see fuzzInput): no
+	// objects; mostly odd choices (0xff is the last option, and chance's
+	// yes, of most); states of every size from fixed random choices
+	// (testdata/fuzz/FuzzPipeline holds the inputs that found bugs).
+	f.Add([]byte{})
+	f.Add([]byte(strings.Repeat("\xff", 400)))
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 40 {
+		seed := make([]byte, 100+i*15)
+		for j := range seed {
+			seed[j] = byte(r.Uint32())
+		}
+		f.Add(seed)
+	}
+	// The proxies' secrets (the publisher sends nothing before them): one
+	// certificate for all, as only the mesh configuration is looked at.
+	pki := newTestPKI(f)
+	cert := pki.issue(webID, webNode)
+	secrets := resource.Resources{resourcev3.SecretType: []cachetypes.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in := &fuzzInput{data: data}
+		st := in.state()
+		states := []*k8s.State{st, in.mutate(st)}
+		states = append(states, in.mutate(states[1]))
+		ctx := context.Background()
+		cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+		pub := publish.New(cache)
+		mesh := xds.NewMesh(pub, slog.New(slog.DiscardHandler))
+		conv := k8s.NewConverter("cluster.local")
+		var tr translate.Translator
+		var nodes []string
+		for step, st := range states {
+			snap, problems := conv.Convert(st)
+			want, wantProblems := k8s.Convert(st, "cluster.local")
+			if !reflect.DeepEqual(snap, want) {
+				t.Fatalf("state %d: the converter's snapshot differs from a fresh conversion's:\n got %+v\nwant %+v", step, snap, want)
+			}
+			if !reflect.DeepEqual(problems, wantProblems) {
+				t.Fatalf("state %d: problems differ from a fresh conversion's:\n got %v\nwant %v", step, problems, wantProblems)
+			}
+			// A Translator kept from state to state translates as a fresh one.
+			got, gotProblems := tr.Shared(snap)
+			fresh, freshProblems := translate.Shared(snap)
+			if err := sameResources(got, fresh); err != nil || !reflect.DeepEqual(gotProblems, freshProblems) {
+				t.Fatalf("state %d: the translation differs from a fresh one: %v; problems %v, want %v", step, err, gotProblems, freshProblems)
+			}
+			for _, w := range snap.Workloads {
+				if w.Egress != nil {
+					got, _ := tr.Scoped(snap, w.Egress)
+					fresh, _ := translate.Shared(snap.Scoped(w.Egress))
+					if err := sameResources(got, fresh); err != nil {
+						t.Fatalf("state %d: scope %v: the translation differs from a fresh one: %v", step, w.Egress, err)
+					}
+				}
+			}
+			if _, err := mesh.Update(ctx, snap); err != nil {
+				t.Fatalf("state %d: Update: %v", step, err)
+			}
+			if step == 0 {
+				// Proxies bound to a few of the workloads, and one whose pod
+				// is not (yet) known; a refused one (its identity is not its
+				// pod's) is a clean error.
+				for i, w := range snap.Workloads {
+					if i == 3 {
+						break
+					}
+					id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+					if mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}) == nil {
+						nodes = append(nodes, w.Key())
+					}
+				}
+				ghost := xds.Peer{NodeID: "ghost.ns0", Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "ns0", ServiceAccount: "default"}}
+				if err := mesh.AddProxy(ctx, ghost); err != nil {
+					t.Fatalf("AddProxy of a pod not in the model: %v", err)
+				}
+				nodes = append(nodes, ghost.NodeID)
+				for _, node := range nodes {
+					if err := pub.SetProxy(ctx, node, secrets); err != nil {
+						t.Fatalf("secrets of %s: %v", node, err)
+					}
+				}
+				if _, err := mesh.Update(ctx, snap); err != nil {
+					t.Fatalf("state %d, proxies added: Update: %v", step, err)
+				}
+			}
+			for _, node := range nodes {
+				ps, err := cache.GetSnapshot(node)
+				if err != nil {
+					t.Fatalf("state %d: proxy %s has no snapshot: %v", step, node, err)
+				}
+				for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+					for name, r := range ps.GetResources(typ) {
+						v, ok := r.(interface{ ValidateAll() error })
+						if !ok {
+							t.Fatalf("%T has no validator", r)
+						}
+						if err := v.ValidateAll(); err != nil {
+							t.Fatalf("state %d: proxy %s: %s %q is invalid: %v", step, node, typ, name, err)
+						}
+					}
+				}
+			}
+		}
+	})
+}
+
+// sameResources reports how two translations differ (nil: they do not).
+func sameResources(a, b translate.Resources) error {
+	for _, typ := range slices.Sorted(maps.Keys(b)) {
+		if len(a[typ]) != len(b[typ]) {
+			return fmt.Errorf("%d %s, want %d", len(a[typ]), typ, len(b[typ]))
+		}
+		for i := range b[typ] {
+			if !proto.Equal(a[typ][i], b[typ][i]) {
+				return fmt.Errorf("%s %s differs", typ, cachev3.GetResourceName(b[typ][i]))
+			}
+		}
+	}
+	if len(a) != len(b) {
+		return fmt.Errorf("%d types, want %d", len(a), len(b))
+	}
+	return nil
+}
+
+// fuzzInput reads choices from the fuzzer's bytes; past the end every
+// choice is the first option (zero): no more objects, nothing odd.
+type fuzzInput struct {
+	data []byte
+	n    int // objects made, for distinct UIDs
+}
+
+func (in *fuzzInput) byte() byte {
+	if len(in.data) == 0 {
+		return 0
+	}
+	b := in.data[0]
+	in.data = in.data[1:]
+	return b
+}
+
+func (in *fuzzInput) intn(n int) int { return int(in.byte()) % n }
+
+// chance is true one time in oneIn (never past the end).
+func (in *fuzzInput) chance(oneIn int) bool { return in.intn(oneIn) == oneIn-1 }
+
+func (in *fuzzInput) pick(options ...string) string { return options[in.intn(len(options))] }
+
+// rawOption, among the options of mostly, is the input's next bytes.
+const rawOption = "<raw>"
+
+// mostly returns common seven times in eight, else one of odd.
+func (in *fuzzInput) mostly(common string, odd ...string) string {
+	if !in.chance(8) {
+		return common
+	}
+	if s := in.pick(odd...); s != rawOption {
+		return s
+	}
+	return in.raw()
+}
+
+func (in *fuzzInput) mostlyInt(common int32, odd ...int32) int32 {
+	if !in.chance(8) {
+		return common
+	}
+	return in.pickInt(odd...)
+}
+
+func (in *fuzzInput) pickInt(options ...int32) int32 { return options[in.intn(len(options))] }
+
+// raw is a string of the input's next bytes (any bytes: invalid UTF-8,
+// separators meshd uses in keys, ...).
+func (in *fuzzInput) raw() string {
+	n := min(in.intn(12), len(in.data))
+	s := string(in.data[:n])
+	in.data = in.data[n:]
+	return s
+}
+
+// name is an object name: mostly a few that collide on purpose, sometimes
+// empty, very long, or odd.
+func (in *fuzzInput) name(base string) string {
+	switch in.intn(32) {
+	case 28:
+		return ""
+	case 29:
+		return strings.Repeat("x", 300)
+	case 30:
+		return in.pick("a.b", "A_B", "a/b", "a|b", "a b", "ä", "a,b", "*", ".", "..", "-a-", "a\x00b", "\xff")
+	case 31:
+		return in.raw()
+	}
+	return fmt.Sprintf("%s%d", base, in.intn(3))
+}
+
+func (in *fuzzInput) ns() string {
+	if in.chance(12) {
+		return in.pick("ghost", "", "ns.x", "NS0", "ns0 ", rawOption)
+	}
+	return fmt.Sprintf("ns%d", in.intn(3))
+}
+
+func (in *fuzzInput) ip() string {
+	return in.mostly(fmt.Sprintf("198.18.0.%d", in.intn(4)+1), "", "none", "::1", "fd00::1", "::ffff:198.18.0.3",
+		"198.18.0.256", "0.0.0.0", "127.0.0.1", "127.0.0.2", "fe80::1%eth0", "198.018.0.1", " 198.18.0.1", rawOption)
+}
+
+func (in *fuzzInput) annotations(values map[string][]string) map[string]string {
+	m := map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(values)) {
+		if in.chance(3) {
+			if m[k] = in.pick(values[k]...); m[k] == rawOption {
+				m[k] = in.raw()
+			}
+		}
+	}
+	return m
+}
+
+var (
+	nsLabels = map[string][]string{
+		k8s.LabelInject:   {"enabled", "disabled", "ENABLED", "true", ""},
+		k8s.LabelMTLSMode: {"STRICT", "permissive", "PERMISSIVE", "bogus", ""},
+		"app":             {"a", "b"},
+	}
+	nsAnnotations = map[string][]string{
+		k8s.AnnotationEgress: {"./*", "*/*", "", ",", "./", "/", "a/b/c", "ns1/svc0", "*/svc1", "./*,*/*", "bad scope!", "ns0/" + strings.Repeat("s", 70)},
+	}
+	podLabels = map[string][]string{
+		k8s.LabelInject:   {"true", "false", "TRUE", ""},
+		k8s.LabelMTLSMode: {"STRICT", "PERMISSIVE", "nope", ""},
+		"app":             {"a", "b", ""},
+	}
+	podAnnotations = map[string][]string{
+		k8s.AnnotationStatus:           {k8s.StatusInjected, k8s.StatusSkipped, k8s.StatusSkipped + ": ", k8s.StatusSkipped + ": hostNetwork", "weird"},
+		k8s.AnnotationProxyID:          {"", "p-1", "p-1"},
+		k8s.AnnotationInterception:     {"none", "NONE", ""},
+		k8s.AnnotationServerFirstPorts: {"25", "8080", "0", "-1", "65536", "99999999999", "x,,", ",", " 25 , 8080 ", "25,25", ""},
+		k8s.AnnotationDetectionTimeout: {"500ms", "1ns", "-5s", "9999h", "NaN", "10ms", "1m", "1m0.000000001s", ""},
+		k8s.AnnotationEgress:           {"./*", "*/*", "", ",", "./", "/", "a/b/c", "ns1/svc0", "*/svc1", "./*,*/*", "bad scope!"},
+	}
+)
+
+// state builds a small state of hostile objects.
+func (in *fuzzInput) state() *k8s.State {
+	st := &k8s.State{}
+	for range in.intn(4) {
+		st.Namespaces = append(st.Namespaces, in.namespace(in.ns()))
+	}
+	for range in.intn(7) {
+		st.Pods = append(st.Pods, in.pod())
+	}
+	for range in.intn(6) {
+		st.Services = append(st.Services, in.service())
+	}
+	for range in.intn(6) {
+		st.Slices = append(st.Slices, in.slice(st.Services))
+	}
+	for range in.intn(4) {
+		st.Policies = append(st.Policies, in.policy())
+	}
+	return st
+}
+
+func (in *fuzzInput) namespace(name string) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: in.annotations(nsLabels), Annotations: in.annotations(nsAnnotations)}}
+}
+
+func (in *fuzzInput) uid() types.UID {
+	in.n++
+	if in.chance(4) {
+		return types.UID(in.pick("dup", ""))
+	}
+	return types.UID(fmt.Sprintf("uid-%d", in.n))
+}
+
+func (in *fuzzInput) pod() *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: in.name("pod"), Namespace: in.ns(), UID: in.uid(),
+		Labels: in.annotations(podLabels), Annotations: in.annotations(podAnnotations)},
+		Spec: corev1.PodSpec{ServiceAccountName: in.mostly(in.pick("", "sa1", "sa2"), "SA", "a/b", "a.b", rawOption), HostNetwork: in.chance(8)},
+		Status: corev1.PodStatus{Phase: corev1.PodPhase(in.mostly("Running", "Pending", "Succeeded", "Failed", "", "Bogus")),
+			PodIP: in.ip()}}
+	for range in.intn(3) {
+		c := corev1.Container{Name: in.pick("app", "app", "")}
+		for range in.intn(4) {
+			c.Ports = append(c.Ports, corev1.ContainerPort{Name: in.mostly(in.pick("http", "tcp", "grpc-x"), "http2", "", "HTTP", rawOption),
+				ContainerPort: in.mostlyInt(in.pickInt(8080, 25, 9090), 0, -1, 65535, 65536, 70000, 15001, 15006),
+				Protocol:      corev1.Protocol(in.mostly("TCP", "", "UDP", "SCTP", "tcp"))})
+		}
+		p.Spec.Containers = append(p.Spec.Containers, c)
+	}
+	if in.chance(6) {
+		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: in.pick(k8s.ContainerProxy, k8s.ContainerInit, "other"),
+			Image: in.pick("meshd:dev", rawOption), State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: in.pick("ErrImagePull", "ImagePullBackOff", "Bogus"), Message: in.raw()}}}}
+	}
+	return p
+}
+
+func (in *fuzzInput) service() *corev1.Service {
+	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: in.name("svc"), Namespace: in.ns(), UID: in.uid()},
+		Spec: corev1.ServiceSpec{ClusterIP: in.mostly(fmt.Sprintf("198.19.0.%d", in.intn(3)+1), "None", "", "fd00::10", "bogus", "0.0.0.0", "198.18.0.1", rawOption),
+			Type: corev1.ServiceType(in.mostly("ClusterIP", "", "ExternalName", "NodePort", "LoadBalancer", "Bogus"))}}
+	if s.Spec.Type == corev1.ServiceTypeExternalName {
+		s.Spec.ExternalName = in.pick("example.com", "", rawOption)
+	}
+	ports := in.intn(3) + 1
+	if in.chance(8) {
+		ports = 0
+	}
+	for i := range ports {
+		// Mostly distinct names and numbers (a port declared twice skips
+		// the service).
+		p := corev1.ServicePort{Name: in.mostly([]string{"http", "tcp", "grpc-x"}[i], "http", "", "HTTP", "http2-x", "a.b", rawOption),
+			Port:     in.mostlyInt([]int32{80, 25, 8080}[i], 80, 81, 0, -1, 65535, 65536, 15001, 15006),
+			Protocol: corev1.Protocol(in.mostly("TCP", "", "UDP", "bogus"))}
+		switch in.intn(4) {
+		case 0:
+			p.TargetPort = intstr.FromInt32(in.pickInt(0, 8080, -1, 70000))
+		case 1:
+			p.TargetPort = intstr.FromString(in.pick("http", "nomatch", ""))
+		}
+		if in.chance(3) {
+			ap := in.pick("http", "HTTP", "mysql", "kubernetes.io/h2c", "kubernetes.io/ws", "grpc", "tcp", "", "weird", rawOption)
+			if ap == rawOption {
+				ap = in.raw()
+			}
+			p.AppProtocol = &ap
+		}
+		s.Spec.Ports = append(s.Spec.Ports, p)
+	}
+	return s
+}
+
+// slice makes an EndpointSlice, mostly of one of the services (and of
+// their pods' names).
+func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlice {
+	ns, svc := in.ns(), in.name("svc")
+	if i := in.intn(len(services) + 1); i < len(services) && !in.chance(4) {
+		ns, svc = services[i].Namespace, services[i].Name
+	}
+	sl := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: in.name("sl"), Namespace: ns, UID: in.uid(), Labels: map[string]string{}},
+		AddressType: discoveryv1.AddressType(in.mostly("IPv4", "IPv6", "FQDN", "", "bogus"))}
+	if !in.chance(6) {
+		sl.Labels[discoveryv1.LabelServiceName] = svc
+	}
+	switch in.intn(12) {
+	case 0: // no ports
+	case 1:
+		sl.Ports = []discoveryv1.EndpointPort{}
+	default:
+		for i := range in.intn(3) + 1 {
+			var ep discoveryv1.EndpointPort
+			if !in.chance(10) {
+				// As the services name their ports.
+				name := in.mostly([]string{"http", "tcp", "grpc-x"}[i], "http", "", "http2-x", "nomatch")
+				ep.Name = &name
+			}
+			if !in.chance(10) {
+				port := in.mostlyInt(in.pickInt(8080, 25, 9090), 0, -1, 65535, 65536, 15006)
+				ep.Port = &port
+			}
+			sl.Ports = append(sl.Ports, ep)
+		}
+	}
+	for range in.intn(4) + 1 {
+		e := discoveryv1.Endpoint{}
+		for range in.mostlyInt(1, 0, 2, 3) {
+			e.Addresses = append(e.Addresses, in.ip())
+		}
+		if in.chance(2) {
+			ready := in.chance(3)
+			e.Conditions.Ready = &ready
+		}
+		if !in.chance(4) {
+			e.TargetRef = &corev1.ObjectReference{Kind: in.mostly("Pod", "Node", ""), Namespace: in.mostly(ns, "ns1", ""), Name: in.name("pod")}
+		}
+		sl.Endpoints = append(sl.Endpoints, e)
+	}
+	return sl
+}
+
+func (in *fuzzInput) policy() *unstructured.Unstructured {
+	rule := map[string]any{}
+	switch in.intn(4) {
+	case 0:
+		rule["from"] = map[string]any{"serviceAccounts": []any{in.pick("ns0/sa1", "sa1", "x/y/z", "")}}
+	case 1:
+		rule["from"] = map[string]any{"namespaces": []any{in.pick("ns0", "*", "a*", "")}}
+	case 2:
+		rule["to"] = map[string]any{"paths": []any{in.pick("/admin", "/a*", "", "*")}, "methods": []any{in.pick("GET", "")}}
+	}
+	spec := map[string]any{"selector": map[string]any{"matchLabels": map[string]any{"app": in.pick("a", "b")}},
+		"action": in.pick("ALLOW", "DENY", "MAYBE", ""), "rules": []any{rule}}
+	if in.chance(3) {
+		spec["ports"] = []any{int64(in.pickInt(25, 8080, 0, -1, 70000))}
+	}
+	if in.chance(8) {
+		spec = map[string]any{"selector": "x", "rules": int64(7)}
+	}
+	return &unstructured.Unstructured{Object: map[string]any{"apiVersion": "meshd.io/v1alpha1", "kind": k8s.PolicyKind,
+		"metadata": map[string]any{"name": in.name("p"), "namespace": in.ns(), "uid": string(in.uid())}, "spec": spec}}
+}
+
+// mutate returns the next state as the Watcher hands it on: a few objects
+// replaced by new ones, removed or added, a kind's list the same slice
+// when nothing of it changed.
+func (in *fuzzInput) mutate(old *k8s.State) *k8s.State {
+	next := *old
+	for range in.intn(5) + 1 {
+		switch in.intn(10) {
+		case 0:
+			next.Namespaces = slices.Clone(next.Namespaces)
+			if i := in.intn(len(next.Namespaces) + 1); i < len(next.Namespaces) {
+				next.Namespaces[i] = in.namespace(next.Namespaces[i].Name)
+			} else {
+				next.Namespaces = append(next.Namespaces, in.namespace(in.ns()))
+			}
+		case 1, 2:
+			next.Pods = slices.Clone(next.Pods)
+			if i := in.intn(len(next.Pods) + 1); i < len(next.Pods) {
+				p := in.pod()
+				if in.chance(2) { // the same pod, changed
+					p.Name, p.Namespace = next.Pods[i].Name, next.Pods[i].Namespace
+				}
+				next.Pods[i] = p
+			} else {
+				next.Pods = append(next.Pods, in.pod())
+			}
+		case 3:
+			if len(next.Pods) > 0 {
+				i := in.intn(len(next.Pods))
+				next.Pods = slices.Delete(slices.Clone(next.Pods), i, i+1)
+			}
+		case 4:
+			next.Services = slices.Clone(next.Services)
+			if i := in.intn(len(next.Services) + 1); i < len(next.Services) {
+				s := in.service()
+				s.Name, s.Namespace = next.Services[i].Name, next.Services[i].Namespace
+				next.Services[i] = s
+			} else {
+				next.Services = append(next.Services, in.service())
+			}
+		case 5:
+			if len(next.Services) > 0 {
+				i := in.intn(len(next.Services))
+				next.Services = slices.Delete(slices.Clone(next.Services), i, i+1)
+			}
+		case 6, 7:
+			next.Slices = slices.Clone(next.Slices)
+			if i := in.intn(len(next.Slices) + 1); i < len(next.Slices) {
+				sl := in.slice(next.Services)
+				if in.chance(2) {
+					sl.Name, sl.Namespace, sl.Labels = next.Slices[i].Name, next.Slices[i].Namespace, next.Slices[i].Labels
+				}
+				next.Slices[i] = sl
+			} else {
+				next.Slices = append(next.Slices, in.slice(next.Services))
+			}
+		case 8:
+			if len(next.Slices) > 0 {
+				i := in.intn(len(next.Slices))
+				next.Slices = slices.Delete(slices.Clone(next.Slices), i, i+1)
+			}
+		case 9:
+			next.Policies = slices.Clone(next.Policies)
+			if i := in.intn(len(next.Policies) + 1); i < len(next.Policies) {
+				next.Policies[i] = in.policy()
+			} else {
+				next.Policies = append(next.Policies, in.policy())
+			}
+		}
+	}
+	return &next
+}
