@@ -475,7 +475,7 @@ func podNameInvalid(p *corev1.Pod) string {
 // configuration.
 func nameInvalid(namespace, name string, nameOK func(string) bool) string {
 	switch {
-	case !isDNSLabel(namespace):
+	case !model.IsDNSLabel(namespace):
 		return fmt.Sprintf("namespace %q is not a DNS label", namespace)
 	case !nameOK(name):
 		return fmt.Sprintf("name %q is not a valid Kubernetes name", name)
@@ -483,13 +483,9 @@ func nameInvalid(namespace, name string, nameOK func(string) bool) string {
 	return ""
 }
 
-// isDNSLabel reports whether s is a DNS-1123 label (as Kubernetes names
-// namespaces): at most 63 characters of labelChars.
-func isDNSLabel(s string) bool { return len(s) <= 63 && labelChars(s) }
-
 // isDNS1035Label is a DNS label starting with a letter (as Kubernetes names
 // services).
-func isDNS1035Label(s string) bool { return isDNSLabel(s) && s[0] >= 'a' && s[0] <= 'z' }
+func isDNS1035Label(s string) bool { return model.IsDNSLabel(s) && s[0] >= 'a' && s[0] <= 'z' }
 
 // isDNSSubdomain reports whether s is a DNS-1123 subdomain (as Kubernetes
 // names pods and service accounts): at most 253 characters, runs of

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/meshd/meshd/model"
 )
 
 // TestNamesAsTheAPIServer: the name checks the conversion makes accept
@@ -19,7 +21,7 @@ func TestNamesAsTheAPIServer(t *testing.T) {
 			got  bool
 			want []string
 		}{
-			{"label", isDNSLabel(s), validation.IsDNS1123Label(s)},
+			{"label", model.IsDNSLabel(s), validation.IsDNS1123Label(s)},
 			{"1035 label", isDNS1035Label(s), validation.IsDNS1035Label(s)},
 			{"subdomain", isDNSSubdomain(s), validation.IsDNS1123Subdomain(s)},
 		} {

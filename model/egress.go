@@ -37,7 +37,7 @@ func ParseEgress(s, namespace string) (Egress, error) {
 			ns = namespace
 		}
 		for _, part := range []string{ns, name} {
-			if part != "*" && !isDNSLabel(part) {
+			if part != "*" && !IsDNSLabel(part) {
 				return nil, fmt.Errorf("%q: %q is neither \"*\" nor a Kubernetes name", f, part)
 			}
 		}
@@ -103,9 +103,9 @@ func (s *Snapshot) Scoped(e Egress) *Snapshot {
 	return &c
 }
 
-// isDNSLabel reports whether s is a DNS-1123 label, as Kubernetes names
-// namespaces and services.
-func isDNSLabel(s string) bool {
+// IsDNSLabel reports whether s is a DNS-1123 label, as Kubernetes names
+// namespaces (k8s checks it agrees with the apiserver's validation).
+func IsDNSLabel(s string) bool {
 	if s == "" || len(s) > 63 {
 		return false
 	}
