@@ -45,17 +45,19 @@ func (b *Batcher) Notify() {
 }
 
 // Run calls fn once per batch until ctx ends. A change that comes after
-// a quiet spell (no change for the hold-off) is a batch of its own, handed
-// on at once: an isolated change, such as a pod turning unready, is not
-// delayed. A change within the hold-off of the one before starts a batch
-// that ends HoldOff after its last change, or MaxDelay after its first,
+// a quiet spell (no change noticed and no fn returning for the hold-off)
+// is a batch of its own, handed on at once: an isolated change, such as a
+// pod turning unready, is not delayed. A change within the hold-off of the
+// one before or of fn's return (it may have come while fn ran, which takes
+// long in a big mesh: counting it quiet would rebuild back to back) starts
+// a batch that ends HoldOff after its last change, or MaxDelay after its first,
 // whichever comes first: a burst costs two rebuilds (its first change,
 // then the rest together), a steady stream one per MaxDelay. This is
 // kube-proxy's bounded-frequency runner's shape: at once when idle,
 // batched when busy. fn gets the time the batch's first change was
 // noticed (the start of the convergence meshd measures).
 func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first time.Time)) {
-	var last time.Time // when the last change was noticed
+	var last time.Time // when the last change was noticed or fn returned
 	for {
 		select {
 		case <-ctx.Done():
@@ -67,6 +69,7 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 		last = first
 		if quietSpell {
 			fn(ctx, first)
+			last = b.clock.Now()
 			continue
 		}
 		deadline := first.Add(b.maxDelay)
@@ -90,5 +93,6 @@ func (b *Batcher) Run(ctx context.Context, fn func(ctx context.Context, first ti
 			}
 		}
 		fn(ctx, first)
+		last = b.clock.Now()
 	}
 }

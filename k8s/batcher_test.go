@@ -58,8 +58,9 @@ func TestBatcherHoldOffAndMaxDelay(t *testing.T) {
 	fc.Step(10 * time.Millisecond)
 	expectCalls(t, calls, 1)
 
-	// A steady stream of changes every 50ms: its first at once (the last
-	// change was 100ms ago), then the max delay forces a run.
+	// A steady stream of changes every 50ms: its first at once (quiet for
+	// the hold-off since fn last returned), then the max delay forces a run.
+	fc.Step(100 * time.Millisecond)
 	b.Notify()
 	expectCalls(t, calls, 1)
 	fc.Step(50 * time.Millisecond)
@@ -107,6 +108,32 @@ func TestBatcherCoalesces(t *testing.T) {
 	}
 	waitWaiters(t, fc)
 	expectCalls(t, calls, 1)
+	fc.Step(100 * time.Millisecond)
+	expectCalls(t, calls, 1)
+}
+
+// TestBatcherAfterLongRun: a change that came while fn ran (a rebuild
+// longer than the hold-off) is batched, not handed on at once: the quiet
+// spell counts from fn's return.
+func TestBatcherAfterLongRun(t *testing.T) {
+	fc := clocktesting.NewFakeClock(time.Unix(0, 0))
+	b := NewBatcher(100*time.Millisecond, time.Second, fc)
+	calls := make(chan time.Time, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := true
+	go b.Run(ctx, func(context.Context, time.Time) {
+		if first { // a long rebuild, a change arriving during it
+			first = false
+			fc.Step(500 * time.Millisecond)
+			b.Notify()
+		}
+		calls <- fc.Now()
+	})
+	b.Notify()
+	expectCalls(t, calls, 1)
+	waitWaiters(t, fc) // the change that came during fn waits for the hold-off
+	expectCalls(t, calls, 0)
 	fc.Step(100 * time.Millisecond)
 	expectCalls(t, calls, 1)
 }
