@@ -97,7 +97,7 @@ func serve(ctx context.Context, cfg config.Config, stderr io.Writer) error {
 		return err
 	}
 	// k8s: informers -> batched state -> model -> mesh (published to every proxy).
-	watch, err := newWatch(cfg, kube, x.mesh, log)
+	watch, err := newWatch(cfg, kube, x.mesh, reg, log)
 	if err != nil {
 		return err
 	}

@@ -136,7 +136,7 @@ func TestServeLocalWithRealEnvoy(t *testing.T) {
 	}
 	m := getBody(t, base+"/metrics")
 	for _, want := range []string{"meshd_xds_connected_streams 1", `meshd_ca_certificates_issued_total{backend="internal"}`,
-		`meshd_xds_push_ack_seconds_count{type="Cluster"}`, "meshd_ca_earliest_leaf_expiry_timestamp_seconds 1"} {
+		`meshd_xds_push_ack_seconds_count{type="Cluster"}`, "meshd_ca_earliest_leaf_expiry_timestamp_seconds 1", `meshd_config_updates_total{result="published"}`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)
 		}

@@ -7,6 +7,8 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meshd/meshd/internal/config"
 	"github.com/meshd/meshd/internal/inject"
 	"github.com/meshd/meshd/k8s"
@@ -26,10 +28,16 @@ type watchStage struct {
 // newWatch builds the watcher: informers (or the local dir) -> batched
 // state -> model (bad objects reported as Events) -> mesh: translated and
 // published to every proxy.
-func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logger) (*watchStage, error) {
+func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, reg prometheus.Registerer, log *slog.Logger) (*watchStage, error) {
 	w := &watchStage{pods: inject.NewPods(), published: &atomic.Bool{}}
+	updates := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshd_config_updates_total",
+		Help: "Kubernetes states turned into mesh configuration, by result: published, or failed (conversion, translation or publishing failed; the configuration published before stays, meshd's log says why)."},
+		[]string{"result"})
+	if err := reg.Register(updates); err != nil {
+		return nil, err
+	}
 	wcfg := k8s.Config{Client: kube.client, Dynamic: kube.dyn, PoliciesServed: kube.policiesServed, HoldOff: cfg.HoldOff, MaxDelay: cfg.MaxDelay,
-		Logger: log, OnState: w.onState(cfg, kube, mesh, log)}
+		Logger: log, OnState: w.onState(cfg, kube, mesh, updates, log)}
 	if kube.local != nil {
 		wcfg.Source = kube.local
 	}
@@ -41,8 +49,9 @@ func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logg
 }
 
 // onState converts a state, reports its problems and publishes the model.
-func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, log *slog.Logger) func(context.Context, *k8s.State) {
+func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, updates *prometheus.CounterVec, log *slog.Logger) func(context.Context, *k8s.State) {
 	conv := k8s.NewConverter(cfg.TrustDomain) // converts what changed; OnState is called from one goroutine
+	published, failed := updates.WithLabelValues("published"), updates.WithLabelValues("failed")
 	return func(ctx context.Context, st *k8s.State) {
 		w.pods.Set(st.Pods)
 		snap, probs, err := convertSafely(conv, st)
@@ -51,6 +60,7 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 			// everything afresh.
 			conv = k8s.NewConverter(cfg.TrustDomain)
 			log.Error("k8s: state not converted", "error", err)
+			failed.Inc()
 			return
 		}
 		// A connection made just before a renewal (at about two thirds of
@@ -66,8 +76,10 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 		kube.problems.Report(append(probs, tprobs...))
 		if err != nil {
 			log.Error("xds: publish mesh config", "error", err)
+			failed.Inc()
 			return
 		}
+		published.Inc()
 		w.published.Store(true)
 		log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
 	}
