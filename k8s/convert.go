@@ -75,8 +75,8 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return nil, ""
 	}
-	if why := podNameInvalid(p); why != "" {
-		ps.add("Pod", p.Namespace, p.Name, "InvalidName", "%s; pod left out", why)
+	if err := validNames("Pod", p); err != nil {
+		ps.add("Pod", p.Namespace, p.Name, "InvalidName", "%v; pod left out", err)
 		return nil, ""
 	}
 	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
@@ -272,8 +272,8 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
-	if why := nameInvalid(s.Namespace, s.Name, isDNS1035Label); why != "" {
-		c.problems.add("Service", s.Namespace, s.Name, "InvalidName", "%s; service skipped", why)
+	if err := validNames("Service", s); err != nil {
+		c.problems.add("Service", s.Namespace, s.Name, "InvalidName", "%v; service skipped", err)
 		return nil
 	}
 	svc := &model.Service{Namespace: s.Namespace, Name: s.Name}
@@ -452,66 +452,4 @@ func ptrOr[T any](p *T, def T) T {
 		return def
 	}
 	return *p
-}
-
-// podNameInvalid says why a pod's names are not the apiserver's ("" if
-// they are): see nameInvalid; its service account is a DNS subdomain too.
-func podNameInvalid(p *corev1.Pod) string {
-	if why := nameInvalid(p.Namespace, p.Name, isDNSSubdomain); why != "" {
-		return why
-	}
-	if sa := p.Spec.ServiceAccountName; sa != "" && !isDNSSubdomain(sa) {
-		return fmt.Sprintf("serviceAccountName %q is not a DNS subdomain", sa)
-	}
-	return ""
-}
-
-// nameInvalid says why an object's namespace (a DNS label) or name (valid
-// as nameOK says) is not what the apiserver accepts ("" if both are).
-// The mesh's keys ("<name>.<namespace>"), resource names and SPIFFE IDs are
-// made of them, and Envoy takes only valid UTF-8: an object named as the
-// apiserver never names one (a Source of its own, a test) is left out
-// rather than collide with another's key or break every sidecar's
-// configuration.
-func nameInvalid(namespace, name string, nameOK func(string) bool) string {
-	switch {
-	case !model.IsDNSLabel(namespace):
-		return fmt.Sprintf("namespace %q is not a DNS label", namespace)
-	case !nameOK(name):
-		return fmt.Sprintf("name %q is not a valid Kubernetes name", name)
-	}
-	return ""
-}
-
-// isDNS1035Label is a DNS label starting with a letter (as Kubernetes names
-// services).
-func isDNS1035Label(s string) bool { return model.IsDNSLabel(s) && s[0] >= 'a' && s[0] <= 'z' }
-
-// isDNSSubdomain reports whether s is a DNS-1123 subdomain (as Kubernetes
-// names pods and service accounts): at most 253 characters, runs of
-// labelChars joined by '.'.
-func isDNSSubdomain(s string) bool {
-	if len(s) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if !labelChars(label) {
-			return false
-		}
-	}
-	return true
-}
-
-// labelChars reports whether s is lowercase letters, digits and '-',
-// starting and ending with a letter or digit (a DNS label of any length).
-func labelChars(s string) bool {
-	if s == "" || s[0] == '-' || s[len(s)-1] == '-' {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
 }

@@ -263,8 +263,11 @@ func decodeObject(doc []byte) (runtime.Object, *schema.GroupVersionKind, error) 
 }
 
 // validNames checks names as the apiserver does: namespaces and services
-// are DNS labels, pods and EndpointSlices DNS subdomains, and so is a pod's
-// service account.
+// are DNS labels, pods, EndpointSlices and policies DNS subdomains, and so
+// is a pod's service account. The local dir refuses a document so named;
+// the conversion leaves such an object out with a Problem, whatever its
+// Source: the mesh's keys ("<name>.<namespace>"), resource names and SPIFFE
+// IDs are made of names, and Envoy takes only valid UTF-8.
 func validNames(kind string, obj runtime.Object) error {
 	m, _ := meta.Accessor(obj)
 	check := func(what, v string, f func(string) []string) error {

@@ -96,8 +96,8 @@ func PolicyFromObject(u *unstructured.Unstructured, trustDomain string) (*model.
 	v := &policyChecker{trustDomain: trustDomain}
 	p := &model.Policy{Namespace: u.GetNamespace(), Name: u.GetName(), Action: model.Action(spec.Action), DryRun: spec.DryRun}
 	// Its name is in its rules' names and the sidecars' logs.
-	if why := nameInvalid(p.Namespace, p.Name, isDNSSubdomain); why != "" {
-		v.fail("%s", why)
+	if err := validNames(PolicyKind, u); err != nil {
+		v.fail("%v", err)
 	}
 	if p.Action != model.ActionAllow && p.Action != model.ActionDeny {
 		v.fail("spec.action %q is neither ALLOW nor DENY", spec.Action)
