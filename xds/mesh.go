@@ -87,10 +87,20 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 				m.log.Warn("xds: translation problem", "problem", p.String())
 			}
 		}
-		m.snap, m.problems = snap, problems
+		problems = slices.Clip(problems) // the translator's: appended to below
+		m.snap = snap
 		for node, ref := range m.proxies {
 			w := snap.Workload(node) // looked up once per proxy
-			if res, changed := m.ownCached(ref.peer, w); changed {
+			res, changed, failed, stack := m.ownSafely(ref.peer, w)
+			switch {
+			case failed != nil:
+				// This proxy keeps the resources of its own it had; the
+				// others and the shared ones move on.
+				problems = append(problems, *failed)
+				if !slices.Contains(m.problems, *failed) {
+					m.log.Error("xds: a proxy's own configuration failed to translate; it keeps the one it had", "proxy", node, "error", failed.Message, "stack", stack)
+				}
+			case changed:
 				own[node] = res // only proxies whose own resources moved are hashed again
 			}
 			scopeOf[node] = ""
@@ -107,6 +117,7 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 		m.snap, m.problems = prev, prevProblems
 		return nil, err
 	}
+	m.problems = problems
 	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
 }
 
@@ -199,6 +210,33 @@ func (m *Mesh) releaseLocked(nodeID string) {
 	}
 	ref.refs--
 	m.proxies[nodeID] = ref
+}
+
+// ownSafely is ownCached for one proxy of an update, with a panic of its
+// translation (a meshd bug met on this proxy's workload) turned into a
+// Problem of its pod (failed, with the panic's stack): one workload meshd cannot translate keeps
+// its proxy's own resources as they were instead of failing the update of
+// every proxy. Its entry in owned is left as it was (ownCached records one
+// only when the translation returns), so the next update tries again. The
+// kept inbound listener names local clusters from the shared set: a port
+// that no workload has any more lost its cluster, and the kept listener
+// answers it with an error (the pod's ports changed while its translation
+// fails: the rest of its inbound side works).
+func (m *Mesh) ownSafely(p Peer, w *model.Workload) (res resource.Resources, changed bool, failed *model.Problem, stack string) {
+	defer func() {
+		if r := recover(); r != nil {
+			stack = string(debug.Stack())
+			failed = &model.Problem{Kind: "Pod", Reason: "TranslationFailed",
+				Message: fmt.Sprintf("the sidecar's inbound configuration could not be translated and keeps the one it had (a meshd bug: please report it with meshd's log): %v", r)}
+			if w != nil {
+				failed.Namespace, failed.Name, failed.UID = w.Namespace, w.Name, w.UID
+			} else {
+				failed.Name = p.NodeID
+			}
+		}
+	}()
+	res, changed = m.ownCached(p, w)
+	return res, changed, nil, ""
 }
 
 // ownCached is own, translated again only when what it depends on moved:

@@ -196,3 +196,66 @@ func TestUpdateSurvivesTranslationPanic(t *testing.T) {
 		t.Error("the refused proxy has a snapshot")
 	}
 }
+
+// TestUpdateKeepsOwnOfProxyThatPanics: a connected proxy whose own
+// resources cannot be translated (its workload has a nil policy: no
+// conversion makes one, it stands for a bug met on one pod) keeps the ones
+// it had, with a TranslationFailed problem naming its pod, while the rest of
+// the update (here an endpoint added) is published; the next model without
+// the fault translates it again and the problem is gone.
+func TestUpdateKeepsOwnOfProxyThatPanics(t *testing.T) {
+	ctx := context.Background()
+	mesh, cache := meshWithWeb(t)
+	if _, err := mesh.Update(ctx, modelFrom(t, "")); err != nil {
+		t.Fatal(err)
+	}
+	versions := func() (eds, lds string) {
+		t.Helper()
+		snap, err := cache.GetSnapshot(webNode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return snap.GetVersion(resourcev3.EndpointType), snap.GetVersion(resourcev3.ListenerType)
+	}
+	eds, lds := versions()
+
+	endpoint := "- addresses: [198.18.0.11]\n  targetRef: {kind: Pod, namespace: demo, name: web-1}\n"
+	odd := *modelFrom(t, endpoint)
+	odd.Workloads = slices.Clone(odd.Workloads)
+	for i, w := range odd.Workloads {
+		if w.Name == "web-0" {
+			c := *w
+			c.Policies = []*model.Policy{nil}
+			c.Ports = []model.Port{{Name: "http", Port: 8081, Protocol: model.ProtocolHTTP}} // would move its listener and its local cluster
+			odd.Workloads[i] = &c
+		}
+	}
+	problems, err := mesh.Update(ctx, &odd)
+	if err != nil {
+		t.Fatalf("one proxy's own translation failed the whole update: %v", err)
+	}
+	var failed []model.Problem
+	for _, p := range problems {
+		if p.Reason == "TranslationFailed" {
+			failed = append(failed, p)
+		}
+	}
+	if len(failed) != 1 || failed[0].Kind != "Pod" || failed[0].Namespace != "demo" || failed[0].Name != "web-0" || !strings.Contains(failed[0].Message, "nil pointer") {
+		t.Fatalf("problems %v, want one TranslationFailed of pod demo/web-0 naming the panic", problems)
+	}
+	eds2, lds2 := versions()
+	if eds2 == eds {
+		t.Error("the endpoint added beside the failed proxy was not published")
+	}
+	if lds2 != lds {
+		t.Error("the failed proxy's listeners moved: its own resources were not kept")
+	}
+	if mesh.Snapshot() != &odd {
+		t.Error("the mesh's model is not the one published")
+	}
+
+	problems, err = mesh.Update(ctx, modelFrom(t, endpoint))
+	if err != nil || len(problems) != 0 {
+		t.Fatalf("the model without the fault: problems %v, error %v", problems, err)
+	}
+}
