@@ -75,10 +75,10 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var shared resource.Resources
+	var shared resource.Lists
 	var problems []model.Problem
 	own := make(map[string]resource.Resources, len(m.proxies))
-	scopes, scopeOf := map[string]resource.Resources{}, make(map[string]string, len(m.proxies))
+	scopes, scopeOf := map[string]resource.Lists{}, make(map[string]string, len(m.proxies))
 	prev, prevProblems := m.snap, m.problems
 	err := m.translated(func() {
 		shared, problems = m.tr.Shared(snap)
@@ -173,7 +173,8 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	ref.peer, ref.refs = p, ref.refs+1
 	m.proxies[p.NodeID] = ref
 	var key string
-	var scope, res resource.Resources
+	var scope resource.Lists
+	var res resource.Resources
 	err := m.translated(func() {
 		if e := egress(p, w); e != nil {
 			if key = e.Key(); !m.pub.HasScope(key) {

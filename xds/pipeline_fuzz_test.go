@@ -84,14 +84,14 @@ func FuzzPipeline(f *testing.F) {
 			// A Translator kept from state to state translates as a fresh one.
 			got, gotProblems := tr.Shared(snap)
 			fresh, freshProblems := translate.Shared(snap)
-			if err := sameResources(got, fresh); err != nil || !reflect.DeepEqual(gotProblems, freshProblems) {
+			if err := sameResources(translate.Slices(got), fresh); err != nil || !reflect.DeepEqual(gotProblems, freshProblems) {
 				t.Fatalf("state %d: the translation differs from a fresh one: %v; problems %v, want %v", step, err, gotProblems, freshProblems)
 			}
 			for _, w := range snap.Workloads {
 				if w.Egress != nil {
 					got, _ := tr.Scoped(snap, w.Egress)
 					fresh, _ := translate.Shared(snap.Scoped(w.Egress))
-					if err := sameResources(got, fresh); err != nil {
+					if err := sameResources(translate.Slices(got), fresh); err != nil {
 						t.Fatalf("state %d: scope %v: the translation differs from a fresh one: %v", step, w.Egress, err)
 					}
 				}

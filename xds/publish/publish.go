@@ -116,14 +116,14 @@ func New(cache Cache) *Publisher {
 // has instead of getting an empty config. The caller must not mutate shared
 // or own afterwards.
 func (p *Publisher) SetAll(ctx context.Context, changedAt time.Time, shared resource.Resources, own map[string]resource.Resources) error {
-	return p.SetScoped(ctx, changedAt, shared, nil, own, nil)
+	return p.SetScoped(ctx, changedAt, resource.ListsOf(shared), nil, own, nil)
 }
 
 // SetScoped is SetAll with egress scopes: scopes holds, by scope key, the
 // resources proxies of that scope share instead of shared, and scopeOf the
 // scope of each proxy it names ("": none; a proxy not named keeps its
 // scope). Scopes not given are forgotten.
-func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared resource.Resources, scopes map[string]resource.Resources, own map[string]resource.Resources, scopeOf map[string]string) error {
+func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared resource.Lists, scopes map[string]resource.Lists, own map[string]resource.Resources, scopeOf map[string]string) error {
 	p.encMu.Lock()
 	defer p.encMu.Unlock()
 	// The sets these replace: only SetScoped (holding encMu) replaces
@@ -236,12 +236,12 @@ func (p *Publisher) composedLocked(nodeID string) bool {
 // sharedPreparer prepares shared sets: a resource.Round (a model change)
 // or the resource.Encoder between rounds.
 type sharedPreparer interface {
-	Shared(res resource.Resources, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error)
+	Shared(res resource.Lists, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error)
 }
 
 // prepareShared prepares resources every proxy (of a scope) shares; prev
 // are the sets they replace (nil: none).
-func prepareShared(res resource.Resources, enc sharedPreparer, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error) {
+func prepareShared(res resource.Lists, enc sharedPreparer, prev map[resourcev3.Type]resource.Set) (map[resourcev3.Type]resource.Set, error) {
 	hashed, err := enc.Shared(res, prev)
 	if err != nil {
 		return nil, err
@@ -275,7 +275,7 @@ func (p *Publisher) setScopeLocked(node, key string) {
 // SetProxyScope sets a scoped proxy's scope (its resources, if the scope is
 // not known yet) and own resources, and republishes it: a proxy that
 // connects with a scope no other connected proxy has.
-func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope resource.Resources, own resource.Resources) error {
+func (p *Publisher) SetProxyScope(ctx context.Context, nodeID, key string, scope resource.Lists, own resource.Resources) error {
 	var hashedScope map[resourcev3.Type]resource.Set
 	if key != "" && scope != nil {
 		var err error

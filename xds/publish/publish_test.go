@@ -210,11 +210,11 @@ func TestChangeComposesOnlyProxiesItMoves(t *testing.T) {
 	ports := map[string]uint32{"": 8080, "a": 8081, "b": 8082}
 	set := func(scopeOf map[string]string, own map[string]resource.Resources, scopes ...string) {
 		t.Helper()
-		sc := map[string]resource.Resources{}
+		sc := map[string]resource.Lists{}
 		for _, s := range scopes {
-			sc[s] = shared(ports[s])
+			sc[s] = resource.ListsOf(shared(ports[s]))
 		}
-		if err := pub.SetScoped(ctx, time.Time{}, shared(ports[""]), sc, own, scopeOf); err != nil {
+		if err := pub.SetScoped(ctx, time.Time{}, resource.ListsOf(shared(ports[""])), sc, own, scopeOf); err != nil {
 			t.Fatal(err)
 		}
 	}

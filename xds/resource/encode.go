@@ -277,8 +277,8 @@ func (v Set) encodings(typeURL string) (*encodings, error) {
 
 // ownNames are a merged set's own resources' names, sorted.
 func (v Set) ownNames() []string {
-	out := make([]string, 0, len(v.items))
-	for _, r := range v.items {
+	out := make([]string, 0, v.items.Len())
+	for r := range v.items.Values() {
 		out = append(out, cachev3.GetResourceName(r))
 	}
 	slices.Sort(out)

@@ -25,14 +25,14 @@ func TestEncoderForgets(t *testing.T) {
 			if i < 50 || round%40 == 0 { // a few change each round; sometimes all
 				items[i] = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{Priority: uint32(round)}}}
 			} else {
-				items[i] = prev[resourcev3.EndpointType].items[i]
+				items[i] = prev[resourcev3.EndpointType].items.At(i)
 			}
 		}
 		r := enc.Begin()
 		if r.c.adding {
 			adding++
 		}
-		got, err := r.Shared(Resources{resourcev3.EndpointType: items}, prev)
+		got, err := r.Shared(ListsOf(Resources{resourcev3.EndpointType: items}), prev)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,14 +61,14 @@ func TestEncoderForgetsReplaced(t *testing.T) {
 			if round == 0 || (i+round)%97 == 0 {
 				items[i] = &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{Priority: uint32(round)}}}
 			} else {
-				items[i] = prev[resourcev3.EndpointType].items[i]
+				items[i] = prev[resourcev3.EndpointType].items.At(i)
 			}
 		}
 		r := enc.Begin()
 		if round > 0 && !r.c.adding {
 			t.Fatalf("round %d recorded every resource anew", round)
 		}
-		got, err := r.Shared(Resources{resourcev3.EndpointType: items}, prev)
+		got, err := r.Shared(ListsOf(Resources{resourcev3.EndpointType: items}), prev)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,8 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // Own prepares a proxy's own resources (inbound listeners, secrets), type
@@ -18,7 +20,7 @@ import (
 // Two replicas with the same input agree, and a reconnect sends nothing
 // new. The encodings are not kept (they are the proxy's alone).
 func Own(res Resources) (map[resourcev3.Type]Set, error) {
-	return hashWith(res, false, nil, nil)
+	return hashWith(ListsOf(res), false, nil, nil)
 }
 
 // Encoder prepares the sets many proxies share (the mesh's, an egress
@@ -61,10 +63,8 @@ func (e *Encoder) Begin() *Round {
 // they replace: a type whose resources are the same values is prev's set,
 // and one whose resources were replaced by others of the same names is
 // prev's with those replaced (what an endpoint change makes), without
-// going over the whole set again. The sets keep res's lists: the caller
-// does not change them after (the translator never changes a list it
-// handed on).
-func (r *Round) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
+// going over the whole set again. The sets keep res's lists.
+func (r *Round) Shared(res Lists, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	return hashWith(res, true, &r.c, prev)
 }
 
@@ -80,7 +80,7 @@ func (r *Round) End() {
 // Shared prepares shared sets between rounds (a scope that appears with a
 // proxy), reusing the last round's encodings and recording nothing; res's
 // lists are kept as Round.Shared keeps them.
-func (e *Encoder) Shared(res Resources, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
+func (e *Encoder) Shared(res Lists, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	return hashWith(res, true, &encodingCache{prev: e.last}, prev)
 }
 
@@ -106,7 +106,7 @@ type encodingCache struct {
 // hashWith prepares each type's set, keeping the encodings if keepRaw, and
 // reusing and recording encodings in c (if not nil), and the sets of prev
 // (shared sets only) where their resources are the same values.
-func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
+func hashWith(res Lists, keepRaw bool, c *encodingCache, prev map[resourcev3.Type]Set) (map[resourcev3.Type]Set, error) {
 	out := make(map[resourcev3.Type]Set, len(res))
 	for t, items := range res {
 		// Items that are prev's or in its places need no sorting (the
@@ -119,11 +119,11 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 			out[t] = v
 			continue
 		}
-		sorted := slices.Clone(items)
+		sorted := items.Slice()
 		slices.SortFunc(sorted, func(a, b types.Resource) int {
 			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
 		})
-		if v, ok, err = fromPrev(prev, t, sorted, keepRaw, c); err != nil {
+		if v, ok, err = fromPrev(prev, t, vec.Of(sorted), keepRaw, c); err != nil {
 			return nil, err
 		}
 		if ok {
@@ -153,7 +153,7 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 			}
 			entries[name] = ent
 		}
-		v = newSet(sorted, flatIndex(entries))
+		v = newSet(vec.Of(sorted), flatIndex(entries))
 		v.keepsRaw = keepRaw
 		v.refs = refs
 		if t == resourcev3.ClusterType {
@@ -170,7 +170,7 @@ func hashWith(res Resources, keepRaw bool, c *encodingCache, prev map[resourcev3
 
 // fromPrev is prev's set of type t with items as its resources (see
 // Set.replaced); ok is false without one.
-func fromPrev(prev map[resourcev3.Type]Set, t resourcev3.Type, items []types.Resource, keepRaw bool, c *encodingCache) (Set, bool, error) {
+func fromPrev(prev map[resourcev3.Type]Set, t resourcev3.Type, items vec.Vec[types.Resource], keepRaw bool, c *encodingCache) (Set, bool, error) {
 	p, ok := prev[t]
 	if !ok || !keepRaw {
 		return Set{}, false, nil

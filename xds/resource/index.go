@@ -10,6 +10,8 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // entry is one resource of a set: its version, its deterministic encoding
@@ -141,13 +143,14 @@ func (x index) replacing(changes map[string]*entry) index {
 // enough resources cancel out a change, two contents with one version need
 // a SHA-256 collision.
 
-// versionBlock is the number of entries hashed together.
-const versionBlock = 64
+// versionBlock is the number of entries hashed together: a chunk of the
+// set's items (see vec).
+const versionBlock = vec.ChunkLen
 
 // blockHash is the hash of one block of entries.
 type blockHash [sha256.Size]byte
 
-// hashBlock hashes items[from:to] (in name order), each entry's version
+// hashBlock hashes a block of items (in name order), each entry's version
 // read from idx.
 func hashBlock(items []types.Resource, idx index, buf []byte) (blockHash, []byte) {
 	h := sha256.New()
@@ -164,13 +167,11 @@ func hashBlock(items []types.Resource, idx index, buf []byte) (blockHash, []byte
 }
 
 // hashBlocks hashes every block of items (sorted by name).
-func hashBlocks(items []types.Resource, idx index) []blockHash {
-	out := make([]blockHash, 0, (len(items)+versionBlock-1)/versionBlock)
+func hashBlocks(items vec.Vec[types.Resource], idx index) []blockHash {
+	out := make([]blockHash, items.Chunks())
 	var buf []byte
-	for from := 0; from < len(items); from += versionBlock {
-		var b blockHash
-		b, buf = hashBlock(items[from:min(from+versionBlock, len(items))], idx, buf)
-		out = append(out, b)
+	for b := range out {
+		out[b], buf = hashBlock(items.Chunk(b), idx, buf)
 	}
 	return out
 }

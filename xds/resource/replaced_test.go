@@ -14,6 +14,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/xds/resource"
 )
 
@@ -33,25 +34,40 @@ func TestReplacedIsBuilt(t *testing.T) {
 		return out
 	}
 	cur := map[resourcev3.Type][]types.Resource{}
-	for _, name := range names(150) {
+	for _, name := range names(400) {
 		cur[resourcev3.EndpointType] = append(cur[resourcev3.EndpointType], cla(name, r.IntN(3)))
 		cur[resourcev3.ClusterType] = append(cur[resourcev3.ClusterType], edsCluster(name))
 	}
 	var enc resource.Encoder
 	var prev, older map[resourcev3.Type]resource.Set
+	var last resource.Lists
 	replacedRounds := 0
 	for step := range 300 {
-		res := resource.Resources{}
+		// Every other round, the lists of the same length are the last
+		// round's patched (as the translator hands them on: the chunks not
+		// touched are the last lists'); the others are new lists.
+		res, lists := resource.Resources{}, resource.Lists{}
 		for typ, items := range cur {
 			res[typ] = slices.Clone(items)
+			lists[typ] = vec.Of(res[typ])
+			if was := last[typ]; step%2 == 1 && was.Len() == len(items) {
+				p := was.Patch()
+				for i, x := range items {
+					if x != was.At(i) {
+						p.Set(i, x)
+					}
+				}
+				lists[typ] = p.Vec()
+			}
 		}
+		last = lists
 		round := enc.Begin()
-		got, err := round.Shared(res, prev)
+		got, err := round.Shared(lists, prev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		round.End()
-		want, err := (&resource.Encoder{}).Shared(res, nil)
+		want, err := (&resource.Encoder{}).Shared(resource.ListsOf(res), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +96,7 @@ func TestReplacedIsBuilt(t *testing.T) {
 			}
 			// A proxy's own resources over the set: one in place of a
 			// shared one, one of its own.
-			own, err := resource.Own(resource.Resources{typ: {edsCluster(fmt.Sprintf("svc%03d", step%150)), edsCluster("own")}})
+			own, err := resource.Own(resource.Resources{typ: {edsCluster(fmt.Sprintf("svc%03d", step%400)), edsCluster("own")}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -93,7 +109,7 @@ func TestReplacedIsBuilt(t *testing.T) {
 		// same content or another), sometimes a service added or gone.
 		eps, cls := cur[resourcev3.EndpointType], cur[resourcev3.ClusterType]
 		for i := range eps {
-			switch r.IntN(20) {
+			switch r.IntN(100) {
 			case 0:
 				eps[i] = cla(name(eps[i]), r.IntN(3))
 			case 1:

@@ -31,7 +31,7 @@ func clusters(names ...string) []types.Resource {
 // proxy's own resource stands over a shared one of the same name.
 func TestWholeSetBodies(t *testing.T) {
 	var enc resource.Encoder
-	shared, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")}, nil)
+	shared, err := enc.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: clusters("a", "b", "c")}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,14 +122,14 @@ func TestRoundsReuseEncodings(t *testing.T) {
 	var enc resource.Encoder
 	kept, moved := &clusterv3.Cluster{Name: "kept"}, &clusterv3.Cluster{Name: "moved"}
 	round := enc.Begin()
-	first, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved}}, nil)
+	first, err := round.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: {kept, moved}}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	round.End()
 	moved = &clusterv3.Cluster{Name: "moved", AltStatName: "new"}
 	round = enc.Begin()
-	second, err := round.Shared(resource.Resources{resourcev3.ClusterType: {kept, moved, &clusterv3.Cluster{Name: "added"}}}, nil)
+	second, err := round.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: {kept, moved, &clusterv3.Cluster{Name: "added"}}}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestSameNames(t *testing.T) {
 	var enc resource.Encoder
 	set := func(cs ...types.Resource) resource.Set {
 		t.Helper()
-		s, err := enc.Shared(resource.Resources{resourcev3.ClusterType: cs}, nil)
+		s, err := enc.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: cs}), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +189,7 @@ func TestSameNames(t *testing.T) {
 func TestDuplicateNamesRefused(t *testing.T) {
 	var enc resource.Encoder
 	dup := []types.Resource{&clusterv3.Cluster{Name: "a"}, &clusterv3.Cluster{Name: "a", AltStatName: "x"}}
-	if _, err := enc.Shared(resource.Resources{resourcev3.ClusterType: dup}, nil); err == nil {
+	if _, err := enc.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: dup}), nil); err == nil {
 		t.Error("a shared set with two clusters named a was prepared")
 	}
 	if _, err := resource.Own(resource.Resources{resourcev3.ClusterType: dup}); err == nil {
@@ -206,7 +206,7 @@ func TestEncodedFew(t *testing.T) {
 	for i := range 100 {
 		names = append(names, fmt.Sprintf("c%03d", i))
 	}
-	sets, err := enc.Shared(resource.Resources{resourcev3.ClusterType: clusters(names...)}, nil)
+	sets, err := enc.Shared(resource.ListsOf(resource.Resources{resourcev3.ClusterType: clusters(names...)}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

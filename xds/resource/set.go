@@ -25,10 +25,26 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // Resources are xDS resources by type URL.
 type Resources map[resourcev3.Type][]types.Resource
+
+// Lists are xDS resources by type URL, each type's as a vec.Vec: the form
+// the translator hands shared resources on in, patching its last lists
+// where a change touched them (see Set.replaced).
+type Lists = map[resourcev3.Type]vec.Vec[types.Resource]
+
+// ListsOf is res as Lists, sharing res's slices (not to be edited after).
+func ListsOf(res Resources) Lists {
+	out := make(Lists, len(res))
+	for t, items := range res {
+		out[t] = vec.Of(items)
+	}
+	return out
+}
 
 // Set is one type's resources, prepared once when the set is built and
 // then shared by every proxy that gets it unchanged: the content-hash
@@ -40,7 +56,7 @@ type Set struct {
 	version string
 	// blocks are the hashes the version is made of (see hashBlocks).
 	blocks []blockHash
-	items  []types.Resource
+	items  vec.Vec[types.Resource]
 	// idx is the resources by name, with their versions and (shared sets)
 	// their deterministic encodings, which delta responses to every stream
 	// reuse.
@@ -64,7 +80,7 @@ type Set struct {
 }
 
 // newSet prepares a set of items (sorted by name), whose entries idx holds.
-func newSet(items []types.Resource, idx index) Set {
+func newSet(items vec.Vec[types.Resource], idx index) Set {
 	v := Set{items: items, idx: idx, enc: &encodings{}, blocks: hashBlocks(items, idx)}
 	v.version = versionOf(v.blocks)
 	return v
@@ -179,31 +195,36 @@ func (v Set) Since(old Set) Set {
 // replaced resources are encoded (or found in c), their entries go on top
 // of v's index (see index), and the version hashes again the blocks that
 // hold an entry at a new version, then the blocks' hashes: an endpoint
-// change costs the endpoint sets it touched, a pass comparing the items
-// and a hash of 32 bytes per 64 entries, not a copy or a hash of every
-// entry. The list items is kept, not copied: whoever hands it on (the
-// translator) does not change it after. v's own list handed on again (a
-// type nothing changed in) is v, at once. The result records what changed
-// since v.
+// change costs the endpoint sets it touched, a comparison per chunk of
+// items (a chunk of v's is v's entries: see vec) and a hash of 32 bytes
+// per chunk, not a copy, a comparison or a hash of every entry. The list
+// items is kept, not copied. v's own list handed on again (a type nothing
+// changed in) is v, at once. The result records what changed since v.
 //
 // Sets whose references are worked out from every resource (listeners,
 // clusters) are replaced only when nothing changed.
-func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCache) (Set, bool, error) {
-	if len(items) != len(v.items) || !v.keepsRaw {
+func (v Set) replaced(t resourcev3.Type, items vec.Vec[types.Resource], c *encodingCache) (Set, bool, error) {
+	if items.Len() != v.items.Len() || !v.keepsRaw {
 		return Set{}, false, nil
 	}
 	next := v
 	next.from, next.changed, next.removed = v.version, nil, nil
-	if (len(items) == 0 || &items[0] == &v.items[0]) && !c.recordsAnew() {
+	if items.Same(v.items) && !c.recordsAnew() {
 		return next, true, nil
 	}
 	var diff []int
-	for i, r := range items {
-		if r != v.items[i] {
-			if cachev3.GetResourceName(r) != cachev3.GetResourceName(v.items[i]) || len(diff) > len(items)/4 {
-				return Set{}, false, nil
+	for b := range items.Chunks() {
+		if items.SameChunk(v.items, b) {
+			continue
+		}
+		was := v.items.Chunk(b)
+		for j, r := range items.Chunk(b) {
+			if r != was[j] {
+				if cachev3.GetResourceName(r) != cachev3.GetResourceName(was[j]) || len(diff) > items.Len()/4 {
+					return Set{}, false, nil
+				}
+				diff = append(diff, b*vec.ChunkLen+j)
 			}
-			diff = append(diff, i)
 		}
 	}
 	if len(diff) > 0 && (t == resourcev3.ListenerType || t == resourcev3.ClusterType) {
@@ -213,7 +234,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		// A round recording anew records what it keeps (v has the
 		// encodings; a lookup that misses, v being made between rounds,
 		// encodes again).
-		for i, r := range items {
+		for i, r := range items.All() {
 			if _, replaced := slices.BinarySearch(diff, i); replaced {
 				continue
 			}
@@ -229,13 +250,13 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 	changes := make(map[string]*entry, len(diff))
 	var touched []int // the blocks holding a replaced entry of a new version, in order
 	for _, i := range diff {
-		r := items[i]
+		r := items.At(i)
 		e, err := c.encoding(t, r) // recorded: the next round finds it too
 		if err != nil {
 			return Set{}, false, err
 		}
 		if c.adding {
-			c.forget(v.items[i]) // replaced here (a set still holding it keeps its encoding; a later round meeting it encodes it again)
+			c.forget(v.items.At(i)) // replaced here (a set still holding it keeps its encoding; a later round meeting it encodes it again)
 		}
 		name := cachev3.GetResourceName(r)
 		if old, ok := v.idx.get(name); !ok || old.version != e.version {
@@ -249,8 +270,7 @@ func (v Set) replaced(t resourcev3.Type, items []types.Resource, c *encodingCach
 		next.blocks = slices.Clone(v.blocks)
 		var buf []byte
 		for _, b := range slices.Compact(touched) {
-			from := b * versionBlock
-			next.blocks[b], buf = hashBlock(next.items[from:min(from+versionBlock, len(next.items))], next.idx, buf)
+			next.blocks[b], buf = hashBlock(next.items.Chunk(b), next.idx, buf)
 		}
 		next.version = versionOf(next.blocks)
 	}
@@ -305,7 +325,7 @@ func Merge(shared, own Set) Set {
 // when own holds nothing, which every proxy's snapshot then shares, or a
 // new set.
 func MergeRef(shared *Set, own Set) *Set {
-	if len(own.items) == 0 && len(shared.items) > 0 {
+	if own.items.Len() == 0 && shared.items.Len() > 0 {
 		return shared
 	}
 	v := merge(*shared, own)
@@ -314,11 +334,11 @@ func MergeRef(shared *Set, own Set) *Set {
 
 func merge(shared, own Set) Set {
 	switch {
-	case len(own.items) == 0 && len(shared.items) == 0:
+	case own.items.Len() == 0 && shared.items.Len() == 0:
 		return emptySet
-	case len(own.items) == 0:
+	case own.items.Len() == 0:
 		return shared
-	case len(shared.items) == 0:
+	case shared.items.Len() == 0:
 		return own
 	}
 	h := sha256.Sum256([]byte(shared.version + "+" + own.version))

@@ -28,6 +28,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 )
 
@@ -82,7 +83,25 @@ func localClusterName(p model.Port) string { return "local-" + InboundClusterNam
 // returned; the first service in key order keeps the address.
 func Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 	var t Translator
-	return t.Shared(snap)
+	res, problems := t.Shared(snap)
+	return Slices(res), problems
+}
+
+// Lists are resources by type URL as the Translator hands them on, each
+// type's sorted by name, as a vec.Vec: a change patches the last lists in
+// the places it touched (an endpoint change: the chunks holding the
+// endpoint sets it changed), so whoever prepares them next (xds/resource)
+// finds the change by comparing chunks, and nothing copies 10,000
+// entries for one.
+type Lists = map[resourcev3.Type]vec.Vec[types.Resource]
+
+// Slices is l's resources as slices.
+func Slices(l Lists) Resources {
+	out := make(Resources, len(l))
+	for t, v := range l {
+		out[t] = v.Slice()
+	}
+	return out
 }
 
 // Translator is Shared for a sequence of snapshots: it keeps each service's
@@ -164,7 +183,7 @@ type addrChain struct {
 
 // Shared translates snap, reusing what it translated before for services
 // that did not change, and forgets services no longer in snap.
-func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
+func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 	// Listeners of scopes not translated since the last Shared go.
 	for scope := range t.listeners {
 		if !t.used[scope] {
@@ -195,13 +214,13 @@ func (t *Translator) Shared(snap *model.Snapshot) (Resources, []model.Problem) {
 // Scoped translates snap as a sidecar with scope e sees it (Shared of
 // snap.Scoped(e)), from and into the same per-service results as Shared.
 // snap must be the snapshot Shared was last given.
-func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Resources, []model.Problem) {
+func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Lists, []model.Problem) {
 	return t.translate(snap.Scoped(e), e.Key())
 }
 
 // translate translates snap; scope keys the outbound listener kept for the
 // next translation of the same scope.
-func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, []model.Problem) {
+func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []model.Problem) {
 	if t.services == nil {
 		t.services, t.local, t.listeners = map[string]*serviceOut{}, map[string]types.Resource{}, map[string]*listenerv3.Listener{}
 		t.byModel, t.outbound, t.results = map[*model.Service]*serviceOut{}, map[string]*outboundChains{}, map[string]*result{}
@@ -266,8 +285,12 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 	add(resourcev3.ListenerType, l)
 	res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], t.locals...)
 	sortResources(res)
-	t.results[scope] = newResult(outs, res, ob, t.locals)
-	return res, ob.problems
+	lists := make(Lists, len(res))
+	for typ, items := range res {
+		lists[typ] = vec.Of(items)
+	}
+	t.results[scope] = newResult(outs, lists, ob, t.locals)
+	return lists, ob.problems
 }
 
 // result is a scope's last translation and what it was made of: the
@@ -276,17 +299,17 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Resources, [
 // type and name.
 type result struct {
 	outs   []*serviceOut
-	res    Resources
+	res    Lists
 	pos    map[resourcev3.Type]map[string]int
 	ob     *outboundChains
 	locals []types.Resource
 }
 
-func newResult(outs []*serviceOut, res Resources, ob *outboundChains, locals []types.Resource) *result {
+func newResult(outs []*serviceOut, res Lists, ob *outboundChains, locals []types.Resource) *result {
 	r := &result{outs: outs, res: res, ob: ob, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
 	for typ, items := range res {
-		m := make(map[string]int, len(items))
-		for i, it := range items {
+		m := make(map[string]int, items.Len())
+		for i, it := range items.All() {
 			m[cachev3.GetResourceName(it)] = i
 		}
 		r.pos[typ] = m
@@ -297,15 +320,15 @@ func newResult(outs []*serviceOut, res Resources, ob *outboundChains, locals []t
 // patched returns the last result with the resources of the services in
 // outs (the same services, some translated again into resources of the
 // same names: an endpoint change) in place of the old ones: sorted lists
-// copied and patched, not built and sorted again (the lists handed on are
+// patched (see vec), not built and sorted again (the lists handed on are
 // never changed). moved are the places where outs differ from the last
 // result's (none else is looked at). ok is false when outs are not such.
-func (r *result) patched(outs []*serviceOut, moved []int) (res Resources, ok bool) {
+func (r *result) patched(outs []*serviceOut, moved []int) (res Lists, ok bool) {
 	if len(outs) != len(r.outs) {
 		return nil, false
 	}
 	res = r.res
-	copied := map[resourcev3.Type]bool{}
+	patches := map[resourcev3.Type]*vec.Patch[types.Resource]{}
 	for _, i := range moved {
 		out, prev := outs[i], r.outs[i]
 		if out == prev {
@@ -328,14 +351,19 @@ func (r *result) patched(outs []*serviceOut, moved []int) (res Resources, ok boo
 				if !found || name != cachev3.GetResourceName(old[j]) {
 					return nil, false
 				}
-				if !copied[typ] {
-					if len(copied) == 0 {
-						res = maps.Clone(r.res)
-					}
-					res[typ], copied[typ] = slices.Clone(res[typ]), true
+				p := patches[typ]
+				if p == nil {
+					p = r.res[typ].Patch()
+					patches[typ] = p
 				}
-				res[typ][at] = it
+				p.Set(at, it)
 			}
+		}
+	}
+	if len(patches) > 0 {
+		res = maps.Clone(r.res)
+		for typ, p := range patches {
+			res[typ] = p.Vec()
 		}
 	}
 	return res, true

@@ -30,13 +30,13 @@ func TestTranslatorIsShared(t *testing.T) {
 		snap := mutate(rng, snaps[rng.IntN(len(snaps))])
 		got, gotProblems := tr.Shared(snap)
 		want, wantProblems := translate.Shared(snap)
-		if err := sameResources(got, want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
+		if err := sameResources(translate.Slices(got), want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
 			t.Fatalf("step %d: incremental translation differs: %v; problems %v, want %v", i, err, gotProblems, wantProblems)
 		}
 		e := model.Egress{"*/" + pickService(rng, snap)}
 		got, _ = tr.Scoped(snap, e)
 		want, _ = translate.Shared(snap.Scoped(e))
-		if err := sameResources(got, want); err != nil {
+		if err := sameResources(translate.Slices(got), want); err != nil {
 			t.Fatalf("step %d: scoped %v: %v", i, e, err)
 		}
 	}
@@ -116,7 +116,7 @@ func TestTranslatorAgeBoundMoves(t *testing.T) {
 			next.ConnectionMaxAge = age
 			got, _ := tr.Shared(&next)
 			want, _ := translate.Shared(&next)
-			if err := sameResources(got, want); err != nil {
+			if err := sameResources(translate.Slices(got), want); err != nil {
 				t.Fatalf("golden input #%d, age bound %v: %v", i, age, err)
 			}
 		}
@@ -147,7 +147,7 @@ func TestTranslatorPatchesEndpointChanges(t *testing.T) {
 	kept := 0 // steps whose cluster list is the last one's (patched, not built again)
 	for i, snap := range goldenSnapshots(t) {
 		var tr translate.Translator
-		var before []translate.Resources
+		var before []translate.Lists
 		var copies []map[resourcev3.Type][]types.Resource
 		for step := range 30 {
 			next := *snap
@@ -168,23 +168,23 @@ func TestTranslatorPatchesEndpointChanges(t *testing.T) {
 			snap = &next
 			got, gotProblems := tr.Shared(snap)
 			want, wantProblems := translate.Shared(snap)
-			if err := sameResources(got, want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
+			if err := sameResources(translate.Slices(got), want); err != nil || fmt.Sprint(gotProblems) != fmt.Sprint(wantProblems) {
 				t.Fatalf("golden input #%d step %d: %v; problems %v, want %v", i, step, err, gotProblems, wantProblems)
 			}
 			for k, res := range before {
 				for typ, items := range res {
-					if !slices.Equal(items, copies[k][typ]) {
+					if !slices.Equal(items.Slice(), copies[k][typ]) {
 						t.Fatalf("golden input #%d step %d: the %s list handed on at step %d changed", i, step, typ, k)
 					}
 				}
 			}
-			if n := len(before); n > 0 && len(got[resourcev3.ClusterType]) > 0 && &got[resourcev3.ClusterType][0] == &before[n-1][resourcev3.ClusterType][0] {
+			if n := len(before); n > 0 && got[resourcev3.ClusterType].Len() > 0 && got[resourcev3.ClusterType].Same(before[n-1][resourcev3.ClusterType]) {
 				kept++
 			}
 			before = append(before, got)
 			c := map[resourcev3.Type][]types.Resource{}
 			for typ, items := range got {
-				c[typ] = slices.Clone(items)
+				c[typ] = items.Slice()
 			}
 			copies = append(copies, c)
 		}

@@ -1,0 +1,136 @@
+// Package vec is an immutable list stored in chunks of ChunkLen elements,
+// for the long lists meshd's pipeline hands from stage to stage and
+// patches in a few places per change (10,000 endpoint sets, one of them
+// new): a patch copies the chunks it touches and the list of chunks (a
+// slice header per ChunkLen elements), not every element, and a stage
+// finds what changed by comparing chunks by identity before elements.
+//
+// Where it sits: a leaf package under the translator (xds/translate) and
+// the shared sets (xds/resource); it knows nothing of either.
+package vec
+
+import "iter"
+
+// ChunkLen is the number of elements per chunk (the last may hold fewer).
+const ChunkLen = 64
+
+// Vec is an immutable list. The zero Vec is empty. A Vec and what its
+// methods return are never modified: a change makes a new Vec (Patch),
+// which shares the chunks it did not touch. Safe to read from any
+// goroutine.
+type Vec[T any] struct {
+	chunks [][]T
+	n      int
+}
+
+// Of is s as a Vec, sharing s's array: s must not be edited after.
+func Of[T any](s []T) Vec[T] {
+	if len(s) == 0 {
+		return Vec[T]{}
+	}
+	chunks := make([][]T, 0, (len(s)+ChunkLen-1)/ChunkLen)
+	for from := 0; from < len(s); from += ChunkLen {
+		to := min(from+ChunkLen, len(s))
+		chunks = append(chunks, s[from:to:to])
+	}
+	return Vec[T]{chunks: chunks, n: len(s)}
+}
+
+// Len is the number of elements.
+func (v Vec[T]) Len() int { return v.n }
+
+// At is the element at i (0 <= i < Len).
+func (v Vec[T]) At(i int) T { return v.chunks[i/ChunkLen][i%ChunkLen] }
+
+// Chunks is the number of chunks.
+func (v Vec[T]) Chunks() int { return len(v.chunks) }
+
+// Chunk is the elements of chunk b, those at b*ChunkLen onwards; the
+// caller must not modify them.
+func (v Vec[T]) Chunk(b int) []T { return v.chunks[b] }
+
+// SameChunk reports whether chunk b of v and of w is the same array (so
+// the same elements), told without comparing an element.
+func (v Vec[T]) SameChunk(w Vec[T], b int) bool {
+	a, c := v.chunks[b], w.chunks[b]
+	return len(a) == len(c) && (len(a) == 0 || &a[0] == &c[0])
+}
+
+// Same reports whether v and w are one Vec (the same chunk list).
+func (v Vec[T]) Same(w Vec[T]) bool {
+	return v.n == w.n && (len(v.chunks) == 0 || &v.chunks[0] == &w.chunks[0])
+}
+
+// All yields each element with its place, in order.
+func (v Vec[T]) All() iter.Seq2[int, T] {
+	return func(yield func(int, T) bool) {
+		for b, c := range v.chunks {
+			for j, x := range c {
+				if !yield(b*ChunkLen+j, x) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Values yields each element in order.
+func (v Vec[T]) Values() iter.Seq[T] {
+	return func(yield func(T) bool) {
+		for _, c := range v.chunks {
+			for _, x := range c {
+				if !yield(x) {
+					return
+				}
+			}
+		}
+	}
+}
+
+// Slice is the elements as a new slice.
+func (v Vec[T]) Slice() []T {
+	out := make([]T, 0, v.n)
+	for _, c := range v.chunks {
+		out = append(out, c...)
+	}
+	return out
+}
+
+// Patch starts a new Vec equal to v, to be changed in places: v is not
+// changed.
+func (v Vec[T]) Patch() *Patch[T] { return &Patch[T]{v: v} }
+
+// Patch builds a Vec from another with elements replaced: the first
+// change copies the chunk list, the first change in a chunk copies the
+// chunk. Not safe for concurrent use.
+type Patch[T any] struct {
+	v       Vec[T]
+	spine   bool  // v.chunks is the patch's own copy
+	touched []int // the chunks copied, in the order of their first change
+}
+
+// Set puts x at i (0 <= i < Len).
+func (p *Patch[T]) Set(i int, x T) {
+	if !p.spine {
+		p.v.chunks, p.spine = append([][]T(nil), p.v.chunks...), true
+	}
+	b := i / ChunkLen
+	if !p.copied(b) {
+		p.v.chunks[b] = append([]T(nil), p.v.chunks[b]...)
+		p.touched = append(p.touched, b)
+	}
+	p.v.chunks[b][i%ChunkLen] = x
+}
+
+// copied reports whether chunk b is the patch's own (a patch touches few).
+func (p *Patch[T]) copied(b int) bool {
+	for _, t := range p.touched {
+		if t == b {
+			return true
+		}
+	}
+	return false
+}
+
+// Vec is the result; the Patch is not to be used after.
+func (p *Patch[T]) Vec() Vec[T] { return p.v }
