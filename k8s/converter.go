@@ -10,6 +10,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 )
 
@@ -64,10 +65,12 @@ type Converter struct {
 	lastPods     []*corev1.Pod
 	lastServices []*corev1.Service
 	lastSlices   []*discoveryv1.EndpointSlice
-	// workloads and servicesOut are the lists the last snapshot handed on;
-	// outChanged are the services whose value changed since.
+	// workloads and servicesOut are the lists the last snapshot handed on
+	// (converted: there was one); outChanged are the services whose value
+	// changed since.
 	workloads   []*model.Workload
-	servicesOut []*model.Service
+	servicesOut vec.Vec[*model.Service]
+	converted   bool
 	outChanged  []*serviceEntry
 }
 
@@ -175,17 +178,20 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 		}
 	}
 	switch {
-	case servicesMoved || c.servicesOut == nil:
-		c.servicesOut = make([]*model.Service, len(c.serviceOrder))
+	case servicesMoved || !c.converted:
+		out := make([]*model.Service, len(c.serviceOrder))
 		for i, e := range c.serviceOrder {
-			c.servicesOut[i] = e.out
+			out[i] = e.out
 		}
+		c.servicesOut, c.converted = vec.Of(out), true
 	case len(outChanged) > 0:
-		// The same services, some with new values: in their places.
-		c.servicesOut = slices.Clone(c.servicesOut)
+		// The same services, some with new values: in their places (the
+		// chunks they are in copied, the others shared).
+		p := c.servicesOut.Patch()
 		for _, e := range outChanged {
-			c.servicesOut[e.at] = e.out
+			p.Set(e.at, e.out)
 		}
+		c.servicesOut = p.Vec()
 	}
 	clear(outChanged) // the array is reused: it holds no entry past this change
 	snap := &model.Snapshot{TrustDomain: c.trustDomain, ChangedAt: st.ChangedAt, Workloads: c.workloads, Services: c.servicesOut}

@@ -40,10 +40,10 @@ func TestLocalDirDocExample(t *testing.T) {
 	if !meshed["web-0.demo"] || !meshed["client-0.demo"] || meshed["legacy-0.legacy"] || len(meshed) != 3 {
 		t.Errorf("workloads meshed: %v", meshed)
 	}
-	if len(snap.Services) != 1 {
-		t.Fatalf("services: %d, want web", len(snap.Services))
+	if snap.Services.Len() != 1 {
+		t.Fatalf("services: %d, want web", snap.Services.Len())
 	}
-	svc := snap.Services[0]
+	svc := snap.Services.At(0)
 	if svc.Key() != "web.demo" || svc.ClusterIP != "198.19.0.10" || len(svc.Ports) != 1 || svc.Ports[0].Port != 80 || !svc.Ports[0].Protocol.IsHTTP() {
 		t.Errorf("service %s %s %+v", svc.Key(), svc.ClusterIP, svc.Ports)
 	}

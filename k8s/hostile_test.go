@@ -36,8 +36,8 @@ func TestConvertInvalidNames(t *testing.T) {
 		Policies: []*unstructured.Unstructured{policy("demo", "allow.all"), policy("demo", "a|b"), policy("de mo", "p")},
 	}
 	snap, problems := k8s.Convert(st, "cluster.local")
-	if len(snap.Workloads) != 1 || snap.Workloads[0].Name != "web-0.x" || len(snap.Services) != 1 || snap.Services[0].Name != "web" {
-		t.Fatalf("workloads %+v, services %+v: want only web-0.x and web", snap.Workloads, snap.Services)
+	if len(snap.Workloads) != 1 || snap.Workloads[0].Name != "web-0.x" || snap.Services.Len() != 1 || snap.Services.At(0).Name != "web" {
+		t.Fatalf("workloads %+v, services %+v: want only web-0.x and web", snap.Workloads, snap.Services.Slice())
 	}
 	if got := len(snap.Workloads[0].Policies); got != 1 {
 		t.Errorf("web-0.x has %d policies, want allow.all only", got)

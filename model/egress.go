@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // Egress is the part of the mesh a workload's sidecar is configured for: the
@@ -94,12 +96,13 @@ func (s *Snapshot) Scoped(e Egress) *Snapshot {
 		}
 	}
 	c := *s
-	c.Services = nil
-	for _, svc := range s.Services {
+	var in []*Service
+	for svc := range s.Services.Values() {
 		if exact[key{svc.Namespace, svc.Name}] || namespaces[svc.Namespace] || wild != nil && wild.Allows(svc) {
-			c.Services = append(c.Services, svc)
+			in = append(in, svc)
 		}
 	}
+	c.Services = vec.Of(in)
 	return &c
 }
 

@@ -12,6 +12,8 @@ import (
 	"cmp"
 	"strings"
 	"time"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // Protocol is how a port's traffic is handled.
@@ -62,8 +64,12 @@ type Snapshot struct {
 	// first bytes to tell mutual TLS from plaintext (0: DefaultDetectionTimeout);
 	// a workload may set its own.
 	DetectionTimeout time.Duration
-	Services         []*Service
-	Workloads        []*Workload
+	// Services are a vec.Vec: the next snapshot shares the chunks no
+	// changed service is in (an endpoint change copies one chunk, not
+	// 10,000 pointers), and the translator finds the changed services by
+	// comparing chunks before services (see vec).
+	Services  vec.Vec[*Service]
+	Workloads []*Workload
 	// ChangedAt is when the Kubernetes change this snapshot reflects was
 	// first noticed; proxy convergence is measured from it.
 	ChangedAt time.Time
@@ -172,7 +178,7 @@ func (s *Snapshot) Workload(key string) *Workload {
 	if s == nil {
 		return nil
 	}
-	i, ok := binarySearch(s.Workloads, key, func(w *Workload) (string, string) { return w.Name, w.Namespace })
+	i, ok := binarySearch(len(s.Workloads), func(i int) *Workload { return s.Workloads[i] }, key, func(w *Workload) (string, string) { return w.Name, w.Namespace })
 	if !ok {
 		return nil
 	}
@@ -184,30 +190,30 @@ func (s *Snapshot) Service(key string) *Service {
 	if s == nil {
 		return nil
 	}
-	i, ok := binarySearch(s.Services, key, func(svc *Service) (string, string) { return svc.Name, svc.Namespace })
+	i, ok := binarySearch(s.Services.Len(), s.Services.At, key, func(svc *Service) (string, string) { return svc.Name, svc.Namespace })
 	if !ok {
 		return nil
 	}
-	return s.Services[i]
+	return s.Services.At(i)
 }
 
-// binarySearch finds key in items sorted by their keys, "name.namespace"
-// of the parts nameOf gives (compared without building them: a proxy's
-// lookup on every model change, for every proxy).
-func binarySearch[T any](items []T, key string, nameOf func(T) (name, namespace string)) (int, bool) {
-	lo, hi := 0, len(items)
+// binarySearch finds key in the n items (at gives each) sorted by their
+// keys, "name.namespace" of the parts nameOf gives (compared without
+// building them: a proxy's lookup on every model change, for every proxy).
+func binarySearch[T any](n int, at func(int) T, key string, nameOf func(T) (name, namespace string)) (int, bool) {
+	lo, hi := 0, n
 	for lo < hi {
 		mid := int(uint(lo+hi) >> 1)
-		if name, ns := nameOf(items[mid]); compareKey(name, ns, key) < 0 {
+		if name, ns := nameOf(at(mid)); compareKey(name, ns, key) < 0 {
 			lo = mid + 1
 		} else {
 			hi = mid
 		}
 	}
-	if lo == len(items) {
+	if lo == n {
 		return lo, false
 	}
-	name, ns := nameOf(items[lo])
+	name, ns := nameOf(at(lo))
 	return lo, compareKey(name, ns, key) == 0
 }
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 )
 
@@ -12,7 +13,7 @@ import (
 func TestLookups(t *testing.T) {
 	snap := &model.Snapshot{
 		Workloads: []*model.Workload{{Name: "a-0", Namespace: "demo"}, {Name: "b-0", Namespace: "demo"}, {Name: "c-0", Namespace: "other"}},
-		Services:  []*model.Service{{Name: "api", Namespace: "demo"}, {Name: "web", Namespace: "demo"}},
+		Services:  vec.Of([]*model.Service{{Name: "api", Namespace: "demo"}, {Name: "web", Namespace: "demo"}}),
 	}
 	for _, key := range []string{"a-0.demo", "b-0.demo", "c-0.other"} {
 		if w := snap.Workload(key); w == nil || w.Key() != key {

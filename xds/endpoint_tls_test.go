@@ -21,6 +21,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds/resource"
 	"github.com/meshd/meshd/xds/translate"
@@ -108,7 +109,7 @@ func TestEndpointTransportSocket(t *testing.T) {
 // behind a plain TCP listener on lport.
 func outboundOf(t *testing.T, svc *model.Service, lport int) resource.Resources {
 	t.Helper()
-	shared, problems := translate.Shared(&model.Snapshot{TrustDomain: "cluster.local", Services: []*model.Service{svc}})
+	shared, problems := translate.Shared(&model.Snapshot{TrustDomain: "cluster.local", Services: vec.Of([]*model.Service{svc})})
 	if len(problems) > 0 {
 		t.Fatalf("problems: %v", problems)
 	}

@@ -183,7 +183,7 @@ func targets(snap *model.Snapshot, to string) []*model.Service {
 		return []*model.Service{svc}
 	}
 	var out []*model.Service
-	for _, svc := range snap.Services {
+	for svc := range snap.Services.Values() {
 		if slices.ContainsFunc(svc.Endpoints, func(ep model.Endpoint) bool { return ep.Workload == to }) {
 			out = append(out, svc)
 		}

@@ -12,6 +12,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -42,12 +43,13 @@ func BenchmarkMeshUpdate(b *testing.B) {
 // withReady is snap with its first service's first endpoint ready or not:
 // a new snapshot, as the model is never mutated.
 func withReady(snap *model.Snapshot, ready bool) *model.Snapshot {
-	svc := *snap.Services[0]
+	svc := *snap.Services.At(0)
 	svc.Endpoints = slices.Clone(svc.Endpoints)
 	svc.Endpoints[0].Ready = ready
 	next := *snap
-	next.Services = slices.Clone(snap.Services)
-	next.Services[0] = &svc
+	p := snap.Services.Patch()
+	p.Set(0, &svc)
+	next.Services = p.Vec()
 	return &next
 }
 
@@ -106,6 +108,7 @@ func BenchmarkMeshUpdateScoped(b *testing.B) {
 
 func benchModel(services, endpoints int) *model.Snapshot {
 	snap := &model.Snapshot{TrustDomain: "cluster.local"}
+	var list []*model.Service
 	for i := range services {
 		svc := &model.Service{Namespace: fmt.Sprintf("ns%d", i%50), Name: fmt.Sprintf("svc%d", i),
 			ClusterIP: fmt.Sprintf("198.19.%d.%d", i/250, i%250+1),
@@ -119,8 +122,9 @@ func benchModel(services, endpoints int) *model.Snapshot {
 			snap.Workloads = append(snap.Workloads, w)
 			svc.Endpoints = append(svc.Endpoints, model.Endpoint{PortName: "http", Address: ip, Port: 8080, Ready: true, Identity: id, Workload: w.Key()})
 		}
-		snap.Services = append(snap.Services, svc)
+		list = append(list, svc)
 	}
+	snap.Services = vec.Of(list)
 	// Workloads sorted by key, as the model promises.
 	sortWorkloads(snap.Workloads)
 	return snap

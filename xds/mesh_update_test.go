@@ -13,6 +13,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/sds"
@@ -154,7 +155,7 @@ func TestUpdateSurvivesTranslationPanic(t *testing.T) {
 	before := version()
 
 	bad := *good
-	bad.Services = append(bad.Services[:len(bad.Services):len(bad.Services)], nil)
+	bad.Services = vec.Of(append(bad.Services.Slice(), nil))
 	_, err := mesh.Update(ctx, &bad)
 	if err == nil || !strings.Contains(err.Error(), "translation failed") || !strings.Contains(err.Error(), "nil pointer") {
 		t.Fatalf("Update of a model the translator panics on: %v", err)

@@ -81,7 +81,7 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 		}
 		published.Inc()
 		w.published.Store(true)
-		log.Info("xds: mesh config published", "services", len(snap.Services), "workloads", len(snap.Workloads), "skipped", len(probs))
+		log.Info("xds: mesh config published", "services", snap.Services.Len(), "workloads", len(snap.Workloads), "skipped", len(probs))
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds/translate"
 )
@@ -12,6 +13,7 @@ import (
 // mesh, one service account per service) and a workload per endpoint.
 func benchModel(services, endpoints int) *model.Snapshot {
 	snap := &model.Snapshot{TrustDomain: "cluster.local"}
+	var list []*model.Service
 	for i := range services {
 		svc := &model.Service{Namespace: fmt.Sprintf("ns%d", i%50), Name: fmt.Sprintf("svc%d", i),
 			ClusterIP: fmt.Sprintf("198.19.%d.%d", i/250, i%250+1),
@@ -25,8 +27,9 @@ func benchModel(services, endpoints int) *model.Snapshot {
 			snap.Workloads = append(snap.Workloads, w)
 			svc.Endpoints = append(svc.Endpoints, model.Endpoint{PortName: "http", Address: ip, Port: 8080, Ready: true, Identity: id, Workload: w.Key()})
 		}
-		snap.Services = append(snap.Services, svc)
+		list = append(list, svc)
 	}
+	snap.Services = vec.Of(list)
 	return snap
 }
 

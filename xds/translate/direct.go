@@ -55,7 +55,7 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 	if ip.IsLoopback() {
 		bind = w.IP
 	}
-	for _, svc := range snap.Scoped(w.Egress).Services {
+	for svc := range snap.Scoped(w.Egress).Services.Values() {
 		if svc.ClusterIP == "" {
 			continue // headless: the app reaches its pods by address
 		}

@@ -8,6 +8,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds/translate"
 )
@@ -22,7 +23,7 @@ func TestDirectListenersScoped(t *testing.T) {
 	}
 	w := &model.Workload{Namespace: "demo", Name: "client-0", ServiceAccount: "client", Identity: model.SPIFFEID("cluster.local", "demo", "client"),
 		IP: "127.0.0.3", Meshed: true, Mode: model.ModeStrict, NoInterception: true, Egress: model.Egress{"demo/api"}}
-	snap := &model.Snapshot{TrustDomain: "cluster.local", Services: []*model.Service{svc("api", "198.19.0.1", 80), svc("web", "198.19.0.2", 8080)}, Workloads: []*model.Workload{w}}
+	snap := &model.Snapshot{TrustDomain: "cluster.local", Services: vec.Of([]*model.Service{svc("api", "198.19.0.1", 80), svc("web", "198.19.0.2", 8080)}), Workloads: []*model.Workload{w}}
 	var names []string
 	for _, l := range translate.Proxy(snap, w)[resourcev3.ListenerType] {
 		names = append(names, cachev3.GetResourceName(l))

@@ -196,9 +196,9 @@ func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 	res, problems := t.translate(snap, "")
 	// Every service of snap is in t.services now: it holds more only when
 	// services went.
-	if len(t.services) != len(snap.Services) {
-		keep := make(map[string]bool, len(snap.Services))
-		for _, svc := range snap.Services {
+	if len(t.services) != snap.Services.Len() {
+		keep := make(map[string]bool, snap.Services.Len())
+		for svc := range snap.Services.Values() {
 			keep[svc.Key()] = true
 		}
 		for key, out := range t.services {
@@ -230,25 +230,15 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 	}
 	last := t.results[scope]
 	ob := t.outbound[scope]
-	sameChains := ob != nil && len(ob.from) == len(snap.Services)
-	outs := make([]*serviceOut, len(snap.Services))
-	var moved []int // the places whose result is not the last translation's
-	for i, svc := range snap.Services {
-		// A service at the place it had in the scope's last translation
-		// (the same value) is that translation's, found by one comparison
-		// instead of a lookup (10,000 lookups per endpoint change).
-		if last != nil && i < len(last.outs) && last.outs[i].from == svc && last.outs[i].maxAge == snap.ConnectionMaxAge {
-			outs[i] = last.outs[i]
-		} else {
-			outs[i] = t.service(snap, svc)
-			moved = append(moved, i)
-		}
-		sameChains = sameChains && ob.from[i] == outs[i].chains
+	outs, moved := t.serviceResults(snap, last)
+	sameChains := ob != nil && len(ob.from) == outs.Len()
+	for _, i := range moved {
+		sameChains = sameChains && ob.from[i] == outs.At(i).chains
 	}
 	if !sameChains {
-		from := make([]*serviceChains, len(outs))
-		for i, out := range outs {
-			from[i] = out.chains
+		from := make([]*serviceChains, 0, outs.Len())
+		for out := range outs.Values() {
+			from = append(from, out.chains)
 		}
 		ob = outbound(snap.Services, from)
 		t.outbound[scope] = ob
@@ -269,14 +259,14 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 	// The same outbound chains are the same listener (it was kept above).
 	if last != nil && last.ob == ob && slices.Equal(last.locals, t.locals) {
 		if res, ok := last.patched(outs, moved); ok {
-			t.results[scope] = &result{outs: outs, res: res, pos: last.pos, ob: ob, locals: t.locals}
+			t.results[scope] = &result{services: snap.Services, maxAge: snap.ConnectionMaxAge, outs: outs, res: res, pos: last.pos, ob: ob, locals: t.locals}
 			return res, ob.problems
 		}
 	}
 	res := Resources{}
 	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
 	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
-	for _, out := range outs {
+	for out := range outs.Values() {
 		for typ, items := range out.res {
 			res[typ] = append(res[typ], items...)
 		}
@@ -289,8 +279,41 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 	for typ, items := range res {
 		lists[typ] = vec.Of(items)
 	}
-	t.results[scope] = newResult(outs, lists, ob, t.locals)
+	t.results[scope] = newResult(snap, outs, lists, ob, t.locals)
 	return lists, ob.problems
+}
+
+// serviceResults are the results of snap's services, in snap's order, and the
+// places (moved, in order) where they are not last's. Where snap's
+// services are last's patched (the same number, a snapshot's chunks shared
+// with the one before: see vec), only the chunks not shared are gone over,
+// and the results are last's patched in the same places: an endpoint
+// change costs the chunk its service is in, not a pass over 10,000.
+func (t *Translator) serviceResults(snap *model.Snapshot, last *result) (outs vec.Vec[*serviceOut], moved []int) {
+	svcs := snap.Services
+	if last == nil || last.services.Len() != svcs.Len() || last.maxAge != snap.ConnectionMaxAge {
+		out := make([]*serviceOut, svcs.Len())
+		for i, svc := range svcs.All() {
+			out[i] = t.service(snap, svc)
+			moved = append(moved, i)
+		}
+		return vec.Of(out), moved
+	}
+	p := last.outs.Patch()
+	for b := range svcs.Chunks() {
+		if svcs.SameChunk(last.services, b) {
+			continue
+		}
+		for j, svc := range svcs.Chunk(b) {
+			// A service at the place it had in the scope's last translation
+			// (the same value) is that translation's.
+			if i := b*vec.ChunkLen + j; last.outs.At(i).from != svc {
+				p.Set(i, t.service(snap, svc))
+				moved = append(moved, i)
+			}
+		}
+	}
+	return p.Vec(), moved
 }
 
 // result is a scope's last translation and what it was made of: the
@@ -298,15 +321,19 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 // and local clusters; pos is each resource's place in its sorted list, by
 // type and name.
 type result struct {
-	outs   []*serviceOut
-	res    Lists
-	pos    map[resourcev3.Type]map[string]int
-	ob     *outboundChains
-	locals []types.Resource
+	// services are the snapshot's the result was made from, with its
+	// connection age bound.
+	services vec.Vec[*model.Service]
+	maxAge   time.Duration
+	outs     vec.Vec[*serviceOut]
+	res      Lists
+	pos      map[resourcev3.Type]map[string]int
+	ob       *outboundChains
+	locals   []types.Resource
 }
 
-func newResult(outs []*serviceOut, res Lists, ob *outboundChains, locals []types.Resource) *result {
-	r := &result{outs: outs, res: res, ob: ob, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
+func newResult(snap *model.Snapshot, outs vec.Vec[*serviceOut], res Lists, ob *outboundChains, locals []types.Resource) *result {
+	r := &result{services: snap.Services, maxAge: snap.ConnectionMaxAge, outs: outs, res: res, ob: ob, locals: locals, pos: make(map[resourcev3.Type]map[string]int, len(res))}
 	for typ, items := range res {
 		m := make(map[string]int, items.Len())
 		for i, it := range items.All() {
@@ -323,14 +350,14 @@ func newResult(outs []*serviceOut, res Lists, ob *outboundChains, locals []types
 // patched (see vec), not built and sorted again (the lists handed on are
 // never changed). moved are the places where outs differ from the last
 // result's (none else is looked at). ok is false when outs are not such.
-func (r *result) patched(outs []*serviceOut, moved []int) (res Lists, ok bool) {
-	if len(outs) != len(r.outs) {
+func (r *result) patched(outs vec.Vec[*serviceOut], moved []int) (res Lists, ok bool) {
+	if outs.Len() != r.outs.Len() {
 		return nil, false
 	}
 	res = r.res
 	patches := map[resourcev3.Type]*vec.Patch[types.Resource]{}
 	for _, i := range moved {
-		out, prev := outs[i], r.outs[i]
+		out, prev := outs.At(i), r.outs.At(i)
 		if out == prev {
 			continue
 		}
@@ -372,10 +399,10 @@ func (r *result) patched(outs []*serviceOut, moved []int) (res Lists, ok bool) {
 // outbound works out the outbound chains of services (from: each one's
 // chains): the first service in key order keeps an address and port two
 // claim.
-func outbound(services []*model.Service, from []*serviceChains) *outboundChains {
+func outbound(services vec.Vec[*model.Service], from []*serviceChains) *outboundChains {
 	var cs chainSet
 	ob := &outboundChains{from: from}
-	for i, svc := range services {
+	for i, svc := range services.All() {
 		for j, pc := range from[i].ports {
 			added := false
 			for _, c := range pc.chains {

@@ -12,6 +12,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/xds/translate"
@@ -45,13 +46,13 @@ func TestTranslatorIsShared(t *testing.T) {
 // mutate returns a copy of snap with random changes; snap is not touched.
 func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
 	c := *snap
-	c.Services = nil
-	for _, svc := range snap.Services {
+	var services []*model.Service
+	for svc := range snap.Services.Values() {
 		if rng.IntN(8) == 0 {
 			continue // gone
 		}
 		if rng.IntN(3) == 0 { // unchanged: the same value, as a Converter hands it on
-			c.Services = append(c.Services, svc)
+			services = append(services, svc)
 			continue
 		}
 		s := *svc
@@ -70,8 +71,9 @@ func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
 			i := rng.IntN(len(s.Endpoints))
 			s.Endpoints = slices.Delete(s.Endpoints, i, i+1)
 		}
-		c.Services = append(c.Services, &s)
+		services = append(services, &s)
 	}
+	c.Services = vec.Of(services)
 	if rng.IntN(4) == 0 {
 		c.ConnectionMaxAge = time.Duration(rng.IntN(3)) * time.Hour
 	}
@@ -79,10 +81,10 @@ func mutate(rng *rand.Rand, snap *model.Snapshot) *model.Snapshot {
 }
 
 func pickService(rng *rand.Rand, snap *model.Snapshot) string {
-	if len(snap.Services) == 0 {
+	if snap.Services.Len() == 0 {
 		return "none"
 	}
-	return snap.Services[rng.IntN(len(snap.Services))].Name
+	return snap.Services.At(rng.IntN(snap.Services.Len())).Name
 }
 
 func sameResources(got, want translate.Resources) error {
@@ -151,8 +153,8 @@ func TestTranslatorPatchesEndpointChanges(t *testing.T) {
 		var copies []map[resourcev3.Type][]types.Resource
 		for step := range 30 {
 			next := *snap
-			next.Services = slices.Clone(snap.Services)
-			for j, svc := range next.Services {
+			p := snap.Services.Patch()
+			for j, svc := range snap.Services.All() {
 				if rng.IntN(2) == 0 {
 					continue
 				}
@@ -163,8 +165,9 @@ func TestTranslatorPatchesEndpointChanges(t *testing.T) {
 						s.Endpoints[k].Ready = !s.Endpoints[k].Ready
 					}
 				}
-				next.Services[j] = &s
+				p.Set(j, &s)
 			}
+			next.Services = p.Vec()
 			snap = &next
 			got, gotProblems := tr.Shared(snap)
 			want, wantProblems := translate.Shared(snap)
@@ -191,5 +194,50 @@ func TestTranslatorPatchesEndpointChanges(t *testing.T) {
 	}
 	if kept == 0 {
 		t.Fatal("no endpoint change kept the cluster list")
+	}
+}
+
+// TestTranslatorFollowsChunks: a snapshot of several chunks of services
+// (see vec) whose next snapshots are patched in a few places, as the
+// Converter hands them on (the other chunks shared), now and then replaced
+// by a new list, translates each time as a fresh translation, and keeps the
+// endpoint lists' untouched chunks.
+func TestTranslatorFollowsChunks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(6, 2))
+	snap := benchModel(5*vec.ChunkLen+3, 2)
+	var tr translate.Translator
+	last, _ := tr.Shared(snap)
+	sharedChunks := 0
+	for step := range 60 {
+		next := *snap
+		if step%10 == 9 { // a new list of the same services
+			next.Services = vec.Of(snap.Services.Slice())
+		} else {
+			p := snap.Services.Patch()
+			for range 1 + rng.IntN(3) {
+				i := rng.IntN(snap.Services.Len())
+				s := *snap.Services.At(i)
+				s.Endpoints = slices.Clone(s.Endpoints)
+				s.Endpoints[0].Ready = !s.Endpoints[0].Ready
+				p.Set(i, &s)
+			}
+			next.Services = p.Vec()
+		}
+		snap = &next
+		got, _ := tr.Shared(snap)
+		want, _ := translate.Shared(snap)
+		if err := sameResources(translate.Slices(got), want); err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		eds, was := got[resourcev3.EndpointType], last[resourcev3.EndpointType]
+		for b := range eds.Chunks() {
+			if b < was.Chunks() && eds.SameChunk(was, b) {
+				sharedChunks++
+			}
+		}
+		last = got
+	}
+	if sharedChunks == 0 {
+		t.Fatal("no endpoint list shared a chunk with the one before")
 	}
 }
