@@ -90,6 +90,9 @@ func TestDeltaFromSharedEncodings(t *testing.T) {
 	if resent, _ := recv(again); len(resent) != 0 {
 		t.Fatalf("a reconnect with current versions was sent %v again; want nothing", resent)
 	}
+	// A new list (one handed on is never edited): b as before, a changed.
+	changed = staticClusters("a", "b", "d")
+	changed[resourcev3.ClusterType][1].(*clusterv3.Cluster).AltStatName = "changed"
 	changed[resourcev3.ClusterType][0] = &clusterv3.Cluster{Name: "a", AltStatName: "changed too"}
 	if err := setShared(ctx, m.pub, changed); err != nil {
 		t.Fatal(err)

@@ -18,7 +18,8 @@ import (
 // by type: each type's content-hash version is the hash of its resources'
 // names and the hashes of their deterministic encodings, in name order.
 // Two replicas with the same input agree, and a reconnect sends nothing
-// new. The encodings are not kept (they are the proxy's alone).
+// new. The encodings are not kept (they are the proxy's alone); res's
+// lists are, when sorted (the caller does not edit them after).
 func Own(res Resources) (map[resourcev3.Type]Set, error) {
 	return hashWith(ListsOf(res), false, nil, nil)
 }
@@ -119,23 +120,29 @@ func hashWith(res Lists, keepRaw bool, c *encodingCache, prev map[resourcev3.Typ
 			out[t] = v
 			continue
 		}
-		sorted := items.Slice()
-		slices.SortFunc(sorted, func(a, b types.Resource) int {
-			return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
-		})
-		if v, ok, err = fromPrev(prev, t, vec.Of(sorted), keepRaw, c); err != nil {
-			return nil, err
+		// Sorted lists (the translator's) are kept as they came, so that
+		// the next round's, patched from them, share their chunks.
+		list := items
+		if !sortedByName(items) {
+			sorted := items.Slice()
+			slices.SortFunc(sorted, func(a, b types.Resource) int {
+				return compareStrings(cachev3.GetResourceName(a), cachev3.GetResourceName(b))
+			})
+			list = vec.Of(sorted)
+			if v, ok, err = fromPrev(prev, t, list, keepRaw, c); err != nil {
+				return nil, err
+			}
+			if ok {
+				out[t] = v
+				continue
+			}
 		}
-		if ok {
-			out[t] = v
-			continue
-		}
-		entries := make(map[string]*entry, len(sorted))
+		entries := make(map[string]*entry, list.Len())
 		var refs map[resourcev3.Type]map[string]bool
 		if t == resourcev3.ListenerType {
 			refs = map[resourcev3.Type]map[string]bool{}
 		}
-		for _, r := range sorted {
+		for r := range list.Values() {
 			e, err := c.encoding(t, r)
 			if err != nil {
 				return nil, err
@@ -153,12 +160,12 @@ func hashWith(res Lists, keepRaw bool, c *encodingCache, prev map[resourcev3.Typ
 			}
 			entries[name] = ent
 		}
-		v = newSet(vec.Of(sorted), flatIndex(entries))
+		v = newSet(list, flatIndex(entries))
 		v.keepsRaw = keepRaw
 		v.refs = refs
 		if t == resourcev3.ClusterType {
-			named := make(map[string]types.ResourceWithTTL, len(sorted))
-			for _, r := range sorted {
+			named := make(map[string]types.ResourceWithTTL, list.Len())
+			for r := range list.Values() {
 				named[cachev3.GetResourceName(r)] = types.ResourceWithTTL{Resource: r}
 			}
 			v.refs = cachev3.GetResourceReferences(named)
@@ -166,6 +173,19 @@ func hashWith(res Lists, keepRaw bool, c *encodingCache, prev map[resourcev3.Typ
 		out[t] = v
 	}
 	return out, nil
+}
+
+// sortedByName reports whether items are sorted by name.
+func sortedByName(items vec.Vec[types.Resource]) bool {
+	last := ""
+	for i, r := range items.All() {
+		name := cachev3.GetResourceName(r)
+		if i > 0 && compareStrings(last, name) > 0 {
+			return false
+		}
+		last = name
+	}
+	return true
 }
 
 // fromPrev is prev's set of type t with items as its resources (see

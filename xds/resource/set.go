@@ -244,6 +244,10 @@ func (v Set) replaced(t resourcev3.Type, items vec.Vec[types.Resource], c *encod
 		}
 	}
 	if len(diff) == 0 {
+		// The same resources: items in place of v's own list (the
+		// translator patches items next time, and the chunks it does not
+		// touch are then the set's).
+		next.items = items
 		return next, true, nil
 	}
 	next.items, next.enc = items, &encodings{}
