@@ -62,9 +62,9 @@ type Converter struct {
 	// lastPods, lastServices and lastSlices are the lists last converted: a
 	// state handing on the same list again (the Watcher, when no event of
 	// the kind came) has the same objects.
-	lastPods     []*corev1.Pod
-	lastServices []*corev1.Service
-	lastSlices   []*discoveryv1.EndpointSlice
+	lastPods     vec.Vec[*corev1.Pod]
+	lastServices vec.Vec[*corev1.Service]
+	lastSlices   vec.Vec[*discoveryv1.EndpointSlice]
 	// workloads and servicesOut are the lists the last snapshot handed on
 	// (converted: there was one); outChanged are the services whose value
 	// changed since.
@@ -105,10 +105,11 @@ type serviceEntry struct {
 	ports    map[string][]model.Port // by pod key
 }
 
-// sliceEntry is an EndpointSlice's service key ("" when it names none).
+// sliceEntry is an EndpointSlice's service key ("" when it names none),
+// and the number of places of the last list holding it.
 type sliceEntry struct {
 	service string
-	round   uint64
+	places  int
 }
 
 // NewConverter returns a Converter for the mesh's trust domain.
@@ -200,10 +201,10 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 
 // setNamespaces records the namespaces and reports whether any was
 // added, changed or removed.
-func (c *Converter) setNamespaces(list []*corev1.Namespace) bool {
-	nss := make(map[string]*corev1.Namespace, len(list))
+func (c *Converter) setNamespaces(list vec.Vec[*corev1.Namespace]) bool {
+	nss := make(map[string]*corev1.Namespace, list.Len())
 	moved := false
-	for _, ns := range list {
+	for ns := range list.Values() {
 		nss[ns.Name] = ns
 		moved = moved || c.namespaces[ns.Name] != ns
 	}
@@ -248,14 +249,14 @@ func (c *Converter) setPolicies(list []*unstructured.Unstructured) map[string]bo
 // changed) and marks their workloads dirty. It returns the pods whose
 // endpoints read differently now (depChanged), and whether workloads were
 // added or removed.
-func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
+func (c *Converter) setPods(list vec.Vec[*corev1.Pod], nsMoved bool, dirty map[string]bool) (depChanged map[string]bool, moved bool) {
 	depChanged = map[string]bool{}
-	if !nsMoved && model.SameList(list, c.lastPods) {
+	if !nsMoved && list.Same(c.lastPods) {
 		return depChanged, false
 	}
 	c.lastPods = list
 	seen := 0
-	for _, p := range list {
+	for p := range list.Values() {
 		if e := c.podsByObj[p]; e != nil && (!nsMoved || e.ns == c.namespaces[p.Namespace]) {
 			if e.round != c.round {
 				e.round = c.round
@@ -303,9 +304,9 @@ func (c *Converter) setPods(list []*corev1.Pod, nsMoved bool, dirty map[string]b
 // setServices converts the services that are new or changed, or whose
 // slices or endpoints' pods changed, and marks dirty the workloads whose
 // given ports changed. It returns whether services were added or removed.
-func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.EndpointSlice, depChanged, dirty map[string]bool) (moved bool) {
+func (c *Converter) setServices(list vec.Vec[*corev1.Service], all vec.Vec[*discoveryv1.EndpointSlice], depChanged, dirty map[string]bool) (moved bool) {
 	sliced := c.setSlices(all)
-	if len(depChanged) == 0 && model.SameList(list, c.lastServices) {
+	if len(depChanged) == 0 && list.Same(c.lastServices) {
 		// The same services: only those whose slices changed.
 		for key := range sliced {
 			if e := c.services[key]; e != nil {
@@ -316,7 +317,7 @@ func (c *Converter) setServices(list []*corev1.Service, all []*discoveryv1.Endpo
 	}
 	c.lastServices = list
 	seen := 0
-	for _, s := range list {
+	for s := range list.Values() {
 		if e := c.servicesByObj[s]; e != nil && !sliced[e.key] && !readsAny(e.deps, depChanged) {
 			if e.round != c.round {
 				e.round = c.round
@@ -383,101 +384,106 @@ func (c *Converter) setService(s *corev1.Service, dirty map[string]bool) (moved 
 
 // setSlices records the EndpointSlices by the service they name, and
 // returns the keys of the services whose slices were added, changed or
-// removed.
-func (c *Converter) setSlices(all []*discoveryv1.EndpointSlice) map[string]bool {
+// removed. Each slice's entry counts the places of the list holding it
+// (a list from a Source may hold one twice), so that a list patched in a
+// few places (see kept) costs those places: an object that left one is
+// gone when no place holds it any more.
+func (c *Converter) setSlices(all vec.Vec[*discoveryv1.EndpointSlice]) map[string]bool {
 	changed := map[string]bool{}
-	if model.SameList(all, c.lastSlices) {
+	if all.Same(c.lastSlices) {
 		return changed
 	}
 	last := c.lastSlices
 	c.lastSlices = all
-	if gone, came, ok := placeDiff(last, all); ok {
+	gone, came, ok := chunkDiff(last, all)
+	if !ok { // a new list, or a large change: every place counted again
+		for _, e := range c.slices {
+			e.places = 0
+		}
+		gone, came = nil, slices.Collect(all.Values())
+	}
+	for _, s := range came { // before gone: an object that moved stays
+		e := c.slices[s]
+		if e == nil {
+			e = c.addSlice(s, changed)
+		}
+		e.places++
+	}
+	for _, s := range gone {
+		c.slices[s].places--
+	}
+	if ok {
 		for _, s := range gone {
-			e := c.slices[s]
-			if e == nil || slices.Contains(came, s) || slices.Contains(all, s) {
-				continue // moved, or there twice
-			}
-			delete(c.slices, s)
-			if e.service != "" {
-				c.group(e.service, s, false)
-				changed[e.service] = true
-			}
+			c.dropSlice(s, changed)
 		}
-		for _, s := range came {
-			if c.slices[s] == nil {
-				c.addSlice(s, changed)
-			}
-		}
-		return changed
-	}
-	seen := 0
-	for _, s := range all {
-		if e := c.slices[s]; e != nil {
-			if e.round != c.round {
-				e.round = c.round
-				seen++
-			}
-			continue
-		}
-		c.addSlice(s, changed)
-		seen++
-	}
-	if seen == len(c.slices) {
-		return changed
-	}
-	for s, e := range c.slices {
-		if e.round == c.round {
-			continue
-		}
-		delete(c.slices, s)
-		if e.service != "" {
-			c.group(e.service, s, false)
-			changed[e.service] = true
+	} else {
+		for s := range c.slices {
+			c.dropSlice(s, changed)
 		}
 	}
 	return changed
 }
 
-// addSlice records a slice new to the Converter.
-func (c *Converter) addSlice(s *discoveryv1.EndpointSlice, changed map[string]bool) {
-	e := &sliceEntry{round: c.round}
+// dropSlice forgets s if no place holds it any more.
+func (c *Converter) dropSlice(s *discoveryv1.EndpointSlice, changed map[string]bool) {
+	e := c.slices[s]
+	if e == nil || e.places > 0 {
+		return
+	}
+	delete(c.slices, s)
+	if e.service != "" {
+		c.group(e.service, s, false)
+		changed[e.service] = true
+	}
+}
+
+// addSlice records a slice new to the Converter (at no place yet).
+func (c *Converter) addSlice(s *discoveryv1.EndpointSlice, changed map[string]bool) *sliceEntry {
+	e := &sliceEntry{}
 	if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
 		e.service = name + "." + s.Namespace
 		c.group(e.service, s, true)
 		changed[e.service] = true
 	}
 	c.slices[s] = e
+	return e
 }
 
-// placeDiff compares two lists place by place, as the Watcher hands them
-// on (see kept: an update in its object's place, an addition last, a
+// chunkDiff compares two lists of a kind handed on one after the other
+// (see kept: an update in its object's place, an addition last, a
 // deletion replaced by the last object): gone are the objects at the
-// places where last differs from next, came next's there. ok is false when
-// more places differ (a longer list's tail included) than maxPlaces or a
-// quarter of the list (a list in a new order, a large change): the caller
-// then looks every object up.
-func placeDiff[T comparable](last, next []T) (gone, came []T, ok bool) {
-	n := min(len(last), len(next))
-	limit := min(maxPlaces, max(len(last), len(next))/4+1)
-	tail := max(len(last), len(next)) - n // places one list has beyond the other
-	if tail > limit {
+// places where last differs from next (a longer last's tail included),
+// came next's there (a longer next's tail included). The chunks next
+// shares with last (see vec) are not gone over. ok is false when more
+// than a quarter of the places differ (a list in a new order, a large
+// change): a pass over the list then costs as little.
+func chunkDiff[T comparable](last, next vec.Vec[T]) (gone, came []T, ok bool) {
+	n, longest := min(last.Len(), next.Len()), max(last.Len(), next.Len())
+	limit, changes := longest/4+1, longest-n
+	if changes > limit {
 		return nil, nil, false
 	}
-	for i := range n {
-		if last[i] != next[i] {
-			if len(gone)+tail == limit {
-				return nil, nil, false
+	for b := range (n + vec.ChunkLen - 1) / vec.ChunkLen {
+		if last.SameChunk(next, b) {
+			continue
+		}
+		for i := b * vec.ChunkLen; i < min((b+1)*vec.ChunkLen, n); i++ {
+			if x, y := last.At(i), next.At(i); x != y {
+				if changes++; changes > limit {
+					return nil, nil, false
+				}
+				gone, came = append(gone, x), append(came, y)
 			}
-			gone, came = append(gone, last[i]), append(came, next[i])
 		}
 	}
-	return append(gone, last[n:]...), append(came, next[n:]...), true
+	for i := n; i < last.Len(); i++ {
+		gone = append(gone, last.At(i))
+	}
+	for i := n; i < next.Len(); i++ {
+		came = append(came, next.At(i))
+	}
+	return gone, came, true
 }
-
-// maxPlaces bounds the places placeDiff tells apart: an object that left
-// a place is looked for in the whole new list (it may have moved, or be
-// there twice), a pass per place.
-const maxPlaces = 32
 
 // group adds s to (or removes it from) its service's slices, kept sorted
 // by name. The slices are new each time: a service's conversion read the

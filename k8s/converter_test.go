@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/model"
 )
@@ -27,7 +28,8 @@ func TestConverterIsConvert(t *testing.T) {
 	for seed := range uint64(40) {
 		r := rand.New(rand.NewPCG(seed, 7))
 		g := stateGen{r: r}
-		st := g.initial()
+		l := g.initial()
+		st := l.state(r, nil, nil)
 		conv := k8s.NewConverter("cluster.local")
 		var prevGot, prevWant *model.Snapshot
 		for step := range 150 {
@@ -43,7 +45,8 @@ func TestConverterIsConvert(t *testing.T) {
 			if !reflect.DeepEqual(gotProblems, wantProblems) {
 				t.Fatalf("seed %d step %d (after %s): problems differ:\n got %v\nwant %v", seed, step, g.last, gotProblems, wantProblems)
 			}
-			st = g.mutate(st)
+			next := g.mutate(l)
+			st, l = next.state(r, l, st), next
 		}
 	}
 }
@@ -61,8 +64,41 @@ type stateGen struct {
 
 func (g *stateGen) pick(options ...string) string { return options[g.r.IntN(len(options))] }
 
-func (g *stateGen) initial() *k8s.State {
-	st := &k8s.State{}
+// lists are a state's lists as slices, as the generator edits them.
+type lists struct {
+	Namespaces []*corev1.Namespace
+	Pods       []*corev1.Pod
+	Services   []*corev1.Service
+	Slices     []*discoveryv1.EndpointSlice
+	Policies   []*unstructured.Unstructured
+}
+
+// state is l as a State after prev (made of prevL; nil: none) as the
+// Watcher hands them on: a kind's list that is prevL's is prev's, a new
+// one either prev's patched where its objects moved (the other chunks
+// shared: see vec) or, half the time, a list of its own (as a Source
+// lists them).
+func (l *lists) state(r *rand.Rand, prevL *lists, prev *k8s.State) *k8s.State {
+	if prevL == nil {
+		prevL, prev = &lists{}, &k8s.State{}
+	}
+	return &k8s.State{Namespaces: relistedVec(r, prevL.Namespaces, prev.Namespaces, l.Namespaces),
+		Pods: relistedVec(r, prevL.Pods, prev.Pods, l.Pods), Services: relistedVec(r, prevL.Services, prev.Services, l.Services),
+		Slices: relistedVec(r, prevL.Slices, prev.Slices, l.Slices), Policies: l.Policies}
+}
+
+func relistedVec[T comparable](r *rand.Rand, prevList []T, prev vec.Vec[T], now []T) vec.Vec[T] {
+	switch {
+	case model.SameList(prevList, now):
+		return prev
+	case r.IntN(2) == 0:
+		return vec.Rebased(prev, now)
+	}
+	return vec.Of(now)
+}
+
+func (g *stateGen) initial() *lists {
+	st := &lists{}
 	for i := range 3 {
 		st.Namespaces = append(st.Namespaces, g.namespace(fmt.Sprintf("ns%d", i)))
 	}
@@ -187,8 +223,8 @@ func (g *stateGen) policy(name, ns string) *unstructured.Unstructured {
 // mutate returns the next state: one object added, replaced or removed
 // (a new object: informers never change one in place), the lists in a new
 // order.
-func (g *stateGen) mutate(old *k8s.State) *k8s.State {
-	st := &k8s.State{Namespaces: cloneList(old.Namespaces), Pods: cloneList(old.Pods), Services: cloneList(old.Services),
+func (g *stateGen) mutate(old *lists) *lists {
+	st := &lists{Namespaces: cloneList(old.Namespaces), Pods: cloneList(old.Pods), Services: cloneList(old.Services),
 		Slices: cloneList(old.Slices), Policies: cloneList(old.Policies)}
 	switch op := g.r.IntN(14); op {
 	case 0:
@@ -360,8 +396,8 @@ func TestConverterNamespaceListedTwice(t *testing.T) {
 	delete(pod.Labels, k8s.LabelInject)
 	pod.Status.Phase = corev1.PodRunning
 	conv := k8s.NewConverter("cluster.local")
-	conv.Convert(&k8s.State{Namespaces: []*corev1.Namespace{a, b}, Pods: []*corev1.Pod{pod}})
-	st := &k8s.State{Namespaces: []*corev1.Namespace{a, a}, Pods: []*corev1.Pod{pod}}
+	conv.Convert(&k8s.State{Namespaces: vec.Of([]*corev1.Namespace{a, b}), Pods: vec.Of([]*corev1.Pod{pod})})
+	st := &k8s.State{Namespaces: vec.Of([]*corev1.Namespace{a, a}), Pods: vec.Of([]*corev1.Pod{pod})}
 	got, _ := conv.Convert(st)
 	want, _ := k8s.Convert(st, "cluster.local")
 	if !reflect.DeepEqual(got, want) {
@@ -369,22 +405,58 @@ func TestConverterNamespaceListedTwice(t *testing.T) {
 	}
 }
 
-// TestConverterSliceListedTwice: EndpointSlice lists compared place by
-// place (as the Watcher hands them on) still convert as a fresh
-// conversion when a slice is there twice (as a local directory may list
-// it), moves, or leaves.
+// TestConverterSliceListedTwice: EndpointSlice lists compared by chunk and
+// place (as the Watcher hands them on: patched, see kept) still convert as
+// a fresh conversion when a slice is there twice (as a local directory may
+// list it), moves, or leaves, in short lists and in lists of several
+// chunks.
 func TestConverterSliceListedTwice(t *testing.T) {
 	g := stateGen{r: rand.New(rand.NewPCG(2, 2))}
-	st := g.initial()
-	a, b := st.Slices[0], st.Slices[1]
+	st := g.initial().state(g.r, nil, nil)
+	a, b := st.Slices.At(0), st.Slices.At(1)
 	conv := k8s.NewConverter("cluster.local")
+	check := func(step int, next *k8s.State) {
+		t.Helper()
+		got, _ := conv.Convert(next)
+		want, _ := k8s.Convert(next, "cluster.local")
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("step %d: got %s\nwant %s", step, dump(got), dump(want))
+		}
+	}
 	for i, list := range [][]*discoveryv1.EndpointSlice{{a, b}, {a, a}, {a}, {b, a}, {b}, {a, b, a}, {b}} {
 		next := *st
-		next.Slices = list
-		got, _ := conv.Convert(&next)
-		want, _ := k8s.Convert(&next, "cluster.local")
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("list %d: got %s\nwant %s", i, dump(got), dump(want))
+		next.Slices = vec.Of(list)
+		check(i, &next)
+	}
+	// Several chunks of slices of a few services, patched a few places at
+	// a time: replaced, copied into another place, the last moved into a
+	// removed one's place, added.
+	var pool []*discoveryv1.EndpointSlice
+	for i := range 3 * vec.ChunkLen {
+		pool = append(pool, g.slice(fmt.Sprintf("svc%d", i%8), "ns0", 1))
+	}
+	next := *st
+	next.Slices = vec.Of(slices.Clone(pool))
+	check(0, &next)
+	for step := range 300 {
+		p := next.Slices.Patch()
+		for range 1 + g.r.IntN(3) {
+			switch n := p.Len(); {
+			case n > 0 && g.r.IntN(4) == 0:
+				i := g.r.IntN(n)
+				p.Set(i, p.At(n-1))
+				p.Pop()
+			case n > 0 && g.r.IntN(3) == 0:
+				p.Set(g.r.IntN(n), p.At(g.r.IntN(n)))
+			case n > 0 && g.r.IntN(2) == 0:
+				p.Set(g.r.IntN(n), pool[g.r.IntN(len(pool))])
+			default:
+				p.Append(g.slice(fmt.Sprintf("svc%d", g.r.IntN(8)), "ns0", 1))
+			}
 		}
+		st := next
+		st.Slices = p.Vec()
+		next = st
+		check(step+1, &next)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -31,8 +32,8 @@ func TestConvertInvalidNames(t *testing.T) {
 			"spec":     map[string]any{"selector": map[string]any{}, "action": "ALLOW", "rules": []any{map[string]any{}}}}}
 	}
 	st := &k8s.State{
-		Pods:     []*corev1.Pod{pod("demo", "web-0.x", "web"), pod("demo", "a\xffb", ""), pod("demo", "api-0", "a/b"), pod("de.mo", "web-0", ""), pod("demo", strings.Repeat("x", 254), "")},
-		Services: []*corev1.Service{svc("demo", "web"), svc("demo", "a.b"), svc("demo", "9web"), svc("", "web"), svc("demo", "we\xffb")},
+		Pods:     vec.Of([]*corev1.Pod{pod("demo", "web-0.x", "web"), pod("demo", "a\xffb", ""), pod("demo", "api-0", "a/b"), pod("de.mo", "web-0", ""), pod("demo", strings.Repeat("x", 254), "")}),
+		Services: vec.Of([]*corev1.Service{svc("demo", "web"), svc("demo", "a.b"), svc("demo", "9web"), svc("", "web"), svc("demo", "we\xffb")}),
 		Policies: []*unstructured.Unstructured{policy("demo", "allow.all"), policy("demo", "a|b"), policy("de mo", "p")},
 	}
 	snap, problems := k8s.Convert(st, "cluster.local")
@@ -65,7 +66,7 @@ func TestConvertContainerPortOutOfRange(t *testing.T) {
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{
 			{Name: "http", ContainerPort: 8080}, {ContainerPort: 70000}, {ContainerPort: 0}, {ContainerPort: -1}, {ContainerPort: 65535}}}}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.1"}}
-	snap, problems := k8s.Convert(&k8s.State{Pods: []*corev1.Pod{p}}, "cluster.local")
+	snap, problems := k8s.Convert(&k8s.State{Pods: vec.Of([]*corev1.Pod{p})}, "cluster.local")
 	var ports []uint32
 	for _, port := range snap.Workloads[0].Ports {
 		ports = append(ports, port.Port)
@@ -115,7 +116,7 @@ func TestHTTPRuleOnTCPPortOfOneName(t *testing.T) {
 		if i%2 == 1 {
 			list = []*unstructured.Unstructured{b, a}
 		}
-		_, problems := k8s.Convert(&k8s.State{Pods: []*corev1.Pod{pod}, Policies: list}, "cluster.local")
+		_, problems := k8s.Convert(&k8s.State{Pods: vec.Of([]*corev1.Pod{pod}), Policies: list}, "cluster.local")
 		if len(problems) != 1 || problems[0].Reason != k8s.PolicyHTTPRuleOnTCPPort || problems[0].UID != "uid-a" {
 			t.Fatalf("run %d: problems %+v, want one %s of uid-a", i, problems, k8s.PolicyHTTPRuleOnTCPPort)
 		}

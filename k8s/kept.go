@@ -1,11 +1,12 @@
 package k8s
 
 import (
-	"slices"
 	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // kept is one kind's objects as its informer's events left them, in a
@@ -13,20 +14,22 @@ import (
 // a deletion takes the last object into its place. A state after an
 // endpoint write then hands on the slice list with one element replaced
 // and the others where they were, and the Converter finds the change by
-// comparing the lists place by place instead of looking every object up
-// (listing from the informer's cache walks a map: every list in a new
-// order). The list handed on is never edited: the next change copies it
-// first (a copy of the pointers, not a walk of the cache).
+// comparing the lists' chunks (see vec) and then the objects of the chunk
+// not shared, instead of looking every object up (listing from the
+// informer's cache walks a map: every list in a new order). The list
+// handed on is never edited: the changes after it patch a copy of the
+// chunks they touch (a chunk of 64 pointers and the list of chunks, not
+// the whole list and not a walk of the cache).
 //
 // The events of one informer's handler come in order from one goroutine,
 // so the list is the cache as of the last event handed to the handler (the
 // cache itself may be ahead: that event is on its way, and brings another
 // state).
 type kept[T metav1.Object] struct {
-	mu     sync.Mutex
-	list   []T
-	pos    map[string]int // by key (keyOf)
-	shared bool           // list was handed on: copy it before a change
+	mu    sync.Mutex
+	list  vec.Vec[T]     // the list handed on last (or the first)
+	patch *vec.Patch[T]  // the changes since, nil if none
+	pos   map[string]int // by key (keyOf), the places in the list now
 }
 
 // handler keeps k from the informer's events and calls notify after each.
@@ -38,12 +41,30 @@ func (k *kept[T]) handler(notify func()) cache.ResourceEventHandler {
 	}
 }
 
-// get returns the list now. The caller must not edit it.
-func (k *kept[T]) get() []T {
+// get returns the list now.
+func (k *kept[T]) get() vec.Vec[T] {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.shared = true
+	if k.patch != nil {
+		k.list, k.patch = k.patch.Vec(), nil
+	}
 	return k.list
+}
+
+// now is the list with the changes since it was handed on (under mu).
+func (k *kept[T]) now() *vec.Patch[T] {
+	if k.patch == nil {
+		k.patch = k.list.Patch()
+	}
+	return k.patch
+}
+
+// at is the object at place i now (under mu).
+func (k *kept[T]) at(i int) T {
+	if k.patch != nil {
+		return k.patch.At(i)
+	}
+	return k.list.At(i)
 }
 
 // keyOf is o's key as the informer's cache has it (a tombstone's).
@@ -64,19 +85,19 @@ func (k *kept[T]) set(obj any) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	i, had := k.pos[key]
-	if had && any(k.list[i]) == any(o) {
+	if had && any(k.at(i)) == any(o) {
 		return // a resync: the same object
 	}
-	k.own()
+	p := k.now()
 	if had {
-		k.list[i] = o
+		p.Set(i, o)
 		return
 	}
 	if k.pos == nil {
 		k.pos = map[string]int{}
 	}
-	k.pos[key] = len(k.list)
-	k.list = append(k.list, o)
+	k.pos[key] = p.Len()
+	p.Append(o)
 }
 
 // remove removes the object of obj's name (obj may be the informer's
@@ -100,22 +121,13 @@ func (k *kept[T]) remove(obj any) {
 	if !ok {
 		return
 	}
-	k.own()
-	last := len(k.list) - 1
+	p := k.now()
+	last := p.Len() - 1
 	if i != last {
-		k.list[i] = k.list[last]
-		k.pos[keyOf(k.list[i])] = i
+		moved := p.At(last)
+		p.Set(i, moved)
+		k.pos[keyOf(moved)] = i
 	}
-	var zero T
-	k.list[last] = zero
-	k.list = k.list[:last]
+	p.Pop()
 	delete(k.pos, key)
-}
-
-// own makes the list k's to edit: a copy when the list was handed on.
-func (k *kept[T]) own() {
-	if k.shared {
-		k.list = slices.Grow(slices.Clone(k.list), 1)
-		k.shared = false
-	}
 }

@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // TestKeptFollowsEvents: a kind's list kept from informer events (adds,
@@ -22,7 +24,8 @@ func TestKeptFollowsEvents(t *testing.T) {
 	h := k.handler(func() { notified++ })
 	want := map[string]*corev1.Pod{}
 	type handed struct {
-		list, copy []*corev1.Pod
+		list vec.Vec[*corev1.Pod]
+		copy []*corev1.Pod
 	}
 	var out []handed
 	for step := range 5000 {
@@ -33,7 +36,7 @@ func TestKeptFollowsEvents(t *testing.T) {
 		old := want[name]
 		var before []*corev1.Pod
 		if old != nil {
-			before = slices.Clone(k.list)
+			before = k.listNow()
 		}
 		switch r.IntN(6) {
 		case 0, 1:
@@ -42,7 +45,7 @@ func TestKeptFollowsEvents(t *testing.T) {
 			} else {
 				h.OnUpdate(old, pod)
 				i := slices.Index(before, old)
-				if k.list[i] != pod {
+				if k.listNow()[i] != pod {
 					t.Fatalf("step %d: %s updated at place %d, not in its place", step, name, i)
 				}
 			}
@@ -56,7 +59,7 @@ func TestKeptFollowsEvents(t *testing.T) {
 				i, last := slices.Index(before, old), before[len(before)-1]
 				h.OnDelete(old)
 				delete(want, name)
-				if last != old && k.list[i] != last {
+				if last != old && k.listNow()[i] != last {
 					t.Fatalf("step %d: %s deleted at place %d, the last object not moved into it", step, name, i)
 				}
 			} else {
@@ -69,10 +72,10 @@ func TestKeptFollowsEvents(t *testing.T) {
 			}
 		case 5:
 			list := k.get()
-			out = append(out, handed{list, slices.Clone(list)})
+			out = append(out, handed{list, list.Slice()})
 		}
 		got := map[string]*corev1.Pod{}
-		for _, p := range k.list {
+		for _, p := range k.listNow() {
 			if got[keyOf(p)] != nil {
 				t.Fatalf("step %d: %s twice in the list", step, keyOf(p))
 			}
@@ -85,13 +88,13 @@ func TestKeptFollowsEvents(t *testing.T) {
 			if got[n] != p {
 				t.Fatalf("step %d: %s is not the last object its events left", step, n)
 			}
-			if k.list[k.pos[n]] != p {
+			if k.listNow()[k.pos[n]] != p {
 				t.Fatalf("step %d: %s's place is wrong", step, n)
 			}
 		}
 	}
 	for i, h := range out {
-		if !slices.Equal(h.list, h.copy) {
+		if !slices.Equal(h.list.Slice(), h.copy) {
 			t.Fatalf("list %d handed on was edited by later events", i)
 		}
 	}
@@ -109,7 +112,7 @@ func TestKeptIgnoresOtherKinds(t *testing.T) {
 	h.OnAdd(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "b"}}, false)
 	h.OnDelete(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a"}})
 	h.OnDelete("junk")
-	if l := k.get(); len(l) != 1 || l[0].Name != "a" {
+	if l := k.get().Slice(); len(l) != 1 || l[0].Name != "a" {
 		t.Fatalf("kept %v, want pod x/a alone", l)
 	}
 }
@@ -122,14 +125,23 @@ func TestKeptTombstoneByKey(t *testing.T) {
 	h.OnAdd(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a"}}, false)
 	h.OnAdd(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "b"}}, false)
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "a"})
-	if l := k.get(); len(l) != 1 || l[0].Name != "b" {
+	if l := k.get().Slice(); len(l) != 1 || l[0].Name != "b" {
 		t.Fatalf("after a's tombstone: %v", l)
 	}
 	var p kept[*corev1.Pod]
 	ph := p.handler(func() {})
 	ph.OnAdd(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "a"}}, false)
 	ph.OnDelete(cache.DeletedFinalStateUnknown{Key: "x/a"})
-	if l := p.get(); len(l) != 0 {
+	if l := p.get().Slice(); len(l) != 0 {
 		t.Fatalf("after x/a's tombstone: %v", l)
 	}
+}
+
+// listNow is k's list with the changes since it was last handed on, as a
+// slice (for the tests: the list is not handed on).
+func (k *kept[T]) listNow() []T {
+	if k.patch != nil {
+		return k.patch.Vec().Slice()
+	}
+	return k.list.Slice()
 }

@@ -29,6 +29,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // LocalDir serves a directory of Kubernetes YAML (Services, EndpointSlices,
@@ -345,21 +347,27 @@ func StateFromYAML(data []byte) (*State, error) {
 // stateOf sorts objects by kind into a State, in key order (policies in
 // namespace, name order, as the Watcher lists them from an apiserver).
 func stateOf(objs map[string]runtime.Object) *State {
-	st := &State{}
+	var (
+		services   []*corev1.Service
+		eps        []*discoveryv1.EndpointSlice
+		pods       []*corev1.Pod
+		namespaces []*corev1.Namespace
+		policies   []*unstructured.Unstructured
+	)
 	for _, k := range slices.Sorted(maps.Keys(objs)) {
 		switch o := objs[k].(type) {
 		case *corev1.Service:
-			st.Services = append(st.Services, o)
+			services = append(services, o)
 		case *discoveryv1.EndpointSlice:
-			st.Slices = append(st.Slices, o)
+			eps = append(eps, o)
 		case *corev1.Pod:
-			st.Pods = append(st.Pods, o)
+			pods = append(pods, o)
 		case *corev1.Namespace:
-			st.Namespaces = append(st.Namespaces, o)
+			namespaces = append(namespaces, o)
 		case *unstructured.Unstructured:
-			st.Policies = append(st.Policies, o)
+			policies = append(policies, o)
 		}
 	}
-	sortPolicies(st.Policies)
-	return st
+	sortPolicies(policies)
+	return &State{Services: vec.Of(services), Slices: vec.Of(eps), Pods: vec.Of(pods), Namespaces: vec.Of(namespaces), Policies: policies}
 }

@@ -52,7 +52,7 @@ func TestLocalDirDrivesWatcherAndReloads(t *testing.T) {
 	}
 	go func() { _ = w.Start(ctx) }()
 
-	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 && len(s.Pods) == 1 && len(s.Namespaces) == 1 })
+	waitState(ctx, t, states, func(s *State) bool { return s.Services.Len() == 1 && s.Pods.Len() == 1 && s.Namespaces.Len() == 1 })
 
 	// A broken file is reported and changes nothing: once it has been
 	// read (the directory loaded as it is now), the same pod is served.
@@ -68,15 +68,15 @@ func TestLocalDirDrivesWatcherAndReloads(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if pods := l.State().Pods; len(pods) != 1 {
-		t.Fatalf("a broken file changed the served state: %d pods", len(pods))
+	if pods := l.State().Pods; pods.Len() != 1 {
+		t.Fatalf("a broken file changed the served state: %d pods", pods.Len())
 	}
 	// Remove the pod, add a service: the watcher sees exactly that.
 	changed := strings.Replace(localMesh, "kind: Pod", "kind: Service", 1)
 	changed = strings.Replace(changed, "name: web-0", "name: db", 1)
 	changed = strings.Replace(changed, "  serviceAccountName: web\n  containers: [{name: app, image: nginx}]\nstatus: {podIP: 198.18.0.10}\n", "  ports: [{name: tcp, port: 5432}]\n", 1)
 	writeLater(t, file, changed)
-	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 2 && len(s.Pods) == 0 })
+	waitState(ctx, t, states, func(s *State) bool { return s.Services.Len() == 2 && s.Pods.Len() == 0 })
 }
 
 func TestLocalDirRejectsBadInput(t *testing.T) {
@@ -152,7 +152,7 @@ func TestLocalDirSurvivesBadAndBigChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = w.Start(ctx) }()
-	waitState(ctx, t, states, func(s *State) bool { return len(s.Services) == 1 })
+	waitState(ctx, t, states, func(s *State) bool { return s.Services.Len() == 1 })
 
 	var big strings.Builder
 	for i := range 300 {
@@ -161,7 +161,7 @@ func TestLocalDirSurvivesBadAndBigChanges(t *testing.T) {
 	}
 	writeLater(t, filepath.Join(dir, "b.yaml"), big.String())
 	waitState(ctx, t, states, func(s *State) bool {
-		return len(s.Services) == 301 && len(s.Slices) == 300
+		return s.Services.Len() == 301 && s.Slices.Len() == 300
 	})
 
 	// a.yaml turns to garbage (its objects stay) while c.yaml adds a
@@ -190,10 +190,10 @@ spec: {containers: [{name: app, image: x}]}
 `)
 	waitState(ctx, t, states, func(s *State) bool {
 		names := map[string]bool{}
-		for _, p := range s.Pods {
+		for p := range s.Pods.Values() {
 			names[p.Name] = true
 		}
-		return len(s.Namespaces) == 2 && names["web-0"] && names["good-0"] && len(s.Pods) == 2 && len(s.Services) == 301
+		return s.Namespaces.Len() == 2 && names["web-0"] && names["good-0"] && s.Pods.Len() == 2 && s.Services.Len() == 301
 	})
 }
 
@@ -224,7 +224,7 @@ func TestLocalDirServesPolicies(t *testing.T) {
 	var got *State
 	waitState(ctx, t, states, func(s *State) bool {
 		got = s
-		return len(s.Policies) == 1 && s.Policies[0].GetName() == "p" && len(s.Pods) == 1
+		return len(s.Policies) == 1 && s.Policies[0].GetName() == "p" && s.Pods.Len() == 1
 	})
 	snap, problems := Convert(got, "cluster.local")
 	if w := snap.Workload("web-0.demo"); w == nil || len(w.Policies) != 1 || len(problems) > 0 {
@@ -233,5 +233,5 @@ func TestLocalDirServesPolicies(t *testing.T) {
 	if err := os.Remove(policy); err != nil {
 		t.Fatal(err)
 	}
-	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 0 && len(s.Pods) == 1 })
+	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 0 && s.Pods.Len() == 1 })
 }

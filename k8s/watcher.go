@@ -25,16 +25,20 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // State is the Kubernetes state the mesh is built from. The objects are the
 // informers' cached copies, and a kind with no event since the last state
-// is the last state's list itself: readers must not mutate either.
+// is the last state's list itself, one with a few events the last state's
+// list patched in a few chunks (see vec): readers must not mutate the
+// objects (the lists are immutable).
 type State struct {
-	Services   []*corev1.Service
-	Slices     []*discoveryv1.EndpointSlice
-	Pods       []*corev1.Pod
-	Namespaces []*corev1.Namespace
+	Services   vec.Vec[*corev1.Service]
+	Slices     vec.Vec[*discoveryv1.EndpointSlice]
+	Pods       vec.Vec[*corev1.Pod]
+	Namespaces vec.Vec[*corev1.Namespace]
 	// Policies are the AuthorizationPolicies (see PolicyFromObject).
 	Policies []*unstructured.Unstructured
 	// ChangedAt is when the first change of the batch that produced this

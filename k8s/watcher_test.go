@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshd/meshd/internal/testenv"
-	"github.com/meshd/meshd/model"
 )
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
@@ -70,7 +69,7 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	withPod := awaitState(ctx, t, states, "the new pod", func(s *State) bool { return hasPod(s, ns, "p") })
-	if !model.SameList(withPod.Services, withDB.Services) {
+	if !withPod.Services.Same(withDB.Services) {
 		t.Error("the services were listed again though none changed")
 	}
 	if err := env.Client.CoreV1().Pods(ns).Delete(ctx, "p", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
@@ -95,7 +94,7 @@ func awaitState(ctx context.Context, t *testing.T, states <-chan *State, what st
 }
 
 func hasPod(s *State, ns, name string) bool {
-	for _, p := range s.Pods {
+	for p := range s.Pods.Values() {
 		if p.Namespace == ns && p.Name == name {
 			return true
 		}
@@ -104,7 +103,7 @@ func hasPod(s *State, ns, name string) bool {
 }
 
 func hasService(s *State, ns, name string) bool {
-	for _, svc := range s.Services {
+	for svc := range s.Services.Values() {
 		if svc.Namespace == ns && svc.Name == name {
 			return len(svc.ManagedFields) == 0
 		}
@@ -129,7 +128,7 @@ func TestPoliciesWatchedOnceTheirCRDIsInstalled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := fake.NewClientset(st.Namespaces[0], st.Services[0], st.Pods[0])
+	client := fake.NewClientset(st.Namespaces.At(0), st.Services.At(0), st.Pods.At(0))
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
 		map[schema.GroupVersionResource]string{PolicyResource: PolicyKind + "List"}, st.Policies[0])
 	var installed atomic.Bool
@@ -143,7 +142,7 @@ func TestPoliciesWatchedOnceTheirCRDIsInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = w.Start(ctx) }()
-	waitState(ctx, t, states, func(s *State) bool { return len(s.Pods) == 1 && len(s.Policies) == 0 })
+	waitState(ctx, t, states, func(s *State) bool { return s.Pods.Len() == 1 && len(s.Policies) == 0 })
 	installed.Store(true)
 	waitState(ctx, t, states, func(s *State) bool { return len(s.Policies) == 1 })
 }

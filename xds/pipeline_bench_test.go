@@ -3,7 +3,6 @@ package xds_test
 import (
 	"context"
 	"fmt"
-	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -32,15 +32,16 @@ func BenchmarkEndpointWrite(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				// The informer hands on a new object for every write, and
-				// the watcher a new list of its kind, the object in its
-				// place (the lists of the kinds no event came for are the
-				// last state's).
-				sl := st.Slices[0].DeepCopy()
+				// the watcher its kind's list patched, the object in its
+				// place (see vec; the lists of the kinds no event came
+				// for are the last state's).
+				sl := st.Slices.At(0).DeepCopy()
 				ready := i%2 == 0
 				sl.Endpoints[0].Conditions.Ready = &ready
 				next := *st
-				next.Slices = slices.Clone(st.Slices)
-				next.Slices[0] = sl
+				p := st.Slices.Patch()
+				p.Set(0, sl)
+				next.Slices = p.Vec()
 				st = &next
 				snap, _ := convert.Convert(st)
 				if _, err := mesh.Update(ctx, snap); err != nil {
@@ -55,7 +56,12 @@ func BenchmarkEndpointWrite(b *testing.B) {
 // namespaces: a ClusterIP Service, one EndpointSlice and a running pod per
 // endpoint, each service under its own service account.
 func benchState(services, endpoints int) *k8s.State {
-	st := &k8s.State{}
+	var st struct {
+		Namespaces []*corev1.Namespace
+		Services   []*corev1.Service
+		Pods       []*corev1.Pod
+		Slices     []*discoveryv1.EndpointSlice
+	}
 	for i := range 50 {
 		st.Namespaces = append(st.Namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 			Name: fmt.Sprintf("ns%d", i), Labels: map[string]string{k8s.LabelInject: "enabled"}}})
@@ -82,5 +88,5 @@ func benchState(services, endpoints int) *k8s.State {
 		}
 		st.Slices = append(st.Slices, sl)
 	}
-	return st
+	return &k8s.State{Namespaces: vec.Of(st.Namespaces), Services: vec.Of(st.Services), Pods: vec.Of(st.Pods), Slices: vec.Of(st.Slices)}
 }

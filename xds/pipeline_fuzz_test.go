@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
@@ -286,7 +287,13 @@ var (
 
 // state builds a small state of hostile objects.
 func (in *fuzzInput) state() *k8s.State {
-	st := &k8s.State{}
+	var st struct {
+		Namespaces []*corev1.Namespace
+		Pods       []*corev1.Pod
+		Services   []*corev1.Service
+		Slices     []*discoveryv1.EndpointSlice
+		Policies   []*unstructured.Unstructured
+	}
 	for range in.intn(4) {
 		st.Namespaces = append(st.Namespaces, in.namespace(in.ns()))
 	}
@@ -302,7 +309,29 @@ func (in *fuzzInput) state() *k8s.State {
 	for range in.intn(4) {
 		st.Policies = append(st.Policies, in.policy())
 	}
-	return st
+	return &k8s.State{Namespaces: vec.Of(st.Namespaces), Pods: vec.Of(st.Pods), Services: vec.Of(st.Services), Slices: vec.Of(st.Slices), Policies: st.Policies}
+}
+
+// deleted is v without its element at i, the others in their order (a
+// Source's list; the Watcher's moves the last into the place).
+func deleted[T any](v vec.Vec[T], i int) vec.Vec[T] {
+	p := v.Patch()
+	for j := i; j < v.Len()-1; j++ {
+		p.Set(j, v.At(j+1))
+	}
+	p.Pop()
+	return p.Vec()
+}
+
+// setOrAppend is v with x at i, or added when i is Len.
+func setOrAppend[T any](v vec.Vec[T], i int, x T) vec.Vec[T] {
+	p := v.Patch()
+	if i < v.Len() {
+		p.Set(i, x)
+	} else {
+		p.Append(x)
+	}
+	return p.Vec()
 }
 
 func (in *fuzzInput) namespace(name string) *corev1.Namespace {
@@ -452,57 +481,43 @@ func (in *fuzzInput) mutate(old *k8s.State) *k8s.State {
 	for range in.intn(5) + 1 {
 		switch in.intn(10) {
 		case 0:
-			next.Namespaces = slices.Clone(next.Namespaces)
-			if i := in.intn(len(next.Namespaces) + 1); i < len(next.Namespaces) {
-				next.Namespaces[i] = in.namespace(next.Namespaces[i].Name)
+			var ns *corev1.Namespace
+			if i := in.intn(next.Namespaces.Len() + 1); i < next.Namespaces.Len() {
+				ns = in.namespace(next.Namespaces.At(i).Name)
+				next.Namespaces = setOrAppend(next.Namespaces, i, ns)
 			} else {
-				next.Namespaces = append(next.Namespaces, in.namespace(in.ns()))
+				next.Namespaces = setOrAppend(next.Namespaces, i, in.namespace(in.ns()))
 			}
 		case 1, 2:
-			next.Pods = slices.Clone(next.Pods)
-			if i := in.intn(len(next.Pods) + 1); i < len(next.Pods) {
-				p := in.pod()
-				if in.chance(2) { // the same pod, changed
-					p.Name, p.Namespace = next.Pods[i].Name, next.Pods[i].Namespace
-				}
-				next.Pods[i] = p
-			} else {
-				next.Pods = append(next.Pods, in.pod())
+			i, p := in.intn(next.Pods.Len()+1), in.pod()
+			if i < next.Pods.Len() && in.chance(2) { // the same pod, changed
+				p.Name, p.Namespace = next.Pods.At(i).Name, next.Pods.At(i).Namespace
 			}
+			next.Pods = setOrAppend(next.Pods, i, p)
 		case 3:
-			if len(next.Pods) > 0 {
-				i := in.intn(len(next.Pods))
-				next.Pods = slices.Delete(slices.Clone(next.Pods), i, i+1)
+			if next.Pods.Len() > 0 {
+				next.Pods = deleted(next.Pods, in.intn(next.Pods.Len()))
 			}
 		case 4:
-			next.Services = slices.Clone(next.Services)
-			if i := in.intn(len(next.Services) + 1); i < len(next.Services) {
-				s := in.service()
-				s.Name, s.Namespace = next.Services[i].Name, next.Services[i].Namespace
-				next.Services[i] = s
-			} else {
-				next.Services = append(next.Services, in.service())
+			i, s := in.intn(next.Services.Len()+1), in.service()
+			if i < next.Services.Len() {
+				s.Name, s.Namespace = next.Services.At(i).Name, next.Services.At(i).Namespace
 			}
+			next.Services = setOrAppend(next.Services, i, s)
 		case 5:
-			if len(next.Services) > 0 {
-				i := in.intn(len(next.Services))
-				next.Services = slices.Delete(slices.Clone(next.Services), i, i+1)
+			if next.Services.Len() > 0 {
+				next.Services = deleted(next.Services, in.intn(next.Services.Len()))
 			}
 		case 6, 7:
-			next.Slices = slices.Clone(next.Slices)
-			if i := in.intn(len(next.Slices) + 1); i < len(next.Slices) {
-				sl := in.slice(next.Services)
-				if in.chance(2) {
-					sl.Name, sl.Namespace, sl.Labels = next.Slices[i].Name, next.Slices[i].Namespace, next.Slices[i].Labels
-				}
-				next.Slices[i] = sl
-			} else {
-				next.Slices = append(next.Slices, in.slice(next.Services))
+			i, sl := in.intn(next.Slices.Len()+1), in.slice(next.Services.Slice())
+			if i < next.Slices.Len() && in.chance(2) {
+				was := next.Slices.At(i)
+				sl.Name, sl.Namespace, sl.Labels = was.Name, was.Namespace, was.Labels
 			}
+			next.Slices = setOrAppend(next.Slices, i, sl)
 		case 8:
-			if len(next.Slices) > 0 {
-				i := in.intn(len(next.Slices))
-				next.Slices = slices.Delete(slices.Clone(next.Slices), i, i+1)
+			if next.Slices.Len() > 0 {
+				next.Slices = deleted(next.Slices, in.intn(next.Slices.Len()))
 			}
 		case 9:
 			next.Policies = slices.Clone(next.Policies)

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -14,7 +15,7 @@ import (
 // error with the panic's stack, not a crash; a fresh converter then
 // converts the next state.
 func TestConvertSafely(t *testing.T) {
-	_, _, err := convertSafely(k8s.NewConverter("cluster.local"), &k8s.State{Pods: []*corev1.Pod{nil}})
+	_, _, err := convertSafely(k8s.NewConverter("cluster.local"), &k8s.State{Pods: vec.Of([]*corev1.Pod{nil})})
 	if err == nil || !strings.Contains(err.Error(), "conversion failed") || !strings.Contains(err.Error(), "goroutine") {
 		t.Fatalf("a state the converter panics on: %v", err)
 	}

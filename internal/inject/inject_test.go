@@ -23,6 +23,7 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -95,7 +96,7 @@ func stored(pod *corev1.Pod, name string) *corev1.Pod {
 func writeSecrets(t *testing.T, inj *inject.Injector, pods ...*corev1.Pod) {
 	t.Helper()
 	feed := inject.NewPods()
-	feed.Set(pods)
+	feed.Set(vec.Of(pods))
 	w, err := inj.NewSecretWriter(inject.SecretWriterConfig{Pods: feed})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshd/meshd/internal/vec"
 )
 
 // The same list of pods again is no change for the Secret writer; a new
@@ -18,7 +20,8 @@ func TestPodsSetSameList(t *testing.T) {
 			return false
 		}
 	}
-	list := []*corev1.Pod{{}, {}}
+	pods := []*corev1.Pod{{}, {}}
+	list := vec.Of(pods)
 	p.Set(list)
 	if !changed() {
 		t.Fatal("the first pods were no change")
@@ -27,7 +30,7 @@ func TestPodsSetSameList(t *testing.T) {
 	if changed() {
 		t.Error("the same list again was a change")
 	}
-	p.Set(append([]*corev1.Pod(nil), list...))
+	p.Set(vec.Of(append([]*corev1.Pod(nil), pods...)))
 	if !changed() {
 		t.Error("a new list was no change")
 	}

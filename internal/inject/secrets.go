@@ -16,8 +16,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
-	"github.com/meshd/meshd/model"
 )
 
 // Secret mode without side effects at admission: the webhook only mutates
@@ -32,7 +32,7 @@ import (
 // nobody mutates them.
 type Pods struct {
 	mu      sync.Mutex
-	pods    []*corev1.Pod
+	pods    vec.Vec[*corev1.Pod]
 	changed chan struct{}
 }
 
@@ -41,9 +41,9 @@ func NewPods() *Pods { return &Pods{changed: make(chan struct{}, 1)} }
 
 // Set replaces the pods; it never blocks. The same list again (the
 // watcher hands on its last one when no pod changed) is no change.
-func (p *Pods) Set(pods []*corev1.Pod) {
+func (p *Pods) Set(pods vec.Vec[*corev1.Pod]) {
 	p.mu.Lock()
-	same := len(pods) > 0 && model.SameList(p.pods, pods)
+	same := pods.Len() > 0 && p.pods.Same(pods)
 	p.pods = pods
 	p.mu.Unlock()
 	if same {
@@ -55,7 +55,7 @@ func (p *Pods) Set(pods []*corev1.Pod) {
 	}
 }
 
-func (p *Pods) get() []*corev1.Pod {
+func (p *Pods) get() vec.Vec[*corev1.Pod] {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pods
@@ -152,7 +152,7 @@ func (w *SecretWriter) Pass(ctx context.Context) error {
 	}
 	var errs []error
 	wanted, refused := map[string]bool{}, map[types.UID]bool{}
-	for _, pod := range w.cfg.Pods.get() {
+	for pod := range w.cfg.Pods.get().Values() {
 		proxyID, why := w.inj.needsSecret(pod)
 		if why != "" {
 			if proxyID == "" {

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
 )
 
@@ -113,7 +114,7 @@ func TestSecretWriterOnce(t *testing.T) {
 	if _, err := client.CoreV1().Secrets("demo").Create(ctx, first, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	feed.Set([]*corev1.Pod{pod})
+	feed.Set(vec.Of([]*corev1.Pod{pod}))
 	if err := w.Pass(ctx); err != nil {
 		t.Errorf("AlreadyExists: %v", err)
 	}

@@ -9,7 +9,10 @@
 // the shared sets (xds/resource); it knows nothing of either.
 package vec
 
-import "iter"
+import (
+	"iter"
+	"slices"
+)
 
 // ChunkLen is the number of elements per chunk (the last may hold fewer).
 const ChunkLen = 64
@@ -96,13 +99,33 @@ func (v Vec[T]) Slice() []T {
 	return out
 }
 
+// Rebased is list as a Vec that shares prev's chunks where they hold
+// list's elements at the same places (prev itself when list holds exactly
+// prev's), for a list built anew whose elements mostly sit where they sat
+// before. It compares every element; list must not be edited after.
+func Rebased[T comparable](prev Vec[T], list []T) Vec[T] {
+	v := Of(list)
+	same := prev.n == v.n
+	for b := range min(len(prev.chunks), len(v.chunks)) {
+		if slices.Equal(prev.chunks[b], v.chunks[b]) {
+			v.chunks[b] = prev.chunks[b]
+		} else {
+			same = false
+		}
+	}
+	if same {
+		return prev
+	}
+	return v
+}
+
 // Patch starts a new Vec equal to v, to be changed in places: v is not
 // changed.
 func (v Vec[T]) Patch() *Patch[T] { return &Patch[T]{v: v} }
 
-// Patch builds a Vec from another with elements replaced: the first
-// change copies the chunk list, the first change in a chunk copies the
-// chunk. Not safe for concurrent use.
+// Patch builds a Vec from another with elements replaced, added at the end
+// or removed from it: the first change copies the chunk list, the first
+// change in a chunk copies the chunk. Not safe for concurrent use.
 type Patch[T any] struct {
 	v       Vec[T]
 	spine   bool  // v.chunks is the patch's own copy
@@ -111,15 +134,62 @@ type Patch[T any] struct {
 
 // Set puts x at i (0 <= i < Len).
 func (p *Patch[T]) Set(i int, x T) {
+	p.ownSpine()
+	b := i / ChunkLen
+	p.ownChunk(b)
+	p.v.chunks[b][i%ChunkLen] = x
+}
+
+// Len is the number of elements now.
+func (p *Patch[T]) Len() int { return p.v.n }
+
+// At is the element at i now.
+func (p *Patch[T]) At(i int) T { return p.v.At(i) }
+
+// Append adds x at the end.
+func (p *Patch[T]) Append(x T) {
+	p.ownSpine()
+	if p.v.n%ChunkLen == 0 { // a new chunk, the patch's own
+		c := make([]T, 1, ChunkLen)
+		c[0] = x
+		p.v.chunks = append(p.v.chunks, c)
+		p.touched = append(p.touched, len(p.v.chunks)-1)
+	} else {
+		b := len(p.v.chunks) - 1
+		p.ownChunk(b)
+		p.v.chunks[b] = append(p.v.chunks[b], x)
+	}
+	p.v.n++
+}
+
+// Pop removes the last element (Len > 0).
+func (p *Patch[T]) Pop() {
+	p.ownSpine()
+	b := len(p.v.chunks) - 1
+	if len(p.v.chunks[b]) == 1 {
+		p.v.chunks[b] = nil
+		p.v.chunks = p.v.chunks[:b]
+	} else {
+		p.ownChunk(b)
+		c := p.v.chunks[b]
+		var zero T
+		c[len(c)-1] = zero // not kept alive by the array
+		p.v.chunks[b] = c[:len(c)-1]
+	}
+	p.v.n--
+}
+
+func (p *Patch[T]) ownSpine() {
 	if !p.spine {
 		p.v.chunks, p.spine = append([][]T(nil), p.v.chunks...), true
 	}
-	b := i / ChunkLen
+}
+
+func (p *Patch[T]) ownChunk(b int) {
 	if !p.copied(b) {
-		p.v.chunks[b] = append([]T(nil), p.v.chunks[b]...)
+		p.v.chunks[b] = append(make([]T, 0, ChunkLen), p.v.chunks[b]...)
 		p.touched = append(p.touched, b)
 	}
-	p.v.chunks[b][i%ChunkLen] = x
 }
 
 // copied reports whether chunk b is the patch's own (a patch touches few).

@@ -1,6 +1,7 @@
 package vec_test
 
 import (
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -64,5 +65,73 @@ func BenchmarkPatch(b *testing.B) {
 		p := v.Patch()
 		p.Set(i%10000, x)
 		v = p.Vec()
+	}
+}
+
+// TestPatchAgainstSlice: random sequences of Set, Append and Pop, with the
+// Vec handed on every few changes and patched further, give what the same
+// changes of a slice give; every Vec handed on keeps its elements.
+func TestPatchAgainstSlice(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 7))
+	var want []int
+	var v vec.Vec[int]
+	type handed struct {
+		v    vec.Vec[int]
+		want []int
+	}
+	var history []handed
+	p := v.Patch()
+	for step := range 5000 {
+		switch op := r.IntN(10); {
+		case op < 4 && len(want) > 0:
+			i := r.IntN(len(want))
+			p.Set(i, step)
+			want[i] = step
+		case op < 8 || len(want) == 0:
+			p.Append(step)
+			want = append(want, step)
+		default:
+			p.Pop()
+			want = want[:len(want)-1]
+		}
+		if r.IntN(7) == 0 {
+			v = p.Vec()
+			if got := v.Slice(); !slices.Equal(got, want) || v.Len() != len(want) {
+				t.Fatalf("step %d: %v, want %v", step, got, want)
+			}
+			history = append(history, handed{v, slices.Clone(want)})
+			p = v.Patch()
+		}
+	}
+	for i, h := range history {
+		if !slices.Equal(h.v.Slice(), h.want) {
+			t.Fatalf("the Vec handed on %d-th changed after", i)
+		}
+	}
+}
+
+// TestRebased: a list rebased on a Vec equals the list and shares exactly
+// the chunks that hold the same elements; the same elements give the Vec
+// itself.
+func TestRebased(t *testing.T) {
+	s := make([]int, 3*vec.ChunkLen+5)
+	for i := range s {
+		s[i] = i
+	}
+	prev := vec.Of(s)
+	if got := vec.Rebased(prev, slices.Clone(s)); !got.Same(prev) {
+		t.Error("the same elements: not the Vec itself")
+	}
+	next := slices.Clone(s)
+	next[vec.ChunkLen+1] = -1
+	next = append(next, 99)
+	got := vec.Rebased(prev, next)
+	if !slices.Equal(got.Slice(), next) {
+		t.Fatalf("rebased %v, want %v", got.Slice(), next)
+	}
+	for b := range got.Chunks() {
+		if want := b == 0 || b == 2; got.Chunks() > b && b < prev.Chunks() && got.SameChunk(prev, b) != want {
+			t.Errorf("chunk %d shared=%v, want %v", b, !want, want)
+		}
 	}
 }
