@@ -25,13 +25,16 @@ import (
 //     the ports services resolve to it, or its namespace's policies changed.
 //
 // The rest of a conversion is a pass over the objects of a kind whose list
-// is new, comparing pointers; a list handed on again (the same slice, as
-// the Watcher hands on a kind no event came for) is not gone over at all.
-// So a State's lists, like its objects, must never be edited once handed
-// on: a list edited in place and handed on again would be taken as
-// unchanged. Snapshots share the services and workloads that did not
-// change (none is ever mutated once handed on). Not safe for concurrent
-// use.
+// is new, comparing pointers; a list handed on again (the same Vec, as the
+// Watcher hands on a kind no event came for) is not gone over at all, and
+// an EndpointSlice list patched in a few places (see kept) only in the
+// chunks not shared with the last one (an endpoint write costs its chunk,
+// not a pass over every slice). Pods and services are passed over when
+// their list moved (a pod write costs a pass over the pods; the workloads
+// list is built again when a workload changed). Snapshots share the
+// services and workloads that did not change (none is ever mutated once
+// handed on), the services as a vec.Vec patched where services changed.
+// Not safe for concurrent use.
 type Converter struct {
 	trustDomain   string
 	round         uint64
@@ -121,8 +124,8 @@ func NewConverter(trustDomain string) *Converter {
 }
 
 // Convert converts st (see Convert), reusing what the states before
-// converted. A list of st that is a list of an earlier state (the same
-// slice) must hold the same objects: lists are never edited in place.
+// converted. st's lists are immutable (vec): a list of an earlier state,
+// or a chunk of one, holds the same objects.
 func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 	c.round++
 	nsMoved := c.setNamespaces(st.Namespaces)
@@ -395,31 +398,34 @@ func (c *Converter) setSlices(all vec.Vec[*discoveryv1.EndpointSlice]) map[strin
 	}
 	last := c.lastSlices
 	c.lastSlices = all
-	gone, came, ok := chunkDiff(last, all)
-	if !ok { // a new list, or a large change: every place counted again
-		for _, e := range c.slices {
-			e.places = 0
-		}
-		gone, came = nil, slices.Collect(all.Values())
-	}
-	for _, s := range came { // before gone: an object that moved stays
+	place := func(s *discoveryv1.EndpointSlice) {
 		e := c.slices[s]
 		if e == nil {
 			e = c.addSlice(s, changed)
 		}
 		e.places++
 	}
-	for _, s := range gone {
-		c.slices[s].places--
-	}
-	if ok {
-		for _, s := range gone {
-			c.dropSlice(s, changed)
+	gone, came, ok := chunkDiff(last, all)
+	if !ok { // a new list, or a large change: every place counted again
+		for _, e := range c.slices {
+			e.places = 0
 		}
-	} else {
+		for s := range all.Values() {
+			place(s)
+		}
 		for s := range c.slices {
 			c.dropSlice(s, changed)
 		}
+		return changed
+	}
+	for _, s := range came { // before gone: an object that moved stays
+		place(s)
+	}
+	for _, s := range gone {
+		c.slices[s].places--
+	}
+	for _, s := range gone {
+		c.dropSlice(s, changed)
 	}
 	return changed
 }
