@@ -180,6 +180,11 @@ func (r *Renewer) schedule(wake chan struct{}) {
 		}
 		r.mu.Unlock()
 		for _, w := range due {
+			if late := now.Sub(w.at); late > lateRenewal {
+				// The timer fired late: the process (or its node) was held
+				// up; certificates near their end may expire in use.
+				r.cfg.Logger.Warn("ca: a renewal started late", "proxy", w.key, "identity", w.req.Identity.String(), "late", late.Round(time.Millisecond))
+			}
 			go r.issue(w)
 		}
 		if wait == 0 {
@@ -225,6 +230,10 @@ func (r *Renewer) issue(w *watch) {
 		r.nudgeLocked()
 	}
 }
+
+// lateRenewal is how far past its due time a renewal may start before it
+// is logged (the scheduler's timer fires within milliseconds).
+const lateRenewal = 5 * time.Second
 
 // dueQueue is a min-heap of watches by due time.
 type dueQueue []*watch

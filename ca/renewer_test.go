@@ -1,10 +1,13 @@
 package ca_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -243,4 +246,52 @@ func TestRenewerReissueDuringIssuance(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the certificate issued across a Reissue was not issued again")
 	}
+}
+
+// TestRenewerLogsLateRenewal: a renewal that starts well after it was due
+// (the process held up: the fake clock jumps past the due time) is logged
+// with how late it is; one on time is not.
+func TestRenewerLogsLateRenewal(t *testing.T) {
+	fc, in := fakeCA(t, time.Hour)
+	var logs syncBuffer
+	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 },
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := make(chan *ca.Certificate, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	<-certs
+	waitTimer(t, fc)
+	fc.Step(30 * time.Minute) // due at half the lifetime: on time
+	<-certs
+	if strings.Contains(logs.String(), "late") {
+		t.Fatalf("a renewal on time was logged late: %s", logs.String())
+	}
+	waitTimer(t, fc)
+	fc.Step(30*time.Minute + 20*time.Second)
+	<-certs
+	if got := logs.String(); !strings.Contains(got, "ca: a renewal started late") || !strings.Contains(got, "late=20") {
+		t.Fatalf("a renewal 20s late: log %q", got)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the renewer's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
