@@ -5,8 +5,9 @@
 // slice header per ChunkLen elements), not every element, and a stage
 // finds what changed by comparing chunks by identity before elements.
 //
-// Where it sits: a leaf package under the translator (xds/translate) and
-// the shared sets (xds/resource); it knows nothing of either.
+// Where it sits: a leaf package under every stage that hands such lists
+// on (k8s's state and converter, model's snapshot, xds/translate's
+// resources, xds/resource's sets); it knows nothing of any of them.
 package vec
 
 import (
