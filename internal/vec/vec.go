@@ -128,9 +128,13 @@ func (v Vec[T]) Patch() *Patch[T] { return &Patch[T]{v: v} }
 // or removed from it: the first change copies the chunk list, the first
 // change in a chunk copies the chunk. Not safe for concurrent use.
 type Patch[T any] struct {
-	v       Vec[T]
-	spine   bool  // v.chunks is the patch's own copy
-	touched []int // the chunks copied, in the order of their first change
+	v     Vec[T]
+	spine bool // v.chunks is the patch's own copy
+	// touched are the chunks copied (most patches touch a few); owned
+	// holds them too once they are many (an informer's initial list
+	// appended in one patch).
+	touched []int
+	owned   map[int]bool
 }
 
 // Set puts x at i (0 <= i < Len).
@@ -154,7 +158,7 @@ func (p *Patch[T]) Append(x T) {
 		c := make([]T, 1, ChunkLen)
 		c[0] = x
 		p.v.chunks = append(p.v.chunks, c)
-		p.touched = append(p.touched, len(p.v.chunks)-1)
+		p.touch(len(p.v.chunks) - 1)
 	} else {
 		b := len(p.v.chunks) - 1
 		p.ownChunk(b)
@@ -189,12 +193,29 @@ func (p *Patch[T]) ownSpine() {
 func (p *Patch[T]) ownChunk(b int) {
 	if !p.copied(b) {
 		p.v.chunks[b] = append(make([]T, 0, ChunkLen), p.v.chunks[b]...)
-		p.touched = append(p.touched, b)
+		p.touch(b)
 	}
 }
 
-// copied reports whether chunk b is the patch's own (a patch touches few).
+// touch records chunk b as the patch's own.
+func (p *Patch[T]) touch(b int) {
+	p.touched = append(p.touched, b)
+	switch {
+	case p.owned != nil:
+		p.owned[b] = true
+	case len(p.touched) > 16:
+		p.owned = make(map[int]bool, len(p.touched))
+		for _, t := range p.touched {
+			p.owned[t] = true
+		}
+	}
+}
+
+// copied reports whether chunk b is the patch's own.
 func (p *Patch[T]) copied(b int) bool {
+	if p.owned != nil {
+		return p.owned[b]
+	}
 	for _, t := range p.touched {
 		if t == b {
 			return true

@@ -135,3 +135,49 @@ func TestRebased(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAppendMany: an informer's initial list of 100,000 objects
+// appended in one patch.
+func BenchmarkAppendMany(b *testing.B) {
+	x := new(int)
+	b.ReportAllocs()
+	for b.Loop() {
+		var v vec.Vec[*int]
+		p := v.Patch()
+		for range 100000 {
+			p.Append(x)
+		}
+		if p.Vec().Len() != 100000 {
+			b.Fatal("lost elements")
+		}
+	}
+}
+
+// TestPatchManyChunks: one patch touching more chunks than it tracks in
+// its short list (then in a map), each chunk changed twice, equals the
+// same changes of a slice and leaves the Vec it started from as it was.
+func TestPatchManyChunks(t *testing.T) {
+	s := make([]int, 40*vec.ChunkLen)
+	for i := range s {
+		s[i] = i
+	}
+	v := vec.Of(s)
+	want := slices.Clone(s)
+	p := v.Patch()
+	for round := range 2 {
+		for i := round; i < len(want); i += 50 {
+			p.Set(i, -i)
+			want[i] = -i
+		}
+	}
+	p.Append(7)
+	want = append(want, 7)
+	if got := p.Vec().Slice(); !slices.Equal(got, want) {
+		t.Fatal("the patched Vec differs from the patched slice")
+	}
+	for i, x := range v.All() {
+		if x != i {
+			t.Fatalf("the Vec patched from changed at %d", i)
+		}
+	}
+}
