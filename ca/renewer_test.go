@@ -42,14 +42,7 @@ func (f *flakyIssuer) calls() int     { f.mu.Lock(); defer f.mu.Unlock(); return
 func TestRenewerFakeClock(t *testing.T) {
 	fc, in := fakeCA(t, time.Hour)
 	flaky := &flakyIssuer{Issuer: in}
-	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: flaky, Clock: fc, Random: func() float64 { return 0.5 }, MinBackoff: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := make(chan *ca.Certificate, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	r, certs := watchWeb(t, ca.RenewerConfig{Issuer: flaky, Clock: fc, MinBackoff: time.Second})
 
 	first := <-certs
 	waitTimer(t, fc)
@@ -88,6 +81,22 @@ func TestRenewerFakeClock(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Reissue did not issue")
 	}
+}
+
+// watchWeb starts a renewer of cfg (no jitter) watching web-0.demo until
+// the test ends; its certificates arrive on the channel.
+func watchWeb(t *testing.T, cfg ca.RenewerConfig) (*ca.Renewer, <-chan *ca.Certificate) {
+	t.Helper()
+	cfg.Random = func() float64 { return 0.5 }
+	r, err := ca.NewRenewer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := make(chan *ca.Certificate, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	return r, certs
 }
 
 func TestRenewDelayJitterBand(t *testing.T) {
@@ -139,14 +148,7 @@ func waitCalls(t *testing.T, f *flakyIssuer, n int) {
 // issuance, not at once (a renewal loop seen with 1-minute certificates).
 func TestRenewerShortLifetime(t *testing.T) {
 	fc, in := fakeCA(t, time.Minute)
-	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := make(chan *ca.Certificate, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	_, certs := watchWeb(t, ca.RenewerConfig{Issuer: in, Clock: fc})
 	<-certs
 	waitTimer(t, fc)
 	fc.Step(29 * time.Second)
@@ -254,15 +256,7 @@ func TestRenewerReissueDuringIssuance(t *testing.T) {
 func TestRenewerLogsLateRenewal(t *testing.T) {
 	fc, in := fakeCA(t, time.Hour)
 	var logs syncBuffer
-	r, err := ca.NewRenewer(ca.RenewerConfig{Issuer: in, Clock: fc, Random: func() float64 { return 0.5 },
-		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs := make(chan *ca.Certificate, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r.Watch(ctx, "web-0.demo", ca.Request{Identity: web}, func(c *ca.Certificate) { certs <- c })
+	_, certs := watchWeb(t, ca.RenewerConfig{Issuer: in, Clock: fc, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	<-certs
 	waitTimer(t, fc)
 	fc.Step(30 * time.Minute) // due at half the lifetime: on time
