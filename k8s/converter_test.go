@@ -92,9 +92,28 @@ func relistedVec[T comparable](r *rand.Rand, prevList []T, prev vec.Vec[T], now 
 	case model.SameList(prevList, now):
 		return prev
 	case r.IntN(2) == 0:
-		return vec.Rebased(prev, now)
+		return patchedTo(prev, now)
 	}
 	return vec.Of(now)
+}
+
+// patchedTo is prev patched into now as the Watcher patches a kind's
+// list: the tail popped or appended, the places that differ set (the
+// chunks holding none of them shared with prev).
+func patchedTo[T comparable](prev vec.Vec[T], now []T) vec.Vec[T] {
+	p := prev.Patch()
+	for p.Len() > len(now) {
+		p.Pop()
+	}
+	for i, x := range now {
+		switch {
+		case i >= p.Len():
+			p.Append(x)
+		case p.At(i) != x:
+			p.Set(i, x)
+		}
+	}
+	return p.Vec()
 }
 
 func (g *stateGen) initial() *lists {

@@ -10,10 +10,7 @@
 // resources, xds/resource's sets); it knows nothing of any of them.
 package vec
 
-import (
-	"iter"
-	"slices"
-)
+import "iter"
 
 // ChunkLen is the number of elements per chunk (the last may hold fewer).
 const ChunkLen = 64
@@ -100,26 +97,6 @@ func (v Vec[T]) Slice() []T {
 	return out
 }
 
-// Rebased is list as a Vec that shares prev's chunks where they hold
-// list's elements at the same places (prev itself when list holds exactly
-// prev's), for a list built anew whose elements mostly sit where they sat
-// before. It compares every element; list must not be edited after.
-func Rebased[T comparable](prev Vec[T], list []T) Vec[T] {
-	v := Of(list)
-	same := prev.n == v.n
-	for b := range min(len(prev.chunks), len(v.chunks)) {
-		if slices.Equal(prev.chunks[b], v.chunks[b]) {
-			v.chunks[b] = prev.chunks[b]
-		} else {
-			same = false
-		}
-	}
-	if same {
-		return prev
-	}
-	return v
-}
-
 // Patch starts a new Vec equal to v, to be changed in places: v is not
 // changed.
 func (v Vec[T]) Patch() *Patch[T] { return &Patch[T]{v: v} }
@@ -130,9 +107,9 @@ func (v Vec[T]) Patch() *Patch[T] { return &Patch[T]{v: v} }
 type Patch[T any] struct {
 	v     Vec[T]
 	spine bool // v.chunks is the patch's own copy
-	// touched are the chunks copied (most patches touch a few); owned
-	// holds them too once they are many (an informer's initial list
-	// appended in one patch).
+	// touched are the chunks copied while they are few (most patches);
+	// owned holds them instead once they are many (an informer's initial
+	// list appended in one patch).
 	touched []int
 	owned   map[int]bool
 }
@@ -199,15 +176,17 @@ func (p *Patch[T]) ownChunk(b int) {
 
 // touch records chunk b as the patch's own.
 func (p *Patch[T]) touch(b int) {
-	p.touched = append(p.touched, b)
-	switch {
-	case p.owned != nil:
+	if p.owned != nil {
 		p.owned[b] = true
-	case len(p.touched) > 16:
-		p.owned = make(map[int]bool, len(p.touched))
+		return
+	}
+	p.touched = append(p.touched, b)
+	if len(p.touched) > 16 {
+		p.owned = make(map[int]bool, 2*len(p.touched))
 		for _, t := range p.touched {
 			p.owned[t] = true
 		}
+		p.touched = nil
 	}
 }
 

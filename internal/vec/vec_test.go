@@ -110,32 +110,6 @@ func TestPatchAgainstSlice(t *testing.T) {
 	}
 }
 
-// TestRebased: a list rebased on a Vec equals the list and shares exactly
-// the chunks that hold the same elements; the same elements give the Vec
-// itself.
-func TestRebased(t *testing.T) {
-	s := make([]int, 3*vec.ChunkLen+5)
-	for i := range s {
-		s[i] = i
-	}
-	prev := vec.Of(s)
-	if got := vec.Rebased(prev, slices.Clone(s)); !got.Same(prev) {
-		t.Error("the same elements: not the Vec itself")
-	}
-	next := slices.Clone(s)
-	next[vec.ChunkLen+1] = -1
-	next = append(next, 99)
-	got := vec.Rebased(prev, next)
-	if !slices.Equal(got.Slice(), next) {
-		t.Fatalf("rebased %v, want %v", got.Slice(), next)
-	}
-	for b := range got.Chunks() {
-		if want := b == 0 || b == 2; got.Chunks() > b && b < prev.Chunks() && got.SameChunk(prev, b) != want {
-			t.Errorf("chunk %d shared=%v, want %v", b, !want, want)
-		}
-	}
-}
-
 // BenchmarkAppendMany: an informer's initial list of 100,000 objects
 // appended in one patch.
 func BenchmarkAppendMany(b *testing.B) {
