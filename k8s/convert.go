@@ -291,8 +291,12 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 			return nil
 		}
 		seenNum[p.Port], seenName[p.Name] = true, true
-		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP || p.Port <= 0 || p.Port > 65535 {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
 			continue // UDP and SCTP are not proxied
+		}
+		if p.Port <= 0 || p.Port > 65535 {
+			c.problems.add("Service", s.Namespace, s.Name, "InvalidPort", "port %d (%q) is not 1-65535; port skipped", p.Port, p.Name)
+			continue
 		}
 		proto, ok := protocol(p)
 		if !ok {

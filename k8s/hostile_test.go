@@ -122,3 +122,24 @@ func TestHTTPRuleOnTCPPortOfOneName(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertServicePortOutOfRange: a service port outside 1-65535 (the
+// apiserver refuses one; a local directory does not) is skipped with a
+// Problem naming it; the service's other ports are converted.
+func TestConvertServicePortOutOfRange(t *testing.T) {
+	s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web"},
+		Spec: corev1.ServiceSpec{ClusterIP: "198.19.0.1", Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80}, {Name: "big", Port: 70000}, {Name: "zero", Port: 0}, {Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}}}
+	snap, problems := k8s.Convert(&k8s.State{Services: vec.Of([]*corev1.Service{s})}, "cluster.local")
+	if snap.Services.Len() != 1 || len(snap.Services.At(0).Ports) != 1 || snap.Services.At(0).Ports[0].Port != 80 {
+		t.Fatalf("services %+v, want web with port 80 alone", snap.Services.Slice())
+	}
+	var reasons []string
+	for _, p := range problems {
+		reasons = append(reasons, p.Reason+" "+p.Name+": "+p.Message)
+	}
+	if len(problems) != 2 || problems[0].Reason != "InvalidPort" || problems[1].Reason != "InvalidPort" ||
+		!strings.Contains(reasons[0]+reasons[1], "70000") || !strings.Contains(reasons[0]+reasons[1], "port 0") {
+		t.Errorf("problems %q, want one InvalidPort for 70000 and one for 0 (none for the UDP port)", reasons)
+	}
+}
