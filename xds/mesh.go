@@ -275,12 +275,13 @@ type inboundSettings struct {
 	connectionMaxAge, detection time.Duration
 }
 
-// own translates a proxy's own resources. The listener type is always
-// present, so a workload that lost its ports loses its inbound listener. A proxy whose
-// pod is unknown, or runs under another service account than its
-// certificate says, gets no inbound side.
+// own translates a proxy's own resources. The listener and route types are
+// always present, so a workload that lost its ports (or its HTTP ports)
+// loses its inbound listener (its inbound routes). A proxy whose pod is
+// unknown, or runs under another service account than its certificate
+// says, gets no inbound side.
 func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
-	res := resource.Resources{resourcev3.ListenerType: nil}
+	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil}
 	switch {
 	case w == nil:
 		if m.snap != nil {

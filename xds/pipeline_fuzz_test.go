@@ -25,6 +25,7 @@ import (
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
 	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
 	"github.com/meshd/meshd/xds/publish"
@@ -73,6 +74,7 @@ func FuzzPipeline(f *testing.F) {
 		conv := k8s.NewConverter("cluster.local")
 		var tr translate.Translator
 		var nodes []string
+		var peers []xds.Peer
 		for step, st := range states {
 			snap, problems := conv.Convert(st)
 			want, wantProblems := k8s.Convert(st, "cluster.local")
@@ -109,15 +111,15 @@ func FuzzPipeline(f *testing.F) {
 						break
 					}
 					id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
-					if mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}) == nil {
-						nodes = append(nodes, w.Key())
+					if peer := (xds.Peer{NodeID: w.Key(), Identity: id}); mesh.AddProxy(ctx, peer) == nil {
+						nodes, peers = append(nodes, w.Key()), append(peers, peer)
 					}
 				}
 				ghost := xds.Peer{NodeID: "ghost.ns0", Identity: ca.Identity{TrustDomain: "cluster.local", Namespace: "ns0", ServiceAccount: "default"}}
 				if err := mesh.AddProxy(ctx, ghost); err != nil {
 					t.Fatalf("AddProxy of a pod not in the model: %v", err)
 				}
-				nodes = append(nodes, ghost.NodeID)
+				nodes, peers = append(nodes, ghost.NodeID), append(peers, ghost)
 				for _, node := range nodes {
 					if err := pub.SetProxy(ctx, node, secrets); err != nil {
 						t.Fatalf("secrets of %s: %v", node, err)
@@ -127,10 +129,21 @@ func FuzzPipeline(f *testing.F) {
 					t.Fatalf("state %d, proxies added: Update: %v", step, err)
 				}
 			}
+			// What the mesh published from state to state is what a fresh
+			// mesh publishes for this state alone (an update that goes over
+			// only what moved misses nothing).
+			freshCache := freshMesh(t, snap, peers, secrets)
 			for _, node := range nodes {
 				ps, err := cache.GetSnapshot(node)
 				if err != nil {
 					t.Fatalf("state %d: proxy %s has no snapshot: %v", step, node, err)
+				}
+				want, err := freshCache.GetSnapshot(node)
+				if err != nil {
+					t.Fatalf("state %d: proxy %s has no snapshot from a fresh mesh: %v", step, node, err)
+				}
+				if err := sameSnapshot(ps, want); err != nil {
+					t.Fatalf("state %d: proxy %s: the snapshot differs from a fresh mesh's: %v", step, node, err)
 				}
 				for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
 					for name, r := range ps.GetResources(typ) {
@@ -146,6 +159,47 @@ func FuzzPipeline(f *testing.F) {
 			}
 		}
 	})
+}
+
+// freshMesh publishes snap to a new mesh with peers connected, each with
+// secrets; it returns the cache it published into.
+func freshMesh(t *testing.T, snap *model.Snapshot, peers []xds.Peer, secrets resource.Resources) cachev3.SnapshotCache {
+	t.Helper()
+	ctx := context.Background()
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	pub := publish.New(cache)
+	mesh := xds.NewMesh(pub, slog.New(slog.DiscardHandler))
+	// Connected before the model is known, as after a restart of meshd: a
+	// proxy whose pod now runs under another identity stays connected
+	// (with no inbound side), as it does when its pod changes.
+	for _, p := range peers {
+		if err := mesh.AddProxy(ctx, p); err != nil {
+			t.Fatalf("fresh mesh: AddProxy %s: %v", p.NodeID, err)
+		}
+		if err := pub.SetProxy(ctx, p.NodeID, secrets); err != nil {
+			t.Fatalf("fresh mesh: secrets of %s: %v", p.NodeID, err)
+		}
+	}
+	if _, err := mesh.Update(ctx, snap); err != nil {
+		t.Fatalf("fresh mesh: Update: %v", err)
+	}
+	return cache
+}
+
+// sameSnapshot reports how two proxy snapshots differ (nil: they do not).
+func sameSnapshot(a, b cachev3.ResourceSnapshot) error {
+	for _, typ := range []resourcev3.Type{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType} {
+		ra, rb := a.GetResources(typ), b.GetResources(typ)
+		if len(ra) != len(rb) {
+			return fmt.Errorf("%d %s, want %d (%v, want %v)", len(ra), typ, len(rb), slices.Sorted(maps.Keys(ra)), slices.Sorted(maps.Keys(rb)))
+		}
+		for name, r := range rb {
+			if !proto.Equal(ra[name], r) {
+				return fmt.Errorf("%s %s differs", typ, name)
+			}
+		}
+	}
+	return nil
 }
 
 // sameResources reports how two translations differ (nil: they do not).
