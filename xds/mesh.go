@@ -34,8 +34,18 @@ type Mesh struct {
 
 	mu       sync.Mutex // held through a whole update, so no proxy sees two models mixed
 	snap     *model.Snapshot
-	proxies  map[string]proxyRef
+	proxies  map[string]*proxyRef
 	problems []model.Problem
+	// scopes counts the connected proxies of each egress scope (by key):
+	// the scopes an update translates.
+	scopes map[string]*scopeUse
+	// always are the proxies whose own resources an update translates
+	// even when no workload moved (see setAlways).
+	always map[string]struct{}
+	// stale: a translation failed (an update's or a connecting proxy's)
+	// and may have left proxies' entries half-updated: the next update
+	// goes over every proxy.
+	stale bool
 	// owned is each proxy's own resources as last translated, with what
 	// they were translated from.
 	owned map[string]ownEntry
@@ -54,9 +64,21 @@ type ownEntry struct {
 	res      resource.Resources
 }
 
+// proxyRef is a connected proxy (refs: its streams) and what the last
+// update (or its AddProxy) found for it: its node's workload in the model
+// (nil: none), and its egress scope then ("" and nil: none).
 type proxyRef struct {
-	peer Peer
-	refs int
+	peer   Peer
+	refs   int
+	w      *model.Workload
+	scope  string
+	egress model.Egress
+}
+
+// scopeUse is an egress scope and how many connected proxies have it.
+type scopeUse struct {
+	egress  model.Egress
+	proxies int
 }
 
 // NewMesh returns a Mesh publishing into pub.
@@ -64,7 +86,8 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Mesh{pub: pub, log: log, proxies: map[string]proxyRef{}, owned: map[string]ownEntry{}}
+	return &Mesh{pub: pub, log: log, proxies: map[string]*proxyRef{}, owned: map[string]ownEntry{},
+		scopes: map[string]*scopeUse{}, always: map[string]struct{}{}}
 }
 
 // Update publishes a new model. It returns the translation's problems
@@ -72,14 +95,21 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 // A model the translator fails on (a panic: a meshd bug met on some input)
 // is not published: the configuration published before stays, and Update
 // returns the error with its stack (see translated).
+//
+// Only a model whose workloads or inbound settings moved (a pod, a policy)
+// goes over every connected proxy; an endpoint or service change goes over
+// the proxies whose own resources read services (see setAlways), and
+// the publisher over the proxies of what moved.
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var shared resource.Lists
 	var problems []model.Problem
-	own := make(map[string]resource.Resources, len(m.proxies))
-	scopes, scopeOf := map[string]resource.Lists{}, make(map[string]string, len(m.proxies))
+	own := map[string]resource.Resources{}
+	var scopeOf map[string]string // nil: no proxy's scope moved
+	scopes := make(map[string]resource.Lists, len(m.scopes))
 	prev, prevProblems := m.snap, m.problems
+	every := m.stale || prev == nil || !model.SameList(prev.Workloads, snap.Workloads) || settingsOf(prev) != settingsOf(snap)
 	err := m.translated(func() {
 		shared, problems = m.tr.Shared(snap)
 		for _, p := range problems {
@@ -89,36 +119,106 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 		}
 		problems = slices.Clip(problems) // the translator's: appended to below
 		m.snap = snap
-		for node, ref := range m.proxies {
-			w := snap.Workload(node) // looked up once per proxy
-			res, changed, failed, stack := m.ownSafely(ref.peer, w)
-			switch {
-			case failed != nil:
-				// This proxy keeps the resources of its own it had; the
-				// others and the shared ones move on.
-				problems = append(problems, *failed)
-				if !slices.Contains(m.problems, *failed) {
-					m.log.Error("xds: a proxy's own configuration failed to translate; it keeps the one it had", "proxy", node, "error", failed.Message, "stack", stack)
+		if every {
+			scopeOf = make(map[string]string, len(m.proxies))
+			for node, ref := range m.proxies {
+				if w := snap.Workload(node); w != ref.w { // looked up once per proxy
+					ref.w = w
+					m.setScope(ref)
 				}
-			case changed:
-				own[node] = res // only proxies whose own resources moved are hashed again
+				problems = m.ownOf(node, ref, own, problems)
+				scopeOf[node] = ref.scope
 			}
-			scopeOf[node] = ""
-			if e := egress(ref.peer, w); e != nil {
-				key := e.Key()
-				if _, done := scopes[key]; !done {
-					scopes[key], _ = m.tr.Scoped(snap, e) // its problems are the mesh's, reported above
-				}
-				scopeOf[node] = key
+		} else {
+			// Every proxy's workload is the one it had (the same list).
+			for node := range m.always {
+				problems = m.ownOf(node, m.proxies[node], own, problems)
 			}
+		}
+		for key, use := range m.scopes {
+			scopes[key], _ = m.tr.Scoped(snap, use.egress) // its problems are the mesh's, reported above
 		}
 	})
 	if err != nil {
 		m.snap, m.problems = prev, prevProblems
 		return nil, err
 	}
-	m.problems = problems
+	m.problems, m.stale = problems, false
 	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
+}
+
+// ownOf translates the own resources of a proxy of an update (ref.w is
+// its workload in the update's model) into own if they moved, and appends
+// the problem of a translation that failed.
+func (m *Mesh) ownOf(node string, ref *proxyRef, own map[string]resource.Resources, problems []model.Problem) []model.Problem {
+	res, changed, failed, stack := m.ownSafely(ref.peer, ref.w)
+	switch {
+	case failed != nil:
+		// This proxy keeps the resources of its own it had; the others and
+		// the shared ones move on.
+		problems = append(problems, *failed)
+		if !slices.Contains(m.problems, *failed) {
+			m.log.Error("xds: a proxy's own configuration failed to translate; it keeps the one it had", "proxy", node, "error", failed.Message, "stack", stack)
+		}
+	case changed:
+		own[node] = res // only proxies whose own resources moved are hashed again
+	}
+	m.setAlways(node, ref, failed != nil)
+	return problems
+}
+
+// setAlways records whether a proxy's own resources are translated on
+// every update, also one that moves no workload: they read more than its
+// workload and the model's settings (a sidecar without interception: every
+// service of its scope), or their last translation failed (tried again).
+func (m *Mesh) setAlways(node string, ref *proxyRef, failed bool) {
+	if failed || ref.w != nil && ref.w.NoInterception {
+		m.always[node] = struct{}{}
+	} else {
+		delete(m.always, node)
+	}
+}
+
+// setScope sets a proxy's egress scope from its peer and workload, and
+// counts it in the scope's proxies.
+func (m *Mesh) setScope(ref *proxyRef) {
+	e, key := egress(ref.peer, ref.w), ""
+	if e != nil {
+		key = e.Key()
+	}
+	if key == ref.scope {
+		ref.egress = e
+		return
+	}
+	m.leaveScope(ref)
+	ref.scope, ref.egress = key, e
+	if key == "" {
+		return
+	}
+	use := m.scopes[key]
+	if use == nil {
+		use = &scopeUse{egress: e}
+		m.scopes[key] = use
+	}
+	use.proxies++
+}
+
+// leaveScope uncounts a proxy from its scope's proxies.
+func (m *Mesh) leaveScope(ref *proxyRef) {
+	if use := m.scopes[ref.scope]; use != nil {
+		if use.proxies--; use.proxies <= 0 {
+			delete(m.scopes, ref.scope)
+		}
+	}
+	ref.scope, ref.egress = "", nil
+}
+
+// settingsOf is the model's settings every proxy's inbound side reads.
+func settingsOf(snap *model.Snapshot) inboundSettings {
+	if snap == nil {
+		return inboundSettings{}
+	}
+	return inboundSettings{snap.TrustDomain, snap.ConnectionMaxAge, snap.DetectionTimeout}
 }
 
 // translated runs f, a translation (under mu). A panic in it is a bug of meshd's
@@ -131,7 +231,7 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 func (m *Mesh) translated(f func()) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			m.tr, m.owned = translate.Translator{}, map[string]ownEntry{}
+			m.tr, m.owned, m.stale = translate.Translator{}, map[string]ownEntry{}, true
 			err = fmt.Errorf("xds: translation failed, the configuration published before is kept (a meshd bug: please report it with this stack): %v\n%s", r, debug.Stack())
 		}
 	}()
@@ -170,16 +270,18 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 		return status.Errorf(codes.PermissionDenied, "xds: %s runs as %s; this certificate is %s", p.NodeID, w.Identity, p.Identity)
 	}
 	ref := m.proxies[p.NodeID]
-	ref.peer, ref.refs = p, ref.refs+1
-	m.proxies[p.NodeID] = ref
-	var key string
+	if ref == nil {
+		ref = &proxyRef{}
+		m.proxies[p.NodeID] = ref
+	}
+	ref.peer, ref.refs, ref.w = p, ref.refs+1, w
+	m.setScope(ref)
+	m.setAlways(p.NodeID, ref, false)
 	var scope resource.Lists
 	var res resource.Resources
 	err := m.translated(func() {
-		if e := egress(p, w); e != nil {
-			if key = e.Key(); !m.pub.HasScope(key) {
-				scope, _ = m.tr.Scoped(m.snap, e)
-			}
+		if ref.scope != "" && !m.pub.HasScope(ref.scope) {
+			scope, _ = m.tr.Scoped(m.snap, ref.egress)
 		}
 		res, _ = m.ownCached(p, w)
 	})
@@ -188,7 +290,7 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 		m.releaseLocked(p.NodeID)
 		return status.Errorf(codes.Internal, "xds: configuration for %s could not be translated (see meshd's log)", p.NodeID)
 	}
-	if err := m.pub.SetProxyScope(ctx, p.NodeID, key, scope, res); err != nil {
+	if err := m.pub.SetProxyScope(ctx, p.NodeID, ref.scope, scope, res); err != nil {
 		m.releaseLocked(p.NodeID)
 		return err
 	}
@@ -204,13 +306,17 @@ func (m *Mesh) RemoveProxy(nodeID string) {
 
 func (m *Mesh) releaseLocked(nodeID string) {
 	ref := m.proxies[nodeID]
+	if ref == nil {
+		return
+	}
 	if ref.refs <= 1 {
+		m.leaveScope(ref)
 		delete(m.proxies, nodeID)
+		delete(m.always, nodeID)
 		delete(m.owned, nodeID)
 		return
 	}
 	ref.refs--
-	m.proxies[nodeID] = ref
 }
 
 // ownSafely is ownCached for one proxy of an update, with a panic of its
@@ -245,10 +351,7 @@ func (m *Mesh) ownSafely(p Peer, w *model.Workload) (res resource.Resources, cha
 // settings for the inbound side (and, for a sidecar without interception,
 // every service: not cached).
 func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
-	var settings inboundSettings
-	if m.snap != nil {
-		settings = inboundSettings{m.snap.TrustDomain, m.snap.ConnectionMaxAge, m.snap.DetectionTimeout}
-	}
+	settings := settingsOf(m.snap)
 	prev, ok := m.owned[p.NodeID]
 	if ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
 		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload))) {

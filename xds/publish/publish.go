@@ -53,6 +53,13 @@ type Publisher struct {
 	// scoped proxies get instead of shared; scopeOf is each scoped proxy's.
 	scopes  map[string]map[resourcev3.Type]resource.Set
 	scopeOf map[string]string
+	// members are the proxies of each scope by key ("": unscoped; scopeOf
+	// inverted), so that a change of one scope goes over its proxies, not
+	// over every proxy.
+	members map[string]map[string]struct{}
+	// failed are the proxies whose last publish failed: tried again by
+	// every SetScoped whatever moved.
+	failed map[string]struct{}
 	// refs are the shared sets of the mesh ("") and of each scope by their
 	// place in ADS order, as every snapshot composed from them refers to
 	// them (see refsLocked); dropped when the sets are replaced.
@@ -102,7 +109,7 @@ type published struct {
 // New returns a Publisher that publishes into cache.
 func New(cache Cache) *Publisher {
 	return &Publisher{cache: cache, shared: map[resourcev3.Type]resource.Set{}, proxies: map[string]map[resourcev3.Type]resource.Set{},
-		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, refs: map[string]*[resource.NumTypes]*resource.Set{}, published: map[string]published{}, gens: map[string]uint64{},
+		scopes: map[string]map[resourcev3.Type]resource.Set{}, scopeOf: map[string]string{}, members: map[string]map[string]struct{}{}, failed: map[string]struct{}{}, refs: map[string]*[resource.NumTypes]*resource.Set{}, published: map[string]published{}, gens: map[string]uint64{},
 		conv: map[string]*convergence{}, clock: clock.RealClock{}, convergence: newConvergenceHistogram()}
 }
 
@@ -157,15 +164,18 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 			since(p.scopes[key], h)
 		}
 	}
-	p.renumberLocked("", p.shared, hashed)
+	meshMoved := p.renumberLocked("", p.shared, hashed)
+	var moved []string // the scopes whose proxies are composed anew
 	for key := range p.gens {
 		if _, kept := hashedScopes[key]; key != "" && !kept {
 			delete(p.gens, key)
+			moved = append(moved, key) // its proxies fall back to the mesh's
 		}
 	}
 	for key, h := range hashedScopes {
-		if key != "" { // no proxy is of scope "": it is the mesh's number
-			p.renumberLocked(key, p.scopes[key], h)
+		// no proxy is of scope "": it is the mesh's number
+		if key != "" && p.renumberLocked(key, p.scopes[key], h) {
+			moved = append(moved, key)
 		}
 	}
 	p.shared, p.scopes, p.started, p.changedAt = hashed, hashedScopes, true, changedAt
@@ -177,13 +187,50 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 	for node, key := range scopeOf {
 		p.setScopeLocked(node, key)
 	}
-	var errs []error
-	for node := range p.proxies {
-		if _, moved := ownHashed[node]; !moved && p.composedLocked(node) {
-			continue // nothing it is composed of moved (a change outside its scope)
+	if meshMoved {
+		// The proxies composed from the mesh's resources: the unscoped,
+		// and those of a scope not known.
+		moved = append(moved, "")
+		for key := range p.members {
+			if _, known := p.scopes[key]; key != "" && !known {
+				moved = append(moved, key)
+			}
 		}
+	}
+	// Only the proxies of what moved may be composed anew: those whose own
+	// resources or scope moved, those whose last publish failed, and those
+	// of the scopes that moved (the mesh's included). A change of one
+	// scope's services goes over that scope's proxies, not over every proxy.
+	var errs []error
+	done := map[string]struct{}{} // composed by the first three loops
+	publish := func(node string) {
+		done[node] = struct{}{}
 		if err := p.publishLocked(ctx, node); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	failed := maps.Clone(p.failed)
+	for node := range ownHashed {
+		publish(node)
+	}
+	for node := range failed {
+		if _, ok := done[node]; !ok {
+			publish(node)
+		}
+	}
+	for node := range scopeOf {
+		if _, ok := done[node]; !ok && !p.composedLocked(node) {
+			publish(node)
+		}
+	}
+	for _, key := range moved {
+		for node := range p.members[key] { // a proxy is of one scope: met once
+			if _, ok := done[node]; ok || p.composedLocked(node) {
+				continue // nothing it is composed of moved (a change outside its scope)
+			}
+			if err := p.publishLocked(ctx, node); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if len(errs) > 0 {
@@ -194,13 +241,14 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 
 // renumberLocked gives the shared resources of a scope ("": the mesh's) a
 // new number when next moves a version of prev.
-func (p *Publisher) renumberLocked(key string, prev, next map[resourcev3.Type]resource.Set) {
+func (p *Publisher) renumberLocked(key string, prev, next map[resourcev3.Type]resource.Set) bool {
 	_, numbered := p.gens[key]
 	if numbered && len(prev) == len(next) && sameVersions(prev, next) {
-		return
+		return false
 	}
 	p.gen++
 	p.gens[key] = p.gen
+	return true
 }
 
 // sameVersions reports whether next has every type of prev at its version.
@@ -265,10 +313,34 @@ func since(old, hashed map[resourcev3.Type]resource.Set) {
 }
 
 func (p *Publisher) setScopeLocked(node, key string) {
+	_, known := p.proxies[node]
+	if known {
+		p.leaveLocked(node)
+	}
 	if key == "" {
 		delete(p.scopeOf, node)
 	} else {
 		p.scopeOf[node] = key
+	}
+	if known {
+		p.joinLocked(node)
+	}
+}
+
+// joinLocked counts a proxy in its scope's members (scopeOf's).
+func (p *Publisher) joinLocked(node string) {
+	key := p.scopeOf[node]
+	if p.members[key] == nil {
+		p.members[key] = map[string]struct{}{}
+	}
+	p.members[key][node] = struct{}{}
+}
+
+// leaveLocked uncounts a proxy from its scope's members.
+func (p *Publisher) leaveLocked(node string) {
+	key := p.scopeOf[node]
+	if delete(p.members[key], node); len(p.members[key]) == 0 {
+		delete(p.members, key)
 	}
 }
 
@@ -340,6 +412,7 @@ func (p *Publisher) setOwnLocked(nodeID string, hashed map[resourcev3.Type]resou
 	if own == nil {
 		own = map[resourcev3.Type]resource.Set{}
 		p.proxies[nodeID] = own
+		p.joinLocked(nodeID)
 	}
 	for t, v := range hashed {
 		own[t] = v
@@ -363,9 +436,13 @@ func (p *Publisher) SetProxy(ctx context.Context, nodeID string, res resource.Re
 func (p *Publisher) RemoveProxy(nodeID string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.proxies, nodeID)
+	if _, known := p.proxies[nodeID]; known {
+		p.leaveLocked(nodeID)
+	}
 	delete(p.scopeOf, nodeID)
+	delete(p.proxies, nodeID)
 	delete(p.published, nodeID)
+	delete(p.failed, nodeID)
 	delete(p.conv, nodeID)
 	p.cache.ClearSnapshot(nodeID)
 }
@@ -374,6 +451,16 @@ func (p *Publisher) RemoveProxy(nodeID string) {
 // the proxy has its secrets. A type the proxy has nothing of its own in
 // reuses the shared set as prepared; only merged types cost per proxy.
 func (p *Publisher) publishLocked(ctx context.Context, nodeID string) error {
+	if err := p.composeLocked(ctx, nodeID); err != nil {
+		p.failed[nodeID] = struct{}{}
+		return err
+	}
+	delete(p.failed, nodeID)
+	return nil
+}
+
+// composeLocked is publishLocked but for recording a failure.
+func (p *Publisher) composeLocked(ctx context.Context, nodeID string) error {
 	own := p.proxies[nodeID]
 	if !p.started || own[resourcev3.SecretType].Len() == 0 {
 		return nil // not before the mesh config and the secrets

@@ -2,6 +2,7 @@ package publish_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -314,5 +315,64 @@ func TestSnapshotsShareSets(t *testing.T) {
 		if after[p].RefAt(eds) == before[p].RefAt(eds) || after[p].RefAt(eds) != after[0].RefAt(eds) {
 			t.Errorf("proxy %d: endpoints not the one new shared set", p)
 		}
+	}
+}
+
+// failingCache fails every SetSnapshot while fail is set.
+type failingCache struct {
+	cachev3.SnapshotCache
+	fail bool
+}
+
+func (c *failingCache) SetSnapshot(ctx context.Context, node string, snap cachev3.ResourceSnapshot) error {
+	if c.fail {
+		return errors.New("cache refuses")
+	}
+	return c.SnapshotCache.SetSnapshot(ctx, node, snap)
+}
+
+// TestFailedPublishIsTriedAgain: a proxy whose snapshot the cache refused
+// is composed again by the next change, also one that moves nothing of
+// its (a change of another scope's resources), until it is published.
+func TestFailedPublishIsTriedAgain(t *testing.T) {
+	ctx := context.Background()
+	cache := &failingCache{SnapshotCache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)}
+	pub := publish.New(cache)
+	own := map[string]resource.Resources{"a1": {resourcev3.SecretType: secrets()}, "b1": {resourcev3.SecretType: secrets()}}
+	scopeOf := map[string]string{"a1": "a", "b1": "b"}
+	set := func(portB uint32, own map[string]resource.Resources, scopeOf map[string]string) error {
+		return pub.SetScoped(ctx, time.Time{}, resource.ListsOf(shared(8080)),
+			map[string]resource.Lists{"a": resource.ListsOf(shared(8081)), "b": resource.ListsOf(shared(portB))}, own, scopeOf)
+	}
+	if err := set(8082, own, scopeOf); err != nil {
+		t.Fatal(err)
+	}
+	cache.fail = true
+	// a1's own resources move; its snapshot is refused.
+	if err := set(8082, map[string]resource.Resources{"a1": {resourcev3.SecretType: secrets()[:1]}}, nil); err == nil {
+		t.Fatal("a refused snapshot was not an error")
+	}
+	cache.fail = false
+	composed := pub.Composed()
+	// Only scope b moves: a1 is tried again all the same.
+	if err := set(9082, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := pub.Composed() - composed; got != 2 {
+		t.Errorf("%d proxies composed, want 2 (b1, whose scope moved, and a1, refused before)", got)
+	}
+	snap, err := cache.GetSnapshot("a1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(snap.GetResources(resourcev3.SecretType)); n != 1 {
+		t.Errorf("a1 has %d secrets, want the 1 its refused snapshot had", n)
+	}
+	composed = pub.Composed()
+	if err := set(9082, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := pub.Composed() - composed; got != 0 {
+		t.Errorf("nothing moved: %d proxies composed, want 0", got)
 	}
 }
