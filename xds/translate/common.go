@@ -195,10 +195,15 @@ func boundAge(c *clusterv3.Cluster, p model.Protocol, ids []string, maxAge time.
 }
 
 // mustAny wraps a message built here; marshalling a well-formed message
-// cannot fail, so a failure is a programming error.
+// cannot fail, so a failure is a programming error. The encoding is
+// deterministic (map fields, such as an RBAC filter's policies, in key
+// order), so that the same content is the same bytes, and so the same
+// version, on every translation and every replica: with anypb.New a
+// sidecar's listener could get a new version (and Envoy drain it) when
+// nothing in it changed.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
 		panic(fmt.Sprintf("translate: marshal %T: %v", m, err))
 	}
 	return a

@@ -1,6 +1,7 @@
 package translate_test
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -239,5 +240,109 @@ func TestTranslatorFollowsChunks(t *testing.T) {
 	}
 	if sharedChunks == 0 {
 		t.Fatal("no endpoint list shared a chunk with the one before")
+	}
+}
+
+// TestScopedFollowsChanges: scopes (exact entries, a namespace, a name
+// wildcard) translated snapshot after snapshot, as the services change in
+// their places, come and go, or are handed on as a new list, give each
+// time what a fresh translation of the filtered snapshot gives; a scope
+// none of whose services changed gets the very lists it got before.
+func TestScopedFollowsChanges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 1))
+	snap := benchModel(5*vec.ChunkLen+3, 2)
+	scopes := []model.Egress{
+		{"ns1/svc1", "ns7/svc107", "ns40/svc240"},
+		{"ns3/*"},
+		{"*/svc17"},
+	}
+	var tr translate.Translator
+	tr.Shared(snap)
+	last := map[int]translate.Lists{}
+	for i, e := range scopes {
+		last[i], _ = tr.Scoped(snap, e)
+	}
+	kept := 0
+	for step := range 80 {
+		next := *snap
+		var changed []*model.Service
+		switch {
+		case step%20 == 19: // a new list of the same services
+			next.Services = vec.Of(snap.Services.Slice())
+		case step%20 == 9: // a service gone
+			list := snap.Services.Slice()
+			i := rng.IntN(len(list))
+			changed = append(changed, list[i])
+			next.Services = vec.Of(slices.Delete(list, i, i+1))
+		default: // endpoints changed in place
+			p := snap.Services.Patch()
+			for range 1 + rng.IntN(3) {
+				i := rng.IntN(snap.Services.Len())
+				s := *snap.Services.At(i)
+				s.Endpoints = slices.Clone(s.Endpoints)
+				s.Endpoints[0].Ready = !s.Endpoints[0].Ready
+				p.Set(i, &s)
+				changed = append(changed, &s)
+			}
+			next.Services = p.Vec()
+		}
+		snap = &next
+		tr.Shared(snap)
+		for i, e := range scopes {
+			got, _ := tr.Scoped(snap, e)
+			want, _ := translate.Shared(snap.Scoped(e))
+			if err := sameResources(translate.Slices(got), want); err != nil {
+				t.Fatalf("step %d: scope %v: %v", step, e, err)
+			}
+			moved := slices.ContainsFunc(changed, func(s *model.Service) bool { return e.Allows(s) })
+			if !moved && step%20 != 19 {
+				for typ, l := range got {
+					if !l.Same(last[i][typ]) {
+						t.Errorf("step %d: scope %v: nothing of it changed, but its %s list is a new one", step, e, typ)
+					}
+				}
+				kept++
+			}
+			last[i] = got
+		}
+	}
+	if kept == 0 {
+		t.Fatal("no step left a scope unchanged")
+	}
+}
+
+// TestProxyEncodingIsStable: a sidecar's inbound listener whose RBAC
+// filter holds several policies (a map in the proto) encodes to the same
+// bytes every time it is translated, so its content-hash version does not
+// move (it once did: the filter was wrapped in an Any by anypb.New, map
+// entries in random order; Envoy drained the listener on each new version).
+func TestProxyEncodingIsStable(t *testing.T) {
+	snap := benchModel(3, 1)
+	w := *snap.Workloads[0]
+	// A TCP port (RBAC in the listener's filter) beside the HTTP one (RBAC
+	// in its route).
+	w.Ports = append(slices.Clone(w.Ports), model.Port{Name: "db", Port: 5432, Protocol: model.ProtocolTCP})
+	for i, name := range []string{"a", "b", "c", "d", "e"} {
+		w.Policies = append(w.Policies, &model.Policy{Namespace: w.Namespace, Name: name, Action: model.ActionAllow,
+			Rules: []model.Rule{{From: &model.Source{Identities: []string{model.SPIFFEID("cluster.local", "ns1", fmt.Sprintf("svc%d", i))}}}}})
+	}
+	first := map[string][]byte{}
+	for i := range 30 {
+		res := translate.Proxy(snap, &w)
+		if len(res[resourcev3.ListenerType]) != 1 || len(res[resourcev3.RouteType]) != 1 {
+			t.Fatalf("resources %v, want the inbound listener and route", res)
+		}
+		for _, r := range append(res[resourcev3.ListenerType], res[resourcev3.RouteType]...) {
+			b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			name := fmt.Sprintf("%T", r)
+			if i == 0 {
+				first[name] = b
+			} else if !bytes.Equal(b, first[name]) {
+				t.Fatalf("translation %d encodes the %s differently from the first", i, name)
+			}
+		}
 	}
 }
