@@ -136,7 +136,7 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 			}
 		}
 		for key, use := range m.scopes {
-			scopes[key], _ = m.tr.Scoped(snap, use.egress) // its problems are the mesh's, reported above
+			scopes[key], _ = m.tr.ScopedKey(snap, key, use.egress) // its problems are the mesh's, reported above
 		}
 	})
 	if err != nil {
@@ -281,7 +281,7 @@ func (m *Mesh) AddProxy(ctx context.Context, p Peer) error {
 	var res resource.Resources
 	err := m.translated(func() {
 		if ref.scope != "" && !m.pub.HasScope(ref.scope) {
-			scope, _ = m.tr.Scoped(m.snap, ref.egress)
+			scope, _ = m.tr.ScopedKey(m.snap, ref.scope, ref.egress)
 		}
 		res, _ = m.ownCached(p, w)
 	})

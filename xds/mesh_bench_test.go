@@ -124,6 +124,8 @@ func benchModel(services, endpoints int) *model.Snapshot {
 		}
 		list = append(list, svc)
 	}
+	// Services sorted by key, as the model promises.
+	slices.SortFunc(list, func(a, b *model.Service) int { return strings.Compare(a.Key(), b.Key()) })
 	snap.Services = vec.Of(list)
 	// Workloads sorted by key, as the model promises.
 	sortWorkloads(snap.Workloads)
@@ -166,24 +168,30 @@ func BenchmarkPolicyChange(b *testing.B) {
 }
 
 // BenchmarkMeshUpdateScopedProxies: an endpoint change published to 1,000
-// and 10,000 connected proxies, each scoped to 20 services as the load
-// tool scopes them (50 disjoint groups of 20 exact entries; the change is
-// in one group). The change reaches a fiftieth of the proxies: what it
-// costs beyond them grows with the mesh, not with the change.
+// and 10,000 connected proxies, each scoped to 20 services: in 50 disjoint
+// groups of 20 exact entries, as the load tool scopes them (the change is
+// in one group: it reaches a fiftieth of the proxies), or each proxy to its
+// own 20 (1,000 distinct scopes, windows over the services: the change is
+// in 20 of them). What the change costs beyond the proxies it reaches grows
+// with the mesh, not with the change.
 func BenchmarkMeshUpdateScopedProxies(b *testing.B) {
-	for _, proxies := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("proxies=%d", proxies), func(b *testing.B) {
+	for _, c := range []struct{ proxies, scopes int }{{1000, 50}, {10000, 50}, {1000, 1000}} {
+		b.Run(fmt.Sprintf("proxies=%d/scopes=%d", c.proxies, c.scopes), func(b *testing.B) {
 			ctx := context.Background()
 			snap := benchModel(1000, 10)
+			n := snap.Services.Len()
 			for i, w := range snap.Workloads {
-				g := i % 50
+				first := (i % c.scopes) * 20 // 50 groups
+				if c.scopes > 50 {
+					first = i % c.scopes // windows
+				}
 				for j := range 20 {
-					svc := snap.Services.At(g*20 + j)
+					svc := snap.Services.At((first + j) % n)
 					w.Egress = append(w.Egress, svc.Namespace+"/"+svc.Name)
 				}
 				slices.Sort(w.Egress)
 			}
-			mesh, _ := benchMesh(ctx, b, snap, proxies)
+			mesh, _ := benchMesh(ctx, b, snap, c.proxies)
 			if _, err := mesh.Update(ctx, snap); err != nil {
 				b.Fatal(err)
 			}

@@ -144,7 +144,14 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 		return err
 	}
 	hashedScopes := make(map[string]map[resourcev3.Type]resource.Set, len(scopes))
+	unchanged := map[string]bool{} // scopes whose sets stand as they were
 	for key, res := range scopes {
+		if round.Unchanged(res, prevScopes[key]) {
+			// Nothing of the scope moved (a change of other services): a
+			// change costs the scopes it moved, not every scope.
+			hashedScopes[key], unchanged[key] = prevScopes[key], true
+			continue
+		}
 		if hashedScopes[key], err = prepareShared(res, round, prevScopes[key]); err != nil {
 			return fmt.Errorf("scope %s: %w", key, err)
 		}
@@ -161,7 +168,9 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 	if p.started {
 		since(p.shared, hashed)
 		for key, h := range hashedScopes {
-			since(p.scopes[key], h)
+			if !unchanged[key] {
+				since(p.scopes[key], h)
+			}
 		}
 	}
 	meshMoved := p.renumberLocked("", p.shared, hashed)
@@ -174,7 +183,7 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 	}
 	for key, h := range hashedScopes {
 		// no proxy is of scope "": it is the mesh's number
-		if key != "" && p.renumberLocked(key, p.scopes[key], h) {
+		if key != "" && !unchanged[key] && p.renumberLocked(key, p.scopes[key], h) {
 			moved = append(moved, key)
 		}
 	}

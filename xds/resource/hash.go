@@ -69,6 +69,23 @@ func (r *Round) Shared(res Lists, prev map[resourcev3.Type]Set) (map[resourcev3.
 	return hashWith(res, true, &r.c, prev)
 }
 
+// Unchanged reports whether res are the very lists prev's sets were
+// prepared from (the same Vecs: the translator hands on a scope's lists
+// again when nothing in it moved), so prev stands as it is, and nothing is
+// to be recorded (a round that records anew goes over every set it keeps).
+func (r *Round) Unchanged(res Lists, prev map[resourcev3.Type]Set) bool {
+	if r.c.recordsAnew() || len(prev) == 0 || len(res) != len(prev) {
+		return false
+	}
+	for t, items := range res {
+		p, ok := prev[t]
+		if !ok || !p.keepsRaw || !p.items.Same(items) {
+			return false
+		}
+	}
+	return true
+}
+
 // End makes the round's encodings the ones the next round reuses (in a
 // round that recorded anew, those of the rounds before not used again are
 // forgotten).

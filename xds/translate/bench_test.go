@@ -2,6 +2,8 @@ package translate_test
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/meshd/meshd/internal/vec"
@@ -29,6 +31,8 @@ func benchModel(services, endpoints int) *model.Snapshot {
 		}
 		list = append(list, svc)
 	}
+	// Services sorted by key, as the model promises.
+	slices.SortFunc(list, func(a, b *model.Service) int { return strings.Compare(a.Key(), b.Key()) })
 	snap.Services = vec.Of(list)
 	return snap
 }

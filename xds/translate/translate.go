@@ -122,6 +122,14 @@ type Translator struct {
 	outbound map[string]*outboundChains
 	// results are the scopes' last translations, by scope key.
 	results map[string]*result
+	// filters are the scopes' services, by scope key, followed from
+	// snapshot to snapshot; meshServices are the services of the last
+	// Shared's snapshot and of the one before (prevServices), and moves
+	// what changed between them (found once, for every scope).
+	filters                    map[string]*scopeFilter
+	meshServices, prevServices vec.Vec[*model.Service]
+	moves                      []model.ServiceMove
+	movesOK, movesFound        bool
 	// locals are the local clusters of the last Shared's workloads, which
 	// Scoped (of the same snapshot) reuses.
 	locals []types.Resource
@@ -190,9 +198,11 @@ func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 			delete(t.listeners, scope)
 			delete(t.outbound, scope)
 			delete(t.results, scope)
+			delete(t.filters, scope)
 		}
 	}
 	t.used = map[string]bool{}
+	t.prevServices, t.meshServices, t.movesFound = t.meshServices, snap.Services, false
 	res, problems := t.translate(snap, "")
 	// Every service of snap is in t.services now: it holds more only when
 	// services went.
@@ -215,7 +225,58 @@ func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 // snap.Scoped(e)), from and into the same per-service results as Shared.
 // snap must be the snapshot Shared was last given.
 func (t *Translator) Scoped(snap *model.Snapshot, e model.Egress) (Lists, []model.Problem) {
-	return t.translate(snap.Scoped(e), e.Key())
+	return t.ScopedKey(snap, e.Key(), e)
+}
+
+// ScopedKey is Scoped with e's key (e.Key()) given: a caller that keeps it
+// does not join the scope's entries again for every scope on every change.
+func (t *Translator) ScopedKey(snap *model.Snapshot, key string, e model.Egress) (Lists, []model.Problem) {
+	scoped := *snap
+	scoped.Services = t.scopedServices(key, e, snap.Services)
+	return t.translate(&scoped, key)
+}
+
+// scopeFilter is a scope's services (out) of the mesh's (from).
+type scopeFilter struct {
+	scope     *model.Scope
+	from, out vec.Vec[*model.Service]
+}
+
+// maxMoves bounds the services found changed in their places between two
+// snapshots, past which each scope filters the services again.
+const maxMoves = 64
+
+// scopedServices returns the services of scope e (key) among services, the
+// snapshot's: the ones found for the last snapshot when nothing of the
+// scope moved, patched when services of it changed in their places, found
+// again only when the scope gained or lost a service (or the services came
+// or went). An endpoint change costs each scope a lookup, not a pass over
+// the mesh's services.
+func (t *Translator) scopedServices(key string, e model.Egress, services vec.Vec[*model.Service]) vec.Vec[*model.Service] {
+	if t.filters == nil {
+		t.filters = map[string]*scopeFilter{}
+	}
+	f := t.filters[key]
+	switch {
+	case f == nil:
+		f = &scopeFilter{scope: e.Compile()}
+		t.filters[key] = f
+	case f.from.Same(services):
+		return f.out
+	case f.from.Same(t.prevServices) && services.Same(t.meshServices):
+		if !t.movesFound {
+			t.moves, t.movesOK = model.ServicesMoved(t.prevServices, t.meshServices, maxMoves)
+			t.movesFound = true
+		}
+		if t.movesOK {
+			if out, ok := f.scope.Follow(f.out, t.moves); ok {
+				f.from, f.out = services, out
+				return out
+			}
+		}
+	}
+	f.from, f.out = services, f.scope.Filter(services)
+	return f.out
 }
 
 // translate translates snap; scope keys the outbound listener kept for the
