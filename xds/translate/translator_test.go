@@ -214,15 +214,7 @@ func TestTranslatorFollowsChunks(t *testing.T) {
 		if step%10 == 9 { // a new list of the same services
 			next.Services = vec.Of(snap.Services.Slice())
 		} else {
-			p := snap.Services.Patch()
-			for range 1 + rng.IntN(3) {
-				i := rng.IntN(snap.Services.Len())
-				s := *snap.Services.At(i)
-				s.Endpoints = slices.Clone(s.Endpoints)
-				s.Endpoints[0].Ready = !s.Endpoints[0].Ready
-				p.Set(i, &s)
-			}
-			next.Services = p.Vec()
+			next.Services, _ = flipReady(rng, snap.Services)
 		}
 		snap = &next
 		got, _ := tr.Shared(snap)
@@ -241,6 +233,23 @@ func TestTranslatorFollowsChunks(t *testing.T) {
 	if sharedChunks == 0 {
 		t.Fatal("no endpoint list shared a chunk with the one before")
 	}
+}
+
+// flipReady returns services patched as a Converter hands them on: one to
+// three of them (changed) replaced by copies whose first endpoint's
+// readiness flipped, the other chunks shared.
+func flipReady(rng *rand.Rand, services vec.Vec[*model.Service]) (vec.Vec[*model.Service], []*model.Service) {
+	var changed []*model.Service
+	p := services.Patch()
+	for range 1 + rng.IntN(3) {
+		i := rng.IntN(services.Len())
+		s := *p.At(i)
+		s.Endpoints = slices.Clone(s.Endpoints)
+		s.Endpoints[0].Ready = !s.Endpoints[0].Ready
+		p.Set(i, &s)
+		changed = append(changed, &s)
+	}
+	return p.Vec(), changed
 }
 
 // TestScopedFollowsChanges: scopes (exact entries, a namespace, a name
@@ -275,16 +284,7 @@ func TestScopedFollowsChanges(t *testing.T) {
 			changed = append(changed, list[i])
 			next.Services = vec.Of(slices.Delete(list, i, i+1))
 		default: // endpoints changed in place
-			p := snap.Services.Patch()
-			for range 1 + rng.IntN(3) {
-				i := rng.IntN(snap.Services.Len())
-				s := *snap.Services.At(i)
-				s.Endpoints = slices.Clone(s.Endpoints)
-				s.Endpoints[0].Ready = !s.Endpoints[0].Ready
-				p.Set(i, &s)
-				changed = append(changed, &s)
-			}
-			next.Services = p.Vec()
+			next.Services, changed = flipReady(rng, snap.Services)
 		}
 		snap = &next
 		tr.Shared(snap)
