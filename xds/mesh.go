@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -96,10 +97,13 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 // is not published: the configuration published before stays, and Update
 // returns the error with its stack (see translated).
 //
-// Only a model whose workloads or inbound settings moved (a pod, a policy)
-// goes over every connected proxy; an endpoint or service change goes over
-// the proxies whose own resources read services (see setAlways), and
-// the publisher over the proxies of what moved.
+// Only a model whose inbound settings moved goes over every connected
+// proxy. A change of workloads (a pod, a policy) goes over the proxies of
+// the workloads that moved, found by comparing the two workload lists
+// (sorted, their unchanged workloads the same pointers); an endpoint or
+// service change over none of them. The proxies whose own resources read
+// services (see setAlways) are gone over every time, and the publisher
+// goes over the proxies of what moved.
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -109,7 +113,11 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	var scopeOf map[string]string // nil: no proxy's scope moved
 	scopes := make(map[string]resource.Lists, len(m.scopes))
 	prev, prevProblems := m.snap, m.problems
-	every := m.stale || prev == nil || !model.SameList(prev.Workloads, snap.Workloads) || settingsOf(prev) != settingsOf(snap)
+	every := m.stale || prev == nil || settingsOf(prev) != settingsOf(snap)
+	var moved []string // the keys of the workloads that moved (every: all)
+	if !every && !model.SameList(prev.Workloads, snap.Workloads) {
+		moved = workloadsMoved(prev.Workloads, snap.Workloads)
+	}
 	err := m.translated(func() {
 		shared, problems = m.tr.Shared(snap)
 		for _, p := range problems {
@@ -130,9 +138,27 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 				scopeOf[node] = ref.scope
 			}
 		} else {
-			// Every proxy's workload is the one it had (the same list).
+			// Every other proxy's workload is the one it had.
+			done := make(map[string]bool, len(moved))
+			for _, node := range moved {
+				ref := m.proxies[node]
+				if ref == nil {
+					continue // no proxy of that pod is connected
+				}
+				if w := snap.Workload(node); w != ref.w {
+					ref.w = w
+					m.setScope(ref)
+				}
+				if scopeOf == nil {
+					scopeOf = map[string]string{}
+				}
+				problems = m.ownOf(node, ref, own, problems)
+				scopeOf[node], done[node] = ref.scope, true
+			}
 			for node := range m.always {
-				problems = m.ownOf(node, m.proxies[node], own, problems)
+				if !done[node] {
+					problems = m.ownOf(node, m.proxies[node], own, problems)
+				}
 			}
 		}
 		for key, use := range m.scopes {
@@ -211,6 +237,41 @@ func (m *Mesh) leaveScope(ref *proxyRef) {
 		}
 	}
 	ref.scope, ref.egress = "", nil
+}
+
+// workloadsMoved returns the keys of the workloads added, removed or
+// changed from one list to the next, both sorted by key as the model keeps
+// them: a walk over both that compares pointers (a workload that did not
+// change is the same pointer) and builds keys only where they differ.
+func workloadsMoved(from, to []*model.Workload) []string {
+	var out []string
+	i, j := 0, 0
+	for i < len(from) || j < len(to) {
+		switch {
+		case i < len(from) && j < len(to) && from[i] == to[j]:
+			i, j = i+1, j+1
+		case j == len(to):
+			out = append(out, from[i].Key())
+			i++
+		case i == len(from):
+			out = append(out, to[j].Key())
+			j++
+		default:
+			a, b := from[i].Key(), to[j].Key()
+			switch c := strings.Compare(a, b); {
+			case c < 0: // gone
+				out = append(out, a)
+				i++
+			case c > 0: // new
+				out = append(out, b)
+				j++
+			default: // changed
+				out = append(out, b)
+				i, j = i+1, j+1
+			}
+		}
+	}
+	return out
 }
 
 // settingsOf is the model's settings every proxy's inbound side reads.

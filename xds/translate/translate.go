@@ -491,17 +491,26 @@ func sameWorkloads(a, b []*model.Workload) bool {
 // distinct port (and kind) of the workloads.
 func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
 	var out []types.Resource
-	seen := map[string]bool{}
+	// What a local cluster's name is made of: its name is built once per
+	// distinct one, not once per port of every workload (10,000 names on
+	// every pod change at 10,000 workloads).
+	type local struct {
+		port               uint32
+		h2, noInterception bool
+	}
+	seen := map[local]bool{}
 	for _, w := range snap.Workloads {
 		for _, p := range w.Ports {
+			k := local{p.Port, p.Protocol == model.ProtocolHTTP2 || p.Protocol == model.ProtocolGRPC, w.NoInterception}
+			if seen[k] {
+				continue
+			}
+			seen[k] = true
 			name, build := InboundClusterName(p), inboundCluster
 			if w.NoInterception {
 				name, build = localClusterName(p), localCluster
 			}
-			if !seen[name] {
-				seen[name] = true
-				out = append(out, t.cached(name, func() types.Resource { return build(p) }))
-			}
+			out = append(out, t.cached(name, func() types.Resource { return build(p) }))
 		}
 	}
 	return out
