@@ -110,11 +110,11 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	var shared resource.Lists
 	var problems []model.Problem
 	own := map[string]resource.Resources{}
-	var scopeOf map[string]string // nil: no proxy's scope moved
+	var scopeOf map[string]string
 	scopes := make(map[string]resource.Lists, len(m.scopes))
 	prev, prevProblems := m.snap, m.problems
 	every := m.stale || prev == nil || settingsOf(prev) != settingsOf(snap)
-	var moved []string // the keys of the workloads that moved (every: all)
+	var moved []string // the keys of the workloads that moved (unset if every)
 	if !every && !model.SameList(prev.Workloads, snap.Workloads) {
 		moved = workloadsMoved(prev.Workloads, snap.Workloads)
 	}
@@ -127,38 +127,28 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 		}
 		problems = slices.Clip(problems) // the translator's: appended to below
 		m.snap = snap
+		// The proxies gone over: every one, or those of the workloads that
+		// moved (every other proxy's workload is the one it had); scopeOf
+		// holds their scopes.
+		size := len(moved)
 		if every {
-			scopeOf = make(map[string]string, len(m.proxies))
+			size = len(m.proxies)
+		}
+		scopeOf = make(map[string]string, size)
+		if every {
 			for node, ref := range m.proxies {
-				if w := snap.Workload(node); w != ref.w { // looked up once per proxy
-					ref.w = w
-					m.setScope(ref)
-				}
-				problems = m.ownOf(node, ref, own, problems)
-				scopeOf[node] = ref.scope
+				problems = m.visit(snap, node, ref, own, scopeOf, problems)
 			}
 		} else {
-			// Every other proxy's workload is the one it had.
-			done := make(map[string]bool, len(moved))
 			for _, node := range moved {
-				ref := m.proxies[node]
-				if ref == nil {
-					continue // no proxy of that pod is connected
+				if ref := m.proxies[node]; ref != nil { // nil: no proxy of that pod is connected
+					problems = m.visit(snap, node, ref, own, scopeOf, problems)
 				}
-				if w := snap.Workload(node); w != ref.w {
-					ref.w = w
-					m.setScope(ref)
-				}
-				if scopeOf == nil {
-					scopeOf = map[string]string{}
-				}
-				problems = m.ownOf(node, ref, own, problems)
-				scopeOf[node], done[node] = ref.scope, true
 			}
-			for node := range m.always {
-				if !done[node] {
-					problems = m.ownOf(node, m.proxies[node], own, problems)
-				}
+		}
+		for node := range m.always {
+			if _, done := scopeOf[node]; !done {
+				problems = m.ownOf(node, m.proxies[node], own, problems)
 			}
 		}
 		for key, use := range m.scopes {
@@ -171,6 +161,18 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	}
 	m.problems, m.stale = problems, false
 	return problems, m.pub.SetScoped(ctx, snap.ChangedAt, shared, scopes, own, scopeOf)
+}
+
+// visit goes over a proxy in an update of snap: its workload and scope
+// followed, its own resources translated into own if they moved, its scope
+// recorded in scopeOf.
+func (m *Mesh) visit(snap *model.Snapshot, node string, ref *proxyRef, own map[string]resource.Resources, scopeOf map[string]string, problems []model.Problem) []model.Problem {
+	if w := snap.Workload(node); w != ref.w {
+		ref.w = w
+		m.setScope(ref)
+	}
+	scopeOf[node] = ref.scope
+	return m.ownOf(node, ref, own, problems)
 }
 
 // ownOf translates the own resources of a proxy of an update (ref.w is
