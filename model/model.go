@@ -30,8 +30,11 @@ const (
 
 // IsHTTP reports whether p is handled by an HTTP connection manager.
 func (p Protocol) IsHTTP() bool {
-	return p == ProtocolHTTP || p == ProtocolHTTP2 || p == ProtocolGRPC
+	return p == ProtocolHTTP || p.IsHTTP2()
 }
+
+// IsHTTP2 reports whether p is spoken over HTTP/2 (HTTP/2 and gRPC).
+func (p Protocol) IsHTTP2() bool { return p == ProtocolHTTP2 || p == ProtocolGRPC }
 
 // Mode is what a workload's inbound side accepts.
 type Mode string

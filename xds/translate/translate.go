@@ -65,7 +65,7 @@ func directClusterName(svc *model.Service, port uint32) string {
 // inbound|<port>, or
 // inbound-h2|<port> for HTTP/2 and gRPC ports.
 func InboundClusterName(p model.Port) string {
-	if p.Protocol == model.ProtocolHTTP2 || p.Protocol == model.ProtocolGRPC {
+	if p.Protocol.IsHTTP2() {
 		return fmt.Sprintf("inbound-h2|%d", p.Port)
 	}
 	return fmt.Sprintf("inbound|%d", p.Port)
@@ -501,7 +501,7 @@ func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
 	seen := map[local]bool{}
 	for _, w := range snap.Workloads {
 		for _, p := range w.Ports {
-			k := local{p.Port, p.Protocol == model.ProtocolHTTP2 || p.Protocol == model.ProtocolGRPC, w.NoInterception}
+			k := local{p.Port, p.Protocol.IsHTTP2(), w.NoInterception}
 			if seen[k] {
 				continue
 			}
