@@ -7,17 +7,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/model"
-	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
-	"github.com/meshd/meshd/xds/publish"
-	"github.com/meshd/meshd/xds/resource"
 )
 
 // BenchmarkMeshUpdate: one model change (1,000 services × 10 endpoints)
@@ -26,18 +22,12 @@ import (
 func BenchmarkMeshUpdate(b *testing.B) {
 	ctx := context.Background()
 	snap := benchModel(1000, 10)
-	mesh, _ := benchMesh(ctx, b, snap, 1000)
+	mesh, _ := benchMesh(b, snap, 1000)
 	// The first publish (every proxy's first snapshot) is not a change.
 	if _, err := mesh.Update(ctx, snap); err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		// An endpoint moves, as in real churn.
-		if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchEndpointChanges(ctx, b, mesh, snap)
 }
 
 // withReady is snap with its first service's first endpoint ready or not:
@@ -55,24 +45,27 @@ func withReady(snap *model.Snapshot, ready bool) *model.Snapshot {
 
 // benchMesh returns a Mesh with the first proxies workloads of snap
 // connected, each holding its secrets.
-func benchMesh(ctx context.Context, b *testing.B, snap *model.Snapshot, proxies int) (*xds.Mesh, cachev3.SnapshotCache) {
+func benchMesh(b *testing.B, snap *model.Snapshot, proxies int) (*xds.Mesh, cachev3.SnapshotCache) {
 	b.Helper()
-	pki := newTestPKI(b)
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := publish.New(cache)
-	mesh := xds.NewMesh(pub, nil)
-	cert := pki.issue(webID, webNode)
-	secrets := resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
+	var peers []xds.Peer
 	for _, w := range snap.Workloads[:proxies] {
 		id := ca.Identity{TrustDomain: "cluster.local", Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
-		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: w.Key(), Identity: id}); err != nil {
-			b.Fatal(err)
-		}
-		if err := pub.SetProxy(ctx, w.Key(), secrets); err != nil {
+		peers = append(peers, xds.Peer{NodeID: w.Key(), Identity: id})
+	}
+	mesh, cache, _ := connectedMesh(b, peers...)
+	return mesh, cache
+}
+
+// benchEndpointChanges measures mesh.Update of snap with its first
+// service's first endpoint ready and not, in turn: an endpoint moving, as
+// in real churn.
+func benchEndpointChanges(ctx context.Context, b *testing.B, mesh *xds.Mesh, snap *model.Snapshot) {
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
 			b.Fatal(err)
 		}
 	}
-	return mesh, cache
 }
 
 // BenchmarkMeshUpdateScoped: BenchmarkMeshUpdate with every proxy's
@@ -85,7 +78,7 @@ func BenchmarkMeshUpdateScoped(b *testing.B) {
 	for _, w := range snap.Workloads {
 		w.Egress = model.Egress{w.Namespace + "/*"}
 	}
-	mesh, cache := benchMesh(ctx, b, snap, 1000)
+	mesh, cache := benchMesh(b, snap, 1000)
 	if _, err := mesh.Update(ctx, snap); err != nil {
 		b.Fatal(err)
 	}
@@ -97,12 +90,7 @@ func BenchmarkMeshUpdateScoped(b *testing.B) {
 	for _, t := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
 		resources += len(ps.GetResources(t))
 	}
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchEndpointChanges(ctx, b, mesh, snap)
 	b.ReportMetric(float64(resources), "resources/proxy")
 }
 
@@ -143,7 +131,7 @@ func sortWorkloads(ws []*model.Workload) {
 func BenchmarkPolicyChange(b *testing.B) {
 	ctx := context.Background()
 	snap := benchModel(1000, 10)
-	mesh, _ := benchMesh(ctx, b, snap, 1000)
+	mesh, _ := benchMesh(b, snap, 1000)
 	target := snap.Workloads[0]
 	policy := &model.Policy{Namespace: target.Namespace, Name: "callers", Action: model.ActionAllow,
 		Rules: []model.Rule{{From: &model.Source{Identities: []string{model.SPIFFEID("cluster.local", "ns1", "svc1")}}}}}
@@ -191,16 +179,11 @@ func BenchmarkMeshUpdateScopedProxies(b *testing.B) {
 				}
 				slices.Sort(w.Egress)
 			}
-			mesh, _ := benchMesh(ctx, b, snap, c.proxies)
+			mesh, _ := benchMesh(b, snap, c.proxies)
 			if _, err := mesh.Update(ctx, snap); err != nil {
 				b.Fatal(err)
 			}
-			b.ReportAllocs()
-			for i := 0; b.Loop(); i++ {
-				if _, err := mesh.Update(ctx, withReady(snap, i%2 == 0)); err != nil {
-					b.Fatal(err)
-				}
-			}
+			benchEndpointChanges(ctx, b, mesh, snap)
 		})
 	}
 }

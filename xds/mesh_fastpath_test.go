@@ -5,16 +5,11 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/model"
-	"github.com/meshd/meshd/sds"
 	"github.com/meshd/meshd/xds"
-	"github.com/meshd/meshd/xds/publish"
-	"github.com/meshd/meshd/xds/resource"
 )
 
 // scopesYAML: services a, b (ports 80, 81), each with one endpoint outside
@@ -91,19 +86,12 @@ func TestServiceChangeReachesWhatItMoves(t *testing.T) {
 	if len(problems) > 0 || len(m0.Workloads) != 4 {
 		t.Fatalf("model: %d workloads, problems %v", len(m0.Workloads), problems)
 	}
-	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
-	pub := publish.New(cache)
-	mesh := xds.NewMesh(pub, nil)
-	cert := newTestPKI(t).issue(webID, webNode)
 	nodes := []string{"to-a.demo", "to-b.demo", "to-all.demo", "direct.demo"}
+	var peers []xds.Peer
 	for _, n := range nodes {
-		if err := mesh.AddProxy(ctx, xds.Peer{NodeID: n, Identity: webID}); err != nil {
-			t.Fatal(err)
-		}
-		if err := pub.SetProxy(ctx, n, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
-			t.Fatal(err)
-		}
+		peers = append(peers, xds.Peer{NodeID: n, Identity: webID})
 	}
+	mesh, cache, pub := connectedMesh(t, peers...)
 	type state struct {
 		versions map[string]string
 		names    map[string][]string

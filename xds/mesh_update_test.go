@@ -71,22 +71,32 @@ func modelFrom(t *testing.T, extra string) *model.Snapshot {
 	return snap
 }
 
-// meshWithWeb is a Mesh publishing into a snapshot cache, with web-0's
-// proxy connected and its secrets set (no model yet).
-func meshWithWeb(t *testing.T) (*xds.Mesh, cachev3.SnapshotCache) {
+// connectedMesh is a Mesh publishing into a snapshot cache (and its
+// publisher), with peers connected, each holding the same secrets (only
+// the mesh configuration is looked at); no model yet.
+func connectedMesh(t testing.TB, peers ...xds.Peer) (*xds.Mesh, cachev3.SnapshotCache, *publish.Publisher) {
 	t.Helper()
-	pki := newTestPKI(t)
-	cert := pki.issue(webID, webNode)
 	ctx := context.Background()
+	cert := newTestPKI(t).issue(webID, webNode)
+	secrets := resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}
 	cache := cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
 	pub := publish.New(cache)
 	mesh := xds.NewMesh(pub, nil)
-	if err := mesh.AddProxy(ctx, xds.Peer{NodeID: webNode, Identity: webID}); err != nil {
-		t.Fatal(err)
+	for _, p := range peers {
+		if err := mesh.AddProxy(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		if err := pub.SetProxy(ctx, p.NodeID, secrets); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := pub.SetProxy(ctx, webNode, resource.Resources{resourcev3.SecretType: []types.Resource{sds.CertificateSecret(cert), sds.BundleSecret(cert.BundlePEM)}}); err != nil {
-		t.Fatal(err)
-	}
+	return mesh, cache, pub
+}
+
+// meshWithWeb is connectedMesh with web-0's proxy connected.
+func meshWithWeb(t *testing.T) (*xds.Mesh, cachev3.SnapshotCache) {
+	t.Helper()
+	mesh, cache, _ := connectedMesh(t, xds.Peer{NodeID: webNode, Identity: webID})
 	return mesh, cache
 }
 

@@ -25,7 +25,7 @@ func BenchmarkEndpointWrite(b *testing.B) {
 			st := benchState(services, 10)
 			convert := k8s.NewConverter("cluster.local")
 			snap, _ := convert.Convert(st)
-			mesh, _ := benchMesh(ctx, b, snap, 10)
+			mesh, _ := benchMesh(b, snap, 10)
 			if _, err := mesh.Update(ctx, snap); err != nil {
 				b.Fatal(err)
 			}
