@@ -1,7 +1,6 @@
 package ca_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/meshd/meshd/ca"
+	"github.com/meshd/meshd/internal/testenv"
 )
 
 // flakyIssuer wraps an issuer and fails while fail is set.
@@ -255,7 +255,7 @@ func TestRenewerReissueDuringIssuance(t *testing.T) {
 // with how late it is; one on time is not.
 func TestRenewerLogsLateRenewal(t *testing.T) {
 	fc, in := fakeCA(t, time.Hour)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	_, certs := watchWeb(t, ca.RenewerConfig{Issuer: in, Clock: fc, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	<-certs
 	waitTimer(t, fc)
@@ -270,22 +270,4 @@ func TestRenewerLogsLateRenewal(t *testing.T) {
 	if got := logs.String(); !strings.Contains(got, "ca: a renewal started late") || !strings.Contains(got, "late=20") {
 		t.Fatalf("a renewal 20s late: log %q", got)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for the renewer's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

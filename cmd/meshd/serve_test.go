@@ -197,13 +197,8 @@ func runServe(ctx context.Context, t *testing.T, args ...string) (log func() str
 	t.Helper()
 	sctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	var buf bytes.Buffer
-	logs := &syncWriter{w: &buf}
-	log = func() string {
-		logs.mu.Lock()
-		defer logs.mu.Unlock()
-		return buf.String()
-	}
+	logs := &testenv.SyncBuffer{}
+	log = logs.String
 	go func() { done <- run(sctx, append([]string{"serve"}, args...), io.Discard, logs) }()
 	t.Cleanup(func() {
 		stop()
