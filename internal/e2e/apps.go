@@ -37,6 +37,14 @@ type AppsResult struct {
 	BannerFromClient, BannerFromLegacy string
 	// PlainFromLegacy is the outsider's plain HTTP call to the pod IP.
 	PlainFromLegacy string
+	// WebSocketFromClient and WebSocketFromLegacy are what a WebSocket
+	// client (apps.py ws: the handshake's status, the accept key checked,
+	// the app's answers to two messages) got on the HTTP port: the meshed
+	// one through the service, the outsider at the pod IP.
+	WebSocketFromClient, WebSocketFromLegacy string
+	// HTTP10FromClient is the meshed client's HTTP/1.0 request through
+	// the service (curl -0), as curl reports it.
+	HTTP10FromClient string
 	// Held is how a busy TCP connection of the meshed client to the banner
 	// port ended (apps.py hold), when the experiment was asked to hold one.
 	Held string
@@ -157,6 +165,17 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")
 	res.PlainFromLegacy = strings.TrimSpace(out)
+	ws := func(pod, host string) string {
+		out, err := pods[pod].Run(ctx, python, script, "ws", host, "8080", "hello", "again")
+		if err != nil {
+			return fmt.Sprintf("%s (%v)", strings.TrimSpace(out), err)
+		}
+		return strings.TrimSpace(out)
+	}
+	res.WebSocketFromClient = ws("client-0", svcIP)
+	res.WebSocketFromLegacy = ws("legacy-0", appIP)
+	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-0", "-m", "5", "-w", " code=%{http_code} version=%{http_version}", "http://"+svcIP+":8080/")
+	res.HTTP10FromClient = strings.TrimSpace(out)
 	if hold > 0 {
 		out, err := pods["client-0"].Run(ctx, python, script, "hold", svcIP, "2525", fmt.Sprint(hold.Seconds()))
 		res.Held = strings.TrimSpace(out)

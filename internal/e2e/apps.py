@@ -1,13 +1,22 @@
 """Workloads other than nginx for the e2e experiments (python3, stdlib only).
 
 serve: an HTTP server on 0.0.0.0:8080 that answers with the address the
-request came from; a client-first line server on 127.0.0.1:8081 only (an
-app that trusts loopback); a server-first banner server on 0.0.0.0:2525.
+request came from (and, asked to upgrade to a WebSocket, echoes the
+client's text messages); a client-first line server on 127.0.0.1:8081 only
+(an app that trusts loopback); a server-first banner server on
+0.0.0.0:2525.
 
 dial HOST PORT [LINE]: connects, sends LINE if given, reads for up to 5 s
 and prints what came back and whether the server closed.
+
+ws HOST PORT TEXT...: opens a WebSocket (RFC 6455) to HOST:PORT, sends
+each TEXT as a message and prints the handshake's status, whether the
+accept key was right, and each answer.
 """
+import base64
+import hashlib
 import http.server
+import os
 import socket
 import socketserver
 import sys
@@ -15,13 +24,73 @@ import threading
 import time
 
 
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_accept(key):
+    return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+
+
+def ws_send(f, text, mask):
+    """Writes one final text frame (masked: a client's)."""
+    data = text.encode()
+    head = bytes([0x81])
+    n = len(data)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([bit | n])
+    else:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    if mask:
+        key = os.urandom(4)
+        data = key + bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    f.write(head + data)
+    f.flush()
+
+
+def ws_read(f):
+    """Reads one frame; returns (opcode, text), opcode None at the end."""
+    head = f.read(2)
+    if len(head) < 2:
+        return None, ""
+    op, n, masked = head[0] & 0x0F, head[1] & 0x7F, head[1] & 0x80
+    if n == 126:
+        n = int.from_bytes(f.read(2), "big")
+    elif n == 127:
+        n = int.from_bytes(f.read(8), "big")
+    key = f.read(4) if masked else b""
+    data = f.read(n)
+    if masked:
+        data = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    return op, data.decode(errors="replace")
+
+
 class Peer(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
         body = ("peer=%s\n" % self.client_address[0]).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def websocket(self):
+        """Echoes text messages until the client closes."""
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", ws_accept(self.headers.get("Sec-WebSocket-Key", "")))
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        while True:
+            op, text = ws_read(self.rfile)
+            if op is None or op == 0x8:
+                return
+            ws_send(self.wfile, "echo %s from %s" % (text, self.client_address[0]), False)
 
     def log_message(self, *args):
         pass
@@ -104,10 +173,44 @@ def hold(host, port, seconds):
     print("end=%s lived=%.0fs answered=%d" % (end, time.monotonic() - start, answered), flush=True)
 
 
+def ws(host, port, *texts):
+    key = base64.b64encode(os.urandom(16)).decode()
+    out = []
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.settimeout(5)
+        f = s.makefile("rwb")
+        f.write(("GET /chat HTTP/1.1\r\nHost: %s:%s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, port, key)).encode())
+        f.flush()
+        status = f.readline().decode(errors="replace").split()
+        out.append("status=%s" % (status[1] if len(status) > 1 else "none"))
+        headers = {}
+        while True:
+            line = f.readline().decode(errors="replace").strip()
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        out.append("accept=%s" % ("ok" if headers.get("sec-websocket-accept") == ws_accept(key) else "wrong"))
+        if len(status) > 1 and status[1] == "101":
+            for text in texts:
+                ws_send(f, text, True)
+                op, answer = ws_read(f)
+                out.append("answer=%r" % (answer if op is not None else "<closed>"))
+            f.write(bytes([0x88, 0x80]) + os.urandom(4))  # close, masked, empty
+            f.flush()
+    except OSError as e:
+        out.append("error=%s" % type(e).__name__)
+    print(" ".join(out), flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
     elif sys.argv[1] == "hold":
         hold(*sys.argv[2:])
+    elif sys.argv[1] == "ws":
+        ws(*sys.argv[2:])
     else:
         dial(*sys.argv[2:])

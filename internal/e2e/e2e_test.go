@@ -360,6 +360,9 @@ func TestReducedDemo(t *testing.T) {
 // TestWorkloads: an app other than nginx (apps.py) behind a sidecar, in
 // both modes, called by a meshed client and by a pod outside the mesh:
 //   - the app sees mesh callers come from 127.0.0.6, not 127.0.0.1;
+//   - a WebSocket opens through the mesh (and, PERMISSIVE, from the
+//     outsider) and carries messages both ways; an HTTP/1.0 request is
+//     answered (Envoy refuses both unless configured to take them);
 //   - its port bound only to 127.0.0.1 stays unreachable from outside the
 //     pod, for meshed callers and (PERMISSIVE) plaintext ones alike;
 //   - its server-first port (appProtocol smtp) gives a silent meshed
@@ -387,6 +390,14 @@ func TestWorkloads(t *testing.T) {
 			}
 			refused := res.RefusedLines()
 			t.Logf("held connection: %s", res.Held)
+			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
+			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {
+				t.Errorf("a WebSocket of the meshed client through the service: %q, want %q", res.WebSocketFromClient, want)
+			}
+			// curl writes an HTTP/1.0 answer's version as "1".
+			if want := "peer=127.0.0.6\n code=200 version=1"; res.HTTP10FromClient != want {
+				t.Errorf("an HTTP/1.0 request of the meshed client through the service: %q, want %q", res.HTTP10FromClient, want)
+			}
 			t.Logf("source %q; loopback app: from its pod %q, meshed client %q, outsider %q; banner: meshed client %q, outsider %q; outsider's HTTP %q; refused lines %q",
 				res.SourceSeen, res.LoopbackFromPod, res.LoopbackFromClient, res.LoopbackFromLegacy, res.BannerFromClient, res.BannerFromLegacy, res.PlainFromLegacy, refused)
 			if res.SourceSeen != "127.0.0.6" {
@@ -411,6 +422,9 @@ func TestWorkloads(t *testing.T) {
 				if res.PlainFromLegacy != "peer=127.0.0.6" {
 					t.Errorf("the outsider's plaintext HTTP call: %q, want the app's answer", res.PlainFromLegacy)
 				}
+				if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromLegacy != want {
+					t.Errorf("the outsider's plaintext WebSocket to a PERMISSIVE pod: %q, want %q", res.WebSocketFromLegacy, want)
+				}
 				return
 			}
 			// Closed by the server sidecar at 20 s (a third of 1 m), with
@@ -424,6 +438,9 @@ func TestWorkloads(t *testing.T) {
 			}
 			if strings.Contains(res.PlainFromLegacy, "peer=") {
 				t.Errorf("the outsider's plaintext HTTP call was served on a STRICT pod: %s", res.PlainFromLegacy)
+			}
+			if strings.Contains(res.WebSocketFromLegacy, "answer=") {
+				t.Errorf("the outsider's plaintext WebSocket was served on a STRICT pod: %s", res.WebSocketFromLegacy)
 			}
 			// The outsider's plaintext HTTP (no chain: NR, with the TLS
 			// error) and its silent connection to the server-first port

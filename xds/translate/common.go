@@ -106,8 +106,14 @@ func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 }
 
 // hcmFilter completes an HTTP connection manager with the router, after
-// the HTTP filters it has.
+// the HTTP filters it has, and with what apps did without the mesh:
+// WebSocket upgrades (Envoy refuses an upgrade it was not configured for
+// with a 403) and HTTP/1.0 requests (refused with a 426 otherwise; ab and
+// old health checkers send them). Between sidecars an HTTP port's traffic
+// stays HTTP/1.1, so an upgraded connection crosses both hops as it came.
 func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
+	hcm.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+	hcm.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
 	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
