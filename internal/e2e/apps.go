@@ -42,6 +42,9 @@ type AppsResult struct {
 	// the app's answers to two messages) got on the HTTP port: the meshed
 	// one through the service, the outsider at the pod IP.
 	WebSocketFromClient, WebSocketFromLegacy string
+	// SelfCall is app-0 calling its own service, whose one endpoint it
+	// is (curl in its pod, as its app would).
+	SelfCall string
 	// HTTP10FromClient is the meshed client's HTTP/1.0 request through
 	// the service (curl -0), as curl reports it.
 	HTTP10FromClient string
@@ -176,6 +179,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.WebSocketFromLegacy = ws("legacy-0", appIP)
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-0", "-m", "5", "-w", " code=%{http_code} version=%{http_version}", "http://"+svcIP+":8080/")
 	res.HTTP10FromClient = strings.TrimSpace(out)
+	out, _ = pods["app-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
+	res.SelfCall = strings.TrimSpace(out)
 	if hold > 0 {
 		out, err := pods["client-0"].Run(ctx, python, script, "hold", svcIP, "2525", fmt.Sprint(hold.Seconds()))
 		res.Held = strings.TrimSpace(out)

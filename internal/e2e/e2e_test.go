@@ -363,6 +363,8 @@ func TestReducedDemo(t *testing.T) {
 //   - a WebSocket opens through the mesh (and, PERMISSIVE, from the
 //     outsider) and carries messages both ways; an HTTP/1.0 request is
 //     answered (Envoy refuses both unless configured to take them);
+//   - the app calling its own service (itself the one endpoint) is served
+//     through its own sidecar's inbound listener;
 //   - its port bound only to 127.0.0.1 stays unreachable from outside the
 //     pod, for meshed callers and (PERMISSIVE) plaintext ones alike;
 //   - its server-first port (appProtocol smtp) gives a silent meshed
@@ -393,6 +395,9 @@ func TestWorkloads(t *testing.T) {
 			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
 			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {
 				t.Errorf("a WebSocket of the meshed client through the service: %q, want %q", res.WebSocketFromClient, want)
+			}
+			if res.SelfCall != "peer=127.0.0.6" {
+				t.Errorf("app-0 calling its own service (itself the endpoint): %q, want the app's answer through its sidecar", res.SelfCall)
 			}
 			// curl writes an HTTP/1.0 answer's version as "1".
 			if want := "peer=127.0.0.6\n code=200 version=1"; res.HTTP10FromClient != want {

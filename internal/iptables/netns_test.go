@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -78,8 +79,28 @@ func originalDst(c *net.TCPConn) string {
 	return fmt.Sprintf("%s:%d", netip.AddrFrom4(addr.Addr), port)
 }
 
+// dial connects to addr and prints the listener's answer; as the uid in
+// MESHD_IPT_UID and from the address in MESHD_IPT_FROM when set (as the
+// sidecar does: its own connections, and from 127.0.0.6 to the app).
 func dial(addr string) {
-	c, err := net.DialTimeout("tcp4", addr, 2*time.Second)
+	d := net.Dialer{Timeout: 2 * time.Second}
+	if from := os.Getenv("MESHD_IPT_FROM"); from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	if uid := os.Getenv("MESHD_IPT_UID"); uid != "" {
+		id, err := strconv.Atoi(uid)
+		if err == nil {
+			err = syscall.Setgid(id)
+		}
+		if err == nil {
+			err = syscall.Setuid(id)
+		}
+		if err != nil {
+			fmt.Println("setuid:", err)
+			os.Exit(3)
+		}
+	}
+	c, err := d.Dial("tcp4", addr)
 	if err != nil {
 		fmt.Println("dial error:", err)
 		os.Exit(3)
@@ -172,11 +193,11 @@ func TestInterceptionWithRealTraffic(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = helper.Process.Kill(); _ = helper.Wait() })
 
-	dialFrom := func(n netns, addr string) string {
+	dialFrom := func(n netns, addr string, env ...string) string {
 		var out string
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
-			out, _ = n.run(ctx, []string{"MESHD_IPT_HELPER=dial=" + addr}, self)
+			out, _ = n.run(ctx, append([]string{"MESHD_IPT_HELPER=dial=" + addr}, env...), self)
 			if !strings.Contains(out, "connection refused") {
 				break
 			}
@@ -189,6 +210,16 @@ func TestInterceptionWithRealTraffic(t *testing.T) {
 	}
 	if got := dialFrom(peer, "198.18.250.1:8080"); got != "15006 198.18.250.1:8080" {
 		t.Errorf("inbound to the pod: landed as %q, want on 15006 with original destination 198.18.250.1:8080", got)
+	}
+	// The sidecar's connection to its own pod's address (the pod calling
+	// its own service) goes to its inbound listener, as a peer's would;
+	// its forwarding to the app from 127.0.0.6 does not (nothing listens
+	// on 8080: refused).
+	if got := dialFrom(pod, "198.18.250.1:8080", "MESHD_IPT_UID=1337"); got != "15006 198.18.250.1:8080" {
+		t.Errorf("the sidecar's connection to its own pod: landed as %q, want on 15006 with original destination 198.18.250.1:8080", got)
+	}
+	if got, _ := pod.run(ctx, []string{"MESHD_IPT_HELPER=dial=198.18.250.1:8080", "MESHD_IPT_UID=1337", "MESHD_IPT_FROM=127.0.0.6"}, self); !strings.Contains(got, "refused") {
+		t.Errorf("the sidecar's forwarding to the app from 127.0.0.6: %q, want it to reach port 8080 itself (refused)", got)
 	}
 	// Not redirected: the sidecar's own traffic, loopback, excluded ports.
 	notRedirected := map[string][]string{

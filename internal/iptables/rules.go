@@ -24,6 +24,10 @@ const (
 	ChainInRedir  = "MESHD_IN_REDIRECT"
 )
 
+// AppSourceAddress is the address the sidecar's inbound listener forwards
+// to the app from (xds/translate sets it on the inbound clusters).
+const AppSourceAddress = "127.0.0.6"
+
 // Config describes one pod's interception.
 type Config struct {
 	// OutboundPort is the sidecar's outbound capture port (default 15001).
@@ -71,7 +75,14 @@ func Restore(cfg Config) string {
 	}
 	line("-A %s -p tcp -j %s", ChainInbound, ChainInRedir)
 	line("-A %s -p tcp -j REDIRECT --to-ports %d", ChainInRedir, cfg.InboundPort)
-	// Outbound: the sidecar's own traffic and loopback are left alone.
+	// Outbound: the sidecar's own traffic and loopback are left alone, but
+	// the sidecar's connections to its own pod's address: a pod calling its
+	// own service reaches itself through its inbound listener as any other
+	// caller (without this the app got the sidecar's TLS handshake). The
+	// inbound listener's forwarding to the app, from 127.0.0.6, stays as
+	// it is (else it would loop).
+	line("-A %s -s %s/32 -o lo -j RETURN", ChainOutput, AppSourceAddress)
+	line("-A %s -o lo ! -d 127.0.0.0/8 -m owner --uid-owner %d -j %s", ChainOutput, cfg.ProxyUID, ChainInbound)
 	line("-A %s -m owner --uid-owner %d -j RETURN", ChainOutput, cfg.ProxyUID)
 	line("-A %s -o lo -j RETURN", ChainOutput)
 	line("-A %s -d 127.0.0.0/8 -j RETURN", ChainOutput)

@@ -28,6 +28,8 @@ func TestRestoreDocument(t *testing.T) {
 		"-A MESHD_INBOUND -p tcp --dport 15021 -j RETURN",
 		"-A MESHD_INBOUND -p tcp -j MESHD_IN_REDIRECT",
 		"-A MESHD_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+		"-A MESHD_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
+		"-A MESHD_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 1337 -j MESHD_INBOUND",
 		"-A MESHD_OUTPUT -m owner --uid-owner 1337 -j RETURN",
 		"-A MESHD_OUTPUT -o lo -j RETURN",
 		"-A MESHD_OUTPUT -d 127.0.0.0/8 -j RETURN",

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/meshd/meshd/internal/iptables"
 	"github.com/meshd/meshd/model"
 )
 
@@ -142,14 +143,16 @@ func maxDuration(maxAge time.Duration) *corev3.HttpProtocolOptions {
 // appSourceAddress is the address the app sees inbound connections come
 // from: a loopback address other than 127.0.0.1, so that an app which
 // trusts 127.0.0.1 (Redis's protected mode, admin endpoints) does not trust
-// every mesh caller.
-const appSourceAddress = "127.0.0.6"
+// every mesh caller. The interception rules let the sidecar's connections
+// from it through (its others to its own pod's address go to the inbound
+// listener).
+const appSourceAddress = iptables.AppSourceAddress
 
 // inboundCluster reaches the app where the caller was going: the pod IP and
 // port the connection was redirected from (its original destination), from
 // 127.0.0.6. An app that listens only on 127.0.0.1 stays unreachable from
 // outside the pod, as it is without the mesh. The sidecar runs as the proxy
-// uid, whose connections the iptables rules do not redirect.
+// uid, whose connections from 127.0.0.6 the iptables rules do not redirect.
 func inboundCluster(p model.Port) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                 InboundClusterName(p),
