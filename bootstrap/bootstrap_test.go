@@ -43,12 +43,13 @@ func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
 			XDSAddress: "198.18.0.1:15012,198.18.0.1:15013", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/xds"},
 		// As injected: the pod's name is not known at admission (the node
 		// ID comes from --service-node), readiness on 15021 with the app's
-		// HTTP probes rewritten to it.
+		// probes rewritten to it.
 		"injected": {Namespace: "demo", NodeID: "pending.demo", ServiceAccount: "web", ReadinessPort: 15021,
 			AppProbes: map[string]bootstrap.AppProbe{
 				"/app-health/app/readyz":  {Port: 8080, Path: "/ready?full=1"},
 				"/app-health/app/livez":   {Port: 8080, Path: "/healthz"},
 				"/app-health/admin/livez": {Port: 9090, Path: "live"},
+				"/app-health/grpc/livez":  {Kind: bootstrap.ProbeGRPC, Port: 9091, Service: "orders", Period: 5},
 			},
 			XDSAddress: "meshd.meshd-system.svc.cluster.local:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/proxy"},
 	}

@@ -7,14 +7,20 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	healthcheckv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/health_check/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 const adminClusterName = "meshd-admin"
@@ -33,12 +39,49 @@ const StatsPath = "/stats/prometheus"
 // /app-health/<container>/<readyz|livez|startupz>.
 const AppProbePrefix = "/app-health/"
 
-// AppProbe is an HTTP probe of the app that the kubelet sends to the
-// readiness port instead (the app's port only takes mutual TLS): the
-// sidecar forwards it to the app on 127.0.0.1:Port with the original Path.
+// AppProbe is a probe of the app that the kubelet sends to the readiness
+// port instead, as an HTTP GET of its path there (the app's port only takes
+// mutual TLS in STRICT mode). A plain-HTTP probe (Kind "") is forwarded to
+// the app on 127.0.0.1:Port with the original Path. The others the sidecar
+// runs itself against 127.0.0.1:Port every Period, each check bounded by
+// Timeout, and the kubelet's GET reads the last result (200, or 503 once
+// a check failed): Kind "grpc" is a gRPC health check of Service, "tcp" a
+// connection, "https" a GET of Path over TLS whose certificate is not
+// checked (as the kubelet's), passing on 200-399.
 type AppProbe struct {
 	Port uint32 `json:"port"`
 	Path string `json:"path"`
+	Kind string `json:"kind,omitempty"`
+	// Service is the gRPC health service name ("" for the server).
+	Service string `json:"service,omitempty"`
+	// Headers are sent with an https probe's GET (Host among them).
+	Headers map[string]string `json:"headers,omitempty"`
+	// Period and Timeout in seconds (defaults 10 and 1, the kubelet's).
+	Period  int32 `json:"period,omitempty"`
+	Timeout int32 `json:"timeout,omitempty"`
+}
+
+// Probe kinds the sidecar checks itself (AppProbe.Kind).
+const (
+	ProbeGRPC  = "grpc"
+	ProbeTCP   = "tcp"
+	ProbeHTTPS = "https"
+)
+
+// Validate reports whether the probe is one the sidecar can run.
+func (p AppProbe) Validate() error {
+	if p.Port == 0 || p.Port > 65535 {
+		return fmt.Errorf("port %d: want 1-65535", p.Port)
+	}
+	switch p.Kind {
+	case "", ProbeHTTPS, ProbeGRPC, ProbeTCP:
+	default:
+		return fmt.Errorf("kind %q: want http (empty), %s, %s or %s", p.Kind, ProbeGRPC, ProbeTCP, ProbeHTTPS)
+	}
+	if p.Period < 0 || p.Period > 3600 || p.Timeout < 0 || p.Timeout > 3600 {
+		return fmt.Errorf("period %ds, timeout %ds: want 0-3600", p.Period, p.Timeout)
+	}
+	return nil
 }
 
 // readiness is a listener that answers GET /healthz/ready with Envoy's
@@ -63,7 +106,7 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: adminClusterName}}},
 	}}
 	clusters := []*clusterv3.Cluster{staticCluster(adminClusterName, cfg.AdminPort)}
-	probeRoutes, probeClusters, err := appProbes(cfg.AppProbes)
+	probeRoutes, probeFilters, probeClusters, err := appProbes(cfg.AppProbes)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -74,7 +117,7 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
 			VirtualHosts: []*routev3.VirtualHost{{Name: "readiness", Domains: []string{"*"}, Routes: routes}},
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}},
+		HttpFilters: append(probeFilters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}),
 	})
 	if err != nil {
 		return nil, nil, err
@@ -89,25 +132,43 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 	return l, clusters, nil
 }
 
-// appProbes routes each rewritten probe path to its app port, one cluster
-// per port, in a stable order.
-func appProbes(probes map[string]AppProbe) ([]*routev3.Route, []*clusterv3.Cluster, error) {
+// appProbes routes each rewritten plain-HTTP probe path to its app port,
+// one cluster per port, and answers each other probe's path with a health
+// check filter reading its own health-checked cluster; in a stable order.
+func appProbes(probes map[string]AppProbe) ([]*routev3.Route, []*hcmv3.HttpFilter, []*clusterv3.Cluster, error) {
 	paths := make([]string, 0, len(probes))
 	for p := range probes {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
 	var routes []*routev3.Route
+	var filters []*hcmv3.HttpFilter
 	var clusters []*clusterv3.Cluster
 	seen := map[uint32]bool{}
 	for _, p := range paths {
 		probe := probes[p]
-		if !strings.HasPrefix(p, AppProbePrefix) || probe.Port == 0 || probe.Port > 65535 {
-			return nil, nil, fmt.Errorf("bootstrap: app probe %q -> port %d: want a path under %s and a port 1-65535", p, probe.Port, AppProbePrefix)
+		if !strings.HasPrefix(p, AppProbePrefix) {
+			return nil, nil, nil, fmt.Errorf("bootstrap: app probe %q: want a path under %s", p, AppProbePrefix)
+		}
+		if err := probe.Validate(); err != nil {
+			return nil, nil, nil, fmt.Errorf("bootstrap: app probe %q: %w", p, err)
 		}
 		target := probe.Path
 		if !strings.HasPrefix(target, "/") {
 			target = "/" + target
+		}
+		if probe.Kind != "" {
+			name := "app-check|" + strings.ReplaceAll(strings.TrimPrefix(p, AppProbePrefix), "/", "|")
+			c, err := checkedCluster(name, probe, target)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			f, err := healthCheckFilter(name, p)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			clusters, filters = append(clusters, c), append(filters, f)
+			continue
 		}
 		name := fmt.Sprintf("app-probe|%d", probe.Port)
 		routes = append(routes, &routev3.Route{
@@ -122,7 +183,85 @@ func appProbes(probes map[string]AppProbe) ([]*routev3.Route, []*clusterv3.Clust
 			clusters = append(clusters, staticCluster(name, probe.Port))
 		}
 	}
-	return routes, clusters, nil
+	return routes, filters, clusters, nil
+}
+
+// checkedCluster is the app's port on 127.0.0.1 checked as the probe says,
+// every period (also while no traffic goes to it: none does), one failure
+// making it unhealthy and one success healthy again, as the kubelet counts
+// its own probe's results on top.
+func checkedCluster(name string, probe AppProbe, path string) (*clusterv3.Cluster, error) {
+	period, timeout := time.Duration(probe.Period)*time.Second, time.Duration(probe.Timeout)*time.Second
+	if period == 0 {
+		period = 10 * time.Second
+	}
+	if timeout == 0 {
+		timeout = time.Second
+	}
+	hc := &corev3.HealthCheck{
+		Timeout:                  durationpb.New(timeout),
+		Interval:                 durationpb.New(period),
+		NoTrafficInterval:        durationpb.New(period),
+		NoTrafficHealthyInterval: durationpb.New(period),
+		UnhealthyThreshold:       wrapperspb.UInt32(1),
+		HealthyThreshold:         wrapperspb.UInt32(1),
+	}
+	// The app is asked as the address it is reached at (Envoy would send
+	// the cluster's name), unless the probe names a host.
+	authority := fmt.Sprintf("127.0.0.1:%d", probe.Port)
+	c := staticCluster(name, probe.Port)
+	c.ConnectTimeout = durationpb.New(timeout)
+	c.HealthChecks = []*corev3.HealthCheck{hc}
+	switch probe.Kind {
+	case ProbeGRPC:
+		hc.HealthChecker = &corev3.HealthCheck_GrpcHealthCheck_{GrpcHealthCheck: &corev3.HealthCheck_GrpcHealthCheck{ServiceName: probe.Service, Authority: authority}}
+		opts, err := anypb.New(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+			ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+		if err != nil {
+			return nil, err
+		}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": opts}
+	case ProbeTCP:
+		hc.HealthChecker = &corev3.HealthCheck_TcpHealthCheck_{TcpHealthCheck: &corev3.HealthCheck_TcpHealthCheck{}}
+	case ProbeHTTPS:
+		check := &corev3.HealthCheck_HttpHealthCheck{Path: path, Host: authority, ExpectedStatuses: []*typev3.Int64Range{{Start: 200, End: 400}}}
+		names := make([]string, 0, len(probe.Headers))
+		for k := range probe.Headers {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		for _, k := range names {
+			if strings.EqualFold(k, "host") {
+				check.Host = probe.Headers[k]
+				continue
+			}
+			check.RequestHeadersToAdd = append(check.RequestHeadersToAdd, &corev3.HeaderValueOption{
+				Header: &corev3.HeaderValue{Key: k, Value: probe.Headers[k]}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
+		}
+		hc.HealthChecker = &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: check}
+		// The app's certificate is not checked, as the kubelet does not.
+		tlsCtx, err := anypb.New(&tlsv3.UpstreamTlsContext{})
+		if err != nil {
+			return nil, err
+		}
+		c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}}
+	}
+	return c, nil
+}
+
+// healthCheckFilter answers GET path with 200 while cluster is healthy and
+// 503 otherwise; other requests pass on.
+func healthCheckFilter(cluster, path string) (*hcmv3.HttpFilter, error) {
+	cfg, err := anypb.New(&healthcheckv3.HealthCheck{
+		PassThroughMode: wrapperspb.Bool(false),
+		Headers: []*routev3.HeaderMatcher{{Name: ":path", HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{
+			StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: path}}}}},
+		ClusterMinHealthyPercentages: map[string]*typev3.Percent{cluster: {Value: 100}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &hcmv3.HttpFilter{Name: cluster, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
 // staticCluster reaches 127.0.0.1:port; the sidecar's uid is not redirected.

@@ -292,10 +292,11 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
-// TestProbesRewritten: HTTP probes of app containers go to the readiness
-// port under /app-health/<container>/, the Secret's bootstrap forwards them
-// to the original port and path (named ports resolved), and probes that
-// are not plain HTTP to the pod itself are left alone.
+// TestProbesRewritten: probes of app containers go to the readiness port
+// under /app-health/<container>/, their timing kept; the Secret's
+// bootstrap forwards a plain-HTTP one to the original port and path (named
+// ports resolved) and checks gRPC, tcpSocket and HTTPS ones itself; exec
+// probes and probes of another host are left alone.
 func TestProbesRewritten(t *testing.T) {
 	ctx := context.Background()
 	inj, client, _ := newInjector(t)
@@ -305,34 +306,57 @@ func TestProbesRewritten(t *testing.T) {
 		Path: "/ready", Port: intstr.FromString("http"), HTTPHeaders: []corev1.HTTPHeader{{Name: "X-Probe", Value: "1"}}}}, PeriodSeconds: 3}
 	pod.Spec.Containers[0].LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 		Path: "/healthz", Port: intstr.FromInt32(8080)}}}
-	pod.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}
+	pod.Spec.Containers[0].StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("http")}},
+		PeriodSeconds: 2, TimeoutSeconds: 4, FailureThreshold: 30}
+	service := "orders"
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "tls", Image: "x",
-		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(8443), Scheme: corev1.URISchemeHTTPS}}}})
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ok", Port: intstr.FromInt32(8443), Scheme: corev1.URISchemeHTTPS,
+			HTTPHeaders: []corev1.HTTPHeader{{Name: "Host", Value: "tls.local"}}}}},
+		LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090, Service: &service}}, PeriodSeconds: 5},
+	}, corev1.Container{Name: "other", Image: "x",
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}},
+		LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Host: "198.18.0.9", Port: intstr.FromInt32(5432)}}},
+	})
 	got := stored(apply(t, pod, inj.Admit(ctx, review(t, pod, false))), "web-1")
 	writeSecrets(t, inj, got)
-	app := got.Spec.Containers[0]
-	if g := app.ReadinessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/readyz" ||
-		len(g.HTTPHeaders) != 1 || app.ReadinessProbe.PeriodSeconds != 3 {
-		t.Errorf("readiness probe %+v", app.ReadinessProbe)
+	want := map[string]*corev1.Probe{}
+	for _, c := range got.Spec.Containers {
+		for kind, p := range map[string]*corev1.Probe{"readyz": c.ReadinessProbe, "livez": c.LivenessProbe, "startupz": c.StartupProbe} {
+			want[c.Name+"/"+kind] = p
+		}
 	}
-	if g := app.LivenessProbe.HTTPGet; g.Port.IntValue() != inject.ReadinessPort || g.Path != "/app-health/app/livez" {
-		t.Errorf("liveness probe %+v", app.LivenessProbe)
+	rewrittenTo := func(name string) bool {
+		g := want[name].HTTPGet
+		return g != nil && g.Port.IntValue() == inject.ReadinessPort && g.Path == "/app-health/"+name && g.Scheme == corev1.URISchemeHTTP
 	}
-	if app.StartupProbe.TCPSocket == nil || got.Spec.Containers[1].ReadinessProbe.HTTPGet.Port.IntValue() != 8443 {
-		t.Errorf("tcp or https probe rewritten: %+v %+v", app.StartupProbe, got.Spec.Containers[1].ReadinessProbe)
+	for _, name := range []string{"app/readyz", "app/livez", "app/startupz", "tls/readyz", "tls/livez"} {
+		if !rewrittenTo(name) {
+			t.Errorf("%s probe not rewritten to the readiness port: %+v", name, want[name])
+		}
+	}
+	if p := want["app/readyz"]; len(p.HTTPGet.HTTPHeaders) != 1 || p.PeriodSeconds != 3 {
+		t.Errorf("the HTTP probe lost its headers or period: %+v", p)
+	}
+	if p := want["app/startupz"]; p.PeriodSeconds != 2 || p.TimeoutSeconds != 4 || p.FailureThreshold != 30 {
+		t.Errorf("the tcpSocket probe lost its timing: %+v", p)
+	}
+	if want["other/readyz"].Exec == nil || want["other/livez"].TCPSocket == nil {
+		t.Errorf("an exec probe or a probe of another host was rewritten: %+v %+v", want["other/readyz"], want["other/livez"])
 	}
 	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := string(s.Data[bootstrap.FileBootstrap])
-	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|8080"} {
+	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|8080",
+		"app-check|app|startupz", "tcp_health_check", "interval: 2s", "timeout: 4s",
+		"app-check|tls|readyz", "path: /ok", "host: tls.local", "app-check|tls|livez", "service_name: orders", "interval: 5s"} {
 		if !strings.Contains(b, want) {
 			t.Errorf("bootstrap lacks %q", want)
 		}
 	}
-	if strings.Contains(b, "8443") {
-		t.Error("the HTTPS probe got a route")
+	if strings.Contains(b, "5432") {
+		t.Error("the probe of another host got a check")
 	}
 }
 

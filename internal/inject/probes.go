@@ -10,18 +10,23 @@ import (
 	"github.com/meshd/meshd/bootstrap"
 )
 
-// rewriteProbes points the app containers' HTTP probes at the sidecar's
+// rewriteProbes points the app containers' probes at the sidecar's
 // readiness port, the way Istio's injector does: the app's ports take only
 // what the sidecar lets through (mutual TLS in STRICT mode), so the
-// kubelet's plaintext probe would be refused there. The sidecar forwards
-// /app-health/<container>/<readyz|livez|startupz> to the app on
-// 127.0.0.1:<port> with the original path and headers.
+// kubelet's plaintext probe would be refused there, an HTTPS one would
+// fail its handshake (it has no client certificate), and a tcpSocket one
+// would be answered by the sidecar whatever the app's state. Each probe
+// becomes an HTTP GET of /app-health/<container>/<readyz|livez|startupz>
+// on the readiness port, its timing and thresholds kept: a plain-HTTP
+// probe is forwarded to the app on 127.0.0.1:<port> with the original path
+// and headers; a gRPC, tcpSocket or HTTPS probe the sidecar runs itself
+// against 127.0.0.1:<port> every period of the probe, and the GET answers
+// with its last result (see bootstrap.AppProbe).
 //
-// Left as they are: probes with a host of their own, HTTPS probes (the
-// sidecar would have to skip the app's certificate check), and tcpSocket,
-// gRPC and exec probes.
+// Left as they are: probes with a host of their own and exec probes (they
+// run in the container, on its loopback, which the mesh leaves alone).
 //
-// It returns the JSON patch replacing each rewritten probe and the routes
+// It returns the JSON patch replacing each rewritten probe and the probes
 // the sidecar's bootstrap needs, by path.
 func rewriteProbes(pod *corev1.Pod) ([]patchOp, map[string]bootstrap.AppProbe) {
 	var ops []patchOp
@@ -32,35 +37,71 @@ func rewriteProbes(pod *corev1.Pod) ([]patchOp, map[string]bootstrap.AppProbe) {
 			field, kind string
 			probe       *corev1.Probe
 		}{{"readinessProbe", "readyz", c.ReadinessProbe}, {"livenessProbe", "livez", c.LivenessProbe}, {"startupProbe", "startupz", c.StartupProbe}} {
-			get := httpGet(k.probe)
-			if get == nil {
-				continue
-			}
-			port := containerPort(c, get.Port)
-			if port == 0 || port == ReadinessPort {
+			target, ok := probeTarget(c, k.probe)
+			if !ok {
 				continue
 			}
 			path := fmt.Sprintf("%s%s/%s", bootstrap.AppProbePrefix, c.Name, k.kind)
 			rewritten := k.probe.DeepCopy()
-			rewritten.HTTPGet.Port = intstr.FromInt32(ReadinessPort)
-			rewritten.HTTPGet.Path = path
-			ops = append(ops, patchOp{"replace", fmt.Sprintf("/spec/containers/%d/%s", ci, k.field), rewritten})
-			target := get.Path
-			if target == "" {
-				target = "/"
+			rewritten.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Port: intstr.FromInt32(ReadinessPort), Path: path, Scheme: corev1.URISchemeHTTP}}
+			if target.Kind == "" {
+				rewritten.HTTPGet.HTTPHeaders = k.probe.HTTPGet.HTTPHeaders // forwarded with the probe
 			}
-			probes[path] = bootstrap.AppProbe{Port: uint32(port), Path: target}
+			ops = append(ops, patchOp{"replace", fmt.Sprintf("/spec/containers/%d/%s", ci, k.field), rewritten})
+			probes[path] = target
 		}
 	}
 	return ops, probes
 }
 
-// httpGet returns a probe's plain-HTTP GET to the pod itself, or nil.
-func httpGet(p *corev1.Probe) *corev1.HTTPGetAction {
-	if p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "" || strings.EqualFold(string(p.HTTPGet.Scheme), string(corev1.URISchemeHTTPS)) {
-		return nil
+// probeTarget is what the sidecar does for a probe of the pod itself: an
+// HTTP GET forwarded, or a check of its own (gRPC, TCP, HTTPS). ok is false
+// for probes left alone: none, exec, a host of their own, a port that is
+// not one of the container's, or the readiness port itself.
+func probeTarget(c *corev1.Container, p *corev1.Probe) (target bootstrap.AppProbe, ok bool) {
+	if p == nil {
+		return target, false
 	}
-	return p.HTTPGet
+	target.Period, target.Timeout = p.PeriodSeconds, p.TimeoutSeconds
+	var port int32
+	switch {
+	case p.HTTPGet != nil:
+		g := p.HTTPGet
+		if g.Host != "" {
+			return target, false
+		}
+		port, target.Path = containerPort(c, g.Port), g.Path
+		if target.Path == "" {
+			target.Path = "/"
+		}
+		if strings.EqualFold(string(g.Scheme), string(corev1.URISchemeHTTPS)) {
+			target.Kind = bootstrap.ProbeHTTPS
+			for _, h := range g.HTTPHeaders {
+				if target.Headers == nil {
+					target.Headers = map[string]string{}
+				}
+				target.Headers[h.Name] = h.Value
+			}
+		}
+	case p.TCPSocket != nil:
+		if p.TCPSocket.Host != "" {
+			return target, false
+		}
+		port, target.Kind = containerPort(c, p.TCPSocket.Port), bootstrap.ProbeTCP
+	case p.GRPC != nil:
+		port, target.Kind = p.GRPC.Port, bootstrap.ProbeGRPC
+		if p.GRPC.Service != nil {
+			target.Service = *p.GRPC.Service
+		}
+	default:
+		return target, false
+	}
+	if port <= 0 || port > 65535 || port == ReadinessPort {
+		return target, false
+	}
+	target.Port = uint32(port)
+	return target, true
 }
 
 // containerPort resolves a probe's port (a number or a named container

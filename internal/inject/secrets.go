@@ -304,7 +304,8 @@ func podProbes(pod *corev1.Pod) (map[string]bootstrap.AppProbe, error) {
 		return nil, err
 	}
 	for path, p := range probes {
-		if !strings.HasPrefix(path, bootstrap.AppProbePrefix) || p.Port == 0 || p.Port > 65535 || !strings.HasPrefix(p.Path, "/") {
+		httpPath := p.Kind != bootstrap.ProbeGRPC && p.Kind != bootstrap.ProbeTCP
+		if !strings.HasPrefix(path, bootstrap.AppProbePrefix) || p.Validate() != nil || httpPath && !strings.HasPrefix(p.Path, "/") {
 			return nil, fmt.Errorf("annotation %s: %q -> %+v is not a probe route meshd writes", annotationProbes, path, p)
 		}
 	}

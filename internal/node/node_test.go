@@ -61,7 +61,7 @@ func TestRealNode(t *testing.T) {
 	c.apply(client)
 	waitReady(t, c, "shop", "app=client", 1)
 	start := time.Now()
-	logf(t, "every pod Ready in STRICT mode, HTTP probes on the app port passing; client calling http://web/ %d times a second", rate)
+	logf(t, "every pod Ready in STRICT mode, HTTP and TCP probes on the app port passing; client calling http://web/ %d times a second", rate)
 
 	time.Sleep(20 * time.Second)
 	c.scale("web", 6)
@@ -195,8 +195,9 @@ func (c *cluster) waitEndpoints(svc string, n int) {
 	})
 }
 
-// workloads: the meshed namespace, nginx with probes on its app port and
-// its Service; and the client calling it by name. (The liveness probe asks
+// workloads: the meshed namespace, nginx with probes on its app port (HTTP
+// ones the sidecar forwards, a tcpSocket one it checks itself) and its
+// Service; and the client calling it by name. (The liveness probe asks
 // /healthz, not the page: the kubelet's probes cross the bridge in
 // plaintext, as they do without a mesh.)
 func workloads(marker string) (server, client string) {
@@ -221,6 +222,7 @@ spec:
         ports: [{name: http, containerPort: 80}]
         readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 2}
         livenessProbe: {httpGet: {path: /healthz, port: 80}, periodSeconds: 5}
+        startupProbe: {tcpSocket: {port: http}, periodSeconds: 1, failureThreshold: 120}
 ---
 apiVersion: v1
 kind: Service
