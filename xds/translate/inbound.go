@@ -12,7 +12,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/meshd/meshd/internal/iptables"
 	"github.com/meshd/meshd/model"
 )
 
@@ -145,8 +144,8 @@ func maxDuration(maxAge time.Duration) *corev3.HttpProtocolOptions {
 // trusts 127.0.0.1 (Redis's protected mode, admin endpoints) does not trust
 // every mesh caller. The interception rules let the sidecar's connections
 // from it through (its others to its own pod's address go to the inbound
-// listener).
-const appSourceAddress = iptables.AppSourceAddress
+// listener): iptables.AppSourceAddress, the same (a test checks).
+const appSourceAddress = "127.0.0.6"
 
 // inboundCluster reaches the app where the caller was going: the pod IP and
 // port the connection was redirected from (its original destination), from
