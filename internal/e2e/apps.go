@@ -42,6 +42,11 @@ type AppsResult struct {
 	// the app's answers to two messages) got on the HTTP port: the meshed
 	// one through the service, the outsider at the pod IP.
 	WebSocketFromClient, WebSocketFromLegacy string
+	// GRPCFromClient and GRPCFromLegacy are what a gRPC client (Options.
+	// GRPCHelper check: a unary call and a server stream of the health
+	// service) got from app-0's gRPC port: the meshed one through the
+	// service, the outsider at the pod IP. Empty without a helper.
+	GRPCFromClient, GRPCFromLegacy string
 	// SelfCall is app-0 calling its own service, whose one endpoint it
 	// is (curl in its pod, as its app would).
 	SelfCall string
@@ -51,6 +56,9 @@ type AppsResult struct {
 	// Held is how a busy TCP connection of the meshed client to the banner
 	// port ended (apps.py hold), when the experiment was asked to hold one.
 	Held string
+	// ClientSockets and ServerSockets are the established TCP sockets in
+	// client-0's and app-0's pods while the connection is held (ss -tno).
+	ClientSockets, ServerSockets string
 	// ServerLog is the server sidecar's log (access lines included).
 	ServerLog string
 	// LegacyIP is the outsider's address.
@@ -77,12 +85,13 @@ spec:
   - {name: http, port: 8080}
   - {name: tcp-loopback, port: 8081}
   - {name: banner, port: 2525, appProtocol: smtp}
+  - {name: grpc, port: 9090}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: app-1, namespace: demo, labels: {kubernetes.io/service-name: app}}
 addressType: IPv4
-ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}]
+ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}]
 endpoints:
 - addresses: [%[2]s]
   targetRef: {kind: Pod, namespace: demo, name: app-0}
@@ -137,6 +146,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	if err != nil {
 		return nil, err
 	}
+	if opts.GRPCHelper != "" {
+		if _, err := lab.Start("grpc-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, opts.GRPCHelper, "grpc-helper", "serve", "0.0.0.0:9090"); err != nil {
+			return nil, err
+		}
+	}
 	if err := waitFor(ctx, 10*time.Second, "apps.py serving", func() error {
 		if !strings.Contains(app.Log(), "serving") {
 			return fmt.Errorf("not yet: %s", app.Log())
@@ -181,12 +195,39 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.HTTP10FromClient = strings.TrimSpace(out)
 	out, _ = pods["app-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
 	res.SelfCall = strings.TrimSpace(out)
-	if hold > 0 {
-		out, err := pods["client-0"].Run(ctx, python, script, "hold", svcIP, "2525", fmt.Sprint(hold.Seconds()))
-		res.Held = strings.TrimSpace(out)
-		if err != nil {
-			res.Held += fmt.Sprintf(" (%v)", err)
+	if opts.GRPCHelper != "" {
+		for pod, into := range map[string]*string{"client-0": &res.GRPCFromClient, "legacy-0": &res.GRPCFromLegacy} {
+			host := svcIP
+			if pod == "legacy-0" {
+				host = appIP
+			}
+			out, err := pods[pod].Run(ctx, opts.GRPCHelper, "grpc-helper", "check", host+":9090", "app")
+			*into = strings.TrimSpace(out)
+			if err != nil {
+				*into += fmt.Sprintf(" (%v)", err)
+			}
 		}
+	}
+	if hold > 0 {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			out, err := pods["client-0"].Run(ctx, python, script, "hold", svcIP, "2525", fmt.Sprint(hold.Seconds()))
+			res.Held = strings.TrimSpace(out)
+			if err != nil {
+				res.Held += fmt.Sprintf(" (%v)", err)
+			}
+		}()
+		// While it is held: the sidecars' sockets of the connection.
+		time.Sleep(3 * time.Second)
+		for pod, into := range map[string]*string{"client-0": &res.ClientSockets, "app-0": &res.ServerSockets} {
+			out, err := pods[pod].Run(ctx, "ss", "-tnoH", "state", "established")
+			*into = strings.TrimSpace(out)
+			if err != nil {
+				*into += fmt.Sprintf(" (%v)", err)
+			}
+		}
+		<-done
 	}
 	time.Sleep(3 * time.Second) // access log lines are written when connections close, and flushed each second
 	res.ServerLog = s.envoys["app-0"].LogTail(20000)

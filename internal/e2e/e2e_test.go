@@ -24,6 +24,9 @@ import (
 var meshdBin string
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 2 && os.Args[1] == "grpc-helper" {
+		os.Exit(grpcHelper(os.Args[2:]))
+	}
 	dir, err := os.MkdirTemp("", "meshd-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -49,7 +52,11 @@ func options(t *testing.T, mesh bool) e2e.Options {
 			testenv.Unavailable(t, err)
 		}
 	}
-	return e2e.Options{Meshd: meshdBin, Envoy: testenv.Need(t, "envoy"), Mesh: mesh, Duration: 3 * time.Second, Progress: testWriter{t}}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e2e.Options{Meshd: meshdBin, Envoy: testenv.Need(t, "envoy"), Mesh: mesh, Duration: 3 * time.Second, Progress: testWriter{t}, GRPCHelper: self}
 }
 
 type testWriter struct{ t *testing.T }
@@ -365,6 +372,9 @@ func TestReducedDemo(t *testing.T) {
 //     answered (Envoy refuses both unless configured to take them);
 //   - the app calling its own service (itself the one endpoint) is served
 //     through its own sidecar's inbound listener;
+//   - a gRPC app (port named grpc: HTTP/2 between the sidecars) answers a
+//     unary call and a server stream of the meshed client (and,
+//     PERMISSIVE, of the outsider);
 //   - its port bound only to 127.0.0.1 stays unreachable from outside the
 //     pod, for meshed callers and (PERMISSIVE) plaintext ones alike;
 //   - its server-first port (appProtocol smtp) gives a silent meshed
@@ -392,9 +402,13 @@ func TestWorkloads(t *testing.T) {
 			}
 			refused := res.RefusedLines()
 			t.Logf("held connection: %s", res.Held)
+			t.Logf("gRPC: meshed client %q, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy)
 			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
 			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {
 				t.Errorf("a WebSocket of the meshed client through the service: %q, want %q", res.WebSocketFromClient, want)
+			}
+			if want := "check=SERVING watch=SERVING"; res.GRPCFromClient != want {
+				t.Errorf("a gRPC call and stream of the meshed client through the service: %q, want %q", res.GRPCFromClient, want)
 			}
 			if res.SelfCall != "peer=127.0.0.6" {
 				t.Errorf("app-0 calling its own service (itself the endpoint): %q, want the app's answer through its sidecar", res.SelfCall)
@@ -427,10 +441,19 @@ func TestWorkloads(t *testing.T) {
 				if res.PlainFromLegacy != "peer=127.0.0.6" {
 					t.Errorf("the outsider's plaintext HTTP call: %q, want the app's answer", res.PlainFromLegacy)
 				}
+				if want := "check=SERVING watch=SERVING"; res.GRPCFromLegacy != want {
+					t.Errorf("the outsider's plaintext gRPC to a PERMISSIVE pod: %q, want %q", res.GRPCFromLegacy, want)
+				}
 				if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromLegacy != want {
 					t.Errorf("the outsider's plaintext WebSocket to a PERMISSIVE pod: %q, want %q", res.WebSocketFromLegacy, want)
 				}
 				return
+			}
+			// The held connection's hop between the sidecars has TCP
+			// keepalive at both ends (a peer gone without a word is
+			// found, as the 1-hour idle cut, now gone, did).
+			if !socketWithKeepalive(res.ClientSockets, ":2525") || !socketWithKeepalive(res.ServerSockets, ":15006") {
+				t.Errorf("the sidecars' mutual TLS connection has no keepalive timer:\nclient pod:\n%s\nserver pod:\n%s", res.ClientSockets, res.ServerSockets)
 			}
 			// Closed by the server sidecar at 20 s (a third of 1 m), with
 			// answers until then; not alive at 50 s, when the certificate
@@ -443,6 +466,9 @@ func TestWorkloads(t *testing.T) {
 			}
 			if strings.Contains(res.PlainFromLegacy, "peer=") {
 				t.Errorf("the outsider's plaintext HTTP call was served on a STRICT pod: %s", res.PlainFromLegacy)
+			}
+			if strings.Contains(res.GRPCFromLegacy, "check=") {
+				t.Errorf("the outsider's plaintext gRPC was served on a STRICT pod: %s", res.GRPCFromLegacy)
 			}
 			if strings.Contains(res.WebSocketFromLegacy, "answer=") {
 				t.Errorf("the outsider's plaintext WebSocket was served on a STRICT pod: %s", res.WebSocketFromLegacy)
@@ -461,6 +487,19 @@ func TestWorkloads(t *testing.T) {
 			}
 		})
 	}
+}
+
+// socketWithKeepalive reports whether ss -tno output has an established
+// socket with addr (":2525": a local or peer address ending so) whose
+// timer is keepalive.
+func socketWithKeepalive(ss, addr string) bool {
+	for _, l := range strings.Split(ss, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 4 && (strings.HasSuffix(f[2], addr) || strings.HasSuffix(f[3], addr)) && strings.Contains(l, "timer:(keepalive") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestAuthorization: AuthorizationPolicies enforced by real sidecars on an

@@ -71,6 +71,11 @@ type Options struct {
 	Operator bool
 	// Progress, if set, receives a line per step.
 	Progress io.Writer
+	// GRPCHelper, if set, is a program the workloads experiment runs as a
+	// gRPC app: "<GRPCHelper> grpc-helper serve <addr>" serves the gRPC
+	// health service, "... check <addr> <service>" calls it and prints
+	// what it answered (see RunApps).
+	GRPCHelper string
 }
 
 // Result is what the experiment observed.

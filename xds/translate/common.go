@@ -92,6 +92,11 @@ func tcpProxyConfig(statPrefix, cluster string, logs ...*accesslogv3.AccessLog) 
 		StatPrefix:       statPrefix,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 		AccessLog:        logs,
+		// No idle bound (Envoy's default closes a connection quiet for an
+		// hour: a pooled database connection, a subscription waiting for
+		// events). Without the mesh nothing closed it; a peer that is gone
+		// is found by keepalive (see keepalive).
+		IdleTimeout: durationpb.New(0),
 		// A refused connection (an endpoint going away) is tried again,
 		// on another endpoint where one exists.
 		MaxConnectAttempts: wrapperspb.UInt32(numRetries + 1),
@@ -105,6 +110,44 @@ func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 	}
 }
 
+// keepalive is the TCP keepalive of the sidecars' connections across the
+// network (to other pods and beyond, and from other pods' sidecars): a
+// peer gone without a word (its node lost, a partition) is found within
+// about 7 minutes and its connection closed, so the app's end of it, on
+// loopback where its own keepalive can find nothing, is closed too. It
+// also keeps middleboxes' state for quiet connections alive.
+func keepalive() *corev3.TcpKeepalive {
+	return &corev3.TcpKeepalive{
+		KeepaliveTime:     wrapperspb.UInt32(keepaliveIdle),
+		KeepaliveInterval: wrapperspb.UInt32(keepaliveInterval),
+		KeepaliveProbes:   wrapperspb.UInt32(keepaliveProbes),
+	}
+}
+
+// Keepalive timing: probes after 5 minutes of quiet, every 30 s, 4 lost
+// ones closing the connection.
+const (
+	keepaliveIdle     = 300
+	keepaliveInterval = 30
+	keepaliveProbes   = 4
+)
+
+// keepaliveSocketOptions set keepalive on a listener's socket, which the
+// connections it accepts inherit (Linux).
+func keepaliveSocketOptions() []*corev3.SocketOption {
+	const solSocket, soKeepalive, ipprotoTCP, tcpKeepidle, tcpKeepintvl, tcpKeepcnt = 1, 9, 6, 4, 5, 6
+	opt := func(desc string, level, name, v int64) *corev3.SocketOption {
+		return &corev3.SocketOption{Description: desc, Level: level, Name: name,
+			Value: &corev3.SocketOption_IntValue{IntValue: v}, State: corev3.SocketOption_STATE_PREBIND}
+	}
+	return []*corev3.SocketOption{
+		opt("SO_KEEPALIVE", solSocket, soKeepalive, 1),
+		opt("TCP_KEEPIDLE", ipprotoTCP, tcpKeepidle, keepaliveIdle),
+		opt("TCP_KEEPINTVL", ipprotoTCP, tcpKeepintvl, keepaliveInterval),
+		opt("TCP_KEEPCNT", ipprotoTCP, tcpKeepcnt, keepaliveProbes),
+	}
+}
+
 // hcmFilter completes an HTTP connection manager with the router, after
 // the HTTP filters it has, and with what apps did without the mesh:
 // WebSocket upgrades (Envoy refuses an upgrade it was not configured for
@@ -113,6 +156,10 @@ func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 // stays HTTP/1.1, so an upgraded connection crosses both hops as it came.
 func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	hcm.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
+	// Nor is a quiet stream cut (Envoy's default: after 5 minutes without
+	// data, a WebSocket, a long poll or an event stream waiting for news),
+	// as a quiet TCP connection is not.
+	hcm.StreamIdleTimeout = durationpb.New(0)
 	hcm.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
 	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",

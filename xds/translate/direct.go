@@ -46,6 +46,7 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 			ListenerFilters:        []*listenerv3.ListenerFilter{tlsInspectorFilter(skipInspection(w)...)},
 			ListenerFiltersTimeout: durationpb.New(snap.Detection(w)),
 			AccessLog:              refusedAccessLog(w),
+			SocketOptions:          keepaliveSocketOptions(),
 		}
 		addInboundChains(l, snap, w, p)
 		out = append(out, l)

@@ -35,6 +35,7 @@ func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listen
 		ListenerFilters:        []*listenerv3.ListenerFilter{originalDstFilter(), tlsInspectorFilter(skipInspection(w)...)},
 		ListenerFiltersTimeout: durationpb.New(detection),
 		AccessLog:              refusedAccessLog(w),
+		SocketOptions:          keepaliveSocketOptions(),
 	}
 	for _, p := range w.Ports {
 		addInboundChains(l, snap, w, p)

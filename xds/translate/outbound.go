@@ -136,10 +136,11 @@ func routeConfig(name, cluster string) *routev3.RouteConfiguration {
 // sidecar get mutual TLS with the service's identities checked.
 func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfig(), ServiceName: name},
-		ConnectTimeout:       durationpb.New(connectTimeout),
+		Name:                      name,
+		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:          &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfig(), ServiceName: name},
+		ConnectTimeout:            durationpb.New(connectTimeout),
+		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
 	setProtocol(c, proto)
 	if len(ids) > 0 {
@@ -156,11 +157,12 @@ func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3
 // destination, with mutual TLS and the service's identities checked.
 func directCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
-		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
-		ConnectTimeout:       durationpb.New(connectTimeout),
-		TransportSocket:      upstreamTLS(sni, ids),
+		Name:                      name,
+		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:                  clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:            durationpb.New(connectTimeout),
+		TransportSocket:           upstreamTLS(sni, ids),
+		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
 	setProtocol(c, proto)
 	return c
@@ -168,10 +170,11 @@ func directCluster(name, sni string, proto model.Protocol, ids []string) *cluste
 
 func passthroughCluster() *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 PassthroughCluster,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
-		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
-		ConnectTimeout:       durationpb.New(connectTimeout),
+		Name:                      PassthroughCluster,
+		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:                  clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:            durationpb.New(connectTimeout),
+		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
 }
 
