@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,7 +38,7 @@ func TestEndpointTransportSocket(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	m := startMeshd(t, pki, addr)
 	t.Cleanup(func() { m.stop(t) })
-	startSidecar(t, pki, addr, bootstrap.Delta)
+	envoy := startSidecar(t, pki, addr, bootstrap.Delta)
 
 	meshA := newUpstream(t, pki)
 	meshB := newUpstream(t, pki)
@@ -66,11 +67,33 @@ func TestEndpointTransportSocket(t *testing.T) {
 			if got := cla.GetEndpoints()[0].GetMetadata() != nil; got != tc.locality {
 				t.Fatalf("locality carries the mark = %v, want %v:\n%v", got, tc.locality, cla)
 			}
-			for _, u := range []*upstream{meshA, meshB, plain} {
-				u.reset()
-			}
 			if err := setShared(context.Background(), m.pub, res); err != nil {
 				t.Fatal(err)
+			}
+			// A cluster that gains or loses its mutual TLS match is a new
+			// cluster, warming while the old one serves (and may take the
+			// new endpoints first): connections are counted once the new
+			// one is active.
+			want := false
+			for _, id := range tc.endpoints {
+				want = want || id != ""
+			}
+			eventually(t, "the cluster active", func() error {
+				active, err := envoy.Admin(context.Background(), "/config_dump?resource=dynamic_active_clusters")
+				if err != nil {
+					return err
+				}
+				warming, err := envoy.Admin(context.Background(), "/config_dump?resource=dynamic_warming_clusters")
+				if err != nil {
+					return err
+				}
+				if got := strings.Contains(string(active), "transport_socket_matches"); got != want || strings.Contains(string(warming), "outbound|") {
+					return fmt.Errorf("active cluster with the mutual TLS match: %v, want %v; warming: %s", got, want, warming)
+				}
+				return nil
+			})
+			for _, u := range []*upstream{meshA, meshB, plain} {
+				u.reset()
 			}
 			// Connections through the sidecar until each endpoint has had
 			// one (round robin), then what each upstream saw.
