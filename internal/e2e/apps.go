@@ -47,6 +47,9 @@ type AppsResult struct {
 	// service) got from app-0's gRPC port: the meshed one through the
 	// service, the outsider at the pod IP. Empty without a helper.
 	GRPCFromClient, GRPCFromLegacy string
+	// UndeclaredFromLegacy is what the outsider got from app-0's port 7070,
+	// which no Service or container declares, at the pod IP.
+	UndeclaredFromLegacy string
 	// SelfCall is app-0 calling its own service, whose one endpoint it
 	// is (curl in its pod, as its app would).
 	SelfCall string
@@ -180,6 +183,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.LoopbackFromLegacy = dial("legacy-0", appIP, "8081", "hello")
 	res.BannerFromClient = dial("client-0", svcIP, "2525")
 	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
+	res.UndeclaredFromLegacy = dial("legacy-0", appIP, "7070", "hello")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")
 	res.PlainFromLegacy = strings.TrimSpace(out)
 	ws := func(pod, host string) string {

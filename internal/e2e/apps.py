@@ -4,7 +4,8 @@ serve: an HTTP server on 0.0.0.0:8080 that answers with the address the
 request came from (and, asked to upgrade to a WebSocket, echoes the
 client's text messages); a client-first line server on 127.0.0.1:8081 only
 (an app that trusts loopback); a server-first banner server on
-0.0.0.0:2525.
+0.0.0.0:2525; a line server on 0.0.0.0:7070, a port no Service or
+container declares.
 
 dial HOST PORT [LINE]: connects, sends LINE if given, reads for up to 5 s
 and prints what came back and whether the server closed.
@@ -102,6 +103,12 @@ class Loopback(socketserver.StreamRequestHandler):
         self.wfile.write(("LOOPBACK-ONLY " + line + "\n").encode())
 
 
+class Undeclared(socketserver.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline().strip().decode(errors="replace")
+        self.wfile.write(("UNDECLARED %s from %s\n" % (line, self.client_address[0])).encode())
+
+
 class Banner(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(b"220 meshd-banner ready\r\n")
@@ -120,6 +127,7 @@ def serve():
         http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Peer),
         Server(("127.0.0.1", 8081), Loopback),
         Server(("0.0.0.0", 2525), Banner),
+        Server(("0.0.0.0", 7070), Undeclared),
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()

@@ -372,6 +372,8 @@ func TestReducedDemo(t *testing.T) {
 //     answered (Envoy refuses both unless configured to take them);
 //   - the app calling its own service (itself the one endpoint) is served
 //     through its own sidecar's inbound listener;
+//   - on a PERMISSIVE pod the outsider reaches a port no Service or
+//     container declares (on a STRICT one it is refused);
 //   - a gRPC app (port named grpc: HTTP/2 between the sidecars) answers a
 //     unary call and a server stream of the meshed client (and,
 //     PERMISSIVE, of the outsider);
@@ -402,7 +404,7 @@ func TestWorkloads(t *testing.T) {
 			}
 			refused := res.RefusedLines()
 			t.Logf("held connection: %s", res.Held)
-			t.Logf("gRPC: meshed client %q, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy)
+			t.Logf("gRPC: meshed client %q, outsider %q; undeclared port, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy, res.UndeclaredFromLegacy)
 			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
 			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {
 				t.Errorf("a WebSocket of the meshed client through the service: %q, want %q", res.WebSocketFromClient, want)
@@ -441,6 +443,9 @@ func TestWorkloads(t *testing.T) {
 				if res.PlainFromLegacy != "peer=127.0.0.6" {
 					t.Errorf("the outsider's plaintext HTTP call: %q, want the app's answer", res.PlainFromLegacy)
 				}
+				if !strings.Contains(res.UndeclaredFromLegacy, "UNDECLARED hello from 127.0.0.6") {
+					t.Errorf("the outsider's plaintext to a port no Service or container declares, on a PERMISSIVE pod: %s; want the app's answer", res.UndeclaredFromLegacy)
+				}
 				if want := "check=SERVING watch=SERVING"; res.GRPCFromLegacy != want {
 					t.Errorf("the outsider's plaintext gRPC to a PERMISSIVE pod: %q, want %q", res.GRPCFromLegacy, want)
 				}
@@ -466,6 +471,9 @@ func TestWorkloads(t *testing.T) {
 			}
 			if strings.Contains(res.PlainFromLegacy, "peer=") {
 				t.Errorf("the outsider's plaintext HTTP call was served on a STRICT pod: %s", res.PlainFromLegacy)
+			}
+			if strings.Contains(res.UndeclaredFromLegacy, "UNDECLARED") {
+				t.Errorf("the outsider's plaintext to an undeclared port was served on a STRICT pod: %s", res.UndeclaredFromLegacy)
 			}
 			if strings.Contains(res.GRPCFromLegacy, "check=") {
 				t.Errorf("the outsider's plaintext gRPC was served on a STRICT pod: %s", res.GRPCFromLegacy)

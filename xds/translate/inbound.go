@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -17,8 +18,9 @@ import (
 
 // inboundListener receives connections redirected to the workload: per port
 // a chain that requires a mesh client certificate, and in PERMISSIVE mode a
-// second one that takes plaintext (told apart by TLS inspection). Ports the
-// mesh does not know, and plaintext in STRICT mode, match no chain and are
+// second one that takes plaintext (told apart by TLS inspection), and one
+// for the ports the mesh does not know (undeclaredChain). In STRICT mode
+// plaintext, and ports the mesh does not know, match no chain and are
 // closed; the listener's access log says so (refusedAccessLog).
 //
 // TLS inspection waits for the client's first bytes, at most the pod's
@@ -40,7 +42,50 @@ func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listen
 	for _, p := range w.Ports {
 		addInboundChains(l, snap, w, p)
 	}
+	if w.Mode == model.ModePermissive {
+		l.FilterChains = append(l.FilterChains, undeclaredChain(w))
+		l.ContinueOnListenerFiltersTimeout = true
+	}
 	return l
+}
+
+// undeclaredChain takes, on a PERMISSIVE pod, connections to a port the
+// mesh does not know (no Service targets it, no container declares it:
+// an app's metrics or admin port reached at the pod's address) and passes
+// them to the app as they came, as TCP, plaintext or the app's own TLS:
+// without the mesh they reached it, and PERMISSIVE is the mode of pods
+// that must still be reached so. It matches no port and no transport, so
+// a known port's chains always go first. The policies that may cover such
+// a port (those naming no port, or a port the mesh does not know) apply to
+// every such port: stricter, never looser, than per port. The peer's
+// identity is not known here (nothing is terminated), so rules that name
+// callers match nobody.
+func undeclaredChain(w *model.Workload) *listenerv3.FilterChain {
+	a := authzOf(w, false, func(pol *model.Policy) bool {
+		if len(pol.Ports) == 0 {
+			return true
+		}
+		for _, n := range pol.Ports {
+			if !slices.ContainsFunc(w.Ports, func(p model.Port) bool { return p.Port == n }) {
+				return true
+			}
+		}
+		return false
+	})
+	const name = "inbound|undeclared"
+	tp := tcpProxyConfig(name, InboundUndeclaredCluster, append(inboundAccessLog(w), authzTCPLog(w, a)...)...)
+	return &listenerv3.FilterChain{
+		Name:    name,
+		Filters: append(networkRBAC(a, model.Port{Protocol: model.ProtocolTCP}), tcpProxyFilter(tp)),
+	}
+}
+
+// undeclaredCluster is InboundUndeclaredCluster: the connection's original
+// destination, from 127.0.0.6, as TCP.
+func undeclaredCluster() *clusterv3.Cluster {
+	c := inboundCluster(model.Port{Protocol: model.ProtocolTCP})
+	c.Name = InboundUndeclaredCluster
+	return c
 }
 
 // uninspected reports whether the TLS inspector leaves a port's

@@ -66,11 +66,16 @@ type authz struct {
 // portAuthz builds a port's RBAC rules from the workload's policies; nil
 // when no policy covers the port.
 func portAuthz(w *model.Workload, p model.Port) *authz {
+	return authzOf(w, p.Protocol.IsHTTP(), func(pol *model.Policy) bool { return pol.AppliesTo(p.Port) })
+}
+
+// authzOf builds RBAC rules from the workload's policies that apply; nil
+// when none does.
+func authzOf(w *model.Workload, http bool, applies func(*model.Policy) bool) *authz {
 	a := &authz{}
-	http := p.Protocol.IsHTTP()
 	var allowDry bool
 	for _, pol := range w.Policies {
-		if !pol.AppliesTo(p.Port) {
+		if !applies(pol) {
 			continue
 		}
 		a.policies = append(a.policies, pol.Key())

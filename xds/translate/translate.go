@@ -71,6 +71,11 @@ func InboundClusterName(p model.Port) string {
 	return fmt.Sprintf("inbound|%d", p.Port)
 }
 
+// InboundUndeclaredCluster reaches the app, at the connection's original
+// destination, on a port the mesh does not know (PERMISSIVE pods only: see
+// undeclaredChain).
+const InboundUndeclaredCluster = "inbound|undeclared"
+
 // localClusterName is InboundClusterName's counterpart for sidecars without
 // interception (forwarding to 127.0.0.1).
 func localClusterName(p model.Port) string { return "local-" + InboundClusterName(p) }
@@ -499,7 +504,12 @@ func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
 		h2, noInterception bool
 	}
 	seen := map[local]bool{}
+	undeclared := false
 	for _, w := range snap.Workloads {
+		if w.Mode == model.ModePermissive && !w.NoInterception && !undeclared {
+			undeclared = true
+			out = append(out, t.cached(InboundUndeclaredCluster, func() types.Resource { return undeclaredCluster() }))
+		}
 		for _, p := range w.Ports {
 			k := local{p.Port, p.Protocol.IsHTTP2(), w.NoInterception}
 			if seen[k] {
@@ -600,7 +610,7 @@ func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 		}
 		return res
 	}
-	if len(w.Ports) == 0 {
+	if len(w.Ports) == 0 && w.Mode != model.ModePermissive {
 		return res
 	}
 	res[resourcev3.ListenerType] = []types.Resource{inboundListener(snap, w)}
