@@ -167,3 +167,12 @@ func makeCert(parent *pkiSigner, tmpl *x509.Certificate) (*pkiSigner, []byte, []
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
 }
+
+// SelfSigned returns a throw-away self-signed CA certificate named cn and
+// its key, PEM-encoded: for a test that needs credentials on disk (a
+// sidecar's xDS files) but never a peer that checks them.
+func SelfSigned(cn string) (certPEM, keyPEM []byte, err error) {
+	_, certPEM, keyPEM, err = makeCert(nil, &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature})
+	return certPEM, keyPEM, err
+}
