@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/meshd/meshd/internal/iptables"
 	"github.com/meshd/meshd/model"
 )
 
@@ -45,6 +46,18 @@ const (
 	// sidecar's outbound configuration to the services it lists
 	// ("./*,kube-system/kube-dns"; see model.ParseEgress).
 	AnnotationEgress = "meshd.io/egress"
+	// AnnotationExcludeInboundPorts on a pod lists ports ("9100,8081")
+	// whose inbound traffic skips the sidecar: reached directly, in
+	// plaintext, without the mesh's identity checks or policies (a port an
+	// outside scraper must reach on a STRICT pod). Meshed clients reach
+	// the pod on them in plaintext too (model.Workload.Bypassed).
+	// AnnotationExcludeOutboundPorts and AnnotationExcludeOutboundCIDRs
+	// list destination ports and IPv4 ranges ("198.18.5.0/24") the app
+	// reaches directly. The interception rules are made when the pod
+	// starts: a change applies to pods started after it.
+	AnnotationExcludeInboundPorts  = "meshd.io/exclude-inbound-ports"
+	AnnotationExcludeOutboundPorts = "meshd.io/exclude-outbound-ports"
+	AnnotationExcludeOutboundCIDRs = "meshd.io/exclude-outbound-cidrs"
 	// ContainerProxy and ContainerInit are the injected sidecar and init
 	// container (both among the pod's init containers).
 	ContainerProxy = "meshd-proxy"
@@ -105,6 +118,14 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 			w.DetectionTimeout = d
 		}
 	}
+	if v, ok := p.Annotations[AnnotationExcludeInboundPorts]; ok {
+		ports, err := ParsePorts(v)
+		if err != nil {
+			ps.add("Pod", p.Namespace, p.Name, "InvalidAnnotation", "annotation %s=%q: %v; no port bypasses the sidecar", AnnotationExcludeInboundPorts, v, err)
+		} else {
+			w.Bypassed = ports
+		}
+	}
 	for _, ctr := range p.Spec.Containers {
 		for _, cp := range ctr.Ports {
 			if cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP {
@@ -118,6 +139,38 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 		}
 	}
 	return w, p.Annotations[AnnotationServerFirstPorts]
+}
+
+// ParsePorts parses a list of ports ("9100, 8081") as the interception
+// does, into sorted unique ports.
+func ParsePorts(v string) ([]uint32, error) {
+	ports, err := iptables.ParsePorts(v)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]uint32, len(ports))
+	for i, p := range ports {
+		out[i] = uint32(p)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// ParseCIDRs parses a list of ranges ("198.18.5.0/24, 198.19.0.1/32") as
+// the interception does; only IPv4 ones (its rules are iptables', not
+// ip6tables').
+func ParseCIDRs(v string) ([]netip.Prefix, error) {
+	prefixes, err := iptables.ParseCIDRs(v)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range prefixes {
+		if !p.Addr().Is4() {
+			return nil, fmt.Errorf("%s: want an IPv4 range such as 198.18.5.0/24", p)
+		}
+		prefixes[i] = p.Masked()
+	}
+	return prefixes, nil
 }
 
 // egress is the pod's outbound scope: its annotation, else its namespace's.
@@ -251,13 +304,14 @@ type serviceConv struct {
 type podDep struct {
 	present, meshed bool
 	identity        string
+	bypassed        string
 }
 
 func depOf(w *model.Workload) podDep {
 	if w == nil {
 		return podDep{}
 	}
-	return podDep{present: true, meshed: w.Meshed, identity: w.Identity}
+	return podDep{present: true, meshed: w.Meshed, identity: w.Identity, bypassed: fmt.Sprint(w.Bypassed)}
 }
 
 // podPort is a port a service resolves to the pod with key key.
@@ -359,7 +413,7 @@ func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uin
 	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true)}
 	if w != nil {
 		base.Workload = w.Key()
-		if w.Meshed {
+		if w.Meshed && !w.Bypasses(port) {
 			base.Identity = w.Identity
 		}
 		c.ports = append(c.ports, podPort{w.Key(), model.Port{Name: portName, Port: port, Protocol: svcPort.Protocol, ServerFirst: svcPort.ServerFirst}})

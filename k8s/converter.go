@@ -575,7 +575,7 @@ func (c *Converter) finish(e *podEntry) {
 	for _, svc := range slices.Sorted(maps.Keys(given)) {
 		ports = append(ports, given[svc]...)
 	}
-	w.Ports = uniquePorts(ports)
+	w.Ports = slices.DeleteFunc(uniquePorts(ports), func(p model.Port) bool { return w.Bypasses(p.Port) })
 	serverFirst(&w, e.serverFirst, &e.outProblems)
 	w.Policies = selecting(c.policiesByNs[w.Namespace], e.pod)
 	if e.out == nil || !reflect.DeepEqual(*e.out, w) {

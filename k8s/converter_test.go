@@ -175,6 +175,9 @@ func (g *stateGen) pod(name, ns string) *corev1.Pod {
 	if g.r.IntN(6) == 0 {
 		p.Annotations[k8s.AnnotationEgress] = g.pick("./*", "bad scope!")
 	}
+	if g.r.IntN(5) == 0 {
+		p.Annotations[k8s.AnnotationExcludeInboundPorts] = g.pick("8080", "25,9090", "x")
+	}
 	if g.r.IntN(2) == 0 {
 		p.Spec.Containers = []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: g.pick("http", "tcp", "grpc-x"), ContainerPort: int32(g.pick2(8080, 25, 9090))}}}}
 	}

@@ -1,16 +1,19 @@
 package k8s_test
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshd/meshd/internal/vec"
 	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/model"
 )
 
 // TestConvertInvalidNames: pods, services and policies named as the
@@ -141,5 +144,69 @@ func TestConvertServicePortOutOfRange(t *testing.T) {
 	if len(problems) != 2 || problems[0].Reason != "InvalidPort" || problems[1].Reason != "InvalidPort" ||
 		!strings.Contains(reasons[0]+reasons[1], "70000") || !strings.Contains(reasons[0]+reasons[1], "port 0") {
 		t.Errorf("problems %q, want one InvalidPort for 70000 and one for 0 (none for the UDP port)", reasons)
+	}
+}
+
+// TestConvertExcludedInboundPorts: a port the pod's annotation takes out of
+// the interception is not one of its sidecar's inbound ports, and the
+// pod's endpoints on it carry no identity (clients reach it in plaintext);
+// its other ports keep theirs. An annotation that does not parse is
+// reported and excludes nothing.
+func TestConvertExcludedInboundPorts(t *testing.T) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo", Labels: map[string]string{k8s.LabelInject: "enabled"}}}
+	pod := func(name, ip, exclude string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: name,
+			Annotations: map[string]string{k8s.AnnotationStatus: k8s.StatusInjected, k8s.AnnotationExcludeInboundPorts: exclude}},
+			Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9100}}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip}}
+	}
+	http, metrics := "http", "metrics"
+	port80, port9100 := int32(8080), int32(9100)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web"}, Spec: corev1.ServiceSpec{ClusterIP: "198.19.0.1",
+		Ports: []corev1.ServicePort{{Name: http, Port: 80}, {Name: metrics, Port: 9100}}}}
+	slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4, Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port80}, {Name: &metrics, Port: &port9100}}}
+	for _, p := range [][2]string{{"web-0", "198.18.0.1"}, {"web-1", "198.18.0.2"}} {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{p[1]}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "demo", Name: p[0]}})
+	}
+	st := &k8s.State{Namespaces: vec.Of([]*corev1.Namespace{ns}), Services: vec.Of([]*corev1.Service{svc}),
+		Pods: vec.Of([]*corev1.Pod{pod("web-0", "198.18.0.1", "9100, 15021"), pod("web-1", "198.18.0.2", "9100,nope")}), Slices: vec.Of([]*discoveryv1.EndpointSlice{slice})}
+	snap, problems := k8s.Convert(st, "cluster.local")
+	web0, web1 := snap.Workload("web-0.demo"), snap.Workload("web-1.demo")
+	if web0 == nil || web1 == nil {
+		t.Fatalf("workloads %v", snap.Workloads)
+	}
+	if !slices.Equal(web0.Bypassed, []uint32{9100, 15021}) || slices.ContainsFunc(web0.Ports, func(p model.Port) bool { return p.Port == 9100 }) {
+		t.Errorf("web-0: bypassed %v, ports %+v; want 9100 and 15021 bypassed, 9100 not an inbound port", web0.Bypassed, web0.Ports)
+	}
+	if len(web1.Bypassed) != 0 || !slices.ContainsFunc(web1.Ports, func(p model.Port) bool { return p.Port == 9100 }) {
+		t.Errorf("web-1 (annotation that does not parse): bypassed %v, ports %+v; want nothing bypassed", web1.Bypassed, web1.Ports)
+	}
+	got := map[string]string{}
+	for _, e := range snap.Services.At(0).Endpoints {
+		got[e.Workload+"|"+e.PortName] = e.Identity
+	}
+	id := "spiffe://cluster.local/ns/demo/sa/default"
+	want := map[string]string{"web-0.demo|http": id, "web-0.demo|metrics": "", "web-1.demo|http": id, "web-1.demo|metrics": id}
+	if !maps.Equal(got, want) {
+		t.Errorf("endpoint identities %v, want %v", got, want)
+	}
+	if len(problems) != 1 || problems[0].Reason != "InvalidAnnotation" || problems[0].Name != "web-1" || !strings.Contains(problems[0].Message, "nope") {
+		t.Errorf("problems %+v, want one InvalidAnnotation for web-1 naming %q", problems, "nope")
+	}
+	// Incrementally: web-1's annotation mended, nothing else written; its
+	// endpoint on 9100 loses its identity as in a fresh conversion.
+	c := k8s.NewConverter("cluster.local")
+	c.Convert(st)
+	next := *st
+	patch := st.Pods.Patch()
+	patch.Set(1, pod("web-1", "198.18.0.2", "9100"))
+	next.Pods = patch.Vec()
+	incremental, _ := c.Convert(&next)
+	fresh, _ := k8s.Convert(&next, "cluster.local")
+	for _, e := range incremental.Services.At(0).Endpoints {
+		if e.Workload == "web-1.demo" && e.PortName == metrics && e.Identity != "" {
+			t.Errorf("after web-1's annotation was mended, its endpoint on 9100 still carries %q (fresh: %+v)", e.Identity, fresh.Services.At(0).Endpoints)
+		}
 	}
 }

@@ -10,6 +10,7 @@ package model
 
 import (
 	"cmp"
+	"slices"
 	"strings"
 	"time"
 
@@ -147,8 +148,13 @@ type Workload struct {
 	// (annotation meshd.io/protocol-detection-timeout).
 	DetectionTimeout time.Duration
 	// Ports are the pod's inbound ports (service target ports that resolve
-	// to this pod, and declared container ports), sorted by Port, unique.
+	// to this pod, and declared container ports), sorted by Port, unique,
+	// but the Bypassed ones.
 	Ports []Port
+	// Bypassed are ports whose inbound traffic skips the sidecar (the
+	// pod's interception leaves them alone): reached directly in
+	// plaintext, so its endpoints on them carry no Identity. Sorted.
+	Bypassed []uint32
 	// Policies are the valid authorization policies that select the pod,
 	// sorted by Key (see Authorize).
 	Policies []*Policy
@@ -159,6 +165,12 @@ type Workload struct {
 
 // Key returns "name.namespace", which is also the proxy's node ID.
 func (w *Workload) Key() string { return w.Name + "." + w.Namespace }
+
+// Bypasses reports whether port's inbound traffic skips the sidecar.
+func (w *Workload) Bypasses(port uint32) bool {
+	_, found := slices.BinarySearch(w.Bypassed, port)
+	return found
+}
 
 // DefaultDetectionTimeout is the inbound detection wait when neither the
 // mesh nor the pod sets one (Envoy's own default is 15 s).

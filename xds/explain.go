@@ -263,6 +263,10 @@ func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep mode
 		e.find("server %s has no sidecar (not injected): traffic to it is plaintext", w.Key())
 		return out
 	}
+	if w.Bypasses(ep.Port) {
+		e.find("server %s takes port %d out of its interception (annotation meshd.io/exclude-inbound-ports): the app is reached directly, in plaintext, with no identity check or policy", w.Key(), ep.Port)
+		return out
+	}
 	out.Authorization = e.authorize(snap, w, svc, ep)
 	if !slices.ContainsFunc(w.Ports, func(wp model.Port) bool { return wp.Port == ep.Port }) {
 		e.find("server %s has no inbound chain for port %d", w.Key(), ep.Port)

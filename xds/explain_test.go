@@ -128,6 +128,18 @@ func TestExplain(t *testing.T) {
 	if err != nil || len(e.Ports) != 1 || e.Ports[0].Endpoints[0].Server.Mode != "" || e.Ports[0].Endpoints[0].InboundChain != "" || e.Verdict != "plaintext" {
 		t.Errorf("to a pod outside the mesh: %+v verdict %s (%v)", e.Ports, e.Verdict, err)
 	}
+	// web-0 taking its port out of the interception: plaintext, and said
+	// why (not "STRICT refuses").
+	for p := range st.Pods.Values() {
+		if p.Name == "web-0" {
+			p.Annotations = map[string]string{k8s.AnnotationExcludeInboundPorts: "8080"}
+		}
+	}
+	bypassed, _ := k8s.Convert(st, "cluster.local")
+	e, err = xds.Explain(bypassed, both, "client-0.demo", "web.demo")
+	if err != nil || e.Verdict != "plaintext" || len(e.Finds) != 1 || !strings.Contains(e.Finds[0], "meshd.io/exclude-inbound-ports") {
+		t.Errorf("to a bypassed port: verdict %s, findings %q (%v); want plaintext, said why", e.Verdict, e.Finds, err)
+	}
 	if _, err := xds.Explain(snap, both, "nobody.demo", "web.demo"); err == nil {
 		t.Error("unknown client: no error")
 	}

@@ -330,12 +330,13 @@ var (
 		"app":             {"a", "b", ""},
 	}
 	podAnnotations = map[string][]string{
-		k8s.AnnotationStatus:           {k8s.StatusInjected, k8s.StatusSkipped, k8s.StatusSkipped + ": ", k8s.StatusSkipped + ": hostNetwork", "weird"},
-		k8s.AnnotationProxyID:          {"", "p-1", "p-1"},
-		k8s.AnnotationInterception:     {"none", "NONE", ""},
-		k8s.AnnotationServerFirstPorts: {"25", "8080", "0", "-1", "65536", "99999999999", "x,,", ",", " 25 , 8080 ", "25,25", ""},
-		k8s.AnnotationDetectionTimeout: {"500ms", "1ns", "-5s", "9999h", "NaN", "10ms", "1m", "1m0.000000001s", ""},
-		k8s.AnnotationEgress:           {"./*", "*/*", "", ",", "./", "/", "a/b/c", "ns1/svc0", "*/svc1", "./*,*/*", "bad scope!"},
+		k8s.AnnotationStatus:              {k8s.StatusInjected, k8s.StatusSkipped, k8s.StatusSkipped + ": ", k8s.StatusSkipped + ": hostNetwork", "weird"},
+		k8s.AnnotationProxyID:             {"", "p-1", "p-1"},
+		k8s.AnnotationInterception:        {"none", "NONE", ""},
+		k8s.AnnotationServerFirstPorts:    {"25", "8080", "0", "-1", "65536", "99999999999", "x,,", ",", " 25 , 8080 ", "25,25", ""},
+		k8s.AnnotationDetectionTimeout:    {"500ms", "1ns", "-5s", "9999h", "NaN", "10ms", "1m", "1m0.000000001s", ""},
+		k8s.AnnotationEgress:              {"./*", "*/*", "", ",", "./", "/", "a/b/c", "ns1/svc0", "*/svc1", "./*,*/*", "bad scope!"},
+		k8s.AnnotationExcludeInboundPorts: {"8080", "25,8080", "0", "65536", "x", " 9090 ,", ""},
 	}
 )
 

@@ -50,6 +50,13 @@ type AppsResult struct {
 	// UndeclaredFromLegacy is what the outsider got from app-0's port 7070,
 	// which no Service or container declares, at the pod IP.
 	UndeclaredFromLegacy string
+	// BypassFromClient and BypassFromLegacy are what the meshed client
+	// (through the service) and the outsider (at the pod IP) got from
+	// app-0's port 7071, which its annotation meshd.io/exclude-inbound-ports
+	// takes out of the interception.
+	BypassFromClient, BypassFromLegacy string
+	// ClientIP is the meshed client's address.
+	ClientIP string
 	// SelfCall is app-0 calling its own service, whose one endpoint it
 	// is (curl in its pod, as its app would).
 	SelfCall string
@@ -89,12 +96,13 @@ spec:
   - {name: tcp-loopback, port: 8081}
   - {name: banner, port: 2525, appProtocol: smtp}
   - {name: grpc, port: 9090}
+  - {name: tcp-bypass, port: 7071}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: app-1, namespace: demo, labels: {kubernetes.io/service-name: app}}
 addressType: IPv4
-ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}]
+ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}, {name: tcp-bypass, port: 7071}]
 endpoints:
 - addresses: [%[2]s]
   targetRef: {kind: Pod, namespace: demo, name: app-0}
@@ -105,7 +113,7 @@ metadata:
   name: app-0
   namespace: demo
   labels: {meshd.io/mtls-mode: %[5]s}
-  annotations: {meshd.io/protocol-detection-timeout: 1s}
+  annotations: {meshd.io/protocol-detection-timeout: 1s, meshd.io/exclude-inbound-ports: "7071"}
 spec:
   serviceAccountName: app
   containers: [{name: app, image: apps}]
@@ -165,7 +173,9 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
 	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode)
-	if err := s.startMeshWith(ctx, desc, 2, []sidecarSpec{{pods["app-0"], "app"}, {pods["client-0"], "client"}}); err != nil {
+	// app-0's iptables as the injector makes them of its annotation.
+	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
+	if err := s.startMeshWith(ctx, desc, 2, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"}}); err != nil {
 		return nil, err
 	}
 	dial := func(pod, host, port string, line ...string) string {
@@ -175,7 +185,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		}
 		return strings.TrimSpace(out)
 	}
-	res = &AppsResult{Mode: mode, LegacyIP: pods["legacy-0"].IP.String()}
+	res = &AppsResult{Mode: mode, LegacyIP: pods["legacy-0"].IP.String(), ClientIP: pods["client-0"].IP.String()}
 	out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
 	res.SourceSeen = strings.TrimPrefix(strings.TrimSpace(out), "peer=")
 	res.LoopbackFromPod = dial("app-0", "127.0.0.1", "8081", "hello")
@@ -184,6 +194,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.BannerFromClient = dial("client-0", svcIP, "2525")
 	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
 	res.UndeclaredFromLegacy = dial("legacy-0", appIP, "7070", "hello")
+	res.BypassFromClient = dial("client-0", svcIP, "7071", "hello")
+	res.BypassFromLegacy = dial("legacy-0", appIP, "7071", "hello")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")
 	res.PlainFromLegacy = strings.TrimSpace(out)
 	ws := func(pod, host string) string {

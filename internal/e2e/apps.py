@@ -5,7 +5,8 @@ request came from (and, asked to upgrade to a WebSocket, echoes the
 client's text messages); a client-first line server on 127.0.0.1:8081 only
 (an app that trusts loopback); a server-first banner server on
 0.0.0.0:2525; a line server on 0.0.0.0:7070, a port no Service or
-container declares.
+container declares, and on 0.0.0.0:7071 (the pod's annotation takes it out
+of the interception).
 
 dial HOST PORT [LINE]: connects, sends LINE if given, reads for up to 5 s
 and prints what came back and whether the server closed.
@@ -128,6 +129,7 @@ def serve():
         Server(("127.0.0.1", 8081), Loopback),
         Server(("0.0.0.0", 2525), Banner),
         Server(("0.0.0.0", 7070), Undeclared),
+        Server(("0.0.0.0", 7071), Undeclared),
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()

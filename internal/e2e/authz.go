@@ -158,7 +158,7 @@ func RunAuthz(ctx context.Context, opts Options) (res *AuthzResult, err error) {
 		return res, err
 	}
 	desc := fmt.Sprintf(authzYAML, s.serviceIP, pods["web-0"].IP, pods["client-0"].IP, pods["other-0"].IP)
-	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pods["web-0"], "web"}, {pods["client-0"], "client"}, {pods["other-0"], "other"}}); err != nil {
+	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["web-0"], sa: "web"}, {pod: pods["client-0"], sa: "client"}, {pod: pods["other-0"], sa: "other"}}); err != nil {
 		return res, err
 	}
 	a := &authzRun{s: s, res: res, pods: pods, dir: filepath.Join(lab.Dir, "meshd", "mesh")}

@@ -374,6 +374,9 @@ func TestReducedDemo(t *testing.T) {
 //     through its own sidecar's inbound listener;
 //   - on a PERMISSIVE pod the outsider reaches a port no Service or
 //     container declares (on a STRICT one it is refused);
+//   - a port the pod's meshd.io/exclude-inbound-ports names is reached
+//     directly, in plaintext, by the outsider and by the meshed client
+//     (whose sidecar knows not to use mutual TLS there);
 //   - a gRPC app (port named grpc: HTTP/2 between the sidecars) answers a
 //     unary call and a server stream of the meshed client (and,
 //     PERMISSIVE, of the outsider);
@@ -404,13 +407,20 @@ func TestWorkloads(t *testing.T) {
 			}
 			refused := res.RefusedLines()
 			t.Logf("held connection: %s", res.Held)
-			t.Logf("gRPC: meshed client %q, outsider %q; undeclared port, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy, res.UndeclaredFromLegacy)
+			t.Logf("gRPC: meshed client %q, outsider %q; undeclared port, outsider %q; bypassed port, meshed client %q, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy, res.UndeclaredFromLegacy, res.BypassFromClient, res.BypassFromLegacy)
 			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
 			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {
 				t.Errorf("a WebSocket of the meshed client through the service: %q, want %q", res.WebSocketFromClient, want)
 			}
 			if want := "check=SERVING watch=SERVING"; res.GRPCFromClient != want {
 				t.Errorf("a gRPC call and stream of the meshed client through the service: %q, want %q", res.GRPCFromClient, want)
+			}
+			// The bypassed port is reached directly, in plaintext, by both:
+			// the meshed client's sidecar sends no TLS there.
+			for who, c := range map[string]struct{ got, from string }{"the meshed client": {res.BypassFromClient, res.ClientIP}, "the outsider": {res.BypassFromLegacy, res.LegacyIP}} {
+				if !strings.Contains(c.got, "UNDECLARED hello from "+c.from) {
+					t.Errorf("%s on the port meshd.io/exclude-inbound-ports bypasses: %s; want the app's answer to its own address %s", who, c.got, c.from)
+				}
 			}
 			if res.SelfCall != "peer=127.0.0.6" {
 				t.Errorf("app-0 calling its own service (itself the endpoint): %q, want the app's answer through its sidecar", res.SelfCall)

@@ -108,7 +108,7 @@ func RunIdentity(ctx context.Context, opts Options, mode string) (res *IdentityR
 		}
 	}
 	desc := fmt.Sprintf(identityYAML, s.serviceIP, pods["web-0"].IP, pods["client-0"].IP, pods["legacy-0"].IP, pods["impostor-0"].IP, mode)
-	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pods["web-0"], "web"}, {pods["client-0"], "client"}, {pods["impostor-0"], "impostor"}}); err != nil {
+	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["web-0"], sa: "web"}, {pod: pods["client-0"], sa: "client"}, {pod: pods["impostor-0"], sa: "impostor"}}); err != nil {
 		return nil, err
 	}
 	// A pod outside the mesh calls web-0 directly.
@@ -144,6 +144,9 @@ func RunIdentity(ctx context.Context, opts Options, mode string) (res *IdentityR
 type sidecarSpec struct {
 	pod *netlab.Pod
 	sa  string
+	// iptables are extra arguments of meshd iptables, as the injector
+	// makes them of the pod's exclude annotations.
+	iptables []string
 }
 
 // startMeshWith starts one meshd on a lab description and sidecars for the
@@ -166,7 +169,7 @@ func (s *seed) startMeshWith(ctx context.Context, desc string, proxies int, side
 	s.meshd, s.debugURL, s.xdsAddr = r.proc, r.debugURL, r.xdsAddr
 	s.envoys = map[string]*netlab.Proc{}
 	for _, sc := range sidecars {
-		if err := s.addSidecar(ctx, sc.pod, sc.sa, caDir, s.xdsAddr); err != nil {
+		if err := s.addSidecar(ctx, sc.pod, sc.sa, caDir, s.xdsAddr, sc.iptables...); err != nil {
 			return err
 		}
 	}

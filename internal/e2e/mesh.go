@@ -146,14 +146,14 @@ func (s *seed) runReplica(ctx context.Context, r *replica) error {
 }
 
 // addSidecar does what injection and the kubelet would: render the
-// bootstrap, apply the iptables rules in the pod, start Envoy as the proxy
-// uid.
-func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAddr string) error {
+// bootstrap, apply the iptables rules in the pod (with the extra
+// arguments the injector would give), start Envoy as the proxy uid.
+func (s *seed) addSidecar(ctx context.Context, pod *netlab.Pod, sa, caDir, xdsAddr string, iptables ...string) error {
 	out := filepath.Join(s.lab.Dir, "sidecar-"+pod.Name)
 	if err := s.renderCreds(ctx, pod, sa, out); err != nil {
 		return err
 	}
-	if _, err := pod.Run(ctx, s.opts.Meshd, "iptables"); err != nil {
+	if _, err := pod.Run(ctx, s.opts.Meshd, append([]string{"iptables"}, iptables...)...); err != nil {
 		return err
 	}
 	envoy, err := s.lab.Start("envoy-"+pod.Name, netlab.ProcOptions{Pod: pod, UID: ProxyUID, GID: ProxyUID}, s.opts.Envoy,

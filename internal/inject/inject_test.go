@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -408,5 +409,36 @@ func TestRefused(t *testing.T) {
 	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
 	if r := inj.Admit(ctx, review(t, direct, false)); !r.Allowed || r.Patch == nil {
 		t.Errorf("interception none in a baseline namespace: %+v", r.Result)
+	}
+}
+
+// TestExclusionsReachTheInitContainer: a pod's exclude annotations become
+// the init container's interception arguments (the readiness port always
+// excluded, ports sorted and unique); an annotation that does not parse,
+// or a range that is not IPv4, has the pod refused with the annotation
+// named.
+func TestExclusionsReachTheInitContainer(t *testing.T) {
+	ctx := context.Background()
+	inj, _, _ := newInjector(t)
+	pod := appPod()
+	pod.Annotations = map[string]string{k8s.AnnotationExcludeInboundPorts: "9100, 8081,9100", k8s.AnnotationExcludeOutboundPorts: "5432",
+		k8s.AnnotationExcludeOutboundCIDRs: "198.18.5.7/24, 198.19.0.1/32"}
+	got := apply(t, pod, inj.Admit(ctx, review(t, pod, false)))
+	want := []string{"iptables", "--proxy-uid", "1337", "--exclude-inbound-ports", "8081,9100,15021",
+		"--exclude-outbound-ports", "5432", "--exclude-outbound-cidrs", "198.18.5.0/24,198.19.0.1/32"}
+	if init := got.Spec.InitContainers[0]; init.Name != k8s.ContainerInit || !slices.Equal(init.Args, want) {
+		t.Errorf("init container %s args %q, want %q", init.Name, init.Args, want)
+	}
+	plain := apply(t, appPod(), inj.Admit(ctx, review(t, appPod(), false)))
+	if args, want := plain.Spec.InitContainers[0].Args, []string{"iptables", "--proxy-uid", "1337", "--exclude-inbound-ports", "15021"}; !slices.Equal(args, want) {
+		t.Errorf("without annotations: args %q, want %q", args, want)
+	}
+	for key, v := range map[string]string{k8s.AnnotationExcludeInboundPorts: "80,http", k8s.AnnotationExcludeOutboundPorts: "70000",
+		k8s.AnnotationExcludeOutboundCIDRs: "2001:db8::/32"} {
+		bad := appPod()
+		bad.Annotations = map[string]string{key: v}
+		if r := inj.Admit(ctx, review(t, bad, false)); r.Allowed || !strings.Contains(r.Result.Message, key) {
+			t.Errorf("%s=%q: allowed %v, %v; want refused naming the annotation", key, v, r.Allowed, r.Result)
+		}
 	}
 }

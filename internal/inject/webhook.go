@@ -90,6 +90,9 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 			return deny(http.StatusForbidden, "meshd: pod %s/%s: %s", ns, name, msg)
 		}
 	}
+	if _, err := exclusions(&pod); err != nil {
+		return deny(http.StatusBadRequest, "meshd: pod %s/%s: %v", ns, name, err)
+	}
 	sa := podServiceAccount(&pod)
 	probeOps, probes := rewriteProbes(&pod)
 	var ops []patchOp
@@ -263,7 +266,8 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 	}
 	inits := []any{}
 	if pod.Annotations[k8s.AnnotationInterception] != "none" {
-		inits = append(inits, i.initContainer())
+		excluded, _ := exclusions(pod) // checked by Admit
+		inits = append(inits, i.initContainer(excluded))
 	}
 	inits = append(inits, i.proxyContainer())
 	if len(pod.Spec.InitContainers) == 0 {
@@ -293,12 +297,46 @@ func annotationPath(key string) string {
 	return "/metadata/annotations/" + strings.ReplaceAll(strings.ReplaceAll(key, "~", "~0"), "/", "~1")
 }
 
-func (i *Injector) initContainer() corev1.Container {
+// exclusions are the init container's arguments for the pod's exclude
+// annotations (k8s.AnnotationExcludeInboundPorts and the others); the
+// readiness port is always reached directly.
+func exclusions(pod *corev1.Pod) ([]string, error) {
+	a := pod.Annotations
+	in, err := k8s.ParsePorts(fmt.Sprintf("%d,%s", ReadinessPort, a[k8s.AnnotationExcludeInboundPorts]))
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s=%q: %v", k8s.AnnotationExcludeInboundPorts, a[k8s.AnnotationExcludeInboundPorts], err)
+	}
+	out, err := k8s.ParsePorts(a[k8s.AnnotationExcludeOutboundPorts])
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s=%q: %v", k8s.AnnotationExcludeOutboundPorts, a[k8s.AnnotationExcludeOutboundPorts], err)
+	}
+	cidrs, err := k8s.ParseCIDRs(a[k8s.AnnotationExcludeOutboundCIDRs])
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s=%q: %v", k8s.AnnotationExcludeOutboundCIDRs, a[k8s.AnnotationExcludeOutboundCIDRs], err)
+	}
+	list := func(n int, item func(int) string) string {
+		items := make([]string, n)
+		for i := range items {
+			items[i] = item(i)
+		}
+		return strings.Join(items, ",")
+	}
+	args := []string{"--exclude-inbound-ports", list(len(in), func(i int) string { return fmt.Sprint(in[i]) })}
+	if len(out) > 0 {
+		args = append(args, "--exclude-outbound-ports", list(len(out), func(i int) string { return fmt.Sprint(out[i]) }))
+	}
+	if len(cidrs) > 0 {
+		args = append(args, "--exclude-outbound-cidrs", list(len(cidrs), func(i int) string { return cidrs[i].String() }))
+	}
+	return args, nil
+}
+
+func (i *Injector) initContainer(excluded []string) corev1.Container {
 	root := int64(0)
 	no := false
 	return corev1.Container{
 		Name: k8s.ContainerInit, Image: i.cfg.InitImage,
-		Args: []string{"iptables", "--proxy-uid", fmt.Sprint(ProxyUID), "--exclude-inbound-ports", fmt.Sprint(ReadinessPort)},
+		Args: append([]string{"iptables", "--proxy-uid", fmt.Sprint(ProxyUID)}, excluded...),
 		SecurityContext: &corev1.SecurityContext{RunAsUser: &root, RunAsNonRoot: &no, AllowPrivilegeEscalation: &no,
 			Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}}},
 		Resources: resources("10m", "16Mi", "64Mi"),
