@@ -212,7 +212,10 @@ spec:
   replicas: 3
   selector: {matchLabels: {app: web}}
   template:
-    metadata: {labels: {app: web}}
+    metadata:
+      labels: {app: web}
+      # A port out of the interception: the init container's rules take it.
+      annotations: {meshd.io/exclude-inbound-ports: "9113"}
     spec:
       terminationGracePeriodSeconds: 10
       containers:
@@ -539,6 +542,10 @@ spec:
 	out = c.mustKubectl("-n", "shop", "logs", pods.Items[0].Name, "-c", k8s.ContainerInit)
 	if !strings.Contains(out, "interception set up") || !strings.Contains(out, "REDIRECT") {
 		t.Errorf("meshd-init's log does not show the rules:\n%s", out)
+	}
+	// The pod's meshd.io/exclude-inbound-ports reached its rules.
+	if !strings.Contains(out, "--dport 9113 -j RETURN") {
+		t.Errorf("meshd-init's rules do not leave port 9113 alone (annotation meshd.io/exclude-inbound-ports):\n%s", out)
 	}
 }
 
