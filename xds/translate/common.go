@@ -3,6 +3,7 @@ package translate
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -108,6 +109,20 @@ func tcpProxyFilter(tp *tcpproxyv3.TcpProxy) *listenerv3.Filter {
 		Name:       "envoy.filters.network.tcp_proxy",
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(tp)},
 	}
+}
+
+// noLimits lifts Envoy's default circuit breakers, 1,024 connections,
+// pending requests and requests at once per cluster: without the mesh an
+// app had as many connections to a service as it opened (a database pool,
+// thousands of WebSockets), and with them the 1,025th failed at once
+// (overflow). Concurrent retries keep Envoy's bound (3), so that a
+// failing endpoint does not bring a retry storm.
+func noLimits() *clusterv3.CircuitBreakers {
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+		MaxConnections:     wrapperspb.UInt32(math.MaxUint32),
+		MaxPendingRequests: wrapperspb.UInt32(math.MaxUint32),
+		MaxRequests:        wrapperspb.UInt32(math.MaxUint32),
+	}}}
 }
 
 // keepalive is the TCP keepalive of the sidecars' connections across the

@@ -204,6 +204,7 @@ func inboundCluster(p model.Port) *clusterv3.Cluster {
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:       durationpb.New(connectTimeout),
+		CircuitBreakers:      noLimits(),
 		UpstreamBindConfig: &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{
 			Address: appSourceAddress, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0},
 		}},
@@ -221,6 +222,7 @@ func localCluster(p model.Port) *clusterv3.Cluster {
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(connectTimeout),
+		CircuitBreakers:      noLimits(),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: name,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{

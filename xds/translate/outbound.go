@@ -140,6 +140,7 @@ func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3
 		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig:          &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsConfig(), ServiceName: name},
 		ConnectTimeout:            durationpb.New(connectTimeout),
+		CircuitBreakers:           noLimits(),
 		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
 	setProtocol(c, proto)
@@ -161,6 +162,7 @@ func directCluster(name, sni string, proto model.Protocol, ids []string) *cluste
 		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy:                  clusterv3.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:            durationpb.New(connectTimeout),
+		CircuitBreakers:           noLimits(),
 		TransportSocket:           upstreamTLS(sni, ids),
 		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
@@ -174,6 +176,7 @@ func passthroughCluster() *clusterv3.Cluster {
 		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy:                  clusterv3.Cluster_CLUSTER_PROVIDED,
 		ConnectTimeout:            durationpb.New(connectTimeout),
+		CircuitBreakers:           noLimits(),
 		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
 	}
 }
