@@ -359,6 +359,16 @@ func TestProbesRewritten(t *testing.T) {
 	if strings.Contains(b, "5432") {
 		t.Error("the probe of another host got a check")
 	}
+	// Opted out: every probe as the kubelet sends it.
+	optOut := pod.DeepCopy()
+	optOut.Annotations = map[string]string{k8s.AnnotationRewriteProbes: "false"}
+	kept := apply(t, optOut, inj.Admit(ctx, review(t, optOut, false)))
+	if p := kept.Spec.Containers[0].StartupProbe; p.TCPSocket == nil || p.HTTPGet != nil {
+		t.Errorf("with %s=false the tcpSocket probe became %+v", k8s.AnnotationRewriteProbes, p)
+	}
+	if p := kept.Spec.Containers[1].LivenessProbe; p.GRPC == nil {
+		t.Errorf("with %s=false the gRPC probe became %+v", k8s.AnnotationRewriteProbes, p)
+	}
 }
 
 // TestRefused: a pod with a container or volume named like the injected

@@ -94,7 +94,11 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 		return deny(http.StatusBadRequest, "meshd: pod %s/%s: %v", ns, name, err)
 	}
 	sa := podServiceAccount(&pod)
-	probeOps, probes := rewriteProbes(&pod)
+	var probeOps []patchOp
+	var probes map[string]bootstrap.AppProbe
+	if pod.Annotations[k8s.AnnotationRewriteProbes] != "false" {
+		probeOps, probes = rewriteProbes(&pod)
+	}
 	var ops []patchOp
 	if i.cfg.PodCertificateSigner != "" {
 		annotations, err := i.podCertificateFiles(ns, sa, pod.Name, probes)
