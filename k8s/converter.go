@@ -498,7 +498,7 @@ func (c *Converter) group(service string, s *discoveryv1.EndpointSlice, add bool
 	old := c.groups[service]
 	var next []*discoveryv1.EndpointSlice
 	if add {
-		i, _ := slices.BinarySearchFunc(old, s.Name, func(a *discoveryv1.EndpointSlice, name string) int { return cmp.Compare(a.Name, name) })
+		i, _ := slices.BinarySearchFunc(old, s, compareSlices)
 		next = slices.Insert(slices.Clone(old), i, s)
 	} else {
 		next = slices.DeleteFunc(slices.Clone(old), func(a *discoveryv1.EndpointSlice) bool { return a == s })
@@ -508,6 +508,16 @@ func (c *Converter) group(service string, s *discoveryv1.EndpointSlice, add bool
 		return
 	}
 	c.groups[service] = next
+}
+
+// compareSlices orders a service's slices by name, and two of one name
+// (a local directory may define one twice) by content, so that which of
+// them a service reads first does not depend on the order they came in.
+func compareSlices(a, b *discoveryv1.EndpointSlice) int {
+	if c := cmp.Compare(a.Name, b.Name); c != 0 || a == b {
+		return c
+	}
+	return cmp.Compare(a.String(), b.String())
 }
 
 // readsAny reports whether deps names a pod in changed.

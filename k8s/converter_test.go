@@ -445,7 +445,15 @@ func TestConverterSliceListedTwice(t *testing.T) {
 			t.Fatalf("step %d: got %s\nwant %s", step, dump(got), dump(want))
 		}
 	}
-	for i, list := range [][]*discoveryv1.EndpointSlice{{a, b}, {a, a}, {a}, {b, a}, {b}, {a, b, a}, {b}} {
+	// Two objects of one name, as two files of a local directory may
+	// define it: which a service reads first does not depend on the order
+	// they came in.
+	a2 := a.DeepCopy()
+	for i := range a2.Endpoints {
+		ready := !ptrOr(a2.Endpoints[i].Conditions.Ready, true)
+		a2.Endpoints[i].Conditions.Ready = &ready
+	}
+	for i, list := range [][]*discoveryv1.EndpointSlice{{a, b}, {a, a}, {a}, {b, a}, {b}, {a, b, a}, {b}, {a, a2}, {a2, a}, {a2, b, a}, {a}} {
 		next := *st
 		next.Slices = vec.Of(list)
 		check(i, &next)
@@ -481,4 +489,11 @@ func TestConverterSliceListedTwice(t *testing.T) {
 		next = st
 		check(step+1, &next)
 	}
+}
+
+func ptrOr[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
 }
