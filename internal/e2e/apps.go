@@ -55,6 +55,10 @@ type AppsResult struct {
 	// app-0's port 7071, which its annotation meshd.io/exclude-inbound-ports
 	// takes out of the interception.
 	BypassFromClient, BypassFromLegacy string
+	// SelfPorts is what the outsider got from the sidecar's own ports,
+	// 15001 and 15006, at the pod's address (not redirected: the
+	// connections reach the listeners as they are).
+	SelfPorts [2]string
 	// ClientIP is the meshed client's address.
 	ClientIP string
 	// SelfCall is app-0 calling its own service, whose one endpoint it
@@ -194,6 +198,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.BannerFromClient = dial("client-0", svcIP, "2525")
 	res.BannerFromLegacy = dial("legacy-0", appIP, "2525")
 	res.UndeclaredFromLegacy = dial("legacy-0", appIP, "7070", "hello")
+	// Before the calls below: a sidecar looping on these would fail them.
+	res.SelfPorts = [2]string{dial("legacy-0", appIP, "15001", "x"), dial("legacy-0", appIP, "15006", "x")}
 	res.BypassFromClient = dial("client-0", svcIP, "7071", "hello")
 	res.BypassFromLegacy = dial("legacy-0", appIP, "7071", "hello")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")

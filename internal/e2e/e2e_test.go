@@ -374,6 +374,9 @@ func TestReducedDemo(t *testing.T) {
 //     through its own sidecar's inbound listener;
 //   - on a PERMISSIVE pod the outsider reaches a port no Service or
 //     container declares (on a STRICT one it is refused);
+//   - the sidecar's own listeners, reached at the pod's address without
+//     redirection, close such connections instead of passing them on to
+//     themselves (which looped until the sidecar gave out);
 //   - a port the pod's meshd.io/exclude-inbound-ports names is reached
 //     directly, in plaintext, by the outsider and by the meshed client
 //     (whose sidecar knows not to use mutual TLS there);
@@ -407,6 +410,12 @@ func TestWorkloads(t *testing.T) {
 			}
 			refused := res.RefusedLines()
 			t.Logf("held connection: %s", res.Held)
+			t.Logf("the sidecar's own ports from the outsider: 15001 %q, 15006 %q", res.SelfPorts[0], res.SelfPorts[1])
+			for i, port := range []string{"15001", "15006"} {
+				if !strings.Contains(res.SelfPorts[i], "closed=True") {
+					t.Errorf("the outsider's connection to the sidecar's port %s at the pod's address: %s; want it closed at once (not passed on to itself)", port, res.SelfPorts[i])
+				}
+			}
 			t.Logf("gRPC: meshed client %q, outsider %q; undeclared port, outsider %q; bypassed port, meshed client %q, outsider %q", res.GRPCFromClient, res.GRPCFromLegacy, res.UndeclaredFromLegacy, res.BypassFromClient, res.BypassFromLegacy)
 			t.Logf("WebSocket: meshed client %q, outsider %q; HTTP/1.0 from the meshed client %q", res.WebSocketFromClient, res.WebSocketFromLegacy, res.HTTP10FromClient)
 			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketFromClient != want {

@@ -46,6 +46,7 @@ func inboundListener(snap *model.Snapshot, w *model.Workload) *listenerv3.Listen
 		l.FilterChains = append(l.FilterChains, undeclaredChain(w))
 		l.ContinueOnListenerFiltersTimeout = true
 	}
+	l.FilterChains = append(l.FilterChains, selfChain(InboundPort))
 	return l
 }
 

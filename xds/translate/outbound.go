@@ -2,6 +2,7 @@ package translate
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -60,11 +61,42 @@ func outboundListener(chains []*listenerv3.FilterChain) *listenerv3.Listener {
 		Address:          socketAddress("0.0.0.0", OutboundPort),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter()},
-		FilterChains:     chains,
+		FilterChains:     append(slices.Clip(chains), selfChain(OutboundPort)),
 		DefaultFilterChain: &listenerv3.FilterChain{
 			Name:    PassthroughCluster,
 			Filters: []*listenerv3.Filter{tcpProxy(PassthroughCluster, PassthroughCluster)},
 		},
+	}
+}
+
+// serviceChainsOf is the chains an outbound listener was made with (see
+// outboundListener: its self chain comes last).
+func serviceChainsOf(l *listenerv3.Listener) []*listenerv3.FilterChain {
+	return l.FilterChains[:len(l.FilterChains)-1]
+}
+
+// selfChain closes connections whose destination is the listener's own
+// port: one that reached it without being redirected (to the pod's address
+// from another pod, or to 127.0.0.1 from the app) has itself as original
+// destination, and passing it on there would connect to the listener
+// again, and again, until the sidecar runs out of connections (a denial
+// of service anyone who can reach the pod could set off).
+func selfChain(port uint32) *listenerv3.FilterChain {
+	name := fmt.Sprintf("self|%d", port)
+	return &listenerv3.FilterChain{
+		Name:             name,
+		FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(port)},
+		Filters:          []*listenerv3.Filter{tcpProxy(name, BlackHoleCluster)},
+	}
+}
+
+// blackHoleCluster has no endpoints: tcp_proxy closes what it is given.
+func blackHoleCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 BlackHoleCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(connectTimeout),
+		LoadAssignment:       &endpointv3.ClusterLoadAssignment{ClusterName: BlackHoleCluster},
 	}
 }
 

@@ -43,6 +43,9 @@ const (
 	OutboundListener   = "outbound"
 	InboundListener    = "inbound"
 	PassthroughCluster = "PassthroughCluster"
+	// BlackHoleCluster has no endpoints: a connection sent to it is
+	// closed (see selfChain).
+	BlackHoleCluster = "BlackHoleCluster"
 )
 
 // Resources are xDS resources by type URL. Every slice is sorted by name.
@@ -313,7 +316,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 	// added, removed, readdressed; an endpoint change keeps it).
 	t.used[scope] = true
 	l := t.listeners[scope]
-	if l == nil || !slices.Equal(l.FilterChains, ob.chains) {
+	if l == nil || !slices.Equal(serviceChainsOf(l), ob.chains) {
 		l = outboundListener(ob.chains)
 		t.listeners[scope] = l
 	}
@@ -332,6 +335,7 @@ func (t *Translator) translate(snap *model.Snapshot, scope string) (Lists, []mod
 	res := Resources{}
 	add := func(typ resourcev3.Type, r types.Resource) { res[typ] = append(res[typ], r) }
 	add(resourcev3.ClusterType, t.cached(PassthroughCluster, func() types.Resource { return passthroughCluster() }))
+	add(resourcev3.ClusterType, t.cached(BlackHoleCluster, func() types.Resource { return blackHoleCluster() }))
 	for out := range outs.Values() {
 		for typ, items := range out.res {
 			res[typ] = append(res[typ], items...)
