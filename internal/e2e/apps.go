@@ -59,6 +59,11 @@ type AppsResult struct {
 	// 15001 and 15006, at the pod's address (not redirected: the
 	// connections reach the listeners as they are).
 	SelfPorts [2]string
+	// Upload is the app's answer to the meshed client's 3 MiB POST.
+	Upload string
+	// HalfClose is what the meshed client got through the service from a
+	// server that answers once the client has closed its sending side.
+	HalfClose string
 	// ClientIP is the meshed client's address.
 	ClientIP string
 	// SelfCall is app-0 calling its own service, whose one endpoint it
@@ -101,12 +106,13 @@ spec:
   - {name: banner, port: 2525, appProtocol: smtp}
   - {name: grpc, port: 9090}
   - {name: tcp-bypass, port: 7071}
+  - {name: tcp-eof, port: 7072}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: app-1, namespace: demo, labels: {kubernetes.io/service-name: app}}
 addressType: IPv4
-ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}, {name: tcp-bypass, port: 7071}]
+ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}, {name: tcp-bypass, port: 7071}, {name: tcp-eof, port: 7072}]
 endpoints:
 - addresses: [%[2]s]
   targetRef: {kind: Pod, namespace: demo, name: app-0}
@@ -200,6 +206,16 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.UndeclaredFromLegacy = dial("legacy-0", appIP, "7070", "hello")
 	// Before the calls below: a sidecar looping on these would fail them.
 	res.SelfPorts = [2]string{dial("legacy-0", appIP, "15001", "x"), dial("legacy-0", appIP, "15006", "x")}
+	// A 3 MiB upload (curl sends Expect: 100-continue first), larger than
+	// what Envoy buffers for a retry.
+	upload := filepath.Join(lab.Dir, "upload.bin")
+	if err := os.WriteFile(upload, make([]byte, 3<<20), 0o644); err != nil {
+		return nil, err
+	}
+	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "10", "--data-binary", "@"+upload, "http://"+svcIP+":8080/upload")
+	res.Upload = strings.TrimSpace(out)
+	out, _ = pods["client-0"].Run(ctx, python, script, "halfclose", svcIP, "7072", "request then EOF")
+	res.HalfClose = strings.TrimSpace(out)
 	res.BypassFromClient = dial("client-0", svcIP, "7071", "hello")
 	res.BypassFromLegacy = dial("legacy-0", appIP, "7071", "hello")
 	out, _ = pods["legacy-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+appIP+":8080/")

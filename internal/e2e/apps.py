@@ -6,7 +6,11 @@ client's text messages); a client-first line server on 127.0.0.1:8081 only
 (an app that trusts loopback); a server-first banner server on
 0.0.0.0:2525; a line server on 0.0.0.0:7070, a port no Service or
 container declares, and on 0.0.0.0:7071 (the pod's annotation takes it out
-of the interception).
+of the interception); on 0.0.0.0:7072 a server that reads until the client
+half-closes, then answers.
+
+halfclose HOST PORT TEXT: sends TEXT, shuts its sending side, prints the
+answer.
 
 dial HOST PORT [LINE]: connects, sends LINE if given, reads for up to 5 s
 and prints what came back and whether the server closed.
@@ -79,6 +83,20 @@ class Peer(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        got = 0
+        while got < n:
+            b = self.rfile.read(min(65536, n - got))
+            if not b:
+                break
+            got += len(b)
+        body = ("posted=%d\n" % got).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def websocket(self):
         """Echoes text messages until the client closes."""
         self.send_response(101)
@@ -102,6 +120,14 @@ class Loopback(socketserver.StreamRequestHandler):
     def handle(self):
         line = self.rfile.readline().strip().decode(errors="replace")
         self.wfile.write(("LOOPBACK-ONLY " + line + "\n").encode())
+
+
+class UntilEOF(socketserver.StreamRequestHandler):
+    """Reads until the client half-closes, then answers with what it read."""
+
+    def handle(self):
+        data = self.rfile.read()
+        self.wfile.write(b"GOT %d bytes: %s\n" % (len(data), data[:40]))
 
 
 class Undeclared(socketserver.StreamRequestHandler):
@@ -130,6 +156,7 @@ def serve():
         Server(("0.0.0.0", 2525), Banner),
         Server(("0.0.0.0", 7070), Undeclared),
         Server(("0.0.0.0", 7071), Undeclared),
+        Server(("0.0.0.0", 7072), UntilEOF),
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -158,6 +185,24 @@ def dial(host, port, line=None):
         got += ("error:%s" % type(e).__name__).encode()
         closed = not isinstance(e, socket.timeout)
     print("got=%r closed=%s after=%.1fs" % (got.decode(errors="replace"), closed, time.monotonic() - start), flush=True)
+
+
+def halfclose(host, port, text):
+    """Sends text, closes its sending side, and prints the answer."""
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.settimeout(5)
+        s.sendall(text.encode())
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while True:
+            b = s.recv(200)
+            if not b:
+                break
+            got += b
+        print(got.decode(errors="replace").strip(), flush=True)
+    except OSError as e:
+        print("error:%s" % type(e).__name__, flush=True)
 
 
 def hold(host, port, seconds):
@@ -222,5 +267,7 @@ if __name__ == "__main__":
         hold(*sys.argv[2:])
     elif sys.argv[1] == "ws":
         ws(*sys.argv[2:])
+    elif sys.argv[1] == "halfclose":
+        halfclose(*sys.argv[2:])
     else:
         dial(*sys.argv[2:])

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"math/big"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -380,6 +381,10 @@ func TestReducedDemo(t *testing.T) {
 //   - a port the pod's meshd.io/exclude-inbound-ports names is reached
 //     directly, in plaintext, by the outsider and by the meshed client
 //     (whose sidecar knows not to use mutual TLS there);
+//   - a 3 MiB upload (Expect: 100-continue, more than Envoy buffers for a
+//     retry) reaches the app whole;
+//   - a TCP client that half-closes gets the answer its server sends after
+//     the EOF, across the mutual TLS hop;
 //   - a gRPC app (port named grpc: HTTP/2 between the sidecars) answers a
 //     unary call and a server stream of the meshed client (and,
 //     PERMISSIVE, of the outsider);
@@ -430,6 +435,12 @@ func TestWorkloads(t *testing.T) {
 				if !strings.Contains(c.got, "UNDECLARED hello from "+c.from) {
 					t.Errorf("%s on the port meshd.io/exclude-inbound-ports bypasses: %s; want the app's answer to its own address %s", who, c.got, c.from)
 				}
+			}
+			if want := fmt.Sprintf("posted=%d", 3<<20); res.Upload != want {
+				t.Errorf("a 3 MiB POST of the meshed client through the service: %q, want %q", res.Upload, want)
+			}
+			if want := "GOT 16 bytes: request then EOF"; res.HalfClose != want {
+				t.Errorf("a TCP client that half-closes, through the mesh: %q, want %q (the answer after its EOF)", res.HalfClose, want)
 			}
 			if res.SelfCall != "peer=127.0.0.6" {
 				t.Errorf("app-0 calling its own service (itself the endpoint): %q, want the app's answer through its sidecar", res.SelfCall)
