@@ -2,8 +2,8 @@ package e2e_test
 
 import (
 	"context"
-	"math/big"
 	"fmt"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
