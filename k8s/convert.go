@@ -316,7 +316,11 @@ func depOf(w *model.Workload) podDep {
 	if w == nil {
 		return podDep{}
 	}
-	return podDep{present: true, meshed: w.Meshed, identity: w.Identity, bypassed: fmt.Sprint(w.Bypassed)}
+	d := podDep{present: true, meshed: w.Meshed, identity: w.Identity}
+	if len(w.Bypassed) > 0 {
+		d.bypassed = fmt.Sprint(w.Bypassed)
+	}
+	return d
 }
 
 // podPort is a port a service resolves to the pod with key key.
