@@ -19,10 +19,7 @@ import (
 // (1,024 per cluster): 1,100 connections held open at once all reach the
 // app, as they would without the mesh.
 func TestManyConnectionsToOneService(t *testing.T) {
-	pki := newTestPKI(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	m := startMeshd(t, pki, addr)
-	t.Cleanup(func() { m.stop(t) })
+	pki, addr, m := serveMeshd(t)
 	startSidecar(t, pki, addr, bootstrap.Delta)
 
 	// The app: answers each connection's line and holds it open.
