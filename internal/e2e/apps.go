@@ -59,6 +59,9 @@ type AppsResult struct {
 	// 15001 and 15006, at the pod's address (not redirected: the
 	// connections reach the listeners as they are).
 	SelfPorts [2]string
+	// ServerHeader is the Server header of the app's answer to the meshed
+	// client.
+	ServerHeader string
 	// Upload is the app's answer to the meshed client's 3 MiB POST.
 	Upload string
 	// HalfClose is what the meshed client got through the service from a
@@ -233,6 +236,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.HTTP10FromClient = strings.TrimSpace(out)
 	out, _ = pods["app-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
 	res.SelfCall = strings.TrimSpace(out)
+	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%header{server}", "http://"+svcIP+":8080/")
+	res.ServerHeader = strings.TrimSpace(out)
 	if opts.GRPCHelper != "" {
 		for pod, into := range map[string]*string{"client-0": &res.GRPCFromClient, "legacy-0": &res.GRPCFromLegacy} {
 			host := svcIP

@@ -436,6 +436,9 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s on the port meshd.io/exclude-inbound-ports bypasses: %s; want the app's answer to its own address %s", who, c.got, c.from)
 				}
 			}
+			if !strings.HasPrefix(res.ServerHeader, "BaseHTTP/") {
+				t.Errorf("the Server header the meshed client got: %q, want the app's own (BaseHTTP/...)", res.ServerHeader)
+			}
 			if want := fmt.Sprintf("posted=%d", 3<<20); res.Upload != want {
 				t.Errorf("a 3 MiB POST of the meshed client through the service: %q, want %q", res.Upload, want)
 			}

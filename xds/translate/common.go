@@ -175,6 +175,9 @@ func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	// data, a WebSocket, a long poll or an event stream waiting for news),
 	// as a quiet TCP connection is not.
 	hcm.StreamIdleTimeout = durationpb.New(0)
+	// The app's own Server header reaches its clients (Envoy writes its
+	// name over it by default).
+	hcm.ServerHeaderTransformation = hcmv3.HttpConnectionManager_PASS_THROUGH
 	hcm.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
 	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
