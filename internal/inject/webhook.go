@@ -318,21 +318,23 @@ func exclusions(pod *corev1.Pod) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s=%q: %v", k8s.AnnotationExcludeOutboundCIDRs, a[k8s.AnnotationExcludeOutboundCIDRs], err)
 	}
-	list := func(n int, item func(int) string) string {
-		items := make([]string, n)
-		for i := range items {
-			items[i] = item(i)
-		}
-		return strings.Join(items, ",")
-	}
-	args := []string{"--exclude-inbound-ports", list(len(in), func(i int) string { return fmt.Sprint(in[i]) })}
+	args := []string{"--exclude-inbound-ports", commaList(in)}
 	if len(out) > 0 {
-		args = append(args, "--exclude-outbound-ports", list(len(out), func(i int) string { return fmt.Sprint(out[i]) }))
+		args = append(args, "--exclude-outbound-ports", commaList(out))
 	}
 	if len(cidrs) > 0 {
-		args = append(args, "--exclude-outbound-cidrs", list(len(cidrs), func(i int) string { return cidrs[i].String() }))
+		args = append(args, "--exclude-outbound-cidrs", commaList(cidrs))
 	}
 	return args, nil
+}
+
+// commaList is "a,b,c" of the items' printed forms.
+func commaList[T any](items []T) string {
+	s := make([]string, len(items))
+	for i, it := range items {
+		s[i] = fmt.Sprint(it)
+	}
+	return strings.Join(s, ",")
 }
 
 func (i *Injector) initContainer(excluded []string) corev1.Container {
