@@ -5,11 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/kubelet"
 	"github.com/meshd/meshd/internal/testenv"
 )
 
@@ -52,6 +54,11 @@ func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
 				"/app-health/grpc/livez":  {Kind: bootstrap.ProbeGRPC, Port: 9091, Service: "orders", Period: 5},
 			},
 			XDSAddress: "meshd.meshd-system.svc.cluster.local:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/proxy"},
+		// As injected now: the probes reach the app at the pod's address,
+		// their clusters on the command line (probe-args.json).
+		"injected-pod-ip": {Namespace: "demo", NodeID: "pending.demo", ServiceAccount: "web", ReadinessPort: 15021,
+			AppProbes:  podIPProbes,
+			XDSAddress: "meshd.meshd-system.svc.cluster.local:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd", CredsDir: "/etc/meshd/proxy"},
 	}
 	envoy := testenv.Need(t, "envoy")
 	for name, cfg := range tests {
@@ -68,11 +75,57 @@ func TestRenderGoldenAndValidatedByEnvoy(t *testing.T) {
 			// Envoy checks that the credential files exist: render again
 			// for a directory that has them.
 			path := writeWithCreds(t, cfg)
-			out, err := exec.Command(envoy, "--mode", "validate", "-c", path, "--log-level", "warn").CombinedOutput()
+			args, err := bootstrap.ProbeArgs(cfg.AppProbes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k := range args {
+				args[k] = kubelet.Expand(args[k], map[string]string{bootstrap.PodIPEnv: "198.18.0.5"})
+			}
+			out, err := exec.Command(envoy, append([]string{"--mode", "validate", "-c", path, "--log-level", "warn"}, args...)...).CombinedOutput()
 			if err != nil {
 				t.Fatalf("envoy --mode validate rejected the bootstrap: %v\n%s", err, out)
 			}
 		})
+	}
+}
+
+// podIPProbes are probes as the injector now records them.
+var podIPProbes = map[string]bootstrap.AppProbe{
+	"/app-health/app/readyz":   {Port: 8080, Path: "/ready?full=1", PodIP: true},
+	"/app-health/app/livez":    {Port: 8080, Path: "/healthz", PodIP: true},
+	"/app-health/grpc/livez":   {Kind: bootstrap.ProbeGRPC, Port: 9091, Service: "orders", Period: 5, PodIP: true},
+	"/app-health/tcp/readyz":   {Kind: bootstrap.ProbeTCP, Port: 5432, PodIP: true},
+	"/app-health/tls/livez":    {Kind: bootstrap.ProbeHTTPS, Port: 8443, Path: "/cost/$5/$(POD_IP)", Headers: map[string]string{"X-Price": "$$"}, PodIP: true},
+	"/app-health/tls/readyz":   {Kind: bootstrap.ProbeHTTPS, Port: 8443, Path: "/ok", PodIP: true},
+	"/app-health/app/startupz": {Port: 8081, Path: "/started", PodIP: true},
+}
+
+// TestProbeArgs: the clusters of the probes reaching the app at the pod's
+// address are one command-line overlay, the address a reference the
+// kubelet expands and every other '$' escaped from it; without such
+// probes there are no arguments.
+func TestProbeArgs(t *testing.T) {
+	args, err := bootstrap.ProbeArgs(podIPProbes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(args) != 2 || args[0] != "--config-yaml" {
+		t.Fatalf("args %q: want --config-yaml and the overlay", args)
+	}
+	golden(t, "probe-args.json", []byte(args[1]+"\n"))
+	expanded := kubelet.Expand(args[1], map[string]string{bootstrap.PodIPEnv: "198.18.0.5"})
+	for _, want := range []string{`"path":"/cost/$5/$(POD_IP)"`, `"value":"$$"`, `"address":"198.18.0.5","port_value":8443`, `"host":"198.18.0.5:8443"`} {
+		if !strings.Contains(expanded, want) {
+			t.Errorf("as the kubelet expands it, the overlay lacks %s: %s", want, expanded)
+		}
+	}
+	legacy := map[string]bootstrap.AppProbe{"/app-health/app/livez": {Port: 8080, Path: "/healthz"}}
+	if args, err := bootstrap.ProbeArgs(legacy); err != nil || args != nil {
+		t.Errorf("probes reached on 127.0.0.1 gave arguments %q, %v", args, err)
+	}
+	if _, err := bootstrap.ProbeArgs(map[string]bootstrap.AppProbe{"/healthz": {Port: 1, PodIP: true}}); err == nil {
+		t.Error("a probe outside /app-health/ gave no error")
 	}
 }
 

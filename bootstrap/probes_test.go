@@ -18,20 +18,27 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/internal/kubelet"
 	"github.com/meshd/meshd/internal/testenv"
 )
 
 // TestAppProbesCheckedBySidecar: a real Envoy with the readiness port and
 // the four kinds of app probe, against a gRPC health server, a TCP
-// listener, an HTTPS server and an HTTP server on 127.0.0.1. The kubelet's
+// listener, an HTTPS server and an HTTP server listening only on the pod's
+// address (127.0.0.2 here), the probes' clusters given on the command line
+// as the injector gives them, expanded as the kubelet does. The kubelet's
 // GET of each rewritten path answers 200 while the app is well and 503
 // once it is not (NOT_SERVING, the listener closed, a 500), and 200 again
-// when it recovers; the HTTPS check sends the probe's Host and headers.
+// when it recovers; the checks come from 127.0.0.6; the HTTPS check sends
+// the probe's Host and headers (or the pod's address and port), its path
+// as written ('$' and all). A probe recorded by an older meshd still
+// reaches its app on 127.0.0.1 from the bootstrap alone.
 func TestAppProbesCheckedBySidecar(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lis := func() net.Listener {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	const podIP = "127.0.0.2"
+	lis := func(addr string) net.Listener {
+		l, err := net.Listen("tcp", addr+":0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -39,7 +46,7 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 	}
 	port := func(l net.Listener) uint32 { return uint32(l.Addr().(*net.TCPAddr).Port) }
 
-	grpcLis := lis()
+	grpcLis := lis(podIP)
 	srv := grpc.NewServer()
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
@@ -47,7 +54,7 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 	go func() { _ = srv.Serve(grpcLis) }()
 	defer srv.Stop()
 
-	tcpLis := lis()
+	tcpLis := lis(podIP)
 	go func() {
 		for {
 			c, err := tcpLis.Accept()
@@ -61,10 +68,10 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 
 	var httpsFail, httpFail atomic.Bool
 	var seenMu sync.Mutex
-	httpsSeen := map[string]string{} // path -> "host path X-Probe"
-	https := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	seen := map[string]string{} // path -> "host path X-Probe", or the HTTP app's caller
+	https := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		seenMu.Lock()
-		httpsSeen[r.URL.Path] = fmt.Sprintf("%s %s %s", r.Host, r.URL.Path, r.Header.Get("X-Probe"))
+		seen[r.URL.Path] = fmt.Sprintf("%s %s %s", r.Host, r.URL.Path, r.Header.Get("X-Probe"))
 		seenMu.Unlock()
 		if httpsFail.Load() {
 			w.WriteHeader(http.StatusInternalServerError)
@@ -72,15 +79,29 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusFound) // 200-399 pass, as for the kubelet
 	}))
+	https.Listener.Close()
+	https.Listener = lis(podIP)
+	https.StartTLS()
 	defer https.Close()
 	httpsPort := uint32(https.Listener.Addr().(*net.TCPAddr).Port)
-	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	plain := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		seenMu.Lock()
+		seen["plain"] = host
+		seenMu.Unlock()
 		if httpFail.Load() || r.URL.Path != "/healthz" {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 	}))
+	plain.Listener.Close()
+	plain.Listener = lis(podIP)
+	plain.Start()
 	defer plain.Close()
 	plainPort := uint32(plain.Listener.Addr().(*net.TCPAddr).Port)
+	// An app on 127.0.0.1 only, probed as an older meshd recorded it.
+	legacy := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer legacy.Close()
+	legacyPort := uint32(legacy.Listener.Addr().(*net.TCPAddr).Port)
 
 	readiness, err := testenv.FreePort()
 	if err != nil {
@@ -94,13 +115,14 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 		XDSAddress: "127.0.0.1:1", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd",
 		AdminPort: uint32(admin), ReadinessPort: uint32(readiness), InitialFetchTimeout: time.Second,
 		AppProbes: map[string]bootstrap.AppProbe{
-			"/app-health/app/readyz": {Kind: bootstrap.ProbeGRPC, Port: port(grpcLis), Service: "orders", Period: 1},
-			"/app-health/app/livez":  {Kind: bootstrap.ProbeTCP, Port: port(tcpLis), Period: 1},
-			"/app-health/web/readyz": {Kind: bootstrap.ProbeHTTPS, Port: httpsPort, Path: "/ready", Period: 1,
-				Headers: map[string]string{"Host": "web.local", "X-Probe": "kubelet"}},
-			"/app-health/web/livez": {Port: plainPort, Path: "/healthz"},
-			// No Host: the app is asked as 127.0.0.1:<port>.
-			"/app-health/web/startupz": {Kind: bootstrap.ProbeHTTPS, Port: httpsPort, Path: "/start", Period: 1},
+			"/app-health/app/readyz": {Kind: bootstrap.ProbeGRPC, Port: port(grpcLis), Service: "orders", Period: 1, PodIP: true},
+			"/app-health/app/livez":  {Kind: bootstrap.ProbeTCP, Port: port(tcpLis), Period: 1, PodIP: true},
+			"/app-health/web/readyz": {Kind: bootstrap.ProbeHTTPS, Port: httpsPort, Path: "/ready", Period: 1, PodIP: true,
+				Headers: map[string]string{"Host": "web.local", "X-Probe": "kubelet $(POD_IP)"}},
+			"/app-health/web/livez": {Port: plainPort, Path: "/healthz", PodIP: true},
+			// No Host: the app is asked as <pod address>:<port>.
+			"/app-health/web/startupz": {Kind: bootstrap.ProbeHTTPS, Port: httpsPort, Path: "/start/$(POD_IP)/$$", Period: 1, PodIP: true},
+			"/app-health/old/livez":    {Port: legacyPort, Path: "/"},
 		}}
 	path := writeWithCreds(t, cfg)
 	writeCerts(t, filepath.Dir(path))
@@ -108,7 +130,14 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(y), AdminPort: admin})
+	args, err := bootstrap.ProbeArgs(cfg.AppProbes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range args {
+		args[k] = kubelet.Expand(args[k], map[string]string{bootstrap.PodIPEnv: podIP})
+	}
+	testenv.StartEnvoy(t, testenv.EnvoyOptions{Bootstrap: string(y), AdminPort: admin, Args: args})
 
 	probe := func(p string) int {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", readiness, p), nil)
@@ -134,12 +163,17 @@ func TestAppProbesCheckedBySidecar(t *testing.T) {
 	expect("HTTPS answering 302", "/app-health/web/readyz", 200)
 	expect("HTTP forwarded", "/app-health/web/livez", 200)
 	expect("HTTPS without a Host", "/app-health/web/startupz", 200)
-	for path, want := range map[string]string{"/ready": "web.local /ready kubelet", "/start": fmt.Sprintf("127.0.0.1:%d /start ", httpsPort)} {
+	expect("HTTP forwarded to 127.0.0.1 (recorded by an older meshd)", "/app-health/old/livez", 200)
+	for path, want := range map[string]string{
+		"/ready":              "web.local /ready kubelet $(POD_IP)",
+		"/start/$(POD_IP)/$$": fmt.Sprintf("%s:%d /start/$(POD_IP)/$$ ", podIP, httpsPort),
+		"plain":               "127.0.0.6",
+	} {
 		seenMu.Lock()
-		got := httpsSeen[path]
+		got := seen[path]
 		seenMu.Unlock()
 		if got != want {
-			t.Errorf("the HTTPS check of %s came as %q (host, path, X-Probe), want %q", path, got, want)
+			t.Errorf("the check of %s came as %q (host, path, X-Probe; or the caller), want %q", path, got, want)
 		}
 	}
 

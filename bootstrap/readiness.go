@@ -1,11 +1,16 @@
 package bootstrap
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -18,9 +23,12 @@ import (
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/meshd/meshd/internal/iptables"
 )
 
 const adminClusterName = "meshd-admin"
@@ -42,8 +50,8 @@ const AppProbePrefix = "/app-health/"
 // AppProbe is a probe of the app that the kubelet sends to the readiness
 // port instead, as an HTTP GET of its path there (the app's port only takes
 // mutual TLS in STRICT mode). A plain-HTTP probe (Kind "") is forwarded to
-// the app on 127.0.0.1:Port with the original Path. The others the sidecar
-// runs itself against 127.0.0.1:Port every Period, each check bounded by
+// the app's Port with the original Path. The others the sidecar runs
+// itself against the app's Port every Period, each check bounded by
 // Timeout, and the kubelet's GET reads the last result (200, or 503 once
 // a check failed): Kind "grpc" is a gRPC health check of Service, "tcp" a
 // connection, "https" a GET of Path over TLS whose certificate is not
@@ -59,6 +67,15 @@ type AppProbe struct {
 	// Period and Timeout in seconds (defaults 10 and 1, the kubelet's).
 	Period  int32 `json:"period,omitempty"`
 	Timeout int32 `json:"timeout,omitempty"`
+	// PodIP: the sidecar reaches the app at the pod's own address, from
+	// 127.0.0.6 (which the interception lets through), as the kubelet
+	// would have: an app listening only on its pod IP passes. The pod's
+	// address is not known when the bootstrap is rendered, so the
+	// probe's cluster is not in it but in the command-line overlay of
+	// ProbeArgs, where the kubelet writes the address in. Without PodIP
+	// (probes recorded by an older meshd, whose sidecars lack that
+	// overlay) the app is reached on 127.0.0.1.
+	PodIP bool `json:"podIP,omitempty"`
 }
 
 // Probe kinds the sidecar checks itself (AppProbe.Kind).
@@ -105,7 +122,7 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 				StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: "GET"}}}}}},
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: adminClusterName}}},
 	}}
-	clusters := []*clusterv3.Cluster{staticCluster(adminClusterName, cfg.AdminPort)}
+	clusters := []*clusterv3.Cluster{staticCluster(adminClusterName, "127.0.0.1", cfg.AdminPort)}
 	probeRoutes, probeFilters, probeClusters, err := appProbes(cfg.AppProbes)
 	if err != nil {
 		return nil, nil, err
@@ -132,65 +149,174 @@ func readiness(cfg Config) (*listenerv3.Listener, []*clusterv3.Cluster, error) {
 	return l, clusters, nil
 }
 
-// appProbes routes each rewritten plain-HTTP probe path to its app port,
-// one cluster per port, and answers each other probe's path with a health
-// check filter reading its own health-checked cluster; in a stable order.
-func appProbes(probes map[string]AppProbe) ([]*routev3.Route, []*hcmv3.HttpFilter, []*clusterv3.Cluster, error) {
+// probeRoute is one rewritten probe: the readiness-port path the kubelet
+// asks, what the sidecar does for it, the cluster that does it and the
+// path asked of the app.
+type probeRoute struct {
+	path    string
+	probe   AppProbe
+	cluster string
+	target  string
+}
+
+// probeRoutes checks the probes and returns them in a stable order.
+func probeRoutes(probes map[string]AppProbe) ([]probeRoute, error) {
 	paths := make([]string, 0, len(probes))
 	for p := range probes {
 		paths = append(paths, p)
 	}
 	sort.Strings(paths)
-	var routes []*routev3.Route
-	var filters []*hcmv3.HttpFilter
-	var clusters []*clusterv3.Cluster
-	seen := map[uint32]bool{}
+	routes := make([]probeRoute, 0, len(paths))
 	for _, p := range paths {
 		probe := probes[p]
 		if !strings.HasPrefix(p, AppProbePrefix) {
-			return nil, nil, nil, fmt.Errorf("bootstrap: app probe %q: want a path under %s", p, AppProbePrefix)
+			return nil, fmt.Errorf("bootstrap: app probe %q: want a path under %s", p, AppProbePrefix)
 		}
 		if err := probe.Validate(); err != nil {
-			return nil, nil, nil, fmt.Errorf("bootstrap: app probe %q: %w", p, err)
+			return nil, fmt.Errorf("bootstrap: app probe %q: %w", p, err)
 		}
-		target := probe.Path
-		if !strings.HasPrefix(target, "/") {
-			target = "/" + target
+		r := probeRoute{path: p, probe: probe, target: probe.Path}
+		if !strings.HasPrefix(r.target, "/") {
+			r.target = "/" + r.target
 		}
-		if probe.Kind != "" {
-			name := "app-check|" + strings.ReplaceAll(strings.TrimPrefix(p, AppProbePrefix), "/", "|")
-			c, err := checkedCluster(name, probe, target)
+		switch {
+		case probe.Kind != "":
+			r.cluster = "app-check|" + strings.ReplaceAll(strings.TrimPrefix(p, AppProbePrefix), "/", "|")
+		case probe.PodIP:
+			r.cluster = fmt.Sprintf("app-probe|pod-ip|%d", probe.Port)
+		default:
+			r.cluster = fmt.Sprintf("app-probe|%d", probe.Port)
+		}
+		routes = append(routes, r)
+	}
+	return routes, nil
+}
+
+// appProbes routes each rewritten plain-HTTP probe path to its app port,
+// one cluster per port, and answers each other probe's path with a health
+// check filter reading its own health-checked cluster; in a stable order.
+// The clusters are those of the probes reaching the app on 127.0.0.1; the
+// others are ProbeArgs's.
+func appProbes(probes map[string]AppProbe) ([]*routev3.Route, []*hcmv3.HttpFilter, []*clusterv3.Cluster, error) {
+	prs, err := probeRoutes(probes)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var routes []*routev3.Route
+	var filters []*hcmv3.HttpFilter
+	for _, r := range prs {
+		if r.probe.Kind != "" {
+			f, err := healthCheckFilter(r.cluster, r.path)
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			f, err := healthCheckFilter(name, p)
-			if err != nil {
-				return nil, nil, nil, err
-			}
-			clusters, filters = append(clusters, c), append(filters, f)
+			filters = append(filters, f)
 			continue
 		}
-		name := fmt.Sprintf("app-probe|%d", probe.Port)
 		routes = append(routes, &routev3.Route{
-			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: p}},
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Path{Path: r.path}},
 			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
-				PrefixRewrite:    target,
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: r.cluster},
+				PrefixRewrite:    r.target,
 			}},
 		})
-		if !seen[probe.Port] {
-			seen[probe.Port] = true
-			clusters = append(clusters, staticCluster(name, probe.Port))
-		}
+	}
+	clusters, err := probeClusters(prs, false, "127.0.0.1")
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	return routes, filters, clusters, nil
 }
 
-// checkedCluster is the app's port on 127.0.0.1 checked as the probe says,
+// probeClusters are the clusters of the probes with PodIP as given, which
+// reach the app at addr: one per port for plain-HTTP probes, one per
+// probe for the others.
+func probeClusters(prs []probeRoute, podIP bool, addr string) ([]*clusterv3.Cluster, error) {
+	var clusters []*clusterv3.Cluster
+	seen := map[string]bool{}
+	for _, r := range prs {
+		if r.probe.PodIP != podIP || seen[r.cluster] {
+			continue
+		}
+		seen[r.cluster] = true
+		var c *clusterv3.Cluster
+		if r.probe.Kind == "" {
+			c = staticCluster(r.cluster, addr, r.probe.Port)
+		} else {
+			var err error
+			if c, err = checkedCluster(r.cluster, r.probe, r.target, addr); err != nil {
+				return nil, err
+			}
+		}
+		if podIP {
+			// From 127.0.0.6: the interception lets the sidecar's
+			// connections from there reach the app's port directly.
+			c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: iptables.AppSourceAddress,
+				PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}}
+		}
+		clusters = append(clusters, c)
+	}
+	return clusters, nil
+}
+
+// PodIPEnv is the sidecar's environment variable holding the pod's address
+// (the downward API's status.podIP); ProbeArgs's overlay refers to it.
+const PodIPEnv = "POD_IP"
+
+// ProbeArgs returns the sidecar's Envoy arguments that add the clusters of
+// the probes marked PodIP (nil when none is): --config-yaml with a
+// bootstrap of those clusters alone, which Envoy merges into the bootstrap
+// file (appended to its clusters), reaching the app at $(POD_IP). The
+// kubelet expands that reference from the container's environment
+// (PodIPEnv) before Envoy starts; every other '$' is written doubled, as
+// the kubelet's escape, so the probe's path, headers and service reach
+// Envoy as they were.
+func ProbeArgs(probes map[string]AppProbe) ([]string, error) {
+	prs, err := probeRoutes(probes)
+	if err != nil {
+		return nil, err
+	}
+	for i := range prs {
+		prs[i].probe, prs[i].target = prs[i].probe.kubeletEscaped(), kubeletEscape(prs[i].target)
+	}
+	clusters, err := probeClusters(prs, true, "$("+PodIPEnv+")")
+	if err != nil || len(clusters) == 0 {
+		return nil, err
+	}
+	j, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&bootstrapv3.Bootstrap{
+		StaticResources: &bootstrapv3.Bootstrap_StaticResources{Clusters: clusters}})
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: encode the probes' clusters: %w", err)
+	}
+	var compact bytes.Buffer // one line, without protojson's random spacing
+	if err := json.Compact(&compact, j); err != nil {
+		return nil, fmt.Errorf("bootstrap: encode the probes' clusters: %w", err)
+	}
+	return []string{"--config-yaml", compact.String()}, nil
+}
+
+// kubeletEscape doubles every '$': the kubelet's expansion of a container's
+// arguments turns "$$" back into "$" and leaves the rest alone.
+var kubeletEscape = strings.NewReplacer("$", "$$").Replace
+
+// kubeletEscaped is the probe with its own strings escaped for the kubelet.
+func (p AppProbe) kubeletEscaped() AppProbe {
+	p.Path, p.Service = kubeletEscape(p.Path), kubeletEscape(p.Service)
+	if p.Headers != nil {
+		h := make(map[string]string, len(p.Headers))
+		for k, v := range p.Headers {
+			h[kubeletEscape(k)] = kubeletEscape(v)
+		}
+		p.Headers = h
+	}
+	return p
+}
+
+// checkedCluster is the app's port at addr checked as the probe says,
 // every period (also while no traffic goes to it: none does), one failure
 // making it unhealthy and one success healthy again, as the kubelet counts
 // its own probe's results on top.
-func checkedCluster(name string, probe AppProbe, path string) (*clusterv3.Cluster, error) {
+func checkedCluster(name string, probe AppProbe, path, addr string) (*clusterv3.Cluster, error) {
 	period, timeout := time.Duration(probe.Period)*time.Second, time.Duration(probe.Timeout)*time.Second
 	if period == 0 {
 		period = 10 * time.Second
@@ -208,8 +334,8 @@ func checkedCluster(name string, probe AppProbe, path string) (*clusterv3.Cluste
 	}
 	// The app is asked as the address it is reached at (Envoy would send
 	// the cluster's name), unless the probe names a host.
-	authority := fmt.Sprintf("127.0.0.1:%d", probe.Port)
-	c := staticCluster(name, probe.Port)
+	authority := net.JoinHostPort(addr, strconv.Itoa(int(probe.Port)))
+	c := staticCluster(name, addr, probe.Port)
 	c.ConnectTimeout = durationpb.New(timeout)
 	c.HealthChecks = []*corev3.HealthCheck{hc}
 	switch probe.Kind {
@@ -264,14 +390,14 @@ func healthCheckFilter(cluster, path string) (*hcmv3.HttpFilter, error) {
 	return &hcmv3.HttpFilter{Name: cluster, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: cfg}}, nil
 }
 
-// staticCluster reaches 127.0.0.1:port; the sidecar's uid is not redirected.
-func staticCluster(name string, port uint32) *clusterv3.Cluster {
+// staticCluster reaches addr:port.
+func staticCluster(name, addr string, port uint32) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
-				Endpoint: &endpointv3.Endpoint{Address: socketAddress("127.0.0.1", port)}}}}}}},
+				Endpoint: &endpointv3.Endpoint{Address: socketAddress(addr, port)}}}}}}},
 	}
 }

@@ -59,9 +59,8 @@ const (
 	AnnotationExcludeOutboundPorts = "meshd.io/exclude-outbound-ports"
 	AnnotationExcludeOutboundCIDRs = "meshd.io/exclude-outbound-cidrs"
 	// AnnotationRewriteProbes "false" on a pod leaves its probes as the
-	// kubelet sends them (see inject's rewriteProbes): for an app that
-	// listens only on its pod IP, which the sidecar's probes, sent to
-	// 127.0.0.1, do not reach.
+	// kubelet sends them (see inject's rewriteProbes): in STRICT mode its
+	// HTTP, gRPC and HTTPS probes are then refused.
 	AnnotationRewriteProbes = "meshd.io/rewrite-probes"
 	// ContainerProxy and ContainerInit are the injected sidecar and init
 	// container (both among the pod's init containers).

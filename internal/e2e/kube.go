@@ -17,8 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca"
 	"github.com/meshd/meshd/internal/inject"
+	"github.com/meshd/meshd/internal/kubelet"
 	"github.com/meshd/meshd/internal/netlab"
 	"github.com/meshd/meshd/k8s"
 )
@@ -169,7 +171,7 @@ func (s *seed) kubePod(ctx context.Context, pod *netlab.Pod, sa string, labels m
 	if _, err := pod.Run(ctx, s.opts.Meshd, initC.Args...); err != nil {
 		return err
 	}
-	args := expand(proxy.Args, map[string]string{"POD_NAME": pod.Name, "POD_NAMESPACE": s.namespace})
+	args := expand(proxy.Args, map[string]string{"POD_NAME": pod.Name, "POD_NAMESPACE": s.namespace, bootstrap.PodIPEnv: pod.IP.String()})
 	args = append(args, "--base-id", strconv.Itoa(s.lab.Index*100+len(s.envoys)))
 	script := fmt.Sprintf("mount --bind %s %s && exec setpriv --reuid %d --regid %d --clear-groups --pdeathsig SIGKILL -- %s %s",
 		dir, credsMount, ProxyUID, ProxyUID, s.opts.Envoy, strings.Join(args, " "))
@@ -265,14 +267,12 @@ func (s *seed) cleanupKube() {
 	_ = c.CoreV1().Namespaces().Delete(ctx, s.namespace, metav1.DeleteOptions{})
 }
 
-// expand replaces $(VAR) references as the kubelet does.
+// expand replaces $(VAR) references as the kubelet does and quotes each
+// argument for sh.
 func expand(args []string, env map[string]string) []string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		for k, v := range env {
-			a = strings.ReplaceAll(a, "$("+k+")", v)
-		}
-		out[i] = a
+		out[i] = "'" + strings.ReplaceAll(kubelet.Expand(a, env), "'", `'\''`) + "'"
 	}
 	return out
 }

@@ -317,6 +317,7 @@ func TestProbesRewritten(t *testing.T) {
 	}, corev1.Container{Name: "other", Image: "x",
 		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}},
 		LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Host: "198.18.0.9", Port: intstr.FromInt32(5432)}}},
+		StartupProbe:   &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(5433)}}, PeriodSeconds: 7200},
 	})
 	got := stored(apply(t, pod, inj.Admit(ctx, review(t, pod, false))), "web-1")
 	writeSecrets(t, inj, got)
@@ -341,23 +342,50 @@ func TestProbesRewritten(t *testing.T) {
 	if p := want["app/startupz"]; p.PeriodSeconds != 2 || p.TimeoutSeconds != 4 || p.FailureThreshold != 30 {
 		t.Errorf("the tcpSocket probe lost its timing: %+v", p)
 	}
-	if want["other/readyz"].Exec == nil || want["other/livez"].TCPSocket == nil {
-		t.Errorf("an exec probe or a probe of another host was rewritten: %+v %+v", want["other/readyz"], want["other/livez"])
+	if want["other/readyz"].Exec == nil || want["other/livez"].TCPSocket == nil || want["other/startupz"].TCPSocket == nil {
+		t.Errorf("an exec probe, a probe of another host or one every two hours was rewritten: %+v %+v %+v", want["other/readyz"], want["other/livez"], want["other/startupz"])
 	}
 	s, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+got.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The bootstrap routes the probes; their clusters, which need the
+	// pod's address, are on the sidecar's command line for the kubelet to
+	// fill in.
 	b := string(s.Data[bootstrap.FileBootstrap])
-	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|8080",
-		"app-check|app|startupz", "tcp_health_check", "interval: 2s", "timeout: 4s",
-		"app-check|tls|readyz", "path: /ok", "host: tls.local", "app-check|tls|livez", "service_name: orders", "interval: 5s"} {
+	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|pod-ip|8080",
+		"app-check|app|startupz", "app-check|tls|readyz", "app-check|tls|livez"} {
 		if !strings.Contains(b, want) {
 			t.Errorf("bootstrap lacks %q", want)
 		}
 	}
-	if strings.Contains(b, "5432") {
-		t.Error("the probe of another host got a check")
+	proxy := inject.FindProxy(got)
+	overlay := ""
+	for k, a := range proxy.Args {
+		if a == "--config-yaml" && k+1 < len(proxy.Args) {
+			overlay = proxy.Args[k+1]
+		}
+	}
+	for _, want := range []string{`"name":"app-probe|pod-ip|8080"`, `"address":"$(POD_IP)","port_value":8080`, `"source_address":{"address":"127.0.0.6"`,
+		`"name":"app-check|app|startupz"`, `"tcp_health_check":{}`, `"interval":"2s"`, `"timeout":"4s"`,
+		`"name":"app-check|tls|readyz"`, `"path":"/ok"`, `"host":"tls.local"`, `"port_value":8443`,
+		`"name":"app-check|tls|livez"`, `"service_name":"orders"`, `"authority":"$(POD_IP):9090"`, `"interval":"5s"`} {
+		if !strings.Contains(overlay, want) {
+			t.Errorf("the sidecar's --config-yaml lacks %s: %s", want, overlay)
+		}
+	}
+	if strings.Contains(b, "$(POD_IP)") || strings.Contains(b, "port_value: 8080") {
+		t.Error("the bootstrap holds a probe cluster")
+	}
+	podIP := false
+	for _, e := range proxy.Env {
+		podIP = podIP || e.Name == bootstrap.PodIPEnv && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP"
+	}
+	if !podIP {
+		t.Errorf("the sidecar's environment lacks %s from status.podIP: %+v", bootstrap.PodIPEnv, proxy.Env)
+	}
+	if strings.Contains(b+overlay, "5432") || strings.Contains(b+overlay, "5433") {
+		t.Error("the probe of another host or the two-hourly one got a check")
 	}
 	// Opted out: every probe as the kubelet sends it.
 	optOut := pod.DeepCopy()
@@ -368,6 +396,9 @@ func TestProbesRewritten(t *testing.T) {
 	}
 	if p := kept.Spec.Containers[1].LivenessProbe; p.GRPC == nil {
 		t.Errorf("with %s=false the gRPC probe became %+v", k8s.AnnotationRewriteProbes, p)
+	}
+	if args := inject.FindProxy(kept).Args; slices.Contains(args, "--config-yaml") {
+		t.Errorf("with %s=false the sidecar still gets probe clusters: %q", k8s.AnnotationRewriteProbes, args)
 	}
 }
 

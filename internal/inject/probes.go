@@ -18,10 +18,11 @@ import (
 // would be answered by the sidecar whatever the app's state. Each probe
 // becomes an HTTP GET of /app-health/<container>/<readyz|livez|startupz>
 // on the readiness port, its timing and thresholds kept: a plain-HTTP
-// probe is forwarded to the app on 127.0.0.1:<port> with the original path
-// and headers; a gRPC, tcpSocket or HTTPS probe the sidecar runs itself
-// against 127.0.0.1:<port> every period of the probe, and the GET answers
-// with its last result (see bootstrap.AppProbe).
+// probe is forwarded to the app with the original path and headers; a
+// gRPC, tcpSocket or HTTPS probe the sidecar runs itself every period of
+// the probe, and the GET answers with its last result (see
+// bootstrap.AppProbe). The sidecar reaches the app where the kubelet would
+// have: at the pod's address, port <port> (bootstrap.ProbeArgs).
 //
 // Left as they are: probes with a host of their own and exec probes (they
 // run in the container, on its loopback, which the mesh leaves alone).
@@ -58,7 +59,8 @@ func rewriteProbes(pod *corev1.Pod) ([]patchOp, map[string]bootstrap.AppProbe) {
 // probeTarget is what the sidecar does for a probe of the pod itself: an
 // HTTP GET forwarded, or a check of its own (gRPC, TCP, HTTPS). ok is false
 // for probes left alone: none, exec, a host of their own, a port that is
-// not one of the container's, or the readiness port itself.
+// not one of the container's, the readiness port itself, or a period or
+// timeout over an hour.
 func probeTarget(c *corev1.Container, p *corev1.Probe) (target bootstrap.AppProbe, ok bool) {
 	if p == nil {
 		return target, false
@@ -100,8 +102,8 @@ func probeTarget(c *corev1.Container, p *corev1.Probe) (target bootstrap.AppProb
 	if port <= 0 || port > 65535 || port == ReadinessPort {
 		return target, false
 	}
-	target.Port = uint32(port)
-	return target, true
+	target.Port, target.PodIP = uint32(port), true
+	return target, target.Validate() == nil // a period or timeout beyond the sidecar's bounds: left alone
 }
 
 // containerPort resolves a probe's port (a number or a named container

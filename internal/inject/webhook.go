@@ -106,7 +106,9 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 			return deny(http.StatusInternalServerError, "meshd: sidecar bootstrap for %s/%s: %v", ns, name, err)
 		}
 		annotations[k8s.AnnotationStatus] = k8s.StatusInjected
-		ops = i.patch(&pod, i.podCertificateVolume(), annotations)
+		if ops, err = i.patch(&pod, i.podCertificateVolume(), annotations, probes); err != nil {
+			return deny(http.StatusInternalServerError, "meshd: sidecar for %s/%s: %v", ns, name, err)
+		}
 		i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "credentials", "podCertificate volume (key made by the kubelet)",
 			"signer", i.cfg.PodCertificateSigner, "probes_rewritten", len(probes))
 	} else {
@@ -144,7 +146,7 @@ func (i *Injector) secretVolume(pod *corev1.Pod, ns, name, proxyID string, probe
 	vol := corev1.Volume{Name: VolumeCreds, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: SecretPrefix + proxyID}}}
 	i.cfg.Logger.Info("inject: sidecar added", "pod", ns+"/"+name, "proxy_id", proxyID, "credentials", "Secret "+vol.Secret.SecretName+" (written once the pod exists)",
 		"probes_rewritten", len(probes))
-	return i.patch(pod, vol, annotations), nil
+	return i.patch(pod, vol, annotations, probes)
 }
 
 // skipped allows a pod that is not injected, saying why to whoever created
@@ -259,7 +261,11 @@ type patchOp struct {
 // Always): the kubelet starts the app only once the proxy's startup probe
 // passes, stops the proxy after the app, and a Job's pod completes when
 // its app containers do.
-func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[string]string) []patchOp {
+func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[string]string, probes map[string]bootstrap.AppProbe) ([]patchOp, error) {
+	proxy, err := i.proxyContainer(probes)
+	if err != nil {
+		return nil, err
+	}
 	var ops []patchOp
 	appendTo := func(path string, exists bool, v any) {
 		if !exists {
@@ -273,7 +279,7 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 		excluded, _ := exclusions(pod) // checked by Admit
 		inits = append(inits, i.initContainer(excluded))
 	}
-	inits = append(inits, i.proxyContainer())
+	inits = append(inits, proxy)
 	if len(pod.Spec.InitContainers) == 0 {
 		ops = append(ops, patchOp{"add", "/spec/initContainers", inits})
 	} else {
@@ -283,7 +289,7 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 	}
 	appendTo("/spec/volumes", len(pod.Spec.Volumes) > 0, creds)
 	if pod.Annotations == nil {
-		return append(ops, patchOp{"add", "/metadata/annotations", annotations})
+		return append(ops, patchOp{"add", "/metadata/annotations", annotations}), nil
 	}
 	keys := make([]string, 0, len(annotations))
 	for k := range annotations {
@@ -293,7 +299,7 @@ func (i *Injector) patch(pod *corev1.Pod, creds corev1.Volume, annotations map[s
 	for _, k := range keys {
 		ops = append(ops, patchOp{"add", annotationPath(k), annotations[k]})
 	}
-	return ops
+	return ops, nil
 }
 
 // annotationPath is the JSON pointer (RFC 6901) of a pod annotation.
@@ -349,7 +355,11 @@ func (i *Injector) initContainer(excluded []string) corev1.Container {
 	}
 }
 
-func (i *Injector) proxyContainer() corev1.Container {
+// proxyContainer is the sidecar: Envoy with the bootstrap from the
+// credentials volume, its node named from the downward API, and the
+// clusters of the app's probes on its command line (they need the pod's
+// address, which the kubelet fills in).
+func (i *Injector) proxyContainer(probes map[string]bootstrap.AppProbe) (corev1.Container, error) {
 	uid := int64(ProxyUID)
 	yes, no := true, false
 	always := corev1.ContainerRestartPolicyAlways
@@ -357,16 +367,25 @@ func (i *Injector) proxyContainer() corev1.Container {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: bootstrap.ReadinessPath, Port: intstr.FromInt32(ReadinessPort)}}, PeriodSeconds: period, FailureThreshold: failures}
 	}
+	probeArgs, err := bootstrap.ProbeArgs(probes)
+	if err != nil {
+		return corev1.Container{}, err
+	}
+	env := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+	}
+	if len(probeArgs) > 0 {
+		env = append(env, corev1.EnvVar{Name: bootstrap.PodIPEnv, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}})
+	}
+	args := append([]string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)"},
+		bootstrap.EnvoyFlags(2)...)
 	return corev1.Container{
 		Name: k8s.ContainerProxy, Image: i.cfg.ProxyImage,
 		RestartPolicy: &always,
-		Args: append([]string{"-c", i.cfg.CredsDir + "/" + bootstrap.FileBootstrap, "--service-node", "$(POD_NAME).$(POD_NAMESPACE)"},
-			bootstrap.EnvoyFlags(2)...),
-		Env: []corev1.EnvVar{
-			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
-		},
-		Ports: []corev1.ContainerPort{{Name: "mesh-ready", ContainerPort: ReadinessPort}},
+		Args:          append(args, probeArgs...),
+		Env:           env,
+		Ports:         []corev1.ContainerPort{{Name: "mesh-ready", ContainerPort: ReadinessPort}},
 		// The app starts once the proxy has its configuration and
 		// certificates (up to 10 minutes, e.g. while meshd restarts).
 		StartupProbe:   ready(1, 600),
@@ -381,7 +400,7 @@ func (i *Injector) proxyContainer() corev1.Container {
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
 		Resources:    resources("10m", "40Mi", "256Mi"),
 		VolumeMounts: []corev1.VolumeMount{{Name: VolumeCreds, MountPath: i.cfg.CredsDir, ReadOnly: true}},
-	}
+	}, nil
 }
 
 func resources(cpu, mem, memLimit string) corev1.ResourceRequirements {

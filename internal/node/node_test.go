@@ -61,7 +61,7 @@ func TestRealNode(t *testing.T) {
 	c.apply(client)
 	waitReady(t, c, "shop", "app=client", 1)
 	start := time.Now()
-	logf(t, "every pod Ready in STRICT mode, HTTP and TCP probes on the app port passing; client calling http://web/ %d times a second", rate)
+	logf(t, "every pod Ready in STRICT mode, HTTP and TCP probes on the app port passing (the client's HTTP, TCP and gRPC ones on its pod IP alone); client calling http://web/ %d times a second", rate)
 
 	time.Sleep(20 * time.Second)
 	c.scale("web", 6)
@@ -88,6 +88,7 @@ func TestRealNode(t *testing.T) {
 		time.Sleep(rest)
 	}
 	ok, failed, failures := c.clientSummary()
+	c.clientNeverRestarted(t)
 	elapsed := time.Since(start)
 	b := stopCapture()
 	capt, err := pcap.Read(b)
@@ -197,9 +198,10 @@ func (c *cluster) waitEndpoints(svc string, n int) {
 
 // workloads: the meshed namespace, nginx with probes on its app port (HTTP
 // ones the sidecar forwards, a tcpSocket one it checks itself) and its
-// Service; and the client calling it by name. (The liveness probe asks
-// /healthz, not the page: the kubelet's probes cross the bridge in
-// plaintext, as they do without a mesh.)
+// Service; and the client calling it by name, which answers HTTP, TCP and
+// gRPC probes on its pod IP alone (the sidecar must reach it there). (The
+// liveness probe asks /healthz, not the page: the kubelet's probes cross
+// the bridge in plaintext, as they do without a mesh.)
 func workloads(marker string) (server, client string) {
 	return `apiVersion: v1
 kind: Namespace
@@ -248,7 +250,13 @@ spec:
         image: localhost/meshd-test/client:dev
         imagePullPolicy: Never
         args: [loop, "http://web/", "` + strconv.Itoa(rate) + `"]
-        env: [{name: MARKER, value: "` + marker + `"}]
+        env:
+        - {name: MARKER, value: "` + marker + `"}
+        - {name: HEALTH_ADDR, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+        ports: [{name: health, containerPort: 8081}, {name: grpc-health, containerPort: 8082}]
+        readinessProbe: {httpGet: {path: /healthz, port: health}, periodSeconds: 2}
+        livenessProbe: {grpc: {port: 8082}, periodSeconds: 5}
+        startupProbe: {tcpSocket: {port: 8081}, periodSeconds: 1, failureThreshold: 60}
 `
 }
 
@@ -289,6 +297,25 @@ func (c *cluster) scale(deploy string, n int) {
 	c.mustKubectl("-n", "shop", "scale", "deployment/"+deploy, "--replicas="+strconv.Itoa(n))
 	waitReady(c.t, c, "shop", "app="+deploy, n)
 	logf(c.t, "%s scaled to %d", deploy, n)
+}
+
+// clientNeverRestarted: the client's app container was never restarted,
+// so its gRPC liveness probe, which the sidecar runs against the pod's
+// address (the app listens nowhere else), passed throughout; and the
+// client's log read is the whole run's.
+func (c *cluster) clientNeverRestarted(t *testing.T) {
+	t.Helper()
+	pods, err := c.client.CoreV1().Pods("shop").List(context.Background(), metav1.ListOptions{LabelSelector: "app=client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		for _, st := range p.Status.ContainerStatuses {
+			if st.RestartCount != 0 {
+				t.Errorf("pod %s: container %s restarted %d times (last state %+v)", p.Name, st.Name, st.RestartCount, st.LastTerminationState)
+			}
+		}
+	}
 }
 
 var summaryRE = regexp.MustCompile(`SUMMARY ok=(\d+) fail=(\d+)`)

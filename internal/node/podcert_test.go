@@ -52,6 +52,7 @@ func TestRealNodePodCertificates(t *testing.T) {
 		time.Sleep(rest)
 	}
 	ok, failed, failures := c.clientSummary()
+	c.clientNeverRestarted(t)
 	elapsed := time.Since(start)
 	capt, err := pcap.Read(stopCapture())
 	if err != nil {

@@ -9,12 +9,18 @@
 //
 // A request counts as ok when it gets 200 and a body that contains the
 // marker given in the MARKER environment variable (if set).
+//
+// With HEALTH_ADDR set (an address, the pod's IP), it also answers its
+// probes there and nowhere else, as an app bound to its pod IP: GET
+// /healthz with 200 on port 8081 (any connection there for a tcpSocket
+// probe) and the gRPC health service, SERVING, on port 8082.
 package main
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -23,6 +29,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func main() {
@@ -34,6 +44,12 @@ func main() {
 	if err != nil || num <= 0 {
 		fmt.Fprintln(os.Stderr, "testapp: RATE and N are positive numbers")
 		os.Exit(2)
+	}
+	if addr := os.Getenv("HEALTH_ADDR"); addr != "" {
+		if err := serveHealth(addr); err != nil {
+			fmt.Fprintln(os.Stderr, "testapp:", err)
+			os.Exit(1)
+		}
 	}
 	c := &client{url: os.Args[2], marker: os.Getenv("MARKER"), http: &http.Client{Timeout: 5 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true}}}
@@ -126,4 +142,25 @@ func firstLine(b []byte) string {
 		s = s[:120]
 	}
 	return s
+}
+
+// serveHealth answers the pod's probes on addr only: HTTP on 8081, gRPC
+// health on 8082.
+func serveHealth(addr string) error {
+	h, err := net.Listen("tcp", net.JoinHostPort(addr, "8081"))
+	if err != nil {
+		return err
+	}
+	g, err := net.Listen("tcp", net.JoinHostPort(addr, "8082"))
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	go func() { _ = http.Serve(h, mux) }()
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer()) // "" SERVING
+	go func() { _ = srv.Serve(g) }()
+	fmt.Println("probes answered on", h.Addr(), "and", g.Addr())
+	return nil
 }
