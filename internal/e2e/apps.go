@@ -59,6 +59,12 @@ type AppsResult struct {
 	// 15001 and 15006, at the pod's address (not redirected: the
 	// connections reach the listeners as they are).
 	SelfPorts [2]string
+	// EnvoyHeadersFromClient and EnvoyHeadersFromLegacy are the status a
+	// caller got for a request to a path that always answers 503, sent
+	// with x-envoy-retry-on: 5xx and x-envoy-max-retries: 3, and how many
+	// requests reached the app for it ("code=503 flaky=N"): the meshed
+	// client through the service, the outsider at the pod IP.
+	EnvoyHeadersFromClient, EnvoyHeadersFromLegacy string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -238,6 +244,18 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.SelfCall = strings.TrimSpace(out)
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%header{server}", "http://"+svcIP+":8080/")
 	res.ServerHeader = strings.TrimSpace(out)
+	// A caller asking, in Envoy's own headers, for retries of a 503 (and
+	// no timeout): what reached the app.
+	for pod, into := range map[string]*string{"client-0": &res.EnvoyHeadersFromClient, "legacy-0": &res.EnvoyHeadersFromLegacy} {
+		host := svcIP
+		if pod == "legacy-0" {
+			host = appIP
+		}
+		code, _ := pods[pod].Run(ctx, "curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-H", "x-envoy-retry-on: 5xx",
+			"-H", "x-envoy-max-retries: 3", "-H", "x-envoy-upstream-rq-timeout-ms: 0", "http://"+host+":8080/flaky")
+		count, _ := pods["app-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://127.0.0.1:8080/flaky-count")
+		*into = fmt.Sprintf("code=%s %s", strings.TrimSpace(code), strings.TrimSpace(count))
+	}
 	if opts.GRPCHelper != "" {
 		for pod, into := range map[string]*string{"client-0": &res.GRPCFromClient, "legacy-0": &res.GRPCFromLegacy} {
 			host := svcIP

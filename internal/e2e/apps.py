@@ -71,14 +71,26 @@ def ws_read(f):
     return op, data.decode(errors="replace")
 
 
+FLAKY, FLAKY_LOCK = [0], threading.Lock()
+
+
 class Peer(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
         if self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
-        body = ("peer=%s\n" % self.client_address[0]).encode()
-        self.send_response(200)
+        status, body = 200, ("peer=%s\n" % self.client_address[0]).encode()
+        if self.path == "/flaky":
+            # Always 503; counts the requests that reached the app.
+            with FLAKY_LOCK:
+                FLAKY[0] += 1
+            status = 503
+        elif self.path == "/flaky-count":
+            # How many reached /flaky since the last ask.
+            with FLAKY_LOCK:
+                body, FLAKY[0] = ("flaky=%d\n" % FLAKY[0]).encode(), 0
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

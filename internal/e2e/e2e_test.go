@@ -436,6 +436,19 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s on the port meshd.io/exclude-inbound-ports bypasses: %s; want the app's answer to its own address %s", who, c.got, c.from)
 				}
 			}
+			// A caller's x-envoy-* headers are not the sidecars' orders:
+			// neither retries the 503 (a caller must not make the server's
+			// sidecar send its app more than it asked).
+			if want := "code=503 flaky=1"; res.EnvoyHeadersFromClient != want {
+				t.Errorf("the meshed client asking for 3 retries of a 503 in x-envoy-* headers: %q, want %q", res.EnvoyHeadersFromClient, want)
+			}
+			wantOutsider := "code=503 flaky=1"
+			if mode == "STRICT" {
+				wantOutsider = "000 flaky=0" // refused, after curl's error
+			}
+			if !strings.HasSuffix(res.EnvoyHeadersFromLegacy, wantOutsider) {
+				t.Errorf("the outsider asking for 3 retries of a 503 in x-envoy-* headers: %q, want %q", res.EnvoyHeadersFromLegacy, wantOutsider)
+			}
 			if !strings.HasPrefix(res.ServerHeader, "BaseHTTP/") {
 				t.Errorf("the Server header the meshed client got: %q, want the app's own (BaseHTTP/...)", res.ServerHeader)
 			}
