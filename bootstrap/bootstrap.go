@@ -82,7 +82,7 @@ type Config struct {
 	API APIType
 	// CredsDir is where the credential files live in the sidecar.
 	CredsDir string
-	// AdminPort defaults to 15000 (bound to 127.0.0.1).
+	// AdminPort defaults to DefaultAdminPort (bound to 127.0.0.1).
 	AdminPort uint32
 	// ReadinessPort, if set, adds a listener on 0.0.0.0:<port> answering
 	// /healthz/ready from Envoy's own /ready (the kubelet probes it; the
@@ -107,6 +107,10 @@ type Config struct {
 	// every 10s or less often (xds.Limits.MinPingInterval).
 	XDSKeepalive time.Duration
 }
+
+// DefaultAdminPort is Envoy's admin port, on 127.0.0.1, unless
+// Config.AdminPort says otherwise (injected sidecars have it).
+const DefaultAdminPort = 15000
 
 // DefaultXDSKeepalive is Config.XDSKeepalive's default, what injected
 // sidecars get.
@@ -140,7 +144,7 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("bootstrap: api %q: want %q or %q", c.API, Delta, SotW)
 	}
 	if c.AdminPort == 0 {
-		c.AdminPort = 15000
+		c.AdminPort = DefaultAdminPort
 	}
 	return nil
 }

@@ -424,15 +424,21 @@ func TestRefused(t *testing.T) {
 	uid := int64(inject.ProxyUID)
 	asProxy := appPod()
 	asProxy.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: &uid}
+	readyPort := appPod()
+	readyPort.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}, {ContainerPort: inject.ReadinessPort}}
+	inboundPort := appPod()
+	inboundPort.Spec.InitContainers = []corev1.Container{{Name: "setup", Image: "x", Ports: []corev1.ContainerPort{{ContainerPort: 15006, Protocol: corev1.ProtocolTCP}}}}
 	for name, tc := range map[string]struct {
 		pod  *corev1.Pod
 		want string
 	}{
-		"container": {clashC, `container named "meshd-proxy"`},
-		"volume":    {clashV, `volume named "meshd-proxy-creds"`},
-		"baseline":  {locked, `enforces Pod Security level "baseline"`},
-		"mounts":    {mounts, `mounts "meshd-proxy-creds"`},
-		"uid 1337":  {asProxy, "runs as uid 1337"},
+		"readiness port": {readyPort, `container "app" declares port 15021, which the sidecar listens on (its readiness port)`},
+		"inbound port":   {inboundPort, `container "setup" declares port 15006`},
+		"container":      {clashC, `container named "meshd-proxy"`},
+		"volume":         {clashV, `volume named "meshd-proxy-creds"`},
+		"baseline":       {locked, `enforces Pod Security level "baseline"`},
+		"mounts":         {mounts, `mounts "meshd-proxy-creds"`},
+		"uid 1337":       {asProxy, "runs as uid 1337"},
 	} {
 		r := inj.Admit(ctx, review(t, tc.pod, false))
 		if r.Allowed || !strings.Contains(r.Result.Message, tc.want) {
@@ -444,10 +450,12 @@ func TestRefused(t *testing.T) {
 			t.Errorf("%d Secrets created in %s for refused pods", len(l.Items), ns)
 		}
 	}
-	// Without interception the pod needs no capability: injected.
+	// Without interception the pod needs no capability, and the ports
+	// traffic would be redirected to are free: injected.
 	direct := appPod()
 	direct.Namespace = "locked"
 	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
+	direct.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 15001}, {ContainerPort: 15006}, {ContainerPort: 15021, Protocol: corev1.ProtocolUDP}}
 	if r := inj.Admit(ctx, review(t, direct, false)); !r.Allowed || r.Patch == nil {
 		t.Errorf("interception none in a baseline namespace: %+v", r.Result)
 	}

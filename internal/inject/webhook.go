@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/k8s"
+	"github.com/meshd/meshd/xds/translate"
 )
 
 // maxReview bounds an AdmissionReview body.
@@ -84,6 +85,9 @@ func (i *Injector) Admit(ctx context.Context, req *admissionv1.AdmissionRequest)
 	}
 	if clash := nameClash(&pod); clash != "" {
 		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; rename it, or opt the pod out with the label %s=false", ns, name, clash, k8s.LabelInject)
+	}
+	if clash := portClash(&pod); clash != "" {
+		return deny(http.StatusBadRequest, "meshd: pod %s/%s cannot be injected: %s; move it to another port, or opt the pod out with the label %s=false", ns, name, clash, k8s.LabelInject)
 	}
 	if pod.Annotations[k8s.AnnotationInterception] != "none" {
 		if msg := i.podSecurity(ctx, ns); msg != "" {
@@ -194,6 +198,26 @@ func nameClash(pod *corev1.Pod) string {
 	for _, v := range pod.Spec.Volumes {
 		if v.Name == VolumeCreds {
 			return fmt.Sprintf("it already has a volume named %q, the name of the sidecar's credentials volume", v.Name)
+		}
+	}
+	return ""
+}
+
+// portClash says which container port of the pod is one the sidecar
+// listens on ("" if none): the app could not bind it, or the sidecar could
+// not (Envoy's admin port on 127.0.0.1, the readiness port, and with
+// interception the ports the traffic is redirected to).
+func portClash(pod *corev1.Pod) string {
+	taken := map[int32]string{bootstrap.DefaultAdminPort: "its admin port, on 127.0.0.1", ReadinessPort: "its readiness port"}
+	if pod.Annotations[k8s.AnnotationInterception] != "none" {
+		taken[translate.OutboundPort] = "the port outbound traffic is redirected to"
+		taken[translate.InboundPort] = "the port inbound traffic is redirected to"
+	}
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		for _, p := range c.Ports {
+			if what, ok := taken[p.ContainerPort]; ok && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+				return fmt.Sprintf("container %q declares port %d, which the sidecar listens on (%s)", c.Name, p.ContainerPort, what)
+			}
 		}
 	}
 	return ""
