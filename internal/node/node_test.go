@@ -496,7 +496,8 @@ func (c *cluster) refusalsVisible(t *testing.T) {
 
 // refusedAndSkipped: what the injector refuses or leaves out, as a user
 // meets it: a pod in a namespace enforcing Pod Security "baseline" is
-// refused with meshd's reason (and no credentials are made); a hostNetwork
+// refused with meshd's reason (and no credentials are made), and so is a
+// pod declaring the sidecar's readiness port; a hostNetwork
 // pod runs without a sidecar and gets a NotInjected Event; the init
 // container's log shows the rules it applied.
 func (c *cluster) refusedAndSkipped(t *testing.T) {
@@ -514,6 +515,12 @@ metadata: {name: locked, labels: {meshd.io/inject: enabled, pod-security.kuberne
 	}
 	if s, err := c.client.CoreV1().Secrets("locked").List(ctx, metav1.ListOptions{LabelSelector: inject.LabelProxyID}); err != nil || len(s.Items) != 0 {
 		t.Errorf("credentials made for a refused pod: %v %v", s, err)
+	}
+	out, err = c.kubectl("-n", "shop", "run", "port15021", "--image=localhost/meshd-test/client:dev", "--image-pull-policy=Never", "--restart=Never", "--port=15021", "--", "n", "http://web.shop/", "1")
+	if err == nil || !strings.Contains(out, `declares port 15021, which the sidecar listens on`) {
+		t.Errorf("a pod declaring the sidecar's readiness port: %v\n%s", err, out)
+	} else {
+		logf(t, "pod declaring port 15021 refused: %s", strings.TrimSpace(tail(out, 1)))
 	}
 	c.apply(`apiVersion: v1
 kind: Pod
