@@ -129,6 +129,32 @@ func TestProbeArgs(t *testing.T) {
 	}
 }
 
+// TestOlderBootstrapBesideProbeArgs: a sidecar started with the probes'
+// command-line clusters whose bootstrap an older meshd renders again (it
+// knows no podIP: its own clusters on 127.0.0.1) still starts: the names
+// do not clash.
+func TestOlderBootstrapBesideProbeArgs(t *testing.T) {
+	envoy := testenv.Need(t, "envoy")
+	older := map[string]bootstrap.AppProbe{}
+	for path, p := range podIPProbes {
+		p.PodIP = false
+		older[path] = p
+	}
+	cfg := bootstrap.Config{Namespace: "demo", NodeID: "web-0.demo", ServiceAccount: "web", ReadinessPort: 15021, AppProbes: older,
+		XDSAddress: "198.19.0.12:15012", XDSServerSAN: "spiffe://cluster.local/ns/meshd-system/sa/meshd"}
+	args, err := bootstrap.ProbeArgs(podIPProbes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range args {
+		args[k] = kubelet.Expand(args[k], map[string]string{bootstrap.PodIPEnv: "198.18.0.5"})
+	}
+	path := writeWithCreds(t, cfg)
+	if out, err := exec.Command(envoy, append([]string{"--mode", "validate", "-c", path, "--log-level", "warn"}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("envoy --mode validate rejected the older bootstrap with the command-line clusters: %v\n%s", err, out)
+	}
+}
+
 func TestRenderRejectsBadConfig(t *testing.T) {
 	good := bootstrap.Config{Namespace: "n", Pod: "p", ServiceAccount: "s", XDSAddress: "127.0.0.1:1", XDSServerSAN: "spiffe://x/ns/a/sa/b", CredsDir: "/c"}
 	tests := map[string]func(*bootstrap.Config){

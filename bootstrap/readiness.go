@@ -179,13 +179,17 @@ func probeRoutes(probes map[string]AppProbe) ([]probeRoute, error) {
 		if !strings.HasPrefix(r.target, "/") {
 			r.target = "/" + r.target
 		}
-		switch {
-		case probe.Kind != "":
-			r.cluster = "app-check|" + strings.ReplaceAll(strings.TrimPrefix(p, AppProbePrefix), "/", "|")
-		case probe.PodIP:
-			r.cluster = fmt.Sprintf("app-probe|pod-ip|%d", probe.Port)
-		default:
-			r.cluster = fmt.Sprintf("app-probe|%d", probe.Port)
+		// Clusters at the pod's IP are named apart from those on
+		// 127.0.0.1: a bootstrap an older meshd renders again for the pod
+		// then adds its own beside the command line's instead of clashing.
+		at := ""
+		if probe.PodIP {
+			at = "pod-ip|"
+		}
+		if probe.Kind != "" {
+			r.cluster = "app-check|" + at + strings.ReplaceAll(strings.TrimPrefix(p, AppProbePrefix), "/", "|")
+		} else {
+			r.cluster = fmt.Sprintf("app-probe|%s%d", at, probe.Port)
 		}
 		routes = append(routes, r)
 	}

@@ -354,7 +354,7 @@ func TestProbesRewritten(t *testing.T) {
 	// fill in.
 	b := string(s.Data[bootstrap.FileBootstrap])
 	for _, want := range []string{"path: /app-health/app/readyz", "prefix_rewrite: /ready", "path: /app-health/app/livez", "prefix_rewrite: /healthz", "app-probe|pod-ip|8080",
-		"app-check|app|startupz", "app-check|tls|readyz", "app-check|tls|livez"} {
+		"app-check|pod-ip|app|startupz", "app-check|pod-ip|tls|readyz", "app-check|pod-ip|tls|livez"} {
 		if !strings.Contains(b, want) {
 			t.Errorf("bootstrap lacks %q", want)
 		}
@@ -367,9 +367,9 @@ func TestProbesRewritten(t *testing.T) {
 		}
 	}
 	for _, want := range []string{`"name":"app-probe|pod-ip|8080"`, `"address":"$(POD_IP)","port_value":8080`, `"source_address":{"address":"127.0.0.6"`,
-		`"name":"app-check|app|startupz"`, `"tcp_health_check":{}`, `"interval":"2s"`, `"timeout":"4s"`,
-		`"name":"app-check|tls|readyz"`, `"path":"/ok"`, `"host":"tls.local"`, `"port_value":8443`,
-		`"name":"app-check|tls|livez"`, `"service_name":"orders"`, `"authority":"$(POD_IP):9090"`, `"interval":"5s"`} {
+		`"name":"app-check|pod-ip|app|startupz"`, `"tcp_health_check":{}`, `"interval":"2s"`, `"timeout":"4s"`,
+		`"name":"app-check|pod-ip|tls|readyz"`, `"path":"/ok"`, `"host":"tls.local"`, `"port_value":8443`,
+		`"name":"app-check|pod-ip|tls|livez"`, `"service_name":"orders"`, `"authority":"$(POD_IP):9090"`, `"interval":"5s"`} {
 		if !strings.Contains(overlay, want) {
 			t.Errorf("the sidecar's --config-yaml lacks %s: %s", want, overlay)
 		}
