@@ -338,7 +338,7 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 		c.problems.add("Service", s.Namespace, s.Name, "InvalidName", "%v; service skipped", err)
 		return nil
 	}
-	svc := &model.Service{Namespace: s.Namespace, Name: s.Name}
+	svc := &model.Service{Namespace: s.Namespace, Name: s.Name, ClientIPAffinity: s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP}
 	if ip, err := netip.ParseAddr(s.Spec.ClusterIP); err == nil && ip.Is4() {
 		svc.ClusterIP = ip.String()
 	}

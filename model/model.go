@@ -88,6 +88,9 @@ type Service struct {
 	Ports []Port
 	// Endpoints are sorted by address, then port name.
 	Endpoints []Endpoint
+	// ClientIPAffinity is the Service's sessionAffinity ClientIP: a
+	// client keeps reaching the same endpoint, chosen by its address.
+	ClientIPAffinity bool
 }
 
 // Key returns "name.namespace".

@@ -67,8 +67,13 @@ type PortPath struct {
 	ClientIdentity string   `json:"client_presents,omitempty"`
 	// OutsideScope: the service is not in the client's egress scope, so its
 	// sidecar has no chain for it: calls pass through as the app sent them.
-	OutsideScope bool           `json:"outside_egress_scope,omitempty"`
-	Endpoints    []EndpointPath `json:"endpoints"`
+	OutsideScope bool `json:"outside_egress_scope,omitempty"`
+	// Balancing is how the client's sidecar picks the endpoint when it is
+	// not the usual round robin: "client-ip-affinity" (the Service's
+	// sessionAffinity ClientIP: the endpoint the client's address hashes
+	// to, for as long as the endpoints stay).
+	Balancing string         `json:"balancing,omitempty"`
+	Endpoints []EndpointPath `json:"endpoints"`
 }
 
 // EndpointPath is one endpoint behind a port.
@@ -228,6 +233,9 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		}
 		if e.From.Connected && !pp.OutsideScope {
 			pp.ClientIdentity = e.From.Identity
+		}
+		if svc.ClientIPAffinity && svc.ClusterIP != "" && e.From.Sidecar && !pp.OutsideScope {
+			pp.Balancing = "client-ip-affinity"
 		}
 		for id := range ids {
 			pp.ExpectedSANs = append(pp.ExpectedSANs, id)

@@ -128,6 +128,20 @@ func TestExplain(t *testing.T) {
 	if err != nil || len(e.Ports) != 1 || e.Ports[0].Endpoints[0].Server.Mode != "" || e.Ports[0].Endpoints[0].InboundChain != "" || e.Verdict != "plaintext" {
 		t.Errorf("to a pod outside the mesh: %+v verdict %s (%v)", e.Ports, e.Verdict, err)
 	}
+	// Balancing: round robin unless the Service asks for ClientIP
+	// affinity.
+	if e, err := xds.Explain(snap, both, "client-0.demo", "web.demo"); err != nil || e.Ports[0].Balancing != "" {
+		t.Errorf("without affinity: balancing %q (%v), want none said", e.Ports[0].Balancing, err)
+	}
+	for s := range st.Services.Values() {
+		if s.Name == "web" {
+			s.Spec.SessionAffinity = "ClientIP"
+		}
+	}
+	sticky, _ := k8s.Convert(st, "cluster.local")
+	if e, err := xds.Explain(sticky, both, "client-0.demo", "web.demo"); err != nil || e.Ports[0].Balancing != "client-ip-affinity" {
+		t.Errorf("with sessionAffinity ClientIP: balancing %q (%v), want client-ip-affinity", e.Ports[0].Balancing, err)
+	}
 	// web-0 taking its port out of the interception: plaintext, and said
 	// why (not "STRICT refuses").
 	for p := range st.Pods.Values() {

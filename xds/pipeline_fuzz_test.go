@@ -430,6 +430,12 @@ func (in *fuzzInput) service() *corev1.Service {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		s.Spec.ExternalName = in.pick("example.com", "", rawOption)
 	}
+	if s.Spec.Type == "" {
+		// Type "" is ClusterIP too: the two differ only by affinity, so a
+		// step can change that alone (no input byte is read for it, so
+		// the corpus keeps its meaning).
+		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	}
 	ports := in.intn(3) + 1
 	if in.chance(8) {
 		ports = 0

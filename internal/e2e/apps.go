@@ -65,6 +65,11 @@ type AppsResult struct {
 	// requests reached the app for it ("code=503 flaky=N"): the meshed
 	// client through the service, the outsider at the pod IP.
 	EnvoyHeadersFromClient, EnvoyHeadersFromLegacy string
+	// StickyHTTP, StickyTCP, SpreadHTTP and SpreadTCP count which server
+	// (app-0, app-1) answered each of the meshed client's 12 requests and
+	// 12 connections to the services sticky (sessionAffinity ClientIP)
+	// and spread, as fmt prints a map ("map[app-0:12]").
+	StickyHTTP, StickyTCP, SpreadHTTP, SpreadTCP string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -95,7 +100,8 @@ type AppsResult struct {
 
 // appsYAML: app-0 (apps.py) in the mesh with the mode from %[5]s and a 1 s
 // detection timeout, its service (the banner port declared server-first by
-// appProtocol), client-0 in the mesh, legacy-0 outside it.
+// appProtocol), client-0 in the mesh, legacy-0 outside it; app-1 (apps.py
+// too, for the services of overBoth).
 const appsYAML = `apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {meshd.io/inject: enabled}}
@@ -140,6 +146,14 @@ status: {podIP: %[2]s}
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: app-1, namespace: demo}
+spec:
+  serviceAccountName: app
+  containers: [{name: app, image: apps}]
+status: {podIP: %[6]s}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: client-0, namespace: demo}
 spec: {serviceAccountName: client}
 status: {podIP: %[3]s}
@@ -158,7 +172,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	if err != nil {
 		return nil, err
 	}
-	s, pods, err := labSeed(ctx, opts, "app-0", "client-0", "legacy-0")
+	s, pods, err := labSeed(ctx, opts, "app-0", "client-0", "legacy-0", "app-1")
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +186,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	if err := os.WriteFile(script, appsPy, 0o644); err != nil {
 		return nil, err
 	}
-	app, err := lab.Start("apps-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, python, script, "serve")
+	app, err := lab.Start("apps-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, python, script, "serve", "app-0")
+	if err != nil {
+		return nil, err
+	}
+	app1, err := lab.Start("apps-app-1", netlab.ProcOptions{Pod: pods["app-1"]}, python, script, "serve", "app-1")
 	if err != nil {
 		return nil, err
 	}
@@ -182,8 +200,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		}
 	}
 	if err := waitFor(ctx, 10*time.Second, "apps.py serving", func() error {
-		if !strings.Contains(app.Log(), "serving") {
-			return fmt.Errorf("not yet: %s", app.Log())
+		if !strings.Contains(app.Log(), "serving") || !strings.Contains(app1.Log(), "serving") {
+			return fmt.Errorf("not yet: %s / %s", app.Log(), app1.Log())
 		}
 		return nil
 	}); err != nil {
@@ -191,10 +209,13 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	}
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
-	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode)
+	stickyIP, spreadIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index)
+	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, pods["app-1"].IP) +
+		overBoth("sticky", stickyIP, "ClientIP", appIP, pods["app-1"].IP.String()) + overBoth("spread", spreadIP, "None", appIP, pods["app-1"].IP.String())
 	// app-0's iptables as the injector makes them of its annotation.
 	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
-	if err := s.startMeshWith(ctx, desc, 2, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"}}); err != nil {
+	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"},
+		{pod: pods["app-1"], sa: "app"}}); err != nil {
 		return nil, err
 	}
 	dial := func(pod, host, port string, line ...string) string {
@@ -244,6 +265,33 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.SelfCall = strings.TrimSpace(out)
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%header{server}", "http://"+svcIP+":8080/")
 	res.ServerHeader = strings.TrimSpace(out)
+	// Which servers answer 12 requests (HTTP, each on a new connection)
+	// and 12 connections (TCP) of the meshed client to each service.
+	servers := func(get func() string) string {
+		seen := map[string]int{}
+		for range 12 {
+			out := get()
+			if m := serverRE.FindStringSubmatch(out); m != nil {
+				seen[m[1]]++
+			} else {
+				seen["no answer: "+strings.TrimSpace(out)]++
+			}
+		}
+		return fmt.Sprint(seen)
+	}
+	for _, c := range []struct {
+		ip        string
+		http, tcp *string
+	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}} {
+		*c.http = servers(func() string {
+			out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+c.ip+":8080/whoami")
+			return out
+		})
+		*c.tcp = servers(func() string {
+			out, _ := pods["client-0"].Run(ctx, python, script, "dial", c.ip, "7073")
+			return out
+		})
+	}
 	// A caller asking, in Envoy's own headers, for retries of a 503 (and
 	// no timeout): what reached the app.
 	for pod, into := range map[string]*string{"client-0": &res.EnvoyHeadersFromClient, "legacy-0": &res.EnvoyHeadersFromLegacy} {
@@ -295,6 +343,34 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	s.collectLogs()
 	return res, nil
 }
+
+// overBoth is a service over app-0 and app-1 (HTTP 8080, TCP 7073) with
+// the given sessionAffinity.
+func overBoth(name, ip, affinity, app0, app1 string) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: demo}
+spec:
+  clusterIP: %[2]s
+  sessionAffinity: %[3]s
+  ports: [{name: http, port: 8080}, {name: tcp-who, port: 7073}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: %[1]s-1, namespace: demo, labels: {kubernetes.io/service-name: %[1]s}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: tcp-who, port: 7073}]
+endpoints:
+- addresses: [%[4]s]
+  targetRef: {kind: Pod, namespace: demo, name: app-0}
+- addresses: [%[5]s]
+  targetRef: {kind: Pod, namespace: demo, name: app-1}
+`, name, ip, affinity, app0, app1)
+}
+
+// serverRE finds the name of the apps.py that answered (/whoami, 7073).
+var serverRE = regexp.MustCompile(`server=([a-z0-9-]+)`)
 
 // RefusedLines returns the server sidecar's "[meshd refused]" lines.
 func (r *AppsResult) RefusedLines() []string {

@@ -1,13 +1,14 @@
 """Workloads other than nginx for the e2e experiments (python3, stdlib only).
 
-serve: an HTTP server on 0.0.0.0:8080 that answers with the address the
-request came from (and, asked to upgrade to a WebSocket, echoes the
+serve [NAME]: an HTTP server on 0.0.0.0:8080 that answers with the address
+the request came from (/whoami: with NAME; /flaky: always 503, counted,
+/flaky-count: the count; asked to upgrade to a WebSocket, it echoes the
 client's text messages); a client-first line server on 127.0.0.1:8081 only
 (an app that trusts loopback); a server-first banner server on
 0.0.0.0:2525; a line server on 0.0.0.0:7070, a port no Service or
 container declares, and on 0.0.0.0:7071 (the pod's annotation takes it out
 of the interception); on 0.0.0.0:7072 a server that reads until the client
-half-closes, then answers.
+half-closes, then answers; on 0.0.0.0:7073 one that says NAME and closes.
 
 halfclose HOST PORT TEXT: sends TEXT, shuts its sending side, prints the
 answer.
@@ -72,6 +73,7 @@ def ws_read(f):
 
 
 FLAKY, FLAKY_LOCK = [0], threading.Lock()
+NAME = ["app"]  # the server's name (serve NAME), answered on /whoami and 7073
 
 
 class Peer(http.server.BaseHTTPRequestHandler):
@@ -86,6 +88,8 @@ class Peer(http.server.BaseHTTPRequestHandler):
             with FLAKY_LOCK:
                 FLAKY[0] += 1
             status = 503
+        elif self.path == "/whoami":
+            body = ("server=%s\n" % NAME[0]).encode()
         elif self.path == "/flaky-count":
             # How many reached /flaky since the last ask.
             with FLAKY_LOCK:
@@ -148,6 +152,13 @@ class Undeclared(socketserver.StreamRequestHandler):
         self.wfile.write(("UNDECLARED %s from %s\n" % (line, self.client_address[0])).encode())
 
 
+class Who(socketserver.StreamRequestHandler):
+    """Says which server answered, then closes."""
+
+    def handle(self):
+        self.wfile.write(("server=%s\n" % NAME[0]).encode())
+
+
 class Banner(socketserver.StreamRequestHandler):
     def handle(self):
         self.wfile.write(b"220 meshd-banner ready\r\n")
@@ -169,6 +180,7 @@ def serve():
         Server(("0.0.0.0", 7070), Undeclared),
         Server(("0.0.0.0", 7071), Undeclared),
         Server(("0.0.0.0", 7072), UntilEOF),
+        Server(("0.0.0.0", 7073), Who),
     ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -274,6 +286,8 @@ def ws(host, port, *texts):
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
+        if len(sys.argv) > 2:
+            NAME[0] = sys.argv[2]
         serve()
     elif sys.argv[1] == "hold":
         hold(*sys.argv[2:])

@@ -436,6 +436,19 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s on the port meshd.io/exclude-inbound-ports bypasses: %s; want the app's answer to its own address %s", who, c.got, c.from)
 				}
 			}
+			// sessionAffinity ClientIP: every request and connection of the
+			// client reaches one server; without it, both serve.
+			t.Logf("affinity: sticky HTTP %s TCP %s; spread HTTP %s TCP %s", res.StickyHTTP, res.StickyTCP, res.SpreadHTTP, res.SpreadTCP)
+			for what, got := range map[string]string{"HTTP requests": res.StickyHTTP, "TCP connections": res.StickyTCP} {
+				if got != "map[app-0:12]" && got != "map[app-1:12]" {
+					t.Errorf("%s of the meshed client to a service with sessionAffinity ClientIP were answered by %s; want one server for all 12", what, got)
+				}
+			}
+			for what, got := range map[string]string{"HTTP requests": res.SpreadHTTP, "TCP connections": res.SpreadTCP} {
+				if !strings.Contains(got, "app-0:") || !strings.Contains(got, "app-1:") || strings.Contains(got, "no answer") {
+					t.Errorf("%s of the meshed client to a service without affinity were answered by %s; want both servers", what, got)
+				}
+			}
 			// A caller's x-envoy-* headers are not the sidecars' orders:
 			// neither retries the 503 (a caller must not make the server's
 			// sidecar send its app more than it asked).

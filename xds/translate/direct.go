@@ -67,7 +67,7 @@ func directListeners(snap *model.Snapshot, w *model.Workload) []types.Resource {
 			}
 			taken[key] = true
 			name := ClusterName(svc, p.Port)
-			chain := outboundChain(name, svc.ClusterIP, p)
+			chain := outboundChain(name, svc.ClusterIP, p, svc.ClientIPAffinity)
 			chain.FilterChainMatch = nil
 			out = append(out, &listenerv3.Listener{
 				Name:             "local" + name[len("outbound"):],

@@ -11,6 +11,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -100,8 +101,10 @@ func blackHoleCluster() *clusterv3.Cluster {
 	}
 }
 
-// outboundChain matches a service's ClusterIP and port.
-func outboundChain(cluster, ip string, p model.Port) *listenerv3.FilterChain {
+// outboundChain matches a service's ClusterIP and port; with client
+// affinity a TCP port's connections are hashed by their source address
+// (an HTTP port's requests are, by its route).
+func outboundChain(cluster, ip string, p model.Port, affinity bool) *listenerv3.FilterChain {
 	var filter *listenerv3.Filter
 	if p.Protocol.IsHTTP() {
 		filter = hcmFilter(&hcmv3.HttpConnectionManager{
@@ -111,7 +114,11 @@ func outboundChain(cluster, ip string, p model.Port) *listenerv3.FilterChain {
 			}},
 		})
 	} else {
-		filter = tcpProxy(cluster, cluster)
+		tp := tcpProxyConfig(cluster, cluster)
+		if affinity {
+			tp.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+		}
+		filter = tcpProxyFilter(tp)
 	}
 	return &listenerv3.FilterChain{
 		Name:             cluster,
@@ -146,27 +153,39 @@ func destinationMatch(ip string, port uint32) *listenerv3.FilterChainMatch {
 }
 
 // routeConfig sends every request of a service port to its cluster, with
-// the retries of outboundRoutes.
-func routeConfig(name, cluster string) *routev3.RouteConfiguration {
+// the retries of outboundRoutes; with client affinity, to the endpoint its
+// client's address hashes to.
+func routeConfig(name, cluster string, affinity bool) *routev3.RouteConfiguration {
 	return &routev3.RouteConfiguration{
 		Name: name,
 		VirtualHosts: []*routev3.VirtualHost{{
 			Name:    name,
 			Domains: []string{"*"},
 			Routes: outboundRoutes(cluster, func() *routev3.RouteAction {
-				return &routev3.RouteAction{
+				a := &routev3.RouteAction{
 					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
 					// Streams (gRPC, long polls) are not cut by a route timeout.
 					Timeout: durationpb.New(0),
 				}
+				if affinity {
+					a.HashPolicy = []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_ConnectionProperties_{
+						ConnectionProperties: &routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}}}}
+				}
+				return a
 			}),
 		}},
 	}
 }
 
 // edsCluster is a service port's cluster: endpoints over EDS; those with a
-// sidecar get mutual TLS with the service's identities checked.
-func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {
+// sidecar get mutual TLS with the service's identities checked. With
+// client affinity (the Service's sessionAffinity ClientIP) the endpoint is
+// the one the client's address hashes to on a ring: the same while the
+// endpoints stay, and when one comes or goes only the clients hashed next
+// to it move, as kube-proxy's affinity keeps a client until its endpoint
+// goes (there is no affinity timeout: a client keeps its endpoint for as
+// long as the endpoints do not change).
+func edsCluster(name, sni string, proto model.Protocol, ids []string, affinity bool) *clusterv3.Cluster {
 	c := &clusterv3.Cluster{
 		Name:                      name,
 		ClusterDiscoveryType:      &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
@@ -174,6 +193,9 @@ func edsCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3
 		ConnectTimeout:            durationpb.New(connectTimeout),
 		CircuitBreakers:           noLimits(),
 		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: keepalive()},
+	}
+	if affinity {
+		c.LbPolicy = clusterv3.Cluster_RING_HASH
 	}
 	setProtocol(c, proto)
 	if len(ids) > 0 {

@@ -182,7 +182,7 @@ type outboundChains struct {
 func endpointsOnly(prev, next *serviceOut, ids []string) bool {
 	a, b := prev.svc, next.svc
 	return a.ClusterIP != "" && a.ClusterIP == b.ClusterIP && a.Namespace == b.Namespace && a.Name == b.Name &&
-		prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
+		a.ClientIPAffinity == b.ClientIPAffinity && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
 }
 
 // portChains are the outbound chains one service port asks for: its
@@ -580,14 +580,14 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	out.ids, out.chains = ids, &serviceChains{}
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
-		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids), p.Protocol, ids, snap.ConnectionMaxAge))
+		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge))
 		add(resourcev3.EndpointType, loadAssignment(name, svc, p))
 		if p.Protocol.IsHTTP() {
-			add(resourcev3.RouteType, routeConfig(name, name))
+			add(resourcev3.RouteType, routeConfig(name, name, svc.ClientIPAffinity))
 		}
 		c := out.chains
 		if svc.ClusterIP != "" {
-			c.ports = append(c.ports, portChains{chains: []addrChain{{svc.ClusterIP, p.Port, outboundChain(name, svc.ClusterIP, p)}}})
+			c.ports = append(c.ports, portChains{chains: []addrChain{{svc.ClusterIP, p.Port, outboundChain(name, svc.ClusterIP, p, svc.ClientIPAffinity)}}})
 			c.directOf = append(c.directOf, nil)
 			continue
 		}
