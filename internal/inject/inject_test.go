@@ -387,6 +387,26 @@ func TestProbesRewritten(t *testing.T) {
 	if strings.Contains(b+overlay, "5432") || strings.Contains(b+overlay, "5433") {
 		t.Error("the probe of another host or the two-hourly one got a check")
 	}
+	// Without interception the app listens on 127.0.0.1 (the sidecar's
+	// inbound listeners hold the pod's address): probed there, from the
+	// bootstrap alone.
+	direct := pod.DeepCopy()
+	direct.Annotations = map[string]string{k8s.AnnotationInterception: "none"}
+	gotDirect := stored(apply(t, direct, inj.Admit(ctx, review(t, direct, false))), "web-2")
+	writeSecrets(t, inj, gotDirect)
+	sd, err := client.CoreV1().Secrets("demo").Get(ctx, inject.SecretPrefix+gotDirect.Annotations[k8s.AnnotationProxyID], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bd := string(sd.Data[bootstrap.FileBootstrap])
+	for _, want := range []string{"name: app-probe|8080", "name: app-check|app|startupz", "address: 127.0.0.1", "port_value: 8080", "service_name: orders"} {
+		if !strings.Contains(bd, want) {
+			t.Errorf("without interception, the bootstrap lacks %q", want)
+		}
+	}
+	if args := inject.FindProxy(gotDirect).Args; slices.Contains(args, "--config-yaml") || strings.Contains(bd, "pod-ip") {
+		t.Errorf("without interception the probes still go to the pod's address: %q", args)
+	}
 	// Opted out: every probe as the kubelet sends it.
 	optOut := pod.DeepCopy()
 	optOut.Annotations = map[string]string{k8s.AnnotationRewriteProbes: "false"}

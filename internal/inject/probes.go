@@ -8,6 +8,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshd/meshd/bootstrap"
+	"github.com/meshd/meshd/k8s"
 )
 
 // rewriteProbes points the app containers' probes at the sidecar's
@@ -22,7 +23,9 @@ import (
 // gRPC, tcpSocket or HTTPS probe the sidecar runs itself every period of
 // the probe, and the GET answers with its last result (see
 // bootstrap.AppProbe). The sidecar reaches the app where the kubelet would
-// have: at the pod's address, port <port> (bootstrap.ProbeArgs).
+// have: at the pod's address, port <port> (bootstrap.ProbeArgs); without
+// interception (meshd.io/interception: none) on 127.0.0.1, where the app
+// listens then (the sidecar's inbound listeners hold the pod's address).
 //
 // Left as they are: probes with a host of their own and exec probes (they
 // run in the container, on its loopback, which the mesh leaves alone).
@@ -42,6 +45,7 @@ func rewriteProbes(pod *corev1.Pod) ([]patchOp, map[string]bootstrap.AppProbe) {
 			if !ok {
 				continue
 			}
+			target.PodIP = pod.Annotations[k8s.AnnotationInterception] != "none"
 			path := fmt.Sprintf("%s%s/%s", bootstrap.AppProbePrefix, c.Name, k.kind)
 			rewritten := k.probe.DeepCopy()
 			rewritten.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -102,7 +106,7 @@ func probeTarget(c *corev1.Container, p *corev1.Probe) (target bootstrap.AppProb
 	if port <= 0 || port > 65535 || port == ReadinessPort {
 		return target, false
 	}
-	target.Port, target.PodIP = uint32(port), true
+	target.Port = uint32(port)
 	return target, target.Validate() == nil // a period or timeout beyond the sidecar's bounds: left alone
 }
 
