@@ -1,7 +1,9 @@
 package xds_test
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -29,6 +31,11 @@ func openServed(t *testing.T, pki *testPKI, addr string, cert *ca.Certificate, n
 	t.Helper()
 	stream, done := adsClient(t, pki, addr, cert)
 	if err := stream.Send(secretsRequest(nodeID)); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The server ended the stream first (a refused one, before
+			// the request went out): its status is what Recv returns.
+			_, err = stream.Recv()
+		}
 		done()
 		return nil, nil, err
 	}
