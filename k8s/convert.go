@@ -98,7 +98,7 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 	}
 	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
 	w = &model.Workload{
-		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa,
+		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa, Node: p.Spec.NodeName,
 		Identity: model.SPIFFEID(trustDomain, p.Namespace, sa),
 		Meshed:   meshed(p, ns),
 		Mode:     mode(p, ns, ps),
@@ -341,6 +341,7 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 	svc := &model.Service{Namespace: s.Namespace, Name: s.Name, ClientIPAffinity: s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP}
 	if ip, err := netip.ParseAddr(s.Spec.ClusterIP); err == nil && ip.Is4() {
 		svc.ClusterIP = ip.String()
+		svc.NodeLocal = ptrOr(s.Spec.InternalTrafficPolicy, corev1.ServiceInternalTrafficPolicyCluster) == corev1.ServiceInternalTrafficPolicyLocal
 	}
 	if len(s.Spec.Ports) == 0 {
 		c.problems.add("Service", s.Namespace, s.Name, "NoPorts", "the service has no ports; skipped")
@@ -418,7 +419,7 @@ func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uin
 		}
 		c.deps[key] = depOf(w)
 	}
-	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true)}
+	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true), Node: ptrOr(e.NodeName, "")}
 	if w != nil {
 		base.Workload = w.Key()
 		if w.Meshed && !w.Bypasses(port) {

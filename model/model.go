@@ -91,6 +91,10 @@ type Service struct {
 	// ClientIPAffinity is the Service's sessionAffinity ClientIP: a
 	// client keeps reaching the same endpoint, chosen by its address.
 	ClientIPAffinity bool
+	// NodeLocal is the Service's internalTrafficPolicy Local (services
+	// with a ClusterIP only): a client reaches only the endpoints on its
+	// own node, and none when its node has none.
+	NodeLocal bool
 }
 
 // Key returns "name.namespace".
@@ -123,6 +127,8 @@ type Endpoint struct {
 	Identity string
 	// Workload is the Key of the pod behind the address, "" if unknown.
 	Workload string
+	// Node is the node the endpoint is on, "" if unknown.
+	Node string
 }
 
 // Workload is a pod.
@@ -133,6 +139,8 @@ type Workload struct {
 	ServiceAccount string
 	// IP is the pod IP, "" before it has one.
 	IP string
+	// Node is the node the pod runs on, "" before it is scheduled.
+	Node string
 	// Identity is the pod's SPIFFE ID.
 	Identity string
 	// Meshed reports whether the pod has a sidecar.

@@ -52,6 +52,8 @@ type Side struct {
 	// Egress is the client's outbound scope (meshd.io/egress), when it has
 	// one: the services its sidecar is configured for.
 	Egress []string `json:"egress,omitempty"`
+	// Node is the node the pod runs on, when known.
+	Node string `json:"node,omitempty"`
 }
 
 // PortPath is the path of one service port.
@@ -71,7 +73,9 @@ type PortPath struct {
 	// Balancing is how the client's sidecar picks the endpoint when it is
 	// not the usual round robin: "client-ip-affinity" (the Service's
 	// sessionAffinity ClientIP: the endpoint the client's address hashes
-	// to, for as long as the endpoints stay).
+	// to, for as long as the endpoints stay), "node-local" (its
+	// internalTrafficPolicy Local: only the endpoints on the client's node
+	// are listed, the only ones it reaches), or both.
 	Balancing string         `json:"balancing,omitempty"`
 	Endpoints []EndpointPath `json:"endpoints"`
 }
@@ -199,7 +203,7 @@ func targets(snap *model.Snapshot, to string) []*model.Service {
 // side describes a workload; a mode only where a sidecar enforces one.
 func side(w *model.Workload, connected map[string]ProxyStatus) Side {
 	_, ok := connected[w.Key()]
-	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok}
+	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Node: w.Node}
 	if w.Meshed {
 		s.Mode = string(w.Mode)
 	}
@@ -234,16 +238,23 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if e.From.Connected && !pp.OutsideScope {
 			pp.ClientIdentity = e.From.Identity
 		}
-		if svc.ClientIPAffinity && svc.ClusterIP != "" && e.From.Sidecar && !pp.OutsideScope {
-			pp.Balancing = "client-ip-affinity"
+		chained := svc.ClusterIP != "" && e.From.Sidecar && !pp.OutsideScope
+		var balancing []string
+		if svc.ClientIPAffinity && chained {
+			balancing = append(balancing, "client-ip-affinity")
 		}
+		nodeLocal := svc.NodeLocal && chained && e.From.Node != ""
+		if nodeLocal {
+			balancing = append(balancing, "node-local")
+		}
+		pp.Balancing = strings.Join(balancing, ",")
 		for id := range ids {
 			pp.ExpectedSANs = append(pp.ExpectedSANs, id)
 		}
 		slices.Sort(pp.ExpectedSANs)
 		ready := 0
 		for _, ep := range svc.Endpoints {
-			if ep.PortName != p.Name {
+			if ep.PortName != p.Name || nodeLocal && ep.Node != e.From.Node {
 				continue
 			}
 			if ep.Ready {
@@ -251,7 +262,10 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 			}
 			pp.Endpoints = append(pp.Endpoints, e.endpoint(snap, svc, ep, connected, pp.OutsideScope))
 		}
-		if ready == 0 {
+		switch {
+		case ready == 0 && nodeLocal:
+			e.find("%s port %d has no ready endpoint on the client's node %s, and its internalTrafficPolicy is Local: the client's calls fail", svc.Key(), p.Port, e.From.Node)
+		case ready == 0:
 			e.find("%s port %d has no ready endpoint: clients get \"no healthy upstream\" (503)", svc.Key(), p.Port)
 		}
 		e.Ports = append(e.Ports, pp)

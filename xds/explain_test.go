@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/xds"
 )
@@ -141,6 +143,41 @@ func TestExplain(t *testing.T) {
 	sticky, _ := k8s.Convert(st, "cluster.local")
 	if e, err := xds.Explain(sticky, both, "client-0.demo", "web.demo"); err != nil || e.Ports[0].Balancing != "client-ip-affinity" {
 		t.Errorf("with sessionAffinity ClientIP: balancing %q (%v), want client-ip-affinity", e.Ports[0].Balancing, err)
+	}
+	// internalTrafficPolicy Local: only the endpoints on the client's
+	// node; none there, and the calls fail.
+	local := corev1.ServiceInternalTrafficPolicyLocal
+	for s := range st.Services.Values() {
+		if s.Name == "web" {
+			s.Spec.InternalTrafficPolicy = &local
+		}
+	}
+	for sl := range st.Slices.Values() {
+		if sl.Name == "web-1" {
+			node := "node-a"
+			sl.Endpoints[0].NodeName = &node
+		}
+	}
+	for _, clientNode := range []string{"node-b", "node-a"} {
+		for p := range st.Pods.Values() {
+			if p.Name == "client-0" {
+				p.Spec.NodeName = clientNode
+			}
+		}
+		snap, _ := k8s.Convert(st, "cluster.local")
+		e, err := xds.Explain(snap, both, "client-0.demo", "web.demo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Ports[0].Balancing != "client-ip-affinity,node-local" {
+			t.Errorf("client on %s: balancing %q, want client-ip-affinity,node-local", clientNode, e.Ports[0].Balancing)
+		}
+		if clientNode == "node-b" && (len(e.Ports[0].Endpoints) != 0 || e.Verdict != "broken" || !slices.ContainsFunc(e.Finds, func(f string) bool { return strings.Contains(f, "no ready endpoint on the client's node node-b") })) {
+			t.Errorf("client on a node without endpoints: endpoints %+v, verdict %s, findings %q", e.Ports[0].Endpoints, e.Verdict, e.Finds)
+		}
+		if clientNode == "node-a" && (len(e.Ports[0].Endpoints) != 1 || e.Verdict != "mtls") {
+			t.Errorf("client on the endpoint's node: endpoints %+v, verdict %s, findings %q", e.Ports[0].Endpoints, e.Verdict, e.Finds)
+		}
 	}
 	// web-0 taking its port out of the interception: plaintext, and said
 	// why (not "STRICT refuses").

@@ -50,6 +50,11 @@ type Mesh struct {
 	// owned is each proxy's own resources as last translated, with what
 	// they were translated from.
 	owned map[string]ownEntry
+	// nodeLocal are the model's node-local services (every proxy's own
+	// resources hold their clusters: see translate.NodeLocal), as of the
+	// translator's generation nodeLocalGen.
+	nodeLocal    []*model.Service
+	nodeLocalGen uint64
 }
 
 // ownEntry is a proxy's own resources and their inputs: the proxy, its
@@ -62,7 +67,9 @@ type ownEntry struct {
 	from     *model.Workload
 	workload *model.Workload
 	settings inboundSettings
-	res      resource.Resources
+	// nodeLocalGen is the node-local services' generation then.
+	nodeLocalGen uint64
+	res          resource.Resources
 }
 
 // proxyRef is a connected proxy (refs: its streams) and what the last
@@ -97,8 +104,8 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 // is not published: the configuration published before stays, and Update
 // returns the error with its stack (see translated).
 //
-// Only a model whose inbound settings moved goes over every connected
-// proxy. A change of workloads (a pod, a policy) goes over the proxies of
+// Only a model whose inbound settings or node-local services moved goes
+// over every connected proxy. A change of workloads (a pod, a policy) goes over the proxies of
 // the workloads that moved, found by comparing the two workload lists
 // (sorted, their unchanged workloads the same pointers); an endpoint or
 // service change over none of them. The proxies whose own resources read
@@ -120,6 +127,11 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	}
 	err := m.translated(func() {
 		shared, problems = m.tr.Shared(snap)
+		// A node-local service that moved moves every proxy's own
+		// resources (each holds its clusters).
+		if nl, gen := m.tr.NodeLocalServices(); gen != m.nodeLocalGen {
+			m.nodeLocal, m.nodeLocalGen, every = nl, gen, true
+		}
 		for _, p := range problems {
 			if !slices.Contains(m.problems, p) {
 				m.log.Warn("xds: translation problem", "problem", p.String())
@@ -416,7 +428,7 @@ func (m *Mesh) ownSafely(p Peer, w *model.Workload) (res resource.Resources, cha
 func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
 	settings := settingsOf(m.snap)
 	prev, ok := m.owned[p.NodeID]
-	if ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
+	if ok && prev.peer == p && settings == prev.settings && prev.nodeLocalGen == m.nodeLocalGen && (w == nil) == (prev.workload == nil) &&
 		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload))) {
 		if prev.from != w {
 			prev.from = w
@@ -425,7 +437,7 @@ func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
 		return prev.res, false
 	}
 	res := m.own(p, w)
-	entry := ownEntry{peer: p, from: w, settings: settings, res: res}
+	entry := ownEntry{peer: p, from: w, settings: settings, nodeLocalGen: m.nodeLocalGen, res: res}
 	if w != nil {
 		c := *w
 		entry.workload = &c
@@ -441,13 +453,14 @@ type inboundSettings struct {
 	connectionMaxAge, detection time.Duration
 }
 
-// own translates a proxy's own resources. The listener and route types are
-// always present, so a workload that lost its ports (or its HTTP ports)
-// loses its inbound listener (its inbound routes). A proxy whose pod is
-// unknown, or runs under another service account than its certificate
-// says, gets no inbound side.
+// own translates a proxy's own resources. The listener, route, cluster and
+// endpoint types are always present, so a workload that lost its ports (or
+// its HTTP ports) loses its inbound listener (its inbound routes), and a
+// proxy loses the clusters of node-local services that are no more. A
+// proxy whose pod is unknown, or runs under another service account than
+// its certificate says, gets no inbound side.
 func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
-	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil}
+	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil, resourcev3.ClusterType: nil, resourcev3.EndpointType: nil}
 	switch {
 	case w == nil:
 		if m.snap != nil {
@@ -458,6 +471,15 @@ func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
 	default:
 		for t, items := range translate.Proxy(m.snap, w) {
 			res[t] = items
+		}
+	}
+	if len(m.nodeLocal) > 0 {
+		node := ""
+		if w != nil && w.Identity == p.Identity.String() {
+			node = w.Node
+		}
+		for t, items := range translate.NodeLocal(m.snap, m.nodeLocal, egress(p, w), node) {
+			res[t] = append(res[t], items...)
 		}
 	}
 	return res

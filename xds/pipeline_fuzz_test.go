@@ -416,6 +416,7 @@ func (in *fuzzInput) pod() *corev1.Pod {
 		}
 		p.Spec.Containers = append(p.Spec.Containers, c)
 	}
+	p.Spec.NodeName = nodeOf(p.Status.PodIP)
 	if in.chance(6) {
 		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: in.pick(k8s.ContainerProxy, k8s.ContainerInit, "other"),
 			Image: in.pick("meshd:dev", rawOption), State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: in.pick("ErrImagePull", "ImagePullBackOff", "Bogus"), Message: in.raw()}}}}
@@ -430,11 +431,16 @@ func (in *fuzzInput) service() *corev1.Service {
 	if s.Spec.Type == corev1.ServiceTypeExternalName {
 		s.Spec.ExternalName = in.pick("example.com", "", rawOption)
 	}
-	if s.Spec.Type == "" {
-		// Type "" is ClusterIP too: the two differ only by affinity, so a
-		// step can change that alone (no input byte is read for it, so
-		// the corpus keeps its meaning).
+	// Type "" and NodePort are ClusterIP services too: the three differ
+	// only by affinity and internal traffic policy, so a step can change
+	// either alone (no input byte is read for them, so the corpus keeps
+	// its meaning).
+	switch s.Spec.Type {
+	case "":
 		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+	case corev1.ServiceTypeNodePort:
+		local := corev1.ServiceInternalTrafficPolicyLocal
+		s.Spec.InternalTrafficPolicy = &local
 	}
 	ports := in.intn(3) + 1
 	if in.chance(8) {
@@ -466,6 +472,15 @@ func (in *fuzzInput) service() *corev1.Service {
 
 // slice makes an EndpointSlice, mostly of one of the services (and of
 // their pods' names).
+// nodeOf is the node of a fuzzed address (its last digit's parity; ""
+// for none): read from the address already drawn, so no input byte.
+func nodeOf(ip string) string {
+	if ip == "" {
+		return ""
+	}
+	return []string{"node-a", "node-b"}[ip[len(ip)-1]%2]
+}
+
 func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlice {
 	ns, svc := in.ns(), in.name("svc")
 	if i := in.intn(len(services) + 1); i < len(services) && !in.chance(4) {
@@ -499,6 +514,10 @@ func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlic
 		e := discoveryv1.Endpoint{}
 		for range in.mostlyInt(1, 0, 2, 3) {
 			e.Addresses = append(e.Addresses, in.ip())
+		}
+		if len(e.Addresses) > 0 {
+			node := nodeOf(e.Addresses[0]) // the node of the pod of that address
+			e.NodeName = &node
 		}
 		if in.chance(2) {
 			ready := in.chance(3)

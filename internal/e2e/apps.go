@@ -70,6 +70,10 @@ type AppsResult struct {
 	// 12 connections to the services sticky (sessionAffinity ClientIP)
 	// and spread, as fmt prints a map ("map[app-0:12]").
 	StickyHTTP, StickyTCP, SpreadHTTP, SpreadTCP string
+	// NodeLocalHTTP and NodeLocalTCP are the same for the service
+	// nodelocal (internalTrafficPolicy Local; client-0 and app-1 on node
+	// n2, app-0 on n1).
+	NodeLocalHTTP, NodeLocalTCP string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -101,7 +105,8 @@ type AppsResult struct {
 // appsYAML: app-0 (apps.py) in the mesh with the mode from %[5]s and a 1 s
 // detection timeout, its service (the banner port declared server-first by
 // appProtocol), client-0 in the mesh, legacy-0 outside it; app-1 (apps.py
-// too, for the services of overBoth).
+// too, for the services of overBoth). app-0 runs on node n1, app-1 and
+// client-0 on n2.
 const appsYAML = `apiVersion: v1
 kind: Namespace
 metadata: {name: demo, labels: {meshd.io/inject: enabled}}
@@ -141,6 +146,7 @@ metadata:
   annotations: {meshd.io/protocol-detection-timeout: 1s, meshd.io/exclude-inbound-ports: "7071"}
 spec:
   serviceAccountName: app
+  nodeName: n1
   containers: [{name: app, image: apps}]
 status: {podIP: %[2]s}
 ---
@@ -149,13 +155,14 @@ kind: Pod
 metadata: {name: app-1, namespace: demo}
 spec:
   serviceAccountName: app
+  nodeName: n2
   containers: [{name: app, image: apps}]
 status: {podIP: %[6]s}
 ---
 apiVersion: v1
 kind: Pod
 metadata: {name: client-0, namespace: demo}
-spec: {serviceAccountName: client}
+spec: {serviceAccountName: client, nodeName: n2}
 status: {podIP: %[3]s}
 ---
 apiVersion: v1
@@ -209,9 +216,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	}
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
-	stickyIP, spreadIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index)
-	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, pods["app-1"].IP) +
-		overBoth("sticky", stickyIP, "ClientIP", appIP, pods["app-1"].IP.String()) + overBoth("spread", spreadIP, "None", appIP, pods["app-1"].IP.String())
+	stickyIP, spreadIP, localIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index), fmt.Sprintf("198.19.%d.13", lab.Index)
+	app1IP := pods["app-1"].IP.String()
+	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, app1IP) +
+		overBoth("sticky", stickyIP, "sessionAffinity: ClientIP", appIP, app1IP) + overBoth("spread", spreadIP, "sessionAffinity: None", appIP, app1IP) +
+		overBoth("nodelocal", localIP, "internalTrafficPolicy: Local", appIP, app1IP)
 	// app-0's iptables as the injector makes them of its annotation.
 	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
 	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"},
@@ -282,7 +291,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	for _, c := range []struct {
 		ip        string
 		http, tcp *string
-	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}} {
+	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}, {localIP, &res.NodeLocalHTTP, &res.NodeLocalTCP}} {
 		*c.http = servers(func() string {
 			out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+c.ip+":8080/whoami")
 			return out
@@ -345,15 +354,15 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 }
 
 // overBoth is a service over app-0 and app-1 (HTTP 8080, TCP 7073) with
-// the given sessionAffinity.
-func overBoth(name, ip, affinity, app0, app1 string) string {
+// the given spec line (sessionAffinity, internalTrafficPolicy).
+func overBoth(name, ip, spec, app0, app1 string) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
 metadata: {name: %[1]s, namespace: demo}
 spec:
   clusterIP: %[2]s
-  sessionAffinity: %[3]s
+  %[3]s
   ports: [{name: http, port: 8080}, {name: tcp-who, port: 7073}]
 ---
 apiVersion: discovery.k8s.io/v1
@@ -363,10 +372,12 @@ addressType: IPv4
 ports: [{name: http, port: 8080}, {name: tcp-who, port: 7073}]
 endpoints:
 - addresses: [%[4]s]
+  nodeName: n1
   targetRef: {kind: Pod, namespace: demo, name: app-0}
 - addresses: [%[5]s]
+  nodeName: n2
   targetRef: {kind: Pod, namespace: demo, name: app-1}
-`, name, ip, affinity, app0, app1)
+`, name, ip, spec, app0, app1)
 }
 
 // serverRE finds the name of the apps.py that answered (/whoami, 7073).

@@ -444,6 +444,12 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s of the meshed client to a service with sessionAffinity ClientIP were answered by %s; want one server for all 12", what, got)
 				}
 			}
+			t.Logf("node-local: HTTP %s TCP %s", res.NodeLocalHTTP, res.NodeLocalTCP)
+			for what, got := range map[string]string{"HTTP requests": res.NodeLocalHTTP, "TCP connections": res.NodeLocalTCP} {
+				if got != "map[app-1:12]" {
+					t.Errorf("%s of the meshed client (node n2) to a service with internalTrafficPolicy Local were answered by %s; want app-1 (n2) for all 12", what, got)
+				}
+			}
 			for what, got := range map[string]string{"HTTP requests": res.SpreadHTTP, "TCP connections": res.SpreadTCP} {
 				if !strings.Contains(got, "app-0:") || !strings.Contains(got, "app-1:") || strings.Contains(got, "no answer") {
 					t.Errorf("%s of the meshed client to a service without affinity were answered by %s; want both servers", what, got)

@@ -21,6 +21,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -144,6 +145,45 @@ type Translator struct {
 	// localsOf are the workloads the locals were found from (never
 	// mutated: the same pointers are the same workloads).
 	localsOf []*model.Workload
+	// nodeLocal are the node-local services translated, by key (see
+	// NodeLocal); nodeLocalGen counts their changes, and nodeLocalList is
+	// them sorted, as of nodeLocalListGen.
+	nodeLocal                      map[string]*model.Service
+	nodeLocalGen, nodeLocalListGen uint64
+	nodeLocalList                  []*model.Service
+}
+
+// NodeLocalServices returns the node-local services of the last Shared's
+// snapshot, sorted by key, and a generation that moves whenever one of
+// them changed, came or went.
+func (t *Translator) NodeLocalServices() ([]*model.Service, uint64) {
+	if t.nodeLocalListGen != t.nodeLocalGen {
+		t.nodeLocalList = make([]*model.Service, 0, len(t.nodeLocal))
+		for _, svc := range t.nodeLocal {
+			t.nodeLocalList = append(t.nodeLocalList, svc)
+		}
+		slices.SortFunc(t.nodeLocalList, func(a, b *model.Service) int { return strings.Compare(a.Key(), b.Key()) })
+		t.nodeLocalListGen = t.nodeLocalGen
+	}
+	return t.nodeLocalList, t.nodeLocalGen
+}
+
+// noteNodeLocal records a service translated anew (or its key gone: nil)
+// among the node-local ones.
+func (t *Translator) noteNodeLocal(key string, svc *model.Service) {
+	_, was := t.nodeLocal[key]
+	switch {
+	case svc != nil && svc.NodeLocal:
+		if t.nodeLocal == nil {
+			t.nodeLocal = map[string]*model.Service{}
+		}
+		t.nodeLocal[key] = svc
+	case was:
+		delete(t.nodeLocal, key)
+	default:
+		return
+	}
+	t.nodeLocalGen++
 }
 
 // serviceOut is what a service translates to, and from what.
@@ -182,7 +222,7 @@ type outboundChains struct {
 func endpointsOnly(prev, next *serviceOut, ids []string) bool {
 	a, b := prev.svc, next.svc
 	return a.ClusterIP != "" && a.ClusterIP == b.ClusterIP && a.Namespace == b.Namespace && a.Name == b.Name &&
-		a.ClientIPAffinity == b.ClientIPAffinity && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
+		a.ClientIPAffinity == b.ClientIPAffinity && a.NodeLocal == b.NodeLocal && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
 }
 
 // portChains are the outbound chains one service port asks for: its
@@ -223,6 +263,7 @@ func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 			if !keep[key] {
 				delete(t.services, key)
 				delete(t.byModel, out.from)
+				t.noteNodeLocal(key, nil)
 			}
 		}
 	}
@@ -555,6 +596,9 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	if prev != nil && prev.maxAge == snap.ConnectionMaxAge && reflect.DeepEqual(prev.svc, *svc) {
 		prev.from = svc
 		t.byModel[svc] = prev
+		if svc.NodeLocal {
+			t.nodeLocal[key] = svc // the same content: no generation
+		}
 		return prev
 	}
 	out := &serviceOut{from: svc, svc: *svc, maxAge: snap.ConnectionMaxAge, res: Resources{}}
@@ -562,6 +606,7 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	t.services[key], t.byModel[svc] = out, out
 	add := func(typ resourcev3.Type, r types.Resource) { out.res[typ] = append(out.res[typ], r) }
 	ids := identities(svc)
+	t.noteNodeLocal(key, svc)
 	if prev != nil && endpointsOnly(prev, out, ids) {
 		// Only endpoints moved: the clusters, routes and filter chains are
 		// the same values (so the outbound listener, thousands of chains,
@@ -572,7 +617,9 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 			}
 		}
 		for _, p := range svc.Ports {
-			add(resourcev3.EndpointType, loadAssignment(ClusterName(svc, p.Port), svc, p))
+			if !svc.NodeLocal {
+				add(resourcev3.EndpointType, loadAssignment(ClusterName(svc, p.Port), svc, p))
+			}
 		}
 		out.chains, out.ids = prev.chains, prev.ids
 		return out
@@ -580,8 +627,10 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	out.ids, out.chains = ids, &serviceChains{}
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
-		add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge))
-		add(resourcev3.EndpointType, loadAssignment(name, svc, p))
+		if !svc.NodeLocal { // each proxy's own (see NodeLocal)
+			add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge))
+			add(resourcev3.EndpointType, loadAssignment(name, svc, p))
+		}
 		if p.Protocol.IsHTTP() {
 			add(resourcev3.RouteType, routeConfig(name, name, svc.ClientIPAffinity))
 		}
