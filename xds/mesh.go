@@ -105,10 +105,10 @@ func NewMesh(pub *publish.Publisher, log *slog.Logger) *Mesh {
 // returns the error with its stack (see translated).
 //
 // Only a model whose inbound settings or node-local services moved goes
-// over every connected proxy. A change of workloads (a pod, a policy) goes over the proxies of
-// the workloads that moved, found by comparing the two workload lists
-// (sorted, their unchanged workloads the same pointers); an endpoint or
-// service change over none of them. The proxies whose own resources read
+// over every connected proxy. A change of workloads (a pod, a policy)
+// goes over the proxies of the workloads that moved, found by comparing
+// the two workload lists (sorted, their unchanged workloads the same
+// pointers); an endpoint or service change over none of them. The proxies whose own resources read
 // services (see setAlways) are gone over every time, and the publisher
 // goes over the proxies of what moved.
 func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Problem, error) {
