@@ -499,6 +499,7 @@ type explainView struct {
 		Cluster      string   `json:"cluster"`
 		ExpectedSANs []string `json:"expected_server_sans"`
 		Client       string   `json:"client_presents"`
+		Balancing    string   `json:"balancing"`
 		Endpoints    []struct {
 			Address string `json:"address"`
 			Port    uint32 `json:"port"`
@@ -576,7 +577,11 @@ func (v *explainView) print(stdout io.Writer, from, to string) {
 		if p.Chain == "" {
 			fmt.Fprintf(stdout, "port %d (%s): no client sidecar, sent as the app sends it\n", p.Port, p.Protocol)
 		} else {
-			fmt.Fprintf(stdout, "port %d (%s): listener outbound, chain %s, cluster %s\n", p.Port, p.Protocol, p.Chain, p.Cluster)
+			balancing := ""
+			if p.Balancing != "" {
+				balancing = " (" + p.Balancing + ")"
+			}
+			fmt.Fprintf(stdout, "port %d (%s): listener outbound, chain %s, cluster %s%s\n", p.Port, p.Protocol, p.Chain, p.Cluster, balancing)
 			fmt.Fprintf(stdout, "  client presents %s; expects server SANs %v (secrets default, ROOTCA over SDS)\n", orDash(p.Client), p.ExpectedSANs)
 		}
 		for _, e := range p.Endpoints {

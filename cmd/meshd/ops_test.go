@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -44,5 +45,23 @@ func TestCheckFails(t *testing.T) {
 	}
 	if err := run(context.Background(), []string{"check", "-o", "xml"}, io.Discard, io.Discard); err == nil {
 		t.Error("-o xml accepted")
+	}
+}
+
+// TestExplainPrintsBalancing: a port whose endpoints are picked otherwise
+// than round robin says how on its line.
+func TestExplainPrintsBalancing(t *testing.T) {
+	var v explainView
+	if err := json.Unmarshal([]byte(`{"verdict":"mtls","ports":[
+		{"port":80,"protocol":"http","filter_chain":"outbound|80|web.demo","cluster":"outbound|80|web.demo","balancing":"client-ip-affinity,node-local"},
+		{"port":90,"protocol":"tcp","filter_chain":"outbound|90|web.demo","cluster":"outbound|90|web.demo"}]}`), &v); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	v.print(&out, "client-0.demo", "web.demo")
+	for _, want := range []string{"cluster outbound|80|web.demo (client-ip-affinity,node-local)\n", "cluster outbound|90|web.demo\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("explain printed:\n%s\nwant a line ending %q", out.String(), want)
+		}
 	}
 }
