@@ -461,12 +461,13 @@ type inboundSettings struct {
 // its certificate says, gets no inbound side.
 func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
 	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil, resourcev3.ClusterType: nil, resourcev3.EndpointType: nil}
+	mine := w != nil && w.Identity == p.Identity.String() // the proxy's pod
 	switch {
 	case w == nil:
 		if m.snap != nil {
 			m.log.Info("xds: proxy has no pod in the mesh model yet", "proxy", p.NodeID)
 		}
-	case w.Identity != p.Identity.String():
+	case !mine:
 		m.log.Warn("xds: proxy's certificate identity differs from its pod's; no inbound config", "proxy", p.NodeID, "identity", p.Identity.String(), "pod_identity", w.Identity)
 	default:
 		for t, items := range translate.Proxy(m.snap, w) {
@@ -474,11 +475,12 @@ func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
 		}
 	}
 	if len(m.nodeLocal) > 0 {
+		var scope model.Egress // as egress(p, w) finds it
 		node := ""
-		if w != nil && w.Identity == p.Identity.String() {
-			node = w.Node
+		if mine {
+			scope, node = w.Egress, w.Node
 		}
-		for t, items := range translate.NodeLocal(m.snap, m.nodeLocal, egress(p, w), node) {
+		for t, items := range translate.NodeLocal(m.snap, m.nodeLocal, scope, node) {
 			res[t] = append(res[t], items...)
 		}
 	}

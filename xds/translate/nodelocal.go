@@ -36,8 +36,7 @@ func NodeLocal(snap *model.Snapshot, nodeLocal []*model.Service, scope model.Egr
 		ids := identities(svc) // every endpoint's: the cluster is the same on every node
 		for _, p := range svc.Ports {
 			name := ClusterName(svc, p.Port)
-			res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType],
-				boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge))
+			res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], serviceCluster(snap, svc, p, name, ids))
 			res[resourcev3.EndpointType] = append(res[resourcev3.EndpointType], loadAssignment(name, &local, p))
 		}
 	}

@@ -208,6 +208,13 @@ func edsCluster(name, sni string, proto model.Protocol, ids []string, affinity b
 	return c
 }
 
+// serviceCluster is the cluster of a service port (named name) that the
+// shared translation and, for node-local services, each proxy's own use:
+// edsCluster with the service's connection age bound.
+func serviceCluster(snap *model.Snapshot, svc *model.Service, p model.Port, name string, ids []string) *clusterv3.Cluster {
+	return boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge)
+}
+
 // directCluster reaches a headless service's mesh endpoint at the original
 // destination, with mutual TLS and the service's identities checked.
 func directCluster(name, sni string, proto model.Protocol, ids []string) *clusterv3.Cluster {

@@ -628,7 +628,7 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
 		if !svc.NodeLocal { // each proxy's own (see NodeLocal)
-			add(resourcev3.ClusterType, boundAge(edsCluster(name, sni(svc), p.Protocol, ids, svc.ClientIPAffinity), p.Protocol, ids, snap.ConnectionMaxAge))
+			add(resourcev3.ClusterType, serviceCluster(snap, svc, p, name, ids))
 			add(resourcev3.EndpointType, loadAssignment(name, svc, p))
 		}
 		if p.Protocol.IsHTTP() {
