@@ -47,6 +47,14 @@ type AppsResult struct {
 	// service) got from app-0's gRPC port: the meshed one through the
 	// service, the outsider at the pod IP. Empty without a helper.
 	GRPCFromClient, GRPCFromLegacy string
+	// GRPCOnHTTPPort is the meshed client's gRPC call through the service
+	// port http-grpc (9091: named HTTP, the app speaking gRPC, HTTP/2
+	// without TLS); empty without a helper.
+	GRPCOnHTTPPort string
+	// WebSocketOnH2C is the meshed client's WebSocket through the service
+	// port web (8083, appProtocol kubernetes.io/h2c: the app speaks both
+	// HTTP/1.1 and HTTP/2), as WebSocketFromClient.
+	WebSocketOnH2C string
 	// UndeclaredFromLegacy is what the outsider got from app-0's port 7070,
 	// which no Service or container declares, at the pod IP.
 	UndeclaredFromLegacy string
@@ -127,12 +135,14 @@ spec:
   - {name: grpc, port: 9090}
   - {name: tcp-bypass, port: 7071}
   - {name: tcp-eof, port: 7072}
+  - {name: http-grpc, port: 9091}
+  - {name: web, port: 8083, appProtocol: kubernetes.io/h2c}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: app-1, namespace: demo, labels: {kubernetes.io/service-name: app}}
 addressType: IPv4
-ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}, {name: tcp-bypass, port: 7071}, {name: tcp-eof, port: 7072}]
+ports: [{name: http, port: 8080}, {name: tcp-loopback, port: 8081}, {name: banner, port: 2525}, {name: grpc, port: 9090}, {name: tcp-bypass, port: 7071}, {name: tcp-eof, port: 7072}, {name: http-grpc, port: 9091}, {name: web, port: 8083}]
 endpoints:
 - addresses: [%[2]s]
   targetRef: {kind: Pod, namespace: demo, name: app-0}
@@ -205,6 +215,9 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		if _, err := lab.Start("grpc-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, opts.GRPCHelper, "grpc-helper", "serve", "0.0.0.0:9090"); err != nil {
 			return nil, err
 		}
+		if _, err := lab.Start("grpc-app-0-http", netlab.ProcOptions{Pod: pods["app-0"]}, opts.GRPCHelper, "grpc-helper", "serve", "0.0.0.0:9091"); err != nil {
+			return nil, err
+		}
 	}
 	if err := waitFor(ctx, 10*time.Second, "apps.py serving", func() error {
 		if !strings.Contains(app.Log(), "serving") || !strings.Contains(app1.Log(), "serving") {
@@ -268,6 +281,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	}
 	res.WebSocketFromClient = ws("client-0", svcIP)
 	res.WebSocketFromLegacy = ws("legacy-0", appIP)
+	out, err = pods["client-0"].Run(ctx, python, script, "ws", svcIP, "8083", "hello", "again")
+	res.WebSocketOnH2C = strings.TrimSpace(out)
+	if err != nil {
+		res.WebSocketOnH2C += fmt.Sprintf(" (%v)", err)
+	}
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-0", "-m", "5", "-w", " code=%{http_code} version=%{http_version}", "http://"+svcIP+":8080/")
 	res.HTTP10FromClient = strings.TrimSpace(out)
 	out, _ = pods["app-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
@@ -324,6 +342,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 			if err != nil {
 				*into += fmt.Sprintf(" (%v)", err)
 			}
+		}
+		out, err := pods["client-0"].Run(ctx, opts.GRPCHelper, "grpc-helper", "check", svcIP+":9091", "app")
+		res.GRPCOnHTTPPort = strings.TrimSpace(out)
+		if err != nil {
+			res.GRPCOnHTTPPort += fmt.Sprintf(" (%v)", err)
 		}
 	}
 	if hold > 0 {

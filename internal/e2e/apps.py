@@ -1,6 +1,6 @@
 """Workloads other than nginx for the e2e experiments (python3, stdlib only).
 
-serve [NAME]: an HTTP server on 0.0.0.0:8080 that answers with the address
+serve [NAME]: an HTTP server on 0.0.0.0:8080 (and 8083) that answers with the address
 the request came from (/whoami: with NAME; /flaky: always 503, counted,
 /flaky-count: the count; asked to upgrade to a WebSocket, it echoes the
 client's text messages); a client-first line server on 127.0.0.1:8081 only
@@ -175,6 +175,7 @@ class Server(socketserver.ThreadingTCPServer):
 def serve():
     servers = [
         http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Peer),
+        http.server.ThreadingHTTPServer(("0.0.0.0", 8083), Peer),
         Server(("127.0.0.1", 8081), Loopback),
         Server(("0.0.0.0", 2525), Banner),
         Server(("0.0.0.0", 7070), Undeclared),

@@ -429,6 +429,15 @@ func TestWorkloads(t *testing.T) {
 			if want := "check=SERVING watch=SERVING"; res.GRPCFromClient != want {
 				t.Errorf("a gRPC call and stream of the meshed client through the service: %q, want %q", res.GRPCFromClient, want)
 			}
+			// Each request crosses the mesh in the protocol its client
+			// spoke, whatever the port's name or appProtocol says.
+			t.Logf("gRPC on a port named http: %q; WebSocket on an h2c port: %q", res.GRPCOnHTTPPort, res.WebSocketOnH2C)
+			if want := "check=SERVING watch=SERVING"; res.GRPCOnHTTPPort != want {
+				t.Errorf("a gRPC call and stream of the meshed client through a service port named http-grpc: %q, want %q", res.GRPCOnHTTPPort, want)
+			}
+			if want := "status=101 accept=ok answer='echo hello from 127.0.0.6' answer='echo again from 127.0.0.6'"; res.WebSocketOnH2C != want {
+				t.Errorf("a WebSocket of the meshed client through a service port of appProtocol kubernetes.io/h2c: %q, want %q", res.WebSocketOnH2C, want)
+			}
 			// The bypassed port is reached directly, in plaintext, by both:
 			// the meshed client's sidecar sends no TLS there.
 			for who, c := range map[string]struct{ got, from string }{"the meshed client": {res.BypassFromClient, res.ClientIP}, "the outsider": {res.BypassFromLegacy, res.LegacyIP}} {

@@ -167,8 +167,9 @@ func keepaliveSocketOptions() []*corev3.SocketOption {
 // the HTTP filters it has, and with what apps did without the mesh:
 // WebSocket upgrades (Envoy refuses an upgrade it was not configured for
 // with a 403) and HTTP/1.0 requests (refused with a 426 otherwise; ab and
-// old health checkers send them). Between sidecars an HTTP port's traffic
-// stays HTTP/1.1, so an upgraded connection crosses both hops as it came.
+// old health checkers send them). Between sidecars a request keeps its
+// client's protocol (setProtocol), so an upgraded connection crosses both
+// hops as it came.
 func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	hcm.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}}
 	// Nor is a quiet stream cut (Envoy's default: after 5 minutes without
@@ -227,19 +228,29 @@ func stdoutLog(line string) []*accesslogv3.AccessLog {
 	}}
 }
 
-// setProtocol makes HTTP/2 and gRPC clusters speak HTTP/2 upstream; HTTP
-// clusters keep Envoy's default (HTTP/1.1).
+// setProtocol makes an HTTP cluster (HTTP, HTTP/2, gRPC) speak upstream
+// the protocol its client spoke downstream: a request crosses both hops
+// and reaches the app as its client sent it, whatever the port's name or
+// appProtocol says (gRPC, HTTP/2 without TLS, on a port named http-*; a
+// WebSocket, or curl, on a port declared HTTP/2 or gRPC), as it did
+// without the mesh. The peer's sidecar tells the two apart by the
+// connection's first bytes (its listeners' codec is AUTO; no ALPN is
+// negotiated between sidecars). TCP clusters are left alone.
 func setProtocol(c *clusterv3.Cluster, p model.Protocol) {
-	if p != model.ProtocolHTTP2 && p != model.ProtocolGRPC {
+	if !p.IsHTTP() {
 		return
 	}
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{
-		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
-			UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-			}},
-		}),
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{UpstreamProtocolOptions: downstreamProtocol()}),
 	}
+}
+
+// downstreamProtocol is the upstream protocol of setProtocol.
+func downstreamProtocol() *httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig {
+	return &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+		HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+		Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+	}}
 }
 
 // boundAge makes a mesh HTTP cluster close each upstream connection
@@ -252,14 +263,7 @@ func boundAge(c *clusterv3.Cluster, p model.Protocol, ids []string, maxAge time.
 	}
 	opts := &httpv3.HttpProtocolOptions{
 		CommonHttpProtocolOptions: &corev3.HttpProtocolOptions{MaxConnectionDuration: durationpb.New(maxAge)},
-		UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}},
-		}},
-	}
-	if p.IsHTTP2() {
-		opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}},
-		}}
+		UpstreamProtocolOptions:   downstreamProtocol(),
 	}
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(opts)}
 	return c

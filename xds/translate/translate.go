@@ -66,11 +66,12 @@ func directClusterName(svc *model.Service, port uint32) string {
 
 // InboundClusterName returns the cluster that reaches the app on a port of
 // the proxy's own pod (at the connection's original destination):
-// inbound|<port>, or
-// inbound-h2|<port> for HTTP/2 and gRPC ports.
+// inbound|<port> for TCP ports, inbound-http|<port> for HTTP, HTTP/2 and
+// gRPC ports (which speak the client's HTTP protocol to the app: see
+// setProtocol).
 func InboundClusterName(p model.Port) string {
-	if p.Protocol.IsHTTP2() {
-		return fmt.Sprintf("inbound-h2|%d", p.Port)
+	if p.Protocol.IsHTTP() {
+		return fmt.Sprintf("inbound-http|%d", p.Port)
 	}
 	return fmt.Sprintf("inbound|%d", p.Port)
 }
@@ -545,8 +546,8 @@ func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
 	// distinct one, not once per port of every workload (10,000 names on
 	// every pod change at 10,000 workloads).
 	type local struct {
-		port               uint32
-		h2, noInterception bool
+		port                 uint32
+		http, noInterception bool
 	}
 	seen := map[local]bool{}
 	undeclared := false
@@ -556,7 +557,7 @@ func (t *Translator) localClusters(snap *model.Snapshot) []types.Resource {
 			out = append(out, t.cached(InboundUndeclaredCluster, func() types.Resource { return undeclaredCluster() }))
 		}
 		for _, p := range w.Ports {
-			k := local{p.Port, p.Protocol.IsHTTP2(), w.NoInterception}
+			k := local{p.Port, p.Protocol.IsHTTP(), w.NoInterception}
 			if seen[k] {
 				continue
 			}
