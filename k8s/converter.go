@@ -36,6 +36,14 @@ import (
 // handed on), the services as a vec.Vec patched where services changed.
 // Not safe for concurrent use.
 type Converter struct {
+	// RootNamespace, if set before the first Convert, is the namespace
+	// whose AuthorizationPolicies apply to the pods of every namespace
+	// (their selectors matched against each pod's labels), beside the
+	// policies of the pod's own namespace: mesh-wide rules, written
+	// where only the mesh's administrators may write (meshd's own
+	// namespace by default, as Istio's root namespace is istio-system).
+	RootNamespace string
+
 	trustDomain   string
 	round         uint64
 	namespaces    map[string]*corev1.Namespace
@@ -134,8 +142,9 @@ func (c *Converter) Convert(st *State) (*model.Snapshot, []Problem) {
 	depChanged, podsMoved := c.setPods(st.Pods, nsMoved, dirty)
 	servicesMoved := c.setServices(st.Services, st.Slices, depChanged, dirty)
 	if len(policyChanged) > 0 {
+		everywhere := c.RootNamespace != "" && policyChanged[c.RootNamespace]
 		for key, e := range c.pods {
-			if policyChanged[e.pod.Namespace] {
+			if everywhere || policyChanged[e.pod.Namespace] {
 				dirty[key] = true
 			}
 		}
@@ -587,7 +596,11 @@ func (c *Converter) finish(e *podEntry) {
 	}
 	w.Ports = slices.DeleteFunc(uniquePorts(ports), func(p model.Port) bool { return w.Bypasses(p.Port) })
 	serverFirst(&w, e.serverFirst, &e.outProblems)
-	w.Policies = selecting(c.policiesByNs[w.Namespace], e.pod)
+	own := c.policiesByNs[w.Namespace]
+	if c.RootNamespace != "" && w.Namespace != c.RootNamespace {
+		own = slices.Concat(own, c.policiesByNs[c.RootNamespace])
+	}
+	w.Policies = selecting(own, e.pod)
 	if e.out == nil || !reflect.DeepEqual(*e.out, w) {
 		e.out = &w
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -267,5 +268,94 @@ func TestPolicyStatusConflict(t *testing.T) {
 				t.Errorf("conflicted %v, status.workloads %d, want %d", conflicted.Load(), n, want)
 			}
 		})
+	}
+}
+
+// The root namespace's policies apply to the pods of every namespace they
+// select (by label), beside each namespace's own; a change of them reaches
+// pods everywhere, as a fresh conversion would see it.
+func TestRootNamespacePolicies(t *testing.T) {
+	const pods = `apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: shop, labels: {app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: other, labels: {app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api-0, namespace: other, labels: {app: api}}
+---
+apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: own, namespace: shop}
+spec: {selector: {}, action: ALLOW, rules: [{}]}
+`
+	const rootPolicies = `---
+apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-sandbox, namespace: mesh-root}
+spec: {selector: {}, action: DENY, rules: [{from: {namespaces: [sandbox]}}]}
+---
+apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-only-get, namespace: mesh-root}
+spec: {selector: {matchLabels: {app: web}}, action: ALLOW, rules: [{to: {methods: [GET]}}]}
+`
+	state := func(doc string) *k8s.State {
+		st, err := k8s.StateFromYAML([]byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	fresh := func(st *k8s.State) *model.Snapshot {
+		c := k8s.NewConverter("cluster.local")
+		c.RootNamespace = "mesh-root"
+		snap, _ := c.Convert(st)
+		return snap
+	}
+	keys := func(w *model.Workload) string {
+		var out []string
+		for _, p := range w.Policies {
+			out = append(out, p.Key())
+		}
+		return strings.Join(out, ",")
+	}
+	// The same pod objects in every state: only the policies move.
+	base, root := state(pods), state(rootPolicies)
+	with := *base
+	with.Policies = slices.Concat(base.Policies, root.Policies)
+	conv := k8s.NewConverter("cluster.local")
+	conv.RootNamespace = "mesh-root"
+	steps := []struct {
+		st   *k8s.State
+		want map[string]string
+	}{
+		{base, map[string]string{"web-0.shop": "shop/own", "web-0.other": "", "api-0.other": ""}},
+		{&with, map[string]string{
+			"web-0.shop":  "mesh-root/no-sandbox,mesh-root/web-only-get,shop/own",
+			"web-0.other": "mesh-root/no-sandbox,mesh-root/web-only-get",
+			"api-0.other": "mesh-root/no-sandbox",
+		}},
+		{base, map[string]string{"web-0.shop": "shop/own", "web-0.other": "", "api-0.other": ""}},
+	}
+	for i, step := range steps {
+		snap, _ := conv.Convert(step.st)
+		want := fresh(step.st)
+		for key, policies := range step.want {
+			if got := keys(snap.Workload(key)); got != policies {
+				t.Errorf("step %d: %s: policies %q, want %q", i, key, got, policies)
+			}
+			if got, fresh := keys(snap.Workload(key)), keys(want.Workload(key)); got != fresh {
+				t.Errorf("step %d: %s: policies %q incrementally, %q converted afresh", i, key, got, fresh)
+			}
+		}
+	}
+	// Without a root namespace, mesh-root is a namespace like any other.
+	snap, _ := k8s.Convert(state(pods+rootPolicies), "cluster.local")
+	if got := keys(snap.Workload("web-0.other")); got != "" {
+		t.Errorf("no root namespace: web-0.other has policies %q, want none", got)
 	}
 }

@@ -50,7 +50,12 @@ func newWatch(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, reg prometheus
 
 // onState converts a state, reports its problems and publishes the model.
 func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh, updates *prometheus.CounterVec, log *slog.Logger) func(context.Context, *k8s.State) {
-	conv := k8s.NewConverter(cfg.TrustDomain) // converts what changed; OnState is called from one goroutine
+	newConverter := func() *k8s.Converter {
+		c := k8s.NewConverter(cfg.TrustDomain)
+		c.RootNamespace = cfg.PolicyRoot()
+		return c
+	}
+	conv := newConverter() // converts what changed; OnState is called from one goroutine
 	published, failed := updates.WithLabelValues("published"), updates.WithLabelValues("failed")
 	return func(ctx context.Context, st *k8s.State) {
 		w.pods.Set(st.Pods)
@@ -58,7 +63,7 @@ func (w *watchStage) onState(cfg config.Config, kube *kubeStage, mesh *xds.Mesh,
 		if err != nil {
 			// The model published before stays; the next change converts
 			// everything afresh.
-			conv = k8s.NewConverter(cfg.TrustDomain)
+			conv = newConverter()
 			log.Error("k8s: state not converted", "error", err)
 			failed.Inc()
 			return

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/meshd/meshd/bootstrap"
 	"github.com/meshd/meshd/ca/certmanager"
 	"github.com/meshd/meshd/model"
@@ -35,6 +37,9 @@ type Config struct {
 	Namespace string
 	// TrustDomain is the SPIFFE trust domain.
 	TrustDomain string
+	// RootNamespace is where mesh-wide AuthorizationPolicies live (they
+	// apply to the pods of every namespace); empty: Namespace.
+	RootNamespace string
 	// CertTTL is the lifetime of workload certificates.
 	CertTTL time.Duration
 	// DetectionTimeout is how long inbound sidecars wait for a client's
@@ -132,6 +137,15 @@ func Default() Config {
 	}
 }
 
+// PolicyRoot is the namespace of mesh-wide AuthorizationPolicies:
+// RootNamespace, or meshd's own namespace.
+func (c Config) PolicyRoot() string {
+	if c.RootNamespace != "" {
+		return c.RootNamespace
+	}
+	return c.Namespace
+}
+
 // RegisterFlags binds every field to a flag on fs, with c's values as defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.XDSAddr, "xds-addr", c.XDSAddr, "address of the ADS gRPC server")
@@ -140,6 +154,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LocalDir, "local-dir", c.LocalDir, "directory of Kubernetes YAML to serve instead of a cluster")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "meshd's own namespace")
 	fs.StringVar(&c.TrustDomain, "trust-domain", c.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&c.RootNamespace, "root-namespace", c.RootNamespace, "the namespace whose AuthorizationPolicies apply to the pods of every namespace (default: --namespace, meshd's own)")
 	fs.DurationVar(&c.CertTTL, "cert-ttl", c.CertTTL, "lifetime of workload certificates")
 	fs.DurationVar(&c.DetectionTimeout, "protocol-detection-timeout", c.DetectionTimeout,
 		"how long an inbound sidecar waits for a client's first bytes to tell mutual TLS from plaintext: a server-first protocol's plaintext client waits this long on PERMISSIVE pods, and is closed after it on STRICT pods (a pod's annotation meshd.io/protocol-detection-timeout overrides)")
@@ -212,6 +227,11 @@ func (c *Config) Validate() error {
 	}
 	if c.TrustDomain == "" {
 		errs = append(errs, errors.New("--trust-domain must not be empty"))
+	}
+	if c.RootNamespace != "" {
+		if msgs := validation.IsDNS1123Label(c.RootNamespace); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--root-namespace %q: not a namespace name: %s", c.RootNamespace, strings.Join(msgs, "; ")))
+		}
 	}
 	switch {
 	case c.DebugAuth != "token" && c.DebugAuth != "kubernetes":

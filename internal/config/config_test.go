@@ -31,6 +31,8 @@ func TestValidate(t *testing.T) {
 		"issuer, no cluster": {args: []string{"-issuer-ref", "Issuer/x", "-local-dir", "d", "-ca-dir", "c"}, wantErr: "needs a cluster"},
 		"bad trust bundle":   {args: []string{"-issuer-ref", "Issuer/x", "-trust-bundle", "configmap/x"}, wantErr: "configmap/<name>/<key>"},
 		"bundle, no issuer":  {args: []string{"-trust-bundle", "secret/x/ca.crt"}, wantErr: "needs --issuer-ref"},
+		"root namespace":     {args: []string{"-root-namespace", "mesh-policies"}},
+		"bad root namespace": {args: []string{"-root-namespace", "Mesh_Policies"}, wantErr: "--root-namespace"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -48,6 +50,9 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("error %v, want one mentioning %q", err, tc.wantErr)
 			}
 		})
+	}
+	if c := Default(); c.PolicyRoot() != c.Namespace {
+		t.Errorf("default root namespace %q, want meshd's own %q", c.PolicyRoot(), c.Namespace)
 	}
 	if Default().CertTTL != 24*time.Hour {
 		t.Errorf("default cert TTL = %s, want 24h", Default().CertTTL)

@@ -18,7 +18,8 @@ import (
 // and the same nginx on 9090 as a TCP port (service port 90); client-0
 // (service account client) and other-0 (service account other) call it
 // through their sidecars while AuthorizationPolicies come and go in meshd's
-// local dir.
+// local dir (in the pods' namespace, and in meshd's own: the root
+// namespace, whose policies apply to every namespace).
 
 // AuthzOutcome is what one caller got on one port in one phase: "200",
 // "403", or "closed" (the connection ended without an answer).
@@ -116,6 +117,17 @@ spec:
   rules:
   - from: {identities: [spiffe://cluster.local/ns/demo/sa/client]}
 `
+	// rootDenyOther is written in meshd's own namespace, the root
+	// namespace by default: it applies to the pods of every namespace.
+	rootDenyOther = `apiVersion: meshd.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-other, namespace: meshd-system}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+  - from: {serviceAccounts: [demo/other]}
+`
 )
 
 // authzPhase is a set of policies, and what web-0's sidecar must (want)
@@ -131,6 +143,7 @@ const (
 	ruleAllow  = `"demo/web-callers/rule-0"`
 	ruleDeny   = `"demo/no-client/rule-0"`
 	shadowRule = `"shadow_rules"`
+	ruleRoot   = `"meshd-system/no-other/rule-0"`
 )
 
 // RunAuthz runs the authorization experiment and removes everything it
@@ -195,6 +208,7 @@ func (a *authzRun) phases(ctx context.Context) error {
 		{name: "allow", policies: []string{allowClient}, want: []string{ruleAllow}, notWant: []string{ruleDeny}},
 		{name: "deny-over-allow", policies: []string{allowClient, fmt.Sprintf(denyClient, false)}, want: []string{ruleAllow, ruleDeny}, notWant: []string{shadowRule}},
 		{name: "dry-run-deny", policies: []string{allowClient, fmt.Sprintf(denyClient, true)}, want: []string{ruleAllow, ruleDeny, shadowRule}},
+		{name: "mesh-wide-deny", policies: []string{rootDenyOther}, want: []string{ruleRoot}, notWant: []string{ruleAllow, ruleDeny}},
 	} {
 		if _, err := a.apply(ctx, ph); err != nil {
 			return err

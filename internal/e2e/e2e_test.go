@@ -588,8 +588,10 @@ func socketWithKeepalive(ss, addr string) bool {
 // HTTP port and a TCP port. An ALLOW policy lets client-0 in and keeps
 // other-0 out (403 on HTTP, the connection closed on TCP); a DENY policy
 // overrides it for client-0; as a dry run the same DENY policy refuses
-// nothing but is logged and counted; adding and removing the policy under
-// client-0's traffic fails none of its requests. The refusals are in the
+// nothing but is logged and counted; a DENY policy in meshd's namespace
+// (the root namespace) keeps other-0 out of web-0 in another namespace;
+// adding and removing the policy under client-0's traffic fails none of
+// its requests. The refusals are in the
 // server sidecar's log with the caller and the rule, explain names the
 // deciding rule, and the config_dump holds the RBAC filters.
 func TestAuthorization(t *testing.T) {
@@ -609,6 +611,7 @@ func TestAuthorization(t *testing.T) {
 		"deny-over-allow client-0 http": "403", "deny-over-allow client-0 tcp": "closed",
 		"deny-over-allow other-0 http": "403", "deny-over-allow other-0 tcp": "closed",
 		"dry-run-deny client-0 http": "200", "dry-run-deny client-0 tcp": "200", "dry-run-deny other-0 http": "403", "dry-run-deny other-0 tcp": "closed",
+		"mesh-wide-deny client-0 http": "200", "mesh-wide-deny client-0 tcp": "200", "mesh-wide-deny other-0 http": "403", "mesh-wide-deny other-0 tcp": "closed",
 	}
 	for _, o := range res.Outcomes {
 		key := o.Phase + " " + o.Caller + " " + o.Port
