@@ -98,7 +98,7 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 	}
 	sa := cmp.Or(p.Spec.ServiceAccountName, "default")
 	w = &model.Workload{
-		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa, Node: p.Spec.NodeName,
+		Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), ServiceAccount: sa, Node: p.Spec.NodeName, Zone: p.Labels[corev1.LabelTopologyZone],
 		Identity: model.SPIFFEID(trustDomain, p.Namespace, sa),
 		Meshed:   meshed(p, ns),
 		Mode:     mode(p, ns, ps),
@@ -373,6 +373,7 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 	}
 	slicesSortPorts(svc.Ports)
 	svc.Endpoints = c.endpoints(svc, slices)
+	svc.ZoneHints = svc.ClusterIP != "" && zoneHinted(svc.Endpoints)
 	return svc
 }
 
@@ -409,6 +410,23 @@ func (c *serviceConv) endpoints(svc *model.Service, slices []*discoveryv1.Endpoi
 	return out
 }
 
+// zoneHinted reports whether a service's endpoints are to be picked by
+// zone (model.Service.ZoneHints): some are ready, and every ready one has
+// zone hints. kube-proxy ignores the hints otherwise (the EndpointSlice
+// controller is between two states, or the slices are not its own).
+func zoneHinted(eps []model.Endpoint) bool {
+	ready := false
+	for _, e := range eps {
+		if e.Ready {
+			if len(e.ForZones) == 0 {
+				return false
+			}
+			ready = true
+		}
+	}
+	return ready
+}
+
 func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uint32, svcPort model.Port) []model.Endpoint {
 	var w *model.Workload
 	if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" {
@@ -420,6 +438,13 @@ func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uin
 		c.deps[key] = depOf(w)
 	}
 	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true), Node: ptrOr(e.NodeName, "")}
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			base.ForZones = append(base.ForZones, z.Name)
+		}
+		slices.Sort(base.ForZones)
+		base.ForZones = slices.Compact(base.ForZones)
+	}
 	if w != nil {
 		base.Workload = w.Key()
 		if w.Meshed && !w.Bypasses(port) {

@@ -95,6 +95,56 @@ type Service struct {
 	// with a ClusterIP only): a client reaches only the endpoints on its
 	// own node, and none when its node has none.
 	NodeLocal bool
+	// ZoneHints: every ready endpoint carries zone hints (Endpoint.
+	// ForZones; EndpointSlices get them for trafficDistribution
+	// PreferClose and topology-aware routing), so a client in a zone
+	// reaches the endpoints hinted for it, as kube-proxy sends it (see
+	// Service.ForClient). Services with a ClusterIP only.
+	ZoneHints bool
+}
+
+// PerClient reports whether the endpoints a client reaches depend on
+// where the client is (NodeLocal, ZoneHints): such a service's clusters
+// and endpoint sets are each proxy's own, not shared.
+func (s *Service) PerClient() bool { return s.NodeLocal || s.ZoneHints }
+
+// ForClient returns the endpoints of port a client on node in zone
+// reaches, as kube-proxy picks them ("" node or zone: not known):
+//   - NodeLocal: the ones on the client's node (none if it has none);
+//     all of them when the node is not known;
+//   - ZoneHints: the ones hinted for the client's zone when there is
+//     any such ready endpoint; all of them otherwise (no zone known, or
+//     none hinted for it);
+//   - else all of them.
+func (s *Service) ForClient(p Port, node, zone string) []Endpoint {
+	var out []Endpoint
+	switch {
+	case s.NodeLocal && node != "":
+		for _, e := range s.Endpoints {
+			if e.PortName == p.Name && e.Node == node {
+				out = append(out, e)
+			}
+		}
+		return out
+	case s.ZoneHints && !s.NodeLocal && zone != "":
+		ready := false
+		for _, e := range s.Endpoints {
+			if e.PortName == p.Name && slices.Contains(e.ForZones, zone) {
+				out = append(out, e)
+				ready = ready || e.Ready
+			}
+		}
+		if ready {
+			return out
+		}
+	}
+	out = out[:0]
+	for _, e := range s.Endpoints {
+		if e.PortName == p.Name {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // Key returns "name.namespace".
@@ -129,6 +179,9 @@ type Endpoint struct {
 	Workload string
 	// Node is the node the endpoint is on, "" if unknown.
 	Node string
+	// ForZones are the zones whose clients the EndpointSlice hints this
+	// endpoint for (sorted), none if it has no hints.
+	ForZones []string
 }
 
 // Workload is a pod.
@@ -141,6 +194,11 @@ type Workload struct {
 	IP string
 	// Node is the node the pod runs on, "" before it is scheduled.
 	Node string
+	// Zone is its node's zone, from the pod's label topology.kubernetes.io/
+	// zone (which Kubernetes copies from the node when the pod is bound,
+	// with PodTopologyLabelsAdmission: beta and on since 1.35), "" if it
+	// has none.
+	Zone string
 	// Identity is the pod's SPIFFE ID.
 	Identity string
 	// Meshed reports whether the pod has a sidecar.

@@ -1,6 +1,7 @@
 package model_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +111,46 @@ func TestSameList(t *testing.T) {
 	} {
 		if got := model.SameList(tc.x, tc.y); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// ForClient picks a client's endpoints as kube-proxy does: its node's for
+// a node-local service (all when its node is not known), those hinted for
+// its zone when one of them is ready, else all.
+func TestServiceForClient(t *testing.T) {
+	p := model.Port{Name: "http", Port: 80}
+	svc := &model.Service{ZoneHints: true, Endpoints: []model.Endpoint{
+		{PortName: "http", Address: "198.18.0.1", Ready: true, Node: "n1", ForZones: []string{"a"}},
+		{PortName: "http", Address: "198.18.0.2", Ready: true, Node: "n2", ForZones: []string{"b"}},
+		{PortName: "http", Address: "198.18.0.3", Ready: false, Node: "n3", ForZones: []string{"c"}},
+		{PortName: "grpc", Address: "198.18.0.1", Ready: true, Node: "n1", ForZones: []string{"a"}},
+	}}
+	addrs := func(eps []model.Endpoint) string {
+		var out []string
+		for _, e := range eps {
+			out = append(out, e.Address)
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tc := range []struct {
+		name              string
+		nodeLocal, hinted bool
+		node, zone, want  string
+	}{
+		{"zone a", false, true, "n2", "a", "198.18.0.1"},
+		{"zone b", false, true, "n1", "b", "198.18.0.2"},
+		{"zone c: its one endpoint not ready", false, true, "", "c", "198.18.0.1 198.18.0.2 198.18.0.3"},
+		{"zone unknown", false, true, "n1", "", "198.18.0.1 198.18.0.2 198.18.0.3"},
+		{"no hints", false, false, "n1", "a", "198.18.0.1 198.18.0.2 198.18.0.3"},
+		{"node-local first", true, true, "n2", "a", "198.18.0.2"},
+		{"node-local, a node without endpoints", true, true, "n9", "a", ""},
+		{"node-local, node unknown", true, true, "", "a", "198.18.0.1 198.18.0.2 198.18.0.3"},
+	} {
+		s := *svc
+		s.NodeLocal, s.ZoneHints = tc.nodeLocal, tc.hinted
+		if got := addrs(s.ForClient(p, tc.node, tc.zone)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }

@@ -54,6 +54,9 @@ type Side struct {
 	Egress []string `json:"egress,omitempty"`
 	// Node is the node the pod runs on, when known.
 	Node string `json:"node,omitempty"`
+	// Zone is its node's zone, when the pod is labelled with it
+	// (topology.kubernetes.io/zone).
+	Zone string `json:"zone,omitempty"`
 }
 
 // PortPath is the path of one service port.
@@ -75,7 +78,9 @@ type PortPath struct {
 	// sessionAffinity ClientIP: the endpoint the client's address hashes
 	// to, for as long as the endpoints stay), "node-local" (its
 	// internalTrafficPolicy Local: only the endpoints on the client's node
-	// are listed, the only ones it reaches), or both.
+	// are listed, the only ones it reaches), "zone:<zone>" (the endpoints
+	// are hinted for zones, trafficDistribution PreferClose: only those
+	// hinted for the client's zone are listed), or a list of these.
 	Balancing string         `json:"balancing,omitempty"`
 	Endpoints []EndpointPath `json:"endpoints"`
 }
@@ -203,7 +208,7 @@ func targets(snap *model.Snapshot, to string) []*model.Service {
 // side describes a workload; a mode only where a sidecar enforces one.
 func side(w *model.Workload, connected map[string]ProxyStatus) Side {
 	_, ok := connected[w.Key()]
-	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Node: w.Node}
+	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Node: w.Node, Zone: w.Zone}
 	if w.Meshed {
 		s.Mode = string(w.Mode)
 	}
@@ -247,14 +252,28 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if nodeLocal {
 			balancing = append(balancing, "node-local")
 		}
+		eps := svc.Endpoints
+		if chained {
+			eps = svc.ForClient(p, e.From.Node, e.From.Zone)
+		}
+		if svc.ZoneHints && !svc.NodeLocal && chained {
+			switch {
+			case e.From.Zone == "":
+				e.find("%s's endpoints are hinted for zones (trafficDistribution PreferClose), but the client's pod has no zone label (topology.kubernetes.io/zone): it reaches every endpoint", svc.Key())
+			case !hintedFor(eps, e.From.Zone):
+				e.find("%s port %d has no ready endpoint hinted for the client's zone %s: it reaches every endpoint", svc.Key(), p.Port, e.From.Zone)
+			default:
+				balancing = append(balancing, "zone:"+e.From.Zone)
+			}
+		}
 		pp.Balancing = strings.Join(balancing, ",")
 		for id := range ids {
 			pp.ExpectedSANs = append(pp.ExpectedSANs, id)
 		}
 		slices.Sort(pp.ExpectedSANs)
 		ready := 0
-		for _, ep := range svc.Endpoints {
-			if ep.PortName != p.Name || nodeLocal && ep.Node != e.From.Node {
+		for _, ep := range eps {
+			if ep.PortName != p.Name {
 				continue
 			}
 			if ep.Ready {
@@ -270,6 +289,11 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		}
 		e.Ports = append(e.Ports, pp)
 	}
+}
+
+// hintedFor reports whether eps has a ready endpoint hinted for zone.
+func hintedFor(eps []model.Endpoint, zone string) bool {
+	return slices.ContainsFunc(eps, func(ep model.Endpoint) bool { return ep.Ready && slices.Contains(ep.ForZones, zone) })
 }
 
 func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus, outside bool) EndpointPath {

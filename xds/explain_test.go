@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/meshd/meshd/k8s"
 	"github.com/meshd/meshd/xds"
@@ -178,6 +179,44 @@ func TestExplain(t *testing.T) {
 		if clientNode == "node-a" && (len(e.Ports[0].Endpoints) != 1 || e.Verdict != "mtls") {
 			t.Errorf("client on the endpoint's node: endpoints %+v, verdict %s, findings %q", e.Ports[0].Endpoints, e.Verdict, e.Finds)
 		}
+	}
+	// Zone hints (the service Cluster again): the endpoints hinted for the
+	// client's zone; the client's zone not known, or none hinted for it:
+	// every endpoint, and said why.
+	cluster := corev1.ServiceInternalTrafficPolicyCluster
+	for s := range st.Services.Values() {
+		if s.Name == "web" {
+			s.Spec.InternalTrafficPolicy = &cluster
+		}
+	}
+	for sl := range st.Slices.Values() {
+		if sl.Name == "web-1" {
+			sl.Endpoints[0].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: "zone-a"}}}
+		}
+	}
+	for _, tc := range []struct{ zone, balancing, find string }{
+		{"zone-a", "client-ip-affinity,zone:zone-a", ""},
+		{"zone-b", "client-ip-affinity", "no ready endpoint hinted for the client's zone zone-b"},
+		{"", "client-ip-affinity", "no zone label"},
+	} {
+		for p := range st.Pods.Values() {
+			if p.Name == "client-0" {
+				p.Labels = map[string]string{corev1.LabelTopologyZone: tc.zone}
+			}
+		}
+		snap, _ := k8s.Convert(st, "cluster.local")
+		e, err := xds.Explain(snap, both, "client-0.demo", "web.demo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := tc.find == "" && len(e.Finds) == 0 || tc.find != "" && slices.ContainsFunc(e.Finds, func(f string) bool { return strings.Contains(f, tc.find) })
+		if e.Ports[0].Balancing != tc.balancing || len(e.Ports[0].Endpoints) != 1 || !found {
+			t.Errorf("zone-hinted endpoint, client in zone %q: balancing %q, endpoints %+v, findings %q; want %q, one endpoint, finding %q",
+				tc.zone, e.Ports[0].Balancing, e.Ports[0].Endpoints, e.Finds, tc.balancing, tc.find)
+		}
+	}
+	for sl := range st.Slices.Values() {
+		sl.Endpoints[0].Hints = nil
 	}
 	// web-0 taking its port out of the interception: plaintext, and said
 	// why (not "STRICT refuses").

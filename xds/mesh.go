@@ -50,11 +50,12 @@ type Mesh struct {
 	// owned is each proxy's own resources as last translated, with what
 	// they were translated from.
 	owned map[string]ownEntry
-	// nodeLocal are the model's node-local services (every proxy's own
-	// resources hold their clusters: see translate.NodeLocal), as of the
-	// translator's generation nodeLocalGen.
-	nodeLocal    []*model.Service
-	nodeLocalGen uint64
+	// perClient are the model's services whose endpoints depend on the
+	// client (node-local, zone-hinted: every proxy's own resources hold
+	// their clusters, see translate.PerClient), as of the translator's
+	// generation perClientGen.
+	perClient    []*model.Service
+	perClientGen uint64
 }
 
 // ownEntry is a proxy's own resources and their inputs: the proxy, its
@@ -67,8 +68,8 @@ type ownEntry struct {
 	from     *model.Workload
 	workload *model.Workload
 	settings inboundSettings
-	// nodeLocalGen is the node-local services' generation then.
-	nodeLocalGen uint64
+	// perClientGen is the per-client services' generation then.
+	perClientGen uint64
 	res          resource.Resources
 }
 
@@ -127,10 +128,10 @@ func (m *Mesh) Update(ctx context.Context, snap *model.Snapshot) ([]model.Proble
 	}
 	err := m.translated(func() {
 		shared, problems = m.tr.Shared(snap)
-		// A node-local service that moved moves every proxy's own
+		// A per-client service that moved moves every proxy's own
 		// resources (each holds its clusters).
-		if nl, gen := m.tr.NodeLocalServices(); gen != m.nodeLocalGen {
-			m.nodeLocal, m.nodeLocalGen, every = nl, gen, true
+		if nl, gen := m.tr.PerClientServices(); gen != m.perClientGen {
+			m.perClient, m.perClientGen, every = nl, gen, true
 		}
 		for _, p := range problems {
 			if !slices.Contains(m.problems, p) {
@@ -428,7 +429,7 @@ func (m *Mesh) ownSafely(p Peer, w *model.Workload) (res resource.Resources, cha
 func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
 	settings := settingsOf(m.snap)
 	prev, ok := m.owned[p.NodeID]
-	if ok && prev.peer == p && settings == prev.settings && prev.nodeLocalGen == m.nodeLocalGen && (w == nil) == (prev.workload == nil) &&
+	if ok && prev.peer == p && settings == prev.settings && prev.perClientGen == m.perClientGen && (w == nil) == (prev.workload == nil) &&
 		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload))) {
 		if prev.from != w {
 			prev.from = w
@@ -437,7 +438,7 @@ func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
 		return prev.res, false
 	}
 	res := m.own(p, w)
-	entry := ownEntry{peer: p, from: w, settings: settings, nodeLocalGen: m.nodeLocalGen, res: res}
+	entry := ownEntry{peer: p, from: w, settings: settings, perClientGen: m.perClientGen, res: res}
 	if w != nil {
 		c := *w
 		entry.workload = &c
@@ -474,13 +475,13 @@ func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
 			res[t] = items
 		}
 	}
-	if len(m.nodeLocal) > 0 {
+	if len(m.perClient) > 0 {
 		var scope model.Egress // as egress(p, w) finds it
-		node := ""
+		node, zone := "", ""
 		if mine {
-			scope, node = w.Egress, w.Node
+			scope, node, zone = w.Egress, w.Node, w.Zone
 		}
-		for t, items := range translate.NodeLocal(m.snap, m.nodeLocal, scope, node) {
+		for t, items := range translate.PerClient(m.snap, m.perClient, scope, node, zone) {
 			res[t] = append(res[t], items...)
 		}
 	}

@@ -129,3 +129,113 @@ func TestNodeLocalServiceEndpointsPerNode(t *testing.T) {
 	expect("Local again", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}})
 	var _ cachev3.SnapshotCache = cache
 }
+
+// zoneYAML: web-0 in zone a, web-1 in zone b (their pods' labels, as
+// Kubernetes copies them from the nodes), and the service agent with the
+// endpoints %[1]s (hints as the EndpointSlice controller writes them for
+// trafficDistribution PreferClose).
+const zoneYAML = `
+apiVersion: v1
+kind: Namespace
+metadata: {name: demo, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: demo, labels: {topology.kubernetes.io/zone: a}}
+spec: {serviceAccountName: web, nodeName: n0}
+status: {podIP: 198.18.0.10}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: demo, labels: {topology.kubernetes.io/zone: b}}
+spec: {serviceAccountName: web, nodeName: n1}
+status: {podIP: 198.18.0.11}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: agent, namespace: demo}
+spec:
+  clusterIP: 198.19.0.20
+  trafficDistribution: PreferClose
+  ports: [{name: tcp-agent, port: 9000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: agent-1, namespace: demo, labels: {kubernetes.io/service-name: agent}}
+addressType: IPv4
+ports: [{name: tcp-agent, port: 9000}]
+endpoints:
+%[1]s`
+
+// TestZoneHintedServiceEndpointsPerZone: a service whose endpoints all
+// carry zone hints sends each proxy the endpoints hinted for its pod's
+// zone, all of them when none is hinted for it or its zone is not known
+// (a proxy without a pod); once one ready endpoint has no hint, every
+// proxy gets all of them (kube-proxy's rules).
+func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
+	ctx := context.Background()
+	web1 := xds.NodeID("demo", "web-1")
+	podless := xds.NodeID("demo", "job-0")
+	mesh, cache, _ := connectedMesh(t, xds.Peer{NodeID: webNode, Identity: webID}, xds.Peer{NodeID: web1, Identity: webID},
+		xds.Peer{NodeID: podless, Identity: webID})
+	const cluster = "outbound|9000|agent.demo"
+	endpoints := func(node string) []string {
+		t.Helper()
+		snap, err := cache.GetSnapshot(node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cla, ok := snap.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
+		if !ok {
+			t.Fatalf("%s has no endpoints of %s", node, cluster)
+		}
+		var out []string
+		for _, group := range cla.Endpoints {
+			for _, lb := range group.LbEndpoints {
+				out = append(out, lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	update := func(eps string) {
+		t.Helper()
+		st, err := k8s.StateFromYAML([]byte(strings.ReplaceAll(zoneYAML, "%[1]s", eps)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, problems := k8s.Convert(st, "cluster.local")
+		if len(problems) > 0 {
+			t.Fatalf("problems: %v", problems)
+		}
+		if _, err := mesh.Update(ctx, snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(what string, want map[string][]string) {
+		t.Helper()
+		for node, w := range want {
+			if got := endpoints(node); !slices.Equal(got, w) {
+				t.Errorf("%s: %s reaches %v, want %v", what, node, got, w)
+			}
+		}
+	}
+	const (
+		hintedA  = "- {addresses: [198.18.0.20], zone: a, hints: {forZones: [{name: a}]}}\n"
+		hintedB  = "- {addresses: [198.18.0.21], zone: b, hints: {forZones: [{name: b}]}}\n"
+		hintedAB = "- {addresses: [198.18.0.20], zone: a, hints: {forZones: [{name: a}, {name: b}]}}\n"
+		bForA    = "- {addresses: [198.18.0.21], zone: b, hints: {forZones: [{name: a}]}}\n"
+		noHint   = "- {addresses: [198.18.0.21], zone: b}\n"
+	)
+	both := []string{"198.18.0.20", "198.18.0.21"}
+	update(hintedA + hintedB)
+	expect("one per zone", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}, podless: both})
+	update(hintedA + noHint)
+	expect("one endpoint without hints", map[string][]string{webNode: both, web1: both, podless: both})
+	update(hintedAB + bForA)
+	expect("both for a, one for b", map[string][]string{webNode: both, web1: {"198.18.0.20"}, podless: both})
+	update(hintedA + bForA)
+	expect("none for b", map[string][]string{webNode: both, web1: both})
+	update(hintedA + hintedB)
+	expect("one per zone again", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}, podless: both})
+}

@@ -417,6 +417,9 @@ func (in *fuzzInput) pod() *corev1.Pod {
 		p.Spec.Containers = append(p.Spec.Containers, c)
 	}
 	p.Spec.NodeName = nodeOf(p.Status.PodIP)
+	if z := zoneOf(p.Status.PodIP); z != "" {
+		p.Labels[corev1.LabelTopologyZone] = z
+	}
 	if in.chance(6) {
 		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: in.pick(k8s.ContainerProxy, k8s.ContainerInit, "other"),
 			Image: in.pick("meshd:dev", rawOption), State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: in.pick("ErrImagePull", "ImagePullBackOff", "Bogus"), Message: in.raw()}}}}
@@ -481,6 +484,19 @@ func nodeOf(ip string) string {
 	return []string{"node-a", "node-b"}[ip[len(ip)-1]%2]
 }
 
+// zoneOf is the zone of a fuzzed address, read as nodeOf: 198.18.0.1 and
+// .2 in zone-a, .3 and .4 in zone-b (so a zone spans both nodes), ""
+// for other addresses.
+func zoneOf(ip string) string {
+	if !strings.HasPrefix(ip, "198.18.0.") || len(ip) != len("198.18.0.1") {
+		return ""
+	}
+	if ip[len(ip)-1] <= '2' {
+		return "zone-a"
+	}
+	return "zone-b"
+}
+
 func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlice {
 	ns, svc := in.ns(), in.name("svc")
 	if i := in.intn(len(services) + 1); i < len(services) && !in.chance(4) {
@@ -518,6 +534,12 @@ func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlic
 		if len(e.Addresses) > 0 {
 			node := nodeOf(e.Addresses[0]) // the node of the pod of that address
 			e.NodeName = &node
+			// Hinted for the zone of that address, but .4 (its service
+			// then has a ready endpoint without hints: not zone-hinted).
+			if z := zoneOf(e.Addresses[0]); z != "" && !strings.HasSuffix(e.Addresses[0], ".4") {
+				e.Zone = &z
+				e.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: z}}}
+			}
 		}
 		if in.chance(2) {
 			ready := in.chance(3)

@@ -82,9 +82,17 @@ type AppsResult struct {
 	// nodelocal (internalTrafficPolicy Local; client-0 and app-1 on node
 	// n2, app-0 on n1).
 	NodeLocalHTTP, NodeLocalTCP string
+	// ZonalHTTP and ZonalTCP are the same for the service zonal
+	// (trafficDistribution PreferClose; its endpoints hinted for their
+	// zones: app-0 zone-a, app-1 zone-b; client-0 in zone-a).
+	ZonalHTTP, ZonalTCP string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
+	// EnvoyHeaders are the x-envoy-* headers of a meshed client's request
+	// through the service as the app got them, and of the answer as the
+	// client got it: "request=<names> response=<names>".
+	EnvoyHeaders string
 	// Upload is the app's answer to the meshed client's 3 MiB POST.
 	Upload string
 	// HalfClose is what the meshed client got through the service from a
@@ -171,7 +179,7 @@ status: {podIP: %[6]s}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client-0, namespace: demo}
+metadata: {name: client-0, namespace: demo, labels: {topology.kubernetes.io/zone: zone-a}}
 spec: {serviceAccountName: client, nodeName: n2}
 status: {podIP: %[3]s}
 ---
@@ -230,10 +238,12 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
 	stickyIP, spreadIP, localIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index), fmt.Sprintf("198.19.%d.13", lab.Index)
+	zonalIP := fmt.Sprintf("198.19.%d.14", lab.Index)
 	app1IP := pods["app-1"].IP.String()
 	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, app1IP) +
 		overBoth("sticky", stickyIP, "sessionAffinity: ClientIP", appIP, app1IP) + overBoth("spread", spreadIP, "sessionAffinity: None", appIP, app1IP) +
-		overBoth("nodelocal", localIP, "internalTrafficPolicy: Local", appIP, app1IP)
+		overBoth("nodelocal", localIP, "internalTrafficPolicy: Local", appIP, app1IP) +
+		overBoth("zonal", zonalIP, "trafficDistribution: PreferClose", appIP, app1IP)
 	// app-0's iptables as the injector makes them of its annotation.
 	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
 	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"},
@@ -292,6 +302,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.SelfCall = strings.TrimSpace(out)
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%header{server}", "http://"+svcIP+":8080/")
 	res.ServerHeader = strings.TrimSpace(out)
+	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-D", "-", "http://"+svcIP+":8080/envoy-headers")
+	res.EnvoyHeaders = envoyHeaders(out)
 	// Which servers answer 12 requests (HTTP, each on a new connection)
 	// and 12 connections (TCP) of the meshed client to each service.
 	servers := func(get func() string) string {
@@ -309,7 +321,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	for _, c := range []struct {
 		ip        string
 		http, tcp *string
-	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}, {localIP, &res.NodeLocalHTTP, &res.NodeLocalTCP}} {
+	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}, {localIP, &res.NodeLocalHTTP, &res.NodeLocalTCP},
+		{zonalIP, &res.ZonalHTTP, &res.ZonalTCP}} {
 		*c.http = servers(func() string {
 			out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+c.ip+":8080/whoami")
 			return out
@@ -376,9 +389,18 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	return res, nil
 }
 
-// overBoth is a service over app-0 and app-1 (HTTP 8080, TCP 7073) with
-// the given spec line (sessionAffinity, internalTrafficPolicy).
+// overBoth is a service over app-0 (node n1) and app-1 (node n2), HTTP
+// 8080 and TCP 7073, with the given spec line (sessionAffinity,
+// internalTrafficPolicy, trafficDistribution). With trafficDistribution
+// its endpoints carry the zone hints the EndpointSlice controller writes
+// for it (app-0 for zone-a, app-1 for zone-b), and only then: meshd reads
+// the hints.
 func overBoth(name, ip, spec, app0, app1 string) string {
+	var hint0, hint1 string
+	if strings.HasPrefix(spec, "trafficDistribution:") {
+		hint0 = "\n  zone: zone-a\n  hints: {forZones: [{name: zone-a}]}"
+		hint1 = "\n  zone: zone-b\n  hints: {forZones: [{name: zone-b}]}"
+	}
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
@@ -395,12 +417,31 @@ addressType: IPv4
 ports: [{name: http, port: 8080}, {name: tcp-who, port: 7073}]
 endpoints:
 - addresses: [%[4]s]
-  nodeName: n1
+  nodeName: n1%[6]s
   targetRef: {kind: Pod, namespace: demo, name: app-0}
 - addresses: [%[5]s]
-  nodeName: n2
+  nodeName: n2%[7]s
   targetRef: {kind: Pod, namespace: demo, name: app-1}
-`, name, ip, spec, app0, app1)
+`, name, ip, spec, app0, app1, hint0, hint1)
+}
+
+// envoyHeaders reads curl -D - output of /envoy-headers: the app's line
+// (request=...) and the x-envoy-* names among the answer's headers.
+func envoyHeaders(out string) string {
+	var request string
+	var response []string
+	for _, l := range strings.Split(out, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "request=") {
+			request = l
+		} else if name, _, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(strings.ToLower(name), "x-envoy-") {
+			response = append(response, strings.ToLower(name))
+		}
+	}
+	if request == "" {
+		return "no answer: " + out
+	}
+	return request + " response=" + strings.Join(response, ",")
 }
 
 // serverRE finds the name of the apps.py that answered (/whoami, 7073).

@@ -1,7 +1,8 @@
 """Workloads other than nginx for the e2e experiments (python3, stdlib only).
 
 serve [NAME]: an HTTP server on 0.0.0.0:8080 (and 8083) that answers with the address
-the request came from (/whoami: with NAME; /flaky: always 503, counted,
+the request came from (/whoami: with NAME; /envoy-headers: the x-envoy-*
+request headers it got; /flaky: always 503, counted,
 /flaky-count: the count; asked to upgrade to a WebSocket, it echoes the
 client's text messages); a client-first line server on 127.0.0.1:8081 only
 (an app that trusts loopback); a server-first banner server on
@@ -90,6 +91,10 @@ class Peer(http.server.BaseHTTPRequestHandler):
             status = 503
         elif self.path == "/whoami":
             body = ("server=%s\n" % NAME[0]).encode()
+        elif self.path == "/envoy-headers":
+            # The x-envoy-* request headers that reached the app.
+            names = sorted(k.lower() for k in self.headers.keys() if k.lower().startswith("x-envoy-"))
+            body = ("request=%s\n" % ",".join(names)).encode()
         elif self.path == "/flaky-count":
             # How many reached /flaky since the last ask.
             with FLAKY_LOCK:

@@ -459,6 +459,15 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s of the meshed client (node n2) to a service with internalTrafficPolicy Local were answered by %s; want app-1 (n2) for all 12", what, got)
 				}
 			}
+			// trafficDistribution PreferClose: the endpoint hinted for the
+			// client's zone (app-0, zone-a; the client's own node n2 has
+			// app-1).
+			t.Logf("zonal: HTTP %s TCP %s", res.ZonalHTTP, res.ZonalTCP)
+			for what, got := range map[string]string{"HTTP requests": res.ZonalHTTP, "TCP connections": res.ZonalTCP} {
+				if got != "map[app-0:12]" {
+					t.Errorf("%s of the meshed client (zone-a) to a service whose endpoints are hinted for their zones were answered by %s; want app-0 (hinted for zone-a) for all 12", what, got)
+				}
+			}
 			for what, got := range map[string]string{"HTTP requests": res.SpreadHTTP, "TCP connections": res.SpreadTCP} {
 				if !strings.Contains(got, "app-0:") || !strings.Contains(got, "app-1:") || strings.Contains(got, "no answer") {
 					t.Errorf("%s of the meshed client to a service without affinity were answered by %s; want both servers", what, got)
@@ -476,6 +485,9 @@ func TestWorkloads(t *testing.T) {
 			}
 			if !strings.HasSuffix(res.EnvoyHeadersFromLegacy, wantOutsider) {
 				t.Errorf("the outsider asking for 3 retries of a 503 in x-envoy-* headers: %q, want %q", res.EnvoyHeadersFromLegacy, wantOutsider)
+			}
+			if want := "request= response="; res.EnvoyHeaders != want {
+				t.Errorf("x-envoy-* headers the app and the meshed client saw: %q, want %q (none)", res.EnvoyHeaders, want)
 			}
 			if !strings.HasPrefix(res.ServerHeader, "BaseHTTP/") {
 				t.Errorf("the Server header the meshed client got: %q, want the app's own (BaseHTTP/...)", res.ServerHeader)

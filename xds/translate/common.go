@@ -180,9 +180,13 @@ func hcmFilter(hcm *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	// name over it by default).
 	hcm.ServerHeaderTransformation = hcmv3.HttpConnectionManager_PASS_THROUGH
 	hcm.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
+	// Nor does Envoy add its own headers (x-envoy-upstream-service-time
+	// on every answer; x-envoy-expected-rq-timeout-ms, x-envoy-attempt-
+	// count on requests): apps and their clients see the headers they
+	// saw without the mesh.
 	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{
 		Name:       "envoy.filters.http.router",
-		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{SuppressEnvoyHeaders: true})},
 	})
 	return &listenerv3.Filter{
 		Name:       "envoy.filters.network.http_connection_manager",

@@ -146,45 +146,46 @@ type Translator struct {
 	// localsOf are the workloads the locals were found from (never
 	// mutated: the same pointers are the same workloads).
 	localsOf []*model.Workload
-	// nodeLocal are the node-local services translated, by key (see
-	// NodeLocal); nodeLocalGen counts their changes, and nodeLocalList is
-	// them sorted, as of nodeLocalListGen.
-	nodeLocal                      map[string]*model.Service
-	nodeLocalGen, nodeLocalListGen uint64
-	nodeLocalList                  []*model.Service
+	// perClient are the services translated whose endpoints depend on
+	// the client (model.Service.PerClient: node-local, zone-hinted), by
+	// key (see PerClient); perClientGen counts their changes, and
+	// perClientList is them sorted, as of perClientListGen.
+	perClient                      map[string]*model.Service
+	perClientGen, perClientListGen uint64
+	perClientList                  []*model.Service
 }
 
-// NodeLocalServices returns the node-local services of the last Shared's
+// PerClientServices returns the per-client services of the last Shared's
 // snapshot, sorted by key, and a generation that moves whenever one of
 // them changed, came or went.
-func (t *Translator) NodeLocalServices() ([]*model.Service, uint64) {
-	if t.nodeLocalListGen != t.nodeLocalGen {
-		t.nodeLocalList = make([]*model.Service, 0, len(t.nodeLocal))
-		for _, svc := range t.nodeLocal {
-			t.nodeLocalList = append(t.nodeLocalList, svc)
+func (t *Translator) PerClientServices() ([]*model.Service, uint64) {
+	if t.perClientListGen != t.perClientGen {
+		t.perClientList = make([]*model.Service, 0, len(t.perClient))
+		for _, svc := range t.perClient {
+			t.perClientList = append(t.perClientList, svc)
 		}
-		slices.SortFunc(t.nodeLocalList, func(a, b *model.Service) int { return strings.Compare(a.Key(), b.Key()) })
-		t.nodeLocalListGen = t.nodeLocalGen
+		slices.SortFunc(t.perClientList, func(a, b *model.Service) int { return strings.Compare(a.Key(), b.Key()) })
+		t.perClientListGen = t.perClientGen
 	}
-	return t.nodeLocalList, t.nodeLocalGen
+	return t.perClientList, t.perClientGen
 }
 
-// noteNodeLocal records a service translated anew (or its key gone: nil)
-// among the node-local ones.
-func (t *Translator) noteNodeLocal(key string, svc *model.Service) {
-	_, was := t.nodeLocal[key]
+// notePerClient records a service translated anew (or its key gone: nil)
+// among the per-client ones.
+func (t *Translator) notePerClient(key string, svc *model.Service) {
+	_, was := t.perClient[key]
 	switch {
-	case svc != nil && svc.NodeLocal:
-		if t.nodeLocal == nil {
-			t.nodeLocal = map[string]*model.Service{}
+	case svc != nil && svc.PerClient():
+		if t.perClient == nil {
+			t.perClient = map[string]*model.Service{}
 		}
-		t.nodeLocal[key] = svc
+		t.perClient[key] = svc
 	case was:
-		delete(t.nodeLocal, key)
+		delete(t.perClient, key)
 	default:
 		return
 	}
-	t.nodeLocalGen++
+	t.perClientGen++
 }
 
 // serviceOut is what a service translates to, and from what.
@@ -223,7 +224,7 @@ type outboundChains struct {
 func endpointsOnly(prev, next *serviceOut, ids []string) bool {
 	a, b := prev.svc, next.svc
 	return a.ClusterIP != "" && a.ClusterIP == b.ClusterIP && a.Namespace == b.Namespace && a.Name == b.Name &&
-		a.ClientIPAffinity == b.ClientIPAffinity && a.NodeLocal == b.NodeLocal && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
+		a.ClientIPAffinity == b.ClientIPAffinity && a.NodeLocal == b.NodeLocal && a.ZoneHints == b.ZoneHints && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
 }
 
 // portChains are the outbound chains one service port asks for: its
@@ -264,7 +265,7 @@ func (t *Translator) Shared(snap *model.Snapshot) (Lists, []model.Problem) {
 			if !keep[key] {
 				delete(t.services, key)
 				delete(t.byModel, out.from)
-				t.noteNodeLocal(key, nil)
+				t.notePerClient(key, nil)
 			}
 		}
 	}
@@ -597,8 +598,8 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	if prev != nil && prev.maxAge == snap.ConnectionMaxAge && reflect.DeepEqual(prev.svc, *svc) {
 		prev.from = svc
 		t.byModel[svc] = prev
-		if svc.NodeLocal {
-			t.nodeLocal[key] = svc // the same content: no generation
+		if svc.PerClient() {
+			t.perClient[key] = svc // the same content: no generation
 		}
 		return prev
 	}
@@ -607,7 +608,7 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	t.services[key], t.byModel[svc] = out, out
 	add := func(typ resourcev3.Type, r types.Resource) { out.res[typ] = append(out.res[typ], r) }
 	ids := identities(svc)
-	t.noteNodeLocal(key, svc)
+	t.notePerClient(key, svc)
 	if prev != nil && endpointsOnly(prev, out, ids) {
 		// Only endpoints moved: the clusters, routes and filter chains are
 		// the same values (so the outbound listener, thousands of chains,
@@ -618,7 +619,7 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 			}
 		}
 		for _, p := range svc.Ports {
-			if !svc.NodeLocal {
+			if !svc.PerClient() {
 				add(resourcev3.EndpointType, loadAssignment(ClusterName(svc, p.Port), svc, p))
 			}
 		}
@@ -628,7 +629,7 @@ func (t *Translator) service(snap *model.Snapshot, svc *model.Service) *serviceO
 	out.ids, out.chains = ids, &serviceChains{}
 	for _, p := range svc.Ports {
 		name := ClusterName(svc, p.Port)
-		if !svc.NodeLocal { // each proxy's own (see NodeLocal)
+		if !svc.PerClient() { // each proxy's own (see PerClient)
 			add(resourcev3.ClusterType, serviceCluster(snap, svc, p, name, ids))
 			add(resourcev3.EndpointType, loadAssignment(name, svc, p))
 		}
