@@ -373,7 +373,10 @@ func (c *serviceConv) service(s *corev1.Service, slices []*discoveryv1.EndpointS
 	}
 	slicesSortPorts(svc.Ports)
 	svc.Endpoints = c.endpoints(svc, slices)
-	svc.ZoneHints = svc.ClusterIP != "" && zoneHinted(svc.Endpoints)
+	if svc.ClusterIP != "" {
+		svc.ZoneHints = allHinted(svc.Endpoints, func(e model.Endpoint) []string { return e.ForZones })
+		svc.NodeHints = allHinted(svc.Endpoints, func(e model.Endpoint) []string { return e.ForNodes })
+	}
 	return svc
 }
 
@@ -410,15 +413,16 @@ func (c *serviceConv) endpoints(svc *model.Service, slices []*discoveryv1.Endpoi
 	return out
 }
 
-// zoneHinted reports whether a service's endpoints are to be picked by
-// zone (model.Service.ZoneHints): some are ready, and every ready one has
-// zone hints. kube-proxy ignores the hints otherwise (the EndpointSlice
-// controller is between two states, or the slices are not its own).
-func zoneHinted(eps []model.Endpoint) bool {
+// allHinted reports whether a service's endpoints are to be picked by the
+// hints that hints reads (model.Service.ZoneHints, NodeHints): some are
+// ready, and every ready one has such hints. kube-proxy ignores the hints
+// otherwise (the EndpointSlice controller is between two states, or the
+// slices are not its own).
+func allHinted(eps []model.Endpoint, hints func(model.Endpoint) []string) bool {
 	ready := false
 	for _, e := range eps {
 		if e.Ready {
-			if len(e.ForZones) == 0 {
+			if len(hints(e)) == 0 {
 				return false
 			}
 			ready = true
@@ -442,8 +446,12 @@ func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uin
 		for _, z := range e.Hints.ForZones {
 			base.ForZones = append(base.ForZones, z.Name)
 		}
+		for _, n := range e.Hints.ForNodes {
+			base.ForNodes = append(base.ForNodes, n.Name)
+		}
 		slices.Sort(base.ForZones)
-		base.ForZones = slices.Compact(base.ForZones)
+		slices.Sort(base.ForNodes)
+		base.ForZones, base.ForNodes = slices.Compact(base.ForZones), slices.Compact(base.ForNodes)
 	}
 	if w != nil {
 		base.Workload = w.Key()

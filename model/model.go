@@ -97,52 +97,70 @@ type Service struct {
 	NodeLocal bool
 	// ZoneHints: every ready endpoint carries zone hints (Endpoint.
 	// ForZones; EndpointSlices get them for trafficDistribution
-	// PreferClose and topology-aware routing), so a client in a zone
-	// reaches the endpoints hinted for it, as kube-proxy sends it (see
-	// Service.ForClient). Services with a ClusterIP only.
-	ZoneHints bool
+	// PreferClose/PreferSameZone and topology-aware routing), so a client
+	// in a zone reaches the endpoints hinted for it, as kube-proxy sends
+	// it; NodeHints the same with node hints (Endpoint.ForNodes,
+	// trafficDistribution PreferSameNode). See Service.ForClient. Services
+	// with a ClusterIP only.
+	ZoneHints, NodeHints bool
 }
 
 // PerClient reports whether the endpoints a client reaches depend on
-// where the client is (NodeLocal, ZoneHints): such a service's clusters
-// and endpoint sets are each proxy's own, not shared.
-func (s *Service) PerClient() bool { return s.NodeLocal || s.ZoneHints }
+// where the client is (NodeLocal, ZoneHints, NodeHints): such a service's
+// clusters and endpoint sets are each proxy's own, not shared.
+func (s *Service) PerClient() bool { return s.NodeLocal || s.ZoneHints || s.NodeHints }
 
 // ForClient returns the endpoints of port a client on node in zone
 // reaches, as kube-proxy picks them ("" node or zone: not known):
 //   - NodeLocal: the ones on the client's node (none if it has none);
 //     all of them when the node is not known;
-//   - ZoneHints: the ones hinted for the client's zone when there is
-//     any such ready endpoint; all of them otherwise (no zone known, or
-//     none hinted for it);
+//   - NodeHints: the ones hinted for the client's node when there is any
+//     such ready endpoint; else
+//   - ZoneHints: the ones hinted for the client's zone when there is any
+//     such ready endpoint;
 //   - else all of them.
 func (s *Service) ForClient(p Port, node, zone string) []Endpoint {
-	var out []Endpoint
-	switch {
-	case s.NodeLocal && node != "":
+	if s.NodeLocal {
+		var out []Endpoint
 		for _, e := range s.Endpoints {
-			if e.PortName == p.Name && e.Node == node {
+			if e.PortName == p.Name && (node == "" || e.Node == node) {
 				out = append(out, e)
 			}
 		}
 		return out
-	case s.ZoneHints && !s.NodeLocal && zone != "":
-		ready := false
-		for _, e := range s.Endpoints {
-			if e.PortName == p.Name && slices.Contains(e.ForZones, zone) {
-				out = append(out, e)
-				ready = ready || e.Ready
-			}
-		}
-		if ready {
+	}
+	if s.NodeHints && node != "" {
+		if out := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForNodes }, node); out != nil {
 			return out
 		}
 	}
-	out = out[:0]
+	if s.ZoneHints && zone != "" {
+		if out := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForZones }, zone); out != nil {
+			return out
+		}
+	}
+	var out []Endpoint
 	for _, e := range s.Endpoints {
 		if e.PortName == p.Name {
 			out = append(out, e)
 		}
+	}
+	return out
+}
+
+// hinted returns port p's endpoints whose hints (of the kind hints reads)
+// name, or nil when none of them is ready.
+func hinted(eps []Endpoint, p Port, hints func(Endpoint) []string, name string) []Endpoint {
+	var out []Endpoint
+	ready := false
+	for _, e := range eps {
+		if e.PortName == p.Name && slices.Contains(hints(e), name) {
+			out = append(out, e)
+			ready = ready || e.Ready
+		}
+	}
+	if !ready {
+		return nil
 	}
 	return out
 }
@@ -179,9 +197,10 @@ type Endpoint struct {
 	Workload string
 	// Node is the node the endpoint is on, "" if unknown.
 	Node string
-	// ForZones are the zones whose clients the EndpointSlice hints this
-	// endpoint for (sorted), none if it has no hints.
-	ForZones []string
+	// ForZones and ForNodes are the zones and nodes whose clients the
+	// EndpointSlice hints this endpoint for (sorted), none if it has no
+	// such hints.
+	ForZones, ForNodes []string
 }
 
 // Workload is a pod.

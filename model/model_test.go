@@ -153,4 +153,24 @@ func TestServiceForClient(t *testing.T) {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
+	// Node hints first (PreferSameNode: the controller writes both
+	// kinds), then zone hints.
+	byNode := &model.Service{ZoneHints: true, NodeHints: true, Endpoints: []model.Endpoint{
+		{PortName: "http", Address: "198.18.0.1", Ready: true, ForNodes: []string{"n1"}, ForZones: []string{"a"}},
+		{PortName: "http", Address: "198.18.0.2", Ready: true, ForNodes: []string{"n2"}, ForZones: []string{"a"}},
+		{PortName: "http", Address: "198.18.0.3", Ready: false, ForNodes: []string{"n3"}, ForZones: []string{"b"}},
+	}}
+	for _, tc := range []struct {
+		name, node, zone, want string
+	}{
+		{"its node's", "n2", "a", "198.18.0.2"},
+		{"its node's not ready: its zone's", "n3", "a", "198.18.0.1 198.18.0.2"},
+		{"node unknown: its zone's", "", "a", "198.18.0.1 198.18.0.2"},
+		{"neither", "n9", "c", "198.18.0.1 198.18.0.2 198.18.0.3"},
+	} {
+		s := *byNode
+		if got := addrs(s.ForClient(p, tc.node, tc.zone)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
 }

@@ -80,7 +80,8 @@ type PortPath struct {
 	// internalTrafficPolicy Local: only the endpoints on the client's node
 	// are listed, the only ones it reaches), "zone:<zone>" (the endpoints
 	// are hinted for zones, trafficDistribution PreferClose: only those
-	// hinted for the client's zone are listed), or a list of these.
+	// hinted for the client's zone are listed), "node:<node>" (the same
+	// with node hints, PreferSameNode), or a list of these.
 	Balancing string         `json:"balancing,omitempty"`
 	Endpoints []EndpointPath `json:"endpoints"`
 }
@@ -256,14 +257,16 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if chained {
 			eps = svc.ForClient(p, e.From.Node, e.From.Zone)
 		}
-		if svc.ZoneHints && !svc.NodeLocal && chained {
+		if (svc.ZoneHints || svc.NodeHints) && !svc.NodeLocal && chained {
 			switch {
-			case e.From.Zone == "":
-				e.find("%s's endpoints are hinted for zones (trafficDistribution PreferClose), but the client's pod has no zone label (topology.kubernetes.io/zone): it reaches every endpoint", svc.Key())
-			case !hintedFor(eps, e.From.Zone):
-				e.find("%s port %d has no ready endpoint hinted for the client's zone %s: it reaches every endpoint", svc.Key(), p.Port, e.From.Zone)
-			default:
+			case svc.NodeHints && hintedFor(eps, func(ep model.Endpoint) []string { return ep.ForNodes }, e.From.Node):
+				balancing = append(balancing, "node:"+e.From.Node)
+			case svc.ZoneHints && hintedFor(eps, func(ep model.Endpoint) []string { return ep.ForZones }, e.From.Zone):
 				balancing = append(balancing, "zone:"+e.From.Zone)
+			case svc.ZoneHints && e.From.Zone == "":
+				e.find("%s's endpoints are hinted for zones (trafficDistribution PreferClose), but the client's pod has no zone label (topology.kubernetes.io/zone): it reaches every endpoint", svc.Key())
+			default:
+				e.find("%s port %d has no ready endpoint hinted for the client's node %q or zone %q: it reaches every endpoint", svc.Key(), p.Port, e.From.Node, e.From.Zone)
 			}
 		}
 		pp.Balancing = strings.Join(balancing, ",")
@@ -291,9 +294,10 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 	}
 }
 
-// hintedFor reports whether eps has a ready endpoint hinted for zone.
-func hintedFor(eps []model.Endpoint, zone string) bool {
-	return slices.ContainsFunc(eps, func(ep model.Endpoint) bool { return ep.Ready && slices.Contains(ep.ForZones, zone) })
+// hintedFor reports whether eps has a ready endpoint whose hints (of the
+// kind hints reads) name name.
+func hintedFor(eps []model.Endpoint, hints func(model.Endpoint) []string, name string) bool {
+	return name != "" && slices.ContainsFunc(eps, func(ep model.Endpoint) bool { return ep.Ready && slices.Contains(hints(ep), name) })
 }
 
 func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus, outside bool) EndpointPath {

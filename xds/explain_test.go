@@ -196,7 +196,7 @@ func TestExplain(t *testing.T) {
 	}
 	for _, tc := range []struct{ zone, balancing, find string }{
 		{"zone-a", "client-ip-affinity,zone:zone-a", ""},
-		{"zone-b", "client-ip-affinity", "no ready endpoint hinted for the client's zone zone-b"},
+		{"zone-b", "client-ip-affinity", `no ready endpoint hinted for the client's node "node-a" or zone "zone-b"`},
 		{"", "client-ip-affinity", "no zone label"},
 	} {
 		for p := range st.Pods.Values() {
@@ -214,6 +214,17 @@ func TestExplain(t *testing.T) {
 			t.Errorf("zone-hinted endpoint, client in zone %q: balancing %q, endpoints %+v, findings %q; want %q, one endpoint, finding %q",
 				tc.zone, e.Ports[0].Balancing, e.Ports[0].Endpoints, e.Finds, tc.balancing, tc.find)
 		}
+	}
+	// Node hints (PreferSameNode) before zone hints: client-0 is on
+	// node-a.
+	for sl := range st.Slices.Values() {
+		if sl.Name == "web-1" {
+			sl.Endpoints[0].Hints.ForNodes = []discoveryv1.ForNode{{Name: "node-a"}}
+		}
+	}
+	byNode, _ := k8s.Convert(st, "cluster.local")
+	if e, err := xds.Explain(byNode, both, "client-0.demo", "web.demo"); err != nil || e.Ports[0].Balancing != "client-ip-affinity,node:node-a" {
+		t.Errorf("endpoint hinted for the client's node: balancing %q (%v), want client-ip-affinity,node:node-a", e.Ports[0].Balancing, err)
 	}
 	for sl := range st.Slices.Values() {
 		sl.Endpoints[0].Hints = nil

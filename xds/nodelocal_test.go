@@ -171,7 +171,8 @@ endpoints:
 // carry zone hints sends each proxy the endpoints hinted for its pod's
 // zone, all of them when none is hinted for it or its zone is not known
 // (a proxy without a pod); once one ready endpoint has no hint, every
-// proxy gets all of them (kube-proxy's rules).
+// proxy gets all of them; node hints (PreferSameNode) go before zone
+// hints (kube-proxy's rules).
 func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
 	ctx := context.Background()
 	web1 := xds.NodeID("demo", "web-1")
@@ -226,6 +227,9 @@ func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
 		hintedAB = "- {addresses: [198.18.0.20], zone: a, hints: {forZones: [{name: a}, {name: b}]}}\n"
 		bForA    = "- {addresses: [198.18.0.21], zone: b, hints: {forZones: [{name: a}]}}\n"
 		noHint   = "- {addresses: [198.18.0.21], zone: b}\n"
+		// PreferSameNode: node hints too (web-0 is on n0, web-1 on n1).
+		aForN1 = "- {addresses: [198.18.0.20], zone: a, hints: {forZones: [{name: a}], forNodes: [{name: n1}]}}\n"
+		bForN0 = "- {addresses: [198.18.0.21], zone: b, hints: {forZones: [{name: b}], forNodes: [{name: n0}]}}\n"
 	)
 	both := []string{"198.18.0.20", "198.18.0.21"}
 	update(hintedA + hintedB)
@@ -236,6 +240,8 @@ func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
 	expect("both for a, one for b", map[string][]string{webNode: both, web1: {"198.18.0.20"}, podless: both})
 	update(hintedA + bForA)
 	expect("none for b", map[string][]string{webNode: both, web1: both})
+	update(aForN1 + bForN0)
+	expect("node hints first", map[string][]string{webNode: {"198.18.0.21"}, web1: {"198.18.0.20"}, podless: both})
 	update(hintedA + hintedB)
 	expect("one per zone again", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}, podless: both})
 }

@@ -535,10 +535,14 @@ func (in *fuzzInput) slice(services []*corev1.Service) *discoveryv1.EndpointSlic
 			node := nodeOf(e.Addresses[0]) // the node of the pod of that address
 			e.NodeName = &node
 			// Hinted for the zone of that address, but .4 (its service
-			// then has a ready endpoint without hints: not zone-hinted).
+			// then has a ready endpoint without hints: not zone-hinted),
+			// and for its node, but .3.
 			if z := zoneOf(e.Addresses[0]); z != "" && !strings.HasSuffix(e.Addresses[0], ".4") {
 				e.Zone = &z
 				e.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: z}}}
+				if !strings.HasSuffix(e.Addresses[0], ".3") { // and for its node, but .3
+					e.Hints.ForNodes = []discoveryv1.ForNode{{Name: node}}
+				}
 			}
 		}
 		if in.chance(2) {

@@ -86,6 +86,10 @@ type AppsResult struct {
 	// (trafficDistribution PreferClose; its endpoints hinted for their
 	// zones: app-0 zone-a, app-1 zone-b; client-0 in zone-a).
 	ZonalHTTP, ZonalTCP string
+	// SameNodeHTTP and SameNodeTCP are the same for the service samenode
+	// (trafficDistribution PreferSameNode: hinted for their nodes and
+	// zones; client-0 on n2, where app-1 is, in zone-a, where app-0 is).
+	SameNodeHTTP, SameNodeTCP string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -238,12 +242,13 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
 	stickyIP, spreadIP, localIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index), fmt.Sprintf("198.19.%d.13", lab.Index)
-	zonalIP := fmt.Sprintf("198.19.%d.14", lab.Index)
+	zonalIP, sameNodeIP := fmt.Sprintf("198.19.%d.14", lab.Index), fmt.Sprintf("198.19.%d.15", lab.Index)
 	app1IP := pods["app-1"].IP.String()
 	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, app1IP) +
 		overBoth("sticky", stickyIP, "sessionAffinity: ClientIP", appIP, app1IP) + overBoth("spread", spreadIP, "sessionAffinity: None", appIP, app1IP) +
 		overBoth("nodelocal", localIP, "internalTrafficPolicy: Local", appIP, app1IP) +
-		overBoth("zonal", zonalIP, "trafficDistribution: PreferClose", appIP, app1IP)
+		overBoth("zonal", zonalIP, "trafficDistribution: PreferClose", appIP, app1IP) +
+		overBoth("samenode", sameNodeIP, "trafficDistribution: PreferSameNode", appIP, app1IP)
 	// app-0's iptables as the injector makes them of its annotation.
 	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
 	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"},
@@ -322,7 +327,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		ip        string
 		http, tcp *string
 	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}, {localIP, &res.NodeLocalHTTP, &res.NodeLocalTCP},
-		{zonalIP, &res.ZonalHTTP, &res.ZonalTCP}} {
+		{zonalIP, &res.ZonalHTTP, &res.ZonalTCP}, {sameNodeIP, &res.SameNodeHTTP, &res.SameNodeTCP}} {
 		*c.http = servers(func() string {
 			out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+c.ip+":8080/whoami")
 			return out
@@ -392,14 +397,18 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 // overBoth is a service over app-0 (node n1) and app-1 (node n2), HTTP
 // 8080 and TCP 7073, with the given spec line (sessionAffinity,
 // internalTrafficPolicy, trafficDistribution). With trafficDistribution
-// its endpoints carry the zone hints the EndpointSlice controller writes
-// for it (app-0 for zone-a, app-1 for zone-b), and only then: meshd reads
-// the hints.
+// its endpoints carry the hints the EndpointSlice controller writes for
+// it (app-0 for zone-a, app-1 for zone-b; PreferSameNode: also app-0 for
+// n1, app-1 for n2), and only then: meshd reads the hints.
 func overBoth(name, ip, spec, app0, app1 string) string {
 	var hint0, hint1 string
-	if strings.HasPrefix(spec, "trafficDistribution:") {
+	switch spec {
+	case "trafficDistribution: PreferClose":
 		hint0 = "\n  zone: zone-a\n  hints: {forZones: [{name: zone-a}]}"
 		hint1 = "\n  zone: zone-b\n  hints: {forZones: [{name: zone-b}]}"
+	case "trafficDistribution: PreferSameNode":
+		hint0 = "\n  zone: zone-a\n  hints: {forZones: [{name: zone-a}], forNodes: [{name: n1}]}"
+		hint1 = "\n  zone: zone-b\n  hints: {forZones: [{name: zone-b}], forNodes: [{name: n2}]}"
 	}
 	return fmt.Sprintf(`---
 apiVersion: v1

@@ -468,6 +468,14 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s of the meshed client (zone-a) to a service whose endpoints are hinted for their zones were answered by %s; want app-0 (hinted for zone-a) for all 12", what, got)
 				}
 			}
+			// PreferSameNode: the node's hint first (app-1, on n2 with the
+			// client), not the zone's.
+			t.Logf("same node: HTTP %s TCP %s", res.SameNodeHTTP, res.SameNodeTCP)
+			for what, got := range map[string]string{"HTTP requests": res.SameNodeHTTP, "TCP connections": res.SameNodeTCP} {
+				if got != "map[app-1:12]" {
+					t.Errorf("%s of the meshed client (node n2, zone-a) to a service whose endpoints are hinted for their nodes and zones were answered by %s; want app-1 (hinted for n2) for all 12", what, got)
+				}
+			}
 			for what, got := range map[string]string{"HTTP requests": res.SpreadHTTP, "TCP connections": res.SpreadTCP} {
 				if !strings.Contains(got, "app-0:") || !strings.Contains(got, "app-1:") || strings.Contains(got, "no answer") {
 					t.Errorf("%s of the meshed client to a service without affinity were answered by %s; want both servers", what, got)

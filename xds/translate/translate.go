@@ -224,7 +224,7 @@ type outboundChains struct {
 func endpointsOnly(prev, next *serviceOut, ids []string) bool {
 	a, b := prev.svc, next.svc
 	return a.ClusterIP != "" && a.ClusterIP == b.ClusterIP && a.Namespace == b.Namespace && a.Name == b.Name &&
-		a.ClientIPAffinity == b.ClientIPAffinity && a.NodeLocal == b.NodeLocal && a.ZoneHints == b.ZoneHints && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
+		a.ClientIPAffinity == b.ClientIPAffinity && a.NodeLocal == b.NodeLocal && a.ZoneHints == b.ZoneHints && a.NodeHints == b.NodeHints && prev.maxAge == next.maxAge && slices.Equal(a.Ports, b.Ports) && slices.Equal(prev.ids, ids)
 }
 
 // portChains are the outbound chains one service port asks for: its
