@@ -410,6 +410,20 @@ func (c *serviceConv) endpoints(svc *model.Service, slices []*discoveryv1.Endpoi
 		}
 	}
 	sortEndpoints(out)
+	// A port without a ready endpoint is served by the ones terminating
+	// but still serving, as kube-proxy does (a rolling update of a single
+	// pod, a pod draining its last requests): they count as ready then.
+	readyPorts := map[string]bool{}
+	for _, e := range out {
+		if e.Ready {
+			readyPorts[e.PortName] = true
+		}
+	}
+	for i, e := range out {
+		if e.Terminating && !readyPorts[e.PortName] {
+			out[i].Ready = true
+		}
+	}
 	return out
 }
 
@@ -421,7 +435,7 @@ func (c *serviceConv) endpoints(svc *model.Service, slices []*discoveryv1.Endpoi
 func allHinted(eps []model.Endpoint, hints func(model.Endpoint) []string) bool {
 	ready := false
 	for _, e := range eps {
-		if e.Ready {
+		if e.Ready && !e.Terminating { // kube-proxy ignores hints when it falls back to terminating endpoints
 			if len(hints(e)) == 0 {
 				return false
 			}
@@ -441,7 +455,9 @@ func (c *serviceConv) endpoint(e discoveryv1.Endpoint, portName string, port uin
 		}
 		c.deps[key] = depOf(w)
 	}
-	base := model.Endpoint{PortName: portName, Port: port, Ready: ptrOr(e.Conditions.Ready, true), Node: ptrOr(e.NodeName, "")}
+	ready := ptrOr(e.Conditions.Ready, true)
+	base := model.Endpoint{PortName: portName, Port: port, Ready: ready, Node: ptrOr(e.NodeName, ""),
+		Terminating: !ready && ptrOr(e.Conditions.Terminating, false) && ptrOr(e.Conditions.Serving, false)}
 	if e.Hints != nil {
 		for _, z := range e.Hints.ForZones {
 			base.ForZones = append(base.ForZones, z.Name)

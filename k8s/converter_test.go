@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -496,4 +497,49 @@ func ptrOr[T any](p *T, def T) T {
 		return def
 	}
 	return *p
+}
+
+// TestTerminatingEndpointsServeWhenNoneReady: as kube-proxy, a port with a
+// ready endpoint uses only the ready ones; a port with none uses those
+// terminating but still serving (never one that stopped serving), and
+// topology hints are then ignored.
+func TestTerminatingEndpointsServeWhenNoneReady(t *testing.T) {
+	const doc = `apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec: {clusterIP: 198.19.0.10, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.0.1], conditions: {ready: %s}, hints: {forZones: [{name: a}]}}
+- {addresses: [198.18.0.2], conditions: {ready: false, serving: true, terminating: true}, hints: {forZones: [{name: a}]}}
+- {addresses: [198.18.0.3], conditions: {ready: false, serving: false, terminating: true}, hints: {forZones: [{name: a}]}}
+`
+	for _, tc := range []struct {
+		first, want string
+		hints       bool
+	}{
+		{"true", "198.18.0.1", true},
+		{"false", "198.18.0.2", false},
+	} {
+		st, err := k8s.StateFromYAML([]byte(strings.Replace(doc, "%s", tc.first, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap, _ := k8s.Convert(st, "cluster.local")
+		svc := snap.Service("web.demo")
+		var used []string
+		for _, e := range svc.Endpoints {
+			if e.Ready {
+				used = append(used, e.Address)
+			}
+		}
+		if got := strings.Join(used, " "); got != tc.want || svc.ZoneHints != tc.hints {
+			t.Errorf("first endpoint ready=%s: used %q, zone hints %v; want %q, %v", tc.first, got, svc.ZoneHints, tc.want, tc.hints)
+		}
+	}
 }

@@ -197,6 +197,10 @@ type Endpoint struct {
 	Workload string
 	// Node is the node the endpoint is on, "" if unknown.
 	Node string
+	// Terminating: the endpoint's pod is terminating but still serving
+	// (not ready). Such endpoints are used, as kube-proxy uses them, only
+	// by a port none of whose endpoints is ready: Ready is then set too.
+	Terminating bool
 	// ForZones and ForNodes are the zones and nodes whose clients the
 	// EndpointSlice hints this endpoint for (sorted), none if it has no
 	// such hints.

@@ -88,9 +88,12 @@ type PortPath struct {
 
 // EndpointPath is one endpoint behind a port.
 type EndpointPath struct {
-	Address      string `json:"address"`
-	Port         uint32 `json:"port"`
-	Ready        bool   `json:"ready"`
+	Address string `json:"address"`
+	Port    uint32 `json:"port"`
+	Ready   bool   `json:"ready"`
+	// Terminating: the endpoint's pod is terminating but still serving;
+	// used only when no endpoint of the port is ready.
+	Terminating  bool   `json:"terminating,omitempty"`
 	Server       Side   `json:"server"`
 	MTLS         bool   `json:"mtls"`
 	InboundChain string `json:"inbound_chain,omitempty"`
@@ -274,17 +277,22 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 			pp.ExpectedSANs = append(pp.ExpectedSANs, id)
 		}
 		slices.Sort(pp.ExpectedSANs)
-		ready := 0
+		ready, terminating := 0, 0
 		for _, ep := range eps {
 			if ep.PortName != p.Name {
 				continue
 			}
 			if ep.Ready {
 				ready++
+				if ep.Terminating {
+					terminating++
+				}
 			}
 			pp.Endpoints = append(pp.Endpoints, e.endpoint(snap, svc, ep, connected, pp.OutsideScope))
 		}
 		switch {
+		case ready > 0 && terminating == ready:
+			e.find("%s port %d has no ready endpoint: its endpoints terminating but still serving take the calls, as kube-proxy sends them", svc.Key(), p.Port)
 		case ready == 0 && nodeLocal:
 			e.find("%s port %d has no ready endpoint on the client's node %s, and its internalTrafficPolicy is Local: the client's calls fail", svc.Key(), p.Port, e.From.Node)
 		case ready == 0:
@@ -302,7 +310,7 @@ func hintedFor(eps []model.Endpoint, hints func(model.Endpoint) []string, name s
 
 func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus, outside bool) EndpointPath {
 	plaintext := !e.From.Connected || outside // what the client's side sends
-	out := EndpointPath{Address: ep.Address, Port: ep.Port, Ready: ep.Ready, MTLS: ep.Identity != "" && !plaintext}
+	out := EndpointPath{Address: ep.Address, Port: ep.Port, Ready: ep.Ready, Terminating: ep.Terminating, MTLS: ep.Identity != "" && !plaintext}
 	w := snap.Workload(ep.Workload)
 	if w == nil {
 		e.find("endpoint %s:%d of %s has no pod in the model: plaintext to it", ep.Address, ep.Port, svc.Key())

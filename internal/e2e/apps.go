@@ -90,6 +90,10 @@ type AppsResult struct {
 	// (trafficDistribution PreferSameNode: hinted for their nodes and
 	// zones; client-0 on n2, where app-1 is, in zone-a, where app-0 is).
 	SameNodeHTTP, SameNodeTCP string
+	// DrainingHTTP and DrainingTCP are the same for the service draining,
+	// none of whose endpoints is ready: app-0 terminating but still
+	// serving, app-1 terminating and not serving.
+	DrainingHTTP, DrainingTCP string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -116,8 +120,10 @@ type AppsResult struct {
 	// ClientSockets and ServerSockets are the established TCP sockets in
 	// client-0's and app-0's pods while the connection is held (ss -tno).
 	ClientSockets, ServerSockets string
-	// ServerLog is the server sidecar's log (access lines included).
+	// ServerLog is the end of the server sidecar's log (access lines
+	// included); refused are all its "[meshd refused]" lines.
 	ServerLog string
+	refused   []string
 	// LegacyIP is the outsider's address.
 	LegacyIP string
 }
@@ -242,13 +248,14 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	svcIP := fmt.Sprintf("198.19.%d.10", lab.Index)
 	appIP := pods["app-0"].IP.String()
 	stickyIP, spreadIP, localIP := fmt.Sprintf("198.19.%d.11", lab.Index), fmt.Sprintf("198.19.%d.12", lab.Index), fmt.Sprintf("198.19.%d.13", lab.Index)
-	zonalIP, sameNodeIP := fmt.Sprintf("198.19.%d.14", lab.Index), fmt.Sprintf("198.19.%d.15", lab.Index)
+	zonalIP, sameNodeIP, drainingIP := fmt.Sprintf("198.19.%d.14", lab.Index), fmt.Sprintf("198.19.%d.15", lab.Index), fmt.Sprintf("198.19.%d.16", lab.Index)
 	app1IP := pods["app-1"].IP.String()
 	desc := fmt.Sprintf(appsYAML, svcIP, appIP, pods["client-0"].IP, pods["legacy-0"].IP, mode, app1IP) +
 		overBoth("sticky", stickyIP, "sessionAffinity: ClientIP", appIP, app1IP) + overBoth("spread", spreadIP, "sessionAffinity: None", appIP, app1IP) +
 		overBoth("nodelocal", localIP, "internalTrafficPolicy: Local", appIP, app1IP) +
 		overBoth("zonal", zonalIP, "trafficDistribution: PreferClose", appIP, app1IP) +
-		overBoth("samenode", sameNodeIP, "trafficDistribution: PreferSameNode", appIP, app1IP)
+		overBoth("samenode", sameNodeIP, "trafficDistribution: PreferSameNode", appIP, app1IP) +
+		overBoth("draining", drainingIP, terminatingSpec, appIP, app1IP)
 	// app-0's iptables as the injector makes them of its annotation.
 	bypass := []string{"--exclude-inbound-ports", "15021,7071"}
 	if err := s.startMeshWith(ctx, desc, 3, []sidecarSpec{{pod: pods["app-0"], sa: "app", iptables: bypass}, {pod: pods["client-0"], sa: "client"},
@@ -327,7 +334,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		ip        string
 		http, tcp *string
 	}{{stickyIP, &res.StickyHTTP, &res.StickyTCP}, {spreadIP, &res.SpreadHTTP, &res.SpreadTCP}, {localIP, &res.NodeLocalHTTP, &res.NodeLocalTCP},
-		{zonalIP, &res.ZonalHTTP, &res.ZonalTCP}, {sameNodeIP, &res.SameNodeHTTP, &res.SameNodeTCP}} {
+		{zonalIP, &res.ZonalHTTP, &res.ZonalTCP}, {sameNodeIP, &res.SameNodeHTTP, &res.SameNodeTCP},
+		{drainingIP, &res.DrainingHTTP, &res.DrainingTCP}} {
 		*c.http = servers(func() string {
 			out, _ := pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+c.ip+":8080/whoami")
 			return out
@@ -390,6 +398,7 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	}
 	time.Sleep(3 * time.Second) // access log lines are written when connections close, and flushed each second
 	res.ServerLog = s.envoys["app-0"].LogTail(20000)
+	res.refused = refusedRE.FindAllString(s.envoys["app-0"].Log(), -1) // all of them: the tail may have lost the first
 	s.collectLogs()
 	return res, nil
 }
@@ -399,13 +408,18 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 // internalTrafficPolicy, trafficDistribution). With trafficDistribution
 // its endpoints carry the hints the EndpointSlice controller writes for
 // it (app-0 for zone-a, app-1 for zone-b; PreferSameNode: also app-0 for
-// n1, app-1 for n2), and only then: meshd reads the hints.
+// n1, app-1 for n2), and only then: meshd reads the hints. With
+// terminatingSpec neither endpoint is ready: app-0 is terminating but
+// still serving, app-1 terminating and no longer serving.
 func overBoth(name, ip, spec, app0, app1 string) string {
 	var hint0, hint1 string
 	switch spec {
 	case "trafficDistribution: PreferClose":
 		hint0 = "\n  zone: zone-a\n  hints: {forZones: [{name: zone-a}]}"
 		hint1 = "\n  zone: zone-b\n  hints: {forZones: [{name: zone-b}]}"
+	case terminatingSpec:
+		hint0 = "\n  conditions: {ready: false, serving: true, terminating: true}"
+		hint1 = "\n  conditions: {ready: false, serving: false, terminating: true}"
 	case "trafficDistribution: PreferSameNode":
 		hint0 = "\n  zone: zone-a\n  hints: {forZones: [{name: zone-a}], forNodes: [{name: n1}]}"
 		hint1 = "\n  zone: zone-b\n  hints: {forZones: [{name: zone-b}], forNodes: [{name: n2}]}"
@@ -453,10 +467,15 @@ func envoyHeaders(out string) string {
 	return request + " response=" + strings.Join(response, ",")
 }
 
+// terminatingSpec is overBoth's spec line for a service whose pods are
+// terminating (a YAML comment: the Service itself is as usual).
+const terminatingSpec = "# pods terminating"
+
 // serverRE finds the name of the apps.py that answered (/whoami, 7073).
 var serverRE = regexp.MustCompile(`server=([a-z0-9-]+)`)
 
+// refusedRE finds the server sidecar's "[meshd refused]" lines.
+var refusedRE = regexp.MustCompile(`\[meshd refused\][^\n]*`)
+
 // RefusedLines returns the server sidecar's "[meshd refused]" lines.
-func (r *AppsResult) RefusedLines() []string {
-	return regexp.MustCompile(`\[meshd refused\][^\n]*`).FindAllString(r.ServerLog, -1)
-}
+func (r *AppsResult) RefusedLines() []string { return r.refused }

@@ -468,6 +468,15 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s of the meshed client (zone-a) to a service whose endpoints are hinted for their zones were answered by %s; want app-0 (hinted for zone-a) for all 12", what, got)
 				}
 			}
+			// No ready endpoint: the one terminating but still serving takes
+			// the calls, as kube-proxy sends them (a rolling update of a
+			// single pod).
+			t.Logf("draining: HTTP %s TCP %s", res.DrainingHTTP, res.DrainingTCP)
+			for what, got := range map[string]string{"HTTP requests": res.DrainingHTTP, "TCP connections": res.DrainingTCP} {
+				if got != "map[app-0:12]" {
+					t.Errorf("%s of the meshed client to a service whose only serving endpoint is terminating (app-0) were answered by %s; want app-0 for all 12", what, got)
+				}
+			}
 			// PreferSameNode: the node's hint first (app-1, on n2 with the
 			// client), not the zone's.
 			t.Logf("same node: HTTP %s TCP %s", res.SameNodeHTTP, res.SameNodeTCP)
