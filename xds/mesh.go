@@ -56,6 +56,47 @@ type Mesh struct {
 	// generation perClientGen.
 	perClient    []*model.Service
 	perClientGen uint64
+	// perClientMemo is translate.PerClient's result by the inputs it reads
+	// (scope, node, zone) for the snapshot and generation it was made for:
+	// the proxies of one node or zone share the same values (translated,
+	// and in the publisher encoded, once).
+	perClientMemo perClientMemo
+}
+
+// perClientMemo: see Mesh.perClientMemo.
+type perClientMemo struct {
+	snap *model.Snapshot
+	gen  uint64
+	// byNode and byZone: whether any per-client service reads the node
+	// (node-local, node hints) or the zone (zone hints).
+	byNode, byZone bool
+	results        map[string]translate.Resources
+}
+
+// perClientFor is translate.PerClient for a proxy of scope, node and
+// zone, the same values for every proxy for which they are the same.
+func (m *Mesh) perClientFor(scope model.Egress, node, zone string) translate.Resources {
+	memo := &m.perClientMemo
+	if memo.snap != m.snap || memo.gen != m.perClientGen || memo.results == nil {
+		*memo = perClientMemo{snap: m.snap, gen: m.perClientGen, results: map[string]translate.Resources{}}
+		for _, svc := range m.perClient {
+			memo.byNode = memo.byNode || svc.NodeLocal || svc.NodeHints
+			memo.byZone = memo.byZone || svc.ZoneHints
+		}
+	}
+	if !memo.byNode {
+		node = ""
+	}
+	if !memo.byZone {
+		zone = ""
+	}
+	key := scope.Key() + "\x00" + node + "\x00" + zone
+	res, ok := memo.results[key]
+	if !ok {
+		res = translate.PerClient(m.snap, m.perClient, scope, node, zone)
+		memo.results[key] = res
+	}
+	return res
 }
 
 // ownEntry is a proxy's own resources and their inputs: the proxy, its
@@ -71,6 +112,9 @@ type ownEntry struct {
 	// perClientGen is the per-client services' generation then.
 	perClientGen uint64
 	res          resource.Resources
+	// inbound is what res holds of the proxy's inbound side (see inbound):
+	// kept when only the per-client services moved.
+	inbound resource.Resources
 }
 
 // proxyRef is a connected proxy (refs: its streams) and what the last
@@ -429,16 +473,21 @@ func (m *Mesh) ownSafely(p Peer, w *model.Workload) (res resource.Resources, cha
 func (m *Mesh) ownCached(p Peer, w *model.Workload) (resource.Resources, bool) {
 	settings := settingsOf(m.snap)
 	prev, ok := m.owned[p.NodeID]
-	if ok && prev.peer == p && settings == prev.settings && prev.perClientGen == m.perClientGen && (w == nil) == (prev.workload == nil) &&
-		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload))) {
+	same := ok && prev.peer == p && settings == prev.settings && (w == nil) == (prev.workload == nil) &&
+		(w == nil || !w.NoInterception && (w == prev.from || reflect.DeepEqual(*w, *prev.workload)))
+	if same && prev.perClientGen == m.perClientGen {
 		if prev.from != w {
 			prev.from = w
 			m.owned[p.NodeID] = prev
 		}
 		return prev.res, false
 	}
-	res := m.own(p, w)
-	entry := ownEntry{peer: p, from: w, settings: settings, perClientGen: m.perClientGen, res: res}
+	inbound := prev.inbound // only the per-client services moved: the same values
+	if !same {
+		inbound = m.inbound(p, w)
+	}
+	res := m.withPerClient(inbound, p, w)
+	entry := ownEntry{peer: p, from: w, settings: settings, perClientGen: m.perClientGen, res: res, inbound: inbound}
 	if w != nil {
 		c := *w
 		entry.workload = &c
@@ -454,35 +503,42 @@ type inboundSettings struct {
 	connectionMaxAge, detection time.Duration
 }
 
-// own translates a proxy's own resources. The listener, route, cluster and
-// endpoint types are always present, so a workload that lost its ports (or
-// its HTTP ports) loses its inbound listener (its inbound routes), and a
-// proxy loses the clusters of node-local services that are no more. A
-// proxy whose pod is unknown, or runs under another service account than
-// its certificate says, gets no inbound side.
-func (m *Mesh) own(p Peer, w *model.Workload) resource.Resources {
-	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil, resourcev3.ClusterType: nil, resourcev3.EndpointType: nil}
-	mine := w != nil && w.Identity == p.Identity.String() // the proxy's pod
+// inbound translates a proxy's inbound side (translate.Proxy). A proxy
+// whose pod is unknown, or runs under another service account than its
+// certificate says, gets none.
+func (m *Mesh) inbound(p Peer, w *model.Workload) resource.Resources {
 	switch {
 	case w == nil:
 		if m.snap != nil {
 			m.log.Info("xds: proxy has no pod in the mesh model yet", "proxy", p.NodeID)
 		}
-	case !mine:
+	case w.Identity != p.Identity.String():
 		m.log.Warn("xds: proxy's certificate identity differs from its pod's; no inbound config", "proxy", p.NodeID, "identity", p.Identity.String(), "pod_identity", w.Identity)
 	default:
-		for t, items := range translate.Proxy(m.snap, w) {
-			res[t] = items
-		}
+		return translate.Proxy(m.snap, w)
+	}
+	return nil
+}
+
+// withPerClient is a proxy's own resources: its inbound side and the
+// clusters and endpoint sets of the per-client services for it. The
+// listener, route, cluster and endpoint types are always present, so a
+// workload that lost its ports (or its HTTP ports) loses its inbound
+// listener (its inbound routes), and a proxy loses the clusters of
+// per-client services that are no more. inbound is not modified.
+func (m *Mesh) withPerClient(inbound resource.Resources, p Peer, w *model.Workload) resource.Resources {
+	res := resource.Resources{resourcev3.ListenerType: nil, resourcev3.RouteType: nil, resourcev3.ClusterType: nil, resourcev3.EndpointType: nil}
+	for t, items := range inbound {
+		res[t] = items
 	}
 	if len(m.perClient) > 0 {
 		var scope model.Egress // as egress(p, w) finds it
 		node, zone := "", ""
-		if mine {
+		if w != nil && w.Identity == p.Identity.String() { // the proxy's pod
 			scope, node, zone = w.Egress, w.Node, w.Zone
 		}
-		for t, items := range translate.PerClient(m.snap, m.perClient, scope, node, zone) {
-			res[t] = append(res[t], items...)
+		for t, items := range m.perClientFor(scope, node, zone) {
+			res[t] = append(slices.Clip(res[t]), items...) // a copy: inbound's lists stay as they are
 		}
 	}
 	return res

@@ -187,3 +187,37 @@ func BenchmarkMeshUpdateScopedProxies(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkMeshUpdateZoneHinted: BenchmarkMeshUpdate with the proxies in
+// 3 zones and the first hinted services' endpoints hinted for them
+// (trafficDistribution PreferClose): such services are every proxy's own
+// (translate.PerClient), so a change to one goes over every proxy. The
+// change is to the first service, hinted.
+func BenchmarkMeshUpdateZoneHinted(b *testing.B) {
+	for _, hinted := range []int{1, 20, 100} {
+		b.Run(fmt.Sprintf("hinted=%d", hinted), func(b *testing.B) {
+			ctx := context.Background()
+			snap := benchModel(1000, 10)
+			zones := []string{"zone-a", "zone-b", "zone-c"}
+			for i, w := range snap.Workloads {
+				w.Zone = zones[i%len(zones)]
+			}
+			p := snap.Services.Patch()
+			for i := range hinted {
+				svc := *snap.Services.At(i)
+				svc.ZoneHints = true
+				svc.Endpoints = slices.Clone(svc.Endpoints)
+				for j := range svc.Endpoints {
+					svc.Endpoints[j].ForZones = []string{zones[j%len(zones)]}
+				}
+				p.Set(i, &svc)
+			}
+			snap.Services = p.Vec()
+			mesh, _ := benchMesh(b, snap, 1000)
+			if _, err := mesh.Update(ctx, snap); err != nil {
+				b.Fatal(err)
+			}
+			benchEndpointChanges(ctx, b, mesh, snap)
+		})
+	}
+}

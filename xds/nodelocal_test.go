@@ -61,56 +61,13 @@ const (
 // going moves only its node's proxies' endpoints; the policy back to
 // Cluster gives every proxy both. The outbound chain is shared throughout.
 func TestNodeLocalServiceEndpointsPerNode(t *testing.T) {
-	ctx := context.Background()
-	web1 := xds.NodeID("demo", "web-1")
-	podless := xds.NodeID("demo", "job-0")
-	mesh, cache, _ := connectedMesh(t, xds.Peer{NodeID: webNode, Identity: webID}, xds.Peer{NodeID: web1, Identity: webID},
-		xds.Peer{NodeID: podless, Identity: webID})
-	const cluster = "outbound|9000|agent.demo"
-	endpoints := func(node string) []string {
-		t.Helper()
-		snap, err := cache.GetSnapshot(node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, ok := snap.GetResources(resourcev3.ClusterType)[cluster]; !ok {
-			t.Fatalf("%s has no cluster %s", node, cluster)
-		}
-		cla, ok := snap.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
-		if !ok {
-			t.Fatalf("%s has no endpoints of %s", node, cluster)
-		}
-		var out []string
-		for _, group := range cla.Endpoints {
-			for _, lb := range group.LbEndpoints {
-				out = append(out, lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
+	h := newPerClientHarness(t)
+	web1, podless, cache := h.web1, h.podless, h.cache
 	update := func(policy, eps string) {
 		t.Helper()
-		st, err := k8s.StateFromYAML([]byte(strings.NewReplacer("%[1]s", policy, "%[2]s", eps).Replace(nodeLocalYAML)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap, problems := k8s.Convert(st, "cluster.local")
-		if len(problems) > 0 {
-			t.Fatalf("problems: %v", problems)
-		}
-		if _, err := mesh.Update(ctx, snap); err != nil {
-			t.Fatal(err)
-		}
+		h.publish(strings.NewReplacer("%[1]s", policy, "%[2]s", eps).Replace(nodeLocalYAML))
 	}
-	expect := func(what string, want map[string][]string) {
-		t.Helper()
-		for node, w := range want {
-			if got := endpoints(node); !slices.Equal(got, w) {
-				t.Errorf("%s: %s reaches %v, want %v", what, node, got, w)
-			}
-		}
-	}
+	expect := h.expect
 	update("Local", agentOnA+agentOnB)
 	expect("Local", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}, podless: {"198.18.0.20", "198.18.0.21"}})
 	chainVersion := func(node string) string {
@@ -127,7 +84,6 @@ func TestNodeLocalServiceEndpointsPerNode(t *testing.T) {
 	expect("Cluster", map[string][]string{webNode: {"198.18.0.20", "198.18.0.21"}, web1: {"198.18.0.20", "198.18.0.21"}})
 	update("Local", agentOnA+agentOnB)
 	expect("Local again", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}})
-	var _ cachev3.SnapshotCache = cache
 }
 
 // zoneYAML: web-0 in zone a, web-1 in zone b (their pods' labels, as
@@ -174,53 +130,13 @@ endpoints:
 // proxy gets all of them; node hints (PreferSameNode) go before zone
 // hints (kube-proxy's rules).
 func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
-	ctx := context.Background()
-	web1 := xds.NodeID("demo", "web-1")
-	podless := xds.NodeID("demo", "job-0")
-	mesh, cache, _ := connectedMesh(t, xds.Peer{NodeID: webNode, Identity: webID}, xds.Peer{NodeID: web1, Identity: webID},
-		xds.Peer{NodeID: podless, Identity: webID})
-	const cluster = "outbound|9000|agent.demo"
-	endpoints := func(node string) []string {
-		t.Helper()
-		snap, err := cache.GetSnapshot(node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cla, ok := snap.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
-		if !ok {
-			t.Fatalf("%s has no endpoints of %s", node, cluster)
-		}
-		var out []string
-		for _, group := range cla.Endpoints {
-			for _, lb := range group.LbEndpoints {
-				out = append(out, lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-			}
-		}
-		slices.Sort(out)
-		return out
-	}
+	h := newPerClientHarness(t)
+	web1, podless := h.web1, h.podless
 	update := func(eps string) {
 		t.Helper()
-		st, err := k8s.StateFromYAML([]byte(strings.ReplaceAll(zoneYAML, "%[1]s", eps)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		snap, problems := k8s.Convert(st, "cluster.local")
-		if len(problems) > 0 {
-			t.Fatalf("problems: %v", problems)
-		}
-		if _, err := mesh.Update(ctx, snap); err != nil {
-			t.Fatal(err)
-		}
+		h.publish(strings.ReplaceAll(zoneYAML, "%[1]s", eps))
 	}
-	expect := func(what string, want map[string][]string) {
-		t.Helper()
-		for node, w := range want {
-			if got := endpoints(node); !slices.Equal(got, w) {
-				t.Errorf("%s: %s reaches %v, want %v", what, node, got, w)
-			}
-		}
-	}
+	expect := h.expect
 	const (
 		hintedA  = "- {addresses: [198.18.0.20], zone: a, hints: {forZones: [{name: a}]}}\n"
 		hintedB  = "- {addresses: [198.18.0.21], zone: b, hints: {forZones: [{name: b}]}}\n"
@@ -244,4 +160,73 @@ func TestZoneHintedServiceEndpointsPerZone(t *testing.T) {
 	expect("node hints first", map[string][]string{webNode: {"198.18.0.21"}, web1: {"198.18.0.20"}, podless: both})
 	update(hintedA + hintedB)
 	expect("one per zone again", map[string][]string{webNode: {"198.18.0.20"}, web1: {"198.18.0.21"}, podless: both})
+}
+
+// perClientHarness is a Mesh with web-0 (webNode), web-1 and a proxy
+// without a pod (podless) connected, for the per-client services' tests
+// (their cluster outbound|9000|agent.demo).
+type perClientHarness struct {
+	t             *testing.T
+	mesh          *xds.Mesh
+	cache         cachev3.SnapshotCache
+	web1, podless string
+}
+
+func newPerClientHarness(t *testing.T) *perClientHarness {
+	h := &perClientHarness{t: t, web1: xds.NodeID("demo", "web-1"), podless: xds.NodeID("demo", "job-0")}
+	h.mesh, h.cache, _ = connectedMesh(t, xds.Peer{NodeID: webNode, Identity: webID}, xds.Peer{NodeID: h.web1, Identity: webID},
+		xds.Peer{NodeID: h.podless, Identity: webID})
+	return h
+}
+
+// publish converts doc and updates the mesh with it.
+func (h *perClientHarness) publish(doc string) {
+	h.t.Helper()
+	st, err := k8s.StateFromYAML([]byte(doc))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	snap, problems := k8s.Convert(st, "cluster.local")
+	if len(problems) > 0 {
+		h.t.Fatalf("problems: %v", problems)
+	}
+	if _, err := h.mesh.Update(context.Background(), snap); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// endpoints are the addresses of the agent cluster's endpoint set in a
+// proxy's snapshot, which must have the cluster.
+func (h *perClientHarness) endpoints(node string) []string {
+	h.t.Helper()
+	const cluster = "outbound|9000|agent.demo"
+	snap, err := h.cache.GetSnapshot(node)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if _, ok := snap.GetResources(resourcev3.ClusterType)[cluster]; !ok {
+		h.t.Fatalf("%s has no cluster %s", node, cluster)
+	}
+	cla, ok := snap.GetResources(resourcev3.EndpointType)[cluster].(*endpointv3.ClusterLoadAssignment)
+	if !ok {
+		h.t.Fatalf("%s has no endpoints of %s", node, cluster)
+	}
+	var out []string
+	for _, group := range cla.Endpoints {
+		for _, lb := range group.LbEndpoints {
+			out = append(out, lb.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// expect checks the proxies' endpoints.
+func (h *perClientHarness) expect(what string, want map[string][]string) {
+	h.t.Helper()
+	for node, w := range want {
+		if got := h.endpoints(node); !slices.Equal(got, w) {
+			h.t.Errorf("%s: %s reaches %v, want %v", what, node, got, w)
+		}
+	}
 }

@@ -77,10 +77,12 @@ type Publisher struct {
 	gens map[string]uint64
 	gen  uint64
 
-	// enc keeps the encodings of the last shared and scope resources
-	// (guarded by encMu, taken before mu).
-	encMu sync.Mutex
-	enc   resource.Encoder
+	// enc keeps the encodings of the last shared and scope resources,
+	// ownEnc the versions of the proxies' own resources of the last
+	// publish (both guarded by encMu, taken before mu).
+	encMu  sync.Mutex
+	enc    resource.Encoder
+	ownEnc resource.OwnEncoder
 
 	// Convergence: from a Kubernetes change being noticed to a proxy
 	// ACKing every type that change moved.
@@ -158,11 +160,13 @@ func (p *Publisher) SetScoped(ctx context.Context, changedAt time.Time, shared r
 	}
 	round.End()
 	ownHashed := make(map[string]map[resourcev3.Type]resource.Set, len(own))
+	ownRound := p.ownEnc.Begin()
 	for node, res := range own {
-		if ownHashed[node], err = resource.Own(res); err != nil {
+		if ownHashed[node], err = ownRound.Own(res); err != nil {
 			return err
 		}
 	}
+	ownRound.End()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started {

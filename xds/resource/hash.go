@@ -24,6 +24,37 @@ func Own(res Resources) (map[resourcev3.Type]Set, error) {
 	return hashWith(ListsOf(res), false, nil, nil)
 }
 
+// OwnEncoder prepares the own resources of many proxies as Own does,
+// encoding a resource value once however many proxies hold it (the
+// clusters and endpoint sets of per-client services, the same values for
+// every proxy of a node or zone) and reusing the last round's versions
+// of the values a proxy holds again (its inbound listener, when only its
+// per-client services moved). It remembers versions, not encodings (own
+// sets keep none), of the last round's values only. The zero OwnEncoder
+// is ready; it is not safe for concurrent use.
+type OwnEncoder struct {
+	last map[types.Resource]encoded
+}
+
+// OwnRound is one publish's own resources.
+type OwnRound struct {
+	e *OwnEncoder
+	c encodingCache
+}
+
+// Begin starts a round.
+func (e *OwnEncoder) Begin() *OwnRound {
+	return &OwnRound{e: e, c: encodingCache{prev: e.last, next: map[types.Resource]encoded{}, versionsOnly: true}}
+}
+
+// Own is Own in the round.
+func (r *OwnRound) Own(res Resources) (map[resourcev3.Type]Set, error) {
+	return hashWith(ListsOf(res), false, &r.c, nil)
+}
+
+// End makes the round's versions the ones the next round reuses.
+func (r *OwnRound) End() { r.e.last = r.c.next }
+
 // Encoder prepares the sets many proxies share (the mesh's, an egress
 // scope's), versioned as Own's and keeping each resource's encoding, which
 // delta responses to every stream reuse. It remembers the encodings of
@@ -119,6 +150,9 @@ type encodingCache struct {
 	// adding: next is the Encoder's map, added to (what it holds is
 	// there from the rounds before).
 	adding bool
+	// versionsOnly: next records versions (and references), not
+	// encodings.
+	versionsOnly bool
 }
 
 // hashWith prepares each type's set, keeping the encodings if keepRaw, and
@@ -258,6 +292,9 @@ func (c *encodingCache) lookup(r types.Resource) (encoded, bool) {
 
 func (c *encodingCache) record(r types.Resource, e encoded) {
 	if c != nil && c.next != nil {
+		if c.versionsOnly {
+			e.raw = nil
+		}
 		c.next[r] = e
 	}
 }

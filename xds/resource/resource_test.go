@@ -247,3 +247,31 @@ func TestEncodedFew(t *testing.T) {
 		t.Error("once the whole set's Any values are made, a few names do not take them")
 	}
 }
+
+// TestOwnEncoderAgreesWithOwn: the own sets an OwnEncoder prepares, over
+// rounds where proxies share values, keep values of the round before, and
+// replace one, have Own's versions, per resource and per set.
+func TestOwnEncoderAgreesWithOwn(t *testing.T) {
+	var enc resource.OwnEncoder
+	shared := &clusterv3.Cluster{Name: "per-client", AltStatName: "zone-a"}
+	inbound := &clusterv3.Cluster{Name: "inbound"}
+	for round, perClient := range []*clusterv3.Cluster{shared, shared, {Name: "per-client", AltStatName: "zone-a, moved"}} {
+		r := enc.Begin()
+		for proxy := range 3 {
+			res := resource.Resources{resourcev3.ClusterType: {inbound, perClient, &clusterv3.Cluster{Name: fmt.Sprintf("own-%d", proxy)}}}
+			got, err := r.Own(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := resource.Own(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g, w := got[resourcev3.ClusterType], want[resourcev3.ClusterType]
+			if g.Version() != w.Version() || fmt.Sprint(g.VersionMap()) != fmt.Sprint(w.VersionMap()) {
+				t.Errorf("round %d, proxy %d: versions %s %v, Own's %s %v", round, proxy, g.Version(), g.VersionMap(), w.Version(), w.VersionMap())
+			}
+		}
+		r.End()
+	}
+}
