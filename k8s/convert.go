@@ -46,6 +46,13 @@ const (
 	// sidecar's outbound configuration to the services it lists
 	// ("./*,kube-system/kube-dns"; see model.ParseEgress).
 	AnnotationEgress = "meshd.io/egress"
+	// AnnotationOutboundTraffic on a pod, or on a namespace for its pods:
+	// "allow-any" (the default) lets the app reach destinations outside
+	// the mesh (passed through as it sent them), "registry-only" has its
+	// sidecar refuse them (Istio's outboundTrafficPolicy REGISTRY_ONLY):
+	// only the services of the mesh in its egress scope are reached, and
+	// what the interception leaves out (meshd.io/exclude-outbound-*).
+	AnnotationOutboundTraffic = "meshd.io/outbound-traffic"
 	// AnnotationExcludeInboundPorts on a pod lists ports ("9100,8081")
 	// whose inbound traffic skips the sidecar: reached directly, in
 	// plaintext, without the mesh's identity checks or policies (a port an
@@ -114,6 +121,7 @@ func workload(p *corev1.Pod, ns *corev1.Namespace, trustDomain string, ps *probl
 		w.IP = ip.String()
 	}
 	w.Egress = egress(p, ns, ps)
+	w.RegistryOnly = registryOnly(p, ns, ps, w.Meshed && w.NoInterception)
 	if v, ok := p.Annotations[AnnotationDetectionTimeout]; ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 10*time.Millisecond || d > time.Minute {
@@ -202,6 +210,35 @@ func egress(p *corev1.Pod, ns *corev1.Namespace, ps *problems) model.Egress {
 		return nil
 	}
 	return e
+}
+
+// registryOnly reads the pod's outbound traffic policy: its annotation,
+// else its namespace's. A value that is neither allow-any nor
+// registry-only is reported and read as registry-only (the stricter, as
+// an unknown mTLS mode is read as STRICT). A sidecar without interception
+// cannot hold the app back (it connects where it likes): uncaptured (a
+// meshed pod without interception) is reported.
+func registryOnly(p *corev1.Pod, ns *corev1.Namespace, ps *problems, uncaptured bool) bool {
+	kind, name, v := "Pod", p.Name, p.Annotations[AnnotationOutboundTraffic]
+	if _, set := p.Annotations[AnnotationOutboundTraffic]; !set && ns != nil {
+		kind, name, v = "Namespace", "", ns.Annotations[AnnotationOutboundTraffic]
+	}
+	only := true
+	switch v {
+	case "", "allow-any":
+		only = false
+	case "registry-only":
+	default:
+		if kind == "Pod" {
+			ps.add(kind, p.Namespace, name, "InvalidAnnotation", "annotation %s=%q is neither allow-any nor registry-only; using registry-only", AnnotationOutboundTraffic, v)
+		} else { // every pod of the namespace finds it: Converter reports it once
+			ps.add(kind, "", p.Namespace, "InvalidAnnotation", "annotation %s=%q is neither allow-any nor registry-only; its pods use registry-only", AnnotationOutboundTraffic, v)
+		}
+	}
+	if only && uncaptured {
+		ps.add("Pod", p.Namespace, p.Name, "RegistryOnlyNotEnforced", "outbound traffic is registry-only, but the pod's sidecar does not intercept (%s: none): its app reaches any destination", AnnotationInterception)
+	}
+	return only
 }
 
 // serverFirst marks the ports a pod's annotation (v) declares server-first

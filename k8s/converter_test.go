@@ -543,3 +543,55 @@ endpoints:
 		}
 	}
 }
+
+// TestOutboundTrafficAnnotation: a pod's meshd.io/outbound-traffic, else
+// its namespace's; an unknown value is reported and read as
+// registry-only; a pod without interception is told it is not enforced.
+func TestOutboundTrafficAnnotation(t *testing.T) {
+	const doc = `apiVersion: v1
+kind: Namespace
+metadata: {name: locked, labels: {meshd.io/inject: enabled}, annotations: {meshd.io/outbound-traffic: registry-only}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: open, labels: {meshd.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: locked}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: locked, annotations: {meshd.io/outbound-traffic: allow-any}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: open}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: d, namespace: open, annotations: {meshd.io/outbound-traffic: registry_only}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: e, namespace: locked, annotations: {meshd.io/interception: none}}
+`
+	st, err := k8s.StateFromYAML([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, problems := k8s.Convert(st, "cluster.local")
+	for key, want := range map[string]bool{"a.locked": true, "b.locked": false, "c.open": false, "d.open": true, "e.locked": true} {
+		if w := snap.Workload(key); w == nil || w.RegistryOnly != want {
+			t.Errorf("%s: registry-only %v, want %v", key, w != nil && w.RegistryOnly, want)
+		}
+	}
+	var got []string
+	for _, p := range problems {
+		got = append(got, p.Name+":"+p.Reason)
+	}
+	slices.Sort(got)
+	if want := "d:InvalidAnnotation e:RegistryOnlyNotEnforced"; strings.Join(got, " ") != want {
+		t.Errorf("problems %q, want %q", got, want)
+	}
+}

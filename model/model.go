@@ -236,6 +236,11 @@ type Workload struct {
 	// host's network). The sidecar's listeners bind real addresses instead:
 	// see translate.Proxy.
 	NoInterception bool
+	// RegistryOnly: the sidecar refuses the app's connections to
+	// destinations that are not services of the mesh in its egress scope
+	// (annotation meshd.io/outbound-traffic: registry-only), instead of
+	// passing them through. Sidecars without interception cannot.
+	RegistryOnly bool
 	// DetectionTimeout, when not 0, replaces the snapshot's for this pod
 	// (annotation meshd.io/protocol-detection-timeout).
 	DetectionTimeout time.Duration

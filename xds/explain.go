@@ -57,6 +57,9 @@ type Side struct {
 	// Zone is its node's zone, when the pod is labelled with it
 	// (topology.kubernetes.io/zone).
 	Zone string `json:"zone,omitempty"`
+	// RegistryOnly: its sidecar refuses the calls it would pass through
+	// (meshd.io/outbound-traffic: registry-only).
+	RegistryOnly bool `json:"registry_only,omitempty"`
 }
 
 // PortPath is the path of one service port.
@@ -181,6 +184,8 @@ func (e *Explanation) explainPodIP(snap *model.Snapshot, w *model.Workload, svcs
 		switch {
 		case pp.MTLS:
 			pp.Outcome = "mutual TLS to " + w.Identity
+		case pp.Path == "passthrough" && e.From.RegistryOnly:
+			pp.Outcome = "refused: the client's outbound traffic is registry-only, and a pod's address is not a service"
 		case !server.Sidecar:
 			pp.Outcome = "plaintext: the server has no sidecar"
 		case w.Mode == model.ModeStrict:
@@ -212,7 +217,7 @@ func targets(snap *model.Snapshot, to string) []*model.Service {
 // side describes a workload; a mode only where a sidecar enforces one.
 func side(w *model.Workload, connected map[string]ProxyStatus) Side {
 	_, ok := connected[w.Key()]
-	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Node: w.Node, Zone: w.Zone}
+	s := Side{Workload: w.Key(), Identity: w.Identity, Sidecar: w.Meshed, Connected: ok, Node: w.Node, Zone: w.Zone, RegistryOnly: w.RegistryOnly && !w.NoInterception}
 	if w.Meshed {
 		s.Mode = string(w.Mode)
 	}
@@ -242,7 +247,11 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if e.From.Sidecar && !model.Egress(e.From.Egress).Allows(svc) {
 			pp.OutsideScope = true
 			pp.FilterChain, pp.Cluster, pp.Route, pp.ClientSecrets = "", translate.PassthroughCluster, "", nil
-			e.find("%s is outside the client's egress scope (annotation meshd.io/egress: %s): its sidecar has no chain for it, so calls pass through in plaintext (a STRICT server refuses them); add the service to the scope", svc.Key(), strings.Join(e.From.Egress, ","))
+			if e.From.RegistryOnly {
+				e.find("%s is outside the client's egress scope (annotation meshd.io/egress: %s) and the client's outbound traffic is registry-only: its sidecar refuses the calls; add the service to the scope", svc.Key(), strings.Join(e.From.Egress, ","))
+			} else {
+				e.find("%s is outside the client's egress scope (annotation meshd.io/egress: %s): its sidecar has no chain for it, so calls pass through in plaintext (a STRICT server refuses them); add the service to the scope", svc.Key(), strings.Join(e.From.Egress, ","))
+			}
 		}
 		if e.From.Connected && !pp.OutsideScope {
 			pp.ClientIdentity = e.From.Identity
@@ -349,14 +358,19 @@ func (e *Explanation) find(format string, args ...any) {
 
 // verdict sums up: mtls when every path (endpoint, or pod-IP call) gets
 // mutual TLS, plaintext when none does, mixed in between; refused when the
-// only paths are pod-IP calls a STRICT server refuses; broken when no
-// service endpoint is ready.
+// only paths are pod-IP calls a STRICT server refuses, or calls the
+// client's registry-only sidecar refuses; broken when no service endpoint
+// is ready.
 func (e *Explanation) verdict() {
 	var mtls, plain, ready, refused int
 	for _, p := range e.Ports {
 		for _, ep := range p.Endpoints {
 			if ep.Ready {
 				ready++
+			}
+			if p.OutsideScope && e.From.RegistryOnly { // the client's sidecar refuses the call
+				refused++
+				continue
 			}
 			if ep.MTLS {
 				mtls++

@@ -241,6 +241,21 @@ func TestExplain(t *testing.T) {
 	if err != nil || e.Verdict != "plaintext" || len(e.Finds) != 1 || !strings.Contains(e.Finds[0], "meshd.io/exclude-inbound-ports") {
 		t.Errorf("to a bypassed port: verdict %s, findings %q (%v); want plaintext, said why", e.Verdict, e.Finds, err)
 	}
+	// The client's outbound traffic registry-only: its sidecar refuses a
+	// call to a pod's address (not a service).
+	for p := range st.Pods.Values() {
+		switch p.Name {
+		case "client-0":
+			p.Annotations = map[string]string{k8s.AnnotationOutboundTraffic: "registry-only"}
+		case "web-0":
+			p.Annotations = nil // its port intercepted again
+		}
+	}
+	locked, _ := k8s.Convert(st, "cluster.local")
+	e, err = xds.Explain(locked, both, "client-0.demo", "web-0.demo")
+	if err != nil || !e.From.RegistryOnly || len(e.PodIP) == 0 || !strings.HasPrefix(e.PodIP[0].Outcome, "refused: the client's outbound traffic is registry-only") {
+		t.Errorf("registry-only client to a pod's address: from %+v, pod-IP paths %+v (%v); want refused by the client's sidecar", e.From, e.PodIP, err)
+	}
 	if _, err := xds.Explain(snap, both, "nobody.demo", "web.demo"); err == nil {
 		t.Error("unknown client: no error")
 	}

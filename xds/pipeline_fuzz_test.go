@@ -420,6 +420,9 @@ func (in *fuzzInput) pod() *corev1.Pod {
 	if z := zoneOf(p.Status.PodIP); z != "" {
 		p.Labels[corev1.LabelTopologyZone] = z
 	}
+	if strings.HasSuffix(p.Status.PodIP, ".2") { // from the address drawn: no input byte
+		p.Annotations[k8s.AnnotationOutboundTraffic] = "registry-only"
+	}
 	if in.chance(6) {
 		p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: in.pick(k8s.ContainerProxy, k8s.ContainerInit, "other"),
 			Image: in.pick("meshd:dev", rawOption), State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: in.pick("ErrImagePull", "ImagePullBackOff", "Bogus"), Message: in.raw()}}}}

@@ -94,6 +94,11 @@ type AppsResult struct {
 	// none of whose endpoints is ready: app-0 terminating but still
 	// serving, app-1 terminating and not serving.
 	DrainingHTTP, DrainingTCP string
+	// OutsideFromClient and OutsideFromRegistryOnly are what the meshed
+	// client (outbound traffic allow-any) and app-1 (registry-only) got
+	// from a server outside the mesh (apps.py on legacy-0, at its
+	// address); ServiceFromRegistryOnly what app-1 got from the service.
+	OutsideFromClient, OutsideFromRegistryOnly, ServiceFromRegistryOnly string
 	// ServerHeader is the Server header of the app's answer to the meshed
 	// client.
 	ServerHeader string
@@ -130,8 +135,9 @@ type AppsResult struct {
 
 // appsYAML: app-0 (apps.py) in the mesh with the mode from %[5]s and a 1 s
 // detection timeout, its service (the banner port declared server-first by
-// appProtocol), client-0 in the mesh, legacy-0 outside it; app-1 (apps.py
-// too, for the services of overBoth). app-0 runs on node n1, app-1 and
+// appProtocol), client-0 in the mesh, legacy-0 outside it (apps.py too);
+// app-1 (apps.py too, for the services of overBoth; its outbound traffic
+// registry-only). app-0 runs on node n1, app-1 and
 // client-0 on n2.
 const appsYAML = `apiVersion: v1
 kind: Namespace
@@ -180,7 +186,7 @@ status: {podIP: %[2]s}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: app-1, namespace: demo}
+metadata: {name: app-1, namespace: demo, annotations: {meshd.io/outbound-traffic: registry-only}}
 spec:
   serviceAccountName: app
   nodeName: n2
@@ -229,6 +235,11 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	if err != nil {
 		return nil, err
 	}
+	// A server outside the mesh (legacy-0 is no service's endpoint).
+	outside, err := lab.Start("apps-legacy-0", netlab.ProcOptions{Pod: pods["legacy-0"]}, python, script, "serve", "legacy-0")
+	if err != nil {
+		return nil, err
+	}
 	if opts.GRPCHelper != "" {
 		if _, err := lab.Start("grpc-app-0", netlab.ProcOptions{Pod: pods["app-0"]}, opts.GRPCHelper, "grpc-helper", "serve", "0.0.0.0:9090"); err != nil {
 			return nil, err
@@ -238,8 +249,8 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 		}
 	}
 	if err := waitFor(ctx, 10*time.Second, "apps.py serving", func() error {
-		if !strings.Contains(app.Log(), "serving") || !strings.Contains(app1.Log(), "serving") {
-			return fmt.Errorf("not yet: %s / %s", app.Log(), app1.Log())
+		if !strings.Contains(app.Log(), "serving") || !strings.Contains(app1.Log(), "serving") || !strings.Contains(outside.Log(), "serving") {
+			return fmt.Errorf("not yet: %s / %s / %s", app.Log(), app1.Log(), outside.Log())
 		}
 		return nil
 	}); err != nil {
@@ -316,6 +327,15 @@ func RunApps(ctx context.Context, opts Options, mode string, hold time.Duration)
 	res.ServerHeader = strings.TrimSpace(out)
 	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", "-D", "-", "http://"+svcIP+":8080/envoy-headers")
 	res.EnvoyHeaders = envoyHeaders(out)
+	// A destination outside the mesh, from the meshed client (allow-any)
+	// and from app-1 (registry-only); app-1 to a service of the mesh.
+	legacyURL := "http://" + res.LegacyIP + ":8080/"
+	out, _ = pods["client-0"].Run(ctx, "curl", "-sS", "-m", "5", legacyURL)
+	res.OutsideFromClient = strings.TrimSpace(out)
+	out, _ = pods["app-1"].Run(ctx, "curl", "-sS", "-m", "5", legacyURL)
+	res.OutsideFromRegistryOnly = strings.TrimSpace(out)
+	out, _ = pods["app-1"].Run(ctx, "curl", "-sS", "-m", "5", "http://"+svcIP+":8080/")
+	res.ServiceFromRegistryOnly = strings.TrimSpace(out)
 	// Which servers answer 12 requests (HTTP, each on a new connection)
 	// and 12 connections (TCP) of the meshed client to each service.
 	servers := func(get func() string) string {

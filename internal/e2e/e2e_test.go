@@ -453,36 +453,32 @@ func TestWorkloads(t *testing.T) {
 					t.Errorf("%s of the meshed client to a service with sessionAffinity ClientIP were answered by %s; want one server for all 12", what, got)
 				}
 			}
-			t.Logf("node-local: HTTP %s TCP %s", res.NodeLocalHTTP, res.NodeLocalTCP)
-			for what, got := range map[string]string{"HTTP requests": res.NodeLocalHTTP, "TCP connections": res.NodeLocalTCP} {
-				if got != "map[app-1:12]" {
-					t.Errorf("%s of the meshed client (node n2) to a service with internalTrafficPolicy Local were answered by %s; want app-1 (n2) for all 12", what, got)
-				}
-			}
-			// trafficDistribution PreferClose: the endpoint hinted for the
-			// client's zone (app-0, zone-a; the client's own node n2 has
-			// app-1).
-			t.Logf("zonal: HTTP %s TCP %s", res.ZonalHTTP, res.ZonalTCP)
-			for what, got := range map[string]string{"HTTP requests": res.ZonalHTTP, "TCP connections": res.ZonalTCP} {
-				if got != "map[app-0:12]" {
-					t.Errorf("%s of the meshed client (zone-a) to a service whose endpoints are hinted for their zones were answered by %s; want app-0 (hinted for zone-a) for all 12", what, got)
-				}
-			}
-			// No ready endpoint: the one terminating but still serving takes
-			// the calls, as kube-proxy sends them (a rolling update of a
-			// single pod).
-			t.Logf("draining: HTTP %s TCP %s", res.DrainingHTTP, res.DrainingTCP)
-			for what, got := range map[string]string{"HTTP requests": res.DrainingHTTP, "TCP connections": res.DrainingTCP} {
-				if got != "map[app-0:12]" {
-					t.Errorf("%s of the meshed client to a service whose only serving endpoint is terminating (app-0) were answered by %s; want app-0 for all 12", what, got)
-				}
-			}
-			// PreferSameNode: the node's hint first (app-1, on n2 with the
-			// client), not the zone's.
-			t.Logf("same node: HTTP %s TCP %s", res.SameNodeHTTP, res.SameNodeTCP)
-			for what, got := range map[string]string{"HTTP requests": res.SameNodeHTTP, "TCP connections": res.SameNodeTCP} {
-				if got != "map[app-1:12]" {
-					t.Errorf("%s of the meshed client (node n2, zone-a) to a service whose endpoints are hinted for their nodes and zones were answered by %s; want app-1 (hinted for n2) for all 12", what, got)
+			// Services whose endpoints a client reaches depend on where it
+			// is, and one whose pods are terminating: which server answers
+			// each of 12 requests and 12 connections.
+			for _, c := range []struct{ name, http, tcp, want, what string }{
+				{"node-local", res.NodeLocalHTTP, res.NodeLocalTCP, "map[app-1:12]",
+					"the meshed client (node n2) to a service with internalTrafficPolicy Local (app-1 is on n2)"},
+				// trafficDistribution PreferClose: the endpoint hinted for the
+				// client's zone (app-0, zone-a; the client's own node n2 has
+				// app-1).
+				{"zonal", res.ZonalHTTP, res.ZonalTCP, "map[app-0:12]",
+					"the meshed client (zone-a) to a service whose endpoints are hinted for their zones (app-0 for zone-a)"},
+				// No ready endpoint: the one terminating but still serving
+				// takes the calls, as kube-proxy sends them (a rolling update
+				// of a single pod).
+				{"draining", res.DrainingHTTP, res.DrainingTCP, "map[app-0:12]",
+					"the meshed client to a service whose only serving endpoint is terminating (app-0)"},
+				// PreferSameNode: the node's hint first (app-1, on n2 with
+				// the client), not the zone's.
+				{"same node", res.SameNodeHTTP, res.SameNodeTCP, "map[app-1:12]",
+					"the meshed client (node n2, zone-a) to a service whose endpoints are hinted for their nodes and zones (app-1 for n2)"},
+			} {
+				t.Logf("%s: HTTP %s TCP %s", c.name, c.http, c.tcp)
+				for kind, got := range map[string]string{"HTTP requests": c.http, "TCP connections": c.tcp} {
+					if got != c.want {
+						t.Errorf("%s: %s of %s were answered by %s; want %s", c.name, kind, c.what, got, c.want)
+					}
 				}
 			}
 			for what, got := range map[string]string{"HTTP requests": res.SpreadHTTP, "TCP connections": res.SpreadTCP} {
@@ -502,6 +498,19 @@ func TestWorkloads(t *testing.T) {
 			}
 			if !strings.HasSuffix(res.EnvoyHeadersFromLegacy, wantOutsider) {
 				t.Errorf("the outsider asking for 3 retries of a 503 in x-envoy-* headers: %q, want %q", res.EnvoyHeadersFromLegacy, wantOutsider)
+			}
+			// Outbound traffic registry-only (app-1): a destination outside
+			// the mesh is refused by its sidecar, a service of the mesh
+			// reached; the meshed client (allow-any) reaches both.
+			t.Logf("outside the mesh: from the meshed client %q, from registry-only app-1 %q; the service from app-1 %q", res.OutsideFromClient, res.OutsideFromRegistryOnly, res.ServiceFromRegistryOnly)
+			if want := "peer=" + res.ClientIP; res.OutsideFromClient != want {
+				t.Errorf("the meshed client (allow-any) calling a server outside the mesh: %q, want %q", res.OutsideFromClient, want)
+			}
+			if strings.Contains(res.OutsideFromRegistryOnly, "peer=") || !strings.HasPrefix(res.OutsideFromRegistryOnly, "curl: (") {
+				t.Errorf("app-1 (registry-only) calling a server outside the mesh: %q, want the connection refused by its sidecar (a curl error)", res.OutsideFromRegistryOnly)
+			}
+			if res.ServiceFromRegistryOnly != "peer=127.0.0.6" {
+				t.Errorf("app-1 (registry-only) calling a service of the mesh: %q, want the app's answer", res.ServiceFromRegistryOnly)
 			}
 			if want := "request= response="; res.EnvoyHeaders != want {
 				t.Errorf("x-envoy-* headers the app and the meshed client saw: %q, want %q (none)", res.EnvoyHeaders, want)

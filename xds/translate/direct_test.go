@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -43,5 +44,41 @@ func TestDirectListenersScoped(t *testing.T) {
 				t.Errorf("listener %s names route %s, which the scope does not have", cachev3.GetResourceName(l), ref)
 			}
 		}
+	}
+}
+
+// TestRegistryOnlyPassthrough: a registry-only proxy's own resources hold a
+// PassthroughCluster without endpoints (standing over the shared one: the
+// outbound listener's default chain closes what it would pass through); an
+// allow-any proxy's, and a sidecar's without interception, none.
+func TestRegistryOnlyPassthrough(t *testing.T) {
+	w := &model.Workload{Namespace: "demo", Name: "client-0", ServiceAccount: "client", Identity: model.SPIFFEID("cluster.local", "demo", "client"),
+		IP: "198.18.0.3", Meshed: true, Mode: model.ModeStrict}
+	snap := &model.Snapshot{TrustDomain: "cluster.local", Services: vec.Of([]*model.Service{}), Workloads: []*model.Workload{w}}
+	passthrough := func(w *model.Workload) *clusterv3.Cluster {
+		for _, r := range translate.Proxy(snap, w)[resourcev3.ClusterType] {
+			if c := r.(*clusterv3.Cluster); c.Name == translate.PassthroughCluster {
+				return c
+			}
+		}
+		return nil
+	}
+	if c := passthrough(w); c != nil {
+		t.Errorf("allow-any proxy has its own %s: %v", translate.PassthroughCluster, c)
+	}
+	locked := *w
+	locked.RegistryOnly = true
+	c := passthrough(&locked)
+	if c == nil || c.GetType() != clusterv3.Cluster_STATIC || len(c.GetLoadAssignment().GetEndpoints()) != 0 {
+		t.Errorf("registry-only proxy's own %s: %v, want a static cluster without endpoints", translate.PassthroughCluster, c)
+	}
+	shared, _ := translate.Shared(snap)
+	if !slices.ContainsFunc(shared[resourcev3.ClusterType], func(r types.Resource) bool { return cachev3.GetResourceName(r) == translate.PassthroughCluster }) {
+		t.Errorf("the shared resources have no %s for the own one to stand over", translate.PassthroughCluster)
+	}
+	direct := locked
+	direct.NoInterception = true
+	if c := passthrough(&direct); c != nil {
+		t.Errorf("sidecar without interception has its own %s", translate.PassthroughCluster)
 	}
 }

@@ -91,6 +91,19 @@ func selfChain(port uint32) *listenerv3.FilterChain {
 	}
 }
 
+// registryOnlyPassthrough is the passthrough cluster of a proxy whose
+// outbound traffic is registry-only (model.Workload.RegistryOnly): among
+// its own resources, it stands over the shared PassthroughCluster of the
+// same name, so the outbound listener, the same for every proxy, closes
+// the connections it would pass through (to destinations that are not
+// services of the mesh in the proxy's scope); Envoy counts them
+// (cluster.PassthroughCluster.upstream_cx_none_healthy).
+func registryOnlyPassthrough() *clusterv3.Cluster {
+	c := blackHoleCluster()
+	c.Name, c.LoadAssignment.ClusterName = PassthroughCluster, PassthroughCluster
+	return c
+}
+
 // blackHoleCluster has no endpoints: tcp_proxy closes what it is given.
 func blackHoleCluster() *clusterv3.Cluster {
 	return &clusterv3.Cluster{

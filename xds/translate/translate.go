@@ -665,6 +665,9 @@ func Proxy(snap *model.Snapshot, w *model.Workload) Resources {
 		}
 		return res
 	}
+	if w.RegistryOnly {
+		res[resourcev3.ClusterType] = []types.Resource{registryOnlyPassthrough()}
+	}
 	if len(w.Ports) == 0 && w.Mode != model.ModePermissive {
 		return res
 	}
