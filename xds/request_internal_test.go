@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -45,6 +46,14 @@ func TestSotwRequestNames(t *testing.T) {
 	for i := range 5 {
 		names = append(names, fmt.Sprintf("outbound|80|svc-%d.demo", i))
 	}
+	// The canonical copies live while a handle of theirs does: held until
+	// the end, or a collection between two requests (CI's load made one)
+	// would let the next request's name be a new canonical copy.
+	var handles []unique.Handle[string]
+	for _, n := range append(slices.Clone(names), "outbound|80|new.demo") {
+		handles = append(handles, unique.Make(n))
+	}
+	defer runtime.KeepAlive(handles)
 	eds := resourcev3.EndpointType
 	first := decode(&discoveryv3.DiscoveryRequest{TypeUrl: eds, ResourceNames: names,
 		Node: &corev3.Node{Id: "sidecar~198.18.0.2~p.demo~demo.svc.cluster.local"}})
