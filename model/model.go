@@ -111,41 +111,40 @@ type Service struct {
 func (s *Service) PerClient() bool { return s.NodeLocal || s.ZoneHints || s.NodeHints }
 
 // ForClient returns the endpoints of port a client on node in zone
-// reaches, as kube-proxy picks them ("" node or zone: not known):
-//   - NodeLocal: the ones on the client's node (none if it has none);
-//     all of them when the node is not known;
+// reaches, as kube-proxy picks them ("" node or zone: not known), and by
+// which rule (by, "" for every endpoint):
+//   - NodeLocal: the ones on the client's node (none if it has none;
+//     by "node-local"); all of them when the node is not known;
 //   - NodeHints: the ones hinted for the client's node when there is any
-//     such ready endpoint; else
+//     such ready endpoint (by "node:<node>"); else
 //   - ZoneHints: the ones hinted for the client's zone when there is any
-//     such ready endpoint;
+//     such ready endpoint (by "zone:<zone>");
 //   - else all of them.
-func (s *Service) ForClient(p Port, node, zone string) []Endpoint {
-	if s.NodeLocal {
-		var out []Endpoint
+func (s *Service) ForClient(p Port, node, zone string) (eps []Endpoint, by string) {
+	if s.NodeLocal && node != "" {
 		for _, e := range s.Endpoints {
-			if e.PortName == p.Name && (node == "" || e.Node == node) {
-				out = append(out, e)
+			if e.PortName == p.Name && e.Node == node {
+				eps = append(eps, e)
 			}
 		}
-		return out
+		return eps, "node-local"
 	}
-	if s.NodeHints && node != "" {
-		if out := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForNodes }, node); out != nil {
-			return out
+	if !s.NodeLocal && s.NodeHints && node != "" {
+		if eps := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForNodes }, node); eps != nil {
+			return eps, "node:" + node
 		}
 	}
-	if s.ZoneHints && zone != "" {
-		if out := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForZones }, zone); out != nil {
-			return out
+	if !s.NodeLocal && s.ZoneHints && zone != "" {
+		if eps := hinted(s.Endpoints, p, func(e Endpoint) []string { return e.ForZones }, zone); eps != nil {
+			return eps, "zone:" + zone
 		}
 	}
-	var out []Endpoint
 	for _, e := range s.Endpoints {
 		if e.PortName == p.Name {
-			out = append(out, e)
+			eps = append(eps, e)
 		}
 	}
-	return out
+	return eps, ""
 }
 
 // hinted returns port p's endpoints whose hints (of the kind hints reads)

@@ -126,7 +126,7 @@ func TestServiceForClient(t *testing.T) {
 		{PortName: "http", Address: "198.18.0.3", Ready: false, Node: "n3", ForZones: []string{"c"}},
 		{PortName: "grpc", Address: "198.18.0.1", Ready: true, Node: "n1", ForZones: []string{"a"}},
 	}}
-	addrs := func(eps []model.Endpoint) string {
+	addrs := func(eps []model.Endpoint, _ string) string {
 		var out []string
 		for _, e := range eps {
 			out = append(out, e.Address)

@@ -261,25 +261,18 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		if svc.ClientIPAffinity && chained {
 			balancing = append(balancing, "client-ip-affinity")
 		}
-		nodeLocal := svc.NodeLocal && chained && e.From.Node != ""
-		if nodeLocal {
-			balancing = append(balancing, "node-local")
-		}
-		eps := svc.Endpoints
+		eps, by := svc.Endpoints, ""
 		if chained {
-			eps = svc.ForClient(p, e.From.Node, e.From.Zone)
+			eps, by = svc.ForClient(p, e.From.Node, e.From.Zone)
 		}
-		if (svc.ZoneHints || svc.NodeHints) && !svc.NodeLocal && chained {
-			switch {
-			case svc.NodeHints && hintedFor(eps, func(ep model.Endpoint) []string { return ep.ForNodes }, e.From.Node):
-				balancing = append(balancing, "node:"+e.From.Node)
-			case svc.ZoneHints && hintedFor(eps, func(ep model.Endpoint) []string { return ep.ForZones }, e.From.Zone):
-				balancing = append(balancing, "zone:"+e.From.Zone)
-			case svc.ZoneHints && e.From.Zone == "":
-				e.find("%s's endpoints are hinted for zones (trafficDistribution PreferClose), but the client's pod has no zone label (topology.kubernetes.io/zone): it reaches every endpoint", svc.Key())
-			default:
-				e.find("%s port %d has no ready endpoint hinted for the client's node %q or zone %q: it reaches every endpoint", svc.Key(), p.Port, e.From.Node, e.From.Zone)
-			}
+		switch {
+		case by != "":
+			balancing = append(balancing, by)
+		case !chained || svc.NodeLocal || !svc.ZoneHints && !svc.NodeHints:
+		case svc.ZoneHints && e.From.Zone == "":
+			e.find("%s's endpoints are hinted for zones (trafficDistribution PreferClose), but the client's pod has no zone label (topology.kubernetes.io/zone): it reaches every endpoint", svc.Key())
+		default:
+			e.find("%s port %d has no ready endpoint hinted for the client's node %q or zone %q: it reaches every endpoint", svc.Key(), p.Port, e.From.Node, e.From.Zone)
 		}
 		pp.Balancing = strings.Join(balancing, ",")
 		for id := range ids {
@@ -302,19 +295,13 @@ func (e *Explanation) explainService(snap *model.Snapshot, svc *model.Service, c
 		switch {
 		case ready > 0 && terminating == ready:
 			e.find("%s port %d has no ready endpoint: its endpoints terminating but still serving take the calls, as kube-proxy sends them", svc.Key(), p.Port)
-		case ready == 0 && nodeLocal:
+		case ready == 0 && by == "node-local":
 			e.find("%s port %d has no ready endpoint on the client's node %s, and its internalTrafficPolicy is Local: the client's calls fail", svc.Key(), p.Port, e.From.Node)
 		case ready == 0:
 			e.find("%s port %d has no ready endpoint: clients get \"no healthy upstream\" (503)", svc.Key(), p.Port)
 		}
 		e.Ports = append(e.Ports, pp)
 	}
-}
-
-// hintedFor reports whether eps has a ready endpoint whose hints (of the
-// kind hints reads) name name.
-func hintedFor(eps []model.Endpoint, hints func(model.Endpoint) []string, name string) bool {
-	return name != "" && slices.ContainsFunc(eps, func(ep model.Endpoint) bool { return ep.Ready && slices.Contains(hints(ep), name) })
 }
 
 func (e *Explanation) endpoint(snap *model.Snapshot, svc *model.Service, ep model.Endpoint, connected map[string]ProxyStatus, outside bool) EndpointPath {

@@ -29,7 +29,7 @@ func PerClient(snap *model.Snapshot, perClient []*model.Service, scope model.Egr
 		for _, p := range svc.Ports {
 			name := ClusterName(svc, p.Port)
 			mine := *svc
-			mine.Endpoints = svc.ForClient(p, node, zone)
+			mine.Endpoints, _ = svc.ForClient(p, node, zone)
 			res[resourcev3.ClusterType] = append(res[resourcev3.ClusterType], serviceCluster(snap, svc, p, name, ids))
 			res[resourcev3.EndpointType] = append(res[resourcev3.EndpointType], loadAssignment(name, &mine, p))
 		}
